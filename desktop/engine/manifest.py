@@ -1,0 +1,268 @@
+"""The model manifest (architecture contract 2): what a shipped ``.onnx`` file is and how to use it.
+
+A manifest is a JSON file beside its model (``assets/models/<id>.json`` next to ``<id>.onnx``).
+It is the single place that says what the model expects (input, preprocessing), what it
+returns (output names, labels, which label is positive), how to turn a probability into a
+flag (operating points measured on validation data) and how good it is (held-out metrics).
+Thresholds belong to a model version: a new model brings its own.
+
+Example (abridged)::
+
+    {
+      "schema_version": 1,
+      "id": "tb", "version": "1.0.0", "name": "Tuberculosis",
+      "role": "finding",                       # "modality" (the gate) or "finding"
+      "task": "binary",                        # or "multiclass"
+      "labels": ["normal", "tuberculosis"], "positive_label": "tuberculosis",
+      "file": "tb.onnx", "sha256": "…",
+      "input": {"name": "image", "shape": [null, 224, 224, 3], "layout": "NHWC",
+                "dtype": "float32"},
+      "preprocessing": {"size": [224, 224], "channels": 3, "fit": "stretch",
+                        "resample": "area", "scale": 2.0, "offset": -1.0},
+      "outputs": {"probabilities": "probabilities", "activation_map": "activation_map"},
+      "operating_points": {"screening": {"threshold": 0.31, "sensitivity": 0.92,
+                                         "specificity": 0.78}, "balanced": {…}},
+      "default_operating_point": "screening",
+      "metrics": {"test": {"auc": 0.93, …}},
+      "calibration": {"method": "temperature", "temperature": 1.4},
+      "training": {"data": ["…"], "date": "2026-11-22", "recipe": "…"},
+      "intended_use": "…", "card": "tb.md"
+    }
+
+A modality model adds ``"gate": {"chest_label": "CXR", "min_probability": 0.5}`` and may add
+``"ood": {"output": "ood_score", "threshold": 3.2, "method": "…"}``: scans whose score is
+above the threshold are refused as not recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+ROLES = ("modality", "finding")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named threshold with the sensitivity/specificity it had on validation data."""
+
+    name: str
+    threshold: float
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+    def describe(self) -> str:
+        if self.sensitivity is None or self.specificity is None:
+            return f"{self.name} (threshold {self.threshold:.3f})"
+        return (
+            f"{self.name} (threshold {self.threshold:.3f}; validation sensitivity "
+            f"{self.sensitivity:.2f}, specificity {self.specificity:.2f})"
+        )
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    chest_label: str
+    min_probability: float = 0.5
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    output: str
+    threshold: float
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    id: str
+    version: str
+    name: str
+    role: str
+    task: str
+    labels: tuple[str, ...]
+    positive_label: str | None
+    file: str
+    sha256: str
+    input_name: str
+    preprocessing: PreprocessSpec
+    probabilities_output: str
+    activation_output: str | None
+    operating_points: dict[str, OperatingPoint]
+    default_operating_point: str | None
+    gate: GateSpec | None = None
+    ood: OodSpec | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    intended_use: str = ""
+    card: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    path: Path | None = None  # the manifest file this was read from
+
+    @property
+    def key(self) -> str:
+        """``id@version#sha-prefix``: what results are keyed by, so a new model re-screens."""
+        return f"{self.id}@{self.version}#{self.sha256[:12]}"
+
+    @property
+    def positive_index(self) -> int:
+        if self.positive_label is None:
+            raise ModelError(f"model {self.id} has no positive label")
+        return self.labels.index(self.positive_label)
+
+    @property
+    def model_path(self) -> Path:
+        if self.path is None:
+            raise ModelError(f"manifest of {self.id} was not read from a file")
+        return self.path.parent / self.file
+
+    def operating_point(self, name: str | None = None) -> OperatingPoint:
+        """The named operating point (default: the manifest's default)."""
+        chosen = name or self.default_operating_point
+        if chosen is None or chosen not in self.operating_points:
+            known = ", ".join(sorted(self.operating_points)) or "none"
+            raise ModelError(f"model {self.id} has no operating point {chosen!r} (it has: {known})")
+        return self.operating_points[chosen]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> ModelManifest:
+        where = str(path) if path else "manifest"
+        try:
+            return cls._from_dict(data, path)
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ModelError(f"{where} is not a valid model manifest: {detail}") from exc
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any], path: Path | None) -> ModelManifest:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+            )
+        role = data["role"]
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        labels = tuple(str(x) for x in data["labels"])
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError("labels must be at least two distinct names")
+        positive = data.get("positive_label")
+        if role == "finding" and positive not in labels:
+            raise ValueError(f"positive_label {positive!r} is not among labels {labels}")
+        sha = str(data["sha256"]).lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError("sha256 must be 64 hex digits")
+        inp = data["input"]
+        if inp.get("layout", "NHWC") != "NHWC" or inp.get("dtype", "float32") != "float32":
+            raise ValueError("only NHWC float32 inputs are supported")
+        spec = PreprocessSpec.from_manifest(data["preprocessing"])
+        shape = inp.get("shape")
+        if shape is not None and tuple(shape[1:]) != spec.input_shape:
+            raise ValueError(f"input shape {shape} disagrees with preprocessing {spec.input_shape}")
+        points = {
+            name: OperatingPoint(
+                name=name,
+                threshold=float(p["threshold"]),
+                sensitivity=_opt_float(p.get("sensitivity")),
+                specificity=_opt_float(p.get("specificity")),
+            )
+            for name, p in dict(data.get("operating_points", {})).items()
+        }
+        for point in points.values():
+            if not 0.0 <= point.threshold <= 1.0:
+                raise ValueError(f"operating point {point.name} threshold outside [0, 1]")
+        default_point = data.get("default_operating_point")
+        if role == "finding":
+            if not points:
+                raise ValueError("a finding model needs at least one operating point")
+            if default_point not in points:
+                raise ValueError(f"default_operating_point {default_point!r} is not defined")
+        gate = None
+        if role == "modality":
+            g = data["gate"]
+            gate = GateSpec(str(g["chest_label"]), float(g.get("min_probability", 0.5)))
+            if gate.chest_label not in labels:
+                raise ValueError(f"gate label {gate.chest_label!r} is not among labels")
+        ood = None
+        if data.get("ood"):
+            o = data["ood"]
+            ood = OodSpec(str(o["output"]), float(o["threshold"]), str(o.get("method", "")))
+        outputs = data["outputs"]
+        return cls(
+            id=str(data["id"]),
+            version=str(data["version"]),
+            name=str(data.get("name", data["id"])),
+            role=role,
+            task=str(data["task"]),
+            labels=labels,
+            positive_label=positive,
+            file=str(data["file"]),
+            sha256=sha,
+            input_name=str(inp["name"]),
+            preprocessing=spec,
+            probabilities_output=str(outputs["probabilities"]),
+            activation_output=outputs.get("activation_map"),
+            operating_points=points,
+            default_operating_point=default_point,
+            gate=gate,
+            ood=ood,
+            metrics=dict(data.get("metrics", {})),
+            intended_use=str(data.get("intended_use", "")),
+            card=data.get("card"),
+            raw=dict(data),
+            path=path,
+        )
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def read_manifest(path: Path) -> ModelManifest:
+    """Parse and validate one manifest file (does not touch the model file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"cannot read model manifest {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model manifest {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"model manifest {path} is not a JSON object")
+    return ModelManifest.from_dict(data, path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_verified_model(manifest: ModelManifest) -> bytes:
+    """Read the model file once and check it against the manifest's sha256.
+
+    The bytes are returned so the ONNX Runtime session is built from the very bytes that were
+    verified (no second read, no window for the file to change in between).
+    """
+    path = manifest.model_path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"model file {path.name} named by {manifest.path} is missing; reinstall MedScreen "
+            f"or remove the manifest"
+        ) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    digest = sha256_bytes(data)
+    if digest != manifest.sha256:
+        raise ModelError(
+            f"model file {path.name} does not match its manifest (sha256 {digest[:12]}…, "
+            f"expected {manifest.sha256[:12]}…): it was modified or damaged; it will not be used"
+        )
+    return data

@@ -1,0 +1,174 @@
+"""The one definition of how a scan becomes a model input (architecture contract 1).
+
+Training (``training/``) builds its arrays by calling :func:`prepare_file`, and the app calls
+:func:`preprocess` on the scans it loads, so a model is always served exactly the input it was
+trained on. Everything that may differ between models — size, resize filter, crop or pad,
+channels, value range — is a parameter read from the model's manifest, never a constant
+hidden in one caller.
+
+Geometry is deliberately simple and invertible (stretch, pad or centre-crop, then resize) so
+that a class activation map can be mapped back onto the original scan
+(:func:`activation_to_image`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+Fit = Literal["stretch", "pad", "center_crop"]
+Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
+
+_RESAMPLE: dict[str, Image.Resampling] = {
+    "area": Image.Resampling.BOX,  # exact area averaging when shrinking: no aliasing
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Preprocessing parameters, as stored under ``preprocessing`` in a model manifest.
+
+    The model input is ``clip(grey, 0, 1) * scale + offset`` after fitting and resizing,
+    repeated over ``channels``, in NHWC layout.
+    """
+
+    height: int
+    width: int
+    channels: int = 1
+    fit: Fit = "stretch"
+    resample: Resample = "area"
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise ValueError(f"input size {self.height}x{self.width} is too small")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.fit not in ("stretch", "pad", "center_crop"):
+            raise ValueError(f"unknown fit {self.fit!r}")
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"unknown resample filter {self.resample!r}")
+
+    @classmethod
+    def from_manifest(cls, data: Mapping[str, Any]) -> PreprocessSpec:
+        """Build from a manifest's ``preprocessing`` mapping (``size`` is ``[height, width]``)."""
+        known = {"size", "channels", "fit", "resample", "scale", "offset"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        height, width = (int(v) for v in data["size"])
+        return cls(
+            height=height,
+            width=width,
+            channels=int(data.get("channels", 1)),
+            fit=data.get("fit", "stretch"),
+            resample=data.get("resample", "area"),
+            scale=float(data.get("scale", 1.0)),
+            offset=float(data.get("offset", 0.0)),
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "size": [self.height, self.width],
+            "channels": self.channels,
+            "fit": self.fit,
+            "resample": self.resample,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def _fit_box(height: int, width: int, fit: Fit) -> tuple[int, int, int, int]:
+    """The (top, left, side_h, side_w) window of the source that maps onto the model input.
+
+    For ``pad`` the window extends beyond the image (negative top/left); for ``center_crop``
+    it lies inside it; for ``stretch`` it is the whole image.
+    """
+    if fit == "stretch":
+        return 0, 0, height, width
+    side = max(height, width) if fit == "pad" else min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _apply_fit(grey: np.ndarray, fit: Fit) -> np.ndarray:
+    height, width = grey.shape
+    top, left, side_h, side_w = _fit_box(height, width, fit)
+    if fit == "stretch":
+        return grey
+    if fit == "center_crop":
+        return grey[top : top + side_h, left : left + side_w]
+    canvas = np.zeros((side_h, side_w), dtype=np.float32)
+    canvas[-top : -top + height, -left : -left + width] = grey
+    return canvas
+
+
+def resize_grey(grey: np.ndarray, height: int, width: int, resample: Resample) -> np.ndarray:
+    """Resize a float32 grey image with Pillow's float ('F' mode) resampler."""
+    if grey.shape == (height, width):
+        return grey.astype(np.float32, copy=True)
+    image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
+    resized = image.resize((width, height), _RESAMPLE[resample])
+    return np.asarray(resized, dtype=np.float32)
+
+
+def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Turn a scan's display-ready grey pixels (H, W) in [0, 1] into one model input (h, w, c)."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
+    grey = np.clip(pixels.astype(np.float32, copy=False), 0.0, 1.0)
+    grey = _apply_fit(grey, spec.fit)
+    grey = resize_grey(grey, spec.height, spec.width, spec.resample)
+    grey = np.clip(grey, 0.0, 1.0)  # bicubic/lanczos overshoot
+    if spec.scale != 1.0 or spec.offset != 0.0:
+        grey = grey * np.float32(spec.scale) + np.float32(spec.offset)
+    out = np.repeat(grey[:, :, None], spec.channels, axis=2)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def prepare_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    """Load a file with the app's loader and preprocess it: what training feeds its models."""
+    from desktop.engine.loading import load_scan
+
+    return preprocess(load_scan(Path(path)).pixels, spec)
+
+
+def activation_to_image(
+    activation: np.ndarray, spec: PreprocessSpec, image_shape: tuple[int, int]
+) -> np.ndarray:
+    """Map a model's activation map back onto the original image grid.
+
+    Returns float32 (H, W) in [0, 1]: the map is min-max normalised, resized to the model
+    input, then the fit is undone (padding dropped, crop margins left at zero).
+    """
+    cam = np.asarray(activation, dtype=np.float32)
+    cam = np.maximum(cam - float(cam.min()), 0.0)
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else cam
+    height, width = image_shape
+    top, left, side_h, side_w = _fit_box(height, width, spec.fit)
+    window = resize_grey(cam, side_h, side_w, "bilinear")
+    if spec.fit == "stretch":
+        return np.clip(window, 0.0, 1.0)
+    out = np.zeros((height, width), dtype=np.float32)
+    src_top, src_left = max(0, -top), max(0, -left)
+    dst_top, dst_left = max(0, top), max(0, left)
+    rows = min(side_h - src_top, height - dst_top)
+    cols = min(side_w - src_left, width - dst_left)
+    out[dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
+        src_top : src_top + rows, src_left : src_left + cols
+    ]
+    return np.clip(out, 0.0, 1.0)
