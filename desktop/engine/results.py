@@ -14,6 +14,9 @@ import numpy as np
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 
+#: Longest side, in pixels, of the thumbnail kept with every result.
+THUMBNAIL_SIZE = 384
+
 
 class ScanStatus(StrEnum):
     OK = "ok"  # screened by every finding model
@@ -54,6 +57,9 @@ class ScanResult:
     metadata: dict[str, object] = field(default_factory=dict)
     models_key: str = ""
     screened_at: str = ""  # ISO 8601, UTC
+    #: A small grey PNG (longest side THUMBNAIL_SIZE) kept so reports, the table and the
+    #: heatmap overlay work even when the original file has moved or gone.
+    thumbnail_png: bytes | None = field(default=None, repr=False)
 
     def public_metadata(self) -> dict[str, object]:
         from desktop.engine.scan import IDENTIFYING_FIELDS
