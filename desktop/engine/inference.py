@@ -1,0 +1,150 @@
+"""ONNX Runtime sessions: device choice with an honest CPU fallback, and batched runs.
+
+``onnxruntime-gpu`` lists the CUDA provider as available even on a PC with no NVIDIA GPU;
+creating a CUDA session there logs an error and silently runs on the CPU. So the engine
+decides itself: ``auto`` tries CUDA only when an NVIDIA driver is present, then checks which
+provider the session *really* uses, and reports that. ``cuda`` asked for explicitly and not
+usable is an error the user sees, never a silent fallback.
+
+The device is chosen in layers — an explicit choice (command line, GUI) over the
+``MEDSCREEN_DEVICE`` environment variable over ``auto`` — as X-AnyLabeling's device manager does.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import onnxruntime as ort
+
+from desktop.engine.errors import BatchError, ModelError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def choose_device(explicit: str | None = None, configured: str | None = None) -> Device:
+    """Layered choice: explicit > ``MEDSCREEN_DEVICE`` > configured (settings) > auto."""
+    for source, value in (
+        ("explicit choice", explicit),
+        ("MEDSCREEN_DEVICE", os.environ.get("MEDSCREEN_DEVICE")),
+        ("settings", configured),
+    ):
+        if value:
+            try:
+                return Device(value.strip().lower())
+            except ValueError:
+                raise BatchError(
+                    f"unknown device {value!r} from {source}: use auto, cpu or cuda"
+                ) from None
+    return Device.AUTO
+
+
+def nvidia_driver_present() -> bool:
+    """True when the NVIDIA driver library can be found (no driver: CUDA cannot work)."""
+    return any(ctypes.util.find_library(name) for name in ("cuda", "nvcuda"))
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA cannot be tried here, or None when it is worth a try."""
+    if CUDA not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA support"
+    if not nvidia_driver_present():
+        return "no NVIDIA GPU driver found"
+    return None
+
+
+def default_threads() -> int:
+    """Intra-op threads per session: leave a core to the decoders on small machines."""
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if cores <= 4 else cores // 2
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    requested: Device
+    provider: str  # the provider the sessions really run on
+    note: str = ""  # why CUDA was not used, when it was not
+
+    def describe(self) -> str:
+        name = "GPU (CUDA)" if self.provider == CUDA else "CPU"
+        text = f"{name} via {self.provider}"
+        return f"{text} — {self.note}" if self.note else text
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn the core the image decoders need on a 2-core PC.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(
+    model_bytes: bytes, model_name: str, device: Device, threads: int | None = None
+) -> tuple[ort.InferenceSession, DeviceReport]:
+    """Build a session on the requested device and report what it really runs on."""
+    options = _session_options(threads or default_threads())
+    note = ""
+    if device in (Device.AUTO, Device.CUDA):
+        reason = cuda_unavailable_reason()
+        if reason is None:
+            try:
+                session = ort.InferenceSession(
+                    model_bytes, sess_options=options, providers=[CUDA, CPU]
+                )
+            except Exception as exc:  # a broken CUDA install must not stop a CPU screening
+                reason = f"CUDA session failed: {exc}"
+            else:
+                used = session.get_providers()[0]
+                if used == CUDA:
+                    return session, DeviceReport(device, CUDA)
+                reason = "CUDA or cuDNN libraries could not be loaded"
+        if device is Device.CUDA:
+            raise BatchError(
+                f"CUDA was requested but cannot be used: {reason}. Install the NVIDIA driver, "
+                "CUDA 12 and cuDNN 9 (see README), or run with --device auto or cpu."
+            )
+        note = f"CUDA not used: {reason}"
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=[CPU])
+    except Exception as exc:
+        raise ModelError(f"model {model_name} could not be loaded by ONNX Runtime: {exc}") from exc
+    return session, DeviceReport(device, CPU, note)
+
+
+class OnnxModel:
+    """One verified model with its session; runs NHWC float32 batches."""
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, outputs: list[str]) -> None:
+        inputs = [i.name for i in session.get_inputs()]
+        if input_name not in inputs:
+            raise ModelError(f"model has no input {input_name!r} (it has {inputs})")
+        available = {o.name for o in session.get_outputs()}
+        missing = [name for name in outputs if name not in available]
+        if missing:
+            raise ModelError(f"model lacks outputs {missing} (it has {sorted(available)})")
+        self._session = session
+        self._input = input_name
+        self._outputs = outputs
+
+    def run(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
+        values = self._session.run(self._outputs, {self._input: batch})
+        return dict(zip(self._outputs, values, strict=True))
