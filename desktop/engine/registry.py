@@ -155,8 +155,3 @@ def _combine(reports: list[DeviceReport], device: Device) -> DeviceReport:
 def summarize(manifests: Mapping[str, ModelManifest]) -> list[str]:
     """One line per model for the CLI and the About dialog."""
     return [f"{m.id} {m.version} ({m.name}) sha256 {m.sha256[:12]}" for m in manifests.values()]
-
-
-def require_models(dirs: Iterable[Path] | None = None) -> None:
-    """Raise BatchError early, with the reason, when no usable model set exists."""
-    load_model_set(dirs, Device.CPU)

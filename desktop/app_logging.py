@@ -1,0 +1,40 @@
+"""Logging set-up for the two front ends (CLI, GUI); the engine itself only logs.
+
+A rotating log file in the user's data folder keeps tracebacks for support; the console gets
+warnings only. The engine logs file paths and reasons, never patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+
+from desktop.engine.paths import user_data_dir
+
+
+def log_file_path() -> Path:
+    return user_data_dir() / "logs" / "medscreen.log"
+
+
+def configure_logging(verbose: bool = False, console: bool = True) -> Path | None:
+    """Send INFO and above to the log file, and WARNING (or DEBUG if verbose) to stderr."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    path: Path | None = log_file_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+        )
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    except OSError:
+        path = None  # a read-only home must not stop screening
+    if console:
+        stream = logging.StreamHandler()
+        stream.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        stream.setFormatter(logging.Formatter("medscreen: %(levelname)s: %(message)s"))
+        root.addHandler(stream)
+    return path

@@ -1,0 +1,387 @@
+"""The ``medscreen`` command: the desktop window with no arguments, headless screening with them.
+
+``medscreen classify PATH... --out DIR`` screens files and folders with the same engine the
+window uses, prints a progress bar and a summary, and writes ``results.csv`` and
+``results.json`` (and a PDF report on request). It exits 0 when the batch ran to the end,
+even if some files could not be read (each has its reason in the results), 1 when the batch
+itself could not run, and 130 when interrupted (what was finished is kept; ``medscreen
+resume`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from desktop import DISCLAIMER, __version__
+from desktop.app_logging import configure_logging
+from desktop.engine.errors import BatchError, MedScreenError
+from desktop.engine.inference import choose_device
+from desktop.engine.paths import default_db_path
+from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
+from desktop.engine.results import ScanResult, ThresholdChoice, flags_for
+from desktop.engine.runner import BatchRunner, BatchSummary, Progress
+from desktop.engine.store import ResultsStore
+
+if TYPE_CHECKING:
+    from desktop.engine.reports import ReportContext
+
+log = logging.getLogger("medscreen.cli")
+
+REPORT_FORMATS = ("csv", "json", "pdf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medscreen",
+        description="Offline chest X-ray screening for tuberculosis and pneumonia. "
+        "With no command, opens the desktop window. " + DISCLAIMER,
+    )
+    parser.add_argument("--version", action="version", version=f"MedScreen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device",
+            choices=("auto", "cpu", "cuda"),
+            default=None,
+            help="where inference runs (default: $MEDSCREEN_DEVICE or auto)",
+        )
+        p.add_argument(
+            "--db", type=Path, default=None, help=f"results store (default: {default_db_path()})"
+        )
+        p.add_argument(
+            "--models",
+            type=Path,
+            action="append",
+            default=None,
+            metavar="DIR",
+            help="model folder (repeatable; default: bundled + user models)",
+        )
+
+    def outputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--out",
+            type=Path,
+            required=True,
+            metavar="DIR",
+            help="folder for results.csv, results.json and reports",
+        )
+        p.add_argument(
+            "--operating-point",
+            default=None,
+            metavar="NAME|THRESHOLD",
+            help="'screening' (default), 'balanced', or a threshold in [0, 1]",
+        )
+        p.add_argument(
+            "--report",
+            default="",
+            metavar="FORMATS",
+            help="also write report.<fmt> for each of pdf,csv,json (comma-separated)",
+        )
+        p.add_argument("--clinic", default="", help="clinic name printed on reports")
+        p.add_argument("--operator", default="", help="operator name printed on reports")
+        p.add_argument(
+            "--include-identifiers",
+            action="store_true",
+            help="include DICOM patient name/ID in reports (off by default)",
+        )
+        p.add_argument("--workers", type=int, default=None, help="decoder threads")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    classify = sub.add_parser("classify", help="screen files and folders headless")
+    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    common(classify)
+    outputs(classify)
+
+    resume = sub.add_parser("resume", help="continue an interrupted batch")
+    resume.add_argument(
+        "batch", nargs="?", default=None, help="batch id (default: the latest interrupted one)"
+    )
+    common(resume)
+    outputs(resume)
+
+    history = sub.add_parser("history", help="list past batches")
+    history.add_argument("--db", type=Path, default=None)
+
+    models = sub.add_parser("models", help="list the models, their versions and the device")
+    common(models)
+
+    sub.add_parser("gui", help="open the desktop window (the default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command in (None, "gui"):
+        return _open_gui()
+    configure_logging(verbose=args.verbose)
+    try:
+        if args.command == "history":
+            return _history(args)
+        if args.command == "models":
+            return _models(args)
+        return _classify(args)
+    except MedScreenError as exc:
+        print(f"medscreen: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _open_gui() -> int:
+    try:
+        from desktop.gui.app import main as gui_main  # Qt is imported only here
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("desktop.gui"):
+            print(
+                "medscreen: the desktop window is not part of this build yet; "
+                "use 'medscreen classify PATH... --out DIR'",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    return int(gui_main())
+
+
+def _store(args: argparse.Namespace) -> ResultsStore:
+    return ResultsStore(args.db or default_db_path())
+
+
+def _load_models(args: argparse.Namespace) -> ModelSet:
+    device = choose_device(args.device)
+    return load_model_set(args.models or default_model_dirs(), device)
+
+
+def _history(args: argparse.Namespace) -> int:
+    store = _store(args)
+    for info in store.batches():
+        total = info.total if info.total is not None else "?"
+        print(
+            f"{info.id}  {info.status:<9}  {info.done}/{total} done, {info.errors} errors  "
+            f"{info.label}"
+        )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    models = _load_models(args)
+    print(f"device: {models.device.describe()}")
+    for manifest, line in zip(models.manifests.values(), summarize(models.manifests), strict=True):
+        print(line)
+        for point in manifest.operating_points.values():
+            print(f"    {point.describe()}")
+    for problem in models.problems:
+        print(f"warning: {problem}")
+    return 0
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before screening, not after, when results could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medscreen-write-test-"):
+            pass
+    except OSError as exc:
+        raise BatchError(
+            f"the output folder {folder} is not writable ({exc.strerror or exc}); "
+            "choose another with --out"
+        ) from exc
+
+
+def _parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in REPORT_FORMATS]
+    if unknown:
+        raise BatchError(f"unknown report format(s) {unknown}; choose from {REPORT_FORMATS}")
+    return formats
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from desktop.engine.reports import ReportContext, write_csv, write_json, write_reports
+
+    out: Path = args.out
+    formats = _parse_formats(args.report)
+    try:
+        choice = ThresholdChoice.parse(args.operating_point)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from exc
+    check_writable(out)
+    store = _store(args)
+    models = _load_models(args)
+    for manifest in models.manifests.values():
+        if manifest.role == "finding":
+            choice.resolve(manifest)  # an unknown operating point fails now, not at the end
+    for problem in models.problems:
+        print(f"medscreen: warning: {problem}", file=sys.stderr)
+
+    resume_id: str | None = None
+    if args.command == "resume":
+        resume_id = args.batch
+        if resume_id is None:
+            interrupted = store.interrupted_batches()
+            if not interrupted:
+                raise BatchError("there is no interrupted batch to resume")
+            resume_id = interrupted[0].id
+
+    runner = BatchRunner(models, store, workers=args.workers)
+    stream = sys.stderr
+    bar = _ProgressBar(stream, enabled=not args.quiet)
+    print(f"MedScreen {__version__} — device: {models.device.describe()}", file=stream)
+    generator = runner.run(args.paths if args.command == "classify" else (), resume=resume_id)
+    summary: BatchSummary | None = None
+    interrupted = False
+    try:
+        while True:
+            try:
+                event = next(generator)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            bar.update(event)
+    except KeyboardInterrupt:
+        interrupted = True
+        runner.cancel()
+        generator.close()
+    bar.close()
+
+    batch_id = summary.batch_id if summary else _latest_batch(store)
+    ctx = ReportContext(
+        batch_id=batch_id,
+        created_at=datetime.now(UTC),
+        app_version=__version__,
+        manifests=models.manifests,
+        choice=choice,
+        device=models.device.describe(),
+        clinic_name=args.clinic,
+        operator=args.operator,
+        include_identifiers=args.include_identifiers,
+    )
+    results = list(store.batch_results(batch_id))
+    written = [
+        write_csv(results, ctx, out / "results.csv"),
+        write_json(results, ctx, out / "results.json"),
+    ]
+    if formats:
+        written += write_reports(results, ctx, out, formats)
+    _print_summary(summary, results, ctx, written, stream)
+    if interrupted:
+        print(
+            f"interrupted: finished scans are kept; continue with "
+            f"'medscreen resume {batch_id} --out {out}'",
+            file=stream,
+        )
+        return 130
+    return 0
+
+
+def _latest_batch(store: ResultsStore) -> str:
+    batches = store.batches(limit=1)
+    if not batches:
+        raise BatchError("no batch was started")
+    return batches[0].id
+
+
+def _print_summary(
+    summary: BatchSummary | None,
+    results: list[ScanResult],
+    ctx: ReportContext,
+    written: list[Path],
+    stream: TextIO,
+) -> None:
+    manifests = ctx.manifests
+    choice = ctx.choice
+    flagged: dict[str, int] = {}
+    counts = {"ok": 0, "not_chest_xray": 0, "error": 0}
+    for result in results:
+        counts[result.status.value] += 1
+        for model_id, flag in flags_for(result, manifests, choice).items():
+            flagged[model_id] = flagged.get(model_id, 0) + int(bool(flag))
+    print("", file=stream)
+    print(
+        f"{len(results)} files: {counts['ok']} screened, {counts['not_chest_xray']} not "
+        f"chest X-rays, {counts['error']} could not be read",
+        file=stream,
+    )
+    for model_id, n in flagged.items():
+        point = choice.resolve(manifests[model_id])
+        print(f"  {model_id}: {n} flagged at {point.describe()}", file=stream)
+    if summary is not None:
+        extra = []
+        if summary.reused:
+            extra.append(f"{summary.reused} reused from earlier runs")
+        if summary.already_done:
+            extra.append(f"{summary.already_done} finished before this resume")
+        d = summary.discovered
+        if d.skipped_non_scans:
+            extra.append(f"{d.skipped_non_scans} non-scan files skipped")
+        if d.loops:
+            extra.append(f"{d.loops} folder loops skipped")
+        for folder in d.unreadable_folders:
+            extra.append(f"folder not readable: {folder}")
+        if extra:
+            print("  " + "; ".join(extra), file=stream)
+        print(f"  batch {summary.batch_id} in {summary.elapsed_s:.1f} s", file=stream)
+    for path in written:
+        print(f"  wrote {path}", file=stream)
+    print(DISCLAIMER, file=stream)
+
+
+class _ProgressBar:
+    """A one-line bar on a terminal; a line every few seconds when output is redirected."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def update(self, event: Progress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = event.done == event.total
+        if not self.tty and not final and now - self._last < 5.0:
+            return
+        if self.tty and not final and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 28
+        filled = int(width * event.fraction)
+        eta = _clock(event.eta_s) if event.eta_s is not None else "--:--"
+        name = os.path.basename(event.current or "")
+        if len(name) > 30:
+            name = "…" + name[-29:]
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {event.done}/{event.total}  "
+            f"{event.rate:5.1f} scans/s  ETA {eta}  {name}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100)[:100])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return (
+        f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+        if hours
+        else f"{rest // 60:02d}:{rest % 60:02d}"
+    )

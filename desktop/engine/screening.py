@@ -1,0 +1,216 @@
+"""The screening pipeline for decoded scans: the modality gate first, then the chest models.
+
+A hand X-ray or a head CT must never get a tuberculosis score, so the finding models run only
+on scans the modality model accepts as chest X-rays; every other scan is recorded as not
+screened, with the reason. DICOM metadata that disagrees with the model is surfaced as a
+warning rather than trusted blindly either way: headers are often wrong in practice, and so
+are models.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from desktop.engine.loading import make_thumbnail
+from desktop.engine.preprocess import PreprocessSpec, preprocess
+from desktop.engine.registry import LoadedModel, ModelSet
+from desktop.engine.results import THUMBNAIL_SIZE, FindingResult, ScanResult, ScanStatus
+from desktop.engine.scan import Scan, ScanMetadata
+
+log = logging.getLogger(__name__)
+
+#: DICOM modalities that can hold a plain radiograph.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "PX"})
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "THX"})
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """A decoded scan reduced to what inference and the store need (the pixels are dropped)."""
+
+    file: str
+    sha256: str
+    inputs: dict[PreprocessSpec, np.ndarray]
+    metadata: ScanMetadata
+    thumbnail_png: bytes
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def patient_age_years(age: str | None) -> float | None:
+    """Parse DICOM PatientAge (``045Y``, ``006M``, ``010W``, ``003D``) into years."""
+    if not age:
+        return None
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", age.upper())
+    if not match:
+        return None
+    value, unit = int(match.group(1)), match.group(2) or "Y"
+    return value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+
+
+class Screener:
+    """Runs a :class:`ModelSet` over prepared scans. ``prepare`` is thread-safe."""
+
+    def __init__(self, models: ModelSet) -> None:
+        self.models = models
+        gate = models.modality.manifest.gate
+        if gate is None:
+            raise ValueError("the modality model has no gate definition")
+        self._gate = gate
+        specs = [models.modality.manifest.preprocessing]
+        specs += [m.manifest.preprocessing for m in models.findings.values()]
+        self.specs: tuple[PreprocessSpec, ...] = tuple(dict.fromkeys(specs))
+
+    def prepare(self, scan: Scan) -> PreparedScan:
+        inputs = {spec: preprocess(scan.pixels, spec) for spec in self.specs}
+        return PreparedScan(
+            file=str(scan.path),
+            sha256=scan.sha256,
+            inputs=inputs,
+            metadata=scan.metadata,
+            thumbnail_png=make_thumbnail(scan.pixels, THUMBNAIL_SIZE),
+        )
+
+    def screen(self, batch: Sequence[PreparedScan]) -> list[ScanResult]:
+        """Screen a batch: one gate run for all, one run per finding model for the chests."""
+        if not batch:
+            return []
+        gate = self.models.modality
+        gate_out = gate.model.run(_stack(batch, gate))
+        probs = np.asarray(gate_out[gate.manifest.probabilities_output], dtype=np.float64)
+        ood = gate.manifest.ood
+        ood_scores = np.asarray(gate_out[ood.output], dtype=np.float64).reshape(-1) if ood else None
+        labels = gate.manifest.labels
+        chest_index = labels.index(self._gate.chest_label)
+
+        verdicts: list[tuple[str, float, str | None]] = []  # (modality, score, refusal)
+        for i in range(len(batch)):
+            top = int(np.argmax(probs[i]))
+            modality, score = labels[top], float(probs[i, top])
+            refusal = None
+            if ood is not None and ood_scores is not None and ood_scores[i] > ood.threshold:
+                refusal = (
+                    "not recognised as a medical scan of a known kind (out-of-distribution "
+                    f"score {ood_scores[i]:.2f} above {ood.threshold:.2f}); closest: "
+                    f"{modality}, {score:.2f}"
+                )
+            elif top != chest_index or probs[i, chest_index] < self._gate.min_probability:
+                refusal = f"predicted {modality}, {score:.2f}"
+                if top == chest_index:
+                    refusal = (
+                        f"not confidently a chest X-ray (CXR probability "
+                        f"{probs[i, chest_index]:.2f} below {self._gate.min_probability:.2f})"
+                    )
+            verdicts.append((modality, score, refusal))
+
+        chest_rows = [i for i, v in enumerate(verdicts) if v[2] is None]
+        findings: dict[int, dict[str, FindingResult]] = {i: {} for i in chest_rows}
+        if chest_rows:
+            chests = [batch[i] for i in chest_rows]
+            for model_id, loaded in self.models.findings.items():
+                for row, finding in zip(chest_rows, _run_finding(loaded, chests), strict=True):
+                    findings[row][model_id] = finding
+
+        stamp = now_iso()
+        results = []
+        for i, prepared in enumerate(batch):
+            modality, score, refusal = verdicts[i]
+            results.append(
+                ScanResult(
+                    file=prepared.file,
+                    sha256=prepared.sha256,
+                    status=ScanStatus.OK if refusal is None else ScanStatus.NOT_CHEST_XRAY,
+                    reason=refusal or "",
+                    modality=modality,
+                    modality_score=score,
+                    modality_probabilities={
+                        label: float(p) for label, p in zip(labels, probs[i], strict=True)
+                    },
+                    ood_score=None if ood_scores is None else float(ood_scores[i]),
+                    findings=findings.get(i, {}),
+                    warnings=tuple(metadata_warnings(prepared.metadata, modality, refusal is None)),
+                    metadata=prepared.metadata.as_dict(),
+                    models_key=self.models.key,
+                    screened_at=stamp,
+                    thumbnail_png=prepared.thumbnail_png,
+                )
+            )
+        return results
+
+
+def _stack(batch: Sequence[PreparedScan], loaded: LoadedModel) -> np.ndarray:
+    spec = loaded.manifest.preprocessing
+    return np.stack([p.inputs[spec] for p in batch])
+
+
+def _run_finding(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[FindingResult]:
+    manifest = loaded.manifest
+    out = loaded.model.run(_stack(chests, loaded))
+    probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
+    maps = out.get(manifest.activation_output) if manifest.activation_output else None
+    positive = manifest.positive_index
+    results = []
+    for i in range(len(chests)):
+        activation = None
+        if maps is not None:
+            activation = np.asarray(maps[i], dtype=np.float32).reshape(maps.shape[1:3])
+        results.append(
+            FindingResult(
+                model_id=manifest.id,
+                model_key=manifest.key,
+                probability=float(probs[i, positive]),
+                probabilities={
+                    label: float(p) for label, p in zip(manifest.labels, probs[i], strict=True)
+                },
+                activation=activation,
+            )
+        )
+    return results
+
+
+def metadata_warnings(meta: ScanMetadata, predicted: str, accepted_as_chest: bool) -> list[str]:
+    """Warnings where the file's own metadata disagrees with the model or the models' scope."""
+    warnings: list[str] = []
+    modality = (meta.modality or "").upper().strip()
+    body = (meta.body_part or "").upper().strip()
+    if accepted_as_chest:
+        if modality and modality not in RADIOGRAPH_MODALITIES:
+            warnings.append(
+                f"DICOM Modality is {modality}, but the image was judged a chest X-ray: "
+                "check that this is the right file"
+            )
+        if body and body not in CHEST_BODY_PARTS:
+            warnings.append(
+                f"DICOM BodyPartExamined is {body}, but the image was judged a chest X-ray"
+            )
+        view = (meta.view_position or "").upper().strip()
+        if view in LATERAL_VIEWS:
+            warnings.append(
+                f"lateral view ({view}): the models were trained on frontal (PA/AP) views"
+            )
+        age = patient_age_years(meta.patient_age)
+        if age is not None and age >= 18:
+            warnings.append(
+                "adult patient: the pneumonia model was trained on paediatric chest X-rays "
+                "(ages 1–5); its score is less reliable here"
+            )
+        if age is not None and age < 15:
+            warnings.append(
+                "child patient: the tuberculosis model was trained on adult chest X-rays; "
+                "its score is less reliable here"
+            )
+    elif body in CHEST_BODY_PARTS and modality in RADIOGRAPH_MODALITIES:
+        warnings.append(
+            f"DICOM says chest radiograph ({modality}, {body}) but the image was judged "
+            f"{predicted}: check the image"
+        )
+    return warnings
