@@ -1,0 +1,432 @@
+"""Decoding DICOM files into :class:`~desktop.engine.scan.Scan` objects.
+
+Kept apart from :mod:`desktop.engine.loading` because DICOM is where most of the subtle
+failures of X-ray pipelines live: files without a preamble or file meta, compressed transfer
+syntaxes that need optional plugins, MONOCHROME1 (inverted) radiographs, rescale and windowing.
+The order of operations follows the DICOM grayscale pipeline (PS3.3 C.11 / PS3.4 N.2):
+
+    stored values → Modality LUT (rescale slope/intercept) → VOI (window or VOI LUT)
+    → [0, 1] → inverted if MONOCHROME1
+
+Everything is done in float32: a 2048×2048 radiograph is 16 MiB per copy, and the batch
+runner decodes two at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from desktop.engine.errors import ScanError, ScanErrorCode
+from desktop.engine.scan import Scan, ScanMetadata
+
+logger = logging.getLogger(__name__)
+
+#: ITU-R BT.601 luma weights: what Pillow's RGB → "L"/"F" conversion uses, so colour DICOM and
+#: colour PNG/JPEG files become grey the same way.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Explicit VR codes: the first element of a dataset without preamble carries one of these
+# right after its tag when the file is explicit VR.
+_EXPLICIT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    b"UN UR US UT UV".split()
+)
+# Groups a bare dataset plausibly starts with: file meta (0002), identification (0008).
+_FIRST_GROUPS = (0x0002, 0x0008)
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether the first bytes of a file look like DICOM (``head`` should be ≥ 132 bytes).
+
+    True for the standard 128-byte preamble followed by ``DICM``, and for bare datasets
+    written without preamble or file meta (old ACR-NEMA style exports, such as the fo-dicom
+    ``CR-MONO1-10-chest.dcm``): the first tag must be in group 0002 or 0008, followed either by
+    a valid explicit VR or by a plausible implicit-VR length. Never raises.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    for order in ("<", ">"):
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group not in _FIRST_GROUPS or element > 0x0200:
+            continue
+        if head[4:6] in _EXPLICIT_VRS:
+            return True
+        (length,) = struct.unpack(order + "I", head[4:8])
+        if order == "<" and length <= 1024:  # implicit VR is little endian only
+            return True
+    return False
+
+
+def minmax_to_unit(values: np.ndarray, *, inplace: bool = False) -> tuple[np.ndarray, float, float]:
+    """Scale an image linearly so its minimum becomes 0 and its maximum 1 (float32).
+
+    Returns ``(scaled, min, max)``. A constant image becomes all zeros (there is no contrast to
+    stretch, and dividing by zero would make it NaN). With ``inplace`` a float32 input is
+    overwritten instead of copied (only for arrays the caller owns).
+    """
+    lo = float(values.min())
+    hi = float(values.max())
+    if inplace and values.dtype == np.float32:
+        out = values
+        out -= np.float32(lo)
+    else:
+        out = np.subtract(values, np.float32(lo), dtype=np.float32)
+    if hi > lo:
+        out /= np.float32(hi - lo)
+        np.clip(out, 0.0, 1.0, out=out)
+    else:
+        out.fill(0.0)
+    return out, lo, hi
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of an (H, W, 3) array, in float32 and in the input's units."""
+    r, g, b = (np.float32(w) for w in LUMA_WEIGHTS)
+    grey = np.multiply(rgb[..., 0], r, dtype=np.float32)
+    grey += np.multiply(rgb[..., 1], g, dtype=np.float32)
+    grey += np.multiply(rgb[..., 2], b, dtype=np.float32)
+    return grey
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """An element's value as a stripped string, or None when absent, empty or malformed."""
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = "\\".join(str(v) for v in value)
+        text = str(value).strip().strip("\x00").strip()
+    except Exception:  # a malformed value must never stop the scan: it is only metadata
+        return None
+    return text or None
+
+
+def _number(ds: Dataset, keyword: str, default: float) -> float:
+    """A numeric element (first value if several), or ``default`` when absent or malformed."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        if isinstance(value, pydicom.multival.MultiValue):
+            if len(value) == 0:
+                return default
+            value = value[0]
+        number = float(value)
+    except Exception:
+        return default
+    return number if np.isfinite(number) else default
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The dataset's transfer syntax, filled in from how it was parsed when file meta lacks it.
+
+    Files without file meta (or without (0002,0010)) are common in old exports; pydicom then
+    guesses implicit/explicit VR and byte order while parsing, and that guess is what the
+    pixel data was written with. With nothing to go on, DICOM's default (implicit VR little
+    endian) is assumed.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    tsyntax = meta.get("TransferSyntaxUID")
+    if tsyntax:
+        return UID(str(tsyntax).strip())
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is False:
+        guessed = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    else:
+        guessed = ImplicitVRLittleEndian
+    meta.TransferSyntaxUID = guessed
+    return guessed
+
+
+def _syntax_label(tsyntax: UID) -> str:
+    name = tsyntax.name
+    return f"'{name}' ({tsyntax})" if name and name != str(tsyntax) else f"'{tsyntax}'"
+
+
+def _check_decodable(tsyntax: UID) -> None:
+    """Refuse, with what to do about it, a transfer syntax no installed decoder can handle."""
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        hint = (
+            "it is not a known image transfer syntax"
+            if not tsyntax.is_transfer_syntax
+            else "no DICOM decoder supports it"
+        )
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"DICOM transfer syntax {_syntax_label(tsyntax)} cannot be decoded: {hint}. "
+            "Convert the file to an uncompressed transfer syntax with your PACS or a DICOM tool "
+            "(for example dcmtk 'dcmdjpeg' or 'gdcmconv --raw') and scan it again.",
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"DICOM transfer syntax {_syntax_label(tsyntax)} needs a decoder that is not "
+            f"installed ({missing}). Install one of them, or convert the file to an "
+            "uncompressed transfer syntax.",
+        )
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    try:
+        return pydicom.dcmread(BytesIO(data), force=True)
+    except (EOFError, struct.error) as exc:
+        raise ScanError(
+            ScanErrorCode.TRUNCATED,
+            f"DICOM data is truncated (file is incomplete or damaged): {exc}",
+        ) from exc
+    except Exception as exc:
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM header could not be read ({type(exc).__name__}: {exc}): "
+            "the file is damaged or not a valid DICOM file",
+        ) from exc
+
+
+def _frame_count(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _decode_pixels(ds: Dataset) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except ScanError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        lowered = text.lower()
+        if "less than expected" in lowered or "truncat" in lowered or "end of" in lowered:
+            raise ScanError(
+                ScanErrorCode.TRUNCATED,
+                f"DICOM pixel data is truncated (file is incomplete or damaged): {text}",
+            ) from exc
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM pixel data could not be decoded ({type(exc).__name__}: {text})",
+        ) from exc
+
+
+def _window(ds: Dataset) -> tuple[float, float] | None:
+    """The first (center, width) pair in the dataset, or None when absent or unusable."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    center = _number(ds, "WindowCenter", float("nan"))
+    width = _number(ds, "WindowWidth", float("nan"))
+    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+        return None
+    return center, width
+
+
+def apply_window(
+    values: np.ndarray, center: float, width: float, function: str = "LINEAR", *, inplace: bool
+) -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) onto [0, 1], in float32.
+
+    ``LINEAR`` is the standard's default (with its half-pixel offsets, identical to what
+    :func:`pydicom.pixels.apply_windowing` returns, divided by its output range);
+    ``LINEAR_EXACT`` and ``SIGMOID`` are honoured when the file asks for them.
+    """
+    out = values if inplace and values.dtype == np.float32 else values.astype(np.float32)
+    if function == "SIGMOID":
+        out -= np.float32(center)
+        out *= np.float32(-4.0 / width)
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        np.reciprocal(out, out=out)
+        return out
+    if function == "LINEAR_EXACT":
+        out -= np.float32(center)
+        out /= np.float32(width)
+    else:
+        width = max(width, 1.0 + 1e-6)  # LINEAR needs width ≥ 1
+        out -= np.float32(center - 0.5)
+        out /= np.float32(width - 1.0)
+    out += np.float32(0.5)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _grey_pipeline(
+    ds: Dataset, stored: np.ndarray, keep_raw: bool, extra: dict[str, str]
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
+    """Modality LUT, VOI and scaling to [0, 1] for a grey image: (pixels, raw, window)."""
+    if "ModalityLUTSequence" in ds:
+        modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+        extra["modality_lut"] = "Modality LUT Sequence"
+    else:
+        slope = _number(ds, "RescaleSlope", 1.0)
+        intercept = _number(ds, "RescaleIntercept", 0.0)
+        modality = stored.astype(np.float32)  # always a fresh array we own
+        if slope != 1.0:
+            modality *= np.float32(slope)
+        if intercept != 0.0:
+            modality += np.float32(intercept)
+        if slope != 1.0 or intercept != 0.0:
+            extra["rescale"] = f"slope={slope:g}, intercept={intercept:g}"
+
+    bits_stored = int(_number(ds, "BitsStored", 8))
+    raw = modality if keep_raw and bits_stored > 8 else None
+    inplace = raw is None
+
+    window = _window(ds)
+    if window is not None:
+        function = (_text(ds, "VOILUTFunction") or "LINEAR").upper()
+        pixels = apply_window(modality, window[0], window[1], function, inplace=inplace)
+        extra["window_source"] = "dicom"
+        if function != "LINEAR":
+            extra["voi_lut_function"] = function
+        return pixels, raw, window
+
+    if "VOILUTSequence" in ds:
+        try:
+            item = ds.VOILUTSequence[0]
+            lut_bits = int(item.LUTDescriptor[2]) or 16
+            mapped = apply_voi_lut(modality, ds, index=0, prefer_lut=True)
+            pixels = np.asarray(mapped, dtype=np.float32) / np.float32(2**lut_bits - 1)
+            np.clip(pixels, 0.0, 1.0, out=pixels)
+            extra["window_source"] = "dicom VOI LUT"
+            lo, hi = float(modality.min()), float(modality.max())
+            return pixels, raw, ((lo + hi) / 2.0, hi - lo)
+        except Exception as exc:  # a broken LUT falls back to min–max below
+            logger.debug("VOI LUT Sequence unusable (%s); using min-max", type(exc).__name__)
+
+    pixels, lo, hi = minmax_to_unit(modality, inplace=inplace)
+    extra["window_source"] = "min-max"
+    return pixels, raw, ((lo + hi) / 2.0, hi - lo)
+
+
+def _colour_pipeline(ds: Dataset, stored: np.ndarray, photometric: str) -> np.ndarray:
+    """Colour DICOM (RGB, YBR_* already converted to RGB, PALETTE COLOR) → grey in [0, 1]."""
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        try:
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        except Exception:
+            bits = 16 if rgb.dtype.itemsize > 1 else 8
+    else:
+        rgb = stored
+        bits = int(_number(ds, "BitsStored", 8))
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM colour image has an unexpected shape {rgb.shape} for {photometric}",
+        )
+    grey = rgb_to_grey(rgb)
+    grey /= np.float32(2**bits - 1)
+    np.clip(grey, 0.0, 1.0, out=grey)
+    return grey
+
+
+def decode_dicom(path: Path, data: bytes, sha256: str, *, keep_raw: bool, max_pixels: int) -> Scan:
+    """Decode one single-frame DICOM image from its bytes.
+
+    Raises :class:`ScanError` with a specific code for every refusal: no pixel data, several
+    frames, too many pixels, a transfer syntax without an installed decoder, damaged data.
+    """
+    ds = _read_dataset(data)
+    tsyntax = _transfer_syntax(ds)
+
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = _text(ds, "SOPClassUID")
+        kind = f" (SOP class: {UID(sop).name})" if sop else ""
+        raise ScanError(
+            ScanErrorCode.NO_PIXEL_DATA,
+            "DICOM file has no image (no Pixel Data): it may be a report or structured "
+            f"document{kind}",
+        )
+    frames = _frame_count(ds)
+    if frames > 1:
+        raise ScanError(
+            ScanErrorCode.MULTI_FRAME,
+            f"multi-frame DICOM ({frames} frames) is not supported: export a single image",
+        )
+    rows, columns = int(_number(ds, "Rows", 0)), int(_number(ds, "Columns", 0))
+    if rows <= 0 or columns <= 0:
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM image has an invalid size ({rows} rows × {columns} columns)",
+        )
+    if rows * columns > max_pixels:
+        raise ScanError(
+            ScanErrorCode.TOO_LARGE,
+            f"image is {columns}×{rows} pixels, more than the "
+            f"{max_pixels // 1_000_000}-megapixel limit",
+        )
+    _check_decodable(tsyntax)
+
+    stored = _decode_pixels(ds)
+    photometric = (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    extra: dict[str, str] = {}
+    sop = _text(ds, "SOPClassUID")
+    if sop:
+        extra["sop_class"] = UID(sop).name
+    raw: np.ndarray | None = None
+    window: tuple[float, float] | None = None
+
+    if photometric in ("MONOCHROME1", "MONOCHROME2") or stored.ndim == 2:
+        if stored.ndim != 2:
+            raise ScanError(
+                ScanErrorCode.UNSUPPORTED_IMAGE,
+                f"DICOM grey image has an unexpected shape {stored.shape}",
+            )
+        pixels, raw, window = _grey_pipeline(ds, stored, keep_raw, extra)
+        if photometric == "MONOCHROME1":
+            # MONOCHROME1 stores high values as dark; invert after windowing, as a display
+            # does, so bone is bright like every other X-ray the models see.
+            np.subtract(np.float32(1.0), pixels, out=pixels)
+            extra["inverted"] = "MONOCHROME1"
+    else:
+        pixels = _colour_pipeline(ds, stored, photometric)
+
+    shape = _text(ds, "PresentationLUTShape")
+    if shape:
+        extra["presentation_lut_shape"] = shape
+    metadata = ScanMetadata(
+        source_format="dicom",
+        width=int(pixels.shape[1]),
+        height=int(pixels.shape[0]),
+        bits_stored=int(_number(ds, "BitsStored", 8)),
+        photometric=photometric,
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition"),
+        patient_age=_text(ds, "PatientAge"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        transfer_syntax=tsyntax.name,
+        window=window,
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        extra=extra,
+    )
+    return Scan(
+        path=path,
+        sha256=sha256,
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        metadata=metadata,
+        raw=raw,
+    )
