@@ -132,8 +132,9 @@ class ResultsStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        db = self._db()
+        db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._write() as db:
-            db.executescript(_SCHEMA)
             db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),

@@ -1,0 +1,46 @@
+"""Shared fixtures: real test images, stand-in ONNX models, an isolated user data folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.model_factory import build_model_set
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets its own user data folder: no test touches the real one."""
+    home = tmp_path_factory.mktemp("medscreen-home")
+    monkeypatch.setenv("MEDSCREEN_HOME", str(home))
+    monkeypatch.delenv("MEDSCREEN_DEVICE", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def stand_in_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the three ONNX stand-in models (see tests/model_factory.py)."""
+    return build_model_set(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def chest_folder(tmp_path: Path) -> Path:
+    """A clinic-like folder: real chest X-rays (TB and Kermany), in sub-folders."""
+    root = tmp_path / "scans"
+    for sub in ("tb/normal", "tb/tuberculosis", "pneumonia/normal", "pneumonia/pneumonia"):
+        shutil.copytree(DATA / sub, root / sub)
+    return root
+
+
+@pytest.fixture
+def mixed_folder(chest_folder: Path) -> Path:
+    """Chest X-rays plus non-chest MedNIST scans and the two real DICOM files."""
+    shutil.copytree(DATA / "mednist", chest_folder / "mednist")
+    shutil.copytree(DATA / "dicom", chest_folder / "dicom")
+    return chest_folder
