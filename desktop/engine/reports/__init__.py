@@ -1,0 +1,84 @@
+"""Screening reports (PDF, CSV, JSON), the same from the app and from the command line.
+
+The writers live in the engine — no Qt, no TensorFlow — so ``medscreen classify --report
+pdf,csv,json`` and the GUI's "Export report" produce identical files headless. Every writer
+replaces its file atomically, and none writes patient identifiers (name, ID, birth date)
+unless :attr:`ReportContext.include_identifiers` is set.
+
+Usage::
+
+    ctx = ReportContext(batch_id, datetime.now(UTC), __version__, manifests,
+                        ThresholdChoice.parse("screening"), "CPU (CPUExecutionProvider)")
+    write_reports(results, ctx, out_dir, ["pdf", "csv", "json"])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from desktop.engine.reports.context import ReportContext
+from desktop.engine.reports.pdf import write_pdf
+from desktop.engine.reports.tabular import CSV_COLUMNS, csv_columns, write_csv, write_json
+from desktop.engine.results import ScanResult
+
+logger = logging.getLogger(__name__)
+
+#: Report formats by name, in the order ``write_reports`` writes them.
+FORMATS = ("csv", "json", "pdf")
+
+
+def parse_formats(formats: Iterable[str]) -> list[str]:
+    """Normalise ``["PDF", "csv,json"]``-style input; raise ValueError on an unknown name."""
+    wanted: list[str] = []
+    for item in formats:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in FORMATS:
+                raise ValueError(
+                    f"unknown report format {name!r}; choose from {', '.join(FORMATS)}"
+                )
+            if name not in wanted:
+                wanted.append(name)
+    return [name for name in FORMATS if name in wanted]
+
+
+def write_reports(
+    results: Sequence[ScanResult],
+    ctx: ReportContext,
+    out_dir: Path,
+    formats: Iterable[str],
+    stem: str = "report",
+) -> list[Path]:
+    """Write each requested format as ``out_dir/<stem>.<ext>``; returns the paths written.
+
+    Formats are checked before anything is written, so a typo does not leave a partial set.
+    The file names come from ``stem`` only — never from patient data.
+    """
+    names = parse_formats(formats)
+    if not names:
+        raise ValueError("no report format requested")
+    if not stem or Path(stem).name != stem:
+        raise ValueError(f"report name {stem!r} must be a plain file name without folders")
+    ctx.points()  # an unknown operating point fails here, before any file is written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = list(results)
+    writers = {"csv": write_csv, "json": write_json, "pdf": write_pdf}
+    return [writers[name](results, ctx, out_dir / f"{stem}.{name}") for name in names]
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMATS",
+    "ReportContext",
+    "csv_columns",
+    "parse_formats",
+    "write_csv",
+    "write_json",
+    "write_pdf",
+    "write_reports",
+]

@@ -1,0 +1,60 @@
+"""What a report needs to know besides the results: who, when, with which models and settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.results import ThresholdChoice
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """The batch-level facts every report format states.
+
+    ``manifests`` maps model id to manifest (``modality``, ``tb``, ``pneumonia`` today); the
+    finding models among them, in this order, become the report's score/flag columns.
+    ``include_identifiers`` is off by default: patient names, ids and birth dates stay out of
+    every report unless the user explicitly asks for them.
+    """
+
+    batch_id: str | None
+    created_at: datetime  # aware, UTC
+    app_version: str
+    manifests: Mapping[str, ModelManifest]
+    choice: ThresholdChoice
+    device: str
+    clinic_name: str = ""
+    operator: str = ""
+    include_identifiers: bool = False
+    title: str = "Chest X-ray screening report"
+
+    def __post_init__(self) -> None:
+        if self.created_at.tzinfo is None or self.created_at.utcoffset() is None:
+            # A naive time would be printed as if it were UTC on one PC and local on another.
+            raise ValueError("ReportContext.created_at must be timezone-aware (UTC)")
+
+    @property
+    def finding_ids(self) -> tuple[str, ...]:
+        """Ids of the finding models, in manifest order: the report's score/flag columns."""
+        return tuple(mid for mid, m in self.manifests.items() if m.role == "finding")
+
+    @property
+    def finding_manifests(self) -> dict[str, ModelManifest]:
+        return {mid: self.manifests[mid] for mid in self.finding_ids}
+
+    def points(self) -> dict[str, OperatingPoint]:
+        """Each finding model's resolved operating point (raises ModelError if it has none)."""
+        return {mid: self.choice.resolve(m) for mid, m in self.finding_manifests.items()}
+
+    def operating_point_label(self) -> str:
+        """A short name for the operating point: ``screening``, ``custom 0.4``, or per model."""
+        if self.choice.threshold is not None:
+            return self.choice.label()
+        names = {mid: p.name for mid, p in self.points().items()}
+        distinct = set(names.values())
+        if len(distinct) <= 1:
+            return next(iter(distinct), self.choice.label())
+        return "; ".join(f"{mid}: {name}" for mid, name in names.items())

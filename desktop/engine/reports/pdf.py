@@ -1,0 +1,666 @@
+"""The printable PDF report: cover, summary table, one section per flagged scan, problems.
+
+Built with reportlab's platypus, which needs neither Qt nor a display, so the GUI and
+``medscreen classify --report pdf`` produce the same file. Images are embedded as small
+JPEGs (the thumbnails are at most 384 px; we shrink them further to what prints sharply at
+the size shown), which keeps a 500-scan report to a few megabytes and a few seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path, PurePath
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image as PILImage
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen import canvas as rl_canvas
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Flowable,
+    Frame,
+    Image,
+    KeepTogether,
+    LongTable,
+    PageBreak,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from desktop.engine.manifest import ModelManifest
+from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, overlay
+from desktop.engine.paths import assets_dir
+from desktop.engine.preprocess import activation_to_image
+from desktop.engine.reports._common import (
+    STATUS_TEXT,
+    Counts,
+    count,
+    fmt_score,
+    identifiers,
+    scan_flags,
+    write_atomic,
+)
+from desktop.engine.reports.context import ReportContext
+from desktop.engine.results import ScanResult, ScanStatus
+
+logger = logging.getLogger(__name__)
+
+PAGE = A4
+MARGIN = 15 * mm
+FOOTER_HEIGHT = 20 * mm
+#: Longest side in pixels of an embedded image: ~190 dpi at the 40 mm it is printed at.
+IMAGE_PIXELS = 300
+JPEG_QUALITY = 80
+#: Longest file name shown in a table cell; longer ones keep their start and end.
+MAX_NAME_CHARS = 90
+
+_FONT = "DejaVuSans"
+_FONT_BOLD = "DejaVuSans-Bold"
+_font_lock = threading.Lock()
+_fonts: tuple[str, str] | None = None
+
+_FLAG_BG = colors.HexColor("#FDE2CF")
+_HEAD_BG = colors.HexColor("#E6EAF0")
+_GRID = colors.HexColor("#B8BEC8")
+_MUTED = colors.HexColor("#555B66")
+
+
+# --- fonts ------------------------------------------------------------------------------
+
+
+def fonts_dir() -> Path:
+    return assets_dir() / "fonts"
+
+
+def register_fonts() -> tuple[str, str]:
+    """Register DejaVu Sans with reportlab once; returns (regular, bold) font names.
+
+    reportlab's built-in Helvetica only covers Latin-1: "Łukasiewicz" or "Nguyễn" would
+    print as black boxes. DejaVu Sans (shipped in ``assets/fonts``) covers Latin, Greek and
+    Cyrillic. If the fonts are missing (a damaged install) the report still comes out, in
+    Helvetica, with a warning in the log.
+    """
+    global _fonts
+    with _font_lock:
+        if _fonts is not None:
+            return _fonts
+        folder = fonts_dir()
+        regular, bold = folder / "DejaVuSans.ttf", folder / "DejaVuSans-Bold.ttf"
+        try:
+            pdfmetrics.registerFont(TTFont(_FONT, str(regular)))
+            pdfmetrics.registerFont(TTFont(_FONT_BOLD, str(bold)))
+            pdfmetrics.registerFontFamily(
+                _FONT, normal=_FONT, bold=_FONT_BOLD, italic=_FONT, boldItalic=_FONT_BOLD
+            )
+            _fonts = (_FONT, _FONT_BOLD)
+        except Exception as exc:  # reportlab raises TTFError or OSError variants
+            logger.warning(
+                "report fonts not found in %s (%s); names outside Latin-1 may not print",
+                folder,
+                exc,
+            )
+            _fonts = ("Helvetica", "Helvetica-Bold")
+        return _fonts
+
+
+# --- text helpers -----------------------------------------------------------------------
+
+
+def _styles(regular: str, bold: str) -> dict[str, ParagraphStyle]:
+    base = ParagraphStyle("base", fontName=regular, fontSize=9, leading=11.5)
+    return {
+        "base": base,
+        "small": ParagraphStyle("small", parent=base, fontSize=8, leading=10),
+        "cell": ParagraphStyle("cell", parent=base, fontSize=7.5, leading=9),
+        "cell_head": ParagraphStyle("cell_head", parent=base, fontName=bold, fontSize=7.5,
+                                    leading=9),
+        "muted": ParagraphStyle("muted", parent=base, fontSize=8, leading=10, textColor=_MUTED),
+        "title": ParagraphStyle("title", parent=base, fontName=bold, fontSize=20, leading=24,
+                                spaceAfter=4),
+        "subtitle": ParagraphStyle("subtitle", parent=base, fontSize=11, leading=14,
+                                   textColor=_MUTED, spaceAfter=10),
+        "h1": ParagraphStyle("h1", parent=base, fontName=bold, fontSize=14, leading=17,
+                             spaceBefore=6, spaceAfter=6),
+        "h2": ParagraphStyle("h2", parent=base, fontName=bold, fontSize=10.5, leading=13,
+                             spaceBefore=8, spaceAfter=4),
+        "footer": ParagraphStyle("footer", parent=base, fontSize=7, leading=8.5,
+                                 textColor=_MUTED),
+        "right": ParagraphStyle("right", parent=base, fontSize=7, alignment=TA_RIGHT),
+    }  # fmt: skip
+
+
+def _t(text: object) -> str:
+    """Plain text made safe for a reportlab Paragraph (which parses a small XML dialect)."""
+    return escape(str(text))
+
+
+def shorten(name: str, limit: int = MAX_NAME_CHARS) -> str:
+    """Keep the start and the end (with the extension) of a very long name."""
+    if len(name) <= limit:
+        return name
+    keep_end = limit // 3
+    return name[: limit - keep_end - 1] + "…" + name[-keep_end:]
+
+
+def _common_folder(files: Sequence[str]) -> str | None:
+    """The folder all scans share, so tables can show shorter relative names."""
+    if len(files) < 2:
+        return None
+    try:
+        parents = [str(PurePath(f).parent) for f in files]
+        common = os.path.commonpath(parents)
+    except ValueError:  # mixed absolute/relative or drives
+        return None
+    return common if common not in ("", ".", os.sep) else None
+
+
+def _display_name(file: str, common: str | None) -> str:
+    if common:
+        try:
+            return str(PurePath(file).relative_to(common))
+        except ValueError:
+            return file
+    return file
+
+
+def _score_text(value: float | None) -> str:
+    return fmt_score(value) or "–"
+
+
+def _flag_word(flag: bool | None) -> str:
+    """Flags in words, so they read on a grey printout and for colour-blind readers."""
+    return "" if flag is None else ("YES" if flag else "no")
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    """Shrink an image array to IMAGE_PIXELS and encode it as a compact JPEG."""
+    image = PILImage.fromarray(array)
+    if max(image.size) > IMAGE_PIXELS:
+        image.thumbnail((IMAGE_PIXELS, IMAGE_PIXELS), PILImage.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=False)
+    return buffer.getvalue()
+
+
+def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Image:
+    """A JPEG scaled to fit ``box_w`` x ``box_h`` points, aspect ratio kept.
+
+    reportlab embeds JPEG data as is (no re-encoding), which is what keeps rendering fast.
+    """
+    with PILImage.open(io.BytesIO(jpeg)) as probe:
+        width, height = probe.size
+    scale = min(box_w / width, box_h / height)
+    return Image(io.BytesIO(jpeg), width=width * scale, height=height * scale)
+
+
+# --- page furniture ---------------------------------------------------------------------
+
+
+def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_canvas.Canvas]:
+    """A canvas that knows the page count when it draws each footer ("page N of M").
+
+    Pages are kept until the document is complete, then each footer is drawn with the total.
+    """
+    from desktop import DISCLAIMER
+
+    stamp = ctx.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()
+    disclaimer = Paragraph(_t(DISCLAIMER), footer_style)
+    left_text = f"{ctx.title} · {stamp}"
+
+    class NumberedCanvas(rl_canvas.Canvas):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pages: list[dict[str, Any]] = []
+
+        def showPage(self) -> None:  # reportlab names it so
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self) -> None:
+            total = len(self._pages)
+            for number, state in enumerate(self._pages, start=1):
+                self.__dict__.update(state)
+                self._footer(number, total)
+                super().showPage()
+            super().save()
+
+        def _footer(self, number: int, total: int) -> None:
+            width = PAGE[0] - 2 * MARGIN
+            self.saveState()
+            self.setStrokeColor(_GRID)
+            self.setLineWidth(0.5)
+            top = MARGIN + FOOTER_HEIGHT - 4 * mm
+            self.line(MARGIN, top, MARGIN + width, top)
+            _, h = disclaimer.wrap(width, FOOTER_HEIGHT)
+            disclaimer.drawOn(self, MARGIN, top - 2 * mm - h)
+            self.setFont(footer_style.fontName, 7.5)
+            self.setFillColor(_MUTED)
+            self.drawString(MARGIN, MARGIN, left_text)
+            self.drawRightString(MARGIN + width, MARGIN, f"page {number} of {total}")
+            self.restoreState()
+
+    return NumberedCanvas
+
+
+# --- content ----------------------------------------------------------------------------
+
+
+def _kv_table(rows: list[tuple[str, str]], st: dict[str, ParagraphStyle], bold: str) -> Table:
+    data = [[Paragraph(_t(k), st["small"]), Paragraph(_t(v), st["small"])] for k, v in rows]
+    table = Table(data, colWidths=[45 * mm, PAGE[0] - 2 * MARGIN - 45 * mm], hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TEXTCOLOR", (0, 0), (0, -1), _MUTED),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                ("TOPPADDING", (0, 0), (-1, -1), 2),
+            ]
+        )
+    )
+    return table
+
+
+def _grid_style(font: str, bold: str, size: float = 8) -> list[tuple[Any, ...]]:
+    return [
+        ("FONT", (0, 0), (-1, -1), font, size),
+        ("FONT", (0, 0), (-1, 0), bold, size),
+        ("BACKGROUND", (0, 0), (-1, 0), _HEAD_BG),
+        ("GRID", (0, 0), (-1, -1), 0.4, _GRID),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+    ]
+
+
+def _cover(
+    results: Sequence[ScanResult],
+    ctx: ReportContext,
+    counts: Counts,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> list[Flowable]:
+    regular, bold = fonts
+    points = ctx.points()
+    story: list[Flowable] = [
+        Paragraph(_t(ctx.title), st["title"]),
+        Paragraph("Decision support only — not a diagnosis", st["subtitle"]),
+    ]
+    details = [
+        ("Clinic", ctx.clinic_name or "—"),
+        ("Operator", ctx.operator or "—"),
+        ("Report created", ctx.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()),
+    ]
+    if ctx.batch_id:
+        details.append(("Batch", ctx.batch_id))
+    if common:
+        details.append(("Folder", common))
+    details += [
+        ("MedScreen version", ctx.app_version),
+        ("Device used", ctx.device),
+        ("Operating point", ctx.operating_point_label()),
+        (
+            "Patient identifiers",
+            "included (opted in)" if ctx.include_identifiers else "not included",
+        ),
+    ]
+    story += [_kv_table(details, st, bold), Spacer(1, 5 * mm)]
+
+    story.append(Paragraph("Counts", st["h2"]))
+    count_rows: list[list[str]] = [["", "Scans"], ["Total", str(counts.total)]]
+    count_rows.append(["Screened", str(counts.screened)])
+    for mid, manifest in ctx.finding_manifests.items():
+        count_rows.append([f"Flagged: {manifest.name}", str(counts.flagged[mid])])
+    if len(ctx.finding_ids) > 1:
+        count_rows.append(["Flagged for any finding", str(counts.flagged_any)])
+    count_rows += [
+        ["Not a chest X-ray (not screened)", str(counts.not_chest_xray)],
+        ["Errors (not screened)", str(counts.errors)],
+    ]
+    table = Table(count_rows, colWidths=[70 * mm, 25 * mm], hAlign="LEFT")
+    table.setStyle(
+        TableStyle([*_grid_style(regular, bold, 9), ("ALIGN", (1, 0), (1, -1), "RIGHT")])
+    )
+    story.append(table)
+
+    story.append(Paragraph("Operating point", st["h2"]))
+    op_rows: list[list[str]] = [
+        ["Model", "Point", "Threshold", "Validation sensitivity", "Validation specificity"]
+    ]
+    for mid, point in points.items():
+        op_rows.append(
+            [
+                ctx.manifests[mid].name,
+                point.name,
+                f"{point.threshold:.3f}",
+                "—" if point.sensitivity is None else f"{point.sensitivity:.2f}",
+                "—" if point.specificity is None else f"{point.specificity:.2f}",
+            ]
+        )
+    table = Table(op_rows, colWidths=[45 * mm, 30 * mm, 22 * mm, 40 * mm, 40 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([*_grid_style(regular, bold), ("ALIGN", (2, 1), (-1, -1), "RIGHT")]))
+    story.append(table)
+    story.append(
+        Paragraph(
+            "A scan is flagged when a model's score reaches that model's threshold. "
+            "Sensitivity and specificity were measured on the model's validation data; "
+            "they may differ on this clinic's patients and equipment.",
+            st["muted"],
+        )
+    )
+
+    story.append(Paragraph("Models", st["h2"]))
+    model_rows: list[list[str]] = [["Id", "Model", "Version", "Role", "SHA-256 (first 16)"]]
+    for mid, manifest in ctx.manifests.items():
+        model_rows.append(
+            [mid, manifest.name, manifest.version, manifest.role, manifest.sha256[:16]]
+        )
+    table = Table(
+        model_rows, colWidths=[22 * mm, 50 * mm, 22 * mm, 22 * mm, 40 * mm], hAlign="LEFT"
+    )
+    table.setStyle(TableStyle(_grid_style(regular, bold)))
+    story.append(table)
+    story.append(PageBreak())
+    return story
+
+
+def _summary(
+    results: Sequence[ScanResult],
+    ctx: ReportContext,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> list[Flowable]:
+    regular, bold = fonts
+    finding = ctx.finding_manifests
+    width = PAGE[0] - 2 * MARGIN
+    # Two header rows: each finding model's name spans its "score" and "flag" columns, so a
+    # long model name never has to squeeze into one narrow column.
+    lead = [9 * mm]
+    tail = [21 * mm, 17 * mm]  # status, modality
+    per_model = [16 * mm, 11 * mm]  # score, flag
+    patient_w = 34 * mm if ctx.include_identifiers else 0
+    file_w = max(40 * mm, width - sum(lead) - sum(tail) - sum(per_model) * len(finding) - patient_w)
+    widths = [*lead, file_w, *([patient_w] if patient_w else []), *tail]
+    widths += per_model * len(finding)
+    first_model_col = len(widths) - 2 * len(finding)
+
+    def head(text: str) -> Paragraph:
+        return Paragraph(text, st["cell_head"])
+
+    top: list[Any] = [head("#"), head("File")]
+    if patient_w:
+        top.append(head("Patient (name, ID)"))
+    top += [head("Status"), head("Modality")]
+    second: list[Any] = [""] * len(top)
+    style = _grid_style(regular, bold, 7.5)
+    style += [("BACKGROUND", (0, 1), (-1, 1), _HEAD_BG), ("FONT", (0, 1), (-1, 1), bold, 7.5)]
+    for col in range(first_model_col):
+        style.append(("SPAN", (col, 0), (col, 1)))
+    for index, manifest in enumerate(finding.values()):
+        col = first_model_col + 2 * index
+        top += [head(_t(manifest.name)), ""]
+        second += ["score", "flag"]
+        style += [("SPAN", (col, 0), (col + 1, 0)), ("ALIGN", (col, 0), (col + 1, 0), "CENTER")]
+    rows: list[list[Any]] = [top, second]
+    header_rows = len(rows)
+    for number, result in enumerate(results, start=1):
+        flags = scan_flags(result, ctx)
+        row: list[Any] = [
+            str(number),
+            Paragraph(_t(shorten(_display_name(result.file, common))), st["cell"]),
+        ]
+        if patient_w:
+            name, pid = identifiers(result)
+            row.append(Paragraph(_t(", ".join(x for x in (name, pid) if x)), st["cell"]))
+        status_text = STATUS_TEXT.get(result.status, str(result.status))
+        # Plain strings draw much faster than Paragraphs; only text that may wrap gets one.
+        row.append(status_text if result.status == ScanStatus.OK else Paragraph(
+            _t(status_text), st["cell"]))  # fmt: skip
+        row.append(Paragraph(_t(result.modality), st["cell"]) if result.modality else "–")
+        line = header_rows + number - 1
+        for index, mid in enumerate(finding):
+            found = result.findings.get(mid)
+            row += [
+                _score_text(None if found is None else found.probability),
+                _flag_word(flags[mid]),
+            ]
+            if flags[mid]:
+                col = first_model_col + 2 * index
+                style += [
+                    ("BACKGROUND", (col, line), (col + 1, line), _FLAG_BG),
+                    ("FONT", (col + 1, line), (col + 1, line), bold, 7.5),
+                ]
+        rows.append(row)
+    style += [("ALIGN", (first_model_col, header_rows), (-1, -1), "RIGHT"),
+              ("ALIGN", (0, header_rows), (0, -1), "RIGHT")]  # fmt: skip
+    table = LongTable(rows, colWidths=widths, repeatRows=header_rows, hAlign="LEFT")
+    table.setStyle(TableStyle(style))
+    return [
+        Paragraph(f"All scans ({len(results)})", st["h1"]),
+        Paragraph(
+            "Flags are written out (YES / no) and also shaded. An empty flag means the model "
+            "did not run on that scan (see “Scans not screened”).",
+            st["muted"],
+        ),
+        Spacer(1, 2 * mm),
+        table,
+    ]
+
+
+def _flagged_section(
+    number: int,
+    result: ScanResult,
+    ctx: ReportContext,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> Flowable:
+    regular, bold = fonts
+    flags = scan_flags(result, ctx)
+    points = ctx.points()
+    flagged_ids = [mid for mid, flag in flags.items() if flag]
+    parts: list[Flowable] = [
+        Paragraph(f"#{number} · {_t(shorten(_display_name(result.file, common), 120))}", st["h2"])
+    ]
+    if ctx.include_identifiers:
+        name, pid = identifiers(result)
+        parts.append(Paragraph(f"Patient: {_t(name or '—')} · ID: {_t(pid or '—')}", st["small"]))
+
+    box_w = (PAGE[0] - 2 * MARGIN - 6 * mm) / 3
+    box_h = 44 * mm
+    images: list[Any] = []
+    captions: list[Any] = []
+    grey = None
+    if result.thumbnail_png is not None:
+        try:
+            grey = decode_thumbnail(result.thumbnail_png)
+        except (OSError, ValueError) as exc:
+            logger.warning("scan #%d: stored thumbnail cannot be decoded: %s", number, exc)
+    if grey is not None:
+        images.append(_image_flowable(_jpeg(np.rint(grey * 255).astype(np.uint8)), box_w, box_h))
+        captions.append(Paragraph("Scan", st["small"]))
+        for mid in flagged_ids[:2]:
+            manifest: ModelManifest = ctx.manifests[mid]
+            finding = result.findings[mid]
+            if finding.activation is None:
+                images.append(Paragraph("no heatmap available", st["muted"]))
+            else:
+                cam = activation_to_image(finding.activation, manifest.preprocessing, grey.shape)
+                images.append(
+                    _image_flowable(_jpeg(overlay(grey, cam, DEFAULT_OPACITY)), box_w, box_h)
+                )
+            captions.append(Paragraph(f"{_t(manifest.name)}: where the model looked", st["small"]))
+    else:
+        images.append(Paragraph("no thumbnail stored", st["muted"]))
+        captions.append("")
+    picture = Table([images, captions], colWidths=[box_w + 2 * mm] * len(images), hAlign="LEFT")
+    picture.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("TOPPADDING", (0, 0), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
+            ]
+        )
+    )
+    parts.append(picture)
+
+    score_rows: list[list[str]] = [["Model", "Score", "Threshold", "Flag"]]
+    style = _grid_style(regular, bold)
+    for row, (mid, manifest) in enumerate(ctx.finding_manifests.items(), start=1):
+        found = result.findings.get(mid)
+        score_rows.append(
+            [
+                manifest.name,
+                _score_text(None if found is None else found.probability),
+                f"{points[mid].threshold:.3f} ({points[mid].name})",
+                {True: "YES — flagged", False: "no", None: "not run"}[flags[mid]],
+            ]
+        )
+        if flags[mid]:
+            style += [("BACKGROUND", (0, row), (-1, row), _FLAG_BG),
+                      ("FONT", (3, row), (3, row), bold, 8)]  # fmt: skip
+    modality = result.modality or "–"
+    if result.modality_score is not None:
+        modality += f" ({fmt_score(result.modality_score)})"
+    score_rows.append(["Modality check", modality, "", ""])
+    table = Table(score_rows, colWidths=[45 * mm, 30 * mm, 40 * mm, 35 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([*style, ("ALIGN", (1, 1), (1, -1), "RIGHT")]))
+    parts += [Spacer(1, 1.5 * mm), table]
+    if result.warnings:
+        parts.append(Paragraph("Warnings: " + _t("; ".join(result.warnings)), st["small"]))
+    parts.append(Spacer(1, 5 * mm))
+    return KeepTogether(parts)
+
+
+def _problems(
+    results: Sequence[ScanResult],
+    ctx: ReportContext,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> list[Flowable]:
+    regular, bold = fonts
+    rows: list[list[Any]] = [
+        [Paragraph(h, st["cell_head"]) for h in ("#", "File", "Status", "Reason")]
+    ]
+    for number, result in enumerate(results, start=1):
+        if result.status == ScanStatus.OK:
+            continue
+        reason = result.reason or "—"
+        if result.error_code:
+            reason += f" [{result.error_code}]"
+        rows.append(
+            [
+                str(number),
+                Paragraph(_t(shorten(_display_name(result.file, common))), st["cell"]),
+                STATUS_TEXT.get(result.status, str(result.status)),
+                Paragraph(_t(reason), st["cell"]),
+            ]
+        )
+    story: list[Flowable] = [Paragraph(f"Scans not screened ({len(rows) - 1})", st["h1"])]
+    if len(rows) == 1:
+        story.append(Paragraph("Every scan was screened.", st["base"]))
+        return story
+    width = PAGE[0] - 2 * MARGIN
+    widths = [10 * mm, 70 * mm, 25 * mm, width - 105 * mm]
+    table = LongTable(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [*_grid_style(regular, bold, 7.5), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+             ("ALIGN", (0, 1), (0, -1), "RIGHT")]
+        )
+    )  # fmt: skip
+    story.append(table)
+    return story
+
+
+def build_story(results: Sequence[ScanResult], ctx: ReportContext) -> list[Flowable]:
+    fonts = register_fonts()
+    st = _styles(*fonts)
+    counts = count(results, ctx)
+    common = _common_folder([r.file for r in results])
+    story = _cover(results, ctx, counts, common, st, fonts)
+    story += _summary(results, ctx, common, st, fonts)
+    story.append(PageBreak())
+    story.append(Paragraph(f"Flagged scans ({counts.flagged_any})", st["h1"]))
+    if counts.flagged_any == 0:
+        story.append(
+            Paragraph(
+                "No scan reached a threshold at this operating point. This does not rule out "
+                "disease: every scan still needs a clinician's reading.",
+                st["base"],
+            )
+        )
+    else:
+        story.append(
+            Paragraph(
+                "Each flagged scan with the heatmap of every model that flagged it. A heatmap "
+                "shows which regions weighed most in the model's score; it is not an outline "
+                "of a lesion.",
+                st["muted"],
+            )
+        )
+        story.append(Spacer(1, 3 * mm))
+    for number, result in enumerate(results, start=1):
+        if any(scan_flags(result, ctx).values()):
+            story.append(_flagged_section(number, result, ctx, common, st, fonts))
+    if counts.not_chest_xray or counts.errors:
+        story.append(PageBreak())
+    story += _problems(results, ctx, common, st, fonts)
+    return story
+
+
+def write_pdf(results: Sequence[ScanResult], ctx: ReportContext, path: Path) -> Path:
+    """Render the PDF report to ``path`` (atomically); returns ``path``."""
+    path = Path(path)
+    results = list(results)
+    story = build_story(results, ctx)
+    fonts = register_fonts()
+    footer_style = _styles(*fonts)["footer"]
+
+    def produce(handle: Any) -> None:
+        doc = BaseDocTemplate(
+            handle,
+            pagesize=PAGE,
+            leftMargin=MARGIN,
+            rightMargin=MARGIN,
+            topMargin=MARGIN,
+            bottomMargin=MARGIN + FOOTER_HEIGHT,
+            title=ctx.title,
+            author=ctx.clinic_name or "MedScreen",
+            creator=f"MedScreen {ctx.app_version}",
+            subject="Chest X-ray screening (decision support, not a diagnosis)",
+        )
+        frame = Frame(
+            doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body", showBoundary=0
+        )
+        doc.addPageTemplates([PageTemplate(id="page", frames=[frame])])
+        doc.build(story, canvasmaker=_canvas_class(ctx, footer_style))
+
+    write_atomic(path, produce)
+    logger.info("wrote PDF report with %d scans to %s", len(results), path.name)
+    return path

@@ -1,0 +1,247 @@
+"""CSV and JSON reports: one row / one object per scan, for spreadsheets and other programs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from desktop.engine.manifest import ModelManifest
+from desktop.engine.reports._common import (
+    atomic_open,
+    count,
+    fmt_score,
+    identifiers,
+    json_number,
+    scan_flags,
+)
+from desktop.engine.reports.context import ReportContext
+from desktop.engine.results import ScanResult
+
+logger = logging.getLogger(__name__)
+
+_HEAD = ("file", "sha256", "status", "reason", "error_code", "modality", "modality_score")
+_TAIL = ("operating_point", "warnings", "screened_at", "models")
+_IDENTIFIER_COLUMNS = ("patient_name", "patient_id")
+
+#: The CSV header with today's finding models (``tb``, ``pneumonia``) and no identifiers.
+#: The command line's ``results.csv`` is this same file. Other finding models get their own
+#: ``<id>_score``/``<id>_flag`` pair in manifest order: see :func:`csv_columns`.
+CSV_COLUMNS: tuple[str, ...] = (
+    *_HEAD,
+    "tb_score",
+    "tb_flag",
+    "pneumonia_score",
+    "pneumonia_flag",
+    *_TAIL,
+)
+
+#: Characters that make Excel, LibreOffice and Google Sheets treat a cell as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+JSON_SCHEMA = "medscreen.report"
+JSON_SCHEMA_VERSION = 1
+
+
+def csv_columns(ctx: ReportContext) -> tuple[str, ...]:
+    """The CSV header for ``ctx``: a score and flag column per finding model, in order."""
+    findings = tuple(col for mid in ctx.finding_ids for col in (f"{mid}_score", f"{mid}_flag"))
+    extra = _IDENTIFIER_COLUMNS if ctx.include_identifiers else ()
+    return (*_HEAD, *findings, *_TAIL, *extra)
+
+
+def safe_cell(text: str) -> str:
+    """Neutralise spreadsheet formula injection in a text cell.
+
+    A scan named ``=HYPERLINK("http://…")`` or ``@SUM(…)`` would otherwise run as a formula
+    when the CSV is opened in a spreadsheet (OWASP "CSV injection"). A leading apostrophe makes
+    every common spreadsheet show the text as typed; only cells that would start a formula
+    are touched, so ordinary names and numbers are unchanged.
+    """
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _flag_text(flag: bool | None) -> str:
+    return "" if flag is None else ("yes" if flag else "no")
+
+
+def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]:
+    flags = scan_flags(result, ctx)
+    row: list[str] = [
+        safe_cell(result.file),
+        result.sha256 or "",
+        str(result.status),
+        safe_cell(result.reason),
+        result.error_code or "",
+        safe_cell(result.modality or ""),
+        fmt_score(result.modality_score),
+    ]
+    for mid in ctx.finding_ids:
+        finding = result.findings.get(mid)
+        row.append(fmt_score(None if finding is None else finding.probability))
+        row.append(_flag_text(flags[mid]))
+    row += [
+        op_label,
+        safe_cell("; ".join(result.warnings)),
+        result.screened_at,
+        safe_cell(result.models_key),
+    ]
+    if ctx.include_identifiers:
+        row += [safe_cell(text) for text in identifiers(result)]
+    return row
+
+
+def write_csv(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> Path:
+    """Write one row per scan to ``path`` (atomically); returns ``path``.
+
+    The file is UTF-8 *with* a byte-order mark: without it Excel on Windows — what most
+    clinics open CSVs with — guesses the legacy ANSI code page and shows "JosÃ©" for "José";
+    with it every spreadsheet and Python's ``utf-8-sig`` read the text right. Rows end in
+    CRLF, as RFC 4180 and Excel expect. Rows are streamed, so a generator of results works.
+    """
+    path = Path(path)
+    op_label = ctx.operating_point_label()  # also fails early on an unknown operating point
+    with atomic_open(path, "w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(csv_columns(ctx))
+        rows = 0
+        for result in results:
+            writer.writerow(_csv_row(result, ctx, op_label))
+            rows += 1
+    logger.info("wrote CSV report with %d scans to %s", rows, path.name)
+    return path
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+def _probabilities(values: dict[str, float]) -> dict[str, float | None]:
+    return {str(k): json_number(v) for k, v in values.items()}
+
+
+def _model_info(manifest: ModelManifest) -> dict[str, Any]:
+    return {
+        "id": manifest.id,
+        "name": manifest.name,
+        "version": manifest.version,
+        "role": manifest.role,
+        "task": manifest.task,
+        "labels": list(manifest.labels),
+        "positive_label": manifest.positive_label,
+        "sha256": manifest.sha256,
+        "key": manifest.key,
+        "metrics": _jsonable(manifest.metrics),
+    }
+
+
+def _jsonable(value: object) -> object:
+    """Metadata values as JSON: tuples become lists, numpy scalars numbers, the rest text."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return json_number(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
+    flags = scan_flags(result, ctx)
+    points = ctx.points()
+    findings: dict[str, Any] = {}
+    for mid, finding in result.findings.items():
+        point = points.get(mid)
+        findings[mid] = {
+            "model_key": finding.model_key,
+            "probability": json_number(finding.probability),
+            "probabilities": _probabilities(finding.probabilities),
+            "threshold": None if point is None else point.threshold,
+            "flag": flags.get(mid),
+        }
+    metadata = result.metadata if ctx.include_identifiers else result.public_metadata()
+    return {
+        "file": result.file,
+        "sha256": result.sha256,
+        "status": str(result.status),
+        "reason": result.reason,
+        "error_code": result.error_code,
+        "modality": result.modality,
+        "modality_score": json_number(result.modality_score),
+        "modality_probabilities": _probabilities(result.modality_probabilities),
+        "ood_score": json_number(result.ood_score),
+        "findings": findings,
+        "flags": flags,
+        "warnings": list(result.warnings),
+        "metadata": _jsonable(metadata),
+        "models_key": result.models_key,
+        "screened_at": result.screened_at,
+    }
+
+
+def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[str, Any]:
+    """The whole JSON report as a dict (no image data: thumbnails and maps stay out)."""
+    from desktop import DISCLAIMER
+
+    points = ctx.points()
+    counts = count(results, ctx)
+    return {
+        "schema": JSON_SCHEMA,
+        "schema_version": JSON_SCHEMA_VERSION,
+        "title": ctx.title,
+        "disclaimer": DISCLAIMER,
+        "batch": {
+            "id": ctx.batch_id,
+            "created_at": ctx.created_at.isoformat(),
+            "app_version": ctx.app_version,
+            "device": ctx.device,
+            "clinic_name": ctx.clinic_name,
+            "operator": ctx.operator,
+            "include_identifiers": ctx.include_identifiers,
+        },
+        "operating_point": {
+            "label": ctx.operating_point_label(),
+            "name": ctx.choice.name,
+            "custom_threshold": ctx.choice.threshold,
+            "models": {
+                mid: {
+                    "name": p.name,
+                    "threshold": p.threshold,
+                    "validation_sensitivity": p.sensitivity,
+                    "validation_specificity": p.specificity,
+                }
+                for mid, p in points.items()
+            },
+        },
+        "models": {mid: _model_info(m) for mid, m in ctx.manifests.items()},
+        "counts": {
+            "total": counts.total,
+            "screened": counts.screened,
+            "not_chest_xray": counts.not_chest_xray,
+            "errors": counts.errors,
+            "flagged": counts.flagged,
+            "flagged_any": counts.flagged_any,
+        },
+        "scans": [_scan_json(r, ctx) for r in results],
+    }
+
+
+def write_json(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> Path:
+    """Write the full-detail JSON report to ``path`` (atomically, UTF-8); returns ``path``."""
+    path = Path(path)
+    items = list(results)
+    document = report_document(items, ctx)
+    text = json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False)
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+        handle.write("\n")
+    logger.info("wrote JSON report with %d scans to %s", len(items), path.name)
+    return path
