@@ -2,15 +2,14 @@
 
 No trained model exists in the test suite, so the probabilities and 7x7 activation maps are
 made up — but plausible — while the thumbnails come from real chest X-rays, MedNIST images
-and the real DICOM file, made the way the app makes them (grey PNG, longest side 384). The
-PDF is checked through poppler's tools (pdftotext, pdfinfo, pdfimages): what a reader sees.
+and the real DICOM file, made by the app's own loader and ``make_thumbnail``. The PDF is
+checked through poppler's tools (pdftotext, pdfinfo, pdfimages): what a reader sees.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from PIL import Image
 
 from desktop import DISCLAIMER
 from desktop.engine.errors import ModelError
+from desktop.engine.loading import load_scan, make_thumbnail
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.reports import (
     CSV_COLUMNS,
@@ -50,7 +50,6 @@ from desktop.engine.results import (
 )
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DICOM = DATA / "dicom" / "CR-MONO1-10-chest.dcm"
 
 ACCENTED_NAME = "José Müller-Łukasiewicz"
@@ -118,30 +117,9 @@ def manifests() -> dict[str, ModelManifest]:
     return out
 
 
-def thumbnail_png(grey: Image.Image) -> bytes:
-    """Make the stored thumbnail the way the app does: grey PNG, longest side THUMBNAIL_SIZE."""
-    grey = grey.convert("L")
-    grey.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX)
-    buffer = io.BytesIO()
-    grey.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
 def thumbnail_of(path: Path) -> bytes:
-    if path.suffix.lower() == ".dcm":
-        import pydicom
-        from pydicom.uid import ImplicitVRLittleEndian
-
-        ds = pydicom.dcmread(path, force=True)
-        if "TransferSyntaxUID" not in ds.file_meta:  # this file has no file meta header
-            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-        pixels = ds.pixel_array.astype(np.float32)
-        pixels = (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1.0)
-        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-            pixels = 1.0 - pixels
-        return thumbnail_png(Image.fromarray(np.rint(pixels * 255).astype(np.uint8)))
-    with Image.open(path) as image:
-        return thumbnail_png(image)
+    """The stored thumbnail, made exactly as the app makes it (loader + make_thumbnail)."""
+    return make_thumbnail(load_scan(path).pixels, THUMBNAIL_SIZE)
 
 
 def cam(peak: tuple[int, int], seed: int) -> np.ndarray:
