@@ -1,0 +1,205 @@
+"""The ``medscreen`` command line, end to end on real scans with the ONNX stand-in models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop.cli import main
+from tests.conftest import DATA, REPO
+
+
+def _classify(tmp_path: Path, models: Path, *args: str) -> tuple[int, Path]:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "classify",
+            *args,
+            "--out",
+            str(out),
+            "--models",
+            str(models),
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--quiet",
+        ]
+    )
+    return code, out
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_classify_writes_one_row_per_file(tmp_path, stand_in_models, mixed_folder, capsys):
+    code, out = _classify(tmp_path, stand_in_models, str(mixed_folder))
+    assert code == 0
+    rows = _csv(out / "results.csv")
+    assert len(rows) == 44
+    for column in (
+        "file",
+        "sha256",
+        "status",
+        "reason",
+        "modality",
+        "modality_score",
+        "tb_score",
+        "tb_flag",
+        "pneumonia_score",
+        "pneumonia_flag",
+    ):
+        assert column in rows[0]
+    for row in rows:
+        assert row["status"] in ("ok", "not_chest_xray", "error")
+        if row["status"] == "ok":
+            assert 0.0 <= float(row["tb_score"]) <= 1.0
+            assert row["tb_flag"] in ("yes", "no")
+            assert (row["tb_flag"] == "yes") == (float(row["tb_score"]) >= 0.3)  # screening
+        else:
+            assert row["tb_score"] == "" and row["tb_flag"] == ""
+            assert row["reason"]
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert len(data["scans"]) == 44
+    err = capsys.readouterr().err
+    assert "44 files:" in err and "CPU" in err
+
+
+def test_operating_point_threshold_changes_flags_only(tmp_path, stand_in_models, chest_folder):
+    code, out = _classify(tmp_path, stand_in_models, str(chest_folder), "--operating-point", "0.9")
+    assert code == 0
+    rows = _csv(out / "results.csv")
+    assert all((r["tb_flag"] == "yes") == (float(r["tb_score"]) >= 0.9) for r in rows)
+
+
+def test_report_formats_and_pdf(tmp_path, stand_in_models, chest_folder):
+    code, out = _classify(tmp_path, stand_in_models, str(chest_folder), "--report", "pdf,csv,json")
+    assert code == 0
+    pdf = out / "report.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert (out / "report.csv").exists() and (out / "report.json").exists()
+
+
+def test_per_file_errors_do_not_fail_the_batch(tmp_path, stand_in_models, chest_folder):
+    (chest_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
+    code, out = _classify(
+        tmp_path, stand_in_models, str(chest_folder), str(tmp_path / "missing.png")
+    )
+    assert code == 0
+    by_file = {Path(r["file"]).name: r for r in _csv(out / "results.csv")}
+    assert by_file["broken.jpg"]["status"] == "error"
+    assert by_file["missing.png"]["status"] == "error"
+    assert "no such file" in by_file["missing.png"]["reason"]
+
+
+def test_unwritable_output_is_fatal_with_a_clear_message(tmp_path, stand_in_models, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = main(
+        [
+            "classify",
+            str(DATA / "tb"),
+            "--out",
+            str(blocker / "out"),
+            "--models",
+            str(stand_in_models),
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "output folder" in err and "not writable" in err
+
+
+def test_unknown_operating_point_fails_before_screening(tmp_path, stand_in_models, capsys):
+    code, _ = _classify(
+        tmp_path, stand_in_models, str(DATA / "tb"), "--operating-point", "aggressive"
+    )
+    assert code == 1
+    assert "no operating point 'aggressive'" in capsys.readouterr().err
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path, stand_in_models, capsys):
+    code, _ = _classify(tmp_path, stand_in_models, str(DATA / "tb"), "--device", "cuda")
+    assert code == 1
+    assert "CUDA was requested but cannot be used" in capsys.readouterr().err
+
+
+def test_no_models_is_a_clear_error(tmp_path, capsys):
+    code, _ = _classify(tmp_path, tmp_path / "empty-models", str(DATA / "tb"))
+    assert code == 1
+    assert "modality" in capsys.readouterr().err
+
+
+def test_tampered_model_is_refused(tmp_path, stand_in_models, capsys):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(stand_in_models, models)
+    onnx_file = models / "tb.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    code, out = _classify(tmp_path, models, str(DATA / "tb"))
+    err = capsys.readouterr().err
+    assert "tb.onnx does not match its manifest" in err
+    assert code == 0  # the pneumonia model still screens; TB is refused, never run
+    rows = _csv(out / "results.csv")
+    assert "tb_score" not in rows[0] and "pneumonia_score" in rows[0]
+
+
+def test_history_lists_batches(tmp_path, stand_in_models, capsys):
+    _classify(tmp_path, stand_in_models, str(DATA / "tb"))
+    capsys.readouterr()
+    assert main(["history", "--db", str(tmp_path / "r.sqlite3")]) == 0
+    assert "completed" in capsys.readouterr().out
+
+
+def test_whole_batch_opens_no_network_connection(
+    tmp_path, stand_in_models, mixed_folder, monkeypatch
+):
+    """Offline by design: any attempt to connect or resolve a name fails the test."""
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    code, out = _classify(tmp_path, stand_in_models, str(mixed_folder), "--report", "pdf,csv,json")
+    assert code == 0 and attempts == []
+    assert len(_csv(out / "results.csv")) == 44
+
+
+def test_engine_and_cli_import_neither_qt_nor_tensorflow():
+    code = (
+        "import sys, desktop, desktop.cli, desktop.engine.runner, desktop.engine.reports, "
+        "desktop.engine.store, desktop.engine.overlay\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('PySide6', 'shiboken6', 'tensorflow', 'keras', 'tf2onnx'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["--version"], "MedScreen "), (["classify", "--help"], "--operating-point")],
+)
+def test_help_and_version(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert expected in capsys.readouterr().out
