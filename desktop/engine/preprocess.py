@@ -151,8 +151,9 @@ def activation_to_image(
 ) -> np.ndarray:
     """Map a model's activation map back onto the original image grid.
 
-    Returns float32 (H, W) in [0, 1]: the map is min-max normalised, resized to the model
-    input, then the fit is undone (padding dropped, crop margins left at zero).
+    Returns float32 (H, W) in [0, 1]: the map is min-max normalised, resized bilinearly to
+    the fitted window (its peak renormalised to 1), then the fit is undone (padding dropped,
+    crop margins left at zero).
     """
     cam = np.asarray(activation, dtype=np.float32)
     cam = np.maximum(cam - float(cam.min()), 0.0)
@@ -161,6 +162,9 @@ def activation_to_image(
     height, width = image_shape
     top, left, side_h, side_w = _fit_box(height, width, spec.fit)
     window = resize_grey(cam, side_h, side_w, "bilinear")
+    top_value = float(window.max())
+    if top_value > 0:
+        window = window / top_value  # the hottest pixel is 1 after interpolation too
     if spec.fit == "stretch":
         return np.clip(window, 0.0, 1.0)
     out = np.zeros((height, width), dtype=np.float32)
