@@ -303,7 +303,10 @@ def _grey_pipeline(
         try:
             item = ds.VOILUTSequence[0]
             lut_bits = int(item.LUTDescriptor[2]) or 16
-            mapped = apply_voi_lut(modality, ds, index=0, prefer_lut=True)
+            # the LUT is indexed by integer modality values: give it integers
+            identity = "rescale" not in extra and "modality_lut" not in extra
+            indices = stored if identity else np.rint(modality).astype(np.int32)
+            mapped = apply_voi_lut(indices, ds, index=0, prefer_lut=True)
             pixels = np.asarray(mapped, dtype=np.float32) / np.float32(2**lut_bits - 1)
             np.clip(pixels, 0.0, 1.0, out=pixels)
             extra["window_source"] = "dicom VOI LUT"
