@@ -1,0 +1,1 @@
+"""Export of trained runs to ``assets/models`` (ONNX + manifest + model card)."""

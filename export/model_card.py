@@ -1,0 +1,337 @@
+"""Model cards: ``assets/models/<id>.md``, written from the manifest and the run folder.
+
+Generated rather than hand-written so the figures in the card are always the figures in the
+manifest (a card that drifts from its model is worse than none). Limitations that numbers
+cannot show are kept here per model id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+LIMITS: dict[str, list[str]] = {
+    "tb": [
+        "Small training set: 668 images (Shenzhen 530, Montgomery 138) split 70/15/15, so the "
+        "validation split that sets the thresholds has only ~100 images and the test split "
+        "~100: every figure here has a wide confidence interval (see the AUC CI); the "
+        "operating-point sensitivities on new data may differ by ±0.1.",
+        "Two sources with different scanners, populations and TB prevalence (Shenzhen "
+        '~51% TB, Montgomery ~42%). Montgomery images carry burnt-in "PA/ERECT" style '
+        "markers and look different from Shenzhen: a model can learn the source instead of "
+        "the disease. Figures are reported per source; Montgomery's test split is tiny "
+        "(~21 images).",
+        "Resolution: the 299x299 NLM images are resized to 224x224; small lesions (miliary "
+        "TB, small cavities) may be below what the model can see.",
+        "Adult PA radiographs only; not validated on children, AP/portable films, or "
+        "post-treatment follow-up. It does not distinguish active from healed TB.",
+        "Part of Shenzhen is withheld by the data providers for independent evaluation; our "
+        "test split is carved from what we received.",
+    ],
+    "pneumonia": [
+        "Pediatric data (1-5 year-olds, one centre in Guangzhou). Adult chest X-rays are "
+        "outside the training distribution: expect lower and unmeasured performance on them.",
+        "The official Kermany test split is withheld from us: the test figures come from a "
+        "patient-disjoint held-out split of the official training set (same centre, same "
+        "period) and overstate how well the model generalises to other hospitals.",
+        "The labels mix bacterial and viral pneumonia; the model does not tell them apart.",
+        "Images were resized to 224x224 without keeping the aspect ratio (as distributed); "
+        "the app does the same (fit = stretch).",
+        "Exact duplicate files (26 dropped) and patient ids were handled, but near-duplicates "
+        "(same child, different id) cannot be excluded.",
+    ],
+    "modality": [
+        "Recognises six classes only. Anything else (other body parts, lateral views, "
+        "photographs of screens) must be caught by the OOD check, which is a heuristic: it "
+        "was measured on the synthetic and photographic images listed below, not on every "
+        "kind of image a clinic may hold.",
+        "64x64 input: it decides the *kind* of image, not its quality.",
+        "MedNIST has no patient ids, so slices of one CT volume can sit in both the training "
+        "and test splits: the MedNIST accuracy is optimistic for new patients.",
+        "CXR training images are NIH (adult), NLM TB (adult) and Kermany (pediatric) frontal "
+        "films; lateral views and other chest modalities were not in training.",
+    ],
+}
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _copy_figures(run: Path, out: Path, model_id: str) -> list[tuple[str, str]]:
+    figs = []
+    (out / "figures").mkdir(exist_ok=True)
+    for name, title in (
+        ("roc.png", "ROC (validation, test, test per source)"),
+        ("reliability.png", "Reliability on test before/after temperature scaling"),
+        ("curves_finetune.png", "Training curves (fine-tuning)"),
+        ("curves_cnn.png", "Training curves"),
+    ):
+        src = run / name
+        if src.exists():
+            dst = out / "figures" / f"{model_id}_{name}"
+            shutil.copyfile(src, dst)
+            figs.append((title, f"figures/{dst.name}"))
+    return figs
+
+
+def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
+    t = m["metrics"]["test"]
+    lo, hi = t["auc_ci95"]
+    lines = [
+        "## Performance (held-out test split)",
+        "",
+        f"Test images: {t['n']} ({t['n_positive']} positive). ROC AUC **{t['auc']:.3f}** "
+        f"(95% bootstrap CI {lo:.3f}–{hi:.3f}). Expected calibration error "
+        f"{t['ece']:.3f} after temperature scaling ({_f(t.get('ece_uncalibrated'))} before).",
+        "",
+        "Thresholds were chosen on the validation split; the test figures below are what "
+        "they gave on unseen images.",
+        "",
+        "| operating point | threshold | val sens | val spec | test acc | test sens | test spec "
+        "| test precision | test F1 | TP/FN/FP/TN |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [*t["operating_points"].items(), ("p ≥ 0.5", t["at_0.5"])]
+    for name, r in rows:
+        vp = points.get(name, {})
+        c = r["confusion"]
+        lines.append(
+            f"| {name} | {r['threshold']:.3f} | {_f(vp.get('sensitivity'))} | "
+            f"{_f(vp.get('specificity'))} | {_f(r['accuracy'])} | {_f(r['sensitivity'])} | "
+            f"{_f(r['specificity'])} | {_f(r['precision'])} | {_f(r['f1'])} | "
+            f"{c['tp']}/{c['fn']}/{c['fp']}/{c['tn']} |"
+        )
+    if t.get("by_source") and len(t["by_source"]) > 1:
+        lines += [
+            "",
+            "### Per source (test)",
+            "",
+            "| source | n (pos) | AUC (95% CI) | screening sens / spec | balanced sens / spec |",
+            "|---|---|---|---|---|",
+        ]
+        for src, s in t["by_source"].items():
+            sp, bp = s["operating_points"]["screening"], s["operating_points"]["balanced"]
+            lines.append(
+                f"| {src} | {s['n']} ({s['n_positive']}) | {s['auc']:.3f} "
+                f"({s['auc_ci95'][0]:.3f}–{s['auc_ci95'][1]:.3f}) | "
+                f"{_f(sp['sensitivity'])} / {_f(sp['specificity'])} | "
+                f"{_f(bp['sensitivity'])} / {_f(bp['specificity'])} |"
+            )
+    return lines
+
+
+def _modality_section(m: dict[str, Any]) -> list[str]:
+    met = m["metrics"]
+    t = met["test"]
+    labels = t["confusion"]["labels"]
+    lines = [
+        "## Performance",
+        "",
+        f"Held-out MedNIST test split: accuracy **{t['accuracy']:.4f}** ({t['errors']} errors "
+        f"in {t['n']}), ECE {t['ece']:.4f}.",
+        "",
+        "Confusion matrix (rows = truth, columns = prediction):",
+        "",
+        "| | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for name, row in zip(labels, t["confusion"]["matrix"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [
+        "",
+        "Chest X-rays from the finding models' held-out test splits:",
+        "",
+        "| set | n | predicted CXR | accepted by the gate (CXR and not OOD) | OOD-refused |",
+        "|---|---|---|---|---|",
+    ]
+    for src, c in met.get("chest_xray_test", {}).items():
+        lines.append(
+            f"| {src} | {c['n']} | {c['cxr_recall']:.4f} | {c['accepted_by_gate']:.4f} "
+            f"| {c['ood_refused']:.4f} |"
+        )
+    g = met.get("mednist_test_gate", {})
+    if g:
+        lines += [
+            "",
+            f"MedNIST test: CXR accepted by the gate {g['cxr_accepted']:.4f}; non-CXR "
+            f"images accepted as CXR {g['non_cxr_accepted_as_cxr']:.4f}.",
+        ]
+    d = met.get("dicom_chest")
+    if d:
+        lines += [
+            "",
+            f"DICOM chest CR (`{d['file']}`, MONOCHROME1, via the app's loader): "
+            f"predicted {d['top']} (p(CXR) = {d['p_cxr']:.3f}), OOD score "
+            f"{d['ood_score']:.2f}, accepted = {d['accepted']}.",
+        ]
+    o = met.get("ood")
+    if o:
+        lines += [
+            "",
+            "## Out-of-distribution check",
+            "",
+            f"`ood_score` = {m['ood']['method']}. Threshold **{o['threshold']:.2f}**. Scans "
+            "above it are refused as not recognised, whatever the class probabilities say.",
+            "",
+            "False refusals on held-out in-distribution images: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in o["false_refusal"].items())
+            + ".",
+            "",
+            "Refusals on out-of-distribution images (generated offline with Pillow, or shipped "
+            "inside scikit-image; read through the app's loader):",
+            "",
+            "| set | n | refused by OOD | passed the gate as CXR |",
+            "|---|---|---|---|",
+        ]
+        for cat, v in o["ood_sets"].items():
+            lines.append(
+                f"| {cat} | {v['n']} | {v['refused_by_ood']:.2f} | {v['passed_as_cxr']:.2f} |"
+            )
+    return lines
+
+
+def _seed_section(run: Path, model_id: str) -> list[str]:
+    comparisons = sorted(run.parent.glob(f"{run.name}_seed*/run.json"))
+    if not comparisons:
+        return ["## Seed-article recipe", "", "Not run for this version."]
+    lines = ["## Seed-article recipe (comparison, not shipped)", ""]
+    for path in comparisons:
+        info = json.loads(path.read_text())
+        tr, t = info["training"], info["metrics"]["test"]
+        if "auc" in t:
+            sp = t["operating_points"]["screening"]
+            lines.append(
+                f"- {tr['recipe']}: test AUC {t['auc']:.3f} ({t['auc_ci95'][0]:.3f}–"
+                f"{t['auc_ci95'][1]:.3f}), screening sens/spec {_f(sp['sensitivity'])}/"
+                f"{_f(sp['specificity'])}, accuracy at 0.5 {_f(t['at_0.5']['accuracy'])}; "
+                f"trained {tr['duration_s']:.0f} s, same split."
+            )
+            for src, s in t.get("by_source", {}).items() if len(t.get("by_source", {})) > 1 else []:
+                lines.append(f"  - {src}: AUC {s['auc']:.3f}")
+        else:
+            lines.append(
+                f"- {tr['recipe']}: MedNIST test accuracy {t['accuracy']:.4f} ({t['errors']} "
+                f"errors); trained {tr['duration_s']:.0f} s, same split."
+            )
+    return lines
+
+
+def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
+    """Write ``<out>/<id>.md`` for an exported model."""
+    mid = manifest["id"]
+    tr = manifest["training"]
+    figs = _copy_figures(run, out, mid)
+    lines = [
+        f"# {manifest['name']} — model card (`{mid}` {manifest['version']})",
+        "",
+        "**Decision support, not a diagnosis.** Scores rank and flag images for review by a "
+        "qualified clinician; a low score never rules disease out.",
+        "",
+        f"- File: `{manifest['file']}` (sha256 `{manifest['sha256'][:16]}…`), manifest "
+        f"`{mid}.json`",
+        f"- Labels: {', '.join(manifest['labels'])}"
+        + (
+            f"; positive: **{manifest['positive_label']}**"
+            if manifest.get("positive_label")
+            else ""
+        ),
+        f"- Input `image`: {manifest['input']['shape']} NHWC float32; preprocessing "
+        f"`{json.dumps(manifest['preprocessing'])}` (the engine's `preprocess`)",
+        f"- Outputs: {', '.join(manifest['outputs'].values())}"
+        + (", ood_score" if manifest.get("ood") else ""),
+        "",
+        "## Intended use",
+        "",
+        manifest["intended_use"],
+        "",
+        "## Data",
+        "",
+        *[f"- {c}" for c in tr["data"]],
+        "",
+        f"Split: {tr['split']['method']} (seed {tr['split']['seed']}; every image and its "
+        f"split are listed in the run's `{tr['split']['file']}`).",
+        "",
+        "```",
+        json.dumps(tr["split"]["counts"], indent=1),
+        "```",
+        "",
+    ]
+    if manifest["role"] == "finding":
+        lines += _binary_section(manifest, manifest["operating_points"])
+        lines += [
+            "",
+            f"Default operating point: **{manifest['default_operating_point']}** "
+            "(sensitivity ≥ 0.90 on validation with the best specificity). `balanced` "
+            "maximises Youden's J on validation.",
+        ]
+        if mid == "tb":
+            s = manifest["metrics"]["test"]["operating_points"]["screening"]
+            met = (s["sensitivity"] or 0) >= 0.90 and (s["specificity"] or 0) >= 0.70
+            lines += [
+                "",
+                "WHO minimum for a TB screening test (sensitivity ≥ 0.90, specificity ≥ 0.70): "
+                f"on our test split the screening point gives sensitivity "
+                f"{_f(s['sensitivity'])} and specificity {_f(s['specificity'])} — "
+                + ("**met**." if met else "**not met**."),
+            ]
+        lines += [
+            "",
+            "The `activation_map` output is the exact class activation map of the positive "
+            "class (last feature maps · Dense weights of the positive class, before the "
+            "softmax). It shows where the evidence for the score came from; it is not a "
+            "segmentation of the lesion.",
+        ]
+    else:
+        lines += _modality_section(manifest)
+    cal = manifest["calibration"]
+    par = manifest["export"]["parity"]
+    lines += [
+        "",
+        "## Calibration and export",
+        "",
+        f"Temperature scaling (T = {cal['temperature']:.3f}, fitted on validation NLL) is "
+        "baked into the graph: `probabilities` are calibrated.",
+        f"Exported with tf2onnx (opset {manifest['export']['opset']}, dynamic batch). Keras vs "
+        f"ONNX Runtime on {par['n_images']} real held-out images: max abs difference "
+        f"{par['probabilities']:.2e} on probabilities"
+        + (
+            f", {par['activation_map_relative']:.1e} relative on the activation map"
+            if "activation_map_relative" in par
+            else ""
+        )
+        + (
+            f", {par['ood_score_relative']:.1e} relative on ood_score"
+            if "ood_score_relative" in par
+            else ""
+        )
+        + ".",
+        "",
+        "## Training",
+        "",
+        f"- Recipe: {tr['recipe']}",
+        f"- Pretrained weights: {tr.get('pretrained', '–')}",
+        f"- Epochs run: {tr.get('epochs_run', '–')}; duration {tr['duration_s']:.0f} s on "
+        f"{tr.get('machine', 'CPU')} (2 cores); {tr.get('framework', '')}",
+        f"- Date {tr['date']}, seed {tr['seed']}",
+        "",
+        *_seed_section(run, mid),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {x}" for x in LIMITS.get(mid, [])],
+        "",
+    ]
+    if figs:
+        lines += ["## Figures", ""]
+        lines += [f"![{title}]({path})" for title, path in figs]
+        lines.append("")
+    path = out / manifest["card"]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,105 @@
+"""Smoke runs of the three training commands on the real fixture images, through export.
+
+Each run trains one epoch on a few dozen real images (tests/data), exports to ONNX, checks
+Keras vs ONNX Runtime parity (the exporter raises above 1e-5) and that the engine accepts the
+manifest and the model file. The figures are meaningless; the plumbing is what is tested.
+These are the only tests that import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="training extra (tensorflow-cpu) not installed")
+pytest.importorskip("tf2onnx", reason="training extra (tf2onnx) not installed")
+
+import onnxruntime as ort
+
+from desktop.engine.manifest import load_verified_model, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "data"
+WEIGHTS = REPO.parent / "shared" / "data" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+SMOKE = ["--epochs", "1", "--fractions", "0.34,0.33,0.33", "--batch", "8"]
+
+pytestmark = pytest.mark.slow
+
+
+def _check_export(run: Path, out: Path, model_id: str) -> dict:
+    from export.export_model import export_run
+
+    manifest = export_run(run, out, card=True)
+    checked = read_manifest(out / f"{model_id}.json")
+    data = load_verified_model(checked)
+    assert manifest["export"]["parity"]["probabilities"] <= 1e-5
+    assert (out / f"{model_id}.md").read_text().startswith("# ")
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    assert sess.get_inputs()[0].shape[0] == "N"
+    x = np.load(run / "parity_inputs.npy")[:3]
+    outs = dict(
+        zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x}), strict=True)
+    )
+    probs = outs["probabilities"]
+    assert probs.shape == (3, len(checked.labels))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _weights() -> list[str]:
+    return ["--weights", str(WEIGHTS) if WEIGHTS.exists() else "none"]
+
+
+def test_tb_smoke(tmp_path: Path, cache: Path) -> None:
+    from training import train_tb
+
+    run = tmp_path / "tb"
+    argv = ["--data", str(FIXTURES / "tb"), "--out", str(run), "--cache", str(cache)]
+    assert train_tb.main(argv + SMOKE + _weights()) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert set(info["metrics"]["test"]["by_source"]) == {"shenzhen", "montgomery"}
+    assert (run / "split.csv").exists()
+    outs = _check_export(run, tmp_path / "models", "tb")
+    assert outs["activation_map"].shape == (3, 7, 7)
+
+
+def test_pneumonia_smoke(tmp_path: Path, cache: Path) -> None:
+    from training import train_pneumonia
+
+    run = tmp_path / "pneumonia"
+    argv = ["--data", str(FIXTURES / "pneumonia"), "--out", str(run), "--cache", str(cache)]
+    assert train_pneumonia.main(argv + SMOKE + _weights()) == 0
+    groups: dict[str, set[str]] = {}
+    for line in (run / "split.csv").read_text().splitlines()[1:]:
+        _file, _l, _n, group, _s, split = line.split(",")
+        groups.setdefault(group, set()).add(split)
+    assert all(len(s) == 1 for s in groups.values()), "a patient straddles two splits"
+    outs = _check_export(run, tmp_path / "models", "pneumonia")
+    assert outs["activation_map"].shape == (3, 7, 7)
+
+
+def test_modality_smoke(tmp_path: Path, cache: Path) -> None:
+    from training import train_modality
+
+    run = tmp_path / "modality"
+    argv = [
+        "--data", str(FIXTURES / "mednist"),
+        "--tb-data", str(FIXTURES / "tb"),
+        "--pneumonia-data", str(FIXTURES / "pneumonia"),
+        "--out", str(run), "--cache", str(cache),
+    ]  # fmt: skip
+    assert train_modality.main(argv + SMOKE) == 0
+    outs = _check_export(run, tmp_path / "models", "modality")
+    manifest = read_manifest(tmp_path / "models" / "modality.json")
+    assert manifest.gate is not None and manifest.gate.chest_label == "CXR"
+    assert manifest.ood is not None and manifest.ood.output == "ood_score"
+    assert outs["ood_score"].shape == (3,)

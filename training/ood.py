@@ -1,0 +1,141 @@
+"""Out-of-distribution check of the modality gate, and the offline OOD images that test it.
+
+Method: Mahalanobis distance of the penultimate (GAP) features to the nearest class mean,
+with one covariance shared by the classes (Lee et al., NeurIPS 2018, without input
+perturbation). Stored as ``means`` (K, D) and ``chol`` (D, D) with ``chol @ chol.T`` the
+precision matrix, so the graph only needs a matmul and a squared norm.
+
+Why images are generated here rather than downloaded: the machines are offline. The OOD set
+is photographs and a document scan shipped inside scikit-image (when installed), text pages
+rendered with Pillow, blank/uniform/gradient/noise images — each saved as a PNG/JPEG and
+read back through the app's loader, so the measurement covers the real path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger(__name__)
+
+
+def fit_mahalanobis(
+    features: np.ndarray, labels: np.ndarray, n_classes: int, shrink: float = 1e-3
+) -> dict[str, np.ndarray]:
+    """Class means and the Cholesky factor of the shared (pooled, shrunk) precision."""
+    feats = features.astype(np.float64)
+    means = np.stack([feats[labels == k].mean(axis=0) for k in range(n_classes)])
+    centred = feats - means[labels]
+    cov = centred.T @ centred / len(feats)
+    d = cov.shape[0]
+    cov += shrink * np.trace(cov) / d * np.eye(d)
+    precision = np.linalg.inv(cov)
+    precision = (precision + precision.T) / 2
+    chol = np.linalg.cholesky(precision)
+    return {"means": means, "chol": chol}
+
+
+def mahalanobis_score(features: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
+    """Distance to the nearest class mean (what the exported ``ood_score`` computes)."""
+    z = features.astype(np.float64) @ ood["chol"]
+    m = ood["means"] @ ood["chol"]
+    d2 = ((z[:, None, :] - m[None]) ** 2).sum(-1)
+    return np.sqrt(d2.min(axis=1))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for candidate in (
+        Path(__file__).resolve().parents[1] / "assets" / "fonts" / "DejaVuSans.ttf",
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    ):
+        if candidate.exists():
+            return ImageFont.truetype(str(candidate), size)
+    return ImageFont.load_default()
+
+
+_TEXT = (
+    "patient referral letter clinic date signature report laboratory result invoice total "
+    "the of and to in is for with on as by this that be are was from at or an have"
+)
+
+
+SKIMAGE_PHOTOS = [
+    "astronaut", "camera", "chelsea", "coffee", "rocket", "horse", "coins", "moon",
+    "motorcycle_left", "hubble_deep_field", "clock_motion", "brick", "grass", "gravel",
+    "color", "logo", "ihc", "retina", "cell",
+]  # fmt: skip
+SKIMAGE_DOCUMENTS = ["text", "page"]
+
+
+def skimage_data_dir() -> Path | None:
+    """The ``skimage/data`` folder of an installed scikit-image, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "data"
+    return folder if folder.is_dir() else None
+
+
+def write_ood_images(
+    folder: Path, seed: int = 7, photos_dir: Path | None = None
+) -> dict[str, list[Path]]:
+    """Write the generated OOD images to ``folder`` and list them with scikit-image's
+    bundled photographs/documents (from ``photos_dir`` or an installed scikit-image);
+    returns category → files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+
+    def save(cat: str, name: str, img: Image.Image, fmt: str = "png") -> None:
+        path = folder / f"{cat}_{name}.{fmt}"
+        img.save(path)
+        out.setdefault(cat, []).append(path)
+
+    # blank and uniform images (incl. the extremes)
+    for level in (0, 1, 32, 64, 128, 192, 255):
+        save("uniform", f"{level:03d}", Image.new("L", (256, 256), level))
+    for i in range(4):
+        ramp = np.linspace(0, 255, 256, dtype=np.float32)
+        arr = np.tile(ramp, (256, 1)) if i % 2 == 0 else np.tile(ramp[:, None], (1, 256))
+        if i >= 2:
+            arr = 255 - arr
+        save("gradient", str(i), Image.fromarray(arr.astype(np.uint8)))
+    for i in range(6):
+        if i < 3:
+            arr = rng.integers(0, 256, (256, 256))
+        else:
+            arr = np.clip(rng.normal(128, 40, (256, 256)), 0, 255)
+        save("noise", str(i), Image.fromarray(arr.astype(np.uint8)))
+    # rendered text pages (document scans without the scanner)
+    for i in range(10):
+        w, h = (850, 1100) if i % 2 == 0 else (1100, 850)
+        page = Image.new("L", (w, h), 255 - int(rng.integers(0, 20)))
+        draw = ImageDraw.Draw(page)
+        size = int(rng.integers(14, 30))
+        font = _font(size)
+        y = 60
+        if i % 3 == 0:
+            draw.text((60, y), "CLINIC REPORT", fill=0, font=_font(size * 2))
+            y += size * 3
+        while y < h - 80:
+            words = rng.choice(_TEXT.split(), int(rng.integers(6, 14)))
+            draw.text((60, y), " ".join(words), fill=int(rng.integers(0, 60)), font=font)
+            y += int(size * 1.6)
+        save("text_page", str(i), page, "png" if i % 2 else "jpg")
+    # natural photographs, microscopy, a fundus photo and document scans: the image files
+    # that ship inside the scikit-image wheel (read as files, so no network and no import)
+    folder_sk = photos_dir or skimage_data_dir()
+    if folder_sk is None:
+        log.warning("scikit-image data not found: no photographs in the OOD set")
+        return out
+    for name in SKIMAGE_PHOTOS + SKIMAGE_DOCUMENTS:
+        hits = sorted(folder_sk.glob(f"{name}.*"))
+        if hits:
+            cat = "document_scan" if name in SKIMAGE_DOCUMENTS else "photograph"
+            out.setdefault(cat, []).append(hits[0])
+    return out
