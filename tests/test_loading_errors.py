@@ -157,6 +157,13 @@ def test_truncated_rasters(tmp_path: Path, source: Path, keep: float) -> None:
     assert message.startswith("image data is truncated (file is incomplete or damaged)")
 
 
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_file_cut_inside_its_signature(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "cut.png"
+    path.write_bytes(TB_PNG.read_bytes()[:size])
+    assert _fails(path, ScanErrorCode.TRUNCATED).startswith("image data is truncated")
+
+
 @pytest.mark.parametrize(("name", "fmt"), [("cut.tif", "TIFF"), ("cut.bmp", "BMP")])
 def test_truncated_tiff_and_bmp(tmp_path: Path, name: str, fmt: str) -> None:
     whole = write_variant(tmp_path / f"whole_{name}", "L", fmt=fmt)

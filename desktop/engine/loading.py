@@ -274,6 +274,8 @@ def _decode(path: Path, data: bytes, sha256: str, keep_raw: bool) -> Scan:
     if len(head) >= 132 and head[128:132] == b"DICM":
         return decode_dicom(path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS)
     magic = _magic_format(head)
+    if magic is None and any(len(head) < len(sig) and sig.startswith(head) for sig, _ in _MAGIC):
+        raise _truncated(f"only {len(head)} bytes")  # cut inside the format's signature
     if magic is None and looks_like_dicom(head):
         return decode_dicom(path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS)
     return _decode_raster(path, data, sha256, keep_raw, magic)
@@ -409,6 +411,10 @@ def _decode_raster(path: Path, data: bytes, sha256: str, keep_raw: bool, magic: 
             )
         try:
             image.load()
+        except Image.DecompressionBombError as exc:  # not expected: the size was checked
+            raise ScanError(
+                ScanErrorCode.TOO_LARGE, f"image is too large to decode ({exc})"
+            ) from exc
         except (OSError, EOFError, SyntaxError, zlib.error, ValueError) as exc:
             text = str(exc)
             if isinstance(exc, EOFError) or "truncat" in text.lower():
@@ -492,14 +498,14 @@ def make_thumbnail(pixels: np.ndarray, size: int) -> bytes:
     scale = size / max(height, width)
     new_w = max(1, round(width * scale))
     new_h = max(1, round(height * scale))
-    scaled = np.nan_to_num(pixels, nan=0.0).astype(np.float32)  # a copy we may overwrite
-    scaled *= np.float32(255.0)
-    scaled += np.float32(0.5)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    image = Image.fromarray(scaled.astype(np.uint8))
+    # Resize in float first (one C pass over the full image), then quantise the small result.
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
     if (new_w, new_h) != (width, height):
         resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
         image = image.resize((new_w, new_h), resample)
+    small = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
+    small = np.clip(small * np.float32(255.0) + np.float32(0.5), 0.0, 255.0)
+    image = Image.fromarray(small.astype(np.uint8))
     out = BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=6)
     return out.getvalue()
