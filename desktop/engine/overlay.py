@@ -58,8 +58,8 @@ def heatmap_rgb(activation01: np.ndarray) -> np.ndarray:
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D activation map, got shape {values.shape}")
     values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
-    index = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.intp)
-    return INFERNO_LUT[index]
+    index = (np.clip(values, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    return np.take(INFERNO_LUT, index, axis=0)
 
 
 def _grey01(grey: np.ndarray) -> np.ndarray:
