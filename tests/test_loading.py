@@ -392,6 +392,7 @@ def test_voi_lut_sequence_is_applied_when_there_is_no_window(tmp_path: Path) -> 
     expected = 1 - lut[cr_stored()].astype(np.float64) / 4095
     np.testing.assert_allclose(scan.pixels, expected, atol=1e-6)
     assert scan.metadata.extra["window_source"] == "dicom VOI LUT"
+    assert scan.metadata.window is None  # a LUT was applied, not a linear window
 
 
 def test_jpeg2000_cr_decodes(tmp_path: Path) -> None:
@@ -550,3 +551,14 @@ def test_thumbnail_keeps_the_grey_levels() -> None:
         np.testing.assert_array_equal(np.asarray(image), grey8())
     with pytest.raises(ValueError, match="2-D"):
         make_thumbnail(np.zeros((3, 3, 3), dtype=np.float32), 10)
+
+
+def test_demo_samples_all_load_and_stay_small() -> None:
+    samples = Path(__file__).resolve().parents[1] / "assets" / "samples"
+    files = sorted(p for p in samples.iterdir() if p.suffix != ".md")
+    assert len(files) >= 6
+    assert sum(p.stat().st_size for p in files) < 1_500_000
+    for path in files:
+        assert is_candidate(path), path.name
+        scan = load_scan(path)
+        assert float(scan.pixels.std()) > 0.05, path.name

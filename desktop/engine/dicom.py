@@ -210,8 +210,6 @@ def _frame_count(ds: Dataset) -> int:
 def _decode_pixels(ds: Dataset) -> np.ndarray:
     try:
         return ds.pixel_array
-    except ScanError:
-        raise
     except MemoryError:
         raise
     except Exception as exc:
@@ -270,8 +268,14 @@ def apply_window(
 
 def _grey_pipeline(
     ds: Dataset, stored: np.ndarray, keep_raw: bool, extra: dict[str, str]
-) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
-    """Modality LUT, VOI and scaling to [0, 1] for a grey image: (pixels, raw, window)."""
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float] | None]:
+    """Modality LUT, VOI and scaling to [0, 1] for a grey image: (pixels, raw, window).
+
+    ``raw`` is the Modality LUT output (e.g. Hounsfield units), before windowing and before
+    the MONOCHROME1 inversion: a viewer re-windowing it must invert MONOCHROME1 itself.
+    The window preferred is the file's first Window Center/Width (what viewers show by
+    default), then a VOI LUT Sequence, then the image's own min–max.
+    """
     if "ModalityLUTSequence" in ds:
         modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
         extra["modality_lut"] = "Modality LUT Sequence"
@@ -310,8 +314,7 @@ def _grey_pipeline(
             pixels = np.asarray(mapped, dtype=np.float32) / np.float32(2**lut_bits - 1)
             np.clip(pixels, 0.0, 1.0, out=pixels)
             extra["window_source"] = "dicom VOI LUT"
-            lo, hi = float(modality.min()), float(modality.max())
-            return pixels, raw, ((lo + hi) / 2.0, hi - lo)
+            return pixels, raw, None  # a LUT, not a (center, width) window
         except Exception as exc:  # a broken LUT falls back to min–max below
             logger.debug("VOI LUT Sequence unusable (%s); using min-max", type(exc).__name__)
 

@@ -17,7 +17,8 @@ Design decisions (they matter for the models, so they are written down):
   usually un-windowed detector data, so this is the same rule DICOM files without a window
   get. ``raw`` keeps the stored integers for a viewer's window/level.
 * **Colour becomes grey with ITU-R 601 luma** (Pillow's RGB → "F" conversion: the same
-  weights as "L", but kept in float so there is no extra rounding).
+  weights as "L", but kept in float so there is no extra rounding). Pillow reads 16-bit
+  colour PNGs as 8-bit RGB; the loss (under one grey level) is accepted.
 * **Alpha is ignored.** Medical images exported with an alpha channel almost always have it
   fully opaque; where it is not, the colour values underneath are still the measured image,
   while compositing onto black or white would invent dark or bright regions the models would
@@ -461,7 +462,7 @@ def _raster_to_scan(path: Path, sha256: str, image: Image.Image, fmt: str, keep_
         window = ((lo + hi) / 2.0, hi - lo)
         extra["window_source"] = "min-max"
         if keep_raw:
-            raw = values
+            raw = values.astype(values.dtype.newbyteorder("="), copy=False)  # native order
     metadata = ScanMetadata(
         source_format=_SOURCE_FORMAT.get(fmt, fmt.lower()),
         width=int(pixels.shape[1]),
