@@ -562,3 +562,19 @@ def test_demo_samples_all_load_and_stay_small() -> None:
         assert is_candidate(path), path.name
         scan = load_scan(path)
         assert float(scan.pixels.std()) > 0.05, path.name
+
+
+def test_two_threads_decode_the_same_pixels_without_global_side_effects() -> None:
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [*_all_fixture_images(), TB_PNG, CR_CHEST] * 2
+    serial = [load_scan(p).pixels for p in paths]
+    filters_before = list(warnings.filters)
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda p: load_scan(p).pixels, paths))
+    for one, other in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(one, other)
+    assert filters_before == list(warnings.filters)
+    assert limit_before == Image.MAX_IMAGE_PIXELS
