@@ -32,6 +32,8 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
         root.addHandler(handler)
     except OSError:
         path = None  # a read-only home must not stop screening
+    # pydicom's validation warnings can quote attribute values, patient names included.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     if console:
         stream = logging.StreamHandler()
         stream.setLevel(logging.DEBUG if verbose else logging.WARNING)
