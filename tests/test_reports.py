@@ -540,9 +540,14 @@ def test_pdf_embeds_small_jpegs_for_each_flagged_scan(pdf_off):
     listing = subprocess.run(
         ["pdfimages", "-list", str(pdf_off)], capture_output=True, check=True, text=True
     ).stdout.splitlines()[2:]
-    images = [line.split() for line in listing if line.strip()]
+    rows = [line.split() for line in listing if line.strip()]
+    # columns: page num type width height color comp bpc enc interp object-id ...
+    legends = [row for row in rows if (row[3], row[4]) == ("256", "6")]
+    images = [row for row in rows if row not in legends]
     # Flagged: #1 TB (scan + 1 heatmap), #3 pneumonia (2), #4 both (3), #9 DICOM both (3).
     assert len(images) == 10
+    assert len(legends) == 6  # one colour scale per heatmap...
+    assert len({row[10] for row in legends}) == 1  # ...embedded once
     assert {row[8] for row in images} == {"jpeg"}  # columns: page num type w h color comp bpc enc
     assert max(max(int(row[3]), int(row[4])) for row in images) <= 300
     assert {row[5] for row in images} == {"gray", "rgb"}  # plain scans grey, heatmaps colour

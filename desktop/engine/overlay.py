@@ -21,9 +21,10 @@ from desktop.engine.results import ScanResult
 
 logger = logging.getLogger(__name__)
 
-#: Default opacity of the heatmap over the scan: enough to see the hot region, little enough
-#: to still see the anatomy under it.
-DEFAULT_OPACITY = 0.45
+#: Default opacity of the heatmap where the activation peaks. The blend is weighted by the
+#: activation (see :func:`overlay`), so cold regions stay plain grey whatever this is; 0.6
+#: makes the hot region clear while the anatomy under it still shows.
+DEFAULT_OPACITY = 0.6
 
 # Inferno sampled at 33 evenly spaced points (index 0 = value 0.0, index 32 = value 1.0), 0-255.
 _INFERNO_ANCHORS = np.array(
@@ -75,8 +76,12 @@ def overlay(grey01: np.ndarray, activation01: np.ndarray, opacity: float) -> np.
     """Alpha-blend the heatmap of ``activation01`` over a grey image; uint8 RGB (H, W, 3).
 
     ``grey01`` is float in [0, 1] (a uint8 image is accepted and scaled); ``activation01``
-    must have the same shape (map it first with :func:`activation_to_image`). ``opacity`` 0
-    gives the grey image unchanged, 1 the heatmap alone.
+    must have the same shape (map it first with :func:`activation_to_image`). Each pixel's
+    alpha is ``opacity * activation``: where the model paid no attention the scan stays
+    untouched grey, and colour rises with attention. A uniform alpha would instead tint the
+    whole film dark purple and turn bright bone pink, hiding the anatomy a reader needs to
+    judge the hot spot. ``opacity`` 0 gives the grey image exactly; 1 gives the pure heatmap
+    colour where the activation is 1.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
@@ -88,9 +93,10 @@ def overlay(grey01: np.ndarray, activation01: np.ndarray, opacity: float) -> np.
     base = grey[:, :, None] * np.float32(255.0)
     if opacity == 0.0:
         return np.repeat(np.rint(base), 3, axis=2).astype(np.uint8)
-    heat = heatmap_rgb(activation01).astype(np.float32)
-    alpha = np.float32(opacity)
-    blended = base * (np.float32(1.0) - alpha) + heat * alpha
+    act = np.nan_to_num(np.asarray(activation01, dtype=np.float32), nan=0.0)
+    alpha = np.clip(act, 0.0, 1.0)[:, :, None] * np.float32(opacity)
+    heat = heatmap_rgb(act).astype(np.float32)
+    blended = base + (heat - base) * alpha
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 

@@ -45,7 +45,7 @@ from reportlab.platypus import (
 )
 
 from desktop.engine.manifest import ModelManifest
-from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, overlay
+from desktop.engine.overlay import DEFAULT_OPACITY, INFERNO_LUT, decode_thumbnail, overlay
 from desktop.engine.paths import assets_dir
 from desktop.engine.preprocess import activation_to_image
 from desktop.engine.reports._common import (
@@ -161,6 +161,8 @@ def _styles(regular: str, bold: str) -> dict[str, ParagraphStyle]:
                              spaceBefore=8, spaceAfter=4),
         "footer": ParagraphStyle("footer", parent=base, fontSize=7, leading=8.5,
                                  textColor=_MUTED),
+        "tiny": ParagraphStyle("tiny", parent=base, fontSize=6.5, leading=7.5,
+                               textColor=_MUTED),
         "right": ParagraphStyle("right", parent=base, fontSize=7, alignment=TA_RIGHT),
     }  # fmt: skip
 
@@ -228,6 +230,35 @@ def _jpeg(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=False)
     return buffer.getvalue()
+
+
+def _legend(st: dict[str, ParagraphStyle], width: float) -> Table:
+    """A small "low → high" colour scale, so the heatmap colours can be read without a key.
+
+    Every legend uses identical image data, which reportlab embeds only once.
+    """
+    strip = PILImage.fromarray(np.repeat(INFERNO_LUT[None, :, :], 6, axis=0))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    bar = Image(io.BytesIO(buffer.getvalue()), width=width - 22 * mm, height=2.2 * mm)
+    table = Table(
+        [[Paragraph("low", st["tiny"]), bar, Paragraph("high", st["tiny"])]],
+        colWidths=[8 * mm, width - 22 * mm, 12 * mm],
+        hAlign="LEFT",
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 1),
+                ("LEFTPADDING", (2, 0), (2, 0), 1.5 * mm),
+                ("TOPPADDING", (0, 0), (-1, -1), 0),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 0),
+            ]
+        )
+    )
+    return table
 
 
 def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Image:
@@ -391,6 +422,7 @@ def _cover(
     table = Table(op_rows, colWidths=[45 * mm, 30 * mm, 22 * mm, 40 * mm, 40 * mm], hAlign="LEFT")
     table.setStyle(TableStyle([*_grid_style(regular, bold), ("ALIGN", (2, 1), (-1, -1), "RIGHT")]))
     story.append(table)
+    story.append(Spacer(1, 1.5 * mm))
     story.append(
         Paragraph(
             "A scan is flagged when a model's score reaches that model's threshold. "
@@ -533,10 +565,11 @@ def _flagged_section(
         for mid in flagged_ids:
             manifest: ModelManifest = ctx.manifests[mid]
             finding = result.findings[mid]
-            caption = Paragraph(f"{_t(manifest.name)}: where the model looked", st["small"])
+            caption: Any = Paragraph(f"{_t(manifest.name)}: where the model looked", st["small"])
             if finding.activation is None:
                 cells.append((Paragraph("no heatmap available", st["muted"]), caption))
                 continue
+            caption = [caption, _legend(st, box_w)]
             # Mapped at print size: the fit geometry depends only on the aspect ratio.
             cam = activation_to_image(finding.activation, manifest.preprocessing, grey.shape)
             heat = _jpeg(overlay(grey, cam, DEFAULT_OPACITY))
