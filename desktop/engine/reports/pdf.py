@@ -9,6 +9,7 @@ the size shown), which keeps a 500-scan report to a few megabytes and a few seco
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -232,15 +233,20 @@ def _jpeg(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
+def _legend_png() -> bytes:
+    strip = PILImage.fromarray(np.repeat(INFERNO_LUT[None, :, :], 6, axis=0))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _legend(st: dict[str, ParagraphStyle], width: float) -> Table:
     """A small "low → high" colour scale, so the heatmap colours can be read without a key.
 
     Every legend uses identical image data, which reportlab embeds only once.
     """
-    strip = PILImage.fromarray(np.repeat(INFERNO_LUT[None, :, :], 6, axis=0))
-    buffer = io.BytesIO()
-    strip.save(buffer, format="PNG")
-    bar = Image(io.BytesIO(buffer.getvalue()), width=width - 22 * mm, height=2.2 * mm)
+    bar = Image(io.BytesIO(_legend_png()), width=width - 22 * mm, height=2.2 * mm)
     table = Table(
         [[Paragraph("low", st["tiny"]), bar, Paragraph("high", st["tiny"])]],
         colWidths=[8 * mm, width - 22 * mm, 12 * mm],
@@ -324,7 +330,7 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
 # --- content ----------------------------------------------------------------------------
 
 
-def _kv_table(rows: list[tuple[str, str]], st: dict[str, ParagraphStyle], bold: str) -> Table:
+def _kv_table(rows: list[tuple[str, str]], st: dict[str, ParagraphStyle]) -> Table:
     data = [[Paragraph(_t(k), st["small"]), Paragraph(_t(v), st["small"])] for k, v in rows]
     table = Table(data, colWidths=[45 * mm, PAGE[0] - 2 * MARGIN - 45 * mm], hAlign="LEFT")
     table.setStyle(
@@ -355,7 +361,6 @@ def _grid_style(font: str, bold: str, size: float = 8) -> list[tuple[Any, ...]]:
 
 
 def _cover(
-    results: Sequence[ScanResult],
     ctx: ReportContext,
     counts: Counts,
     common: str | None,
@@ -386,7 +391,7 @@ def _cover(
             "included (opted in)" if ctx.include_identifiers else "not included",
         ),
     ]
-    story += [_kv_table(details, st, bold), Spacer(1, 5 * mm)]
+    story += [_kv_table(details, st), Spacer(1, 5 * mm)]
 
     story.append(Paragraph("Counts", st["h2"]))
     count_rows: list[list[str]] = [["", "Scans"], ["Total", str(counts.total)]]
@@ -668,7 +673,7 @@ def build_story(results: Sequence[ScanResult], ctx: ReportContext) -> list[Flowa
     st = _styles(*fonts)
     counts = count(results, ctx)
     common = _common_folder([r.file for r in results])
-    story = _cover(results, ctx, counts, common, st, fonts)
+    story = _cover(ctx, counts, common, st, fonts)
     story += _summary(results, ctx, common, st, fonts)
     story.append(PageBreak())
     story.append(Paragraph(f"Flagged scans ({counts.flagged_any})", st["h1"]))
