@@ -1,0 +1,131 @@
+"""Application start-up: the QApplication, the error hook, and the main window.
+
+The window is shown first and everything slow (ONNX Runtime, the models, the results
+store's interrupted batches) starts from the event loop afterwards, so a double-click gives
+a window at once. An uncaught exception on the GUI thread is logged with its traceback and
+shown in a dialog that says what to do, instead of closing the app or doing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
+
+from desktop import __version__
+from desktop.app_logging import configure_logging, log_file_path
+
+log = logging.getLogger("medscreen.gui")
+
+#: Set to 1 to quit as soon as the window is shown (start-up benchmark, install smoke test);
+#: the process then writes ``shown_after_s=<seconds since process start>`` to stdout.
+SMOKE_ENV = "MEDSCREEN_SMOKE"
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; elsewhere since this module loaded)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            up = float(uptime.read().split()[0])
+        return up - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _LOADED
+
+
+_LOADED = time.perf_counter()
+
+
+def install_excepthook(parent: QWidget | None = None) -> None:
+    """Log uncaught exceptions with their trace and tell the user what happened."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        log.critical("uncaught exception", exc_info=(kind, value, tb))
+        if QApplication.instance() is None:
+            sys.__excepthook__(kind, value, tb)
+            return
+        text = "".join(traceback.format_exception_only(kind, value)).strip()
+        box = QMessageBox(parent)
+        box.setIcon(QMessageBox.Icon.Critical)
+        box.setWindowTitle("MedScreen — unexpected error")
+        box.setText(
+            "Something went wrong inside MedScreen. Scans already screened are saved.\n\n"
+            f"What happened: {text}"
+        )
+        box.setInformativeText(
+            "You can keep working. If it happens again, restart MedScreen and send the log "
+            f"file to your support contact:\n{log_file_path()}"
+        )
+        box.setDetailedText("".join(traceback.format_exception(kind, value, tb)))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    sys.excepthook = hook
+
+
+def create_app(argv: Sequence[str] | None = None) -> QApplication:
+    """The QApplication with MedScreen's names (no style overrides: the platform's palette,
+    including dark mode, is used as is)."""
+    app = QApplication.instance()
+    if isinstance(app, QApplication):
+        return app
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+        Qt.HighDpiScaleFactorRoundingPolicy.PassThrough
+    )
+    app = QApplication(list(argv) if argv is not None else sys.argv[:1])
+    app.setApplicationName("MedScreen")
+    app.setOrganizationName("MedScreen")
+    app.setApplicationVersion(__version__)
+    app.setApplicationDisplayName("MedScreen")
+    return app
+
+
+def main(argv: Sequence[str] | None = None, model_dirs: Sequence[Path] | None = None) -> int:
+    """Open the MedScreen window; returns the exit code. Called by ``medscreen`` with no args.
+
+    ``MEDSCREEN_MODELS`` (folders separated by the OS path separator) overrides where models
+    are looked for, like ``--models`` on the command line.
+    """
+    log_path = configure_logging(console=True)
+    app = create_app(argv)
+    from desktop.gui.main_window import MainWindow  # after QApplication: widgets need it
+
+    if model_dirs is None and os.environ.get("MEDSCREEN_MODELS"):
+        model_dirs = [Path(p) for p in os.environ["MEDSCREEN_MODELS"].split(os.pathsep) if p]
+    window = MainWindow(model_dirs=model_dirs)
+    install_excepthook(window)
+    window.show()
+
+    def shown() -> None:
+        # Runs once the event loop has exposed and painted the window.
+        age = _process_age_s()
+        log.info(
+            "MedScreen %s window shown %.2f s after start (log: %s)", __version__, age, log_path
+        )
+        if os.environ.get(SMOKE_ENV) == "1":
+            sys.stdout.write(f"shown_after_s={age:.3f}\n")
+            sys.stdout.flush()
+            window.close()
+        else:
+            window.start()
+
+    QTimer.singleShot(0, shown)
+    code = app.exec()
+    from desktop.gui.workers import wait_all
+
+    wait_all(60_000)
+    return int(code)

@@ -1,0 +1,64 @@
+"""The running batch: progress (done/total), scans per second, time left, and Cancel."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QStyle, QWidget
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating time left…"
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s left"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min left"
+    return f"{seconds / 3600:.1f} h left"
+
+
+class BatchBar(QWidget):
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.progress = QProgressBar(self)
+        self.progress.setFormat("%v / %m")
+        self.progress.setMinimumWidth(240)
+        self.rate = QLabel(self)
+        self.current = QLabel(self)
+        self.current.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        self.cancel = QPushButton(
+            self.style().standardIcon(QStyle.StandardPixmap.SP_DialogCancelButton),
+            "Cancel (Esc)",
+            self,
+        )
+        self.cancel.setToolTip("Stop after the scans in progress; finished scans are kept")
+        self.cancel.clicked.connect(self.cancel_requested)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.progress, 2)
+        layout.addWidget(self.rate)
+        layout.addWidget(self.current, 1)
+        layout.addWidget(self.cancel)
+        self.hide()
+
+    def start(self, text: str = "Finding scans…") -> None:
+        self.progress.setRange(0, 0)  # busy until the total is known
+        self.rate.setText(text)
+        self.current.setText("")
+        self.cancel.setEnabled(True)
+        self.cancel.setText("Cancel (Esc)")
+        self.show()
+
+    def update_progress(
+        self, done: int, total: int, rate: float, eta_s: float | None, current: str
+    ) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        rate_text = f"{rate:.1f} scans/s" if rate > 0 else "starting…"
+        self.rate.setText(f"{done} / {total} · {rate_text} · {format_eta(eta_s)}")
+        self.current.setText(current)
+
+    def cancelling(self) -> None:
+        self.cancel.setEnabled(False)
+        self.cancel.setText("Stopping…")

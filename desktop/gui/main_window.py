@@ -1,0 +1,719 @@
+"""The main window: drop scans, watch the batch, review and export the results.
+
+It wires small widgets together and owns the long-lived engine objects (the results store,
+the loaded model set). All long work goes through workers: loading models, checking a drop,
+screening (via :class:`BatchController`), writing reports. The window shows itself before any
+of that starts, so it is up in well under two seconds even while ONNX Runtime loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QModelIndex, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtGui import QKeySequence as Keys
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMenu,
+    QStackedWidget,
+    QStyle,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop import DISCLAIMER, __version__
+from desktop.engine.paths import default_db_path
+from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
+from desktop.engine.store import ResultsStore
+from desktop.gui.batch_bar import BatchBar
+from desktop.gui.batch_controller import BatchController
+from desktop.gui.drop_area import SCAN_KINDS, DropArea, accept_if_files, paths_from_mime
+from desktop.gui.message_bar import MessageBar
+from desktop.gui.operating_point import OperatingPointPicker
+from desktop.gui.results_model import Filter, FlaggedRole, ResultsModel, ResultsProxy
+from desktop.gui.results_view import ResultsView
+from desktop.gui.settings import AppSettings
+from desktop.gui.workers import Worker, WorkerError
+
+if TYPE_CHECKING:
+    from desktop.engine.registry import ModelSet
+    from desktop.engine.runner import BatchSummary, Progress
+    from desktop.gui.viewer import ScanViewer
+
+log = logging.getLogger(__name__)
+
+DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA (NVIDIA GPU)", "cuda"))
+
+
+def _load_models(dirs: list[Path] | None, device: str) -> ModelSet:
+    from desktop.engine.inference import choose_device
+    from desktop.engine.registry import load_model_set
+
+    return load_model_set(dirs, choose_device(device))
+
+
+def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Worker side of a drop: which inputs hold scans, and a message for each that does not.
+
+    A file is judged with the engine's ``is_candidate``, a folder by what ``discover`` finds
+    in it: the same rules the batch runner applies, so what is accepted here gets screened.
+    """
+    from desktop.engine.discovery import discover
+    from desktop.engine.loading import is_candidate
+
+    accepted: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = discover([path])
+            if found.files:
+                accepted.append(path)
+            else:
+                problems.append(
+                    f"The folder {path.name} holds no scan MedScreen can read ({SCAN_KINDS})."
+                )
+        elif not path.exists():
+            problems.append(f"{path.name} no longer exists.")
+        elif is_candidate(path):
+            accepted.append(path)
+        else:
+            problems.append(f"{path.name} is not a scan MedScreen can read ({SCAN_KINDS}).")
+    return accepted, problems
+
+
+class MainWindow(QMainWindow):
+    #: The model set loaded (or failed: None), for tests and the screenshot script.
+    models_changed = Signal(object)
+    #: An export finished: list of written paths.
+    export_done = Signal(list)
+
+    def __init__(
+        self,
+        settings: AppSettings | None = None,
+        store: ResultsStore | None = None,
+        model_dirs: Sequence[Path] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.settings = settings or AppSettings()
+        self._store = store
+        self._model_dirs = list(model_dirs) if model_dirs is not None else None
+        self.models: ModelSet | None = None
+        self._model_worker: Worker | None = None
+        self._side_workers: set[Worker] = set()
+        self._viewers: list[ScanViewer] = []
+        self._pending_inputs: list[Path] = []
+        self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
+        self.setAcceptDrops(True)
+        self.resize(1280, 800)
+
+        self.model = ResultsModel(self)
+        self.proxy = ResultsProxy(self)
+        self.proxy.setSourceModel(self.model)
+        self.batch = BatchController(self)
+        self.batch.rows_ready.connect(self.model.append)
+        self.batch.progress.connect(self._progress)
+        self.batch.batch_finished.connect(self._batch_finished)
+        self.batch.batch_failed.connect(self._batch_failed)
+
+        self._build_ui()
+        self._build_actions()
+        self._restore_window()
+        self.model.rowsInserted.connect(self._update_counts)
+        self.model.modelReset.connect(self._update_counts)
+        self.model.dataChanged.connect(self._update_counts)
+
+    # -- construction ----------------------------------------------------------------------
+    @property
+    def store(self) -> ResultsStore:
+        if self._store is None:
+            self._store = ResultsStore(default_db_path())
+        return self._store
+
+    def _build_ui(self) -> None:
+        self.messages = MessageBar(self)
+        self.drop_area = DropArea(self)
+        self.drop_area.paths_dropped.connect(self.open_paths)
+        self.drop_area.open_files_requested.connect(self.choose_files)
+        self.drop_area.open_folder_requested.connect(self.choose_folder)
+        self.view = ResultsView(self.proxy, self)
+        self.view.open_requested.connect(self.open_viewer)
+        self.view.paths_dropped.connect(self.open_paths)
+        self.batch_bar = BatchBar(self)
+        self.batch_bar.cancel_requested.connect(self.cancel_batch)
+
+        self.op_picker = OperatingPointPicker(self)
+        self.op_picker.choice_changed.connect(self._choice_changed)
+        self.filter_combo = QComboBox(self)
+        for item in Filter:
+            self.filter_combo.addItem(item.value, item)
+        self.filter_combo.setToolTip("Show all scans, only flagged ones, not screened, or errors")
+        self.filter_combo.currentIndexChanged.connect(
+            lambda _i: self.proxy.set_filter(self.filter_combo.currentData())
+        )
+        self.search = QLineEdit(self)
+        self.search.setPlaceholderText("Search file names…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setMaximumWidth(260)
+        self.search.textChanged.connect(self.proxy.set_search)
+        self.counts = QLabel(self)
+
+        review = QHBoxLayout()
+        review.addWidget(self.op_picker)
+        review.addStretch(1)
+        review.addWidget(QLabel("Show:", self))
+        review.addWidget(self.filter_combo)
+        review.addWidget(self.search)
+
+        results_page = QWidget(self)
+        page = QVBoxLayout(results_page)
+        page.setContentsMargins(0, 0, 0, 0)
+        page.addLayout(review)
+        page.addWidget(self.view, 1)
+        foot = QHBoxLayout()
+        foot.addWidget(self.counts)
+        foot.addStretch(1)
+        disclaimer = QLabel("Decision support only — not a diagnosis.", self)
+        disclaimer.setToolTip(DISCLAIMER)
+        disclaimer.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        foot.addWidget(disclaimer)
+        page.addLayout(foot)
+
+        self.pages = QStackedWidget(self)
+        self.pages.addWidget(self.drop_area)
+        self.pages.addWidget(results_page)
+
+        central = QWidget(self)
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(8, 6, 8, 4)
+        layout.addWidget(self.messages)
+        layout.addWidget(self.batch_bar)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self.models_label = QLabel("Loading models…", self)
+        self.statusBar().addPermanentWidget(self.models_label)
+
+    def _build_actions(self) -> None:
+        style = self.style()
+        sp = QStyle.StandardPixmap
+
+        def action(
+            text: str, slot: object, shortcut: object = None, icon: object = None
+        ) -> QAction:
+            act = QAction(text, self)
+            if icon is not None:
+                act.setIcon(style.standardIcon(icon))  # type: ignore[arg-type]
+            if shortcut is not None:
+                act.setShortcut(shortcut)  # type: ignore[arg-type]
+            act.triggered.connect(slot)  # type: ignore[arg-type]
+            self.addAction(act)
+            return act
+
+        self.act_open_files = action(
+            "Open files…", self.choose_files, Keys.StandardKey.Open, sp.SP_FileIcon
+        )
+        self.act_open_folder = action(
+            "Open folder…", self.choose_folder, Keys("Ctrl+Shift+O"), sp.SP_DirOpenIcon
+        )
+        self.act_export = action(
+            "Export report…", self.choose_export, Keys("Ctrl+E"), sp.SP_DialogSaveButton
+        )
+        self.act_export_rows = action(
+            "Export selected rows…", lambda: self.choose_export(selected_only=True)
+        )
+        self.act_history = action(
+            "Batch history…", self.show_history, Keys("Ctrl+H"), sp.SP_FileDialogDetailedView
+        )
+        self.act_settings = action("Settings…", self.show_settings, Keys.StandardKey.Preferences)
+        self.act_quit = action("Quit", self.close, Keys.StandardKey.Quit)
+        self.act_next = action("Next flagged scan", lambda: self.goto_flagged(1), Keys("F3"))
+        self.act_prev = action(
+            "Previous flagged scan", lambda: self.goto_flagged(-1), Keys("Shift+F3")
+        )
+        self.act_heat = action("Toggle heatmap in viewer", self._toggle_viewer_heat, Keys("H"))
+        self.act_heat.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.act_cancel = action("Cancel batch", self.cancel_batch, Keys("Esc"), sp.SP_BrowserStop)
+        self.act_cancel.setEnabled(False)
+        self.act_models = action(
+            "Models and about…", self.show_models, None, sp.SP_MessageBoxInformation
+        )
+
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.act_open_files)
+        file_menu.addAction(self.act_open_folder)
+        self.recent_menu = QMenu("Recent folders", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_export)
+        file_menu.addAction(self.act_export_rows)
+        file_menu.addAction(self.act_history)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_settings)
+        file_menu.addAction(self.act_quit)
+        review_menu = menu.addMenu("&Review")
+        review_menu.addAction(self.act_next)
+        review_menu.addAction(self.act_prev)
+        review_menu.addAction(self.act_heat)
+        review_menu.addAction(self.act_cancel)
+        self.device_menu = menu.addMenu("&Device")
+        self.device_actions: dict[str, QAction] = {}
+        for text, value in DEVICES:
+            act = QAction(text, self, checkable=True)
+            act.setChecked(value == self.settings.device)
+            act.triggered.connect(lambda _c=False, v=value: self.set_device(v))
+            self.device_menu.addAction(act)
+            self.device_actions[value] = act
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.act_models)
+
+        bar = QToolBar("Main", self)
+        bar.setObjectName("mainToolbar")
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        bar.setMovable(False)
+        for act in (self.act_open_files, self.act_open_folder, self.act_export, self.act_history):
+            bar.addAction(act)
+        bar.addSeparator()
+        bar.addWidget(QLabel(" Device: ", self))
+        self.device_combo = QComboBox(self)
+        for text, value in DEVICES:
+            self.device_combo.addItem(text, value)
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(self.settings.device)))
+        self.device_combo.setToolTip("Where inference runs; the status bar says what really runs")
+        self.device_combo.activated.connect(
+            lambda _i: self.set_device(self.device_combo.currentData())
+        )
+        bar.addWidget(self.device_combo)
+        bar.addSeparator()
+        bar.addAction(self.act_models)
+        self.addToolBar(bar)
+
+    def _restore_window(self) -> None:
+        geometry = self.settings.geometry()
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        state = self.settings.window_state()
+        if state is not None:
+            self.restoreState(state)
+
+    # -- start-up: models and interrupted batches ----------------------------------------------
+    def start(self) -> None:
+        """Begin the background work once the window is on screen."""
+        self.load_models()
+
+    def load_models(self) -> None:
+        if self._model_worker is not None:
+            return
+        self.models_label.setText("Loading models…")
+        self.act_export.setEnabled(False)
+        worker = Worker(
+            _load_models, self._model_dirs, self.settings.device, name="medscreen-models"
+        )
+        worker.returned.connect(self._models_loaded)
+        worker.errored.connect(self._models_failed)
+        worker.finished.connect(self._models_worker_done)
+        self._model_worker = worker
+        worker.start()
+
+    def _models_worker_done(self) -> None:
+        self._model_worker = None
+
+    def _models_loaded(self, models: ModelSet) -> None:
+        self.models = models
+        device = models.device.describe()
+        self.models_label.setText(f"Models ready — {device}")
+        self.models_label.setToolTip("; ".join(m.key for m in models.manifests.values()))
+        self.model.set_manifests(models.manifests)
+        self.op_picker.set_manifests(models.manifests, self.settings.operating_point)
+        self.view.apply_column_widths()
+        self.act_export.setEnabled(True)
+        if models.problems:
+            self.messages.show_message(
+                "Some model files were refused: " + "; ".join(models.problems), "warning"
+            )
+        self.models_changed.emit(models)
+        self._offer_resume()
+        if self._pending_inputs:
+            pending, self._pending_inputs = self._pending_inputs, []
+            self._start_batch(pending)
+
+    def _models_failed(self, error: WorkerError) -> None:
+        self.models = None
+        reason = getattr(error.exception, "message", None) or str(error.exception)
+        self.models_label.setText("Models not loaded — see the message above")
+        self.messages.show_message(
+            f"The screening models could not be loaded: {reason}. Reinstall MedScreen, or "
+            "choose Device → Auto or CPU if a GPU was requested.",
+            "error",
+            "Try again",
+            self.load_models,
+        )
+        self._pending_inputs = []
+        self.models_changed.emit(None)
+
+    def _offer_resume(self) -> None:
+        try:
+            interrupted = self.store.interrupted_batches()
+        except Exception as exc:
+            log.warning("cannot read the results store: %s", exc)
+            return
+        if not interrupted or self.batch.is_running():
+            return
+        info = interrupted[0]
+        left = (info.total or 0) - info.done
+        self.messages.show_message(
+            f"A batch started {info.started_at[:16].replace('T', ' ')} UTC was interrupted "
+            f"with {info.done} of {info.total or '?'} scans done ({left} left).",
+            "warning",
+            "Resume",
+            lambda: self.resume_batch(info.id),
+        )
+
+    def set_device(self, value: str) -> None:
+        """Choose Auto/CPU/CUDA: reloads the models (not during a batch)."""
+        for key, act in self.device_actions.items():
+            act.setChecked(key == value)
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(value)))
+        if value == self.settings.device and self.models is not None:
+            return
+        if self.batch.is_running():
+            self.messages.show_message(
+                "The device changes after the running batch (cancel it with Esc first).",
+                "warning",
+            )
+            return
+        self.settings.device = value
+        self.load_models()
+
+    # -- opening scans ------------------------------------------------------------------------
+    def choose_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self,
+            "Open scans",
+            self.settings.last_folder,
+            "Scans (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.dcm *.dicom);;All files (*)",
+        )
+        if files:
+            self.open_paths([Path(f) for f in files])
+
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open a folder of scans", self.settings.last_folder
+        )
+        if folder:
+            self.open_paths([Path(folder)])
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent_folders()
+        for folder in recent:
+            act = self.recent_menu.addAction(folder)
+            act.triggered.connect(lambda _c=False, f=folder: self.open_paths([Path(f)]))
+        if not recent:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+
+    def open_paths(self, paths: list[Path]) -> None:
+        """Check a drop (in a worker) and screen what holds scans; say why the rest does not."""
+        if not paths:
+            return
+        if self.batch.is_running():
+            self.messages.show_message(
+                "A batch is running: wait for it, or cancel it (Esc) and drop again.", "warning"
+            )
+            return
+        worker = Worker(_check_drop, list(paths), name="medscreen-drop")
+        worker.returned.connect(self._drop_checked)
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        worker.start()
+
+    def _drop_checked(self, checked: tuple[list[Path], list[str]]) -> None:
+        accepted, problems = checked
+        if problems:
+            self.messages.show_message(" ".join(problems), "warning")
+        if not accepted:
+            return
+        for path in accepted:
+            folder = path if path.is_dir() else path.parent
+            self.settings.add_recent(str(folder))
+            self.settings.last_folder = str(folder)
+        if self.models is None:
+            self._pending_inputs = accepted
+            self.statusBar().showMessage("The scans will be screened once the models are ready.")
+            return
+        self._start_batch(accepted)
+
+    def _start_batch(self, inputs: list[Path], resume: str | None = None) -> None:
+        if self.models is None or self.batch.is_running():
+            return
+        self._close_viewers()
+        self.model.clear()
+        self.pages.setCurrentIndex(1)
+        self.batch_bar.start("Resuming…" if resume else "Finding scans…")
+        self.act_cancel.setEnabled(True)
+        self.batch.start(self.models, self.store, inputs, resume=resume)
+
+    def resume_batch(self, batch_id: str) -> None:
+        """Continue an interrupted batch: its finished scans load first, then the rest run."""
+        if self.models is None or self.batch.is_running():
+            return
+        self._start_batch([], resume=batch_id)
+        self.model.append(list(self.store.batch_results(batch_id)))
+
+    def cancel_batch(self) -> None:
+        if self.batch.is_running():
+            self.batch_bar.cancelling()
+            self.batch.cancel()
+
+    def _progress(self, progress: Progress) -> None:
+        current = Path(progress.current).name if progress.current else ""
+        self.batch_bar.update_progress(
+            progress.done, progress.total, progress.rate, progress.eta_s, current
+        )
+
+    def _batch_finished(self, summary: BatchSummary | None, cancelled: bool) -> None:
+        self.batch_bar.hide()
+        self.act_cancel.setEnabled(False)
+        if summary is None:
+            return
+        verb = "Cancelled" if cancelled else "Finished"
+        text = (
+            f"{verb}: {summary.ok} screened, {summary.not_chest_xray} not chest X-rays, "
+            f"{summary.errors} errors in {summary.elapsed_s:.0f} s"
+        )
+        if cancelled:
+            text += " — the finished scans are kept; reopen the batch from History to resume."
+        if summary.total == 0:
+            self.messages.show_message(f"No scans found to screen ({SCAN_KINDS}).", "warning")
+        self.statusBar().showMessage(text)
+        log.info("batch %s: %s", summary.batch_id, text)
+
+    def _batch_failed(self, error: WorkerError) -> None:
+        self.batch_bar.hide()
+        self.act_cancel.setEnabled(False)
+        reason = getattr(error.exception, "message", None) or str(error.exception)
+        self.messages.show_message(
+            f"The batch stopped: {reason}. The scans finished so far are kept. "
+            "The log file has the details.",
+            "error",
+        )
+
+    # -- reviewing ----------------------------------------------------------------------------
+    def _choice_changed(self, choice: ThresholdChoice) -> None:
+        self.model.set_choice(choice)
+        self.settings.operating_point = self.op_picker.setting_text()
+        for viewer in self._viewers:
+            viewer.set_choice(choice)
+
+    def _update_counts(self, *_args: object) -> None:
+        results = self.model.results()
+        flagged = sum(
+            1 for r in results if r.status is ScanStatus.OK and self.model.is_row_flagged(r)
+        )
+        errors = sum(1 for r in results if r.status is ScanStatus.ERROR)
+        refused = sum(1 for r in results if r.status is ScanStatus.NOT_CHEST_XRAY)
+        self.counts.setText(
+            f"{len(results)} scans · {flagged} flagged · {refused} not chest X-rays · "
+            f"{errors} errors"
+        )
+        if results and self.pages.currentIndex() == 0:
+            self.pages.setCurrentIndex(1)
+
+    def goto_flagged(self, step: int) -> None:
+        """F3 / Shift+F3: move to the next or previous flagged row (wrapping)."""
+        rows = self.proxy.rowCount()
+        if not rows:
+            return
+        start = self.view.currentIndex().row()
+        for i in range(1, rows + 1):
+            row = (start + step * i) % rows
+            if self.proxy.index(row, 0).data(FlaggedRole):
+                index = self.proxy.index(row, 1)
+                self.view.setCurrentIndex(index)
+                self.view.scrollTo(index)
+                return
+        self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
+
+    def open_viewer(self, result: ScanResult) -> ScanViewer:
+        from desktop.gui.viewer import ScanViewer  # reads scans: imported when first needed
+
+        manifests = self.models.manifests if self.models else self.model.manifests()
+        viewer = ScanViewer(result, manifests, self.model.choice(), self)
+        viewer.destroyed.connect(lambda _o=None, v=viewer: self._forget_viewer(v))
+        self._viewers.append(viewer)
+        viewer.show()
+        return viewer
+
+    def _forget_viewer(self, viewer: ScanViewer) -> None:
+        if viewer in self._viewers:
+            self._viewers.remove(viewer)
+
+    def _close_viewers(self) -> None:
+        for viewer in list(self._viewers):
+            viewer.close()
+
+    def _toggle_viewer_heat(self) -> None:
+        for viewer in self._viewers:
+            if viewer.isActiveWindow():
+                viewer.heat_box.toggle()
+                return
+        if self._viewers:
+            self._viewers[-1].heat_box.toggle()
+
+    def current_index(self) -> QModelIndex:
+        return self.view.currentIndex()
+
+    # -- dialogs --------------------------------------------------------------------------------
+    def show_models(self) -> None:
+        from desktop.gui.models_dialog import ModelsDialog
+
+        manifests = self.models.manifests if self.models else {}
+        device = self.models.device.describe() if self.models else ""
+        problems = self.models.problems if self.models else []
+        dialog = ModelsDialog(manifests, device, problems, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+
+    def show_history(self) -> None:
+        from desktop.gui.history_dialog import HistoryDialog
+
+        dialog = HistoryDialog(self.store.batches(), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.open_batch(dialog.chosen) if dialog.chosen else None)
+        dialog.open()
+
+    def open_batch(self, batch_id: str) -> None:
+        """Load a past batch's results into the table (streamed from the store, in order)."""
+        if self.batch.is_running():
+            self.messages.show_message("Wait for the running batch before opening another.")
+            return
+        info = self.store.batch(batch_id)
+        self._close_viewers()
+        self.model.clear()
+        self.model.append(list(self.store.batch_results(batch_id)))
+        self.batch.batch_id = batch_id
+        self.pages.setCurrentIndex(1)
+        if info is not None and info.total is not None and info.done < info.total:
+            self.messages.show_message(
+                f"This batch stopped with {info.done} of {info.total} scans done.",
+                "info",
+                "Resume",
+                lambda: self.resume_batch(batch_id),
+            )
+
+    def show_settings(self) -> None:
+        from desktop.gui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+
+    # -- export ---------------------------------------------------------------------------------
+    def choose_export(self, selected_only: bool = False) -> None:
+        start = Path(self.settings.last_folder or Path.home()) / "medscreen-report.pdf"
+        name, _ = QFileDialog.getSaveFileName(
+            self, "Export report (PDF and CSV)", str(start), "PDF report (*.pdf)"
+        )
+        if name:
+            self.export_report(Path(name), selected_only=selected_only)
+
+    def export_report(self, pdf_path: Path, selected_only: bool = False) -> Worker | None:
+        """Write ``<name>.pdf`` and ``<name>.csv`` beside it, in a worker thread."""
+        if self.models is None:
+            self.messages.show_message("Reports need the models loaded.", "warning")
+            return None
+        results = self.view.selected_results() if selected_only else self.model.results()
+        if not results:
+            self.messages.show_message("Nothing to export yet.", "warning")
+            return None
+        from desktop.engine.reports import ReportContext, write_reports
+
+        ctx = ReportContext(
+            batch_id=self.batch.batch_id,
+            created_at=datetime.now(UTC),
+            app_version=__version__,
+            manifests=self.models.manifests,
+            choice=self.model.choice(),
+            device=self.models.device.describe(),
+            clinic_name=self.settings.clinic_name,
+            operator=self.settings.operator,
+            include_identifiers=self.settings.include_identifiers,
+        )
+        stem = pdf_path.stem or "medscreen-report"
+        worker = Worker(
+            write_reports,
+            results,
+            ctx,
+            pdf_path.parent,
+            ["pdf", "csv"],
+            stem,
+            name="medscreen-export",
+        )
+        worker.returned.connect(self._exported)
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        self.statusBar().showMessage(f"Writing the report for {len(results)} scans…")
+        worker.start()
+        return worker
+
+    def _exported(self, paths: list[Path]) -> None:
+        names = ", ".join(str(p) for p in paths)
+        self.messages.show_message(f"Report written: {names}", "info")
+        self.statusBar().showMessage("Report written.", 5000)
+        self.export_done.emit(paths)
+
+    # -- workers and shutdown -------------------------------------------------------------------
+    def _keep(self, worker: Worker) -> None:
+        self._side_workers.add(worker)
+        worker.finished.connect(lambda w=worker: self._side_workers.discard(w))
+
+    def _side_failed(self, error: WorkerError) -> None:
+        reason = getattr(error.exception, "message", None) or str(error.exception)
+        self.messages.show_message(
+            f"That did not work: {reason}. The log file has the details.", "error"
+        )
+
+    def busy(self) -> bool:
+        return self.batch.is_running() or self._model_worker is not None or bool(self._side_workers)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Stop the batch cleanly (finished scans are already committed) and join workers."""
+        self.settings.set_geometry(self.saveGeometry())
+        self.settings.set_window_state(self.saveState())
+        self.settings.sync()
+        self._close_viewers()
+        if self.batch.is_running():
+            self.batch.cancel()
+            self.batch.wait(60_000)
+        for worker in [self._model_worker, *self._side_workers]:
+            if worker is not None:
+                worker.wait(60_000)
+        super().closeEvent(event)
+
+    # -- drops anywhere on the window ------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        accept_if_files(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        accept_if_files(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = paths_from_mime(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+        else:
+            event.ignore()

@@ -1,0 +1,141 @@
+"""Models / About: which models screen, which versions, how good they were, and for what.
+
+Everything shown comes from the verified manifests (and the model card markdown shipped next
+to them), so what the clinic reads here is what the engine actually loaded.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop import DISCLAIMER, __version__
+from desktop.engine.manifest import ModelManifest
+
+
+def _card_path(manifest: ModelManifest) -> Path | None:
+    if manifest.path is None:
+        return None
+    names = [manifest.card] if manifest.card else []
+    names.append(f"{manifest.id}.md")
+    for name in names:
+        path = manifest.path.parent / str(name)
+        if path.is_file():
+            return path
+    return None
+
+
+def _metrics_html(metrics: Mapping[str, Any]) -> str:
+    if not metrics:
+        return "<p>No validation or test figures in the manifest.</p>"
+    rows = []
+    for split, values in metrics.items():
+        if isinstance(values, Mapping):
+            cells = ", ".join(
+                f"{html.escape(str(k))} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in values.items()
+                if not isinstance(v, Mapping | list)
+            )
+        else:
+            cells = html.escape(str(values))
+        rows.append(f"<tr><td><b>{html.escape(str(split))}</b></td><td>{cells}</td></tr>")
+    return "<table cellpadding='3'>" + "".join(rows) + "</table>"
+
+
+def model_summary_markdown(manifest: ModelManifest) -> str:
+    """The manifest facts as markdown (used when no model card file ships)."""
+    points = "\n".join(
+        f"- **{p.name}**: threshold {p.threshold:.3f}"
+        + (
+            f", validation sensitivity {p.sensitivity:.2f}, specificity {p.specificity:.2f}"
+            if p.sensitivity is not None and p.specificity is not None
+            else ""
+        )
+        for p in manifest.operating_points.values()
+    )
+    return (
+        f"## {manifest.name}\n\n"
+        f"- id `{manifest.id}`, version **{manifest.version}**, sha256 `{manifest.sha256[:16]}…`\n"
+        f"- task: {manifest.task}; labels: {', '.join(manifest.labels)}\n\n"
+        f"### Intended use\n\n{manifest.intended_use or 'not stated'}\n\n"
+        f"### Operating points\n\n{points or 'none (modality gate)'}\n\n"
+        f"### Metrics\n\n```\n{json.dumps(manifest.metrics, indent=2)}\n```\n"
+    )
+
+
+class ModelsDialog(QDialog):
+    def __init__(
+        self,
+        manifests: Mapping[str, ModelManifest],
+        device: str,
+        problems: list[str] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models and about — MedScreen")
+        self.resize(820, 640)
+        layout = QVBoxLayout(self)
+
+        head = QLabel(self)
+        head.setWordWrap(True)
+        problems_html = "".join(f"<li>{html.escape(p)}</li>" for p in problems or [])
+        head.setText(
+            f"<h3>MedScreen {html.escape(__version__)}</h3>"
+            f"<p><b>Inference runs on:</b> {html.escape(device or 'models not loaded')}</p>"
+            f"<p>{html.escape(DISCLAIMER)}</p>"
+            + (f"<p><b>Models refused:</b></p><ul>{problems_html}</ul>" if problems_html else "")
+        )
+        layout.addWidget(head)
+
+        overview = QTextBrowser(self)
+        overview.setOpenExternalLinks(False)
+        rows = []
+        for m in manifests.values():
+            points = "<br>".join(html.escape(p.describe()) for p in m.operating_points.values())
+            rows.append(
+                "<tr>"
+                f"<td><b>{html.escape(m.name)}</b><br><small>{html.escape(m.id)} ({m.role})"
+                "</small></td>"
+                f"<td>{html.escape(m.version)}</td>"
+                f"<td><code>{m.sha256[:12]}</code></td>"
+                f"<td>{points or '—'}</td>"
+                f"<td>{_metrics_html(m.metrics)}</td>"
+                f"<td>{html.escape(m.intended_use)}</td>"
+                "</tr>"
+            )
+        overview.setHtml(
+            "<table border='1' cellspacing='0' cellpadding='4' width='100%'>"
+            "<tr><th>Model</th><th>Version</th><th>sha256</th><th>Operating points"
+            " (validation)</th><th>Held-out test figures</th><th>Intended use</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(overview, "Overview")
+        for m in manifests.values():
+            card = QTextBrowser(self)
+            path = _card_path(m)
+            if path is not None:
+                card.setMarkdown(path.read_text(encoding="utf-8", errors="replace"))
+            else:
+                card.setMarkdown(model_summary_markdown(m))
+            self.tabs.addTab(card, m.name if len(m.name) < 28 else m.id)
+        layout.addWidget(self.tabs, 1)
+
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
+        buttons.rejected.connect(self.reject)
+        buttons.accepted.connect(self.accept)
+        layout.addWidget(buttons)

@@ -1,0 +1,112 @@
+"""Choosing the operating point: a named point from the manifests, or a custom threshold.
+
+Beside the choice it shows what each named point meant on validation data (sensitivity and
+specificity per model), because "screening" versus "balanced" is a clinical trade-off the
+nurse should see, not a hidden number. Changing it only re-derives flags from stored
+probabilities; nothing is screened again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QWidget
+
+from desktop.engine.manifest import ModelManifest
+from desktop.engine.results import ThresholdChoice
+from desktop.gui.results_model import short_name
+
+CUSTOM = "__custom__"
+
+
+class OperatingPointPicker(QWidget):
+    choice_changed = Signal(object)  # ThresholdChoice
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._manifests: dict[str, ModelManifest] = {}
+        self.combo = QComboBox(self)
+        self.combo.setToolTip("Operating point: when a score counts as flagged")
+        self.custom = QDoubleSpinBox(self)
+        self.custom.setRange(0.0, 1.0)
+        self.custom.setSingleStep(0.05)
+        self.custom.setDecimals(2)
+        self.custom.setValue(0.5)
+        self.custom.setToolTip("Custom threshold for every finding model")
+        self.custom.setVisible(False)
+        self.detail = QLabel(self)
+        self.detail.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        label = QLabel("Operating point:", self)
+        label.setBuddy(self.combo)
+        layout.addWidget(label)
+        layout.addWidget(self.combo)
+        layout.addWidget(self.custom)
+        layout.addWidget(self.detail)
+        self.combo.currentIndexChanged.connect(self._changed)
+        self.custom.valueChanged.connect(self._changed)
+        self.set_manifests({})
+
+    def set_manifests(self, manifests: Mapping[str, ModelManifest], current: str = "") -> None:
+        """Offer the named points every finding model has, plus a custom threshold."""
+        self._manifests = {k: m for k, m in manifests.items() if m.role == "finding"}
+        names: list[str] = []
+        for manifest in self._manifests.values():
+            for name in manifest.operating_points:
+                if name not in names and all(
+                    name in m.operating_points for m in self._manifests.values()
+                ):
+                    names.append(name)
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        for name in names:
+            self.combo.addItem(name, name)
+        self.combo.addItem("custom threshold", CUSTOM)
+        self.combo.blockSignals(False)
+        self.set_current(current or (names[0] if names else ""))
+        self.combo.setEnabled(bool(self._manifests))
+
+    def set_current(self, text: str) -> None:
+        """Select from a stored setting: a point name, or a threshold as text."""
+        choice = ThresholdChoice.parse(text) if text else ThresholdChoice()
+        if choice.threshold is not None:
+            self.custom.blockSignals(True)
+            self.custom.setValue(choice.threshold)
+            self.custom.blockSignals(False)
+            index = self.combo.findData(CUSTOM)
+        else:
+            index = self.combo.findData(choice.name) if choice.name else 0
+        self.combo.setCurrentIndex(max(0, index))
+        self._changed()
+
+    def choice(self) -> ThresholdChoice:
+        data = self.combo.currentData()
+        if data == CUSTOM:
+            return ThresholdChoice(threshold=round(self.custom.value(), 4))
+        return ThresholdChoice(name=data) if data else ThresholdChoice()
+
+    def setting_text(self) -> str:
+        choice = self.choice()
+        return f"{choice.threshold:g}" if choice.threshold is not None else (choice.name or "")
+
+    def _changed(self) -> None:
+        choice = self.choice()
+        self.custom.setVisible(choice.threshold is not None)
+        parts = []
+        for manifest in self._manifests.values():
+            try:
+                point = choice.resolve(manifest)
+            except Exception:
+                continue
+            text = f"{short_name(manifest)} ≥ {point.threshold:.2f}"
+            if point.sensitivity is not None and point.specificity is not None:
+                text += f" (sens {point.sensitivity:.2f}, spec {point.specificity:.2f})"
+            parts.append(text)
+        self.detail.setText(" · ".join(parts))
+        self.detail.setToolTip(
+            "Sensitivity and specificity measured on validation data at each named point; "
+            "a custom threshold has no validated figures."
+        )
+        self.choice_changed.emit(choice)

@@ -1,0 +1,360 @@
+"""The results table: a real QAbstractTableModel over ScanResults, plus its sort/filter proxy.
+
+Flags are not stored anywhere in the model. Each ``data()`` call derives them from the stored
+probabilities and the current :class:`ThresholdChoice`, so changing the operating point is one
+``dataChanged`` signal and no inference (the engine's "flags are never stored" rule, kept in
+the GUI too). Thumbnails are decoded from ``ScanResult.thumbnail_png`` only when a row is
+painted, and a bounded cache keeps the recent ones, so a 2,000-row batch costs 2,000 small
+PNG blobs in memory, not 2,000 pixmaps.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QImage, QPixmap
+
+from desktop.engine.manifest import ModelManifest
+from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
+from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_icon, flag_text
+
+log = logging.getLogger(__name__)
+
+THUMB_HEIGHT = 48
+THUMB_CACHE = 400
+
+SortRole = Qt.ItemDataRole.UserRole + 1
+ResultRole = Qt.ItemDataRole.UserRole + 2
+FlaggedRole = Qt.ItemDataRole.UserRole + 3  # any finding flagged (bool)
+
+_ModelIndex = QModelIndex | QPersistentModelIndex
+
+STATUS_TEXT = {
+    ScanStatus.OK: "Screened",
+    ScanStatus.NOT_CHEST_XRAY: "Not screened",
+    ScanStatus.ERROR: "Error",
+}
+
+SHORT_NAMES = {"tb": "TB", "pneumonia": "Pneumonia"}
+
+
+def short_name(manifest: ModelManifest) -> str:
+    """The column and flag label of a finding model ("TB", "Pneumonia")."""
+    return SHORT_NAMES.get(manifest.id, manifest.id.replace("_", " ").title())
+
+
+class Column(enum.Enum):
+    THUMB = "thumb"
+    FILE = "file"
+    MODALITY = "modality"
+    SCORE = "score"
+    FLAG = "flag"
+    STATUS = "status"
+    REASON = "reason"
+
+
+class ResultsModel(QAbstractTableModel):
+    """Rows are ScanResults in arrival order; columns follow the loaded finding models."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._results: list[ScanResult] = []
+        self._manifests: dict[str, ModelManifest] = {}
+        self._choice = ThresholdChoice()
+        self._columns: list[tuple[Column, str | None]] = []
+        self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
+        self._points: dict[str, float] = {}
+        self._rebuild_columns()
+
+    # -- configuration ---------------------------------------------------------------------
+    def set_manifests(self, manifests: Mapping[str, ModelManifest]) -> None:
+        """Columns follow the finding models; call when a model set is loaded."""
+        self.beginResetModel()
+        self._manifests = {k: m for k, m in manifests.items() if m.role == "finding"}
+        self._rebuild_columns()
+        self._resolve_points()
+        self.endResetModel()
+
+    def finding_ids(self) -> list[str]:
+        return list(self._manifests)
+
+    def manifests(self) -> dict[str, ModelManifest]:
+        return dict(self._manifests)
+
+    def choice(self) -> ThresholdChoice:
+        return self._choice
+
+    def set_choice(self, choice: ThresholdChoice) -> None:
+        """Re-derive every flag from stored probabilities: no re-run, just dataChanged."""
+        self._choice = choice
+        self._resolve_points()
+        if self._results:
+            first = self._first_column(Column.SCORE)
+            self.dataChanged.emit(
+                self.index(0, first),
+                self.index(len(self._results) - 1, self.columnCount() - 1),
+                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, FlaggedRole],
+            )
+
+    def _resolve_points(self) -> None:
+        self._points = {}
+        for model_id, manifest in self._manifests.items():
+            try:
+                self._points[model_id] = self._choice.resolve(manifest).threshold
+            except Exception as exc:  # a model without that point: show no flag, say why
+                log.warning("operating point %s: %s", self._choice.label(), exc)
+
+    def _rebuild_columns(self) -> None:
+        cols: list[tuple[Column, str | None]] = [
+            (Column.THUMB, None),
+            (Column.FILE, None),
+            (Column.MODALITY, None),
+        ]
+        for model_id in self._manifests:
+            cols += [(Column.SCORE, model_id), (Column.FLAG, model_id)]
+        cols += [(Column.STATUS, None), (Column.REASON, None)]
+        self._columns = cols
+
+    def _first_column(self, kind: Column) -> int:
+        for i, (col, _) in enumerate(self._columns):
+            if col is kind:
+                return i
+        return 0
+
+    def column_of(self, kind: Column, model_id: str | None = None) -> int:
+        return self._columns.index((kind, model_id))
+
+    # -- rows ------------------------------------------------------------------------------
+    def append(self, results: Sequence[ScanResult]) -> None:
+        """Add a chunk of rows in one insert (the batch view feeds chunks, not single rows)."""
+        if not results:
+            return
+        start = len(self._results)
+        self.beginInsertRows(QModelIndex(), start, start + len(results) - 1)
+        self._results.extend(results)
+        self.endInsertRows()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._results.clear()
+        self._thumbs.clear()
+        self.endResetModel()
+
+    def results(self) -> list[ScanResult]:
+        return list(self._results)
+
+    def result(self, row: int) -> ScanResult:
+        return self._results[row]
+
+    def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
+        out: dict[str, bool | None] = {}
+        for model_id in self._manifests:
+            finding = result.findings.get(model_id)
+            threshold = self._points.get(model_id)
+            out[model_id] = (
+                None if finding is None or threshold is None else finding.probability >= threshold
+            )
+        return out
+
+    def is_row_flagged(self, result: ScanResult) -> bool:
+        return any(self.flags_of(result).values())
+
+    # -- QAbstractTableModel -------------------------------------------------------------
+    def rowCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._results)
+
+    def columnCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._columns)
+
+    def headerData(
+        self,
+        section: int,
+        orientation: Qt.Orientation,
+        role: int = Qt.ItemDataRole.DisplayRole,
+    ) -> Any:
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(self._columns):
+            return None
+        kind, model_id = self._columns[section]
+        if role == Qt.ItemDataRole.DisplayRole:
+            name = short_name(self._manifests[model_id]) if model_id else ""
+            return {
+                Column.THUMB: "",
+                Column.FILE: "File",
+                Column.MODALITY: "Modality",
+                Column.SCORE: f"{name} score",
+                Column.FLAG: f"{name} flag",
+                Column.STATUS: "Status",
+                Column.REASON: "Reason / warnings",
+            }[kind]
+        if role == Qt.ItemDataRole.ToolTipRole and model_id:
+            manifest = self._manifests[model_id]
+            if kind is Column.SCORE:
+                return f"Probability of {manifest.positive_label} from {manifest.name}"
+            return f"Flagged when the score reaches the {self._choice.label()} threshold"
+        return None
+
+    def data(self, index: _ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= len(self._results):
+            return None
+        result = self._results[index.row()]
+        if role == ResultRole:
+            return result
+        if role == FlaggedRole:
+            return self.is_row_flagged(result)
+        kind, model_id = self._columns[index.column()]
+        if kind is Column.THUMB:
+            if role == Qt.ItemDataRole.DecorationRole:
+                return self._thumbnail(index.row(), result)
+            if role == Qt.ItemDataRole.SizeHintRole:
+                return QSize(THUMB_HEIGHT + 8, THUMB_HEIGHT + 4)
+            if role == SortRole:
+                return index.row()
+            return None
+        if kind is Column.FILE:
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                return Path(result.file).name
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return result.file
+            return None
+        if kind is Column.MODALITY:
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                return result.modality or ""
+            if role == Qt.ItemDataRole.ToolTipRole and result.modality_score is not None:
+                return f"{result.modality} (probability {result.modality_score:.2f})"
+            return None
+        if kind is Column.SCORE:
+            finding = result.findings.get(model_id or "")
+            if role == Qt.ItemDataRole.DisplayRole:
+                return "" if finding is None else f"{finding.probability:.2f}"
+            if role == SortRole:
+                return -1.0 if finding is None else finding.probability
+            if role == Qt.ItemDataRole.TextAlignmentRole:
+                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return None
+        if kind is Column.FLAG:
+            flag = self.flags_of(result).get(model_id or "")
+            name = short_name(self._manifests[model_id]) if model_id else ""
+            if role == Qt.ItemDataRole.DisplayRole:
+                if flag is None:
+                    return ""
+                return flag_text(name) if flag else NOT_FLAGGED_TEXT
+            if role == Qt.ItemDataRole.DecorationRole:
+                return flag_icon() if flag else None
+            if role == SortRole:
+                return -1 if flag is None else int(flag)
+            if role in (Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.AccessibleTextRole):
+                if flag is None:
+                    return f"{name}: not screened"
+                return f"{name}: {'flagged' if flag else 'not flagged'} at {self._choice.label()}"
+            return None
+        if kind is Column.STATUS:
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                return STATUS_TEXT.get(result.status, str(result.status))
+            return None
+        if kind is Column.REASON:
+            text = result.reason
+            if result.warnings:
+                text = "; ".join(([text] if text else []) + ["⚠ " + w for w in result.warnings])
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole, Qt.ItemDataRole.ToolTipRole):
+                return text
+            return None
+        return None
+
+    def _thumbnail(self, row: int, result: ScanResult) -> QPixmap | None:
+        pixmap = self._thumbs.get(row)
+        if pixmap is not None:
+            self._thumbs.move_to_end(row)
+            return pixmap
+        if not result.thumbnail_png:
+            return None
+        image = QImage.fromData(result.thumbnail_png)
+        if image.isNull():
+            return None
+        pixmap = QPixmap.fromImage(
+            image.scaledToHeight(THUMB_HEIGHT, Qt.TransformationMode.SmoothTransformation)
+        )
+        self._thumbs[row] = pixmap
+        if len(self._thumbs) > THUMB_CACHE:
+            self._thumbs.popitem(last=False)
+        return pixmap
+
+
+class Filter(enum.Enum):
+    ALL = "All scans"
+    FLAGGED = "Flagged"
+    NOT_SCREENED = "Not screened"
+    ERRORS = "Errors"
+
+
+class ResultsProxy(QSortFilterProxyModel):
+    """Sort by any column (on typed SortRole values) and filter by kind and by file name."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._filter = Filter.ALL
+        self._search = ""
+        self.setSortRole(SortRole)
+        self.setDynamicSortFilter(True)
+
+    def set_filter(self, value: Filter) -> None:
+        self._refilter(lambda: setattr(self, "_filter", value))
+
+    def set_search(self, text: str) -> None:
+        self._refilter(lambda: setattr(self, "_search", text.strip().lower()))
+
+    def _refilter(self, change: Callable[[], None]) -> None:
+        """Qt 6.9 replaced invalidateFilter() with begin/endFilterChange(); support both."""
+        if hasattr(self, "beginFilterChange") and hasattr(self, "endFilterChange"):
+            self.beginFilterChange()
+            change()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            change()
+            self.invalidateFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _ModelIndex) -> bool:
+        model = self.sourceModel()
+        if not isinstance(model, ResultsModel):
+            return True
+        result = model.result(source_row)
+        if self._search and self._search not in Path(result.file).name.lower():
+            return False
+        if self._filter is Filter.FLAGGED:
+            return result.status is ScanStatus.OK and model.is_row_flagged(result)
+        if self._filter is Filter.NOT_SCREENED:
+            return result.status is ScanStatus.NOT_CHEST_XRAY
+        if self._filter is Filter.ERRORS:
+            return result.status is ScanStatus.ERROR
+        return True
+
+
+def count_flagged(model: ResultsModel, results: Iterable[ScanResult]) -> int:
+    return sum(1 for r in results if model.is_row_flagged(r))
+
+
+__all__ = [
+    "Column",
+    "Filter",
+    "FlaggedRole",
+    "ResultRole",
+    "ResultsModel",
+    "ResultsProxy",
+    "SortRole",
+    "count_flagged",
+    "is_flagged",
+    "short_name",
+]

@@ -1,0 +1,119 @@
+"""The window's persistent settings, in one small typed wrapper over QSettings.
+
+The settings file is an INI file in the user's MedScreen data folder (``MEDSCREEN_HOME`` when
+set), next to the results store and the log: one folder holds everything the app keeps, a
+support person finds it in one place, and tests (which isolate ``MEDSCREEN_HOME``) never touch
+a real user's settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from desktop.engine.paths import user_data_dir
+
+MAX_RECENT = 8
+
+
+def settings_path() -> Path:
+    return user_data_dir() / "settings.ini"
+
+
+class AppSettings:
+    """Typed access to the few values MedScreen remembers between runs."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or settings_path()
+        self._q = QSettings(str(self.path), QSettings.Format.IniFormat)
+
+    def sync(self) -> None:
+        self._q.sync()
+
+    # -- report identity -------------------------------------------------------------------
+    def _str(self, key: str, default: str = "") -> str:
+        value = self._q.value(key, default)
+        return str(value) if value is not None else default
+
+    def _bool(self, key: str, default: bool = False) -> bool:
+        value = self._q.value(key, default)
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes")
+        return bool(value)
+
+    @property
+    def clinic_name(self) -> str:
+        return self._str("report/clinic_name")
+
+    @clinic_name.setter
+    def clinic_name(self, value: str) -> None:
+        self._q.setValue("report/clinic_name", value)
+
+    @property
+    def operator(self) -> str:
+        return self._str("report/operator")
+
+    @operator.setter
+    def operator(self, value: str) -> None:
+        self._q.setValue("report/operator", value)
+
+    @property
+    def include_identifiers(self) -> bool:
+        """Patient identifiers in reports: off unless the user turns it on (privacy)."""
+        return self._bool("report/include_identifiers", False)
+
+    @include_identifiers.setter
+    def include_identifiers(self, value: bool) -> None:
+        self._q.setValue("report/include_identifiers", bool(value))
+
+    # -- screening -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self._str("screening/device", "auto")
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self._q.setValue("screening/device", value)
+
+    @property
+    def operating_point(self) -> str:
+        """``""`` (each model's default), a point name, or a custom threshold as text."""
+        return self._str("screening/operating_point", "")
+
+    @operating_point.setter
+    def operating_point(self, value: str) -> None:
+        self._q.setValue("screening/operating_point", value)
+
+    # -- folders and window ----------------------------------------------------------------
+    def recent_folders(self) -> list[str]:
+        value = self._q.value("files/recent", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or []) if v][:MAX_RECENT]
+
+    def add_recent(self, folder: str) -> None:
+        items = [folder] + [f for f in self.recent_folders() if f != folder]
+        self._q.setValue("files/recent", items[:MAX_RECENT])
+
+    @property
+    def last_folder(self) -> str:
+        return self._str("files/last_folder")
+
+    @last_folder.setter
+    def last_folder(self, value: str) -> None:
+        self._q.setValue("files/last_folder", value)
+
+    def geometry(self) -> QByteArray | None:
+        value = self._q.value("window/geometry")
+        return value if isinstance(value, QByteArray) else None
+
+    def set_geometry(self, value: QByteArray) -> None:
+        self._q.setValue("window/geometry", value)
+
+    def window_state(self) -> QByteArray | None:
+        value = self._q.value("window/state")
+        return value if isinstance(value, QByteArray) else None
+
+    def set_window_state(self, value: QByteArray) -> None:
+        self._q.setValue("window/state", value)

@@ -1,0 +1,58 @@
+"""Settings: what the report says about who screened, and whether it names the patient."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.gui.settings import AppSettings
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings — MedScreen")
+        self._settings = settings
+        self.clinic = QLineEdit(settings.clinic_name, self)
+        self.clinic.setPlaceholderText("e.g. Kisumu District Hospital, X-ray unit")
+        self.operator = QLineEdit(settings.operator, self)
+        self.operator.setPlaceholderText("who ran the screening")
+        self.identifiers = QCheckBox("Include patient identifiers in reports", self)
+        self.identifiers.setChecked(settings.include_identifiers)
+        note = QLabel(
+            "Off by default: names, patient IDs and birth dates from DICOM files stay out of "
+            "PDF and CSV reports unless this is ticked. Reports are files that travel.",
+            self,
+        )
+        note.setWordWrap(True)
+        note.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+
+        form = QFormLayout()
+        form.addRow("Clinic name", self.clinic)
+        form.addRow("Operator", self.operator)
+        form.addRow("", self.identifiers)
+        form.addRow("", note)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(buttons)
+        self.setMinimumWidth(460)
+
+    def accept(self) -> None:
+        self._settings.clinic_name = self.clinic.text().strip()
+        self._settings.operator = self.operator.text().strip()
+        self._settings.include_identifiers = self.identifiers.isChecked()
+        self._settings.sync()
+        super().accept()

@@ -1,0 +1,488 @@
+"""The scan viewer: one scan at full size with its heatmap, scores, metadata and warnings.
+
+It opens at once on the result's stored thumbnail (which exists even when the original file
+has moved), then reads the full-size file in a worker and swaps it in. Window/level works on
+``Scan.raw`` (modality units for DICOM, stored integers for 16-bit rasters); 8-bit images have
+nothing more to window, so the controls are disabled for them and say why.
+
+Patient identifiers (name, ID, birth date) are hidden until the user ticks "Show patient
+identifiers"; the choice is not remembered, so every scan opens with them hidden.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSlider,
+    QSplitter,
+    QStyle,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop import DISCLAIMER
+from desktop.engine.loading import load_scan
+from desktop.engine.manifest import ModelManifest
+from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
+from desktop.engine.preprocess import activation_to_image
+from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
+from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
+from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
+from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, rgb_to_qimage
+from desktop.gui.results_model import short_name
+from desktop.gui.workers import Worker, WorkerError
+
+log = logging.getLogger(__name__)
+
+#: The heatmap is smooth (a 7×7-ish model grid): computing it at this size and letting Qt
+#: scale the layer keeps a 3,000-pixel radiograph's viewer instant.
+HEAT_MAX_SIDE = 1024
+SLIDER_STEPS = 1000
+
+METADATA_LABELS = {
+    "source_format": "Format",
+    "width": "Width (px)",
+    "height": "Height (px)",
+    "bits_stored": "Bits stored",
+    "photometric": "Photometric",
+    "modality": "DICOM modality",
+    "body_part": "Body part",
+    "view_position": "View",
+    "patient_age": "Patient age",
+    "patient_sex": "Patient sex",
+    "study_date": "Study date",
+    "study_description": "Study",
+    "transfer_syntax": "Transfer syntax",
+    "window": "Window (centre, width)",
+    "patient_name": "Patient name",
+    "patient_id": "Patient ID",
+    "patient_birth_date": "Birth date",
+}
+
+
+class ScanViewer(QDialog):
+    """A non-modal window on one result."""
+
+    #: Emitted once the best available image is shown (full scan, or thumbnail fallback).
+    image_ready = Signal()
+
+    def __init__(
+        self,
+        result: ScanResult,
+        manifests: Mapping[str, ModelManifest],
+        choice: ThresholdChoice,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.result = result
+        self._manifests = dict(manifests)
+        self._choice = choice
+        self._scan: Scan | None = None
+        self._grey: np.ndarray | None = None  # the displayed grey image, [0, 1]
+        self._raw_range: tuple[float, float] = (0.0, 1.0)
+        self._window: tuple[float, float] | None = None
+        self._worker: Worker | None = None
+        self.setWindowTitle(f"{Path(result.file).name} — MedScreen")
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.resize(1100, 760)
+
+        self.canvas = ImageCanvas(self)
+        self.canvas.window_drag.connect(self._drag_window)
+        self._build_controls()
+        self._render_timer = QTimer(self, singleShot=True, interval=30)
+        self._render_timer.timeout.connect(self._render_base)
+
+        self._show_thumbnail()
+        self._load_full()
+
+    # -- layout ------------------------------------------------------------------------------
+    def _build_controls(self) -> None:
+        style = self.style()
+        bar = QHBoxLayout()
+        for text, tip, slot in (
+            ("−", "Zoom out (−)", lambda: self.canvas.zoom_by(1 / 1.25)),
+            ("+", "Zoom in (+)", lambda: self.canvas.zoom_by(1.25)),
+        ):
+            button = QToolButton(self)
+            button.setText(text)
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            bar.addWidget(button)
+        fit = QToolButton(self)
+        fit.setText("Fit")
+        fit.setToolTip("Fit the scan to the window (F)")
+        fit.clicked.connect(self.canvas.fit)
+        bar.addWidget(fit)
+        bar.addSpacing(16)
+
+        self.heat_box = QCheckBox("Heatmap (H)", self)
+        self.heat_box.setToolTip(
+            "Where the model looked: bright = regions that raised the score. "
+            "It is not a lesion outline."
+        )
+        self.heat_box.toggled.connect(self._heat_toggled)
+        self.heat_model = QComboBox(self)
+        self.heat_model.currentIndexChanged.connect(self._update_heat)
+        self.opacity = QSlider(Qt.Orientation.Horizontal, self)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(int(DEFAULT_OPACITY * 100))
+        self.opacity.setToolTip("Heatmap opacity")
+        self.opacity.setMaximumWidth(160)
+        self.opacity.valueChanged.connect(lambda v: self.canvas.set_heat_opacity(v / 100))
+        self.canvas.set_heat_opacity(DEFAULT_OPACITY)
+        bar.addWidget(self.heat_box)
+        bar.addWidget(self.heat_model)
+        bar.addWidget(QLabel("Opacity", self))
+        bar.addWidget(self.opacity)
+        bar.addStretch(1)
+        self.source_label = QLabel(self)
+        self.source_label.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        bar.addWidget(self.source_label)
+
+        left = QWidget(self)
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addLayout(bar)
+        left_layout.addWidget(self.canvas, 1)
+
+        # Right panel: scores, window/level, details, warnings.
+        self.scores = QLabel(self)
+        self.scores.setTextFormat(Qt.TextFormat.RichText)
+        self.scores.setWordWrap(True)
+        self.scores.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        scores_box = QGroupBox("Model outputs", self)
+        QVBoxLayout(scores_box).addWidget(self.scores)
+
+        self.center = QSlider(Qt.Orientation.Horizontal, self)
+        self.width_slider = QSlider(Qt.Orientation.Horizontal, self)
+        for slider in (self.center, self.width_slider):
+            slider.setRange(1, SLIDER_STEPS)
+            slider.valueChanged.connect(self._sliders_moved)
+        reset = QToolButton(self)
+        reset.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
+        reset.setText("Reset")
+        reset.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        reset.clicked.connect(self._reset_window)
+        self.window_note = QLabel(self)
+        self.window_note.setWordWrap(True)
+        wl_box = QGroupBox("Window / level (or right-drag on the image)", self)
+        wl = QFormLayout(wl_box)
+        wl.addRow("Level", self.center)
+        wl.addRow("Width", self.width_slider)
+        wl.addRow(reset, self.window_note)
+        self.wl_box = wl_box
+
+        self.details = QFormLayout()
+        self.show_ids = QCheckBox("Show patient identifiers", self)
+        self.show_ids.setChecked(False)
+        self.show_ids.toggled.connect(self._fill_details)
+        details_box = QGroupBox("Scan details", self)
+        details_layout = QVBoxLayout(details_box)
+        details_layout.addLayout(self.details)
+        details_layout.addWidget(self.show_ids)
+
+        self.warnings = QLabel(self)
+        self.warnings.setWordWrap(True)
+        self.warnings_box = QGroupBox("Warnings", self)
+        QVBoxLayout(self.warnings_box).addWidget(self.warnings)
+
+        disclaimer = QLabel(DISCLAIMER, self)
+        disclaimer.setWordWrap(True)
+        disclaimer.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+
+        panel = QWidget(self)
+        panel_layout = QVBoxLayout(panel)
+        for widget in (scores_box, self.warnings_box, wl_box, details_box):
+            panel_layout.addWidget(widget)
+        panel_layout.addStretch(1)
+        panel_layout.addWidget(disclaimer)
+        scroll = QScrollArea(self)
+        scroll.setWidget(panel)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(340)
+
+        splitter = QSplitter(self)
+        splitter.addWidget(left)
+        splitter.addWidget(scroll)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        QShortcut(QKeySequence("H"), self, activated=self.heat_box.toggle)
+        QShortcut(QKeySequence(QKeySequence.StandardKey.Close), self, activated=self.close)
+
+        for model_id, manifest in self._finding_manifests().items():
+            finding = self.result.findings.get(model_id)
+            if finding is not None and finding.activation is not None:
+                self.heat_model.addItem(short_name(manifest), model_id)
+        has_heat = self.heat_model.count() > 0
+        for widget in (self.heat_box, self.heat_model, self.opacity):
+            widget.setEnabled(has_heat)
+        if not has_heat:
+            self.heat_box.setToolTip("No heatmap: the finding models did not run on this scan")
+        self._pick_default_heat()
+        self._fill_scores()
+        self._fill_details()
+        self._fill_warnings()
+
+    def _finding_manifests(self) -> dict[str, ModelManifest]:
+        return {k: m for k, m in self._manifests.items() if m.role == "finding"}
+
+    def _pick_default_heat(self) -> None:
+        """Show first the heatmap of the highest score: the one a reader wants to check."""
+        best, best_p = 0, -1.0
+        for i in range(self.heat_model.count()):
+            finding = self.result.findings[self.heat_model.itemData(i)]
+            if finding.probability > best_p:
+                best, best_p = i, finding.probability
+        if self.heat_model.count():
+            self.heat_model.setCurrentIndex(best)
+
+    # -- text panels -----------------------------------------------------------------------
+    def _fill_scores(self) -> None:
+        result = self.result
+        rows: list[str] = []
+        if result.status is not ScanStatus.OK:
+            rows.append(f"<p><b>{html.escape(result.reason or str(result.status))}</b></p>")
+        for model_id, manifest in self._finding_manifests().items():
+            finding = result.findings.get(model_id)
+            name = html.escape(short_name(manifest))
+            if finding is None:
+                rows.append(f"<p><b>{name}</b>: not screened</p>")
+                continue
+            try:
+                point = self._choice.resolve(manifest)
+            except Exception as exc:
+                rows.append(f"<p><b>{name}</b>: {finding.probability:.3f} ({exc})</p>")
+                continue
+            flagged = is_flagged(finding.probability, point)
+            mark = flag_text(short_name(manifest)) if flagged else f"{NOT_FLAGGED_TEXT} not flagged"
+            classes = ", ".join(
+                f"{html.escape(label)} {p:.3f}" for label, p in finding.probabilities.items()
+            )
+            rows.append(
+                f"<p><b>{name}: {finding.probability:.3f}</b> &nbsp; {html.escape(mark)}<br>"
+                f"all classes: {classes}<br>"
+                f"<small>operating point {html.escape(point.describe())}<br>"
+                f"model {html.escape(manifest.id)} {html.escape(manifest.version)}</small></p>"
+            )
+        if result.modality:
+            gate = ", ".join(
+                f"{html.escape(k)} {v:.3f}"
+                for k, v in sorted(result.modality_probabilities.items(), key=lambda kv: -kv[1])
+            )
+            score = "" if result.modality_score is None else f" ({result.modality_score:.3f})"
+            rows.append(
+                f"<p><b>Modality: {html.escape(result.modality)}{score}</b><br>"
+                f"<small>all classes: {gate}</small></p>"
+            )
+        if result.ood_score is not None:
+            rows.append(f"<p><small>out-of-distribution score {result.ood_score:.3f}</small></p>")
+        self.scores.setText("".join(rows) or "No model outputs for this file.")
+
+    def _fill_details(self) -> None:
+        while self.details.rowCount():
+            self.details.removeRow(0)
+        metadata = dict(self.result.metadata)
+        if self._scan is not None:
+            metadata = {**self._scan.metadata.as_dict(), **metadata}
+        shown = 0
+        for key, label in METADATA_LABELS.items():
+            if key in IDENTIFYING_FIELDS and not self.show_ids.isChecked():
+                continue
+            value = metadata.get(key)
+            if value in (None, "", [], {}):
+                continue
+            if isinstance(value, list | tuple):
+                value = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+            text = QLabel(str(value), self)
+            text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            text.setWordWrap(True)
+            self.details.addRow(label, text)
+            shown += 1
+        self.details.addRow("File", self._file_label())
+        hidden = [k for k in IDENTIFYING_FIELDS if metadata.get(k)]
+        self.show_ids.setEnabled(bool(hidden))
+        if not hidden:
+            self.show_ids.setToolTip("This file carries no patient identifiers")
+
+    def _file_label(self) -> QLabel:
+        label = QLabel(self.result.file, self)
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        return label
+
+    def _fill_warnings(self) -> None:
+        warnings = list(self.result.warnings)
+        self.warnings.setText("\n".join(f"⚠ {w}" for w in warnings))
+        self.warnings_box.setVisible(bool(warnings))
+
+    # -- images ------------------------------------------------------------------------------
+    def _show_thumbnail(self) -> None:
+        if self.result.thumbnail_png:
+            try:
+                self._grey = decode_thumbnail(self.result.thumbnail_png)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot decode a stored thumbnail: %s", exc)
+                self._grey = None
+        if self._grey is not None:
+            self.canvas.set_base(grey_to_qimage(self._grey))
+            self.source_label.setText("stored thumbnail")
+            self._update_heat()
+        self._set_window_enabled(False, "Window/level needs the original file (loading…)")
+
+    def _load_full(self) -> None:
+        if self.result.status is ScanStatus.ERROR and not Path(self.result.file).is_file():
+            self.source_label.setText("file not available")
+            QTimer.singleShot(0, self.image_ready.emit)
+            return
+        worker = Worker(load_scan, Path(self.result.file), keep_raw=True, name="medscreen-view")
+        worker.returned.connect(self._full_loaded)
+        worker.errored.connect(self._full_failed)
+        worker.finished.connect(self._worker_done)
+        self._worker = worker
+        worker.start()
+
+    def _worker_done(self) -> None:
+        self._worker = None
+
+    def _full_failed(self, error: WorkerError) -> None:
+        message = getattr(error.exception, "message", None) or str(error.exception)
+        self.source_label.setText("stored thumbnail (original not readable)")
+        self._set_window_enabled(False, f"The original file could not be read: {message}")
+        self.image_ready.emit()
+
+    def _full_loaded(self, scan: Scan) -> None:
+        self._scan = scan
+        self.source_label.setText(f"{scan.metadata.width}×{scan.metadata.height} original")
+        if scan.raw is not None:
+            raw = np.asarray(scan.raw, dtype=np.float32)
+            step = max(1, raw.size // 500_000)
+            sample = raw.reshape(-1)[::step]
+            lo, hi = (float(v) for v in np.percentile(sample, [0.0, 100.0]))
+            self._raw_range = (lo, hi if hi > lo else lo + 1.0)
+            self._window = scan.metadata.window or ((lo + hi) / 2, hi - lo)
+            self._set_window_enabled(True, "")
+            self._sync_sliders()
+        else:
+            self._set_window_enabled(
+                False, "8-bit image: it has no more grey levels than are shown."
+            )
+        self._render_base()
+        self._update_heat()
+        self._fill_details()
+        self.image_ready.emit()
+
+    def _set_window_enabled(self, enabled: bool, note: str) -> None:
+        for widget in (self.center, self.width_slider):
+            widget.setEnabled(enabled)
+        self.window_note.setText(note)
+
+    def _render_base(self) -> None:
+        scan = self._scan
+        if scan is None:
+            return
+        if scan.raw is not None and self._window is not None:
+            centre, width = self._window
+            width = max(width, 1e-6)
+            grey = (np.asarray(scan.raw, dtype=np.float32) - (centre - width / 2)) / width
+            np.clip(grey, 0.0, 1.0, out=grey)
+            if (scan.metadata.photometric or "").upper() == "MONOCHROME1":
+                grey = 1.0 - grey
+        else:
+            grey = scan.pixels
+        self._grey = grey
+        self.canvas.set_base(grey_to_qimage(grey))
+
+    def _update_heat(self) -> None:
+        model_id = self.heat_model.currentData()
+        manifest = self._manifests.get(model_id) if model_id else None
+        finding = self.result.findings.get(model_id) if model_id else None
+        if self._grey is None or manifest is None or finding is None or finding.activation is None:
+            self.canvas.set_heat(None)
+            return
+        height, width = self._grey.shape
+        scale = min(1.0, HEAT_MAX_SIDE / max(height, width))
+        shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        # The engine undoes the model's crop/pad for this aspect ratio, so the hot spot lands
+        # on the right part of the scan.
+        cam = activation_to_image(finding.activation, manifest.preprocessing, shape)
+        self.canvas.set_heat(rgb_to_qimage(heatmap_rgb(cam)))
+        self.canvas.set_heat_visible(self.heat_box.isChecked())
+
+    def _heat_toggled(self, on: bool) -> None:
+        self.canvas.set_heat_visible(on)
+
+    # -- window / level ----------------------------------------------------------------------
+    def _sync_sliders(self) -> None:
+        if self._window is None:
+            return
+        lo, hi = self._raw_range
+        span = hi - lo
+        centre, width = self._window
+        for slider, value in (
+            (self.center, (centre - lo) / span),
+            (self.width_slider, width / span),
+        ):
+            slider.blockSignals(True)
+            slider.setValue(int(np.clip(round(value * SLIDER_STEPS), 1, SLIDER_STEPS)))
+            slider.blockSignals(False)
+
+    def _sliders_moved(self) -> None:
+        lo, hi = self._raw_range
+        span = hi - lo
+        centre = lo + span * self.center.value() / SLIDER_STEPS
+        width = span * self.width_slider.value() / SLIDER_STEPS
+        self._window = (centre, width)
+        self._render_timer.start()
+
+    def _drag_window(self, dx: int, dy: int) -> None:
+        if self._window is None or not self.center.isEnabled():
+            return
+        lo, hi = self._raw_range
+        span = hi - lo
+        centre, width = self._window
+        width = float(np.clip(width + dx * span / 500, span / SLIDER_STEPS, span))
+        centre = float(np.clip(centre + dy * span / 500, lo, hi))
+        self._window = (centre, width)
+        self._sync_sliders()
+        self._render_timer.start()
+
+    def _reset_window(self) -> None:
+        if self._scan is None or self._scan.raw is None:
+            return
+        lo, hi = self._raw_range
+        self._window = self._scan.metadata.window or ((lo + hi) / 2, hi - lo)
+        self._sync_sliders()
+        self._render_base()
+
+    def set_choice(self, choice: ThresholdChoice) -> None:
+        """Follow the main window's operating point (flags and text update, nothing re-runs)."""
+        self._choice = choice
+        self._fill_scores()
+
+    def rendered_image(self) -> QImage:
+        """What the canvas shows now (tests and screenshots)."""
+        return self.canvas.viewport().grab().toImage()
+
+    def closeEvent(self, event: object) -> None:  # type: ignore[override]
+        if self._worker is not None:
+            self._worker.wait(10_000)
+        super().closeEvent(event)  # type: ignore[arg-type]

@@ -1,0 +1,416 @@
+"""The desktop window, driven like a user would (pytest-qt, offscreen, stand-in models)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
+
+from desktop.engine.inference import OnnxModel
+from desktop.engine.results import ScanStatus
+from desktop.engine.store import ResultsStore
+from desktop.gui import workers
+from desktop.gui.main_window import MainWindow
+from desktop.gui.results_model import Column, Filter
+from desktop.gui.settings import AppSettings
+
+pytestmark = pytest.mark.gui
+
+DATA = Path(__file__).parent / "data"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _no_threads_left(qapp):
+    """Fail a test that leaves a worker QThread or a decoder thread running (as napari does)."""
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (workers.live_workers() or _engine_threads()):
+        qapp.processEvents()
+        time.sleep(0.02)
+    assert not workers.live_workers(), f"worker threads left running: {workers.live_workers()}"
+    assert not _engine_threads(), f"engine threads left running: {_engine_threads()}"
+
+
+def _engine_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("medscreen")]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> AppSettings:
+    return AppSettings(tmp_path / "settings.ini")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    db = ResultsStore(tmp_path / "results.sqlite3")
+    yield db
+    db.close()
+
+
+def _make_window(qtbot, settings, store, models: Path, start: bool = True) -> MainWindow:
+    window = MainWindow(settings=settings, store=store, model_dirs=[models])
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    if start:
+        with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
+            window.start()
+    return window
+
+
+@pytest.fixture
+def window(qtbot, settings, store, stand_in_models):
+    win = _make_window(qtbot, settings, store, stand_in_models)
+    yield win
+    win.close()
+
+
+def _drop(target: QWidget, paths: list[Path]) -> None:
+    """A whole drag: enter, move, drop (Qt delivers a drop only after an accepted enter)."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    args = (
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    with warnings.catch_warnings():  # PySide maps these constructors to QPoint ones it deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        enter = QDragEnterEvent(QPoint(20, 20), *args)
+        move = QDragMoveEvent(QPoint(20, 20), *args)
+    assert QApplication.sendEvent(target, enter) and enter.isAccepted()
+    QApplication.sendEvent(target, move)
+    QApplication.sendEvent(target, QDropEvent(QPointF(20, 20), *args))
+
+
+def _scan_count(folder: Path) -> int:
+    from desktop.engine.discovery import discover
+
+    return len(discover([folder]).files)
+
+
+def _run_folder(qtbot, window: MainWindow, folder: Path) -> None:
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        _drop(window.drop_area, [folder])
+    assert window.model.rowCount() == _scan_count(folder)
+
+
+def _flag_texts(window: MainWindow, model_id: str) -> list[str]:
+    col = window.model.column_of(Column.FLAG, model_id)
+    return [window.model.index(r, col).data() for r in range(window.model.rowCount())]
+
+
+# -- tests -------------------------------------------------------------------------------------
+def test_window_loads_models_and_says_which_device(window: MainWindow):
+    assert window.models is not None
+    assert window.models_label.text() == "Models ready — CPU via CPUExecutionProvider" or (
+        window.models_label.text().startswith("Models ready — CPU via CPUExecutionProvider")
+    )
+    headers = [
+        window.model.headerData(c, Qt.Orientation.Horizontal)
+        for c in range(window.model.columnCount())
+    ]
+    assert "TB score" in headers and "Pneumonia flag" in headers
+
+
+def test_missing_models_give_a_clear_message(qtbot, settings, store, tmp_path: Path):
+    window = _make_window(qtbot, settings, store, tmp_path / "no-models", start=False)
+    with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS) as blocker:
+        window.start()
+    assert blocker.args == [None]
+    assert "could not be loaded" in window.messages.message()
+    assert window.models_label.text().startswith("Models not loaded")
+    window.close()
+
+
+def test_drop_folder_fills_table_and_store(qtbot, window: MainWindow, mixed_folder: Path, store):
+    expected = _scan_count(mixed_folder)
+    _drop(window.drop_area, [mixed_folder])
+    qtbot.waitUntil(lambda: window.model.rowCount() > 0, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not window.batch.is_running(), timeout=WAIT_MS)
+    assert window.model.rowCount() == expected
+    statuses = {r.status for r in window.model.results()}
+    assert ScanStatus.OK in statuses and ScanStatus.NOT_CHEST_XRAY in statuses
+    (info,) = store.batches()
+    assert info.done == expected and info.status == "completed"
+    assert window.settings.recent_folders() == [str(mixed_folder)]
+    # thumbnails are decoded lazily, only when asked for
+    thumb = window.model.index(0, window.model.column_of(Column.THUMB)).data(
+        Qt.ItemDataRole.DecorationRole
+    )
+    assert thumb is not None and not thumb.isNull()
+
+
+def test_drop_on_the_table_viewport_starts_a_batch(qtbot, window: MainWindow, chest_folder: Path):
+    _run_folder(qtbot, window, chest_folder / "tb")
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        _drop(window.view.viewport(), [chest_folder / "pneumonia"])
+    assert window.model.rowCount() == _scan_count(chest_folder / "pneumonia")
+
+
+def test_non_scan_drop_says_so(qtbot, window: MainWindow, tmp_path: Path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient list", encoding="utf-8")
+    _drop(window.drop_area, [notes])
+    expected = "notes.txt is not a scan MedScreen can read (PNG, JPEG, TIFF, BMP, DICOM)"
+    qtbot.waitUntil(lambda: expected in window.messages.message(), timeout=WAIT_MS)
+    assert not window.batch.is_running()
+    assert window.model.rowCount() == 0
+
+
+def test_cancel_keeps_finished_rows(
+    qtbot, window: MainWindow, chest_folder: Path, store, monkeypatch
+):
+    from desktop.engine.screening import Screener
+
+    original = Screener.screen
+
+    def slow(self, prepared):
+        time.sleep(0.15)
+        return original(self, prepared)
+
+    monkeypatch.setattr(Screener, "screen", slow)
+    total = _scan_count(chest_folder)
+    _drop(window.drop_area, [chest_folder])
+    qtbot.waitUntil(lambda: window.model.rowCount() >= 2, timeout=WAIT_MS)
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS) as blocker:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    _summary, cancelled = blocker.args
+    assert cancelled
+    kept = window.model.rowCount()
+    assert 2 <= kept < total
+    (info,) = store.batches()
+    assert info.status == "cancelled" and info.done == kept
+    assert len(list(store.batch_results(info.id))) == kept
+
+
+def test_operating_point_changes_flags_without_inference(
+    qtbot, window: MainWindow, chest_folder: Path, monkeypatch
+):
+    _run_folder(qtbot, window, chest_folder)
+    runs = {"n": 0}
+    original = OnnxModel.run
+
+    def counting(self, batch):
+        runs["n"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(OnnxModel, "run", counting)
+    picker = window.op_picker
+    assert picker.choice().name == "screening"
+    assert "sens 0.92, spec 0.71" in picker.detail.text()
+    before = _flag_texts(window, "tb")
+    with qtbot.waitSignal(window.model.dataChanged, timeout=1000):
+        picker.combo.setCurrentIndex(picker.combo.findData("__custom__"))
+        picker.custom.setValue(0.99)
+    after = _flag_texts(window, "tb")
+    assert before != after
+    assert all(text in ("—", "") for text in after)
+    picker.custom.setValue(0.0)
+    assert {t for t in _flag_texts(window, "tb") if t} == {"⚑ TB"}
+    assert runs["n"] == 0  # flags came from stored probabilities
+    assert window.settings.operating_point == "0"
+    # the flagged filter follows the new flags at once
+    window.filter_combo.setCurrentIndex(window.filter_combo.findData(Filter.FLAGGED))
+    flagged_ok = sum(1 for r in window.model.results() if r.status is ScanStatus.OK)
+    assert window.proxy.rowCount() == flagged_ok
+
+
+def test_sort_filter_search_and_f3(qtbot, window: MainWindow, mixed_folder: Path):
+    _run_folder(qtbot, window, mixed_folder)
+    proxy = window.proxy
+    col = window.model.column_of(Column.SCORE, "tb")
+    window.view.sortByColumn(col, Qt.SortOrder.DescendingOrder)
+    scores = [proxy.index(r, col).data() for r in range(proxy.rowCount())]
+    numbers = [float(s) for s in scores if s]
+    assert numbers == sorted(numbers, reverse=True)
+    window.filter_combo.setCurrentIndex(window.filter_combo.findData(Filter.NOT_SCREENED))
+    assert proxy.rowCount() == sum(
+        1 for r in window.model.results() if r.status is ScanStatus.NOT_CHEST_XRAY
+    )
+    window.filter_combo.setCurrentIndex(window.filter_combo.findData(Filter.ALL))
+    window.search.setText("MCUCXR_0001")
+    assert proxy.rowCount() == 1
+    window.search.clear()
+    window.view.setFocus()
+    qtbot.keyClick(window, Qt.Key.Key_F3)
+    first = window.view.currentIndex()
+    assert first.isValid() and window.proxy.index(first.row(), 0).data(Qt.ItemDataRole.UserRole + 3)
+
+
+def test_viewer_heatmap_toggles_and_shows_outputs(qtbot, window: MainWindow, chest_folder: Path):
+    _run_folder(qtbot, window, chest_folder / "tb")
+    row = next(r for r, res in enumerate(window.model.results()) if res.status is ScanStatus.OK)
+    result = window.model.result(row)
+    viewer = window.open_viewer(result)
+    qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
+    viewer.opacity.setValue(80)
+    plain = viewer.rendered_image()
+    qtbot.keyClick(viewer, Qt.Key.Key_H)
+    assert viewer.canvas.heat_visible()
+    heat = viewer.rendered_image()
+    assert _mean_abs_diff(plain, heat) > 5
+    qtbot.keyClick(viewer, Qt.Key.Key_H)
+    assert _mean_abs_diff(plain, viewer.rendered_image()) < 0.5
+    text = viewer.scores.text()
+    assert "TB:" in text and "operating point screening" in text and "all classes" in text
+    viewer.close()
+
+
+def test_viewer_window_level_on_dicom_and_hidden_identifiers(
+    qtbot, window: MainWindow, tmp_path: Path
+):
+    folder = tmp_path / "dicom"
+    shutil.copytree(DATA / "dicom", folder)
+    _run_folder(qtbot, window, folder)
+    result = next(r for r in window.model.results() if r.file.endswith("CR-MONO1-10-chest.dcm"))
+    viewer = window.open_viewer(result)
+    qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
+    assert viewer.center.isEnabled()
+    before = viewer.rendered_image()
+    viewer.width_slider.setValue(max(2, viewer.width_slider.value() // 4))
+    qtbot.waitUntil(lambda: _mean_abs_diff(before, viewer.rendered_image()) > 2, timeout=WAIT_MS)
+    labels = [
+        viewer.details.itemAt(i, viewer.details.ItemRole.LabelRole).widget().text()
+        for i in range(viewer.details.rowCount())
+    ]
+    assert "Patient name" not in labels and "Patient ID" not in labels
+    if viewer.show_ids.isEnabled():
+        viewer.show_ids.setChecked(True)
+        labels = [
+            viewer.details.itemAt(i, viewer.details.ItemRole.LabelRole).widget().text()
+            for i in range(viewer.details.rowCount())
+        ]
+        assert "Patient name" in labels or "Patient ID" in labels
+    viewer.close()
+
+
+def test_export_writes_pdf_and_csv(qtbot, window: MainWindow, chest_folder: Path, tmp_path: Path):
+    _run_folder(qtbot, window, chest_folder / "tb")
+    with qtbot.waitSignal(window.export_done, timeout=WAIT_MS) as blocker:
+        window.export_report(tmp_path / "out" / "clinic-report.pdf")
+    paths = [Path(p) for p in blocker.args[0]]
+    pdf = tmp_path / "out" / "clinic-report.pdf"
+    assert pdf in paths and (tmp_path / "out" / "clinic-report.csv") in paths
+    data = pdf.read_bytes()
+    assert (
+        data.startswith(b"%PDF")
+        and data.count(b"/Type /Page\n")
+        + data.count(b"/Type /Page>>")
+        + data.count(b"/Type /Page ")
+        >= 1
+    )
+    csv_lines = (tmp_path / "out" / "clinic-report.csv").read_text(encoding="utf-8").splitlines()
+    assert len(csv_lines) >= 1 + window.model.rowCount()
+
+
+def test_history_reopens_a_batch(qtbot, window: MainWindow, chest_folder: Path, store):
+    _run_folder(qtbot, window, chest_folder / "tb")
+    rows = window.model.rowCount()
+    window.model.clear()
+    (info,) = store.batches()
+    window.open_batch(info.id)
+    assert window.model.rowCount() == rows
+    from desktop.gui.history_dialog import HistoryDialog
+
+    dialog = HistoryDialog(store.batches(), window)
+    assert dialog.table.rowCount() == 1
+    dialog._choose()
+    assert dialog.chosen == info.id
+    dialog.deleteLater()
+
+
+def test_interrupted_batch_is_offered_for_resume(
+    qtbot, settings, store, stand_in_models, chest_folder: Path
+):
+    from desktop.engine.discovery import discover
+
+    files = [str(p) for p in discover([chest_folder / "tb"]).files]
+    batch_id = store.create_batch([str(chest_folder / "tb")], "old-key", "CPU")
+    store.set_items(batch_id, files)  # left "running" by this pid: counts as interrupted
+    window = _make_window(qtbot, settings, store, stand_in_models)
+    assert "interrupted" in window.messages.message()
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        window.messages.action.click()
+    assert window.model.rowCount() == len(files)
+    assert store.batch(batch_id).status == "completed"
+    window.close()
+
+
+def test_settings_persist(tmp_path: Path):
+    path = tmp_path / "s.ini"
+    first = AppSettings(path)
+    assert first.include_identifiers is False  # privacy by default
+    first.clinic_name = "Clinic A"
+    first.include_identifiers = True
+    first.add_recent("/a")
+    first.add_recent("/b")
+    first.sync()
+    again = AppSettings(path)
+    assert again.clinic_name == "Clinic A"
+    assert again.include_identifiers is True
+    assert again.recent_folders() == ["/b", "/a"]
+
+
+def test_uncaught_exception_is_logged_and_shown(qtbot, window: MainWindow, caplog):
+    from desktop.gui.app import install_excepthook
+
+    saved = sys.excepthook
+    try:
+        install_excepthook(window)
+        try:
+            raise RuntimeError("boom in a slot")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox)]
+        assert boxes and "boom in a slot" in boxes[-1].text()
+        assert "uncaught exception" in caplog.text
+        for box in boxes:
+            box.close()
+    finally:
+        sys.excepthook = saved
+
+
+def test_models_and_settings_dialogs(qtbot, window: MainWindow, settings):
+    from desktop.gui.models_dialog import ModelsDialog
+    from desktop.gui.settings_dialog import SettingsDialog
+
+    assert window.models is not None
+    dialog = ModelsDialog(window.models.manifests, window.models.device.describe(), [], window)
+    assert dialog.tabs.count() == 1 + len(window.models.manifests)
+    overview = dialog.tabs.widget(0).toPlainText()
+    assert "screening" in overview and "tests only" in overview
+    dialog.deleteLater()
+    dlg = SettingsDialog(settings, window)
+    assert not dlg.identifiers.isChecked()
+    dlg.clinic.setText("Clinic B")
+    dlg.accept()
+    assert AppSettings(settings.path).clinic_name == "Clinic B"
+
+
+def _mean_abs_diff(a: QImage, b: QImage) -> float:
+    return float(np.abs(_array(a) - _array(b)).mean())
+
+
+def _array(image: QImage) -> np.ndarray:
+    image = image.convertToFormat(QImage.Format.Format_RGB888)
+    width, height = image.width(), image.height()
+    data = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.sizeInBytes())
+    return data.reshape(height, image.bytesPerLine())[:, : width * 3].astype(np.float32)
