@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from desktop.engine.manifest import ModelManifest
-from desktop.engine.overlay import INFERNO_LUT, heatmap_rgb, overlay, overlay_for
+from desktop.engine.overlay import INFERNO_LUT, heatmap_rgb, heatmap_rgba, overlay, overlay_for
 from desktop.engine.results import FindingResult, ScanResult, ScanStatus
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -111,6 +111,22 @@ def test_overlay_alpha_follows_opacity_times_activation():
         overlay(grey, act, 1.5)
     with pytest.raises(ValueError, match="shape"):
         overlay(grey, act[:1], 0.5)
+
+
+def test_rgba_layer_composited_at_an_opacity_equals_overlay():
+    # What the viewer does: paint the RGBA heatmap source-over the scan at a layer opacity.
+    png = _thumbnail(TB_PNG, (120, 150))
+    with Image.open(io.BytesIO(png)) as image:
+        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255
+    rng = np.random.default_rng(3)
+    act = np.clip(rng.random(grey.shape, dtype=np.float32), 0, 1)
+    rgba = heatmap_rgba(act)
+    assert rgba.shape == (*grey.shape, 4) and rgba.dtype == np.uint8
+    for opacity in (0.25, 0.45, 1.0):
+        alpha = rgba[:, :, 3:4].astype(np.float32) / 255 * opacity
+        painted = grey[:, :, None] * 255 * (1 - alpha) + rgba[:, :, :3] * alpha
+        expected = overlay(grey, act, opacity).astype(np.float32)
+        assert np.abs(painted - expected).max() <= 1.5
 
 
 def test_overlay_opacity_zero_returns_the_real_scan_exactly():

@@ -21,10 +21,9 @@ from desktop.engine.results import ScanResult
 
 logger = logging.getLogger(__name__)
 
-#: Default opacity of the heatmap where the activation peaks. The blend is weighted by the
-#: activation (see :func:`overlay`), so cold regions stay plain grey whatever this is; 0.6
-#: makes the hot region clear while the anatomy under it still shows.
-DEFAULT_OPACITY = 0.6
+#: Default opacity of the heatmap: enough to see the hot region, little enough to still see
+#: the anatomy under it. The GUI's slider starts here.
+DEFAULT_OPACITY = 0.45
 
 # Inferno sampled at 33 evenly spaced points (index 0 = value 0.0, index 32 = value 1.0), 0-255.
 _INFERNO_ANCHORS = np.array(
@@ -61,6 +60,22 @@ def heatmap_rgb(activation01: np.ndarray) -> np.ndarray:
     values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
     index = (np.clip(values, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
     return np.take(INFERNO_LUT, index, axis=0)
+
+
+def heatmap_rgba(activation01: np.ndarray) -> np.ndarray:
+    """The heatmap with the activation as its alpha channel: uint8 RGBA (H, W, 4).
+
+    Composited source-over a grey image with a layer opacity ``o`` (what Qt does when it
+    paints a semi-transparent layer), this gives exactly :func:`overlay` with opacity ``o``,
+    so the viewer can move its opacity slider without recomputing, and still match the PDF.
+    """
+    values = np.nan_to_num(np.asarray(activation01, dtype=np.float32), nan=0.0)
+    rgba = np.empty((*values.shape, 4), dtype=np.uint8)
+    rgba[:, :, :3] = heatmap_rgb(values)
+    rgba[:, :, 3] = (np.clip(values, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(
+        np.uint8
+    )
+    return rgba
 
 
 def _grey01(grey: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ from reportlab.platypus import (
 )
 
 from desktop.engine.manifest import ModelManifest
-from desktop.engine.overlay import DEFAULT_OPACITY, INFERNO_LUT, decode_thumbnail, overlay
+from desktop.engine.overlay import INFERNO_LUT, decode_thumbnail, overlay
 from desktop.engine.paths import assets_dir
 from desktop.engine.preprocess import activation_to_image
 from desktop.engine.reports._common import (
@@ -69,6 +69,10 @@ FOOTER_HEIGHT = 20 * mm
 #: Longest side in pixels of an embedded image: ~190 dpi at the 40 mm it is printed at.
 IMAGE_PIXELS = 300
 JPEG_QUALITY = 80
+#: Heatmap opacity where the activation peaks, in print. Stronger than the viewer's default
+#: (DEFAULT_OPACITY): a 40 mm image on office paper loses contrast, and the blend is weighted
+#: by activation, so cold regions stay plain grey whatever this is.
+REPORT_OPACITY = 0.6
 #: Longest file name shown in a table cell; longer ones keep their start and end.
 MAX_NAME_CHARS = 90
 
@@ -577,7 +581,7 @@ def _flagged_section(
             caption = [caption, _legend(st, box_w)]
             # Mapped at print size: the fit geometry depends only on the aspect ratio.
             cam = activation_to_image(finding.activation, manifest.preprocessing, grey.shape)
-            heat = _jpeg(overlay(grey, cam, DEFAULT_OPACITY))
+            heat = _jpeg(overlay(grey, cam, REPORT_OPACITY))
             cells.append((_image_flowable(heat, box_w, box_h), caption))
     else:
         cells.append((Paragraph("no thumbnail stored", st["muted"]), ""))
