@@ -26,11 +26,18 @@ def grey_to_qimage(grey01: np.ndarray) -> QImage:
     return QImage(data.data, width, height, width, QImage.Format.Format_Grayscale8).copy()
 
 
-def rgb_to_qimage(rgb: np.ndarray) -> QImage:
-    """uint8 (H, W, 3) → an owned RGB888 QImage."""
-    data = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width, _ = data.shape
-    return QImage(data.data, width, height, width * 3, QImage.Format.Format_RGB888).copy()
+def heat_to_qimage(rgb: np.ndarray, alpha01: np.ndarray) -> QImage:
+    """Heatmap colours (uint8 (H, W, 3)) with per-pixel alpha = activation → RGBA QImage.
+
+    Alpha follows the activation, as in the engine's :func:`~desktop.engine.overlay.overlay`:
+    where the model paid no attention the scan stays untouched grey. The layer's opacity
+    (the slider) then scales the whole layer, so the viewer and the PDF blend the same way.
+    """
+    height, width, _ = rgb.shape
+    rgba = np.empty((height, width, 4), dtype=np.uint8)
+    rgba[:, :, :3] = rgb
+    rgba[:, :, 3] = np.clip(np.rint(alpha01 * 255.0), 0, 255).astype(np.uint8)
+    return QImage(rgba.data, width, height, width * 4, QImage.Format.Format_RGBA8888).copy()
 
 
 class ImageCanvas(QGraphicsView):

@@ -337,7 +337,7 @@ class MainWindow(QMainWindow):
         self.models_label.setText(f"Models ready — {device}")
         self.models_label.setToolTip("; ".join(m.key for m in models.manifests.values()))
         self.model.set_manifests(models.manifests)
-        self.op_picker.set_manifests(models.manifests, self.settings.operating_point)
+        self.op_picker.set_manifests(self.model.manifests(), self.settings.operating_point)
         self.view.apply_column_widths()
         self.act_export.setEnabled(True)
         if models.problems:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from desktop import DISCLAIMER, __version__
 from desktop.engine.manifest import ModelManifest
+from desktop.gui.results_model import short_name
 
 
 def _card_path(manifest: ModelManifest) -> Path | None:
@@ -38,21 +39,45 @@ def _card_path(manifest: ModelManifest) -> Path | None:
     return None
 
 
+def _num(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _split_html(values: Mapping[str, Any]) -> str:
+    """One split's headline figures: n, AUC with its CI, and sens/spec per operating point."""
+    parts: list[str] = []
+    if "n" in values:
+        positives = values.get("n_positive")
+        parts.append(f"n={values['n']}" + (f" ({positives} positive)" if positives else ""))
+    if "auc" in values:
+        ci = values.get("auc_ci95")
+        ci_text = (
+            f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if isinstance(ci, list) and len(ci) == 2 else ""
+        )
+        parts.append(f"AUC {values['auc']:.3f}{ci_text}")
+    points = values.get("operating_points")
+    if isinstance(points, Mapping):
+        for name, point in points.items():
+            if isinstance(point, Mapping) and "sensitivity" in point:
+                parts.append(
+                    f"{html.escape(str(name))}: sens {point['sensitivity']:.2f}, "
+                    f"spec {point.get('specificity', float('nan')):.2f}"
+                )
+    known = {"n", "n_positive", "auc", "auc_ci95", "operating_points"}
+    for key, value in values.items():
+        if key not in known and not isinstance(value, Mapping | list):
+            parts.append(f"{html.escape(str(key))} {_num(value)}")
+    return "<br>".join(parts)
+
+
 def _metrics_html(metrics: Mapping[str, Any]) -> str:
     if not metrics:
-        return "<p>No validation or test figures in the manifest.</p>"
+        return "No validation or test figures in the manifest."
     rows = []
     for split, values in metrics.items():
-        if isinstance(values, Mapping):
-            cells = ", ".join(
-                f"{html.escape(str(k))} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in values.items()
-                if not isinstance(v, Mapping | list)
-            )
-        else:
-            cells = html.escape(str(values))
-        rows.append(f"<tr><td><b>{html.escape(str(split))}</b></td><td>{cells}</td></tr>")
-    return "<table cellpadding='3'>" + "".join(rows) + "</table>"
+        cells = _split_html(values) if isinstance(values, Mapping) else html.escape(str(values))
+        rows.append(f"<p><b>{html.escape(str(split))}</b><br>{cells}</p>")
+    return "".join(rows)
 
 
 def model_summary_markdown(manifest: ModelManifest) -> str:
@@ -119,7 +144,7 @@ class ModelsDialog(QDialog):
         overview.setHtml(
             "<table border='1' cellspacing='0' cellpadding='4' width='100%'>"
             "<tr><th>Model</th><th>Version</th><th>sha256</th><th>Operating points"
-            " (validation)</th><th>Held-out test figures</th><th>Intended use</th></tr>"
+            " (validation)</th><th>Validation and test figures</th><th>Intended use</th></tr>"
             + "".join(rows)
             + "</table>"
         )
@@ -129,10 +154,12 @@ class ModelsDialog(QDialog):
             card = QTextBrowser(self)
             path = _card_path(m)
             if path is not None:
+                card.setSearchPaths([str(path.parent)])  # the card's figures load from there
                 card.setMarkdown(path.read_text(encoding="utf-8", errors="replace"))
             else:
                 card.setMarkdown(model_summary_markdown(m))
-            self.tabs.addTab(card, m.name if len(m.name) < 28 else m.id)
+            title = short_name(m) if m.role == "finding" else "Modality gate"
+            self.tabs.addTab(card, f"{title} card")
         layout.addWidget(self.tabs, 1)
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)

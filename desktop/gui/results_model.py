@@ -50,6 +50,8 @@ STATUS_TEXT = {
 }
 
 SHORT_NAMES = {"tb": "TB", "pneumonia": "Pneumonia"}
+#: Column order of the finding models: the order the clinic reads them in; others follow.
+FINDING_ORDER = ("tb", "pneumonia")
 
 
 def short_name(manifest: ModelManifest) -> str:
@@ -84,7 +86,12 @@ class ResultsModel(QAbstractTableModel):
     def set_manifests(self, manifests: Mapping[str, ModelManifest]) -> None:
         """Columns follow the finding models; call when a model set is loaded."""
         self.beginResetModel()
-        self._manifests = {k: m for k, m in manifests.items() if m.role == "finding"}
+        findings = {k: m for k, m in manifests.items() if m.role == "finding"}
+        ordered = sorted(
+            findings,
+            key=lambda k: FINDING_ORDER.index(k) if k in FINDING_ORDER else len(FINDING_ORDER),
+        )
+        self._manifests = {k: findings[k] for k in ordered}
         self._rebuild_columns()
         self._resolve_points()
         self.endResetModel()

@@ -31,6 +31,7 @@ class ResultsView(QTableView):
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setAlternatingRowColors(True)
         self.setWordWrap(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the end of file names
         self.setIconSize(QSize(THUMB_HEIGHT * 4 // 3, THUMB_HEIGHT))
         self.verticalHeader().setVisible(False)
         self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
@@ -56,7 +57,7 @@ class ResultsView(QTableView):
             kind, _ = model._columns[col]
             width = {
                 Column.THUMB: THUMB_HEIGHT * 4 // 3 + 12,
-                Column.FILE: metrics.horizontalAdvance("M") * 18,
+                Column.FILE: metrics.horizontalAdvance("tb_positive_CHNCXR_0336_1.png") + 16,
                 Column.MODALITY: metrics.horizontalAdvance("Modality") + 24,
                 Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
                 Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,

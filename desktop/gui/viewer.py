@@ -44,7 +44,7 @@ from desktop.engine.preprocess import activation_to_image
 from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
 from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
-from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, rgb_to_qimage
+from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
 from desktop.gui.results_model import short_name
 from desktop.gui.workers import Worker, WorkerError
 
@@ -187,6 +187,8 @@ class ScanViewer(QDialog):
         wl.addRow("Width", self.width_slider)
         wl.addRow(reset, self.window_note)
         self.wl_box = wl_box
+        self.wl_layout = wl
+        self.reset_button = reset
 
         self.details = QFormLayout()
         self.show_ids = QCheckBox("Show patient identifiers", self)
@@ -215,13 +217,16 @@ class ScanViewer(QDialog):
         scroll = QScrollArea(self)
         scroll.setWidget(panel)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(340)
+        # Text wraps to the panel's width; it never needs a sideways scroll.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(360)
 
         splitter = QSplitter(self)
         splitter.addWidget(left)
         splitter.addWidget(scroll)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([760, 380])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
 
@@ -324,7 +329,10 @@ class ScanViewer(QDialog):
             self.show_ids.setToolTip("This file carries no patient identifiers")
 
     def _file_label(self) -> QLabel:
-        label = QLabel(self.result.file, self)
+        # Zero-width spaces after separators let a long path wrap instead of clipping.
+        text = self.result.file.replace("/", "/\u200b").replace("\\", "\\\u200b")
+        label = QLabel(text, self)
+        label.setToolTip(self.result.file)
         label.setWordWrap(True)
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         return label
@@ -391,9 +399,14 @@ class ScanViewer(QDialog):
         self.image_ready.emit()
 
     def _set_window_enabled(self, enabled: bool, note: str) -> None:
+        """Sliders only where there is more to window than is shown; otherwise say why."""
         for widget in (self.center, self.width_slider):
             widget.setEnabled(enabled)
+        for row in range(2):
+            self.wl_layout.setRowVisible(row, enabled)
+        self.reset_button.setVisible(enabled)
         self.window_note.setText(note)
+        self.window_note.setVisible(bool(note))
 
     def _render_base(self) -> None:
         scan = self._scan
@@ -424,7 +437,7 @@ class ScanViewer(QDialog):
         # The engine undoes the model's crop/pad for this aspect ratio, so the hot spot lands
         # on the right part of the scan.
         cam = activation_to_image(finding.activation, manifest.preprocessing, shape)
-        self.canvas.set_heat(rgb_to_qimage(heatmap_rgb(cam)))
+        self.canvas.set_heat(heat_to_qimage(heatmap_rgb(cam), cam))
         self.canvas.set_heat_visible(self.heat_box.isChecked())
 
     def _heat_toggled(self, on: bool) -> None:
