@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QStyle, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QStyle,
+    QWidget,
+)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -25,7 +33,12 @@ class BatchBar(QWidget):
         self.progress.setFormat("%v / %m")
         self.progress.setMinimumWidth(240)
         self.rate = QLabel(self)
+        # Fixed sizes: text changing width would re-lay out the window several times a second.
+        self.rate.setMinimumWidth(
+            self.fontMetrics().horizontalAdvance("00000 / 00000 · 000.0 scans/s · 00 min left") + 8
+        )
         self.current = QLabel(self)
+        self.current.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.current.setForegroundRole(self.palette().ColorRole.PlaceholderText)
         self.cancel = QPushButton(
             self.style().standardIcon(QStyle.StandardPixmap.SP_DialogCancelButton),

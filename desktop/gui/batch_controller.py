@@ -10,13 +10,17 @@ tick however many scans finished, and one progress update with the newest figure
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from desktop.gui.qt_compat import emit
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
@@ -27,6 +31,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_MS = 100
+#: Niceness added to the batch thread (and the decoder threads it starts, which inherit it on
+#: Linux): on a busy 2-core PC the window must win the CPU over screening, or it stutters.
+BACKGROUND_NICENESS = 5
+
+
+def _lower_thread_priority() -> None:
+    """Best effort: make the calling thread (and threads it creates) yield to the GUI thread."""
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None or not sys.platform.startswith("linux"):
+        return  # elsewhere PRIO_PROCESS means the whole process, not this thread
+    try:
+        tid = threading.get_native_id()
+        setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICENESS
+        )
+    except OSError as exc:
+        log.debug("cannot lower the batch thread's priority: %s", exc)
+
+
+def _run_in_background(
+    runner: BatchRunner, inputs: list[str | Path], resume: str | None
+) -> Generator[Progress, None, BatchSummary]:
+    _lower_thread_priority()
+    return (yield from runner.run(inputs, resume=resume))
 
 
 class BatchController(QObject):
@@ -74,7 +102,12 @@ class BatchController(QObject):
         self._cancel_asked = False
         self.batch_id = resume
         worker = Worker(
-            runner.run, list(inputs), resume=resume, on_quit=runner.cancel, name="medscreen-batch"
+            _run_in_background,
+            runner,
+            list(inputs),
+            resume,
+            on_quit=runner.cancel,
+            name="medscreen-batch",
         )
         worker.yielded.connect(self._queue.append, type=_direct())
         worker.returned.connect(self._returned)
@@ -105,8 +138,8 @@ class BatchController(QObject):
         last = chunk[-1]
         self.batch_id = last.batch_id
         if results:
-            self.rows_ready.emit(results)
-        self.progress.emit(last)
+            emit(self.rows_ready, results)
+        emit(self.progress, last)
 
     def _returned(self, summary: BatchSummary) -> None:
         self._summary = summary
@@ -120,10 +153,10 @@ class BatchController(QObject):
         self._worker = None
         self._runner = None
         if self._error is not None:
-            self.batch_failed.emit(self._error)
+            emit(self.batch_failed, self._error)
             return
         cancelled = self._cancel_asked or bool(self._summary and self._summary.cancelled)
-        self.batch_finished.emit(self._summary, cancelled)
+        emit(self.batch_finished, self._summary, cancelled)
 
 
 def _direct() -> object:

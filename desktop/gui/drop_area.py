@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER
+from desktop.gui.qt_compat import emit
 
 SCAN_KINDS = "PNG, JPEG, TIFF, BMP, DICOM"
 
@@ -112,6 +113,6 @@ class DropArea(QWidget):
         paths = paths_from_mime(event.mimeData())
         if paths:
             event.acceptProposedAction()
-            self.paths_dropped.emit(paths)
+            emit(self.paths_dropped, paths)
         else:
             event.ignore()

@@ -16,6 +16,8 @@ from PySide6.QtCore import QPoint, QRectF, Qt, Signal
 from PySide6.QtGui import QImage, QKeyEvent, QMouseEvent, QPainter, QPixmap, QWheelEvent
 from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView, QWidget
 
+from desktop.gui.qt_compat import emit
+
 ZOOM_STEP = 1.25
 
 
@@ -102,14 +104,14 @@ class ImageCanvas(QGraphicsView):
             return
         self._fit = False
         self.scale(factor, factor)
-        self.zoom_changed.emit(self.zoom())
+        emit(self.zoom_changed, self.zoom())
 
     def fit(self) -> None:
         if self._base.pixmap().isNull():
             return
         self._fit = True
         self.fitInView(self._base, Qt.AspectRatioMode.KeepAspectRatio)
-        self.zoom_changed.emit(self.zoom())
+        emit(self.zoom_changed, self.zoom())
 
     def resizeEvent(self, event: object) -> None:  # type: ignore[override]
         super().resizeEvent(event)  # type: ignore[arg-type]
@@ -146,7 +148,7 @@ class ImageCanvas(QGraphicsView):
             pos = event.position().toPoint()
             delta = pos - self._right_drag
             self._right_drag = pos
-            self.window_drag.emit(delta.x(), delta.y())
+            emit(self.window_drag, delta.x(), delta.y())
             event.accept()
             return
         super().mouseMoveEvent(event)

@@ -34,13 +34,14 @@ from PySide6.QtWidgets import (
 
 from desktop import DISCLAIMER, __version__
 from desktop.engine.paths import default_db_path
-from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
+from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import ResultsStore
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, accept_if_files, paths_from_mime
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import Filter, FlaggedRole, ResultsModel, ResultsProxy
 from desktop.gui.results_view import ResultsView
 from desktop.gui.settings import AppSettings
@@ -132,7 +133,7 @@ class MainWindow(QMainWindow):
         self._restore_window()
         self.model.rowsInserted.connect(self._update_counts)
         self.model.modelReset.connect(self._update_counts)
-        self.model.dataChanged.connect(self._update_counts)
+        self.model.dataChanged.connect(self._update_counts)  # flags follow the operating point
 
     # -- construction ----------------------------------------------------------------------
     @property
@@ -344,7 +345,7 @@ class MainWindow(QMainWindow):
             self.messages.show_message(
                 "Some model files were refused: " + "; ".join(models.problems), "warning"
             )
-        self.models_changed.emit(models)
+        emit(self.models_changed, models)
         self._offer_resume()
         if self._pending_inputs:
             pending, self._pending_inputs = self._pending_inputs, []
@@ -362,7 +363,7 @@ class MainWindow(QMainWindow):
             self.load_models,
         )
         self._pending_inputs = []
-        self.models_changed.emit(None)
+        emit(self.models_changed, None)
 
     def _offer_resume(self) -> None:
         try:
@@ -519,17 +520,11 @@ class MainWindow(QMainWindow):
             viewer.set_choice(choice)
 
     def _update_counts(self, *_args: object) -> None:
-        results = self.model.results()
-        flagged = sum(
-            1 for r in results if r.status is ScanStatus.OK and self.model.is_row_flagged(r)
-        )
-        errors = sum(1 for r in results if r.status is ScanStatus.ERROR)
-        refused = sum(1 for r in results if r.status is ScanStatus.NOT_CHEST_XRAY)
+        rows, flagged, refused, errors = self.model.counts()
         self.counts.setText(
-            f"{len(results)} scans · {flagged} flagged · {refused} not chest X-rays · "
-            f"{errors} errors"
+            f"{rows} scans · {flagged} flagged · {refused} not chest X-rays · {errors} errors"
         )
-        if results and self.pages.currentIndex() == 0:
+        if rows and self.pages.currentIndex() == 0:
             self.pages.setCurrentIndex(1)
 
     def goto_flagged(self, step: int) -> None:
@@ -673,7 +668,7 @@ class MainWindow(QMainWindow):
         names = ", ".join(str(p) for p in paths)
         self.messages.show_message(f"Report written: {names}", "info")
         self.statusBar().showMessage("Report written.", 5000)
-        self.export_done.emit(paths)
+        emit(self.export_done, paths)
 
     # -- workers and shutdown -------------------------------------------------------------------
     def _keep(self, worker: Worker) -> None:

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QW
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ThresholdChoice
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import short_name
 
 CUSTOM = "__custom__"
@@ -109,4 +110,4 @@ class OperatingPointPicker(QWidget):
             "Sensitivity and specificity measured on validation data at each named point; "
             "a custom threshold has no validated figures."
         )
-        self.choice_changed.emit(choice)
+        emit(self.choice_changed, choice)

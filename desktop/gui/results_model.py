@@ -29,8 +29,9 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QImage, QPixmap
 
 from desktop.engine.manifest import ModelManifest
-from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
+from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_icon, flag_text
+from desktop.gui.qt_compat import emit
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class ResultsModel(QAbstractTableModel):
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
         self._points: dict[str, float] = {}
+        self._status_counts: dict[ScanStatus, int] = {}
+        self._flagged = 0
         self._rebuild_columns()
 
     # -- configuration ---------------------------------------------------------------------
@@ -94,6 +97,7 @@ class ResultsModel(QAbstractTableModel):
         self._manifests = {k: findings[k] for k in ordered}
         self._rebuild_columns()
         self._resolve_points()
+        self._recount()
         self.endResetModel()
 
     def finding_ids(self) -> list[str]:
@@ -109,9 +113,11 @@ class ResultsModel(QAbstractTableModel):
         """Re-derive every flag from stored probabilities: no re-run, just dataChanged."""
         self._choice = choice
         self._resolve_points()
+        self._recount()
         if self._results:
             first = self._first_column(Column.SCORE)
-            self.dataChanged.emit(
+            emit(
+                self.dataChanged,
                 self.index(0, first),
                 self.index(len(self._results) - 1, self.columnCount() - 1),
                 [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, FlaggedRole],
@@ -153,13 +159,36 @@ class ResultsModel(QAbstractTableModel):
         start = len(self._results)
         self.beginInsertRows(QModelIndex(), start, start + len(results) - 1)
         self._results.extend(results)
+        self._count(results)
         self.endInsertRows()
 
     def clear(self) -> None:
         self.beginResetModel()
         self._results.clear()
         self._thumbs.clear()
+        self._recount()
         self.endResetModel()
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(rows, flagged, not chest X-rays, errors), kept up to date as rows arrive."""
+        return (
+            len(self._results),
+            self._flagged,
+            self._status_counts.get(ScanStatus.NOT_CHEST_XRAY, 0),
+            self._status_counts.get(ScanStatus.ERROR, 0),
+        )
+
+    def _count(self, results: Iterable[ScanResult]) -> None:
+        # Counted per chunk, so the status line costs nothing per row during a big batch.
+        for result in results:
+            self._status_counts[result.status] = self._status_counts.get(result.status, 0) + 1
+            if result.status is ScanStatus.OK and self.is_row_flagged(result):
+                self._flagged += 1
+
+    def _recount(self) -> None:
+        self._status_counts = {}
+        self._flagged = 0
+        self._count(self._results)
 
     def results(self) -> list[ScanResult]:
         return list(self._results)
@@ -349,10 +378,6 @@ class ResultsProxy(QSortFilterProxyModel):
         return True
 
 
-def count_flagged(model: ResultsModel, results: Iterable[ScanResult]) -> int:
-    return sum(1 for r in results if model.is_row_flagged(r))
-
-
 __all__ = [
     "Column",
     "Filter",
@@ -361,7 +386,5 @@ __all__ = [
     "ResultsModel",
     "ResultsProxy",
     "SortRole",
-    "count_flagged",
-    "is_flagged",
     "short_name",
 ]

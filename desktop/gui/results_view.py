@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from desktop.engine.results import ScanResult
 from desktop.gui.drop_area import accept_if_files, paths_from_mime
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import THUMB_HEIGHT, Column, ResultRole, ResultsModel, ResultsProxy
 
 
@@ -83,7 +84,7 @@ class ResultsView(QTableView):
     def _open_index(self, index: QModelIndex) -> None:
         result = self.result_at(index)
         if result is not None:
-            self.open_requested.emit(result)
+            emit(self.open_requested, result)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
@@ -102,6 +103,6 @@ class ResultsView(QTableView):
         paths = paths_from_mime(event.mimeData())
         if paths:
             event.acceptProposedAction()
-            self.paths_dropped.emit(paths)
+            emit(self.paths_dropped, paths)
         else:
             event.ignore()

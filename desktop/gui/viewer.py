@@ -45,6 +45,7 @@ from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_f
 from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
 from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import short_name
 from desktop.gui.workers import Worker, WorkerError
 
@@ -359,7 +360,7 @@ class ScanViewer(QDialog):
     def _load_full(self) -> None:
         if self.result.status is ScanStatus.ERROR and not Path(self.result.file).is_file():
             self.source_label.setText("file not available")
-            QTimer.singleShot(0, self.image_ready.emit)
+            QTimer.singleShot(0, lambda: emit(self.image_ready))
             return
         worker = Worker(load_scan, Path(self.result.file), keep_raw=True, name="medscreen-view")
         worker.returned.connect(self._full_loaded)
@@ -375,7 +376,7 @@ class ScanViewer(QDialog):
         message = getattr(error.exception, "message", None) or str(error.exception)
         self.source_label.setText("stored thumbnail (original not readable)")
         self._set_window_enabled(False, f"The original file could not be read: {message}")
-        self.image_ready.emit()
+        emit(self.image_ready)
 
     def _full_loaded(self, scan: Scan) -> None:
         self._scan = scan
@@ -396,7 +397,7 @@ class ScanViewer(QDialog):
         self._render_base()
         self._update_heat()
         self._fill_details()
-        self.image_ready.emit()
+        emit(self.image_ready)
 
     def _set_window_enabled(self, enabled: bool, note: str) -> None:
         """Sliders only where there is more to window than is shown; otherwise say why."""

@@ -28,6 +28,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from desktop.gui.qt_compat import emit
+
 log = logging.getLogger(__name__)
 
 
@@ -146,20 +148,20 @@ class Worker(QObject):
     @Slot()
     def _run(self) -> None:
         signals = self.signals
-        signals.started.emit()
+        emit(signals.started)
         try:
             result = self._func(*self._args, **self._kwargs)
             if isinstance(result, Generator):
                 result = self._drain(result)
                 if result is _ABORTED:
-                    signals.aborted.emit()
+                    emit(signals.aborted)
                     return
-            signals.returned.emit(result)
+            emit(signals.returned, result)
         except Exception as exc:
             log.error("worker %s failed", self._thread.objectName(), exc_info=exc)
-            signals.errored.emit(WorkerError(exc, traceback.format_exc()))
+            emit(signals.errored, WorkerError(exc, traceback.format_exc()))
         finally:
-            signals.finished.emit()
+            emit(signals.finished)
             self._thread.quit()
 
     def _drain(self, gen: Generator[Any, Any, Any]) -> Any:
@@ -170,7 +172,7 @@ class Worker(QObject):
                 # A generator that handled a quit itself (the batch runner) still returns
                 # its summary: it finished at a clean point, so its value is reported.
                 return stop.value
-            self.signals.yielded.emit(item)
+            emit(self.signals.yielded, item)
             if self._quit.is_set() and self._on_quit is None:
                 gen.close()
                 return _ABORTED
