@@ -39,12 +39,51 @@ def _model_dirs(work: Path) -> tuple[list[Path], str]:
     return [build_model_set(work / "models")], "stand-in test models (not real scores)"
 
 
+def _use_dark_palette(app: object) -> None:
+    """A dark Fusion palette, as a dark desktop theme would give: checks that every widget
+    uses palette roles, not fixed colours."""
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QApplication
+
+    assert isinstance(app, QApplication)
+    app.setStyle("Fusion")
+    palette = QPalette()
+    role = QPalette.ColorRole
+    for r, colour in (
+        (role.Window, "#2b2b2b"),
+        (role.WindowText, "#e6e6e6"),
+        (role.Base, "#1e1e1e"),
+        (role.AlternateBase, "#262626"),
+        (role.ToolTipBase, "#3a3520"),
+        (role.ToolTipText, "#f0e6c0"),
+        (role.Text, "#e6e6e6"),
+        (role.PlaceholderText, "#9a9a9a"),
+        (role.Button, "#353535"),
+        (role.ButtonText, "#e6e6e6"),
+        (role.Highlight, "#2f65ca"),
+        (role.HighlightedText, "#ffffff"),
+        (role.Dark, "#151515"),
+        (role.Mid, "#404040"),
+        (role.Light, "#505050"),
+    ):
+        palette.setColor(r, QColor(colour))
+    app.setPalette(palette)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--samples", type=Path, default=REPO / "assets" / "samples")
-    parser.add_argument("--dark", action="store_true", help="also render with a dark palette")
+    parser.add_argument(
+        "--dark", action="store_true", help="render with a dark palette (files end in _dark)"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="device pixel ratio (high-DPI check, e.g. 2)"
+    )
     args = parser.parse_args()
+    suffix = ("_dark" if args.dark else "") + (f"_{args.scale:g}x" if args.scale != 1 else "")
+    if args.scale != 1:
+        os.environ["QT_SCALE_FACTOR"] = f"{args.scale:g}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     work = Path(tempfile.mkdtemp(prefix="medscreen-shots-"))
@@ -57,6 +96,8 @@ def main() -> int:
     from desktop.gui.settings import AppSettings
 
     app = create_app(["medscreen-screenshots"])
+    if args.dark:
+        _use_dark_palette(app)
     dirs, which = _model_dirs(work)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -90,8 +131,8 @@ def main() -> int:
     window.view.resizeColumnsToContents()
     window.view.apply_column_widths()
     settle()
-    window.grab().save(str(args.out / "main_window.png"))
-    log.info("saved %s", args.out / "main_window.png")
+    window.grab().save(str(args.out / f"main_window{suffix}.png"))
+    log.info("saved main_window%s.png", suffix)
 
     results = window.model.results()
     ok = [r for r in results if r.findings]
@@ -102,8 +143,8 @@ def main() -> int:
         wait(viewer.image_ready, 30_000)
         viewer.heat_box.setChecked(True)
         settle()
-        viewer.grab().save(str(args.out / "viewer_heatmap.png"))
-        log.info("saved %s", args.out / "viewer_heatmap.png")
+        viewer.grab().save(str(args.out / f"viewer_heatmap{suffix}.png"))
+        log.info("saved viewer_heatmap%s.png", suffix)
         viewer.close()
 
     assert window.models is not None
@@ -111,8 +152,8 @@ def main() -> int:
     dialog.resize(1000, 640)
     dialog.show()
     settle()
-    dialog.grab().save(str(args.out / "models_dialog.png"))
-    log.info("saved %s", args.out / "models_dialog.png")
+    dialog.grab().save(str(args.out / f"models_dialog{suffix}.png"))
+    log.info("saved models_dialog%s.png", suffix)
     dialog.close()
 
     window.close()

@@ -21,9 +21,17 @@ def flag_text(short_name: str) -> str:
     return f"⚑ {short_name}"
 
 
-@cache
 def flag_icon(size: int = 16) -> QIcon:
-    """A pennant on a pole, drawn for the current palette and screen scale."""
+    return QIcon(flag_pixmap(size))
+
+
+@cache
+def flag_pixmap(size: int = 16) -> QPixmap:
+    """A pennant on a pole, drawn for the current palette and screen scale.
+
+    Item views draw a QPixmap decoration at its own (device-independent) size, whereas a
+    QIcon is scaled up to the view's icon size — which is thumbnail-sized in the results table.
+    """
     app = QGuiApplication.instance()
     ratio = app.devicePixelRatio() if isinstance(app, QGuiApplication) else 1.0
     pixmap = QPixmap(int(size * ratio), int(size * ratio))
@@ -43,4 +51,4 @@ def flag_icon(size: int = 16) -> QIcon:
     painter.setBrush(FLAG_FILL)
     painter.drawPath(path)
     painter.end()
-    return QIcon(pixmap)
+    return pixmap

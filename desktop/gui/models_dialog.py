@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from desktop import DISCLAIMER, __version__
 from desktop.engine.manifest import ModelManifest
-from desktop.gui.results_model import short_name
+from desktop.gui.results_model import reading_order, short_name
 
 
 def _card_path(manifest: ModelManifest) -> Path | None:
@@ -110,6 +110,7 @@ class ModelsDialog(QDialog):
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        manifests = reading_order(manifests)
         self.setWindowTitle("Models and about — MedScreen")
         self.resize(820, 640)
         layout = QVBoxLayout(self)

@@ -30,7 +30,7 @@ from PySide6.QtGui import QImage, QPixmap
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
-from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_icon, flag_text
+from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_pixmap, flag_text
 from desktop.gui.qt_compat import emit
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,18 @@ FINDING_ORDER = ("tb", "pneumonia")
 def short_name(manifest: ModelManifest) -> str:
     """The column and flag label of a finding model ("TB", "Pneumonia")."""
     return SHORT_NAMES.get(manifest.id, manifest.id.replace("_", " ").title())
+
+
+def reading_order(manifests: Mapping[str, ModelManifest]) -> dict[str, ModelManifest]:
+    """The gate first, then the findings in the order the clinic reads them (TB, pneumonia)."""
+
+    def rank(model_id: str) -> tuple[int, int]:
+        if manifests[model_id].role != "finding":
+            return (0, 0)
+        order = FINDING_ORDER.index(model_id) if model_id in FINDING_ORDER else len(FINDING_ORDER)
+        return (1, order)
+
+    return {k: manifests[k] for k in sorted(manifests, key=rank)}
 
 
 class Column(enum.Enum):
@@ -89,12 +101,7 @@ class ResultsModel(QAbstractTableModel):
     def set_manifests(self, manifests: Mapping[str, ModelManifest]) -> None:
         """Columns follow the finding models; call when a model set is loaded."""
         self.beginResetModel()
-        findings = {k: m for k, m in manifests.items() if m.role == "finding"}
-        ordered = sorted(
-            findings,
-            key=lambda k: FINDING_ORDER.index(k) if k in FINDING_ORDER else len(FINDING_ORDER),
-        )
-        self._manifests = {k: findings[k] for k in ordered}
+        self._manifests = {k: m for k, m in reading_order(manifests).items() if m.role == "finding"}
         self._rebuild_columns()
         self._resolve_points()
         self._recount()
@@ -289,7 +296,7 @@ class ResultsModel(QAbstractTableModel):
                     return ""
                 return flag_text(name) if flag else NOT_FLAGGED_TEXT
             if role == Qt.ItemDataRole.DecorationRole:
-                return flag_icon() if flag else None
+                return flag_pixmap() if flag else None
             if role == SortRole:
                 return -1 if flag is None else int(flag)
             if role in (Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.AccessibleTextRole):

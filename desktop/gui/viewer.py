@@ -46,7 +46,7 @@ from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
 from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import short_name
+from desktop.gui.results_model import reading_order, short_name
 from desktop.gui.workers import Worker, WorkerError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ScanViewer(QDialog):
     ) -> None:
         super().__init__(parent)
         self.result = result
-        self._manifests = dict(manifests)
+        self._manifests = reading_order(manifests)
         self._choice = choice
         self._scan: Scan | None = None
         self._grey: np.ndarray | None = None  # the displayed grey image, [0, 1]
