@@ -93,11 +93,17 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return accepted, problems
 
 
+def _stored_results(store: ResultsStore, batch_id: str) -> list[ScanResult]:
+    return list(store.batch_results(batch_id))
+
+
 class MainWindow(QMainWindow):
     #: The model set loaded (or failed: None), for tests and the screenshot script.
     models_changed = Signal(object)
     #: An export finished: list of written paths.
     export_done = Signal(list)
+    #: A stored batch's results are in the table (history or resume): the batch id.
+    batch_loaded = Signal(str)
 
     def __init__(
         self,
@@ -452,6 +458,14 @@ class MainWindow(QMainWindow):
             self.settings.add_recent(str(folder))
             self.settings.last_folder = str(folder)
         if self.models is None:
+            if self._model_worker is None:  # not loading: they failed, and the bar says why
+                self.messages.show_message(
+                    "These scans cannot be screened: the models are not loaded. "
+                    "Choose Device → Auto, or reinstall MedScreen.",
+                    "error",
+                    "Try again",
+                    self.load_models,
+                )
             self._pending_inputs = accepted
             self.statusBar().showMessage("The scans will be screened once the models are ready.")
             return
@@ -471,8 +485,30 @@ class MainWindow(QMainWindow):
         """Continue an interrupted batch: its finished scans load first, then the rest run."""
         if self.models is None or self.batch.is_running():
             return
-        self._start_batch([], resume=batch_id)
-        self.model.append(list(self.store.batch_results(batch_id)))
+        self._load_stored(batch_id, then_resume=True)
+
+    def _load_stored(self, batch_id: str, then_resume: bool = False) -> None:
+        """Read a batch's stored results in a worker (thousands of rows with thumbnails and
+        JSON take a while), then show them, and resume the batch if asked."""
+        self._close_viewers()
+        self.model.clear()
+        self.pages.setCurrentIndex(1)
+        self.statusBar().showMessage("Reading the stored results…")
+        worker = Worker(_stored_results, self.store, batch_id, name="medscreen-history")
+        worker.returned.connect(lambda rows: self._stored_loaded(batch_id, rows, then_resume))
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        worker.start()
+
+    def _stored_loaded(self, batch_id: str, rows: list[ScanResult], then_resume: bool) -> None:
+        self.model.append(rows)
+        self.batch.batch_id = batch_id
+        self.statusBar().showMessage(f"{len(rows)} stored results.", 4000)
+        emit(self.batch_loaded, batch_id)
+        if then_resume and self.models is not None and not self.batch.is_running():
+            self.batch_bar.start("Resuming…")
+            self.act_cancel.setEnabled(True)
+            self.batch.start(self.models, self.store, [], resume=batch_id)
 
     def cancel_batch(self) -> None:
         if self.batch.is_running():
@@ -596,11 +632,7 @@ class MainWindow(QMainWindow):
             self.messages.show_message("Wait for the running batch before opening another.")
             return
         info = self.store.batch(batch_id)
-        self._close_viewers()
-        self.model.clear()
-        self.model.append(list(self.store.batch_results(batch_id)))
-        self.batch.batch_id = batch_id
-        self.pages.setCurrentIndex(1)
+        self._load_stored(batch_id)
         if info is not None and info.total is not None and info.done < info.total:
             self.messages.show_message(
                 f"This batch stopped with {info.done} of {info.total} scans done.",
