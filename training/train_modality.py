@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe == "cnn":
         model = small_cnn(SPEC.input_shape, len(LABELS))
         recipe = (
-            "4-block CNN (conv-BN-ReLU 12/24/48/64, middle blocks doubled, max-pool) + GAP + "
+            "4-block CNN (conv-BN-ReLU 8/16/32/64, middle blocks doubled, max-pool) + GAP + "
             "Dropout 0.2 + Dense softmax, 64x64 grey in [0,1], Adam lr 2e-3 batch 128, early "
             "stopping on validation loss, class weights, augmentation rotation ±7°, shift 5%, "
             "zoom 8%, brightness/contrast, no flip"
         )
-        lr, epochs = 2e-3, args.epochs or 8
+        lr, epochs = 2e-3, args.epochs or 5
     else:
         model = seed_mednist_cnn(SPEC.input_shape, len(LABELS))
         recipe = "seed article: 2-conv CNN (16/32, ReLU, max-pool) + GAP + Dense softmax"

@@ -32,10 +32,10 @@ CITATION = (
 )
 SEED = (
     "five_block",
-    PreprocessSpec(224, 224, 1, "stretch", "area", 1.0, 0.0),
+    PreprocessSpec(150, 150, 1, "stretch", "area", 1.0, 0.0),
     seed_five_block_cnn,
     "seed article: five conv blocks (conv-ReLU-BN-maxpool 16..128, dropout 0.2 in blocks "
-    "3-5), 224x224 grey in [0,1], GAP + Dropout 0.5 + Dense softmax, lr 1e-3, early stopping",
+    "3-5), 150x150 grey in [0,1], GAP + Dropout 0.5 + Dense softmax, lr 1e-3, early stopping",
 )
 
 
