@@ -220,7 +220,7 @@ def ensure_gui_can_start() -> bool:
     lines = ["MedScreen cannot open its window:"]
     lines += [f"- {p.describe()}" for p in problems]
     packages = sorted({pkg for p in problems for pkg in p.packages})
-    if packages:
+    if len([p for p in problems if p.packages]) > 1:
         lines.append(f"Install everything at once with: sudo apt install {' '.join(packages)}")
     lines.append("(Set MEDSCREEN_SKIP_STARTUP_CHECK=1 to try anyway.)")
     text = "\n".join(lines)

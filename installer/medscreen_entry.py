@@ -56,7 +56,16 @@ def self_test(files: list[str]) -> int:
 
     import onnxruntime as ort
 
-    report(True, f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}")
+    try:  # the CUDA major version a GPU clinic must install (onnxruntime-gpu builds only)
+        from onnxruntime.capi.build_and_package_info import cuda_version
+    except ImportError:
+        cuda_version = ""
+    build = f" (built for CUDA {cuda_version})" if cuda_version else ""
+    providers = ", ".join(ort.get_available_providers())
+    report(True, f"onnxruntime {ort.__version__}{build}: {providers}")
+    from desktop.engine.inference import cuda_unavailable_reason
+
+    print(f"info CUDA: {cuda_unavailable_reason() or 'driver found; worth a try'}")
 
     from desktop.engine.loading import load_scan
 

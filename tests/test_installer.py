@@ -247,6 +247,40 @@ def test_no_display_is_named_not_a_silent_abort(installed: Path) -> None:
     assert "medscreen classify" in result.stderr
 
 
+# Hides libraries from one process: a private mount namespace in which the system library
+# folder is replaced by symlinks to everything except the hidden files. Nothing outside
+# that process sees a change (other jobs on the machine keep running).
+_HIDE_LIBS = r"""
+set -e
+L=/usr/lib/x86_64-linux-gnu
+work=$(mktemp -d)
+mkdir "$work/orig" "$work/fake"
+mount --bind "$L" "$work/orig"
+for f in "$work"/orig/*; do
+  b=${f##*/}
+  case "$b" in libxcb-cursor.so*|libxkbcommon-x11.so*) continue ;; esac
+  ln -s "$f" "$work/fake/$b"
+done
+mount --bind "$work/fake" "$L"
+exec "$@"
+"""
+
+
+def test_missing_library_is_named_not_a_silent_abort(installed: Path) -> None:
+    """With libxcb-cursor0 and libxkbcommon-x11-0 gone, Qt alone would abort with "could not
+    load the Qt platform plugin"; the start-up check names both packages instead."""
+    if shutil.which("unshare") is None or not Path("/usr/lib/x86_64-linux-gnu").is_dir():
+        pytest.skip("needs unshare and a Debian x86-64 library layout")
+    probe = _run(["unshare", "-m", "true"])
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
+    env = {"DISPLAY": ":4242", "QT_QPA_PLATFORM": "xcb"}  # no server: dialogs fail fast
+    result = _run(["unshare", "-m", "sh", "-c", _HIDE_LIBS, "hide", str(installed)], env=env)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "libxcb-cursor.so.0" in result.stderr
+    assert "sudo apt install libxcb-cursor0 libxkbcommon-x11-0" in result.stderr
+
+
 def _package_of(library: Path) -> str | None:
     """The installed Debian package owning ``library`` (following usrmerge symlinks)."""
     for candidate in {str(library), str(library.resolve())} | {
