@@ -225,13 +225,16 @@ def test_classify_samples_with_shipped_models(installed: Path, tmp_path: Path) -
     assert (out / "report.pdf").stat().st_size > 10_000
 
 
-def test_window_opens_offscreen_and_closes(installed: Path, tmp_path: Path) -> None:
-    """MEDSCREEN_SMOKE=1: desktop.gui.app quits once the window has been shown and painted."""
-    result = _run(
-        [str(installed)],
-        timeout=180,
-        env={"QT_QPA_PLATFORM": "offscreen", "MEDSCREEN_SMOKE": "1"},
-    )
+@pytest.mark.parametrize("platform", ["offscreen", "xcb"])
+def test_window_opens_and_closes(installed: Path, platform: str) -> None:
+    """MEDSCREEN_SMOKE=1: desktop.gui.app quits once the window has been shown and painted.
+    ``xcb`` runs under Xvfb: the real X11 plugin with the system's xcb and GL libraries."""
+    cmd = [str(installed)]
+    if platform == "xcb":
+        if shutil.which("xvfb-run") is None:
+            pytest.skip("xvfb-run is not installed (apt install xvfb xauth)")
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", *cmd]
+    result = _run(cmd, timeout=180, env={"QT_QPA_PLATFORM": platform, "MEDSCREEN_SMOKE": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"shown_after_s=\d+\.\d+", result.stdout), result.stdout + result.stderr
 
