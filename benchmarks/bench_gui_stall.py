@@ -54,6 +54,12 @@ def main() -> int:
     parser.add_argument(
         "--sort", action="store_true", help="keep the table sorted by TB score while it fills"
     )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="no window: the same batch in a plain thread beside a bare Qt event loop, to "
+        "see how much stall the machine itself (CPU load, the engine's threads) causes",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -77,6 +83,8 @@ def main() -> int:
     from desktop.gui.settings import AppSettings
 
     app = create_app(["bench"])
+    if args.baseline:
+        return _baseline(app, models, scans, args.scans, work)
     window = MainWindow(
         settings=AppSettings(work / "settings.ini"),
         store=ResultsStore(work / "results.sqlite3"),
@@ -123,15 +131,58 @@ def main() -> int:
     if rows != args.scans:
         log.error("expected %d rows, got %d", args.scans, rows)
         return 1
+    _report(
+        "window" + (" (table sorted by TB score)" if args.sort else ""), rows, elapsed, gaps, when
+    )
+    return 0
+
+
+def _report(label: str, rows: int, elapsed: float, gaps: list[float], when: list[float]) -> None:
     gaps_ms = np.array(gaps) * 1000
     sys.stdout.write(
-        f"scans={rows} batch_s={elapsed:.1f} rate={rows / elapsed:.0f}/s "
+        f"{label}: scans={rows} batch_s={elapsed:.1f} rate={rows / elapsed:.0f}/s "
         f"ticks={len(gaps)} longest_stall_ms={gaps_ms.max():.1f} "
-        f"p99_gap_ms={np.percentile(gaps_ms, 99):.1f} median_gap_ms={np.median(gaps_ms):.1f}"
-        f"{' (table sorted by TB score)' if args.sort else ''}\n"
+        f"p99_gap_ms={np.percentile(gaps_ms, 99):.1f} median_gap_ms={np.median(gaps_ms):.1f}\n"
     )
     slow = [f"{w:.1f}s:{g:.0f}ms" for w, g in zip(when, gaps_ms, strict=True) if g > 100]
     sys.stdout.write(f"gaps_over_100ms={len(slow)} at {' '.join(slow[:20])}\n")
+
+
+def _baseline(app: object, models: Path, scans: Path, count: int, work: Path) -> int:
+    import threading
+
+    from PySide6.QtCore import QCoreApplication, Qt, QTimer
+
+    from desktop.engine.registry import load_model_set
+    from desktop.engine.runner import BatchRunner, run_to_end
+    from desktop.engine.store import ResultsStore
+
+    assert isinstance(app, QCoreApplication)
+    runner = BatchRunner(load_model_set([models]), ResultsStore(work / "baseline.sqlite3"))
+    gaps: list[float] = []
+    when: list[float] = []
+    t0 = last = time.perf_counter()
+
+    def tick() -> None:
+        nonlocal last
+        now = time.perf_counter()
+        gaps.append(now - last)
+        when.append(now - t0)
+        last = now
+
+    ticker = QTimer()
+    ticker.setTimerType(Qt.TimerType.PreciseTimer)
+    ticker.setInterval(10)
+    ticker.timeout.connect(tick)
+    summary = []
+    thread = threading.Thread(
+        target=lambda: (summary.append(run_to_end(runner.run([scans]))), app.quit())
+    )
+    ticker.start()
+    thread.start()
+    app.exec()
+    thread.join()
+    _report("baseline (no window)", summary[0].total, time.perf_counter() - t0, gaps, when)
     return 0
 
 

@@ -78,6 +78,11 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
     for path in paths:
         if path.is_dir():
             found = discover([path])
+            if found.skipped_non_scans:
+                problems.append(
+                    f"{found.skipped_non_scans} file(s) in {path.name} are not scans "
+                    f"({SCAN_KINDS}) and were skipped."
+                )
             if found.files:
                 accepted.append(path)
             else:
@@ -284,6 +289,10 @@ class MainWindow(QMainWindow):
             act.triggered.connect(lambda _c=False, v=value: self.set_device(v))
             self.device_menu.addAction(act)
             self.device_actions[value] = act
+        self.act_open_scan = QAction("Open scan", self)
+        self.act_open_scan.triggered.connect(lambda: self.view.open_index(self.view.currentIndex()))
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.view.addActions([self.act_open_scan, self.act_export_rows, self.act_next])
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.act_models)
 

@@ -44,7 +44,7 @@ class ResultsView(QTableView):
         self.setAcceptDrops(True)
         self.viewport().setAcceptDrops(True)
         self.setDragDropMode(QAbstractItemView.DragDropMode.DropOnly)
-        self.doubleClicked.connect(self._open_index)
+        self.doubleClicked.connect(self.open_index)
         proxy.modelReset.connect(self.apply_column_widths)
 
     def apply_column_widths(self) -> None:
@@ -81,14 +81,14 @@ class ResultsView(QTableView):
         out = [self.result_at(self.model().index(r, 0)) for r in rows]
         return [r for r in out if r is not None]
 
-    def _open_index(self, index: QModelIndex) -> None:
+    def open_index(self, index: QModelIndex) -> None:
         result = self.result_at(index)
         if result is not None:
             emit(self.open_requested, result)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
-            self._open_index(self.currentIndex())
+            self.open_index(self.currentIndex())
             return
         super().keyPressEvent(event)
 
