@@ -38,6 +38,7 @@ from desktop.engine.preprocess import PreprocessSpec
 log = logging.getLogger("export.export_model")
 
 OPSET = 17
+STD_PENALTY = np.float32(1000.0)  # == training.ood.STD_PENALTY (checked in export_run)
 PARITY_TOL = 1e-5
 VERSION = "1.0.0"
 
@@ -59,6 +60,7 @@ def build_function(model: Any, info: dict[str, Any], ood: dict[str, np.ndarray] 
     if ood is not None:
         chol_np = ood["chol"].astype(np.float32)
         means_np = (ood["means"] @ ood["chol"]).astype(np.float32)
+        floor = float(ood["std_floor"]) if "std_floor" in ood else None
     signature = [tf.TensorSpec([None, *spec.input_shape], tf.float32, name="image")]
 
     @tf.function(input_signature=signature)
@@ -71,7 +73,12 @@ def build_function(model: Any, info: dict[str, Any], ood: dict[str, np.ndarray] 
             z = tf.matmul(gap, tf.constant(chol_np))
             means_t = tf.constant(means_np)
             d2 = tf.reduce_sum(tf.square(z[:, None, :] - means_t[None, :, :]), axis=-1)
-            out["ood_score"] = tf.sqrt(tf.reduce_min(d2, axis=-1))
+            score = tf.sqrt(tf.reduce_min(d2, axis=-1))
+            if floor is not None:  # structure penalty (training.ood.structure_penalty)
+                mean = tf.reduce_mean(image, axis=[1, 2, 3], keepdims=True)
+                std = tf.sqrt(tf.reduce_mean(tf.square(image - mean), axis=[1, 2, 3]))
+                score += STD_PENALTY * tf.nn.relu(1.0 - std / np.float32(floor))
+            out["ood_score"] = score
         return out
 
     return serve, signature
@@ -90,15 +97,10 @@ def reference_outputs(
         kernel = np.asarray(model.get_layer("logits").kernel, dtype=np.float64)
         out["activation_map"] = fmap @ kernel[:, info["labels"].index(info["positive_label"])]
     if ood is not None:
-        out["ood_score"] = mahalanobis_min(gap, ood)
+        from training.ood import ood_score
+
+        out["ood_score"] = ood_score(gap, x, ood)
     return out
-
-
-def mahalanobis_min(gap: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
-    z = gap @ ood["chol"]
-    m = ood["means"] @ ood["chol"]
-    d2 = ((z[:, None, :] - m[None]) ** 2).sum(-1)
-    return np.sqrt(d2.min(axis=1))
 
 
 def convert(serve: Any, signature: list[Any], path: Path) -> list[str]:
@@ -221,6 +223,9 @@ def export_run(
     model = keras.models.load_model(run / "model.keras", compile=False)
     ood = dict(np.load(run / "ood.npz")) if (run / "ood.npz").exists() else None
     x = parity_images if parity_images is not None else _parity_inputs(run, info)
+    from training.ood import STD_PENALTY as TRAINING_PENALTY
+
+    assert float(STD_PENALTY) == TRAINING_PENALTY
     serve, signature = build_function(model, info, ood)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / f"{info['id']}.onnx"

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ MOBILENET_SPEC = PreprocessSpec(224, 224, 3, "stretch", "area", 2.0, -1.0)
 
 MOBILENET_RECIPE = (
     "MobileNet v1 alpha 0.25 (ImageNet weights, batch-norm statistics frozen) + GAP + Dense "
-    "softmax, 224x224x3 in [-1,1]; {e1} epochs head only (lr 1e-3), then all layers "
+    "softmax, {size}x{size}x3 in [-1,1]; {e1} epochs head only (lr 1e-3), then all layers "
     "(lr {lr2:g}) with early stopping on validation loss; class-weighted cross-entropy; "
     "augmentation rotation ±7°, shift 5%, zoom 8%, brightness ±0.08, contrast ±12%, no flip"
 )
@@ -65,6 +66,8 @@ def run_binary(
     D.write_split_csv(recs, run / "split.csv", labels)
     seed_id, seed_spec, seed_builder, seed_desc = seed_recipe
     spec = seed_spec if args.recipe == seed_id else MOBILENET_SPEC
+    if args.recipe == "mobilenet" and args.input_size != MOBILENET_SPEC.height:
+        spec = replace(MOBILENET_SPEC, height=args.input_size, width=args.input_size)
     cache = args.cache or D.default_cache_dir()
     arrays = {}
     for split in D.SPLITS:
@@ -99,6 +102,7 @@ def run_binary(
             **common,
         )
         backbone.trainable = True
+        lr2 = args.lr2 or lr2
         fit(
             model,
             arrays["train"],
@@ -112,7 +116,7 @@ def run_binary(
             patience=6,
             **common,
         )
-        recipe = MOBILENET_RECIPE.format(e1=e1, lr2=lr2)
+        recipe = MOBILENET_RECIPE.format(e1=e1, lr2=lr2, size=spec.height)
         pretrained = (
             f"ImageNet MobileNet v1 alpha 0.25 ({Path(weights).name}, Keras Applications)"
             if weights
@@ -149,6 +153,7 @@ def run_binary(
         },
         "class_weights": cw,
         "epochs_run": epochs_run(run),
+        "fit_duration_s": fit_duration(run),
     }
     return finish_binary(
         run=run,
@@ -173,6 +178,10 @@ def add_binary_args(p: argparse.ArgumentParser, seed_id: str) -> None:
         "--weights", type=Path, default=None, help="MobileNet 0.25 ImageNet .h5, or 'none'"
     )
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument(
+        "--input-size", type=int, default=224, help="MobileNet input side (weights are for 224)"
+    )
+    p.add_argument("--lr2", type=float, default=None, help="fine-tuning learning rate")
 
 
 def epochs_run(run: Path) -> dict[str, int]:
@@ -180,6 +189,14 @@ def epochs_run(run: Path) -> dict[str, int]:
     for h in sorted(run.glob("history_*.json")):
         out[h.stem.removeprefix("history_")] = len(json.loads(h.read_text())["loss"])
     return out
+
+
+def fit_duration(run: Path) -> float:
+    """Seconds spent in ``model.fit`` over all stages (from the history files)."""
+    total = 0.0
+    for h in sorted(run.glob("history_*.json")):
+        total += float(json.loads(h.read_text()).get("duration_s", [0.0])[0])
+    return round(total, 1)
 
 
 def save_curves(run: Path) -> None:

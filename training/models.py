@@ -61,8 +61,8 @@ def small_cnn(
     first three max-pooled, then GAP + Dense.
 
     About 8.5 M multiply-adds and 37 k parameters per 64×64 image, so an epoch over ~44 k
-    images takes about three minutes on 2 busy CPU cores (measured ~200 images/s); the GAP features double as the embedding of the
-    out-of-distribution check.
+    images takes about three minutes on 2 busy CPU cores (measured ~200 images/s); the GAP
+    features double as the embedding of the out-of-distribution check.
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs

@@ -39,11 +39,42 @@ def fit_mahalanobis(
 
 
 def mahalanobis_score(features: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
-    """Distance to the nearest class mean (what the exported ``ood_score`` computes)."""
+    """Distance to the nearest class mean."""
     z = features.astype(np.float64) @ ood["chol"]
     m = ood["means"] @ ood["chol"]
     d2 = ((z[:, None, :] - m[None]) ** 2).sum(-1)
     return np.sqrt(d2.min(axis=1))
+
+
+#: Added to the score of an image with no structure at all (pixel std 0): far above any
+#: threshold, so blank and uniform images are always refused.
+STD_PENALTY = 1000.0
+
+
+def std_floor(images: np.ndarray) -> float:
+    """Half the 0.1th percentile of the training images' pixel standard deviation."""
+    stds = images.reshape(len(images), -1).std(axis=1)
+    return float(0.5 * np.percentile(stds, 0.1))
+
+
+def structure_penalty(images: np.ndarray, floor: float) -> np.ndarray:
+    """``STD_PENALTY * relu(1 - std / floor)``: 0 for any image with some contrast.
+
+    Why: a uniform dark image lands near the (dark) background of the CT classes in feature
+    space, so the Mahalanobis distance alone does not refuse it; an image without structure
+    is never a scan we can screen.
+    """
+    x = images.reshape(len(images), -1).astype(np.float64)
+    std = x.std(axis=1)
+    return STD_PENALTY * np.maximum(1.0 - std / floor, 0.0)
+
+
+def ood_score(features: np.ndarray, images: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
+    """What the exported ``ood_score`` computes: Mahalanobis distance + structure penalty."""
+    score = mahalanobis_score(features, ood)
+    if "std_floor" in ood:
+        score = score + structure_penalty(images, float(ood["std_floor"]))
+    return score
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

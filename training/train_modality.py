@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", choices=["cnn", "seed"], default="cnn")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="evaluate the model.keras already in --out instead of training",
+    )
+    p.add_argument(
         "--ood-photos",
         type=Path,
         default=None,
@@ -140,22 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         model = seed_mednist_cnn(SPEC.input_shape, len(LABELS))
         recipe = "seed article: 2-conv CNN (16/32, ReLU, max-pool) + GAP + Dense softmax"
         lr, epochs = 1e-3, args.epochs or 5
-    fit(
-        model,
-        train,
-        val,
-        SPEC,
-        run,
-        epochs=epochs,
-        lr=lr,
-        batch=args.batch,
-        class_weight=cw,
-        augment=AugmentConfig(),
-        patience=2,
-        seed=args.seed,
-        stage=args.recipe,
-    )
-    from training.binary import epochs_run, save_curves
+    if args.reuse_model and (run / "model.keras").exists():
+        import keras  # re-evaluate a trained run (e.g. after changing the OOD check)
+
+        model = keras.models.load_model(run / "model.keras", compile=False)
+        log.info("reusing the trained model in %s", run)
+    else:
+        fit(
+            model,
+            train,
+            val,
+            SPEC,
+            run,
+            epochs=epochs,
+            lr=lr,
+            batch=args.batch,
+            class_weight=cw,
+            augment=AugmentConfig(),
+            patience=2,
+            seed=args.seed,
+            stage=args.recipe,
+        )
+    from training.binary import epochs_run, fit_duration, save_curves
 
     save_curves(run)
 
@@ -175,15 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     probs = {k: ev.softmax(h["logits"], temperature) for k, h in heads.items()}
 
     # OOD: Mahalanobis on GAP features, fitted on (a subsample of) training features
-    from training.ood import fit_mahalanobis, mahalanobis_score, write_ood_images
+    from training.ood import fit_mahalanobis, ood_score, std_floor, write_ood_images
 
     rng = np.random.default_rng(args.seed)
     sub = rng.permutation(len(m["train"][1]))[:15000]
     feats = np.concatenate([heads["m_train"]["gap"][sub], heads["e_train"]["gap"]])
     flabels = np.concatenate([m["train"][1][sub], e["train"][1]])
     ood = fit_mahalanobis(feats, flabels, len(LABELS))
+    ood["std_floor"] = np.array(std_floor(np.concatenate([m["train"][0][sub], e["train"][0]])))
     np.savez(run / "ood.npz", **ood)
-    score = {k: mahalanobis_score(h["gap"], ood) for k, h in heads.items()}
+    images = {
+        "m_train": m["train"][0], "e_train": e["train"][0], "m_val": m["val"][0],
+        "e_val": e["val"][0], "m_test": m["test"][0], "e_test": e["test"][0],
+    }  # fmt: skip
+    score = {k: ood_score(h["gap"], images[k], ood) for k, h in heads.items()}
     threshold = float(
         np.percentile(np.concatenate([score["m_val"], score["e_val"]]), OOD_PERCENTILE)
     )
@@ -245,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         x = np.stack([D.prepare_one(f, SPEC) for f in files])
         ood_inputs.append(x)
         h = predict_heads(model, x)
-        pr, sc = ev.softmax(h["logits"], temperature), mahalanobis_score(h["gap"], ood)
+        pr, sc = ev.softmax(h["logits"], temperature), ood_score(h["gap"], x, ood)
         ood_eval["ood_sets"][cat] = {
             "n": len(files),
             "refused_by_ood": float((sc > threshold).mean()),
@@ -267,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             x = D.prepare_one(dicom, SPEC)[None]
             h = predict_heads(model, x)
-            pr, sc = ev.softmax(h["logits"], temperature), mahalanobis_score(h["gap"], ood)
+            pr, sc = ev.softmax(h["logits"], temperature), ood_score(h["gap"], x, ood)
             metrics["dicom_chest"] = {
                 "file": dicom.name,
                 "top": LABELS[int(pr.argmax())],
@@ -301,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             "output": "ood_score",
             "threshold": threshold,
             "method": "Mahalanobis distance of the GAP features to the nearest class mean "
-            f"(shared covariance); threshold = {OOD_PERCENTILE}th percentile of "
-            "in-distribution validation scores",
+            "(shared covariance, fitted on training features), plus 1000 * relu(1 - "
+            f"pixel_std / {float(ood['std_floor']):.4f}) so images without structure are "
+            f"refused; threshold = {OOD_PERCENTILE}th percentile of in-distribution "
+            "validation scores",
         },
         "metrics": metrics,
         "intended_use": INTENDED_USE,
@@ -327,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "class_weights": cw,
                 "epochs_run": epochs_run(run),
+                "fit_duration_s": fit_duration(run),
             },
             started,
             args.seed,

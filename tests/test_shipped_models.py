@@ -1,0 +1,161 @@
+"""The models shipped in assets/models: verified, loadable, and scoring real images as their
+cards say.
+
+No TensorFlow: only the engine (manifest, loader, preprocessing) and ONNX Runtime. The
+fixture figures asserted here were measured on the shipped versions (see the numbers in each
+test) with a margin; several fixtures were in the models' training splits, so these are
+sanity checks of the shipped artefact and the app path, not performance estimates — those
+are in the cards.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image, ImageDraw
+
+from desktop.engine.loading import load_scan
+from desktop.engine.manifest import ModelManifest, load_verified_model, read_manifest
+from desktop.engine.preprocess import preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "assets" / "models"
+DATA = REPO / "tests" / "data"
+MANIFESTS = sorted(MODELS.glob("*.json"))
+MODALITY_LABELS = ("AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT")
+
+
+def _load(model_id: str) -> tuple[ModelManifest, ort.InferenceSession]:
+    manifest = read_manifest(MODELS / f"{model_id}.json")
+    session = ort.InferenceSession(
+        load_verified_model(manifest), providers=["CPUExecutionProvider"]
+    )
+    return manifest, session
+
+
+def _run(model_id: str, files: list[Path]) -> tuple[ModelManifest, dict[str, np.ndarray]]:
+    manifest, session = _load(model_id)
+    x = np.stack([preprocess(load_scan(f).pixels, manifest.preprocessing) for f in files])
+    names = [o.name for o in session.get_outputs()]
+    return manifest, dict(zip(names, session.run(names, {"image": x}), strict=True))
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def test_the_three_default_models_are_shipped() -> None:
+    ids = {read_manifest(p).id for p in MANIFESTS}
+    assert {"modality", "tb", "pneumonia"} <= ids
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
+def test_manifest_verifies_and_model_matches_it(path: Path) -> None:
+    manifest = read_manifest(path)
+    assert manifest.id == path.stem and manifest.file == f"{path.stem}.onnx"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", manifest.version)
+    assert (MODELS / manifest.card).is_file(), "model card missing"
+    size = (MODELS / manifest.file).stat().st_size
+    assert size < 5_000_000, f"{manifest.file} is {size} bytes: too big to ship in git"
+    _, session = _load(manifest.id)
+    inputs = session.get_inputs()
+    assert [i.name for i in inputs] == [manifest.input_name] == ["image"]
+    assert not isinstance(inputs[0].shape[0], int), "batch dimension must be dynamic"
+    assert tuple(inputs[0].shape[1:]) == manifest.preprocessing.input_shape
+    outputs = {o.name for o in session.get_outputs()}
+    assert manifest.probabilities_output in outputs
+    raw = manifest.raw
+    assert raw["calibration"]["method"] == "temperature"
+    assert raw["export"]["parity"]["probabilities"] <= 1e-5
+    assert raw["training"]["duration_s"] > 0 and raw["training"]["split"]["file"]
+    if manifest.role == "finding":
+        assert manifest.activation_output in outputs
+        assert set(manifest.operating_points) >= {"screening", "balanced"}
+        assert manifest.default_operating_point == "screening"
+        screening = manifest.operating_point("screening")
+        assert screening.sensitivity is not None and screening.sensitivity >= 0.90
+        test = manifest.metrics["test"]
+        assert 0.5 < test["auc"] <= 1.0 and len(test["auc_ci95"]) == 2
+    else:
+        assert manifest.labels == MODALITY_LABELS
+        assert manifest.gate is not None and manifest.gate.chest_label == "CXR"
+        assert manifest.ood is not None and manifest.ood.output in outputs
+
+
+@pytest.mark.parametrize("model_id", ["tb", "pneumonia", "modality"])
+def test_batch_dimension_is_really_dynamic(model_id: str) -> None:
+    files = _files(DATA / "tb" / "tuberculosis")[:3]
+    _, batch = _run(model_id, files)
+    for i, f in enumerate(files):
+        _, single = _run(model_id, [f])
+        for name, value in single.items():
+            np.testing.assert_allclose(value[0], batch[name][i], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batch["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_modality_names_every_mednist_fixture() -> None:
+    for label in MODALITY_LABELS:
+        manifest, out = _run("modality", _files(DATA / "mednist" / label))
+        predicted = [manifest.labels[i] for i in out["probabilities"].argmax(axis=1)]
+        assert predicted == [label] * len(predicted)
+        assert np.all(out["ood_score"] <= manifest.ood.threshold)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "folder", ["tb/normal", "tb/tuberculosis", "pneumonia/normal", "pneumonia/pneumonia", "dicom"]
+)
+def test_modality_passes_chest_xrays_through_the_gate(folder: str) -> None:
+    files = [f for f in _files(DATA / folder) if f.name != "RG3_J2KI.dcm"]  # tibia, not chest
+    manifest, out = _run("modality", files)
+    cxr = manifest.labels.index("CXR")
+    assert np.all(out["probabilities"].argmax(axis=1) == cxr)
+    assert np.all(out["probabilities"][:, cxr] >= manifest.gate.min_probability)  # type: ignore[union-attr]
+    assert np.all(out["ood_score"] <= manifest.ood.threshold)  # type: ignore[union-attr]
+
+
+def _ood_images(tmp_path: Path) -> list[Path]:
+    paths = []
+    for level in (0, 128, 255):
+        p = tmp_path / f"uniform_{level}.png"
+        Image.new("L", (300, 300), level).save(p)
+        paths.append(p)
+    page = Image.new("L", (850, 1100), 250)
+    draw = ImageDraw.Draw(page)
+    for row in range(40):
+        draw.text((60, 60 + 24 * row), "Referral letter: patient seen in clinic today " * 2, 0)
+    paths.append(tmp_path / "page.png")
+    page.save(paths[-1])
+    rng = np.random.default_rng(0)
+    paths.append(tmp_path / "noise.png")
+    Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_modality_refuses_blank_text_and_noise_images(tmp_path: Path) -> None:
+    manifest, out = _run("modality", _ood_images(tmp_path))
+    assert manifest.ood is not None
+    assert np.all(out["ood_score"] > manifest.ood.threshold), out["ood_score"]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "negative", "positive", "margin"),
+    [
+        ("tb", "tb/normal", "tb/tuberculosis", 0.15),
+        ("pneumonia", "pneumonia/normal", "pneumonia/pneumonia", 0.3),
+    ],
+)
+def test_finding_models_score_fixture_positives_above_negatives(
+    model_id: str, negative: str, positive: str, margin: float
+) -> None:
+    _, neg = _run(model_id, _files(DATA / negative))
+    _, pos = _run(model_id, _files(DATA / positive))
+    p_neg, p_pos = neg["probabilities"][:, 1], pos["probabilities"][:, 1]
+    assert p_pos.mean() - p_neg.mean() > margin, (p_pos, p_neg)
+    for out in (neg, pos):
+        cam = out["activation_map"]
+        assert cam.ndim == 3 and cam.shape[0] == len(out["probabilities"])
+        assert np.isfinite(cam).all() and cam.std() > 0
