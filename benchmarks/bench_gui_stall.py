@@ -146,6 +146,7 @@ def _report(label: str, rows: int, elapsed: float, gaps: list[float], when: list
     )
     slow = [f"{w:.1f}s:{g:.0f}ms" for w, g in zip(when, gaps_ms, strict=True) if g > 100]
     sys.stdout.write(f"gaps_over_100ms={len(slow)} at {' '.join(slow[:20])}\n")
+    sys.stdout.flush()
 
 
 def _baseline(app: object, models: Path, scans: Path, count: int, work: Path) -> int:
@@ -158,7 +159,8 @@ def _baseline(app: object, models: Path, scans: Path, count: int, work: Path) ->
     from desktop.engine.store import ResultsStore
 
     assert isinstance(app, QCoreApplication)
-    runner = BatchRunner(load_model_set([models]), ResultsStore(work / "baseline.sqlite3"))
+    store = ResultsStore(work / "baseline.sqlite3")
+    runner = BatchRunner(load_model_set([models]), store)
     gaps: list[float] = []
     when: list[float] = []
     t0 = last = time.perf_counter()
@@ -183,6 +185,7 @@ def _baseline(app: object, models: Path, scans: Path, count: int, work: Path) ->
     app.exec()
     thread.join()
     _report("baseline (no window)", summary[0].total, time.perf_counter() - t0, gaps, when)
+    store.close()
     return 0
 
 
