@@ -149,7 +149,7 @@ def main() -> int:
 
     assert window.models is not None
     dialog = ModelsDialog(window.models.manifests, window.models.device.describe(), [], window)
-    dialog.resize(1000, 640)
+    dialog.resize(1100, 780)
     dialog.show()
     settle()
     dialog.grab().save(str(args.out / f"models_dialog{suffix}.png"))

@@ -64,7 +64,7 @@ def _load_models(dirs: list[Path] | None, device: str) -> ModelSet:
     return load_model_set(dirs, choose_device(device))
 
 
-def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
+def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
     """Worker side of a drop: which inputs hold scans, and a message for each that does not.
 
     A file is judged with the engine's ``is_candidate``, a folder by what ``discover`` finds
@@ -75,11 +75,12 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
     accepted: list[Path] = []
     problems: list[str] = []
+    notes: list[str] = []
     for path in paths:
         if path.is_dir():
             found = discover([path])
             if found.skipped_non_scans:
-                problems.append(
+                notes.append(
                     f"{found.skipped_non_scans} file(s) in {path.name} are not scans "
                     f"({SCAN_KINDS}) and were skipped."
                 )
@@ -95,7 +96,7 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str]]:
             accepted.append(path)
         else:
             problems.append(f"{path.name} is not a scan MedScreen can read ({SCAN_KINDS}).")
-    return accepted, problems
+    return accepted, problems, notes
 
 
 def _stored_results(store: ResultsStore, batch_id: str) -> list[ScanResult]:
@@ -456,10 +457,12 @@ class MainWindow(QMainWindow):
         self._keep(worker)
         worker.start()
 
-    def _drop_checked(self, checked: tuple[list[Path], list[str]]) -> None:
-        accepted, problems = checked
+    def _drop_checked(self, checked: tuple[list[Path], list[str], list[str]]) -> None:
+        accepted, problems, notes = checked
         if problems:
-            self.messages.show_message(" ".join(problems), "warning")
+            self.messages.show_message(" ".join(problems + notes), "warning")
+        elif notes:
+            self.messages.show_message(" ".join(notes), "info")
         if not accepted:
             return
         for path in accepted:

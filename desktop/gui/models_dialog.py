@@ -63,21 +63,28 @@ def _split_html(values: Mapping[str, Any]) -> str:
                     f"{html.escape(str(name))}: sens {point['sensitivity']:.2f}, "
                     f"spec {point.get('specificity', float('nan')):.2f}"
                 )
-    known = {"n", "n_positive", "auc", "auc_ci95", "operating_points"}
+    known = {"n", "n_positive", "auc", "auc_ci95", "operating_points", "note"}
     for key, value in values.items():
-        if key not in known and not isinstance(value, Mapping | list):
+        if key not in known and not isinstance(value, Mapping | list | str):
             parts.append(f"{html.escape(str(key))} {_num(value)}")
     return "<br>".join(parts)
+
+
+#: The splits the overview shows; every other figure is in the model card tab.
+HEADLINE_SPLITS = ("validation", "test")
 
 
 def _metrics_html(metrics: Mapping[str, Any]) -> str:
     if not metrics:
         return "No validation or test figures in the manifest."
+    splits = [k for k in HEADLINE_SPLITS if k in metrics] or list(metrics)
     rows = []
-    for split, values in metrics.items():
+    for split in splits:
+        values = metrics[split]
         cells = _split_html(values) if isinstance(values, Mapping) else html.escape(str(values))
-        rows.append(f"<p><b>{html.escape(str(split))}</b><br>{cells}</p>")
-    return "".join(rows)
+        if cells:
+            rows.append(f"<p><b>{html.escape(str(split))}</b><br>{cells}</p>")
+    return "".join(rows) or "See the model card."
 
 
 def model_summary_markdown(manifest: ModelManifest) -> str:
