@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
         model = keras.models.load_model(run / "model.keras", compile=False)
         log.info("reusing the trained model in %s", run)
+        from training.binary import fit_duration
+
+        started -= fit_duration(run)  # duration_s keeps counting the original training
     else:
         fit(
             model,
@@ -189,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     from training.ood import fit_mahalanobis, ood_score, std_floor, write_ood_images
 
     rng = np.random.default_rng(args.seed)
+    floor = std_floor(np.concatenate([m["train"][0], e["train"][0]]))
     sub = rng.permutation(len(m["train"][1]))[:15000]
+    sub = sub[m["train"][0][sub].reshape(len(sub), -1).std(axis=1) >= floor]  # no blanks
     feats = np.concatenate([heads["m_train"]["gap"][sub], heads["e_train"]["gap"]])
     flabels = np.concatenate([m["train"][1][sub], e["train"][1]])
     ood = fit_mahalanobis(feats, flabels, len(LABELS))
-    ood["std_floor"] = np.array(std_floor(np.concatenate([m["train"][0][sub], e["train"][0]])))
+    ood["std_floor"] = np.array(floor)
     np.savez(run / "ood.npz", **ood)
     images = {
         "m_train": m["train"][0], "e_train": e["train"][0], "m_val": m["val"][0],
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             "threshold": threshold,
             "method": "Mahalanobis distance of the GAP features to the nearest class mean "
             "(shared covariance, fitted on training features), plus 1000 * relu(1 - "
-            f"pixel_std / {float(ood['std_floor']):.4f}) so images without structure are "
+            f"pixel_std / {float(ood['std_floor']):g}) so images without structure are "
             f"refused; threshold = {OOD_PERCENTILE}th percentile of in-distribution "
             "validation scores",
         },
