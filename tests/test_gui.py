@@ -200,6 +200,13 @@ def test_cancel_keeps_finished_rows(
     (info,) = store.batches()
     assert info.status == "cancelled" and info.done == kept
     assert len(list(store.batch_results(info.id))) == kept
+    # ... and the cancelled batch can be resumed: stored rows first, then the rest
+    monkeypatch.setattr(Screener, "screen", original)
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        window.resume_batch(info.id)
+    assert window.model.rowCount() == total
+    assert store.batch(info.id).status == "completed"
+    assert len({r.file for r in window.model.results()}) == total
 
 
 def test_operating_point_changes_flags_without_inference(
@@ -436,3 +443,62 @@ def test_emit_keeps_true_alive():
         emit(source.ping, i)
     assert len(received) == 5000
     assert abs(sys.getrefcount(True) - before) < 50
+
+
+def test_worker_signals_in_order(qtbot):
+    """superqt's contract: started, yielded..., returned, finished; errors are reported."""
+    from desktop.gui.workers import Worker
+
+    def numbers():
+        yield 1
+        yield 2
+        return "done"
+
+    worker = Worker(numbers)
+    got: list[object] = []
+    worker.yielded.connect(got.append)
+    with qtbot.waitSignals(
+        [worker.started, worker.returned, worker.finished], order="strict", timeout=WAIT_MS
+    ):
+        worker.start()
+    assert got == [1, 2]
+
+    def broken():
+        raise ValueError("bad input")
+
+    failing = Worker(broken)
+    with qtbot.waitSignal(failing.errored, timeout=WAIT_MS) as blocker:
+        failing.start()
+    assert "bad input" in str(blocker.args[0]) and "ValueError" in blocker.args[0].traceback
+    qtbot.waitUntil(lambda: not failing.is_running(), timeout=WAIT_MS)
+
+    def endless():
+        while True:
+            yield 0
+            time.sleep(0.01)
+
+    stopping = Worker(endless)
+    with qtbot.waitSignal(stopping.aborted, timeout=WAIT_MS):
+        stopping.start()
+        qtbot.wait(50)
+        stopping.quit()
+    assert stopping.wait(5000)
+
+
+def test_entry_point_opens_the_window(tmp_path: Path):
+    """``python -m desktop`` (what ``medscreen`` runs) shows the window and exits cleanly."""
+    import subprocess
+
+    env = dict(
+        os.environ, MEDSCREEN_SMOKE="1", MEDSCREEN_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "shown_after_s=" in done.stdout
