@@ -155,6 +155,9 @@ class ResultsModel(QAbstractTableModel):
                 return i
         return 0
 
+    def column_kind(self, column: int) -> Column:
+        return self._columns[column][0]
+
     def column_of(self, kind: Column, model_id: str | None = None) -> int:
         return self._columns.index((kind, model_id))
 

@@ -55,7 +55,7 @@ class ResultsView(QTableView):
         metrics = self.fontMetrics()
         header = self.horizontalHeader()
         for col in range(model.columnCount()):
-            kind, _ = model._columns[col]
+            kind = model.column_kind(col)
             width = {
                 Column.THUMB: THUMB_HEIGHT * 4 // 3 + 12,
                 Column.FILE: metrics.horizontalAdvance("tb_positive_CHNCXR_0336_1.png") + 16,
