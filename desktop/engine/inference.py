@@ -119,8 +119,9 @@ def create_session(
                 reason = "CUDA or cuDNN libraries could not be loaded"
         if device is Device.CUDA:
             raise BatchError(
-                f"CUDA was requested but cannot be used: {reason}. Install the NVIDIA driver, "
-                "CUDA 12 and cuDNN 9 (see README), or run with --device auto or cpu."
+                f"CUDA was requested but cannot be used: {reason}. Install the NVIDIA driver "
+                f"and the CUDA and cuDNN libraries onnxruntime-gpu {ort.__version__} was built "
+                "for (installer/README.md lists them), or run with --device auto or cpu."
             )
         note = f"CUDA not used: {reason}"
     try:
