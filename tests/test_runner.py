@@ -260,3 +260,24 @@ def test_store_survives_time(stand_in_models: Path, chest_folder: Path, tmp_path
     assert [b.id for b in listed] == [second.batch_id, first.batch_id]
     assert [b.done for b in listed] == [12, 12]
     assert listed[0].label.endswith("pneumonia")
+
+
+def test_batch_resumed_under_new_models_keeps_both_versions(
+    stand_in_models, chest_folder, tmp_path
+):
+    from tests.model_factory import build_model_set
+
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    old = BatchRunner(load_model_set([stand_in_models]), store)
+    for event in (gen := old.run([chest_folder])):
+        if event.done == 6:
+            old.cancel()
+    batch_id = event.batch_id
+    newer = BatchRunner(load_model_set([build_model_set(tmp_path / "v2", version="0.2.0")]), store)
+    run_to_end(newer.run(resume=batch_id))
+    results = list(store.batch_results(batch_id))
+    assert len(results) == 24
+    assert all(r.findings for r in results)  # no item lost its scores
+    versions = {r.findings["tb"].model_key.split("#")[0] for r in results}
+    assert versions == {"tb@0.1.0", "tb@0.2.0"}
+    del gen

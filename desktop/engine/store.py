@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS batch_items (
     status TEXT,
     reason TEXT NOT NULL DEFAULT '',
     error_code TEXT,
+    models_key TEXT,
     done_at TEXT,
     PRIMARY KEY (batch_id, seq)
 );
@@ -323,13 +324,14 @@ class ResultsStore:
                     ),
                 )
             db.execute(
-                "UPDATE batch_items SET sha256=?, status=?, reason=?, error_code=?, done_at=?"
-                " WHERE batch_id=? AND seq=?",
+                "UPDATE batch_items SET sha256=?, status=?, reason=?, error_code=?, models_key=?,"
+                " done_at=? WHERE batch_id=? AND seq=?",
                 (
                     result.sha256,
                     result.status.value,
                     result.reason,
                     result.error_code,
+                    result.models_key,
                     now_iso(),
                     batch_id,
                     seq,
@@ -369,24 +371,26 @@ class ResultsStore:
         return _result_from_row(file, sha256, models_key, row)
 
     def batch_results(self, batch_id: str) -> Iterator[ScanResult]:
-        """Every item of a batch in input order, errors included, as ScanResults (streamed)."""
-        models_key = (
-            self._db().execute("SELECT models_key FROM batches WHERE id=?", (batch_id,)).fetchone()
-        )
-        if models_key is None:
-            return
+        """Every finished item of a batch in input order, errors included (streamed).
+
+        Each item is joined with the result of the model versions that screened *it*: a batch
+        resumed after a model update holds items of both versions, and keeps both.
+        """
         cursor = self._db().execute(
             "SELECT i.file, i.sha256, i.status, i.reason, i.error_code, r.status, r.reason,"
             " r.modality, r.modality_score, r.ood_score, r.detail, r.thumbnail, r.screened_at,"
-            " i.done_at FROM batch_items i LEFT JOIN results r"
-            " ON r.sha256 = i.sha256 AND r.models_key = ?"
+            " i.done_at, COALESCE(i.models_key, b.models_key)"
+            " FROM batch_items i JOIN batches b ON b.id = i.batch_id"
+            " LEFT JOIN results r"
+            " ON r.sha256 = i.sha256 AND r.models_key = COALESCE(i.models_key, b.models_key)"
             " WHERE i.batch_id = ? AND i.status IS NOT NULL ORDER BY i.seq",
-            (models_key[0], batch_id),
+            (batch_id,),
         )
         for row in cursor:
             file, sha, status, reason, code = row[:5]
+            models_key = row[14]
             if row[5] is not None and status != ScanStatus.ERROR.value:
-                yield _result_from_row(file, sha, models_key[0], row[5:13])
+                yield _result_from_row(file, sha, models_key, row[5:13])
             else:
                 yield ScanResult(
                     file=file,
@@ -394,7 +398,7 @@ class ResultsStore:
                     status=ScanStatus(status),
                     reason=reason,
                     error_code=code,
-                    models_key=models_key[0],
+                    models_key=models_key,
                     screened_at=row[13] or "",
                 )
 
