@@ -502,3 +502,11 @@ def test_entry_point_opens_the_window(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert "shown_after_s=" in done.stdout
+
+
+def test_application_has_the_medscreen_icon(qapp):
+    from desktop.gui.app import app_icon
+
+    icon = app_icon()
+    assert not icon.isNull()
+    assert {s.width() for s in icon.availableSizes()} >= {16, 32, 48, 256}

@@ -18,11 +18,13 @@ from pathlib import Path
 from types import TracebackType
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from desktop import __version__
 from desktop.app_logging import configure_logging, log_file_path
+from desktop.engine.paths import assets_dir
+from desktop.startup_check import ensure_gui_can_start
 
 log = logging.getLogger("medscreen.gui")
 
@@ -91,7 +93,19 @@ def create_app(argv: Sequence[str] | None = None) -> QApplication:
     app.setOrganizationName("MedScreen")
     app.setApplicationVersion(__version__)
     app.setApplicationDisplayName("MedScreen")
+    # Matches installer/linux/medscreen.desktop, so taskbars (and Wayland) group the window
+    # with its menu entry and show the same icon.
+    QGuiApplication.setDesktopFileName("medscreen")
+    app.setWindowIcon(app_icon())
     return app
+
+
+def app_icon() -> QIcon:
+    """The MedScreen icon at every rendered size (assets/icons, drawn from medscreen.svg)."""
+    icon = QIcon()
+    for path in sorted((assets_dir() / "icons").glob("medscreen-*.png")):
+        icon.addFile(str(path))
+    return icon
 
 
 def main(argv: Sequence[str] | None = None, model_dirs: Sequence[Path] | None = None) -> int:
@@ -101,6 +115,8 @@ def main(argv: Sequence[str] | None = None, model_dirs: Sequence[Path] | None = 
     are looked for, like ``--models`` on the command line.
     """
     log_path = configure_logging(console=True)
+    if not ensure_gui_can_start():  # names a missing system library instead of a Qt abort
+        return 3
     app = create_app(argv)
     from desktop.gui.main_window import MainWindow  # after QApplication: widgets need it
 
