@@ -284,8 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, required=True, help="training run folder")
     p.add_argument("--out", type=Path, default=Path("assets/models"))
     p.add_argument("--no-card", action="store_true")
+    p.add_argument(
+        "--card-only",
+        action="store_true",
+        help="only rewrite the model card of the already exported model (e.g. after new "
+        "comparison runs); the .onnx and manifest are left untouched",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.card_only:
+        from export.model_card import write_card
+
+        info = json.loads((args.run / "run.json").read_text())
+        manifest = read_manifest(args.out / f"{info['id']}.json")
+        load_verified_model(manifest)
+        print(write_card(manifest.raw, args.run, args.out))
+        return 0
     export_run(args.run, args.out, card=not args.no_card)
     return 0
 

@@ -159,11 +159,15 @@ def _plots(
 
 
 def _training_info(provenance: dict[str, Any], started: float, seed: int) -> dict[str, Any]:
+    import sys
+
     import keras
     import tensorflow as tf
 
+    module = Path(sys.argv[0]).stem
     return {
         **provenance,
+        "command": " ".join([f"python -m training.{module}", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "duration_s": round(time.time() - started, 1),
         "seed": seed,
