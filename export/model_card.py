@@ -70,6 +70,14 @@ REPRODUCE = {
 }
 
 
+def _epochs(run: Path) -> dict[str, int]:
+    """Epochs per training stage, from the run's history files."""
+    return {
+        h.stem.removeprefix("history_"): len(json.loads(h.read_text())["loss"])
+        for h in sorted(run.glob("history_*.json"))
+    }
+
+
 def _f(v: Any, nd: int = 3) -> str:
     if v is None:
         return "–"
@@ -241,7 +249,8 @@ def _seed_section(run: Path, model_id: str) -> list[str]:
                 f"{info['metrics']['validation']['auc']:.3f}; test AUC {t['auc']:.3f} "
                 f"({t['auc_ci95'][0]:.3f}–{t['auc_ci95'][1]:.3f}), screening sens/spec "
                 f"{_f(sp['sensitivity'])}/{_f(sp['specificity'])}, accuracy at 0.5 "
-                f"{_f(t['at_0.5']['accuracy'])}; {tr['duration_s']:.0f} s."
+                f"{_f(t['at_0.5']['accuracy'])}; epochs {_epochs(path.parent)}, "
+                f"{tr['duration_s']:.0f} s."
             )
             by_source = t.get("by_source", {})
             if len(by_source) > 1:
@@ -252,7 +261,8 @@ def _seed_section(run: Path, model_id: str) -> list[str]:
         else:
             lines.append(
                 f"- {kind} (`{path.parent.name}`): {tr['recipe']}. MedNIST test accuracy "
-                f"{t['accuracy']:.4f} ({t['errors']} errors); {tr['duration_s']:.0f} s."
+                f"{t['accuracy']:.4f} ({t['errors']} errors); epochs {_epochs(path.parent)}, "
+                f"{tr['duration_s']:.0f} s."
             )
     return lines
 
@@ -351,7 +361,8 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         f"- Recipe: {tr['recipe']}",
         f"- Pretrained weights: {tr.get('pretrained', '–')}",
-        f"- Epochs run: {tr.get('epochs_run', '–')}; duration {tr['duration_s']:.0f} s on "
+        f"- Epochs run: {tr.get('epochs_run') or _epochs(run)}; "
+        f"duration {tr['duration_s']:.0f} s on "
         f"{tr.get('machine', 'CPU')} (2 cores); {tr.get('framework', '')}",
         f"- Date {tr['date']}, seed {tr['seed']}",
         f"- Reproduce: `{tr.get('command') or REPRODUCE.get(mid, '')}` then "
