@@ -36,7 +36,10 @@ LIMITS: dict[str, list[str]] = {
     ],
     "pneumonia": [
         "Pediatric data (1-5 year-olds, one centre in Guangzhou). Adult chest X-rays are "
-        "outside the training distribution: expect lower and unmeasured performance on them.",
+        "outside the training distribution: expect lower and unmeasured performance on them. "
+        "Example: the one adult PA chest CR we have (the unlabelled fo-dicom test file "
+        "CR-MONO1-10-chest.dcm) scores p(pneumonia) = 0.999 and would be flagged; the "
+        "thresholds mean nothing on adult images.",
         "The official Kermany test split is withheld from us: the test figures come from a "
         "patient-disjoint held-out split of the official training set (same centre, same "
         "period) and overstate how well the model generalises to other hospitals.",
