@@ -167,7 +167,7 @@ def build_manifest(
     manifest: dict[str, Any] = {
         "schema_version": 1,
         "id": info["id"],
-        "version": VERSION,
+        "version": info.get("version", VERSION),  # a run re-evaluated later carries its own
         "name": info["name"],
         "role": info["role"],
         "task": info["task"],

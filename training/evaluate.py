@@ -7,6 +7,7 @@ the positive-class probability; thresholds mean "flag when p >= threshold".
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -133,14 +134,21 @@ def operating_points(
     y: np.ndarray, score: np.ndarray, min_sensitivity: float = 0.90
 ) -> dict[str, dict[str, float]]:
     """``screening``: the highest threshold with validation sensitivity >= ``min_sensitivity``
-    (so the best specificity under that constraint); ``balanced``: Youden's J maximum.
+    (so the best specificity under that constraint), but never above the ``balanced``
+    threshold; ``balanced``: Youden's J maximum.
+
+    Why the cap: a very confident model (the paediatric pneumonia one) reaches 0.90 sensitivity
+    at a threshold above its Youden point, which would make the point named "screening" *less*
+    sensitive than "balanced" — and sit exactly on the 0.90 boundary, so held-out sensitivity
+    falls just under it. A triage point must be at least as sensitive as the balanced one.
     """
-    _fpr, tpr, thr = roc_curve(y, score)
-    fpr = _fpr
+    fpr, tpr, thr = roc_curve(y, score)
     ok = np.where(tpr[1:] >= min_sensitivity)[0] + 1
     i_s = int(ok[0]) if len(ok) else len(thr) - 1
     j = tpr[1:] - fpr[1:]
     i_b = int(np.argmax(j)) + 1
+    if thr[i_s] > thr[i_b]:
+        i_s = i_b
     return {
         "screening": {
             "threshold": float(thr[i_s]),
@@ -153,6 +161,42 @@ def operating_points(
             "specificity": float(1 - fpr[i_b]),
         },
     }
+
+
+def reselect_operating_points(run: Path, seed: int, version: str) -> dict[str, Any]:
+    """Recompute a finished binary run's operating points and metrics from its saved scores.
+
+    For a change of the selection rule only: the model, its temperature and its scores are
+    unchanged, so nothing is retrained. Only single-source runs (pneumonia) can be redone so.
+    """
+    info = json.loads((run / "run.json").read_text())
+    saved = np.load(run / "scores.npz")
+
+    def two_columns(p: np.ndarray) -> np.ndarray:
+        return np.stack([1.0 - p, p], axis=1)
+
+    points = operating_points(saved["y_val"], saved["val"])
+    groups = None
+    if "by_source" in info["metrics"]["test"]:
+        import csv
+
+        with (run / "split.csv").open(newline="") as fh:
+            groups = [r["source"] for r in csv.DictReader(fh) if r["split"] == "test"]
+        if len(groups) != len(saved["y_test"]) or len(set(groups)) > 1:
+            # scores.npz does not record which source each test score came from
+            raise ValueError(f"{run}: per-source figures need the run's arrays; retrain instead")
+    metrics = {
+        "validation": evaluate_binary(saved["y_val"], two_columns(saved["val"]), points, seed=seed),
+        "test": evaluate_binary(
+            saved["y_test"], two_columns(saved["test"]), points, groups=groups, seed=seed
+        ),
+    }
+    metrics["test"]["ece_uncalibrated"] = info["metrics"]["test"].get("ece_uncalibrated")
+    info["operating_points"] = points
+    info["metrics"] = metrics
+    info["version"] = version  # new thresholds are a new model version (manifest contract)
+    (run / "run.json").write_text(json.dumps(info, indent=1))
+    return info
 
 
 def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, Any]:
