@@ -263,7 +263,7 @@ def _loader_fingerprint() -> str:
     """Changes when the engine's loader or preprocessing code changes (stale caches)."""
     engine = Path(__file__).resolve().parents[1] / "desktop" / "engine"
     digest = hashlib.sha256()
-    for name in ("loading.py", "preprocess.py"):
+    for name in ("loading.py", "dicom.py", "preprocess.py"):
         f = engine / name
         digest.update(f.read_bytes() if f.exists() else b"missing")
     return digest.hexdigest()[:16]
