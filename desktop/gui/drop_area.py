@@ -42,7 +42,29 @@ def accept_if_files(event: QDragEnterEvent | QDragMoveEvent) -> None:
         event.ignore()
 
 
-class DropArea(QWidget):
+class FileDropTarget:
+    """Mixin for widgets that take dropped files: accepts drags of local files only and hands
+    the dropped paths to :meth:`files_dropped`. Put it before the Qt base class."""
+
+    def files_dropped(self, paths: list[Path]) -> None:
+        raise NotImplementedError
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        accept_if_files(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        accept_if_files(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = paths_from_mime(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.files_dropped(paths)
+        else:
+            event.ignore()
+
+
+class DropArea(FileDropTarget, QWidget):
     """The first screen: where to drop scans, the two open buttons, and the disclaimer."""
 
     paths_dropped = Signal(list)  # list[Path]
@@ -103,16 +125,5 @@ class DropArea(QWidget):
         layout.addStretch(3)
         layout.addWidget(disclaimer)
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        accept_if_files(event)
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        accept_if_files(event)
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if paths:
-            event.acceptProposedAction()
-            emit(self.paths_dropped, paths)
-        else:
-            event.ignore()
+    def files_dropped(self, paths: list[Path]) -> None:
+        emit(self.paths_dropped, paths)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
     QComboBox,
@@ -38,7 +38,7 @@ from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import ResultsStore
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
-from desktop.gui.drop_area import SCAN_KINDS, DropArea, accept_if_files, paths_from_mime
+from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
@@ -103,7 +103,7 @@ def _stored_results(store: ResultsStore, batch_id: str) -> list[ScanResult]:
     return list(store.batch_results(batch_id))
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileDropTarget, QMainWindow):
     #: The model set loaded (or failed: None), for tests and the screenshot script.
     models_changed = Signal(object)
     #: An export finished: list of written paths.
@@ -743,16 +743,5 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     # -- drops anywhere on the window ------------------------------------------------------------
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        accept_if_files(event)
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        accept_if_files(event)
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if paths:
-            event.acceptProposedAction()
-            self.open_paths(paths)
-        else:
-            event.ignore()
+    def files_dropped(self, paths: list[Path]) -> None:
+        self.open_paths(paths)

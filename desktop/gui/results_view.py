@@ -8,17 +8,19 @@ showing results.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QKeyEvent
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from desktop.engine.results import ScanResult
-from desktop.gui.drop_area import accept_if_files, paths_from_mime
+from desktop.gui.drop_area import FileDropTarget
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import THUMB_HEIGHT, Column, ResultRole, ResultsModel, ResultsProxy
 
 
-class ResultsView(QTableView):
+class ResultsView(FileDropTarget, QTableView):
     open_requested = Signal(object)  # ScanResult
     paths_dropped = Signal(list)  # list[Path]
 
@@ -93,16 +95,5 @@ class ResultsView(QTableView):
         super().keyPressEvent(event)
 
     # -- drops -----------------------------------------------------------------------------
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        accept_if_files(event)
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        accept_if_files(event)
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if paths:
-            event.acceptProposedAction()
-            emit(self.paths_dropped, paths)
-        else:
-            event.ignore()
+    def files_dropped(self, paths: list[Path]) -> None:
+        emit(self.paths_dropped, paths)
