@@ -284,6 +284,10 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _latest_batch(store: ResultsStore) -> str:
     batches = store.batches(limit=1)
     if not batches:
@@ -323,9 +327,9 @@ def _print_summary(
             extra.append(f"{summary.already_done} finished before this resume")
         d = summary.discovered
         if d.skipped_non_scans:
-            extra.append(f"{d.skipped_non_scans} non-scan files skipped")
+            extra.append(_plural(d.skipped_non_scans, "non-scan file") + " skipped")
         if d.loops:
-            extra.append(f"{d.loops} folder loops skipped")
+            extra.append(_plural(d.loops, "folder loop") + " skipped")
         for folder in d.unreadable_folders:
             extra.append(f"folder not readable: {folder}")
         if extra:
