@@ -510,3 +510,18 @@ def test_application_has_the_medscreen_icon(qapp):
     icon = app_icon()
     assert not icon.isNull()
     assert {s.width() for s in icon.availableSizes()} >= {16, 32, 48, 256}
+
+
+def test_rows_keep_no_thumbnail_bytes_but_show_and_open_them(
+    qtbot, window: MainWindow, chest_folder: Path, store
+):
+    _run_folder(qtbot, window, chest_folder)
+    rows = window.model.results()
+    assert rows and all(r.thumbnail_png is None for r in rows)  # fetched from the store
+    thumb = window.model.index(3, window.model.column_of(Column.THUMB)).data(
+        Qt.ItemDataRole.DecorationRole
+    )
+    assert thumb is not None and thumb.height() == 48
+    full = window.model.with_thumbnail(rows[3])
+    assert full.thumbnail_png == store.thumbnail(rows[3].sha256, rows[3].models_key)
+    assert full.thumbnail_png.startswith(b"\x89PNG")

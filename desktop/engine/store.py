@@ -370,6 +370,19 @@ class ResultsStore:
             return None
         return _result_from_row(file, sha256, models_key, row)
 
+    def thumbnail(self, sha256: str, models_key: str) -> bytes | None:
+        """One result's stored thumbnail: views fetch it when a row is shown, so a table of
+        10,000 results does not hold 10,000 images."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT thumbnail FROM results WHERE sha256=? AND models_key=?",
+                (sha256, models_key),
+            )
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def batch_results(self, batch_id: str) -> Iterator[ScanResult]:
         """Every finished item of a batch in input order, errors included (streamed).
 

@@ -131,7 +131,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1280, 800)
 
-        self.model = ResultsModel(self)
+        self.model = ResultsModel(self, thumbnail_loader=self._stored_thumbnail)
         self.proxy = ResultsProxy(self)
         self.proxy.setSourceModel(self.model)
         self.batch = BatchController(self)
@@ -590,11 +590,16 @@ class MainWindow(FileDropTarget, QMainWindow):
                 return
         self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
 
+    def _stored_thumbnail(self, result: ScanResult) -> bytes | None:
+        if not result.sha256:
+            return None
+        return self.store.thumbnail(result.sha256, result.models_key)
+
     def open_viewer(self, result: ScanResult) -> ScanViewer:
         from desktop.gui.viewer import ScanViewer  # reads scans: imported when first needed
 
         manifests = self.models.manifests if self.models else self.model.manifests()
-        viewer = ScanViewer(result, manifests, self.model.choice(), self)
+        viewer = ScanViewer(self.model.with_thumbnail(result), manifests, self.model.choice(), self)
         viewer.destroyed.connect(lambda _o=None, v=viewer: self._forget_viewer(v))
         self._viewers.append(viewer)
         viewer.show()
@@ -675,6 +680,10 @@ class MainWindow(FileDropTarget, QMainWindow):
             self.messages.show_message("Reports need the models loaded.", "warning")
             return None
         results = self.view.selected_results() if selected_only else self.model.results()
+        # Only flagged scans show images in the PDF: load just their thumbnails.
+        results = [
+            self.model.with_thumbnail(r) if self.model.is_row_flagged(r) else r for r in results
+        ]
         if not results:
             self.messages.show_message("Nothing to export yet.", "warning")
             return None
