@@ -337,6 +337,12 @@ def _print_summary(
         print(f"  batch {summary.batch_id} in {summary.elapsed_s:.1f} s", file=stream)
     for path in written:
         print(f"  wrote {path}", file=stream)
+    if ctx.unsigned_models:
+        print(
+            f"  UNSIGNED MODELS: {', '.join(ctx.unsigned_models)} (developer option "
+            f"MEDSCREEN_ALLOW_UNSIGNED_MODELS); these results are not from a released model",
+            file=stream,
+        )
     print(DISCLAIMER, file=stream)
 
 

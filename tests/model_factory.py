@@ -4,8 +4,13 @@ They are not screening models: each computes a simple, documented function of th
 tests can predict its outputs exactly. The modality stand-in calls bright images (mean grey
 above ``cut``) chest X-rays and dark ones head CTs; the finding stand-ins return
 ``sigmoid(gain * (mean - centre))`` as the positive probability and a 7×7 average-pooled copy
-of the image as the activation map. Manifests are complete and carry the real sha256, so
-the registry verifies them like shipped models.
+of the image as the activation map. Manifests are complete and carry the real sha256, and
+each package is signed (``<id>.sig``) with :data:`TEST_KEY`, a throw-away Ed25519 key made
+fresh in every test process, so the registry verifies them like shipped models. Building a
+package trusts that key in the current process only (:func:`trust_test_key`); the app's own
+key list in ``desktop/engine/trust.py`` never contains it, and a subprocess does not trust it
+(give it ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` or call :func:`trust_test_key` there with the
+same key).
 """
 
 from __future__ import annotations
@@ -16,11 +21,30 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
+from desktop.engine import trust
 from desktop.engine.preprocess import PreprocessSpec
 
 MODALITY_LABELS = ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
+
+#: The throw-away signing key of this test process (never written to disk).
+TEST_KEY = Ed25519PrivateKey.generate()
+TEST_KEY_NAME = "throw-away test key"
+
+
+def trust_test_key(key: Ed25519PrivateKey = TEST_KEY, name: str = TEST_KEY_NAME) -> None:
+    """Add ``key``'s public half to the app's trusted keys, in this process only."""
+    trust.TRUSTED_KEYS[name] = trust.public_raw(key).hex()
+
+
+def sign(manifest_path: Path, key: Ed25519PrivateKey = TEST_KEY) -> Path:
+    """Write the detached signature of the manifest at ``manifest_path`` as the app expects."""
+    data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    sig = trust.signature_path(manifest_path)
+    sig.write_text(json.dumps(trust.signature_document(data, key)), encoding="utf-8")
+    return sig
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -54,6 +78,8 @@ def _save(model: onnx.ModelProto, folder: Path, manifest: dict) -> Path:
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
     path = folder / f"{manifest['id']}.json"
     path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    sign(path)
+    trust_test_key()
     return path
 
 

@@ -1,13 +1,24 @@
-"""The one preprocessing definition: geometry, value range, and the way back for heatmaps."""
+"""The one preprocessing definition: the working image, geometry, value range, and the way
+back for heatmaps."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from desktop.engine.loading import load_scan
-from desktop.engine.preprocess import PreprocessSpec, activation_to_image, preprocess
+from desktop.engine.preprocess import (
+    WORKING_SIDE,
+    PreprocessSpec,
+    activation_to_image,
+    load_working,
+    prepare_file,
+    preprocess,
+    working_factor,
+)
 from tests.conftest import DATA
 
 CHEST = DATA / "tb" / "tuberculosis"
@@ -76,3 +87,75 @@ def test_spec_round_trips_through_the_manifest_and_rejects_unknown_keys():
     assert PreprocessSpec.from_manifest(spec.to_manifest()) == spec
     with pytest.raises(ValueError, match="unknown preprocessing keys"):
         PreprocessSpec.from_manifest({"size": [64, 64], "normalise": True})
+
+
+# -- the working image: one reduced image per scan ------------------------------------------
+
+
+def _big_chest(tmp_path: Path, name: str, size: tuple[int, int] = (2048, 1980), **save) -> Path:
+    """A clinic-sized scan made from a real chest X-ray (bicubic enlargement of a fixture)."""
+    with Image.open(sorted(CHEST.glob("*.png"))[0]) as image:
+        big = image.convert("L").resize(size, Image.Resampling.BICUBIC)
+    path = tmp_path / name
+    big.save(path, **save)
+    return path
+
+
+def test_working_factor_keeps_the_shorter_side_at_least_working_side():
+    assert working_factor(299, 299) == 1
+    assert working_factor(2048, 2048) == 4 and WORKING_SIDE <= -(-2048 // 4)
+    assert working_factor(3000, 2500) == 2500 // WORKING_SIDE == 5
+    assert working_factor(100, 5000) == 1
+    with pytest.raises(ValueError, match="larger than the working image"):
+        PreprocessSpec(WORKING_SIDE + 1, 224)
+
+
+def test_8bit_png_working_image_is_the_rounded_block_mean(tmp_path: Path):
+    path = _big_chest(tmp_path, "chest.png", (1001, 950))  # factor 2, odd width
+    scan = load_working(path)
+    assert (scan.metadata.width, scan.metadata.height) == (1001, 950)  # the original size
+    assert scan.pixels.shape == (475, 501) and scan.pixels.dtype == np.float32
+    full = np.asarray(Image.open(path), dtype=np.float64)
+    blocks = full[:950, :1000].reshape(475, 2, 500, 2).mean(axis=(1, 3))
+    # Pillow rounds the block mean to 8 bits: within half a grey level of the exact mean.
+    assert np.abs(scan.pixels[:, :500] * 255.0 - blocks).max() <= 0.5 + 1e-3
+
+
+def test_jpeg_is_decoded_by_dct_scaling_close_to_the_full_resolution_input(tmp_path: Path):
+    path = _big_chest(tmp_path, "chest.jpg", quality=92)
+    scan = load_working(path)
+    assert scan.pixels.shape == (495, 512)  # 1/4 scale straight from the decoder
+    assert (scan.metadata.width, scan.metadata.height) == (2048, 1980)
+    spec = PreprocessSpec(224, 224)
+    ours = preprocess(scan.pixels, spec)
+    before = preprocess(load_scan(path).pixels, spec)  # every input from full resolution
+    diff = np.abs(ours - before)
+    # Nearly the same input: one grey level on average; only the few pixels on sharp edges
+    # (the film border) move more, as a 4x4 block mean straddles the edge.
+    assert float(diff.mean()) < 0.004 and float(np.percentile(diff, 99)) < 0.03
+    assert float(diff.max()) < 0.25
+    assert np.array_equal(prepare_file(path, spec), ours)  # training gets the same array
+
+
+def test_deep_raster_and_dicom_working_images_are_block_means_of_the_float_image(
+    tmp_path: Path,
+):
+    path = _big_chest(tmp_path, "chest16.png")
+    wide = (np.asarray(Image.open(path), dtype=np.uint16) * 16).astype(np.uint16)
+    Image.fromarray(wide).save(path)  # 12-bit values in a 16-bit PNG
+    full = load_scan(path).pixels
+    scan = load_working(path)
+    assert scan.metadata.bits_stored == 16 and scan.pixels.shape == (495, 512)
+    blocks = full[:1980, :2048].reshape(495, 4, 512, 4).mean(axis=(1, 3))
+    assert np.abs(scan.pixels - blocks).max() < 1e-5
+
+
+def test_exif_rotated_jpeg_reports_the_rotated_original_size(tmp_path: Path):
+    path = _big_chest(tmp_path, "rot.jpg", (1800, 1000), quality=90)
+    with Image.open(path) as image:
+        exif = image.getexif()
+        exif[0x0112] = 6  # rotate 90° clockwise to display
+        image.save(path, exif=exif, quality=90)
+    scan = load_working(path)
+    assert (scan.metadata.width, scan.metadata.height) == (1000, 1800)
+    assert scan.pixels.shape == (900, 500)  # factor 2 after the quarter turn

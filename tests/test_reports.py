@@ -26,8 +26,9 @@ from PIL import Image
 
 from desktop import DISCLAIMER
 from desktop.engine.errors import ModelError
-from desktop.engine.loading import load_scan, make_thumbnail
+from desktop.engine.loading import make_thumbnail
 from desktop.engine.manifest import ModelManifest
+from desktop.engine.preprocess import load_working
 from desktop.engine.reports import (
     CSV_COLUMNS,
     ReportContext,
@@ -119,7 +120,7 @@ def manifests() -> dict[str, ModelManifest]:
 
 def thumbnail_of(path: Path) -> bytes:
     """The stored thumbnail, made exactly as the app makes it (loader + make_thumbnail)."""
-    return make_thumbnail(load_scan(path).pixels, THUMBNAIL_SIZE)
+    return make_thumbnail(load_working(path).pixels, THUMBNAIL_SIZE)
 
 
 def cam(peak: tuple[int, int], seed: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from desktop.engine import trust
 from desktop.engine.loading import load_scan
 from desktop.engine.preprocess import preprocess
 from desktop.engine.registry import load_model_set
@@ -21,7 +22,7 @@ from desktop.engine.results import ScanStatus
 from desktop.engine.runner import BatchRunner, run_to_end
 from desktop.engine.store import BatchStatus, ResultsStore
 from tests.conftest import DATA, REPO
-from tests.model_factory import expected_probability
+from tests.model_factory import TEST_KEY, expected_probability
 
 
 @pytest.fixture
@@ -180,9 +181,11 @@ def test_unicode_and_long_paths(runner: BatchRunner, tmp_path: Path):
 _KILL_SCRIPT = """
 import sys
 from pathlib import Path
+from desktop.engine import trust
 from desktop.engine.registry import load_model_set
 from desktop.engine.runner import BatchRunner
 from desktop.engine.store import ResultsStore
+trust.TRUSTED_KEYS["test"] = sys.argv[4]  # the parent's throw-away key signed the stand-ins
 runner = BatchRunner(load_model_set([Path(sys.argv[1])]), ResultsStore(Path(sys.argv[2])),
                      workers=2, batch_size=2)
 for event in runner.run([Path(sys.argv[3])]):
@@ -198,8 +201,9 @@ def test_kill_9_halfway_then_resume(stand_in_models: Path, tmp_path: Path):
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(src.read_bytes() + bytes([i]))
     db = tmp_path / "results.sqlite3"
+    test_key = trust.public_raw(TEST_KEY).hex()  # the subprocess trusts it too
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILL_SCRIPT, str(stand_in_models), str(db), str(folder)],
+        [sys.executable, "-c", _KILL_SCRIPT, str(stand_in_models), str(db), str(folder), test_key],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,

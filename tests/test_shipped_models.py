@@ -18,9 +18,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
 
-from desktop.engine.loading import load_scan
 from desktop.engine.manifest import ModelManifest, load_verified_model, read_manifest
-from desktop.engine.preprocess import preprocess
+from desktop.engine.preprocess import prepare_file
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "assets" / "models"
@@ -39,7 +38,7 @@ def _load(model_id: str) -> tuple[ModelManifest, ort.InferenceSession]:
 
 def _run(model_id: str, files: list[Path]) -> tuple[ModelManifest, dict[str, np.ndarray]]:
     manifest, session = _load(model_id)
-    x = np.stack([preprocess(load_scan(f).pixels, manifest.preprocessing) for f in files])
+    x = np.stack([prepare_file(f, manifest.preprocessing) for f in files])
     names = [o.name for o in session.get_outputs()]
     return manifest, dict(zip(names, session.run(names, {"image": x}), strict=True))
 

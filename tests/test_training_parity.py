@@ -1,9 +1,11 @@
 """Training and the app feed a model bit-identical inputs for the same file (contract 1).
 
 The training path is ``training.data.build_array`` (with and without its .npy cache); the
-app path is ``load_scan`` + ``preprocess`` with the spec read from the manifest. Checked for
-every shipped model's spec and the seed-recipe specs, on real PNG, JPEG (grey stored as RGB)
-and DICOM (MONOCHROME1) files. No TensorFlow here.
+app path is the runner's: ``decode_working`` (the one reduced working image per scan) and
+``Screener.prepare``'s ``preprocess`` with the spec read from the manifest. Checked for every
+shipped model's spec and the seed-recipe specs, on real PNG, JPEG (grey stored as RGB) and
+DICOM (MONOCHROME1) files, and on clinic-sized files that are reduced (a 2048² JPEG decoded by
+DCT scaling, a 16-bit PNG, a JPEG 2000 DICOM). No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from desktop.engine.loading import load_scan
+from desktop.engine.loading import read_file
 from desktop.engine.manifest import read_manifest
-from desktop.engine.preprocess import PreprocessSpec, preprocess
+from desktop.engine.preprocess import PreprocessSpec, decode_working, preprocess
 from training import data as D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +29,7 @@ FILES = sorted(
     for p in (FIXTURES / sub).rglob("*")
     if p.is_file() and p.name != "RG3_J2KI.dcm"  # JPEG 2000 decoder is optional
 )
+J2K_DICOM = FIXTURES / "dicom" / "RG3_J2KI.dcm"
 
 SPECS = {
     "mobilenet": PreprocessSpec(224, 224, 3, "stretch", "area", 2.0, -1.0),
@@ -41,12 +45,38 @@ def test_fixtures_present() -> None:
     assert any(p.suffix == ".dcm" for p in FILES)
 
 
+def _app_input(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """What the batch runner feeds the model: read, decode to the working image, preprocess."""
+    data, sha = read_file(path)
+    return preprocess(decode_working(path, data, sha).pixels, spec)
+
+
+@pytest.fixture(scope="module")
+def clinic_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Clinic-sized scans made from a real chest X-ray: these are reduced before preprocessing."""
+    folder = tmp_path_factory.mktemp("clinic")
+    src = sorted((FIXTURES / "tb").rglob("*.png"))[0]
+    with Image.open(src) as image:
+        big = image.convert("L").resize((2048, 1980), Image.Resampling.BICUBIC)
+    big.save(folder / "chest.jpg", quality=92)
+    big.convert("RGB").save(folder / "chest_rgb.jpg", quality=92)
+    wide = (np.asarray(big, dtype=np.uint16) * 16 + 7).astype(np.uint16)  # 12-bit in 16-bit PNG
+    Image.fromarray(wide).save(folder / "chest16.png")
+    files = [folder / "chest.jpg", folder / "chest_rgb.jpg", folder / "chest16.png"]
+    try:
+        import pylibjpeg  # noqa: F401  (the JPEG 2000 decoder is optional)
+    except ImportError:
+        return files
+    return [*files, J2K_DICOM]
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_training_inputs_equal_app_inputs(name: str, tmp_path: Path) -> None:
+def test_training_inputs_equal_app_inputs(name: str, tmp_path: Path, clinic_files) -> None:
     spec = SPECS[name]
-    app = np.stack([preprocess(load_scan(p).pixels, spec) for p in FILES])
-    fresh = D.build_array(FILES, spec, cache_dir=tmp_path)  # writes the cache
-    cached = D.build_array(FILES, spec, cache_dir=tmp_path)  # reads it back
+    files = [*FILES, *clinic_files]
+    app = np.stack([_app_input(p, spec) for p in files])
+    fresh = D.build_array(files, spec, cache_dir=tmp_path)  # writes the cache
+    cached = D.build_array(files, spec, cache_dir=tmp_path)  # reads it back
     for got in (fresh, cached):
         assert got.dtype == np.float32 and got.shape == app.shape
         assert np.array_equal(got, app), f"training input differs from app input ({name})"

@@ -45,6 +45,7 @@ from typing import Any
 
 from desktop.engine.errors import ModelError
 from desktop.engine.preprocess import PreprocessSpec
+from desktop.engine.trust import manifest_digest
 
 SCHEMA_VERSION = 1
 ROLES = ("modality", "finding")
@@ -105,11 +106,21 @@ class ModelManifest:
     card: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     path: Path | None = None  # the manifest file this was read from
+    #: sha256 of the canonical manifest (:func:`desktop.engine.trust.manifest_digest`)
+    manifest_sha256: str = ""
+    #: set by the registry once the package is verified: the trusted key's name
+    signed_by: str = ""
+    #: True when loaded only because of MEDSCREEN_ALLOW_UNSIGNED_MODELS (failed verification)
+    unsigned: bool = False
 
     @property
     def key(self) -> str:
-        """``id@version#sha-prefix``: what results are keyed by, so a new model re-screens."""
-        return f"{self.id}@{self.version}#{self.sha256[:12]}"
+        """``id@version#model-sha-prefix.manifest-sha-prefix``: what results are keyed by.
+
+        Both hashes are in it, so a new model re-screens, and results screened with an edited
+        manifest (other labels or thresholds) are never reused once the genuine files return.
+        """
+        return f"{self.id}@{self.version}#{self.sha256[:12]}.{self.manifest_sha256[:12]}"
 
     @property
     def positive_index(self) -> int:
@@ -219,6 +230,7 @@ class ModelManifest:
             card=data.get("card"),
             raw=dict(data),
             path=path,
+            manifest_sha256=manifest_digest(data),
         )
 
 

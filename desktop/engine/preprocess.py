@@ -9,6 +9,17 @@ hidden in one caller.
 Geometry is deliberately simple and invertible (stretch, pad or centre-crop, then resize) so
 that a class activation map can be mapped back onto the original scan
 (:func:`activation_to_image`).
+
+**The working image.** A scan is decoded once and reduced once, to a *working image* whose
+shorter side is at least :data:`WORKING_SIDE` pixels, and every model input and the thumbnail
+are derived from it (:func:`load_working`). The reduction is an integer box (area) factor
+chosen from the file alone (:func:`working_factor`), and JPEG files are decoded directly at
+1/2, 1/4 or 1/8 scale by the decoder's DCT scaling when the factor allows; so the working image
+is a deterministic function of the file, independent of which models are loaded, and training
+(:func:`prepare_file`) and the app get bit-identical inputs. ``WORKING_SIDE`` is twice the
+largest shipped model input (224), so a model input is still an area average over at least
+2×2 source pixels, as it was when every input was resized from the full image, while a
+2048×2048 radiograph is handled at 512×512 instead of in 16 MiB float32 copies.
 """
 
 from __future__ import annotations
@@ -20,6 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+
+from desktop.engine.scan import Scan
+
+#: Minimum shorter side of the working image every model input and thumbnail comes from:
+#: twice the largest shipped model input. Changing it changes every model's inputs (retrain).
+WORKING_SIDE: int = 448
 
 Fit = Literal["stretch", "pad", "center_crop"]
 Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
@@ -52,6 +69,11 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
             raise ValueError(f"input size {self.height}x{self.width} is too small")
+        if max(self.height, self.width) > WORKING_SIDE:
+            raise ValueError(
+                f"input size {self.height}x{self.width} is larger than the working image "
+                f"({WORKING_SIDE} pixels): raise WORKING_SIDE in preprocess.py and retrain"
+            )
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.fit not in ("stretch", "pad", "center_crop"):
@@ -139,11 +161,43 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def prepare_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """Load a file with the app's loader and preprocess it: what training feeds its models."""
-    from desktop.engine.loading import load_scan
+def working_factor(height: int, width: int, side: int = WORKING_SIDE) -> int:
+    """The integer reduction from a ``height``×``width`` image to its working image.
 
-    return preprocess(load_scan(Path(path)).pixels, spec)
+    The largest factor that keeps the shorter side at least ``side`` pixels (1 for images
+    already smaller). Integer factors make the reduction an exact block mean and depend on
+    the image alone, never on the models loaded.
+    """
+    return max(1, min(height, width) // side)
+
+
+def decode_working(path: Path, data: bytes, sha256: str) -> Scan:
+    """Decode a file's bytes straight to its working image: what the batch runner calls.
+
+    ``Scan.pixels`` is the reduced image; ``Scan.metadata`` keeps the original size. Raises
+    :class:`~desktop.engine.errors.ScanError` as :func:`~desktop.engine.loading.decode_scan`.
+    """
+    from desktop.engine.loading import decode_scan
+
+    return decode_scan(path, data, sha256, working_side=WORKING_SIDE)
+
+
+def load_working(path: str | Path) -> Scan:
+    """Read a file and decode it to its working image (:func:`decode_working`)."""
+    from desktop.engine.loading import read_file
+
+    path = Path(path)
+    data, sha256 = read_file(path)
+    return decode_working(path, data, sha256)
+
+
+def prepare_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    """Load a file as the app does and preprocess it: what training feeds its models.
+
+    The app's runner decodes with the same ``working_side`` and calls :func:`preprocess` on
+    the same working image, so the two are bit-identical (tests/test_training_parity.py).
+    """
+    return preprocess(load_working(path).pixels, spec)
 
 
 def activation_to_image(

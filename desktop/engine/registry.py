@@ -1,22 +1,29 @@
 """Finds, verifies and loads the screening models.
 
-Models come from the bundled ``assets/models/`` and from the user's models folder; a user
-model replaces a bundled one with the same id. Every manifest is validated and every model
-file is checked against its sha256 before ONNX Runtime sees it: a tampered or damaged file is
-refused with a message that says which file and why, never run.
+Models come from the bundled ``assets/models/`` and from the user's models folder. A model
+*package* (manifest + ``.onnx``) is used only when it is trusted (:mod:`desktop.engine.trust`):
+its manifest carries a valid Ed25519 signature by a key embedded in the app, the model file
+matches the manifest's sha256, and, for the bundled folder, the package matches the digest
+pinned in :mod:`desktop.engine.pins`. A signed user model replaces a bundled one with the same
+id unless it is older; anything unsigned, altered or damaged is refused with a message that
+names the file (kept in :attr:`ModelSet.problems` for the CLI and GUI) and the bundled model
+is used instead. ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only) lets a package that
+fails verification load, marked ``unsigned`` on every report.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from desktop.engine.errors import BatchError, ModelError
 from desktop.engine.inference import Device, DeviceReport, OnnxModel, create_session
 from desktop.engine.manifest import ModelManifest, load_verified_model, read_manifest
 from desktop.engine.paths import bundled_models_dir, user_models_dir
+from desktop.engine.trust import ALLOW_UNSIGNED_ENV, allow_unsigned, check_pin, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,11 @@ class ModelSet:
         """Identifies the exact model versions: results are cached per scan and per key."""
         return "|".join(m.key for m in self.manifests.values())
 
+    @property
+    def unsigned(self) -> tuple[str, ...]:
+        """Ids of models loaded without verification (developer option): reports say so."""
+        return tuple(mid for mid, m in self.manifests.items() if m.unsigned)
+
 
 def _outputs_of(manifest: ModelManifest) -> list[str]:
     names = [manifest.probabilities_output]
@@ -85,10 +97,49 @@ def _outputs_of(manifest: ModelManifest) -> list[str]:
     return names
 
 
+def verify_package(manifest: ModelManifest, bundled: bool) -> tuple[ModelManifest, str | None]:
+    """Check a package's signature (and, when ``bundled``, its pin); returns it marked.
+
+    Call after :func:`load_verified_model` succeeded: the model bytes then match
+    ``manifest.sha256``, which the signature and the pin cover. Raises :class:`ModelError`
+    naming the file; under the developer option the package is returned marked ``unsigned``
+    with a note saying why, instead.
+    """
+    if manifest.path is None:
+        raise ModelError(f"manifest of {manifest.id} was not read from a file")
+    try:
+        signer = verify_signature(manifest.raw, manifest.path)
+        if bundled:
+            check_pin(manifest.raw, manifest.sha256, manifest.path)
+    except ModelError as exc:
+        if not allow_unsigned():
+            raise
+        note = (
+            f"{exc} — used anyway because {ALLOW_UNSIGNED_ENV} is set; every report is "
+            f"marked 'unsigned models'"
+        )
+        return replace(manifest, unsigned=True), note
+    return replace(manifest, signed_by=signer), None
+
+
 def load_model(
-    manifest: ModelManifest, device: Device, threads: int | None = None
+    manifest: ModelManifest,
+    device: Device,
+    threads: int | None = None,
+    *,
+    bundled: bool = False,
+    problems: list[str] | None = None,
 ) -> tuple[LoadedModel, DeviceReport]:
+    """Verify a package (model bytes, signature, pin when ``bundled``) and open a session.
+
+    Notes about packages accepted only through the developer option go to ``problems``.
+    """
     data = load_verified_model(manifest)
+    manifest, note = verify_package(manifest, bundled)
+    if note is not None:
+        log.warning("unsigned model: %s", note)
+        if problems is not None:
+            problems.append(note)
     session, report = create_session(data, manifest.id, device, threads)
     try:
         model = OnnxModel(session, manifest.input_name, _outputs_of(manifest))
@@ -104,24 +155,32 @@ def load_model_set(
 ) -> ModelSet:
     """Load the gate and every finding model, verified. Raises BatchError when unusable.
 
-    A user model that fails verification is refused with a warning and the bundled model of
-    the same id, if any, is used instead, so one bad download does not stop a clinic.
+    A user model that fails verification (unsigned, altered, damaged, or older than the
+    bundled one) is refused with a warning and the bundled model of the same id, if any, is
+    used instead, so one bad download does not stop a clinic and none changes a result
+    silently. Packages in the bundled folder must also match their pinned digests.
     """
     folders = list(dirs) if dirs is not None else default_model_dirs()
+    bundled_dir = bundled_models_dir().resolve()
     problems: list[str] = []
-    candidates: dict[str, list[ModelManifest]] = {}
+    candidates: dict[str, list[tuple[ModelManifest, bool]]] = {}
     for folder in folders:
         found = discover_manifests([folder])
         problems.extend(found.problems)
+        bundled = folder.resolve() == bundled_dir
         for manifest in found.manifests.values():
-            candidates.setdefault(manifest.id, []).insert(0, manifest)  # later folders first
+            # later folders first
+            candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
     loaded: dict[str, LoadedModel] = {}
     reports: list[DeviceReport] = []
     for model_id, options in candidates.items():
-        for manifest in options:
+        for manifest, bundled in options:
             try:
-                model, report = load_model(manifest, device, threads)
+                _refuse_downgrade(manifest, options)
+                model, report = load_model(
+                    manifest, device, threads, bundled=bundled, problems=problems
+                )
             except ModelError as exc:
                 problems.append(str(exc))
                 log.warning("model refused: %s", exc)
@@ -144,6 +203,28 @@ def load_model_set(
     return ModelSet(gates[0], dict(sorted(findings.items())), device_report, problems)
 
 
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    parts = version.split(".")
+    if not all(re.fullmatch(r"\d+", p) for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _refuse_downgrade(manifest: ModelManifest, options: list[tuple[ModelManifest, bool]]) -> None:
+    """A user model older than the bundled one of the same id is refused (no rollback to an
+    older signed release, whose thresholds may have been superseded for a reason)."""
+    if allow_unsigned():
+        return
+    mine = _version_tuple(manifest.version)
+    for other, bundled in options:
+        theirs = _version_tuple(other.version)
+        if bundled and other is not manifest and mine and theirs and mine < theirs:
+            raise ModelError(
+                f"model package {manifest.path} ({manifest.id} {manifest.version}) is older "
+                f"than the bundled {manifest.id} {other.version}; not used"
+            )
+
+
 def _combine(reports: list[DeviceReport], device: Device) -> DeviceReport:
     providers = {r.provider for r in reports}
     if len(providers) == 1:
@@ -154,4 +235,8 @@ def _combine(reports: list[DeviceReport], device: Device) -> DeviceReport:
 
 def summarize(manifests: Mapping[str, ModelManifest]) -> list[str]:
     """One line per model for the CLI and the About dialog."""
-    return [f"{m.id} {m.version} ({m.name}) sha256 {m.sha256[:12]}" for m in manifests.values()]
+    return [
+        f"{m.id} {m.version} ({m.name}) sha256 {m.sha256[:12]}, "
+        + ("UNSIGNED (developer option)" if m.unsigned else f"signed by {m.signed_by or '?'}")
+        for m in manifests.values()
+    ]

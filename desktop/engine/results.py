@@ -1,18 +1,31 @@
-"""What screening produces for one file, and how flags follow from an operating point.
+"""What screening produces for one file, and the rules every face applies to it.
 
-Flags are never stored: a result keeps probabilities, and :func:`is_flagged` applies the
-operating point chosen at display or report time, so changing it needs no re-run.
+This module is the one home of the rules the CLI, the window and the reports all show
+(ARCHITECTURE.md, "Where each rule lives"):
+
+* **the flag rule** — :func:`is_flagged` / :func:`finding_flags` / :func:`flags_for`;
+* **the status words** — :data:`STATUS_TEXT`;
+* **the counts** — :class:`BatchCounts`, built from any iterable of results and an operating
+  point.
+
+Flags are never stored: a result keeps probabilities, and the flag rule applies the operating
+point chosen at display or report time, so changing it needs no re-run. A change to any of
+these rules is made here, and every face follows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
+from desktop.engine.errors import ModelError
 from desktop.engine.manifest import ModelManifest, OperatingPoint
+
+log = logging.getLogger(__name__)
 
 #: Longest side, in pixels, of the thumbnail kept with every result.
 THUMBNAIL_SIZE = 384
@@ -22,6 +35,23 @@ class ScanStatus(StrEnum):
     OK = "ok"  # screened by every finding model
     NOT_CHEST_XRAY = "not_chest_xray"  # the modality gate refused it; reason says why
     ERROR = "error"  # could not be read or screened; reason says why
+
+
+#: The words every face shows for a status: the table's Status column, the PDF, the viewer.
+#: The CSV and JSON keep the stable codes (``ScanStatus`` values) for programs.
+STATUS_TEXT: Mapping[ScanStatus, str] = {
+    ScanStatus.OK: "Screened",
+    ScanStatus.NOT_CHEST_XRAY: "Not a chest X-ray",
+    ScanStatus.ERROR: "Error",
+}
+
+
+def status_text(status: ScanStatus | str) -> str:
+    """The human wording of ``status`` (the code itself for one this build does not know)."""
+    try:
+        return STATUS_TEXT[ScanStatus(status)]
+    except (KeyError, ValueError):
+        return str(status)
 
 
 @dataclass(frozen=True)
@@ -103,20 +133,119 @@ class ThresholdChoice:
 
 
 def is_flagged(probability: float, point: OperatingPoint) -> bool:
-    """A scan is flagged when the positive probability reaches the threshold."""
+    """The flag rule: a finding is flagged when its positive probability reaches the threshold."""
     return probability >= point.threshold
+
+
+def operating_points(
+    manifests: Mapping[str, ModelManifest], choice: ThresholdChoice, *, strict: bool = True
+) -> dict[str, OperatingPoint | None]:
+    """Each finding model's operating point under ``choice``, in ``manifests`` order.
+
+    ``strict`` (reports, CLI) raises :class:`ModelError` for a model without the named point,
+    so nothing is written under a point that does not exist; otherwise (the window, where the
+    user is still choosing) that model gets ``None`` and shows no flag.
+    """
+    points: dict[str, OperatingPoint | None] = {}
+    for model_id, manifest in manifests.items():
+        if manifest.role != "finding":
+            continue
+        try:
+            points[model_id] = choice.resolve(manifest)
+        except ModelError as exc:
+            if strict:
+                raise
+            log.warning("operating point %s: %s", choice.label(), exc)
+            points[model_id] = None
+    return points
+
+
+def finding_flags(
+    result: ScanResult, points: Mapping[str, OperatingPoint | None]
+) -> dict[str, bool | None]:
+    """Each model's flag for ``result`` under resolved ``points``, in their order.
+
+    ``None`` where the model did not run on this scan (refused, unreadable) or has no point.
+    """
+    out: dict[str, bool | None] = {}
+    for model_id, point in points.items():
+        finding = result.findings.get(model_id)
+        out[model_id] = (
+            None if finding is None or point is None else is_flagged(finding.probability, point)
+        )
+    return out
 
 
 def flags_for(
     result: ScanResult, manifests: Mapping[str, ModelManifest], choice: ThresholdChoice
 ) -> dict[str, bool | None]:
     """Each finding model's flag for ``result`` (None where the model did not run)."""
-    out: dict[str, bool | None] = {}
-    for model_id, manifest in manifests.items():
-        if manifest.role != "finding":
-            continue
-        finding = result.findings.get(model_id)
-        out[model_id] = (
-            None if finding is None else is_flagged(finding.probability, choice.resolve(manifest))
+    return finding_flags(result, operating_points(manifests, choice))
+
+
+def any_flagged(flags: Mapping[str, bool | None]) -> bool:
+    """A scan is flagged when any finding model flags it."""
+    return any(bool(flag) for flag in flags.values())
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """The totals every face states for a set of results: CLI summary, window, reports.
+
+    Build it with :meth:`of` (manifests + choice) or :meth:`tally` (resolved points); counts
+    of two chunks add up with ``+``, so a table can count rows as they arrive.
+    """
+
+    total: int = 0
+    screened: int = 0
+    not_chest_xray: int = 0
+    errors: int = 0
+    flagged: Mapping[str, int] = field(default_factory=dict)  # per finding model id
+    flagged_any: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        results: Iterable[ScanResult],
+        manifests: Mapping[str, ModelManifest],
+        choice: ThresholdChoice,
+    ) -> BatchCounts:
+        """Count ``results`` at ``choice`` (raises ModelError for an unknown point)."""
+        return cls.tally(results, operating_points(manifests, choice))
+
+    @classmethod
+    def tally(
+        cls, results: Iterable[ScanResult], points: Mapping[str, OperatingPoint | None]
+    ) -> BatchCounts:
+        """Count ``results`` under already-resolved ``points`` (one pass; any iterable)."""
+        by_status = dict.fromkeys(ScanStatus, 0)
+        flagged = dict.fromkeys(points, 0)
+        flagged_any = total = 0
+        for result in results:
+            total += 1
+            by_status[result.status] = by_status.get(result.status, 0) + 1
+            flags = finding_flags(result, points)
+            for model_id, flag in flags.items():
+                flagged[model_id] += bool(flag)
+            flagged_any += any_flagged(flags)
+        return cls(
+            total=total,
+            screened=by_status[ScanStatus.OK],
+            not_chest_xray=by_status[ScanStatus.NOT_CHEST_XRAY],
+            errors=by_status[ScanStatus.ERROR],
+            flagged=flagged,
+            flagged_any=flagged_any,
         )
-    return out
+
+    def __add__(self, other: BatchCounts) -> BatchCounts:
+        flagged = dict(self.flagged)
+        for model_id, n in other.flagged.items():
+            flagged[model_id] = flagged.get(model_id, 0) + n
+        return BatchCounts(
+            total=self.total + other.total,
+            screened=self.screened + other.screened,
+            not_chest_xray=self.not_chest_xray + other.not_chest_xray,
+            errors=self.errors + other.errors,
+            flagged=flagged,
+            flagged_any=self.flagged_any + other.flagged_any,
+        )

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from desktop.engine.discovery import Discovered, discover
 from desktop.engine.errors import BatchError, ScanError, ScanErrorCode
-from desktop.engine.loading import decode_scan, read_file
+from desktop.engine.loading import read_file
+from desktop.engine.preprocess import decode_working
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.screening import PreparedScan, Screener, now_iso
@@ -281,7 +282,7 @@ class BatchRunner:
             cached = self.store.cached_result(sha, key, file)
             if cached is not None:
                 return _Reused(seq, cached)
-            scan = decode_scan(path, data, sha)
+            scan = decode_working(path, data, sha)
             del data
             return _Ready(seq, self.screener.prepare(scan), stat.st_size, stat.st_mtime_ns)
         except ScanError as exc:

@@ -71,6 +71,11 @@ class Screener:
         self.specs: tuple[PreprocessSpec, ...] = tuple(dict.fromkeys(specs))
 
     def prepare(self, scan: Scan) -> PreparedScan:
+        """Every model input and the thumbnail, from one decoded working image.
+
+        ``scan`` must come from a decode with ``working_side=WORKING_SIDE`` (what the runner
+        and :func:`~desktop.engine.preprocess.prepare_file` do), so the inputs equal training's.
+        """
         inputs = {spec: preprocess(scan.pixels, spec) for spec in self.specs}
         return PreparedScan(
             file=str(scan.path),

@@ -37,6 +37,14 @@ class ReportContext:
             raise ValueError("ReportContext.created_at must be timezone-aware (UTC)")
 
     @property
+    def unsigned_models(self) -> tuple[str, ...]:
+        """Ids of models loaded without a verified signature (``MEDSCREEN_ALLOW_UNSIGNED_MODELS``).
+
+        Every report format states them, so a developer's run is never taken for a release's.
+        """
+        return tuple(mid for mid, m in self.manifests.items() if m.unsigned)
+
+    @property
     def finding_ids(self) -> tuple[str, ...]:
         """Ids of the finding models, in manifest order: the report's score/flag columns."""
         return tuple(mid for mid, m in self.manifests.items() if m.role == "finding")

@@ -295,6 +295,8 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
     stamp = ctx.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()
     disclaimer = Paragraph(_t(DISCLAIMER), footer_style)
     left_text = f"{ctx.title} · {stamp}"
+    if ctx.unsigned_models:  # developer option: on every page, not only the cover
+        left_text += " · UNSIGNED MODELS"
 
     class NumberedCanvas(rl_canvas.Canvas):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -395,6 +397,15 @@ def _cover(
             "included (opted in)" if ctx.include_identifiers else "not included",
         ),
     ]
+    if ctx.unsigned_models:
+        details.append(
+            (
+                "UNSIGNED MODELS",
+                f"{', '.join(ctx.unsigned_models)}: loaded without a verified signature "
+                f"(developer option MEDSCREEN_ALLOW_UNSIGNED_MODELS); not a released model, "
+                f"not for clinical use",
+            )
+        )
     story += [_kv_table(details, st), Spacer(1, 5 * mm)]
 
     story.append(Paragraph("Counts", st["h2"]))

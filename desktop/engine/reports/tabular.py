@@ -52,7 +52,9 @@ def csv_columns(ctx: ReportContext) -> tuple[str, ...]:
     """The CSV header for ``ctx``: a score and flag column per finding model, in order."""
     findings = tuple(col for mid in ctx.finding_ids for col in (f"{mid}_score", f"{mid}_flag"))
     extra = _IDENTIFIER_COLUMNS if ctx.include_identifiers else ()
-    return (*_HEAD, *findings, *_TAIL, *extra)
+    # developer option only: the column is there exactly when a model was not verified
+    unsigned = ("unsigned_models",) if ctx.unsigned_models else ()
+    return (*_HEAD, *findings, *_TAIL, *extra, *unsigned)
 
 
 def safe_cell(text: str) -> str:
@@ -93,6 +95,8 @@ def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]
     ]
     if ctx.include_identifiers:
         row += [safe_cell(text) for text in identifiers(result)]
+    if ctx.unsigned_models:
+        row.append("; ".join(ctx.unsigned_models))
     return row
 
 
@@ -135,6 +139,8 @@ def _model_info(manifest: ModelManifest) -> dict[str, Any]:
         "positive_label": manifest.positive_label,
         "sha256": manifest.sha256,
         "key": manifest.key,
+        "manifest_sha256": manifest.manifest_sha256,
+        "signed": not manifest.unsigned,
         "metrics": _jsonable(manifest.metrics),
     }
 
@@ -206,6 +212,7 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
             "clinic_name": ctx.clinic_name,
             "operator": ctx.operator,
             "include_identifiers": ctx.include_identifiers,
+            "unsigned_models": list(ctx.unsigned_models),
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
