@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--operating-point",
             default=None,
             metavar="NAME|THRESHOLD",
-            help="'screening' (default), 'balanced', or a threshold in [0, 1]",
+            help="'screening' (default), 'balanced', a saved site point 'site:NAME' "
+            "(see 'medscreen site list'), or a threshold in [0, 1]",
         )
         p.add_argument(
             "--report",
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models, their versions and the device")
     common(models)
 
+    from desktop.cli_calibrate import add_commands as add_calibration_commands
+
+    add_calibration_commands(sub, common)  # calibrate, site
+
     sub.add_parser("gui", help="open the desktop window (the default)")
     return parser
 
@@ -132,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _history(args)
         if args.command == "models":
             return _models(args)
+        if args.command in ("calibrate", "site"):
+            from desktop.cli_calibrate import run as run_calibration_command
+
+            return run_calibration_command(args)
         return _classify(args)
     except MedScreenError as exc:
         print(f"medscreen: error: {exc}", file=sys.stderr)
@@ -182,6 +191,12 @@ def _models(args: argparse.Namespace) -> int:
             print(f"    {point.describe()}")
     for problem in models.problems:
         print(f"warning: {problem}")
+    from desktop.cli_calibrate import site_point_lines
+
+    sites = site_point_lines(models.manifests)
+    if sites:
+        print("site operating points (use as --operating-point site:NAME):")
+        print("\n".join(f"  {line}" for line in sites))
     return 0
 
 
@@ -220,7 +235,13 @@ def _classify(args: argparse.Namespace) -> int:
     models = _load_models(args)
     for manifest in models.manifests.values():
         if manifest.role == "finding":
-            choice.resolve(manifest)  # an unknown operating point fails now, not at the end
+            point = choice.resolve(manifest)  # an unknown operating point fails now, not at the end
+            if choice.site is not None and point.name != choice.name:
+                print(
+                    f"medscreen: note: {choice.name} holds no calibration of {manifest.id}; "
+                    f"its default point {point.name} is used",
+                    file=sys.stderr,
+                )
     for problem in models.problems:
         print(f"medscreen: warning: {problem}", file=sys.stderr)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from desktop.engine.errors import ModelError
 from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.site_points import SitePoint, SitePointError, SitePointStore, is_site_choice
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +103,29 @@ class ThresholdChoice:
     """The user's operating point: a manifest point by name, or one custom threshold.
 
     A name is resolved per model (each model brings its own thresholds); a number applies to
-    every finding model.
+    every finding model. ``site:NAME`` is a site operating point (:mod:`site_points`): its
+    saved record is read once, when the choice is made, and travels in ``site``; each model
+    resolves to its site threshold if the point calibrated that exact model version, to its
+    manifest default if the point has no calibration for it, and fails (ModelError) if the
+    point was calibrated on another version of it.
     """
 
     name: str | None = None
     threshold: float | None = None
+    site: SitePoint | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def parse(cls, text: str | None) -> ThresholdChoice:
-        """``None``/``""`` → each model's default; ``"0.4"`` → custom; ``"balanced"`` → named."""
+    def parse(cls, text: str | None, sites: SitePointStore | None = None) -> ThresholdChoice:
+        """``None``/``""`` → each model's default; ``"0.4"`` → custom; ``"balanced"`` → named;
+        ``"site:NAME"`` → the saved site point (ValueError if there is none by that name)."""
         if not text:
             return cls()
+        if is_site_choice(text):
+            try:
+                point = (sites or SitePointStore.default()).require(text)
+            except SitePointError as exc:
+                raise ValueError(str(exc)) from exc
+            return cls(name=point.choice_name, site=point)
         try:
             value = float(text)
         except ValueError:
@@ -124,6 +137,10 @@ class ThresholdChoice:
     def resolve(self, manifest: ModelManifest) -> OperatingPoint:
         if self.threshold is not None:
             return OperatingPoint(name="custom", threshold=self.threshold)
+        if self.site is not None:
+            return self.site.point_for(manifest) or manifest.operating_point(None)
+        if is_site_choice(self.name):
+            raise ModelError(f"site operating point {self.name} was not loaded")
         return manifest.operating_point(self.name)
 
     def label(self) -> str:

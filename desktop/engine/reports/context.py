@@ -8,6 +8,7 @@ from datetime import datetime
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.results import ThresholdChoice
+from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,26 @@ class ReportContext:
     def points(self) -> dict[str, OperatingPoint]:
         """Each finding model's resolved operating point (raises ModelError if it has none)."""
         return {mid: self.choice.resolve(m) for mid, m in self.finding_manifests.items()}
+
+    def site_calibrations(self) -> dict[str, SiteCalibration]:
+        """The site calibration behind each model's threshold, for models that use one.
+
+        Every report states it (date, n, CIs): a site threshold is only as good as the
+        labelled scans it was set on, and the reader must be able to see that.
+        """
+        return {
+            mid: p.calibration
+            for mid, p in self.points().items()
+            if isinstance(p, SiteOperatingPoint) and p.calibration is not None
+        }
+
+    def site_calibration_lines(self) -> list[str]:
+        """``tb: site:NAME — threshold …, calibrated … on n scans`` per calibrated model."""
+        points = self.points()
+        return [
+            f"{mid}: {points[mid].name} — {cal.summary()}"
+            for mid, cal in self.site_calibrations().items()
+        ]
 
     def operating_point_label(self) -> str:
         """A short name for the operating point: ``screening``, ``custom 0.4``, or per model."""

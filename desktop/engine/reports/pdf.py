@@ -397,6 +397,7 @@ def _cover(
             "included (opted in)" if ctx.include_identifiers else "not included",
         ),
     ]
+    details += [("Site threshold", line) for line in ctx.site_calibration_lines()]
     if ctx.unsigned_models:
         details.append(
             (
@@ -447,7 +448,14 @@ def _cover(
         Paragraph(
             "A scan is flagged when a model's score reaches that model's threshold. "
             "Sensitivity and specificity were measured on the model's validation data; "
-            "they may differ on this clinic's patients and equipment.",
+            "they may differ on this clinic's patients and equipment."
+            + (
+                " For a site threshold (site:…) they were measured on the site's own labelled "
+                "scans: see Site threshold above for the date, the number of scans and the "
+                "confidence intervals."
+                if ctx.site_calibrations()
+                else ""
+            ),
             st["muted"],
         )
     )

@@ -198,6 +198,7 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
     from desktop import DISCLAIMER
 
     points = ctx.points()
+    sites = ctx.site_calibrations()
     counts = count(results, ctx)
     return {
         "schema": JSON_SCHEMA,
@@ -222,8 +223,10 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
                 mid: {
                     "name": p.name,
                     "threshold": p.threshold,
-                    "validation_sensitivity": p.sensitivity,
-                    "validation_specificity": p.specificity,
+                    # a site point's figures are the site's, stated in site_calibration
+                    "validation_sensitivity": None if mid in sites else p.sensitivity,
+                    "validation_specificity": None if mid in sites else p.specificity,
+                    "site_calibration": sites[mid].to_dict() if mid in sites else None,
                 }
                 for mid, p in points.items()
             },
