@@ -48,3 +48,19 @@ def user_models_dir() -> Path:
 
 def bundled_models_dir() -> Path:
     return assets_dir() / "models"
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A file name as people should see it: undecodable bytes become U+FFFD (�).
+
+    POSIX file names are bytes; Python keeps a name that is not valid UTF-8 (``caf\\xe9.png``
+    from an old USB stick) with surrogate escapes, which a CSV, JSON or PDF encoder and Qt
+    refuse. The store keeps the exact name (see ``store``); reports, logs and the window
+    show this readable form, and valid names are returned unchanged.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", errors="replace")
+    return text

@@ -29,7 +29,13 @@ from desktop.engine.preprocess import decode_working
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.screening import PreparedScan, Screener, now_iso
-from desktop.engine.store import BatchStatus, ResultsStore
+from desktop.engine.store import (
+    BatchStatus,
+    FileIdentity,
+    ResultsStore,
+    StoreError,
+    content_probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +97,8 @@ class _Failed:
 class _Ready:
     seq: int
     prepared: PreparedScan
-    size: int
-    mtime_ns: int
+    identity: FileIdentity  # the stat taken before the file was read
+    probe: str  # store.content_probe of the bytes that were hashed
 
 
 _Outcome = _Reused | _Failed | _Ready
@@ -247,7 +253,7 @@ class BatchRunner:
         for item, result in zip(ready, results, strict=True):
             if result.status is not ScanStatus.ERROR:
                 self.store.remember_file(
-                    item.prepared.file, item.size, item.mtime_ns, item.prepared.sha256
+                    item.prepared.file, item.identity, item.probe, item.prepared.sha256
                 )
             yield item.seq, result, False
 
@@ -271,20 +277,24 @@ class BatchRunner:
                 raise ScanError(
                     ScanErrorCode.UNREADABLE, f"cannot access the file: {exc.strerror or exc}"
                 ) from exc
-            if path.is_dir():
-                raise ScanError(ScanErrorCode.NOT_AN_IMAGE, "is a folder, not a scan")
-            known = self.store.known_sha(file, stat.st_size, stat.st_mtime_ns)
+            # A folder passed as a file is refused by read_file, with the loader's one code
+            # and wording (UNREADABLE, "this is a folder, not a file").
+            identity = FileIdentity.of(stat)
+            known = self.store.known_sha(file, identity)
             if known:
                 cached = self.store.cached_result(known, key, file)
                 if cached is not None:
                     return _Reused(seq, cached)
             data, sha = read_file(path)
+            probe = content_probe(data)
             cached = self.store.cached_result(sha, key, file)
             if cached is not None:
                 return _Reused(seq, cached)
             scan = decode_working(path, data, sha)
             del data
-            return _Ready(seq, self.screener.prepare(scan), stat.st_size, stat.st_mtime_ns)
+            return _Ready(seq, self.screener.prepare(scan), identity, probe)
+        except StoreError:
+            raise  # the store itself failed: that stops the batch, it is no file's fault
         except ScanError as exc:
             return _Failed(seq, _error_result(file, sha, exc.code, exc.message, key))
         except Exception as exc:  # never let one odd file stop the batch

@@ -9,37 +9,67 @@ Three things are kept:
   each file's outcome (including per-file errors, which are not cached as results). A batch
   killed halfway stays ``running`` with a dead pid; :meth:`ResultsStore.interrupted_batches`
   finds it and the runner resumes it without redoing a finished item.
-* ``file_index`` — (path, size, mtime) → sha256, so a resumed or repeated batch can skip a
-  finished file without reading it again.
+* ``file_index`` — path → sha256 with the file's size, mtime, inode, change time and a hash
+  of its first and last 64 KiB, so a resumed or repeated batch can skip re-reading a finished
+  file. A stored hash is trusted only when all of these still match: a file rewritten with
+  new content but the same size and mtime (a copy tool that keeps times, a PACS export that
+  reuses ``IM000001``) changes its change time and, nearly always, its head or tail, and is
+  hashed again rather than given another image's result.
 
-Every write is its own short transaction, so a power cut loses at most the scan in flight.
-Connections are per thread (SQLite objects must not cross threads); WAL lets decoder threads
-read while the main thread writes.
+Durability: every write is its own short transaction, committed in WAL mode with
+``synchronous=FULL``, so each committed scan has been flushed to disk (fsync) before the
+runner reports it. A crash, ``kill -9`` or power cut loses at most the scans in flight, never
+a committed one. (``NORMAL`` would be faster but may roll back the last commits on power loss;
+the cost of ``FULL`` is measured by ``benchmarks/bench_store_sync.py``.)
+
+File names are stored losslessly: a name that is valid Unicode is stored as text, one that is
+not (POSIX names are bytes: ``caf\\xe9.png`` from an old USB stick) as its raw bytes (a BLOB),
+and read back to the same ``str`` Python uses for it (surrogate escapes), so the file can be
+opened again on resume. :func:`desktop.engine.paths.display_path` shows such names readably.
+
+The database holds file paths, content hashes, scores, thumbnails and DICOM metadata
+(patient identifiers included, for the opt-in reports), so it is created with mode 0600 and
+a folder MedScreen creates for it with mode 0700. Connections are per thread (SQLite objects
+must not cross threads); WAL lets decoder threads read while the main thread writes.
+
+Any SQLite failure (damaged file, read-only file, full disk) becomes a :class:`StoreError`
+that names the file and says what to do: the batch stops with that message, never with a
+traceback and never by recording the failure as if it were one scan's problem.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import json
 import logging
 import os
 import socket
 import sqlite3
+import stat
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from desktop.engine.errors import BatchError
+from desktop.engine.paths import display_path, user_data_dir
+from desktop.engine.processes import pid_alive
 from desktop.engine.results import FindingResult, ScanResult, ScanStatus
 from desktop.engine.screening import now_iso
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Bytes hashed at each end of a file for the file index's cheap content check.
+PROBE_BYTES = 64 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,9 +115,168 @@ CREATE TABLE IF NOT EXISTS file_index (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    sha256 TEXT NOT NULL
+    sha256 TEXT NOT NULL,
+    ino INTEGER,
+    ctime_ns INTEGER,
+    probe TEXT
 );
 """
+
+#: Steps from each older schema version to the next, run in one transaction on open.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 → 2: the file index gains the cheap content check (inode, change time, head/tail
+    # hash). Version-1 entries cannot be checked, so they are dropped: they are only a
+    # shortcut — those files are hashed once more, and their results are still found by hash.
+    1: (
+        "ALTER TABLE file_index ADD COLUMN ino INTEGER",
+        "ALTER TABLE file_index ADD COLUMN ctime_ns INTEGER",
+        "ALTER TABLE file_index ADD COLUMN probe TEXT",
+        "DELETE FROM file_index",
+    ),
+}
+
+
+class StoreError(BatchError):
+    """The results store itself failed (damaged, read-only, full): the batch cannot go on."""
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A message that names the file, says what went wrong in plain words and what to do."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    detail = str(exc) or type(exc).__name__
+    text = detail.lower()
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
+        return StoreError(
+            f"the results store {path} is damaged ({detail}). Move it aside and start again "
+            "(or choose another file with --db); 'sqlite3 FILE .recover' may rescue its "
+            "history."
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return StoreError(
+            f"the results store {path} is read-only ({detail}): MedScreen must write to it "
+            "and to its folder. Check their permissions, or choose another file with --db."
+        )
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return StoreError(
+            f"the disk holding the results store {path} is full ({detail}): free some space "
+            "and resume the batch ('medscreen resume')."
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return StoreError(
+            f"the results store {path} stayed locked by another program ({detail}); "
+            "try again, or choose another file with --db."
+        )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return StoreError(
+            f"cannot open the results store {path} ({detail}): check that its folder "
+            "exists and is writable, or choose another file with --db."
+        )
+    return StoreError(f"the results store {path} failed: {detail}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """Turn any :class:`sqlite3.Error` raised by a store method into a :class:`StoreError`.
+
+    Generator methods are guarded while they are iterated, not only when they are called.
+    """
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: ResultsStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return (yield from method(self, *args, **kwargs))
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def wrapper(self: ResultsStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _path_param(path: str) -> str | bytes:
+    """A file name as SQLite stores it: text when it is valid Unicode, else its raw bytes.
+
+    POSIX names are bytes; Python holds undecodable ones with surrogate escapes, which
+    SQLite's UTF-8 text cannot carry. Their exact bytes (``os.fsencode``) go in as a BLOB, so
+    the name is kept losslessly and the file can be found again.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _path_value(value: object) -> str:
+    """The ``str`` Python uses for a stored name (see :func:`_path_param`)."""
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    return str(value)
+
+
+def content_probe(data: bytes) -> str:
+    """The file index's cheap content check, from a file's whole content.
+
+    sha256 of the size and the first and last :data:`PROBE_BYTES`: equal to
+    :func:`file_probe` of the same file, which reads only those bytes.
+    """
+    head = data[:PROBE_BYTES]
+    tail = data[-PROBE_BYTES:] if len(data) > PROBE_BYTES else b""
+    return _probe(len(data), head, tail)
+
+
+def file_probe(path: str | Path) -> str:
+    """:func:`content_probe` of the file at ``path``, reading at most 2 × PROBE_BYTES."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"not a regular file: {path}")
+        head = os.pread(fd, PROBE_BYTES, 0) if hasattr(os, "pread") else os.read(fd, PROBE_BYTES)
+        tail = b""
+        if info.st_size > PROBE_BYTES:
+            os.lseek(fd, info.st_size - PROBE_BYTES, os.SEEK_SET)
+            tail = os.read(fd, PROBE_BYTES)
+        return _probe(info.st_size, head, tail)
+    finally:
+        os.close(fd)
+
+
+def _probe(size: int, head: bytes, tail: bytes) -> str:
+    digest = hashlib.sha256(str(size).encode("ascii") + b"\0")
+    digest.update(head)
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What must match before the file index trusts a stored hash without reading the file.
+
+    ``ctime_ns`` is the inode change time on POSIX: writing a file changes it and no user tool
+    can set it back, so a rewrite that restores size and mtime is still seen. (On Windows it
+    is the creation time; the head/tail probe covers that case.)
+    """
+
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> FileIdentity:
+        return cls(info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
 
 class BatchStatus:
@@ -114,7 +303,7 @@ class BatchInfo:
 
     @property
     def label(self) -> str:
-        first = self.inputs[0] if self.inputs else "(no input)"
+        first = display_path(self.inputs[0]) if self.inputs else "(no input)"
         more = f" +{len(self.inputs) - 1}" if len(self.inputs) > 1 else ""
         return f"{self.started_at[:16].replace('T', ' ')} — {first}{more}"
 
@@ -124,15 +313,15 @@ class ResultsStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BatchError(
-                f"cannot create the results folder {self.path.parent}: {exc.strerror or exc}"
-            ) from exc
+        _private_file(self.path)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._open_schema()
+
+    @_guarded
+    def _open_schema(self) -> None:
+        """Create the tables, or bring an older database up to :data:`SCHEMA_VERSION`."""
         db = self._db()
         db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._write() as db:
@@ -140,13 +329,20 @@ class ResultsStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        version = self._db().execute("SELECT value FROM meta WHERE key='schema_version'")
-        found = int(version.fetchone()[0])
-        if found != SCHEMA_VERSION:
-            raise BatchError(
-                f"results store {self.path} has schema version {found}; this MedScreen "
-                f"understands {SCHEMA_VERSION}. Use --db to choose another file."
+            found = int(
+                db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
             )
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"results store {self.path} has schema version {found}, from a newer "
+                    f"MedScreen; this one understands {SCHEMA_VERSION}. Use --db to choose "
+                    "another file."
+                )
+            for version in range(found, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                log.info("results store migrated from schema %d to %d", version, version + 1)
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     # -- connections ---------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -159,10 +355,12 @@ class ResultsStore:
                     self.path, timeout=30.0, isolation_level=None, check_same_thread=False
                 )
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes
+                # FULL: each commit is fsynced before it returns, so a scan the runner has
+                # reported survives a power cut (WAL + NORMAL may roll the last ones back).
+                db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:
-                raise BatchError(f"cannot open the results store {self.path}: {exc}") from exc
+                raise _store_error(self.path, exc) from exc
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -175,7 +373,8 @@ class ResultsStore:
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            with suppress(sqlite3.Error):  # keep the original error, not a failed rollback's
+                db.execute("ROLLBACK")
             raise
         else:
             db.execute("COMMIT")
@@ -188,6 +387,7 @@ class ResultsStore:
         self._local = threading.local()
 
     # -- batches -------------------------------------------------------------------------
+    @_guarded
     def create_batch(self, inputs: Sequence[str], models_key: str, device: str) -> str:
         batch_id = uuid.uuid4().hex[:12]
         with self._write() as db:
@@ -207,6 +407,7 @@ class ResultsStore:
             )
         return batch_id
 
+    @_guarded
     def claim_batch(self, batch_id: str, models_key: str, device: str) -> None:
         """Mark an interrupted batch as running again in this process (resume)."""
         with self._write() as db:
@@ -223,15 +424,17 @@ class ResultsStore:
                 ),
             )
 
+    @_guarded
     def set_items(self, batch_id: str, files: Sequence[str]) -> None:
         """Record the batch's file list (once, after discovery); keeps finished items."""
         with self._write() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO batch_items(batch_id, seq, file) VALUES (?, ?, ?)",
-                ((batch_id, i, f) for i, f in enumerate(files)),
+                ((batch_id, i, _path_param(f)) for i, f in enumerate(files)),
             )
             db.execute("UPDATE batches SET total=? WHERE id=?", (len(files), batch_id))
 
+    @_guarded
     def finish_batch(self, batch_id: str, status: str) -> None:
         with self._write() as db:
             db.execute(
@@ -239,10 +442,12 @@ class ResultsStore:
                 (status, now_iso(), batch_id),
             )
 
+    @_guarded
     def batch(self, batch_id: str) -> BatchInfo | None:
         rows = self._batch_rows("WHERE b.id = ?", (batch_id,))
         return rows[0] if rows else None
 
+    @_guarded
     def batches(self, limit: int = 200) -> list[BatchInfo]:
         return self._batch_rows("ORDER BY b.started_at DESC LIMIT ?", (limit,))
 
@@ -274,6 +479,7 @@ class ResultsStore:
             )
         return out
 
+    @_guarded
     def interrupted_batches(self) -> list[BatchInfo]:
         """Batches left ``running`` by a process that no longer exists (crash, kill -9)."""
         host = socket.gethostname()
@@ -281,18 +487,20 @@ class ResultsStore:
         for info in self._batch_rows(
             "WHERE b.status = ? ORDER BY b.started_at DESC", (BatchStatus.RUNNING,)
         ):
-            alive = info.host == host and info.pid is not None and _pid_alive(info.pid)
+            alive = info.host == host and info.pid is not None and pid_alive(info.pid)
             if not alive or info.pid == os.getpid():
                 out.append(info)
         return out
 
+    @_guarded
     def pending_items(self, batch_id: str) -> list[tuple[int, str]]:
         rows = self._db().execute(
             "SELECT seq, file FROM batch_items WHERE batch_id=? AND status IS NULL ORDER BY seq",
             (batch_id,),
         )
-        return [(int(seq), file) for seq, file in rows]
+        return [(int(seq), _path_value(file)) for seq, file in rows]
 
+    @_guarded
     def item_count(self, batch_id: str) -> int:
         row = (
             self._db()
@@ -302,6 +510,7 @@ class ResultsStore:
         return int(row[0])
 
     # -- results -------------------------------------------------------------------------
+    @_guarded
     def record(self, batch_id: str, seq: int, result: ScanResult) -> None:
         """Commit one finished item (and its result, if screened) in one transaction."""
         with self._write() as db:
@@ -338,24 +547,57 @@ class ResultsStore:
                 ),
             )
 
-    def remember_file(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+    @_guarded
+    def remember_file(self, path: str, identity: FileIdentity, probe: str, sha256: str) -> None:
+        """Index a file just hashed: ``identity`` from the stat taken *before* it was read and
+        ``probe`` (:func:`content_probe`) from the bytes that were hashed."""
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO file_index(path, size, mtime_ns, sha256) VALUES (?,?,?,?)",
-                (path, size, mtime_ns, sha256),
+                "INSERT OR REPLACE INTO file_index(path, size, mtime_ns, sha256, ino, ctime_ns,"
+                " probe) VALUES (?,?,?,?,?,?,?)",
+                (
+                    _path_param(path),
+                    identity.size,
+                    identity.mtime_ns,
+                    sha256,
+                    identity.ino,
+                    identity.ctime_ns,
+                    probe,
+                ),
             )
 
-    def known_sha(self, path: str, size: int, mtime_ns: int) -> str | None:
+    @_guarded
+    def known_sha(self, path: str, identity: FileIdentity) -> str | None:
+        """The stored content hash of ``path``, if the file is provably unchanged since.
+
+        Size, mtime, inode and change time must all match, and then the hash of the file's
+        first and last 64 KiB (read now) must match too; otherwise None, and the caller
+        reads and hashes the whole file.
+        """
         row = (
             self._db()
             .execute(
-                "SELECT sha256 FROM file_index WHERE path=? AND size=? AND mtime_ns=?",
-                (path, size, mtime_ns),
+                "SELECT sha256, probe FROM file_index WHERE path=? AND size=? AND mtime_ns=?"
+                " AND ino=? AND ctime_ns=?",
+                (
+                    _path_param(path),
+                    identity.size,
+                    identity.mtime_ns,
+                    identity.ino,
+                    identity.ctime_ns,
+                ),
             )
             .fetchone()
         )
-        return None if row is None else str(row[0])
+        if row is None or row[1] is None:
+            return None
+        try:
+            probe = file_probe(path)
+        except OSError:
+            return None  # reading it properly will give the right error
+        return str(row[0]) if probe == row[1] else None
 
+    @_guarded
     def cached_result(self, sha256: str, models_key: str, file: str) -> ScanResult | None:
         row = (
             self._db()
@@ -370,6 +612,7 @@ class ResultsStore:
             return None
         return _result_from_row(file, sha256, models_key, row)
 
+    @_guarded
     def thumbnail(self, sha256: str, models_key: str) -> bytes | None:
         """One result's stored thumbnail: views fetch it when a row is shown, so a table of
         10,000 results does not hold 10,000 images."""
@@ -383,6 +626,7 @@ class ResultsStore:
         )
         return None if row is None or row[0] is None else bytes(row[0])
 
+    @_guarded
     def batch_results(self, batch_id: str) -> Iterator[ScanResult]:
         """Every finished item of a batch in input order, errors included (streamed).
 
@@ -401,6 +645,7 @@ class ResultsStore:
         )
         for row in cursor:
             file, sha, status, reason, code = row[:5]
+            file = _path_value(file)
             models_key = row[14]
             if row[5] is not None and status != ScanStatus.ERROR.value:
                 yield _result_from_row(file, sha, models_key, row[5:13])
@@ -416,16 +661,41 @@ class ResultsStore:
                 )
 
 
-def _pid_alive(pid: int) -> bool:
+def _private_file(path: Path) -> None:
+    """Create the database file owner-only (0600), in an owner-only (0700) folder if new.
+
+    The store holds file paths, thumbnails and (for the opt-in reports) patient identifiers:
+    other accounts on a shared clinic PC must not read it. SQLite gives its ``-wal`` and
+    ``-shm`` files the database file's mode. An existing database made readable by an
+    older version is tightened; a folder the user chose that already exists is left alone,
+    except MedScreen's own data folder.
+    """
+    folder = path.parent
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True)
+        elif folder.resolve() == user_data_dir().resolve() and os.name == "posix":
+            os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the results folder {folder}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    except OSError as exc:
+        if not path.exists():
+            raise StoreError(
+                f"cannot create the results store {path}: {exc.strerror or exc}; "
+                "choose another file with --db"
+            ) from exc
+        return  # exists but cannot be opened for writing: SQLite explains it next
+    try:
+        if os.name == "posix" and stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
     except OSError:
-        return False
-    return True
+        log.warning("could not make the results store owner-only: %s", path.name)
+    finally:
+        os.close(fd)
 
 
 def _detail_json(result: ScanResult) -> str:
