@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -27,7 +26,7 @@ from desktop.engine.errors import BatchError, MedScreenError
 from desktop.engine.inference import choose_device
 from desktop.engine.paths import default_db_path
 from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
-from desktop.engine.results import ScanResult, ThresholdChoice, flags_for
+from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
 from desktop.engine.store import ResultsStore
 
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
     from desktop.engine.reports import ReportContext
 
 log = logging.getLogger("medscreen.cli")
-
-REPORT_FORMATS = ("csv", "json", "pdf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,19 +210,20 @@ def check_writable(folder: Path) -> None:
         ) from exc
 
 
-def _parse_formats(text: str) -> list[str]:
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in REPORT_FORMATS]
-    if unknown:
-        raise BatchError(f"unknown report format(s) {unknown}; choose from {REPORT_FORMATS}")
-    return formats
-
-
 def _classify(args: argparse.Namespace) -> int:
-    from desktop.engine.reports import ReportContext, write_csv, write_json, write_reports
+    from desktop.engine.reports import (
+        ReportContext,
+        parse_formats,
+        write_csv,
+        write_json,
+        write_reports,
+    )
 
     out: Path = args.out
-    formats = _parse_formats(args.report)
+    try:
+        formats = parse_formats([args.report])  # the engine's one parser, before any work
+    except ValueError as exc:
+        raise BatchError(str(exc)) from exc
     try:
         choice = ThresholdChoice.parse(args.operating_point)
     except ValueError as exc:
@@ -276,13 +274,10 @@ def _classify(args: argparse.Namespace) -> int:
     bar.close()
 
     batch_id = summary.batch_id if summary else _latest_batch(store)
-    ctx = ReportContext(
-        batch_id=batch_id,
-        created_at=datetime.now(UTC),
-        app_version=__version__,
-        manifests=models.manifests,
-        choice=choice,
-        device=models.device.describe(),
+    ctx = ReportContext.for_batch(
+        batch_id,
+        models,
+        choice,
         clinic_name=args.clinic,
         operator=args.operator,
         include_identifiers=args.include_identifiers,
@@ -325,19 +320,14 @@ def _print_summary(
 ) -> None:
     manifests = ctx.manifests
     choice = ctx.choice
-    flagged: dict[str, int] = {}
-    counts = {"ok": 0, "not_chest_xray": 0, "error": 0}
-    for result in results:
-        counts[result.status.value] += 1
-        for model_id, flag in flags_for(result, manifests, choice).items():
-            flagged[model_id] = flagged.get(model_id, 0) + int(bool(flag))
+    counts = BatchCounts.of(results, manifests, choice)
     print("", file=stream)
     print(
-        f"{len(results)} files: {counts['ok']} screened, {counts['not_chest_xray']} not "
-        f"chest X-rays, {counts['error']} could not be read",
+        f"{counts.total} files: {counts.screened} screened, {counts.not_chest_xray} not "
+        f"chest X-rays, {counts.errors} could not be read",
         file=stream,
     )
-    for model_id, n in flagged.items():
+    for model_id, n in counts.flagged.items():
         point = choice.resolve(manifests[model_id])
         print(f"  {model_id}: {n} flagged at {point.describe()}", file=stream)
     if summary is not None:

@@ -266,6 +266,24 @@ def apply_window(
     return out
 
 
+def window_raw(scan: Scan, center: float, width: float) -> np.ndarray:
+    """``scan.raw`` under a (center, width) window, as the loader would have shown it.
+
+    The viewer's window/level calls this, so a re-windowed scan goes through the same VOI
+    function the file asks for (``SIGMOID``/``LINEAR_EXACT``, see :func:`apply_window`) and the
+    same MONOCHROME1 inversion as ``scan.pixels``; at the file's own window the two are equal.
+    A file whose VOI is a LUT has no (center, width) to go back to: ``scan.pixels`` is its
+    default view, and a window the user sets is applied linearly.
+    """
+    if scan.raw is None:
+        raise ValueError(f"{scan.path.name} has no raw values to window (an 8-bit image)")
+    function = scan.metadata.extra.get("voi_lut_function", "LINEAR")
+    grey = apply_window(scan.raw, center, width, function, inplace=False)
+    if (scan.metadata.photometric or "").upper() == "MONOCHROME1":
+        np.subtract(np.float32(1.0), grey, out=grey)
+    return grey
+
+
 def _grey_pipeline(
     ds: Dataset, stored: np.ndarray, keep_raw: bool, extra: dict[str, str]
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float] | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -568,11 +567,12 @@ class MainWindow(FileDropTarget, QMainWindow):
             viewer.set_choice(choice)
 
     def _update_counts(self, *_args: object) -> None:
-        rows, flagged, refused, errors = self.model.counts()
+        counts = self.model.counts()
         self.counts.setText(
-            f"{rows} scans · {flagged} flagged · {refused} not chest X-rays · {errors} errors"
+            f"{counts.total} scans · {counts.flagged_any} flagged · "
+            f"{counts.not_chest_xray} not chest X-rays · {counts.errors} errors"
         )
-        if rows and self.pages.currentIndex() == 0:
+        if counts.total and self.pages.currentIndex() == 0:
             self.pages.setCurrentIndex(1)
 
     def goto_flagged(self, step: int) -> None:
@@ -689,13 +689,10 @@ class MainWindow(FileDropTarget, QMainWindow):
             return None
         from desktop.engine.reports import ReportContext, write_reports
 
-        ctx = ReportContext(
-            batch_id=self.batch.batch_id,
-            created_at=datetime.now(UTC),
-            app_version=__version__,
-            manifests=self.models.manifests,
-            choice=self.model.choice(),
-            device=self.models.device.describe(),
+        ctx = ReportContext.for_batch(
+            self.batch.batch_id,
+            self.models,
+            self.model.choice(),
             clinic_name=self.settings.clinic_name,
             operator=self.settings.operator,
             include_identifiers=self.settings.include_identifiers,

@@ -1,11 +1,15 @@
 """The results table: a real QAbstractTableModel over ScanResults, plus its sort/filter proxy.
 
 Flags are not stored anywhere in the model. Each ``data()`` call derives them from the stored
-probabilities and the current :class:`ThresholdChoice`, so changing the operating point is one
-``dataChanged`` signal and no inference (the engine's "flags are never stored" rule, kept in
-the GUI too). Thumbnails are decoded from ``ScanResult.thumbnail_png`` only when a row is
-painted, and a bounded cache keeps the recent ones, so a 2,000-row batch costs 2,000 small
-PNG blobs in memory, not 2,000 pixmaps.
+probabilities and the current :class:`ThresholdChoice` with the engine's flag rule
+(:func:`desktop.engine.results.finding_flags`), so changing the operating point is one
+``dataChanged`` signal and no inference. The counts are the engine's :class:`BatchCounts` and
+the status words its :data:`STATUS_TEXT`: the window, the CLI and the reports cannot drift.
+
+Rows hold results without their thumbnail bytes when the model has a thumbnail loader (the
+results store): a row's thumbnail is fetched and decoded only when the row is painted, and a
+bounded cache keeps the recent pixmaps, so a 10,000-row batch holds neither 10,000 PNGs nor
+10,000 pixmaps.
 """
 
 from __future__ import annotations
@@ -29,8 +33,17 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QImage, QPixmap
 
-from desktop.engine.manifest import ModelManifest
-from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
+from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.results import (
+    BatchCounts,
+    ScanResult,
+    ScanStatus,
+    ThresholdChoice,
+    any_flagged,
+    finding_flags,
+    operating_points,
+    status_text,
+)
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_pixmap, flag_text
 from desktop.gui.qt_compat import emit
 
@@ -44,12 +57,6 @@ ResultRole = Qt.ItemDataRole.UserRole + 2
 FlaggedRole = Qt.ItemDataRole.UserRole + 3  # any finding flagged (bool)
 
 _ModelIndex = QModelIndex | QPersistentModelIndex
-
-STATUS_TEXT = {
-    ScanStatus.OK: "Screened",
-    ScanStatus.NOT_CHEST_XRAY: "Not screened",
-    ScanStatus.ERROR: "Error",
-}
 
 SHORT_NAMES = {"tb": "TB", "pneumonia": "Pneumonia"}
 #: Column order of the finding models: the order the clinic reads them in; others follow.
@@ -100,9 +107,8 @@ class ResultsModel(QAbstractTableModel):
         self._choice = ThresholdChoice()
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
-        self._points: dict[str, float] = {}
-        self._status_counts: dict[ScanStatus, int] = {}
-        self._flagged = 0
+        self._points: dict[str, OperatingPoint | None] = {}
+        self._counts = BatchCounts()
         self._rebuild_columns()
 
     # -- configuration ---------------------------------------------------------------------
@@ -139,12 +145,8 @@ class ResultsModel(QAbstractTableModel):
             )
 
     def _resolve_points(self) -> None:
-        self._points = {}
-        for model_id, manifest in self._manifests.items():
-            try:
-                self._points[model_id] = self._choice.resolve(manifest).threshold
-            except Exception as exc:  # a model without that point: show no flag, say why
-                log.warning("operating point %s: %s", self._choice.label(), exc)
+        # A model without the chosen point shows no flag (logged) rather than failing the view.
+        self._points = operating_points(self._manifests, self._choice, strict=False)
 
     def _rebuild_columns(self) -> None:
         cols: list[tuple[Column, str | None]] = [
@@ -192,26 +194,16 @@ class ResultsModel(QAbstractTableModel):
         self._recount()
         self.endResetModel()
 
-    def counts(self) -> tuple[int, int, int, int]:
-        """(rows, flagged, not chest X-rays, errors), kept up to date as rows arrive."""
-        return (
-            len(self._results),
-            self._flagged,
-            self._status_counts.get(ScanStatus.NOT_CHEST_XRAY, 0),
-            self._status_counts.get(ScanStatus.ERROR, 0),
-        )
+    def counts(self) -> BatchCounts:
+        """The engine's totals of the rows at the current point, kept up to date as rows arrive."""
+        return self._counts
 
     def _count(self, results: Iterable[ScanResult]) -> None:
         # Counted per chunk, so the status line costs nothing per row during a big batch.
-        for result in results:
-            self._status_counts[result.status] = self._status_counts.get(result.status, 0) + 1
-            if result.status is ScanStatus.OK and self.is_row_flagged(result):
-                self._flagged += 1
+        self._counts = self._counts + BatchCounts.tally(results, self._points)
 
     def _recount(self) -> None:
-        self._status_counts = {}
-        self._flagged = 0
-        self._count(self._results)
+        self._counts = BatchCounts.tally(self._results, self._points)
 
     def results(self) -> list[ScanResult]:
         return list(self._results)
@@ -226,17 +218,11 @@ class ResultsModel(QAbstractTableModel):
         return replace(result, thumbnail_png=self._thumbnail_loader(result))
 
     def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
-        out: dict[str, bool | None] = {}
-        for model_id in self._manifests:
-            finding = result.findings.get(model_id)
-            threshold = self._points.get(model_id)
-            out[model_id] = (
-                None if finding is None or threshold is None else finding.probability >= threshold
-            )
-        return out
+        """Each finding model's flag at the current point (the engine's rule)."""
+        return finding_flags(result, self._points)
 
     def is_row_flagged(self, result: ScanResult) -> bool:
-        return any(self.flags_of(result).values())
+        return any_flagged(self.flags_of(result))
 
     # -- QAbstractTableModel -------------------------------------------------------------
     def rowCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -328,7 +314,7 @@ class ResultsModel(QAbstractTableModel):
             return None
         if kind is Column.STATUS:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
-                return STATUS_TEXT.get(result.status, str(result.status))
+                return status_text(result.status)
             return None
         if kind is Column.REASON:
             text = result.reason
@@ -400,7 +386,7 @@ class ResultsProxy(QSortFilterProxyModel):
         if self._search and self._search not in Path(result.file).name.lower():
             return False
         if self._filter is Filter.FLAGGED:
-            return result.status is ScanStatus.OK and model.is_row_flagged(result)
+            return model.is_row_flagged(result)
         if self._filter is Filter.NOT_SCREENED:
             return result.status is ScanStatus.NOT_CHEST_XRAY
         if self._filter is Filter.ERRORS:

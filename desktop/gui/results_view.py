@@ -14,7 +14,7 @@ from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
-from desktop.engine.results import ScanResult
+from desktop.engine.results import STATUS_TEXT, ScanResult
 from desktop.gui.drop_area import FileDropTarget
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import THUMB_HEIGHT, Column, ResultRole, ResultsModel, ResultsProxy
@@ -64,7 +64,7 @@ class ResultsView(FileDropTarget, QTableView):
                 Column.MODALITY: metrics.horizontalAdvance("Modality") + 24,
                 Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
                 Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,
-                Column.STATUS: metrics.horizontalAdvance("Not screened") + 24,
+                Column.STATUS: max(map(metrics.horizontalAdvance, STATUS_TEXT.values())) + 24,
                 Column.REASON: metrics.horizontalAdvance("M") * 20,
             }[kind]
             header.resizeSection(col, width)

@@ -2,7 +2,10 @@
 
 It opens at once on the result's stored thumbnail (which exists even when the original file
 has moved), then reads the full-size file in a worker and swaps it in. Window/level works on
-``Scan.raw`` (modality units for DICOM, stored integers for 16-bit rasters); 8-bit images have
+``Scan.raw`` (modality units for DICOM, stored integers for 16-bit rasters) through the
+engine's windowing (:func:`desktop.engine.dicom.window_raw`: the file's VOI function and
+MONOCHROME1 inversion, exactly as the models saw it); until the user moves the window the
+viewer shows ``Scan.pixels``, the loader's own rendering (VOI LUT included). 8-bit images have
 nothing more to window, so the controls are disabled for them and say why.
 
 Patient identifiers (name, ID, birth date) are hidden until the user ticks "Show patient
@@ -37,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER
+from desktop.engine.dicom import window_raw
 from desktop.engine.loading import load_scan
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
@@ -98,6 +102,7 @@ class ScanViewer(QDialog):
         self._grey: np.ndarray | None = None  # the displayed grey image, [0, 1]
         self._raw_range: tuple[float, float] = (0.0, 1.0)
         self._window: tuple[float, float] | None = None
+        self._user_window = False  # True once the user moved the window away from the file's
         self._worker: Worker | None = None
         self.setWindowTitle(f"{Path(result.file).name} — MedScreen")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -413,15 +418,10 @@ class ScanViewer(QDialog):
         scan = self._scan
         if scan is None:
             return
-        if scan.raw is not None and self._window is not None:
-            centre, width = self._window
-            width = max(width, 1e-6)
-            grey = (np.asarray(scan.raw, dtype=np.float32) - (centre - width / 2)) / width
-            np.clip(grey, 0.0, 1.0, out=grey)
-            if (scan.metadata.photometric or "").upper() == "MONOCHROME1":
-                grey = 1.0 - grey
+        if scan.raw is not None and self._window is not None and self._user_window:
+            grey = window_raw(scan, *self._window)
         else:
-            grey = scan.pixels
+            grey = scan.pixels  # the file's own window, VOI function or VOI LUT
         self._grey = grey
         self.canvas.set_base(grey_to_qimage(grey))
 
@@ -465,6 +465,7 @@ class ScanViewer(QDialog):
         centre = lo + span * self.center.value() / SLIDER_STEPS
         width = span * self.width_slider.value() / SLIDER_STEPS
         self._window = (centre, width)
+        self._user_window = True
         self._render_timer.start()
 
     def _drag_window(self, dx: int, dy: int) -> None:
@@ -476,6 +477,7 @@ class ScanViewer(QDialog):
         width = float(np.clip(width + dx * span / 500, span / SLIDER_STEPS, span))
         centre = float(np.clip(centre + dy * span / 500, lo, hi))
         self._window = (centre, width)
+        self._user_window = True
         self._sync_sliders()
         self._render_timer.start()
 
@@ -484,6 +486,7 @@ class ScanViewer(QDialog):
             return
         lo, hi = self._raw_range
         self._window = self._scan.metadata.window or ((lo + hi) / 2, hi - lo)
+        self._user_window = False
         self._sync_sliders()
         self._render_base()
 

@@ -1,4 +1,8 @@
-"""Helpers shared by the report writers: atomic files, number formatting, counts."""
+"""Helpers shared by the report writers: atomic files, number formatting.
+
+The status words, the flag rule and the counts are the engine's (``desktop.engine.results``);
+the names below hand them to the writers, they define nothing of their own.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,16 @@ import contextlib
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from desktop.engine.reports.context import ReportContext
-from desktop.engine.results import ScanResult, ScanStatus, flags_for
+from desktop.engine.results import STATUS_TEXT as STATUS_TEXT  # the one wording
+from desktop.engine.results import BatchCounts, ScanResult, flags_for
 
-#: Human wording of each status, for the PDF (the CSV/JSON keep the stable codes).
-STATUS_TEXT = {
-    ScanStatus.OK: "screened",
-    ScanStatus.NOT_CHEST_XRAY: "not a chest X-ray",
-    ScanStatus.ERROR: "error",
-}
+#: The engine's batch totals under the name the writers use.
+Counts = BatchCounts
 
 
 @contextlib.contextmanager
@@ -69,40 +69,15 @@ def json_number(value: float | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Batch totals shown on the PDF cover and in the JSON."""
-
-    total: int
-    screened: int
-    not_chest_xray: int
-    errors: int
-    flagged: dict[str, int]  # per finding model id
-    flagged_any: int
-
-
 def scan_flags(result: ScanResult, ctx: ReportContext) -> dict[str, bool | None]:
     """Each finding model's flag (None where it did not run), in the report's column order."""
     flags = flags_for(result, ctx.finding_manifests, ctx.choice)
     return {mid: flags.get(mid) for mid in ctx.finding_ids}
 
 
-def count(results: Sequence[ScanResult], ctx: ReportContext) -> Counts:
-    flagged = dict.fromkeys(ctx.finding_ids, 0)
-    flagged_any = 0
-    for result in results:
-        flags = scan_flags(result, ctx)
-        for mid, flag in flags.items():
-            flagged[mid] += bool(flag)
-        flagged_any += any(flags.values())
-    return Counts(
-        total=len(results),
-        screened=sum(r.status == ScanStatus.OK for r in results),
-        not_chest_xray=sum(r.status == ScanStatus.NOT_CHEST_XRAY for r in results),
-        errors=sum(r.status == ScanStatus.ERROR for r in results),
-        flagged=flagged,
-        flagged_any=flagged_any,
-    )
+def count(results: Iterable[ScanResult], ctx: ReportContext) -> BatchCounts:
+    """The batch totals at the report's operating point (the engine's :class:`BatchCounts`)."""
+    return BatchCounts.of(results, ctx.finding_manifests, ctx.choice)
 
 
 def identifiers(result: ScanResult) -> tuple[str, str]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.results import ThresholdChoice
+
+if TYPE_CHECKING:
+    from desktop.engine.registry import ModelSet
 from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 
@@ -31,6 +35,36 @@ class ReportContext:
     operator: str = ""
     include_identifiers: bool = False
     title: str = "Chest X-ray screening report"
+
+    @classmethod
+    def for_batch(
+        cls,
+        batch_id: str | None,
+        models: ModelSet,
+        choice: ThresholdChoice,
+        *,
+        clinic_name: str = "",
+        operator: str = "",
+        include_identifiers: bool = False,
+    ) -> ReportContext:
+        """The context of a report written now, by this build, with ``models``.
+
+        The one way the CLI and the window build it, so both state the same facts (time in
+        UTC, app version, the device the models really ran on).
+        """
+        from desktop import __version__
+
+        return cls(
+            batch_id=batch_id,
+            created_at=datetime.now(UTC),
+            app_version=__version__,
+            manifests=models.manifests,
+            choice=choice,
+            device=models.device.describe(),
+            clinic_name=clinic_name,
+            operator=operator,
+            include_identifiers=include_identifiers,
+        )
 
     def __post_init__(self) -> None:
         if self.created_at.tzinfo is None or self.created_at.utcoffset() is None:
