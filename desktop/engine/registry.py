@@ -175,9 +175,9 @@ def load_model_set(
     loaded: dict[str, LoadedModel] = {}
     reports: list[DeviceReport] = []
     for model_id, options in candidates.items():
-        for manifest, bundled in options:
+        for index, (manifest, bundled) in enumerate(options):
             try:
-                _refuse_downgrade(manifest, options)
+                _refuse_downgrade(manifest, [m for m, _ in options[index + 1 :]])
                 model, report = load_model(
                     manifest, device, threads, bundled=bundled, problems=problems
                 )
@@ -210,18 +210,18 @@ def _version_tuple(version: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
-def _refuse_downgrade(manifest: ModelManifest, options: list[tuple[ModelManifest, bool]]) -> None:
-    """A user model older than the bundled one of the same id is refused (no rollback to an
-    older signed release, whose thresholds may have been superseded for a reason)."""
+def _refuse_downgrade(manifest: ModelManifest, earlier: list[ModelManifest]) -> None:
+    """A model older than one of the same id in an earlier folder (the bundled one) is refused:
+    no rollback to an older signed release, whose thresholds were superseded for a reason."""
     if allow_unsigned():
         return
     mine = _version_tuple(manifest.version)
-    for other, bundled in options:
+    for other in earlier:
         theirs = _version_tuple(other.version)
-        if bundled and other is not manifest and mine and theirs and mine < theirs:
+        if mine and theirs and mine < theirs:
             raise ModelError(
                 f"model package {manifest.path} ({manifest.id} {manifest.version}) is older "
-                f"than the bundled {manifest.id} {other.version}; not used"
+                f"than {other.id} {other.version} in {other.path}; not used"
             )
 
 
