@@ -503,7 +503,7 @@ def test_supported_suffixes_and_limit() -> None:
         ".dicom",
     } <= SUPPORTED_SUFFIXES
     assert all(s == s.lower() and s.startswith(".") for s in SUPPORTED_SUFFIXES)
-    assert MAX_PIXELS == 80_000_000
+    assert MAX_PIXELS == 60_000_000  # 8900² (79 MP, a 150 KB PNG bomb) is refused
 
 
 def test_is_candidate(tmp_path: Path) -> None:

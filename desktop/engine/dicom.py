@@ -15,17 +15,23 @@ runner decodes two at a time.
 from __future__ import annotations
 
 import logging
+import re
 import struct
+import threading
+import zlib
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from desktop.engine.errors import ScanError, ScanErrorCode
+from desktop.engine import sandbox
+from desktop.engine.budget import PixelLease
+from desktop.engine.errors import ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.scan import Scan, ScanMetadata
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,74 @@ _EXPLICIT_VRS = frozenset(
 )
 # Groups a bare dataset plausibly starts with: file meta (0002), identification (0008).
 _FIRST_GROUPS = (0x0002, 0x0008)
+
+#: A deflated dataset is refused when it would inflate to more than this: checked by
+#: inflating it in a stream and counting, before pydicom inflates it whole in memory.
+MAX_INFLATED_BYTES: int = 256 << 20
+
+#: Stored pixel bytes (Rows × Columns × Samples × Frames × BitsAllocated / 8) above which a
+#: file is refused before its pixel data is decoded.
+MAX_PIXEL_BYTES: int = 384 << 20
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+# What a value of each kind may look like before it is kept in the metadata (which is shown
+# in outputs and used in warning texts). A value that does not fit is dropped: control bytes
+# or an overlong value are the mark of a damaged length that swallowed other elements, which
+# may be the patient's name, ID or birth date.
+_CODE = re.compile(r"[A-Za-z0-9_ ]{1,16}")  # CS
+_AGE = re.compile(r"\d{1,3} ?[DWMYdwmy]?")  # AS, leniently
+_DATE = re.compile(r"[0-9][0-9./ -]{5,9}")  # DA, with the ACR-NEMA dotted form
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # UI
+_LONG_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,64}")  # LO without control characters
+_PERSON = re.compile(r"[^\x00-\x1a\x1c-\x1f\x7f]{1,324}")  # PN (ESC kept for charsets)
+_CHARSET = re.compile(r"[A-Z0-9_ \\-]{0,64}")
+
+_configured = False
+_configure_lock = threading.Lock()
+
+
+class _RedactValues:
+    """A logging filter for pydicom's logger: quoted values in its messages are withheld.
+
+    pydicom logs (and warns) about malformed values by quoting them, and a malformed value
+    can hold a patient name swallowed by a bad length. Logging is thread-safe, so a filter on
+    pydicom's own logger works under the runner's decoder threads, where
+    ``warnings.catch_warnings`` would not.
+    """
+
+    _QUOTED = re.compile(r"(['\"]).*?\1|b'.*?'", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        record.msg = self._QUOTED.sub("<value withheld>", message)[:500]
+        record.args = ()
+        return True
+
+
+def configure_pydicom() -> None:
+    """Make pydicom quiet about file values, once per process (idempotent, thread-safe).
+
+    * Reading validation off (``reading_validation_mode = IGNORE``): pydicom's checks of each
+      value's syntax only *warn*, quoting the value, and the warnings go through the
+      process-wide ``warnings`` machinery, which cannot be scoped per thread (the runner
+      decodes in several). Our own code validates every value it uses (the patterns above).
+    * A :class:`_RedactValues` filter on the ``pydicom`` logger for what it still logs.
+    The remaining value-quoting warning (an unknown Specific Character Set) is prevented by
+    :func:`_sanitise_charset` before any text is decoded.
+    """
+    global _configured
+    with _configure_lock:
+        if _configured:
+            return
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        pydicom_logger = logging.getLogger("pydicom")
+        if not any(isinstance(f, _RedactValues) for f in pydicom_logger.filters):
+            pydicom_logger.addFilter(_RedactValues())
+        _configured = True
 
 
 def looks_like_dicom(head: bytes) -> bool:
@@ -75,8 +149,14 @@ def minmax_to_unit(values: np.ndarray, *, inplace: bool = False) -> tuple[np.nda
     stretch, and dividing by zero would make it NaN). With ``inplace`` a float32 input is
     overwritten instead of copied (only for arrays the caller owns).
     """
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        # NaN and ±inf carry no grey level: they become 0 before scaling (else all is NaN)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     lo = float(values.min())
     hi = float(values.max())
+    if hi - lo > 1e30:  # the float32 difference would overflow: scale in float64
+        scaled = (values.astype(np.float64) - lo) / (hi - lo)
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32), lo, hi
     if inplace and values.dtype == np.float32:
         out = values
         out -= np.float32(lo)
@@ -99,8 +179,12 @@ def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     return grey
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    """An element's value as a stripped string, or None when absent, empty or malformed."""
+def _text(ds: Dataset, keyword: str, pattern: re.Pattern[str] = _LONG_TEXT) -> str | None:
+    """An element's value as a stripped string, or None when absent, empty or malformed.
+
+    Malformed includes "does not fit ``pattern``": see the patterns above for why a value
+    that does not look like its kind is never kept or quoted.
+    """
     try:
         value = ds.get(keyword)
         if value is None:
@@ -110,7 +194,12 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         text = str(value).strip().strip("\x00").strip()
     except Exception:  # a malformed value must never stop the scan: it is only metadata
         return None
-    return text or None
+    if not text:
+        return None
+    if not pattern.fullmatch(text):
+        logger.debug("DICOM %s value is malformed; ignored", keyword)
+        return None
+    return text
 
 
 def _number(ds: Dataset, keyword: str, default: float) -> float:
@@ -154,6 +243,8 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 
 def _syntax_label(tsyntax: UID) -> str:
+    if len(tsyntax) > 64 or not _UID.fullmatch(str(tsyntax)):
+        return "(an invalid UID)"
     name = tsyntax.name
     return f"'{name}' ({tsyntax})" if name and name != str(tsyntax) else f"'{tsyntax}'"
 
@@ -184,20 +275,149 @@ def _check_decodable(tsyntax: UID) -> None:
         )
 
 
-def _read_dataset(data: bytes) -> Dataset:
+def _file_meta_end(data: bytes) -> tuple[int, str] | None:
+    """(offset of the dataset, transfer syntax) from a file meta group after the preamble.
+
+    Parsed by hand, because pydicom inflates a deflated dataset whole as soon as it has read
+    the meta group, before we could check its size. None when there is no preamble + meta.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    offset, tsyntax = 132, ""
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
+            if offset + 12 > len(data):
+                break
+            (length,) = struct.unpack_from("<I", data, offset + 8)
+            start = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            start = offset + 8
+        if length == 0xFFFFFFFF or start + length > len(data):
+            break
+        if element == 0x0010:
+            tsyntax = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        offset = start + length
+    return offset, tsyntax
+
+
+def _check_inflated_size(data: bytes, start: int) -> None:
+    """Refuse a deflated dataset that would inflate past :data:`MAX_INFLATED_BYTES`.
+
+    The stream is inflated in 4 MiB steps and only counted (nothing is kept), so a 1 MB
+    file that would inflate to gigabytes costs a few megabytes and a fraction of a second.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = memoryview(data)[start:]
+    step = 4 << 20
     try:
-        return pydicom.dcmread(BytesIO(data), force=True)
+        while pending:
+            out = inflater.decompress(pending, step)
+            total += len(out)
+            if total > MAX_INFLATED_BYTES:
+                raise ScanError(
+                    ScanErrorCode.TOO_LARGE,
+                    f"deflated DICOM data set inflates to more than "
+                    f"{MAX_INFLATED_BYTES >> 20} MiB (the file is "
+                    f"{len(data) / 2**20:.1f} MiB): refused before inflating it",
+                )
+            pending = memoryview(inflater.unconsumed_tail)
+            if inflater.eof or not out:
+                break
+    except zlib.error as exc:
+        raise ScanError(
+            ScanErrorCode.TRUNCATED,
+            "deflated DICOM data is damaged or truncated (it cannot be inflated)",
+        ) from exc
+
+
+def _sanitise_charset(ds: Dataset) -> None:
+    """Drop a Specific Character Set that is not a list of defined terms.
+
+    pydicom quotes an unknown character set in a warning when it decodes text; a damaged
+    length can make that "character set" hold the patient elements, so an invalid value is
+    removed before any text is read (the text is then decoded as ASCII, with replacements).
+    """
+    try:
+        raw = ds.get_item(0x00080005)
+        if raw is None:
+            return
+        value = raw.value
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        terms = [t.strip() for t in text.strip("\x00 ").split("\\")]
+        known = python_encoding
+        if _CHARSET.fullmatch(text.strip("\x00 ")) and all(not t or t in known for t in terms):
+            return
+    except Exception:
+        pass
+    del ds[0x00080005]
+    logger.debug("invalid Specific Character Set removed")
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    configure_pydicom()
+    meta = _file_meta_end(data)
+    if meta is not None and meta[1] == _DEFLATED:
+        _check_inflated_size(data, meta[0])
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=True)
     except (EOFError, struct.error) as exc:
         raise ScanError(
             ScanErrorCode.TRUNCATED,
-            f"DICOM data is truncated (file is incomplete or damaged): {exc}",
+            "DICOM data is truncated (file is incomplete or damaged): it ends inside its header",
         ) from exc
-    except Exception as exc:
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        if isinstance(exc, MemoryError):
+            raise
+        logger.debug("DICOM header unreadable: %s", exception_summary(exc))
         raise ScanError(
             ScanErrorCode.UNSUPPORTED_IMAGE,
-            f"DICOM header could not be read ({type(exc).__name__}: {exc}): "
+            f"DICOM header could not be read ({type(exc).__name__}): "
             "the file is damaged or not a valid DICOM file",
         ) from exc
+    _sanitise_charset(ds)
+    return ds
+
+
+def _cut_short(ds: Dataset, size: int | None) -> str | None:
+    """Why a dataset without Pixel Data looks like a file cut short, or None if it does not.
+
+    pydicom stops quietly at the end of a truncated file, so a copy interrupted before the
+    pixel data would otherwise read as a document without an image ("may be a report").
+    ``size`` is the length of the stream the dataset was read from (None when it was
+    inflated, so offsets do not compare).
+    """
+    tags = [t for t in ds.keys() if t.group != 0x0002]  # noqa: SIM118 (iterating gives elements)
+    if not tags:
+        return "it ends before its first data element"
+    last = ds.get_item(tags[-1])
+    length = getattr(last, "length", None)
+    value = getattr(last, "value", None)
+    if (
+        isinstance(length, int)
+        and length != 0xFFFFFFFF
+        and isinstance(value, bytes)
+        and len(value) < length
+    ):
+        return "it ends in the middle of a data element"
+    value_tell = getattr(last, "value_tell", None)
+    if (
+        size is not None
+        and isinstance(value_tell, int)
+        and isinstance(length, int)
+        and length != 0xFFFFFFFF
+        and 0 < size - (value_tell + length) < 8
+    ):
+        # pydicom stops quietly when fewer bytes are left than an element header needs
+        return "it ends in the middle of a data element header"
+    return None
 
 
 def _frame_count(ds: Dataset) -> int:
@@ -207,23 +427,56 @@ def _frame_count(ds: Dataset) -> int:
         return 1
 
 
-def _decode_pixels(ds: Dataset) -> np.ndarray:
+def _decode_pixels(ds: Dataset, tsyntax: UID) -> np.ndarray:
+    """The stored pixel array. Compressed data is decoded in a worker process (sandbox.py).
+
+    Messages are fixed texts: a decoder's own message may quote file values.
+    """
+    if tsyntax.is_encapsulated:
+        return sandbox.decode_isolated(sandbox.build_request(ds, tsyntax))
     try:
         return ds.pixel_array
     except MemoryError:
         raise
-    except Exception as exc:
-        text = str(exc)
-        lowered = text.lower()
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        lowered = str(exc).lower()
+        logger.debug("DICOM pixel data undecodable: %s", exception_summary(exc))
         if "less than expected" in lowered or "truncat" in lowered or "end of" in lowered:
             raise ScanError(
                 ScanErrorCode.TRUNCATED,
-                f"DICOM pixel data is truncated (file is incomplete or damaged): {text}",
+                "DICOM pixel data is truncated (file is incomplete or damaged): it holds fewer "
+                "bytes than its rows, columns and bit depth need",
             ) from exc
         raise ScanError(
             ScanErrorCode.UNSUPPORTED_IMAGE,
-            f"DICOM pixel data could not be decoded ({type(exc).__name__}: {text})",
+            f"DICOM pixel data could not be decoded ({type(exc).__name__}): the file may be "
+            "damaged",
         ) from exc
+
+
+def _check_pixel_bytes(ds: Dataset, rows: int, columns: int) -> None:
+    """Refuse, before decoding, pixel data whose decoded size would exceed the limits."""
+    samples = int(_number(ds, "SamplesPerPixel", 1))
+    bits = int(_number(ds, "BitsAllocated", 16))
+    if samples not in (1, 3, 4):
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM image has {samples} samples per pixel (1 for grey or 3 for colour expected)",
+        )
+    if bits not in (1, 8, 16, 32, 64):
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"DICOM image has an invalid Bits Allocated ({bits}; 8, 16 or 32 expected)",
+        )
+    expected = rows * columns * samples * max(bits, 8) // 8
+    if expected > MAX_PIXEL_BYTES:
+        raise ScanError(
+            ScanErrorCode.TOO_LARGE,
+            f"DICOM pixel data would take {expected / 2**20:,.0f} MiB decoded, more than the "
+            f"{MAX_PIXEL_BYTES >> 20} MiB limit",
+        )
 
 
 def _window(ds: Dataset) -> tuple[float, float] | None:
@@ -314,7 +567,7 @@ def _grey_pipeline(
 
     window = _window(ds)
     if window is not None:
-        function = (_text(ds, "VOILUTFunction") or "LINEAR").upper()
+        function = (_text(ds, "VOILUTFunction", _CODE) or "LINEAR").upper()
         pixels = apply_window(modality, window[0], window[1], function, inplace=inplace)
         extra["window_source"] = "dicom"
         if function != "LINEAR":
@@ -355,7 +608,8 @@ def _colour_pipeline(ds: Dataset, stored: np.ndarray, photometric: str) -> np.nd
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ScanError(
             ScanErrorCode.UNSUPPORTED_IMAGE,
-            f"DICOM colour image has an unexpected shape {rgb.shape} for {photometric}",
+            f"DICOM colour image has an unexpected shape {rgb.shape} for its photometric "
+            "interpretation",
         )
     grey = rgb_to_grey(rgb)
     grey /= np.float32(2**bits - 1)
@@ -363,17 +617,36 @@ def _colour_pipeline(ds: Dataset, stored: np.ndarray, photometric: str) -> np.nd
     return grey
 
 
-def decode_dicom(path: Path, data: bytes, sha256: str, *, keep_raw: bool, max_pixels: int) -> Scan:
+def decode_dicom(
+    path: Path,
+    data: bytes,
+    sha256: str,
+    *,
+    keep_raw: bool,
+    max_pixels: int,
+    lease: PixelLease | None = None,
+) -> Scan:
     """Decode one single-frame DICOM image from its bytes.
 
     Raises :class:`ScanError` with a specific code for every refusal: no pixel data, several
     frames, too many pixels, a transfer syntax without an installed decoder, damaged data.
+    Every size limit is checked from the header before any pixel is decoded (and before a
+    deflated data set is inflated); ``lease``, when given, is charged the image's pixels
+    before decoding, so a shared budget bounds what the decoder threads hold at once.
+    Reasons never quote a file value that could hold an identifier.
     """
     ds = _read_dataset(data)
     tsyntax = _transfer_syntax(ds)
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = _text(ds, "SOPClassUID")
+        meta = _file_meta_end(data)
+        cut = _cut_short(ds, None if meta is not None and meta[1] == _DEFLATED else len(data))
+        if cut is not None:
+            raise ScanError(
+                ScanErrorCode.TRUNCATED,
+                f"DICOM file is truncated: {cut} (an interrupted copy or a damaged file)",
+            )
+        sop = _text(ds, "SOPClassUID", _UID)
         kind = f" (SOP class: {UID(sop).name})" if sop else ""
         raise ScanError(
             ScanErrorCode.NO_PIXEL_DATA,
@@ -398,12 +671,22 @@ def decode_dicom(path: Path, data: bytes, sha256: str, *, keep_raw: bool, max_pi
             f"image is {columns}×{rows} pixels, more than the "
             f"{max_pixels // 1_000_000}-megapixel limit",
         )
+    _check_pixel_bytes(ds, rows, columns)
     _check_decodable(tsyntax)
+    photometric = (_text(ds, "PhotometricInterpretation", _CODE) or "").upper()
+    if not photometric:
+        if "PhotometricInterpretation" in ds:
+            raise ScanError(
+                ScanErrorCode.UNSUPPORTED_IMAGE,
+                "DICOM Photometric Interpretation is not a valid value: the file is damaged",
+            )
+        photometric = "MONOCHROME2"
+    if lease is not None:
+        lease.reserve(rows * columns * int(_number(ds, "SamplesPerPixel", 1)))
 
-    stored = _decode_pixels(ds)
-    photometric = (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    stored = _decode_pixels(ds, tsyntax)
     extra: dict[str, str] = {}
-    sop = _text(ds, "SOPClassUID")
+    sop = _text(ds, "SOPClassUID", _UID)
     if sop:
         extra["sop_class"] = UID(sop).name
     raw: np.ndarray | None = None
@@ -424,7 +707,7 @@ def decode_dicom(path: Path, data: bytes, sha256: str, *, keep_raw: bool, max_pi
     else:
         pixels = _colour_pipeline(ds, stored, photometric)
 
-    shape = _text(ds, "PresentationLUTShape")
+    shape = _text(ds, "PresentationLUTShape", _CODE)
     if shape:
         extra["presentation_lut_shape"] = shape
     metadata = ScanMetadata(
@@ -433,18 +716,18 @@ def decode_dicom(path: Path, data: bytes, sha256: str, *, keep_raw: bool, max_pi
         height=int(pixels.shape[0]),
         bits_stored=int(_number(ds, "BitsStored", 8)),
         photometric=photometric,
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        view_position=_text(ds, "ViewPosition"),
-        patient_age=_text(ds, "PatientAge"),
-        patient_sex=_text(ds, "PatientSex"),
-        study_date=_text(ds, "StudyDate"),
+        modality=_text(ds, "Modality", _CODE),
+        body_part=_text(ds, "BodyPartExamined", _CODE),
+        view_position=_text(ds, "ViewPosition", _CODE),
+        patient_age=_text(ds, "PatientAge", _AGE),
+        patient_sex=_text(ds, "PatientSex", _CODE),
+        study_date=_text(ds, "StudyDate", _DATE),
         study_description=_text(ds, "StudyDescription"),
-        transfer_syntax=tsyntax.name,
+        transfer_syntax=tsyntax.name if _UID.fullmatch(str(tsyntax)) else "(invalid)",
         window=window,
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_name=_text(ds, "PatientName", _PERSON),
+        patient_id=_text(ds, "PatientID", _PERSON),
+        patient_birth_date=_text(ds, "PatientBirthDate", _DATE),
         extra=extra,
     )
     return Scan(

@@ -44,6 +44,9 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -63,11 +66,16 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from desktop.engine.budget import PixelLease
 from desktop.engine.dicom import decode_dicom, looks_like_dicom, minmax_to_unit
-from desktop.engine.errors import ScanError, ScanErrorCode
+from desktop.engine.errors import ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.scan import Scan, ScanMetadata
 
 logger = logging.getLogger(__name__)
+
+# The pixel lease of the decode running in this thread (decode_scan sets it; each thread has
+# its own context, so concurrent decodes never see each other's lease).
+_LEASE: ContextVar[PixelLease | None] = ContextVar("medscreen_pixel_lease", default=None)
 
 #: File suffixes (lower case, with the dot) screened without looking inside the file.
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
@@ -94,8 +102,10 @@ SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
 )
 
 #: Images with more pixels than this are refused before decoding (decompression bombs; the
-#: largest digital radiographs are about 4300×3500 = 15 megapixels).
-MAX_PIXELS: int = 80_000_000
+#: largest digital radiographs are about 4300×3500 = 15 megapixels, mammograms up to 30, and
+#: a 50-megapixel phone photo of a film still fits). One image at the limit costs about
+#: 0.6 GB while it is decoded; the runner's pixel budget (budget.py) bounds several at once.
+MAX_PIXELS: int = 60_000_000
 
 #: JPEG quality of stored thumbnails: at 384 pixels no artefact is visible on a radiograph.
 THUMBNAIL_QUALITY: int = 90
@@ -254,6 +264,7 @@ def decode_scan(
     *,
     keep_raw: bool = False,
     working_side: int | None = None,
+    lease: PixelLease | None = None,
 ) -> Scan:
     """Decode a file's bytes (already read by :func:`read_file`) into a :class:`Scan`.
 
@@ -264,11 +275,18 @@ def decode_scan(
     at a reduced scale by DCT scaling, 8-bit images reduced before they become float. The
     metadata keeps the original width and height. Without it the pixels are full resolution
     (the viewer's window/level).
-    Always raises :class:`ScanError`, never anything else: unexpected decoder failures become
-    UNSUPPORTED_IMAGE (when a decoder refused the data) or INTERNAL, with the exception named.
+    With ``lease`` (a :class:`~desktop.engine.budget.PixelLease`), the image's pixel count
+    is charged to a shared budget once the header is read, before any pixel is decoded.
+    Always raises :class:`ScanError`, never anything else, whatever the decoder raised (a
+    Rust panic is a ``BaseException``); only KeyboardInterrupt, SystemExit and GeneratorExit
+    pass through. Unexpected failures become INTERNAL, named by exception type only: an
+    exception's message may quote file content, so it goes neither into the reason nor into
+    the log. The pixels of a returned scan are always finite.
     """
+    token = _LEASE.set(lease) if lease is not None else None
     try:
         scan = _decode(path, data, sha256, keep_raw, working_side)
+        _make_finite(scan.pixels)
         if working_side is not None:
             scan = _reduce_scan(scan, working_side)
         return scan
@@ -278,12 +296,49 @@ def decode_scan(
     except MemoryError as exc:
         logger.warning("%s: out of memory while decoding", path)
         raise ScanError(ScanErrorCode.TOO_LARGE, "not enough memory to decode this image") from exc
-    except Exception as exc:
-        logger.warning("%s: unexpected %s while decoding", path, type(exc).__name__, exc_info=True)
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        logger.warning("%s: unexpected error while decoding: %s", path, exception_summary(exc))
         raise ScanError(
             ScanErrorCode.INTERNAL,
-            f"internal error while decoding the image ({type(exc).__name__}: {exc})",
+            f"internal error while decoding the image ({type(exc).__name__})",
         ) from exc
+    finally:
+        if token is not None:
+            _LEASE.reset(token)
+
+
+@contextmanager
+def charging(lease: PixelLease) -> Iterator[PixelLease]:
+    """Charge every decode in this block, in this thread, to ``lease`` (see budget.py).
+
+    For callers that reach :func:`decode_scan` through another function (the runner calls
+    ``preprocess.decode_working``) and so cannot pass ``lease`` themselves.
+    """
+    token = _LEASE.set(lease)
+    try:
+        yield lease
+    finally:
+        _LEASE.reset(token)
+
+
+def _make_finite(pixels: np.ndarray) -> None:
+    """Replace NaN/±inf pixels by 0 and clip to [0, 1], in place (no model sees a NaN).
+
+    Every decoder path is meant to produce finite values already; this is the one place
+    that guarantees it whatever a file holds (a sum is cheaper than a full isfinite pass).
+    """
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels.sum(dtype=np.float64)):
+        np.nan_to_num(pixels, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(pixels, 0.0, 1.0, out=pixels)
+
+
+def _reserve(pixels: int) -> None:
+    """Charge the current decode's lease (if any) with ``pixels`` before decoding them."""
+    lease = _LEASE.get()
+    if lease is not None:
+        lease.reserve(pixels)
 
 
 def _decode(path: Path, data: bytes, sha256: str, keep_raw: bool, working_side: int | None) -> Scan:
@@ -292,12 +347,16 @@ def _decode(path: Path, data: bytes, sha256: str, keep_raw: bool, working_side: 
     head = data[:132]
     # The preamble check comes first: a DICOM preamble may itself hold a TIFF header.
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return decode_dicom(path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS)
+        return decode_dicom(
+            path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS, lease=_LEASE.get()
+        )
     magic = _magic_format(head)
     if magic is None and any(len(head) < len(sig) and sig.startswith(head) for sig, _ in _MAGIC):
         raise _truncated(f"only {len(head)} bytes")  # cut inside the format's signature
     if magic is None and looks_like_dicom(head):
-        return decode_dicom(path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS)
+        return decode_dicom(
+            path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS, lease=_LEASE.get()
+        )
     return _decode_raster(path, data, sha256, keep_raw, magic, working_side)
 
 
@@ -429,6 +488,7 @@ def _decode_raster(
                 f"image is {width}×{height} pixels, more than the "
                 f"{MAX_PIXELS // 1_000_000}-megapixel limit",
             )
+        _reserve(width * height)
         fmt = image.format or magic or "image"
         frames = int(getattr(image, "n_frames", 1) or 1)
         if frames > 1 and fmt != "MPO":  # MPO: phone JPEGs with a preview; the first is the photo

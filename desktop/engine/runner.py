@@ -22,13 +22,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from desktop.engine.budget import PixelBudget
+from desktop.engine.clock import now_iso
 from desktop.engine.discovery import Discovered, discover
-from desktop.engine.errors import BatchError, ScanError, ScanErrorCode
-from desktop.engine.loading import read_file
+from desktop.engine.errors import BatchError, ScanError, ScanErrorCode, exception_summary, is_fatal
+from desktop.engine.loading import charging, read_file
 from desktop.engine.preprocess import decode_working
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
-from desktop.engine.screening import PreparedScan, Screener, now_iso
+from desktop.engine.screening import PreparedScan, Screener
 from desktop.engine.store import (
     BatchStatus,
     FileIdentity,
@@ -134,6 +136,7 @@ class BatchRunner:
         self.screener = Screener(models)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.batch_size = batch_size
+        self.pixel_budget = PixelBudget()  # decoded pixels all decoder threads may hold
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -290,22 +293,31 @@ class BatchRunner:
             cached = self.store.cached_result(sha, key, file)
             if cached is not None:
                 return _Reused(seq, cached)
-            scan = decode_working(path, data, sha)
-            del data
-            return _Ready(seq, self.screener.prepare(scan), identity, probe)
+            # The decoded pixels are charged to the shared budget from the header on, until
+            # the scan is reduced to model inputs (budget.py): 4 threads, 1 big image each,
+            # cannot add up.
+            with self.pixel_budget.lease() as lease, charging(lease):
+                scan = decode_working(path, data, sha)
+                del data
+                prepared = self.screener.prepare(scan)
+                del scan
+            return _Ready(seq, prepared, identity, probe)
         except StoreError:
             raise  # the store itself failed: that stops the batch, it is no file's fault
         except ScanError as exc:
             return _Failed(seq, _error_result(file, sha, exc.code, exc.message, key))
-        except Exception as exc:  # never let one odd file stop the batch
-            log.exception("unexpected error preparing a scan (item %d)", seq)
+        except BaseException as exc:  # never let one odd file stop the batch (Rust panics too)
+            if is_fatal(exc):
+                raise
+            # The exception's message may quote file content: type and frames only.
+            log.error("unexpected error preparing item %d: %s", seq, exception_summary(exc))
             return _Failed(
                 seq,
                 _error_result(
                     file,
                     sha,
                     ScanErrorCode.INTERNAL,
-                    f"unexpected error: {type(exc).__name__}: {exc}",
+                    f"unexpected error while preparing the scan ({type(exc).__name__})",
                     key,
                 ),
             )

@@ -1,0 +1,375 @@
+"""Native image decoders run in small child processes, where a crash costs one file.
+
+Compressed DICOM pixel data (RLE, JPEG, JPEG-LS, JPEG 2000, HTJ2K) is decoded by native
+plugins (pylibjpeg-rle in Rust, libjpeg and OpenJPEG in C/C++). Fuzzing found that a single
+damaged byte makes pylibjpeg-rle raise a Rust ``PanicException``, which is a
+``BaseException`` and escapes every ``except Exception``; a C decoder can do worse and take
+the whole process down with a segfault. Either must cost one file, never the batch, so those
+decoders run here, in a :class:`DecoderPool` of persistent worker processes:
+
+* The parent sends only what pixel decoding needs (the pixel module attributes and the
+  encapsulated Pixel Data, never the patient elements) and receives the stored pixel array.
+* A worker that dies (segfault, abort, killed for memory) is replaced on the next call; the
+  file whose decode killed it gets a DECODER_CRASHED row. A worker that does not answer
+  within :data:`DECODE_TIMEOUT_S` is killed (DECODER_TIMEOUT).
+* Workers are started lazily, with the ``spawn`` method (``fork`` from a process with
+  decoder and ONNX Runtime threads can deadlock the child), and reused: starting one costs
+  about a second, a call a few milliseconds on top of the decode (see
+  ``benchmarks/bench_isolation.py``).
+* On Linux each worker's address space is capped (:data:`WORKER_MEMORY_BYTES` above what it
+  uses after start-up), so a decoder that tries to allocate without bound fails with a
+  MemoryError there instead of pushing the machine into swap.
+* Each worker owns its process and runs one decode at a time, so it can silence warnings
+  process-wide (``warnings.simplefilter``) without the thread-safety problem that
+  ``warnings.catch_warnings`` has in the multi-threaded parent.
+
+Plain rasters and uncompressed DICOM stay in the parent: Pillow and NumPy have no such
+history in the fuzzing runs, and shipping their pixels to a child would cost throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from desktop.engine.errors import ScanError, ScanErrorCode, is_fatal
+
+logger = logging.getLogger(__name__)
+
+#: Seconds one isolated decode may take before its worker is killed (a 4,000² JPEG 2000
+#: decodes in about a second on a slow laptop core).
+DECODE_TIMEOUT_S: float = 60.0
+
+#: Address space a worker may add after start-up (Linux only): enough for the largest image
+#: the loader accepts, decoded, plus the decoder's own buffers.
+WORKER_MEMORY_BYTES: int = 3 << 30
+
+#: Pixel module elements a decoder needs, copied into the request (nothing else is sent).
+PIXEL_KEYWORDS: tuple[str, ...] = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+)
+
+Request = dict[str, Any]
+WorkerFunction = Callable[[Request], np.ndarray]
+
+
+def decode_pixel_request(request: Request) -> np.ndarray:
+    """Decode the pixel data in ``request`` with pydicom's decoders (runs in a worker)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = request["transfer_syntax"]
+    for keyword, value in request["elements"].items():
+        setattr(ds, keyword, value)
+    ds.PixelData = request["pixel_data"]
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds.pixel_array
+
+
+@dataclass
+class _Reply:
+    """What a worker answers: an array, or the kind of failure and its exception type."""
+
+    kind: str  # "ok", "truncated", "undecodable", "panic", "memory"
+    detail: str = ""
+    dtype: str = ""
+    shape: tuple[int, ...] = field(default_factory=tuple)
+
+
+def _classify(exc: BaseException) -> _Reply:
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return _Reply("memory", name)
+    if not isinstance(exc, Exception):  # a Rust panic (pyo3 PanicException) or the like
+        return _Reply("panic", name)
+    lowered = str(exc).lower()
+    if any(s in lowered for s in ("less than expected", "truncat", "end of", "insufficient")):
+        return _Reply("truncated", name)
+    return _Reply("undecodable", name)
+
+
+def _limit_memory(extra_bytes: int) -> None:
+    """Cap this process's address space at what it uses now plus ``extra_bytes`` (Linux)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[0])
+        limit = pages * os.sysconf("SC_PAGE_SIZE") + extra_bytes
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass  # not Linux: no cap, the header checks still bound what is decoded
+
+
+def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> None:
+    """A worker's loop: one request at a time until the parent closes the pipe."""
+    os.environ["RUST_BACKTRACE"] = "0"  # a panic prints one line, not a backtrace
+    warnings.simplefilter("ignore")  # this process is ours alone: safe, unlike in the parent
+    import pydicom
+    import pydicom.pixels  # noqa: F401
+
+    _limit_memory(memory_bytes)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        try:
+            array = np.ascontiguousarray(function(request))
+        except BaseException as exc:
+            if is_fatal(exc):
+                return
+            conn.send(_classify(exc))
+            continue
+        conn.send(_Reply("ok", dtype=array.dtype.str, shape=tuple(array.shape)))
+        conn.send_bytes(memoryview(array).cast("B"))
+
+
+class _Worker:
+    """One child process and the parent's end of its pipe."""
+
+    def __init__(self, function: WorkerFunction, memory_bytes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_conn = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_serve,
+            args=(child_conn, function, memory_bytes),
+            name="medscreen-decoder",
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def call(self, request: Request, timeout_s: float) -> np.ndarray:
+        try:
+            self.conn.send(request)
+            if not self.conn.poll(timeout_s):
+                self.kill()
+                raise ScanError(
+                    ScanErrorCode.DECODER_TIMEOUT,
+                    f"the image decoder did not finish within {timeout_s:.0f} s on this file "
+                    "and was stopped: the compressed pixel data is probably damaged",
+                )
+            reply: _Reply = self.conn.recv()
+            if reply.kind == "ok":
+                payload = self.conn.recv_bytes()
+                return np.frombuffer(payload, dtype=np.dtype(reply.dtype)).reshape(reply.shape)
+        except (EOFError, OSError, BrokenPipeError):
+            raise self._crashed() from None
+        raise _failure(reply)
+
+    def _crashed(self) -> ScanError:
+        self.process.join(timeout=2.0)
+        code = self.process.exitcode
+        self.kill()
+        how = "it stopped"
+        if code is not None and code < 0:
+            how = f"it was killed by signal {-code}"
+            try:
+                import signal
+
+                how = f"it was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                pass
+        elif code is not None:
+            how = f"it exited with status {code}"
+        logger.warning("decoder worker died on a file (%s); a new one will be started", how)
+        return ScanError(
+            ScanErrorCode.DECODER_CRASHED,
+            f"the decoder crashed on this file ({how}): its compressed pixel data is damaged "
+            "or not supported; the rest of the batch was not affected",
+        )
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5.0)
+
+
+def _failure(reply: _Reply) -> ScanError:
+    if reply.kind == "panic":
+        logger.warning("decoder panicked (%s) on a file", reply.detail)
+        return ScanError(
+            ScanErrorCode.DECODER_CRASHED,
+            f"the decoder crashed on this file (internal decoder error {reply.detail}): its "
+            "compressed pixel data is damaged",
+        )
+    if reply.kind == "memory":
+        return ScanError(
+            ScanErrorCode.TOO_LARGE,
+            "not enough memory to decode this file's compressed pixel data",
+        )
+    if reply.kind == "truncated":
+        return ScanError(
+            ScanErrorCode.TRUNCATED,
+            "DICOM pixel data is truncated (file is incomplete or damaged)",
+        )
+    return ScanError(
+        ScanErrorCode.UNSUPPORTED_IMAGE,
+        f"DICOM compressed pixel data could not be decoded ({reply.detail}): the file may be "
+        "damaged",
+    )
+
+
+class DecoderPool:
+    """Up to ``size`` worker processes, started on demand and replaced when they die.
+
+    Thread-safe: each call checks a worker out, so ``size`` decoder threads can decode at
+    once. ``function`` must be a module-level function (it is sent to the spawned workers by
+    name); the default decodes DICOM pixel data.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        function: WorkerFunction = decode_pixel_request,
+        timeout_s: float = DECODE_TIMEOUT_S,
+        memory_bytes: int = WORKER_MEMORY_BYTES,
+    ) -> None:
+        self.size = max(1, size or min(4, os.cpu_count() or 1))
+        self.function = function
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._closed = False
+        self._ready = threading.Condition()
+
+    def run(self, request: Request) -> np.ndarray:
+        """Decode one request in a worker; raises :class:`ScanError` for every failure."""
+        worker = self._checkout()
+        healthy = False
+        try:
+            result = worker.call(request, self.timeout_s)
+            healthy = True
+            return result
+        except ScanError as err:
+            healthy = (
+                err.code
+                not in (
+                    ScanErrorCode.DECODER_CRASHED,
+                    ScanErrorCode.DECODER_TIMEOUT,
+                )
+                or worker.alive()
+            )
+            raise
+        except BaseException:
+            healthy = False  # interrupted mid-call: the pipe may hold half a reply
+            worker.kill()
+            raise
+        finally:
+            self._checkin(worker, healthy and worker.alive())
+
+    def _checkout(self) -> _Worker:
+        with self._ready:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the decoder pool is closed")
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.alive():
+                        return worker
+                    worker.kill()
+                    self._count -= 1
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                self._ready.wait()
+        try:
+            return _Worker(self.function, self.memory_bytes)
+        except BaseException:
+            with self._ready:
+                self._count -= 1
+                self._ready.notify()
+            raise
+
+    def _checkin(self, worker: _Worker, healthy: bool) -> None:
+        with self._ready:
+            if healthy and not self._closed:
+                self._idle.append(worker)
+            else:
+                worker.kill()
+                self._count -= 1
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Stop every idle worker (busy ones stop when their call returns)."""
+        with self._ready:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._ready.notify_all()
+        for worker in idle:
+            worker.kill()
+
+
+_default: DecoderPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> DecoderPool:
+    """The process's shared pool, created on first use (never at import)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = DecoderPool()
+        return _default
+
+
+def decode_isolated(request: Request) -> np.ndarray:
+    """Decode compressed DICOM pixel data in the shared pool (see :func:`build_request`)."""
+    return default_pool().run(request)
+
+
+def build_request(ds: Any, transfer_syntax: str) -> Request:
+    """The pixel module of ``ds`` and its encapsulated Pixel Data: all a worker receives."""
+    elements: dict[str, Any] = {}
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            value = ds.get(keyword)
+            elements[keyword] = str(value) if keyword == "PhotometricInterpretation" else int(value)
+    return {
+        "transfer_syntax": str(transfer_syntax),
+        "elements": elements,
+        "pixel_data": bytes(ds.PixelData),
+    }
+
+
+__all__ = [
+    "DECODE_TIMEOUT_S",
+    "DecoderPool",
+    "build_request",
+    "decode_isolated",
+    "decode_pixel_request",
+    "default_pool",
+]
