@@ -29,6 +29,10 @@ Example (abridged)::
       "intended_use": "…", "card": "tb.md"
     }
 
+The manifest and its model are one package: a detached Ed25519 signature ``<id>.sig`` covers
+the manifest (and through its ``sha256`` the model); :mod:`desktop.engine.trust` checks it
+and the registry loads nothing unverified. Reading a manifest here validates it only.
+
 A modality model adds ``"gate": {"chest_label": "CXR", "min_probability": 0.5}`` and may add
 ``"ood": {"output": "ood_score", "threshold": 3.2, "method": "…"}``: scans whose score is
 above the threshold are refused as not recognised.
