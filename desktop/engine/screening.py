@@ -13,10 +13,10 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
+from desktop.engine.clock import now_iso
 from desktop.engine.loading import make_thumbnail
 from desktop.engine.preprocess import PreprocessSpec, preprocess
 from desktop.engine.registry import LoadedModel, ModelSet
@@ -40,10 +40,6 @@ class PreparedScan:
     inputs: dict[PreprocessSpec, np.ndarray]
     metadata: ScanMetadata
     thumbnail_png: bytes
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def patient_age_years(age: str | None) -> float | None:

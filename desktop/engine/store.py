@@ -58,11 +58,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from desktop.engine.clock import now_iso  # not screening: it pulls ONNX Runtime in
 from desktop.engine.errors import BatchError
 from desktop.engine.paths import display_path, user_data_dir
 from desktop.engine.processes import pid_alive
 from desktop.engine.results import FindingResult, ScanResult, ScanStatus
-from desktop.engine.screening import now_iso
 
 log = logging.getLogger(__name__)
 
