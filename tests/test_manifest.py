@@ -1,4 +1,5 @@
-"""Model manifests and the registry: validation, checksums, user models over bundled ones."""
+"""Model manifests and the registry: validation, checksums, signatures, user models over
+bundled ones (the attacks on real shipped packages are in test_trust.py)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,24 @@ def test_threshold_choice():
     assert ThresholdChoice.parse(None) == ThresholdChoice()
     with pytest.raises(ValueError):
         ThresholdChoice.parse("1.5")
+
+
+def test_stand_in_without_its_signature_is_refused_naming_the_file(stand_in_models, tmp_path):
+    shutil.copytree(stand_in_models, tmp_path / "m")
+    (tmp_path / "m" / "pneumonia.sig").unlink()
+    models = load_model_set([tmp_path / "m"])
+    assert sorted(models.findings) == ["tb"]
+    assert models.problems == [
+        f"model package {tmp_path / 'm' / 'pneumonia.json'} is not signed (no pneumonia.sig "
+        "beside it); only models signed by the MedScreen release key are used"
+    ]
+
+
+def test_a_manifest_that_has_no_canonical_form_is_invalid(stand_in_models, tmp_path):
+    """NaN parses as JSON but cannot be signed or hashed canonically: refused as invalid."""
+    data = json.loads((stand_in_models / "tb.json").read_text())
+    data["metrics"] = {"test": {"auc": float("nan")}}
+    path = tmp_path / "tb.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="not a valid model manifest"):
+        read_manifest(path)
