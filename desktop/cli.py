@@ -4,13 +4,17 @@
 window uses, prints a progress bar and a summary, and writes ``results.csv`` and
 ``results.json`` (and a PDF report on request). It exits 0 when the batch ran to the end,
 even if some files could not be read (each has its reason in the results), 1 when the batch
-itself could not run, and 130 when interrupted (what was finished is kept; ``medscreen
-resume`` continues it).
+itself could not run or its results could not be written (a full disk, a damaged or
+read-only results store: a message says which, never a traceback), and 130 when
+interrupted (what was finished is kept; ``medscreen resume`` continues it).
+``medscreen export BATCH --out DIR`` writes the results of any stored batch again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -24,11 +28,11 @@ from desktop import DISCLAIMER, __version__
 from desktop.app_logging import configure_logging
 from desktop.engine.errors import BatchError, MedScreenError
 from desktop.engine.inference import choose_device
-from desktop.engine.paths import default_db_path
+from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
-from desktop.engine.store import ResultsStore
+from desktop.engine.store import BatchStatus, ResultsStore
 
 if TYPE_CHECKING:
     from desktop.engine.reports import ReportContext
@@ -108,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(resume)
     outputs(resume)
 
+    export = sub.add_parser(
+        "export", help="write the results and reports of a stored batch again (any batch)"
+    )
+    export.add_argument("batch", help="batch id, as 'medscreen history' lists it")
+    common(export)
+    outputs(export)
+
     history = sub.add_parser("history", help="list past batches")
     history.add_argument("--db", type=Path, default=None)
 
@@ -138,9 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from desktop.cli_calibrate import run as run_calibration_command
 
             return run_calibration_command(args)
+        if args.command == "export":
+            return _export(args)
         return _classify(args)
     except MedScreenError as exc:
         print(f"medscreen: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an I/O failure no step above explained: still no traceback
+        log.debug("I/O failure", exc_info=True)
+        print(f"medscreen: error: {_os_reason(exc)}", file=sys.stderr)
         return 1
 
 
@@ -148,10 +165,11 @@ def _open_gui() -> int:
     try:
         from desktop.gui.app import main as gui_main  # Qt is imported only here
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("desktop.gui"):
+        if exc.name and exc.name.split(".")[0] in ("PySide6", "shiboken6", "desktop"):
             print(
-                "medscreen: the desktop window is not part of this build yet; "
-                "use 'medscreen classify PATH... --out DIR'",
+                f"medscreen: the desktop window cannot start: {exc.name} is missing from "
+                "this installation (reinstall MedScreen); the command line still works: "
+                "'medscreen classify PATH... --out DIR'",
                 file=sys.stderr,
             )
             return 2
@@ -211,13 +229,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from desktop.engine.reports import (
-        ReportContext,
-        parse_formats,
-        write_csv,
-        write_json,
-        write_reports,
-    )
+    from desktop.engine.reports import ReportContext, parse_formats
 
     out: Path = args.out
     try:
@@ -249,7 +261,11 @@ def _classify(args: argparse.Namespace) -> int:
         if resume_id is None:
             interrupted = store.interrupted_batches()
             if not interrupted:
-                raise BatchError("there is no interrupted batch to resume")
+                raise BatchError(
+                    "there is no interrupted batch to resume; to write a finished batch's "
+                    "results again, use 'medscreen export BATCH --out DIR' "
+                    "('medscreen history' lists the batches)"
+                )
             resume_id = interrupted[0].id
 
     runner = BatchRunner(models, store, workers=args.workers)
@@ -259,6 +275,7 @@ def _classify(args: argparse.Namespace) -> int:
     generator = runner.run(args.paths if args.command == "classify" else (), resume=resume_id)
     summary: BatchSummary | None = None
     interrupted = False
+    running_id = resume_id  # the batch *this* run works on, never another one's
     try:
         while True:
             try:
@@ -266,6 +283,7 @@ def _classify(args: argparse.Namespace) -> int:
             except StopIteration as stop:
                 summary = stop.value
                 break
+            running_id = event.batch_id
             bar.update(event)
     except KeyboardInterrupt:
         interrupted = True
@@ -273,7 +291,10 @@ def _classify(args: argparse.Namespace) -> int:
         generator.close()
     bar.close()
 
-    batch_id = summary.batch_id if summary else _latest_batch(store)
+    batch_id = summary.batch_id if summary else running_id
+    if batch_id is None:  # stopped while the folders were still being listed
+        print("interrupted before any scan started: nothing to keep", file=stream)
+        return 130
     ctx = ReportContext.for_batch(
         batch_id,
         models,
@@ -283,12 +304,7 @@ def _classify(args: argparse.Namespace) -> int:
         include_identifiers=args.include_identifiers,
     )
     results = list(store.batch_results(batch_id))
-    written = [
-        write_csv(results, ctx, out / "results.csv"),
-        write_json(results, ctx, out / "results.json"),
-    ]
-    if formats:
-        written += write_reports(results, ctx, out, formats)
+    written = _write_outputs(results, ctx, out, formats)
     _print_summary(summary, results, ctx, written, stream)
     if interrupted:
         print(
@@ -304,11 +320,89 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _latest_batch(store: ResultsStore) -> str:
-    batches = store.batches(limit=1)
-    if not batches:
-        raise BatchError("no batch was started")
-    return batches[0].id
+def _write_outputs(
+    results: Sequence[ScanResult], ctx: ReportContext, out: Path, formats: Sequence[str]
+) -> list[Path]:
+    """Write results.csv, results.json and the requested reports; an I/O failure (a full or
+    vanished disk) becomes one clear message, and the batch stays in the store to export."""
+    from desktop.engine.reports import write_csv, write_json, write_reports
+
+    try:
+        written = [
+            write_csv(results, ctx, out / "results.csv"),
+            write_json(results, ctx, out / "results.json"),
+        ]
+        if formats:
+            written += write_reports(results, ctx, out, formats)
+    except OSError as exc:
+        log.debug("writing the results failed", exc_info=True)
+        raise BatchError(
+            f"could not write the results to {display_path(out)}: {_os_reason(exc)}. "
+            f"Every finished scan of batch {ctx.batch_id} is kept in the results store: when "
+            f"there is room, write them with 'medscreen export {ctx.batch_id} --out DIR'"
+        ) from exc
+    return written
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError in words: 'No space left on device (ENOSPC): /path'."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    if code:
+        reason += f" ({code})"
+    if exc.filename:
+        reason += f": {display_path(os.fsdecode(exc.filename))}"
+    return reason
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``medscreen export BATCH --out DIR``: the outputs of a stored batch, written again.
+
+    For a batch whose outputs could not be written (a full disk), or copies for another
+    folder, operating point or report format. Nothing is screened.
+    """
+    from desktop.engine.reports import ReportContext, parse_formats
+
+    out: Path = args.out
+    try:
+        formats = parse_formats([args.report])
+        choice = ThresholdChoice.parse(args.operating_point)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from exc
+    store = _store(args)
+    info = store.batch(args.batch)
+    if info is None:
+        raise BatchError(
+            f"no batch {args.batch!r} in the results store {store.path} "
+            "('medscreen history' lists the batches)"
+        )
+    check_writable(out)
+    models = _load_models(args)
+    for manifest in models.manifests.values():
+        if manifest.role == "finding":
+            choice.resolve(manifest)
+    ctx = ReportContext.for_batch(
+        info.id,
+        models,
+        choice,
+        clinic_name=args.clinic,
+        operator=args.operator,
+        include_identifiers=args.include_identifiers,
+    )
+    if info.device:  # the device the batch ran on, not the one this command would use
+        ctx = dataclasses.replace(ctx, device=info.device)
+    results = list(store.batch_results(info.id))
+    written = _write_outputs(results, ctx, out, formats)
+    stream = sys.stderr
+    _print_summary(None, results, ctx, written, stream)
+    if info.status != BatchStatus.COMPLETED:
+        total = info.total if info.total is not None else "?"
+        print(
+            f"  batch {info.id} is {info.status}: {info.done}/{total} scans finished; "
+            f"'medscreen resume {info.id} --out {display_path(out)}' continues it",
+            file=stream,
+        )
+    return 0
 
 
 def _print_summary(

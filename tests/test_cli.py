@@ -203,3 +203,22 @@ def test_help_and_version(argv, expected, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert expected in capsys.readouterr().out
+
+
+def test_missing_qt_says_so_instead_of_a_stale_not_in_this_build(monkeypatch, capsys):
+    """The window is part of every build: a missing Qt is a broken installation, said plainly."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_qt(name, *args, **kwargs):
+        if name == "desktop.gui.app":
+            raise ModuleNotFoundError("No module named 'PySide6'", name="PySide6")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_qt)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "PySide6 is missing" in err and "medscreen classify" in err
+    assert "not part of this build" not in err
+    assert "not part of this build" not in (REPO / "desktop" / "cli.py").read_text()

@@ -151,7 +151,7 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             "(or choose another file with --db); 'sqlite3 FILE .recover' may rescue its "
             "history."
         )
-    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+    if name.startswith("SQLITE_READONLY") or "readonly" in text or not _writable(path):
         return StoreError(
             f"the results store {path} is read-only ({detail}): MedScreen must write to it "
             "and to its folder. Check their permissions, or choose another file with --db."
@@ -172,6 +172,16 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             "exists and is writable, or choose another file with --db."
         )
     return StoreError(f"the results store {path} failed: {detail}")
+
+
+def _writable(path: Path) -> bool:
+    """Whether the database file (if it exists) and its folder can be written (SQLite needs
+    both: the ``-wal`` and ``-shm`` files live beside it)."""
+    try:
+        folder_ok = os.access(path.parent, os.W_OK)
+        return folder_ok and (not path.exists() or os.access(path, os.W_OK))
+    except OSError:
+        return True  # nothing known: let the generic message speak
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -34,6 +34,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QImage, QPixmap
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.paths import display_path
 from desktop.engine.results import (
     BatchCounts,
     ScanResult,
@@ -277,9 +278,9 @@ class ResultsModel(QAbstractTableModel):
             return None
         if kind is Column.FILE:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
-                return Path(result.file).name
+                return display_path(Path(result.file).name)  # Qt drops undecodable bytes
             if role == Qt.ItemDataRole.ToolTipRole:
-                return result.file
+                return display_path(result.file)
             return None
         if kind is Column.MODALITY:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
@@ -383,7 +384,7 @@ class ResultsProxy(QSortFilterProxyModel):
         if not isinstance(model, ResultsModel):
             return True
         result = model.result(source_row)
-        if self._search and self._search not in Path(result.file).name.lower():
+        if self._search and self._search not in display_path(Path(result.file).name).lower():
             return False
         if self._filter is Filter.FLAGGED:
             return model.is_row_flagged(result)

@@ -44,6 +44,7 @@ from desktop.engine.dicom import window_raw
 from desktop.engine.loading import load_scan
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
+from desktop.engine.paths import display_path
 from desktop.engine.preprocess import activation_to_image
 from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
 from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
@@ -104,7 +105,7 @@ class ScanViewer(QDialog):
         self._window: tuple[float, float] | None = None
         self._user_window = False  # True once the user moved the window away from the file's
         self._worker: Worker | None = None
-        self.setWindowTitle(f"{Path(result.file).name} — MedScreen")
+        self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(1100, 760)
 
@@ -336,9 +337,10 @@ class ScanViewer(QDialog):
 
     def _file_label(self) -> QLabel:
         # Zero-width spaces after separators let a long path wrap instead of clipping.
-        text = self.result.file.replace("/", "/\u200b").replace("\\", "\\\u200b")
+        shown = display_path(self.result.file)  # Qt would drop undecodable bytes
+        text = shown.replace("/", "/\u200b").replace("\\", "\\\u200b")
         label = QLabel(text, self)
-        label.setToolTip(self.result.file)
+        label.setToolTip(shown)
         label.setWordWrap(True)
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         return label

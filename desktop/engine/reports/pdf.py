@@ -47,11 +47,13 @@ from reportlab.platypus import (
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import INFERNO_LUT, decode_thumbnail, overlay
-from desktop.engine.paths import assets_dir
+from desktop.engine.paths import assets_dir, display_path
 from desktop.engine.preprocess import activation_to_image
 from desktop.engine.reports._common import (
+    PDF_TEXT_CHARS,
     STATUS_TEXT,
     Counts,
+    clip_text,
     count,
     fmt_score,
     identifiers,
@@ -173,8 +175,13 @@ def _styles(regular: str, bold: str) -> dict[str, ParagraphStyle]:
 
 
 def _t(text: object) -> str:
-    """Plain text made safe for a reportlab Paragraph (which parses a small XML dialect)."""
-    return escape(str(text))
+    """Plain text made safe for a reportlab Paragraph (which parses a small XML dialect).
+
+    Also cut to :data:`PDF_TEXT_CHARS` and shown readably when it is a file name that is not
+    valid Unicode: no text from a result can make a paragraph taller than a page (reportlab's
+    ``LayoutError`` loses the whole report) or fail to encode.
+    """
+    return escape(clip_text(display_path(str(text)), PDF_TEXT_CHARS))
 
 
 def shorten(name: str, limit: int = MAX_NAME_CHARS) -> str:

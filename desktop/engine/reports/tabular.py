@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,11 @@ from typing import Any
 import numpy as np
 
 from desktop.engine.manifest import ModelManifest
+from desktop.engine.paths import display_path
 from desktop.engine.reports._common import (
+    EXCEL_CELL_CHARS,
     atomic_open,
+    clip_text,
     count,
     fmt_score,
     identifiers,
@@ -63,9 +67,11 @@ def safe_cell(text: str) -> str:
     A scan named ``=HYPERLINK("http://…")`` or ``@SUM(…)`` would otherwise run as a formula
     when the CSV is opened in a spreadsheet (OWASP "CSV injection"). A leading apostrophe makes
     every common spreadsheet show the text as typed; only cells that would start a formula
-    are touched, so ordinary names and numbers are unchanged.
+    are touched, so ordinary names and numbers are unchanged. A cell longer than Excel's
+    32,767 characters is cut (saying so), since Excel would otherwise break the row.
     """
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    text = "'" + text if text.startswith(_FORMULA_START) else text
+    return clip_text(text, EXCEL_CELL_CHARS)
 
 
 def _flag_text(flag: bool | None) -> str:
@@ -75,7 +81,7 @@ def _flag_text(flag: bool | None) -> str:
 def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]:
     flags = scan_flags(result, ctx)
     row: list[str] = [
-        safe_cell(result.file),
+        safe_cell(display_path(result.file)),
         result.sha256 or "",
         str(result.status),
         safe_cell(result.reason),
@@ -175,7 +181,9 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
         }
     metadata = result.metadata if ctx.include_identifiers else result.public_metadata()
     return {
-        "file": result.file,
+        "file": display_path(result.file),
+        # The exact bytes of a name that is not valid Unicode (hex), so a program can open it.
+        "file_bytes": None if display_path(result.file) == result.file else _raw_name(result.file),
         "sha256": result.sha256,
         "status": str(result.status),
         "reason": result.reason,
@@ -191,6 +199,11 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
         "models_key": result.models_key,
         "screened_at": result.screened_at,
     }
+
+
+def _raw_name(file: str) -> str:
+    """The name's bytes as the file system holds them, in hex (``bytes.fromhex`` reverses)."""
+    return os.fsencode(file).hex()
 
 
 def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[str, Any]:

@@ -1,0 +1,343 @@
+"""Outputs and the store when the disk, the database or the user get in the way (issue 9
+defects 6, 8, 9; issue 15's resume + Ctrl-C): a clear message and a non-zero exit, never a
+traceback; a batch whose outputs could not be written is exported again later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from desktop.cli import main
+from desktop.engine.registry import load_model_set
+from desktop.engine.reports import ReportContext, write_csv, write_json, write_pdf
+from desktop.engine.reports._common import EXCEL_CELL_CHARS, atomic_open
+from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
+from desktop.engine.store import BatchStatus, ResultsStore
+from tests.conftest import DATA, REPO
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+UNSIGNED_OK = {"MEDSCREEN_ALLOW_UNSIGNED_MODELS": "1"}
+
+
+def _cli(tmp_path: Path, models: Path, command: str, *args: str, out: Path | None = None) -> int:
+    return main(
+        [
+            command,
+            *args,
+            "--out",
+            str(out or tmp_path / "out"),
+            "--models",
+            str(models),
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--quiet",
+        ]
+    )
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real small file system at ``folder`` (root only: skips otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# -- issue 9 defect 8: a full output disk --------------------------------------------------
+
+
+def test_full_output_disk_is_a_message_and_the_batch_can_be_exported_later(
+    tmp_path, stand_in_models, chest_folder, monkeypatch, capsys
+):
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, *args, **kwargs):  # every report file hits ENOSPC when written
+        handle = real_fdopen(fd, *args, **kwargs)
+
+        def write(_data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        handle.write = write
+        return handle
+
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    code = _cli(tmp_path, stand_in_models, "classify", str(chest_folder), "--report", "pdf")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    assert "could not write the results" in err and "No space left on device (ENOSPC)" in err
+    assert not list((tmp_path / "out").glob("*.csv"))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]
+
+    # the batch is complete in the store ...
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    (batch,) = store.batches()
+    assert batch.status == BatchStatus.COMPLETED and batch.done == 24
+    assert batch.id in err and f"medscreen export {batch.id}" in err
+    # ... resume says where to look instead of only refusing ...
+    assert _cli(tmp_path, stand_in_models, "resume") == 1
+    assert "medscreen export BATCH" in capsys.readouterr().err
+    # ... and export writes it, once there is room, with every requested format
+    again = tmp_path / "elsewhere"
+    code = _cli(tmp_path, stand_in_models, "export", batch.id, "--report", "pdf", out=again)
+    assert code == 0, capsys.readouterr().err
+    rows = _csv(again / "results.csv")
+    assert len(rows) == 24 and all(r["status"] == "ok" for r in rows)
+    assert json.loads((again / "results.json").read_text())["batch"]["id"] == batch.id
+    assert (again / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert store.batch(batch.id).status == BatchStatus.COMPLETED  # nothing was re-screened
+
+
+def test_really_full_tmpfs_output_disk(tmp_path, stand_in_models, chest_folder, capsys):
+    """The same on a real 64 KiB file system (root only: it mounts a tmpfs)."""
+    with _tmpfs(tmp_path / "tiny", "64k") as out:
+        (out / "filler").write_bytes(b"\0" * 40_000)  # the writable check still passes
+        code = _cli(tmp_path, stand_in_models, "classify", str(chest_folder), out=out)
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err
+        assert "No space left on device" in err
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_export_of_an_unknown_batch_is_a_clear_error(tmp_path, stand_in_models, capsys):
+    assert _cli(tmp_path, stand_in_models, "export", "nosuchbatch") == 1
+    assert "no batch 'nosuchbatch'" in capsys.readouterr().err
+
+
+# -- issue 9 defect 8: read-only and damaged databases ------------------------------------
+
+
+def test_read_only_database_is_a_clear_message(tmp_path, stand_in_models, chest_folder):
+    """A store on a read-only file system (as root: a tmpfs remounted read-only) or a file
+    without write permission (as a user)."""
+    env = {**os.environ, **UNSIGNED_OK}
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(_tmpfs(tmp_path / "ro", "4m")) if IS_ROOT else tmp_path / "ro"
+        run = _classify_on_read_only_store(folder, env, stand_in_models, chest_folder, tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "read-only" in run.stderr and "r.sqlite3" in run.stderr
+
+
+def _classify_on_read_only_store(
+    folder: Path, env: dict[str, str], models: Path, scans: Path, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    db = folder / "r.sqlite3"
+    store = ResultsStore(db)
+    store.create_batch([str(scans)], "k", "CPU")
+    store.close()
+    if IS_ROOT:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    else:
+        db.chmod(0o444)
+        folder.chmod(0o555)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "desktop", "classify", str(scans), "--db", str(db),
+             "--models", str(models), "--out", str(tmp_path / "out"), "--quiet"],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        )  # fmt: skip
+    finally:
+        if not IS_ROOT:
+            folder.chmod(0o755)
+    return run
+
+
+def _pages_of(db: Path, table: str) -> list[int]:
+    with sqlite3.connect(db) as con:
+        pages = [p for (p,) in con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,))]
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    return [(p - 1) * size for p in pages]
+
+
+def test_damaged_database_exits_non_zero_not_with_internal_error_rows(
+    tmp_path, stand_in_models, chest_folder, capsys
+):
+    assert _cli(tmp_path, stand_in_models, "classify", str(chest_folder)) == 0
+    db = tmp_path / "r.sqlite3"
+    with sqlite3.connect(db) as con:  # everything in the main file, as after a clean exit
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    offsets = _pages_of(db, "results") + _pages_of(db, "file_index")
+    with open(db, "r+b") as handle:  # overwrite real pages of a real store
+        for offset in offsets:
+            handle.seek(offset)
+            handle.write(b"\xa5" * 1024)
+    capsys.readouterr()
+    code = _cli(tmp_path, stand_in_models, "classify", str(chest_folder), out=tmp_path / "o2")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "is damaged" in err and "Traceback" not in err
+    assert not (tmp_path / "o2" / "results.csv").exists()
+
+
+# -- issue 15: resume + Ctrl-C reports the resumed batch --------------------------------------
+
+_SLOW_CLI = """
+import sys, time
+from desktop.engine import screening
+real = screening.Screener.screen
+def slow(self, prepared):
+    time.sleep(0.3)  # a slow PC: time to press Ctrl-C mid-batch
+    return real(self, prepared)
+screening.Screener.screen = slow
+from desktop.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _done(db: Path, batch_id: str) -> int:
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT COUNT(*) FROM batch_items WHERE batch_id=? AND status IS NOT NULL", (batch_id,)
+        ).fetchone()
+    con.close()
+    return int(row[0])
+
+
+def test_ctrl_c_during_resume_writes_the_resumed_batch(tmp_path, stand_in_models, chest_folder):
+    db = tmp_path / "r.sqlite3"
+    models = load_model_set([stand_in_models])
+    store = ResultsStore(db)
+    # batch A: interrupted after its file list was saved
+    from desktop.engine.runner import BatchRunner, run_to_end
+
+    runner = BatchRunner(models, store, workers=1, batch_size=2)
+    gen = runner.run([chest_folder / "tb"])
+    first = next(gen)
+    next(gen)
+    runner.cancel()
+    run_to_end(gen)
+    batch_a = first.batch_id
+    # batch B: started later, finished
+    time.sleep(1.1)
+    later = run_to_end(runner.run([chest_folder / "pneumonia"]))
+    assert store.batches()[0].id == later.batch_id != batch_a
+    before = _done(db, batch_a)
+    store.close()
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, "resume", batch_a, "--out", str(out), "--db", str(db),
+         "--models", str(stand_in_models), "--quiet", "--workers", "1"],
+        cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _done(db, batch_a) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done = _done(db, batch_a)
+    assert before + 2 <= done < 12  # interrupted mid-batch
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert report["batch"]["id"] == batch_a
+    assert len(report["scans"]) == done
+    assert all("/tb/" in s["file"] for s in report["scans"])
+    assert f"medscreen resume {batch_a}" in err
+
+
+# -- issue 9 defect 9: temporary files of a killed writer ------------------------------------
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from desktop.engine.reports._common import atomic_open
+with atomic_open(Path(sys.argv[1]), "w") as handle:
+    handle.write("half a report")
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_part_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "results.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".results.csv.") and left[0].endswith(".part")
+    # a live writer's temporary file is never touched ...
+    live = tmp_path / f".results.csv.{os.getpid()}.abcdef.part"
+    live.write_text("in progress")
+    # ... nor another report's
+    other = tmp_path / ".report.pdf.999999999.abcdef.part"
+    other.write_text("x")
+    with atomic_open(target, "w") as handle:
+        handle.write("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["results.csv", live.name, other.name]
+    )
+    assert target.read_text() == "new"
+
+
+# -- issue 9 defect 6: reports never fail on text length -------------------------------------
+
+
+def test_a_40000_character_reason_neither_breaks_the_pdf_nor_the_csv(tmp_path, stand_in_models):
+    models = load_model_set([stand_in_models])
+    ctx = ReportContext("b1", datetime.now(UTC), "test", models.manifests, ThresholdChoice(), "CPU")
+    dicom = str(DATA / "dicom" / "CR-MONO1-10-chest.dcm")
+    results = [
+        ScanResult(
+            file=dicom,
+            sha256="ab" * 32,
+            status=ScanStatus.ERROR,
+            reason="unsupported PhotometricInterpretation " + "Y" * 40_000,  # one long word
+            error_code="unsupported_image",
+        ),
+        ScanResult(
+            file=dicom + ".2",
+            sha256="cd" * 32,
+            status=ScanStatus.ERROR,
+            reason="words " * 8_000,
+            error_code="unsupported_image",
+            warnings=("w" * 50_000,),
+        ),
+    ]
+    pdf = write_pdf(results, ctx, tmp_path / "report.pdf")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+    assert "unsupported PhotometricInterpretation" in text and "characters in all" in text
+    rows = _csv(write_csv(results, ctx, tmp_path / "r.csv"))
+    assert len(rows) == 2
+    assert all(len(v) <= EXCEL_CELL_CHARS for row in rows for v in row.values())
+    assert rows[0]["reason"].startswith("unsupported PhotometricInterpretation YYY")
+    assert rows[0]["reason"].endswith("[cut: 40,038 characters in all]")
+    # the JSON, for programs, keeps the text as the engine gave it
+    doc = json.loads(write_json(results, ctx, tmp_path / "r.json").read_text())
+    assert len(doc["scans"][0]["reason"]) == 40_038
