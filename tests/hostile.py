@@ -121,10 +121,13 @@ def write_swallowing(dest: Path, keyword: str = "Modality") -> Path:
     return dest
 
 
-def write_nan_tiff(dest: Path, *, src: Path = TB_PNG) -> Path:
-    """The chest PNG as a 32-bit float TIFF with a NaN stripe and ±inf and huge values."""
+def write_nan_tiff(dest: Path, *, src: Path = TB_PNG, extremes: bool = True) -> Path:
+    """The chest PNG as a 32-bit float TIFF with a NaN stripe (and ±inf, ±3e38 values)."""
     values = grey8(src).astype(np.float32) / np.float32(255.0)
     values[100:120, :] = np.nan
+    if not extremes:
+        Image.fromarray(values, mode="F").save(dest, format="TIFF")
+        return dest
     values[0, 0] = np.inf
     values[0, 1] = -np.inf
     values[1, 0] = np.float32(3e38)

@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 #: decodes in about a second on a slow laptop core).
 DECODE_TIMEOUT_S: float = 60.0
 
+#: Seconds a new worker may take to start (a Python interpreter importing NumPy and pydicom;
+#: slow on a busy machine, but paid once per worker).
+STARTUP_TIMEOUT_S: float = 120.0
+
 #: Address space a worker may add after start-up (Linux only): enough for the largest image
 #: the loader accepts, decoded, plus the decoder's own buffers.
 WORKER_MEMORY_BYTES: int = 3 << 30
@@ -133,6 +137,7 @@ def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> Non
     import pydicom.pixels  # noqa: F401
 
     _limit_memory(memory_bytes)
+    conn.send(_Reply("ready"))
     while True:
         try:
             request = conn.recv()
@@ -163,12 +168,26 @@ class _Worker:
         )
         self.process.start()
         child_conn.close()
+        self.started = False
+
+    def _wait_started(self) -> None:
+        """Wait for the worker's "ready" (imports done), so timeouts measure decodes only."""
+        if self.started:
+            return
+        if not self.conn.poll(STARTUP_TIMEOUT_S):
+            self.kill()
+            raise RuntimeError("the decoder worker process did not start")
+        reply: _Reply = self.conn.recv()
+        if reply.kind != "ready":
+            raise RuntimeError("the decoder worker process did not start")
+        self.started = True
 
     def alive(self) -> bool:
         return self.process.is_alive()
 
     def call(self, request: Request, timeout_s: float) -> np.ndarray:
         try:
+            self._wait_started()
             self.conn.send(request)
             if not self.conn.poll(timeout_s):
                 self.kill()
