@@ -286,31 +286,118 @@ def test_viewer_heatmap_toggles_and_shows_outputs(qtbot, window: MainWindow, che
     viewer.close()
 
 
+@pytest.fixture
+def identified_dicom(tmp_path: Path) -> Path:
+    """A folder with the real CR chest carrying known patient identifiers, and a PNG without.
+
+    The viewer's identifier checkbox is enabled only for a file with identifiers: this makes
+    sure the test below always exercises both states instead of asserting conditionally.
+    """
+    from tests.fixtures import write_cr_variant
+
+    folder = tmp_path / "identified"
+    folder.mkdir()
+    write_cr_variant(
+        folder / "IM000001.dcm",
+        PatientName="Müller^José",
+        PatientID="MRN-004417",
+        PatientBirthDate="19570312",
+    )
+    shutil.copy(next((DATA / "tb" / "normal").glob("*.png")), folder / "plain.png")
+    return folder
+
+
+def _detail_rows(viewer) -> dict[str, str]:
+    form = viewer.details
+    label, field = form.ItemRole.LabelRole, form.ItemRole.FieldRole
+    return {
+        form.itemAt(i, label).widget().text(): form.itemAt(i, field).widget().text()
+        for i in range(form.rowCount())
+    }
+
+
 def test_viewer_window_level_on_dicom_and_hidden_identifiers(
-    qtbot, window: MainWindow, tmp_path: Path
+    qtbot, window: MainWindow, identified_dicom: Path
 ):
-    folder = tmp_path / "dicom"
-    shutil.copytree(DATA / "dicom", folder)
-    _run_folder(qtbot, window, folder)
-    result = next(r for r in window.model.results() if r.file.endswith("CR-MONO1-10-chest.dcm"))
+    _run_folder(qtbot, window, identified_dicom)
+    result = next(r for r in window.model.results() if r.file.endswith("IM000001.dcm"))
     viewer = window.open_viewer(result)
     qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
     assert viewer.center.isEnabled()
     before = viewer.rendered_image()
     viewer.width_slider.setValue(max(2, viewer.width_slider.value() // 4))
     qtbot.waitUntil(lambda: _mean_abs_diff(before, viewer.rendered_image()) > 2, timeout=WAIT_MS)
-    labels = [
-        viewer.details.itemAt(i, viewer.details.ItemRole.LabelRole).widget().text()
-        for i in range(viewer.details.rowCount())
-    ]
-    assert "Patient name" not in labels and "Patient ID" not in labels
-    if viewer.show_ids.isEnabled():
-        viewer.show_ids.setChecked(True)
-        labels = [
-            viewer.details.itemAt(i, viewer.details.ItemRole.LabelRole).widget().text()
-            for i in range(viewer.details.rowCount())
-        ]
-        assert "Patient name" in labels or "Patient ID" in labels
+    rows = _detail_rows(viewer)
+    assert not {"Patient name", "Patient ID", "Birth date"} & set(rows)
+    assert "MRN-004417" not in " ".join(rows.values())
+    assert viewer.show_ids.isEnabled() and not viewer.show_ids.isChecked()
+    viewer.show_ids.setChecked(True)
+    rows = _detail_rows(viewer)
+    assert rows["Patient name"] == "Müller^José"
+    assert rows["Patient ID"] == "MRN-004417"
+    assert rows["Birth date"] == "19570312"
+    viewer.close()
+    # a file without identifiers: the box is off and says why
+    plain = next(r for r in window.model.results() if r.file.endswith("plain.png"))
+    viewer = window.open_viewer(plain)
+    qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
+    assert not viewer.show_ids.isEnabled()
+    assert viewer.show_ids.toolTip() == "This file carries no patient identifiers"
+    viewer.close()
+
+
+def test_viewer_never_lays_a_result_on_a_changed_file(qtbot, window: MainWindow, tmp_path: Path):
+    """A PACS export reuses IM000001.png for another patient: the viewer must not show the new
+    image under the old scores and heatmap; it shows what was screened and offers a rescreen."""
+    import hashlib
+
+    from desktop.engine.overlay import decode_thumbnail
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    target = folder / "IM000001.png"
+    shutil.copy(sorted((DATA / "tb" / "tuberculosis").glob("*.png"))[0], target)
+    _run_folder(qtbot, window, folder)
+    screened = window.model.result(0)
+    assert screened.status is ScanStatus.OK and screened.findings["tb"].activation is not None
+    shutil.copy(sorted((DATA / "tb" / "normal").glob("*.png"))[0], target)  # same name
+    new_sha = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert new_sha != screened.sha256
+
+    viewer = window.open_viewer(screened)
+    with qtbot.waitSignal(viewer.image_ready, timeout=WAIT_MS):
+        pass
+    assert viewer.file_changed
+    assert viewer.source_label.text() == "stored thumbnail (the file has changed)"
+    assert "IM000001.png is not the image that was screened" in viewer.messages.message()
+    assert viewer.messages.action.text() == "Screen the new file"
+    thumb = decode_thumbnail(window.model.with_thumbnail(screened).thumbnail_png)
+    np.testing.assert_array_equal(viewer._grey, thumb)  # the screened image, not the new one
+    assert not viewer.center.isEnabled()
+    # the stored heatmap is laid on the stored thumbnail: what was screened
+    viewer.opacity.setValue(80)
+    plain = viewer.rendered_image()
+    qtbot.keyClick(viewer, Qt.Key.Key_H)
+    assert _mean_abs_diff(plain, viewer.rendered_image()) > 5
+
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        viewer.messages.action.click()
+    assert window.model.rowCount() == 1
+    fresh = window.model.result(0)
+    assert fresh.file == str(target) and fresh.sha256 == new_sha
+    assert fresh.findings["tb"].probability != screened.findings["tb"].probability
+
+
+def test_viewer_shows_the_original_when_the_bytes_match(qtbot, window: MainWindow, tmp_path):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    shutil.copy(sorted((DATA / "tb" / "tuberculosis").glob("*.png"))[0], folder / "IM000001.png")
+    _run_folder(qtbot, window, folder)
+    viewer = window.open_viewer(window.model.result(0))
+    with qtbot.waitSignal(viewer.image_ready, timeout=WAIT_MS):
+        pass
+    assert not viewer.file_changed and viewer.messages.message() == ""
+    assert viewer.source_label.text().endswith("original")
     viewer.close()
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QModelIndex, Qt, Signal
+from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
@@ -126,6 +126,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._side_workers: set[Worker] = set()
         self._viewers: list[ScanViewer] = []
         self._pending_inputs: list[Path] = []
+        self._queued_inputs: list[Path] = []  # to screen when the running batch ends
         self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
         self.setAcceptDrops(True)
         self.resize(1280, 800)
@@ -535,6 +536,9 @@ class MainWindow(FileDropTarget, QMainWindow):
     def _batch_finished(self, summary: BatchSummary | None, cancelled: bool) -> None:
         self.batch_bar.hide()
         self.act_cancel.setEnabled(False)
+        if self._queued_inputs:
+            queued, self._queued_inputs = self._queued_inputs, []
+            QTimer.singleShot(0, lambda: self.open_paths(queued))
         if summary is None:
             return
         verb = "Cancelled" if cancelled else "Finished"
@@ -601,9 +605,21 @@ class MainWindow(FileDropTarget, QMainWindow):
         manifests = self.models.manifests if self.models else self.model.manifests()
         viewer = ScanViewer(self.model.with_thumbnail(result), manifests, self.model.choice(), self)
         viewer.destroyed.connect(lambda _o=None, v=viewer: self._forget_viewer(v))
+        viewer.screen_requested.connect(self.screen_again)
         self._viewers.append(viewer)
         viewer.show()
         return viewer
+
+    def screen_again(self, path: Path) -> None:
+        """Screen a file whose content changed since its result (the viewer's offer), as a new
+        batch: now, or as soon as the running batch ends."""
+        if self.batch.is_running():
+            self._queued_inputs.append(Path(path))
+            self.messages.show_message(
+                f"{Path(path).name} will be screened when the running batch ends.", "info"
+            )
+            return
+        self.open_paths([Path(path)])
 
     def _forget_viewer(self, viewer: ScanViewer) -> None:
         if viewer in self._viewers:

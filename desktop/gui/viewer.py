@@ -8,6 +8,11 @@ MONOCHROME1 inversion, exactly as the models saw it); until the user moves the w
 viewer shows ``Scan.pixels``, the loader's own rendering (VOI LUT included). 8-bit images have
 nothing more to window, so the controls are disabled for them and say why.
 
+The full-size file is shown only if its bytes are the ones that were screened (same sha256):
+PACS exports reuse names such as ``IM000001``, and a heatmap and scores laid over another
+patient's image would be a clinical error. When the content differs the viewer says so, keeps
+the stored thumbnail (with its heatmap: what was screened) and offers to screen the new file.
+
 Patient identifiers (name, ID, birth date) are hidden until the user ticks "Show patient
 identifiers"; the choice is not remembered, so every scan opens with them hidden.
 """
@@ -50,6 +55,7 @@ from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_f
 from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
 from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
+from desktop.gui.message_bar import MessageBar
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import reading_order, short_name
 from desktop.gui.workers import Worker, WorkerError
@@ -87,6 +93,9 @@ class ScanViewer(QDialog):
 
     #: Emitted once the best available image is shown (full scan, or thumbnail fallback).
     image_ready = Signal()
+    #: The user asked to screen the file at this path again: its content is not what was
+    #: screened (the main window queues it as a new batch).
+    screen_requested = Signal(object)
 
     def __init__(
         self,
@@ -105,6 +114,8 @@ class ScanViewer(QDialog):
         self._window: tuple[float, float] | None = None
         self._user_window = False  # True once the user moved the window away from the file's
         self._worker: Worker | None = None
+        #: True when the file at ``result.file`` no longer holds the screened bytes.
+        self.file_changed = False
         self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(1100, 760)
@@ -165,6 +176,8 @@ class ScanViewer(QDialog):
         left = QWidget(self)
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
+        self.messages = MessageBar(self)
+        left_layout.addWidget(self.messages)
         left_layout.addLayout(bar)
         left_layout.addWidget(self.canvas, 1)
 
@@ -386,6 +399,9 @@ class ScanViewer(QDialog):
         emit(self.image_ready)
 
     def _full_loaded(self, scan: Scan) -> None:
+        if self.result.sha256 and scan.sha256 != self.result.sha256:
+            self._file_changed(scan)
+            return
         self._scan = scan
         self.source_label.setText(f"{scan.metadata.width}×{scan.metadata.height} original")
         if scan.raw is not None:
@@ -404,6 +420,27 @@ class ScanViewer(QDialog):
         self._render_base()
         self._update_heat()
         self._fill_details()
+        emit(self.image_ready)
+
+    def _file_changed(self, scan: Scan) -> None:
+        """The path now holds other bytes: show only what was screened, and say so plainly."""
+        self.file_changed = True
+        name = display_path(Path(self.result.file).name)
+        stamp = self.result.screened_at.replace("T", " ")[:16]
+        when = f" on {stamp} UTC" if stamp else ""
+        self.source_label.setText("stored thumbnail (the file has changed)")
+        self.messages.show_message(
+            f"{name} is not the image that was screened: its content has changed since it was "
+            f"screened{when}. The scores and heatmap here belong to the screened image, shown "
+            "as its stored thumbnail; the file on disk has not been screened.",
+            "warning",
+            "Screen the new file",
+            lambda: emit(self.screen_requested, Path(scan.path)),
+        )
+        self._set_window_enabled(
+            False, "The file on disk is not the screened image: window/level is off."
+        )
+        log.warning("viewer: file content changed since screening (sha256 differs)")
         emit(self.image_ready)
 
     def _set_window_enabled(self, enabled: bool, note: str) -> None:
