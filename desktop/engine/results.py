@@ -112,7 +112,7 @@ class ThresholdChoice:
 
     name: str | None = None
     threshold: float | None = None
-    site: SitePoint | None = field(default=None, compare=False, repr=False)
+    site: SitePoint | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, text: str | None, sites: SitePointStore | None = None) -> ThresholdChoice:

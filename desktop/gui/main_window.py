@@ -18,6 +18,7 @@ from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -262,6 +263,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.act_models = action(
             "Models and about…", self.show_models, None, sp.SP_MessageBoxInformation
         )
+        self.act_calibrate = action("Calibrate for this site…", self.show_calibrate)
+        self.act_calibrate.setEnabled(False)  # until the models are loaded
 
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
@@ -294,6 +297,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.act_open_scan.triggered.connect(lambda: self.view.open_index(self.view.currentIndex()))
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self.view.addActions([self.act_open_scan, self.act_export_rows, self.act_next])
+        tools_menu = menu.addMenu("&Tools")
+        tools_menu.addAction(self.act_calibrate)
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.act_models)
 
@@ -357,6 +362,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.op_picker.set_manifests(self.model.manifests(), self.settings.operating_point)
         self.view.apply_column_widths()
         self.act_export.setEnabled(True)
+        self.act_calibrate.setEnabled(True)
         if models.problems:
             self.messages.show_message(
                 "Some model files were refused: " + "; ".join(models.problems), "warning"
@@ -673,6 +679,29 @@ class MainWindow(FileDropTarget, QMainWindow):
                 "Resume",
                 lambda: self.resume_batch(batch_id),
             )
+
+    def show_calibrate(self) -> QDialog | None:
+        """Tools → Calibrate for this site: set a threshold on the clinic's labelled scans."""
+        if self.models is None:
+            self.messages.show_message("Calibration needs the models loaded.", "warning")
+            return None
+        from desktop.gui.calibrate_dialog import CalibrateDialog
+
+        dialog = CalibrateDialog(
+            self.models,
+            self.store,
+            operator=self.settings.operator,
+            start_folder=self.settings.last_folder,
+            parent=self,
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.saved.connect(self._site_points_changed)
+        dialog.open()
+        return dialog
+
+    def _site_points_changed(self, _point: object = None) -> None:
+        """A site point was saved or imported: offer it (if it fits the loaded models)."""
+        self.op_picker.set_manifests(self.model.manifests(), self.op_picker.setting_text())
 
     def show_settings(self) -> None:
         from desktop.gui.settings_dialog import SettingsDialog

@@ -1,0 +1,252 @@
+"""The Calibrate dialog and the operating-point picker's site points (pytest-qt, offscreen).
+
+The dialog runs the real engine with the shipped models on the labelled Kermany fixture set
+(tests/data/calibration/pneumonia); what it shows is checked against the engine's own
+figures for the same scans, so the test holds for any replacement model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QPoint, Qt
+
+from desktop.engine.calibration import calibrate
+from desktop.engine.inference import Device
+from desktop.engine.manifest import read_manifest
+from desktop.engine.registry import load_model_set
+from desktop.engine.results import ThresholdChoice
+from desktop.engine.site_points import SiteOperatingPoint, SitePointStore, site_calibration
+from desktop.engine.store import ResultsStore
+from desktop.gui import workers
+from desktop.gui.calibrate_dialog import CalibrateDialog
+from desktop.gui.main_window import MainWindow
+from desktop.gui.operating_point import OperatingPointPicker
+from desktop.gui.settings import AppSettings
+
+pytestmark = pytest.mark.gui
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+MODELS = REPO / "assets" / "models"
+LABELLED = DATA / "calibration" / "pneumonia"
+WAIT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _no_threads_left(qapp):
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and workers.live_workers():
+        qapp.processEvents()
+        time.sleep(0.02)
+    assert not workers.live_workers(), f"worker threads left running: {workers.live_workers()}"
+    left = [t.name for t in threading.enumerate() if t.name.startswith("medscreen")]
+    assert not left, f"engine threads left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model_set([MODELS], Device.CPU)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    db = ResultsStore(tmp_path / "results.sqlite3")
+    yield db
+    db.close()
+
+
+def _dialog(qtbot, shipped, store, tmp_path: Path) -> CalibrateDialog:
+    dialog = CalibrateDialog(
+        shipped,
+        store,
+        site_store=SitePointStore(tmp_path / "site_points"),
+        operator="QA nurse",
+        record_dir=tmp_path / "records",
+    )
+    qtbot.addWidget(dialog)
+    dialog.show()
+    return dialog
+
+
+def test_dialog_calibrates_moves_the_point_and_saves_a_site_point(
+    qtbot, shipped, store, tmp_path: Path
+) -> None:
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+    assert dialog.run_button.isEnabled() and not dialog.save_button.isEnabled()
+    with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS) as blocker:
+        dialog.start()
+    outcome = blocker.args[0]
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    assert outcome.calibration is not None, outcome.error
+    scores = outcome.scores
+    # The dialog shows the engine's figures for the same scans.
+    expected = calibrate(scores.scores, scores.positive, 0.9)
+    assert dialog.slider.value() == expected.chosen_index
+    assert dialog.current_point() == expected.chosen
+    text = dialog.figures.text()
+    assert f"Threshold {expected.chosen.threshold:.3f}" in text
+    assert f"Sensitivity {expected.chosen.sensitivity:.2f}" in text
+    assert "that of your labelled set" in text
+    assert f"{scores.n_positive + scores.n_negative} labelled scans used" in dialog.status.text()
+
+    # Moving the point to the strictest threshold: fewer flagged, figures follow.
+    dialog.move_point(0)
+    strict = dialog.current_point()
+    assert strict.threshold > expected.chosen.threshold
+    assert strict.confusion.tp < expected.chosen.confusion.tp
+    assert f"Threshold {strict.threshold:.3f}" in dialog.figures.text()
+    assert "moved by hand" in dialog.figures.text() and dialog.reset_button.isEnabled()
+    # Per 1,000 at a prevalence the clinic enters: the text says it was entered.
+    dialog.prevalence.setValue(5.0)
+    per = strict.per_thousand(0.05)
+    assert f"{per.flagged:.0f} flagged" in dialog.figures.text()
+    assert "entered above, not measured" in dialog.figures.text()
+    # A click on the curve picks the nearest vertex.
+    dialog.reset_button.click()
+    assert dialog.slider.value() == expected.chosen_index
+    roc = dialog.roc
+    left, top, side = roc._frame()
+    with qtbot.waitSignal(roc.point_picked) as picked:
+        qtbot.mouseClick(roc, Qt.MouseButton.LeftButton, pos=QPoint(int(left + side), int(top)))
+    assert picked.args == [len(expected.roc.thresholds) - 1]  # (1, 1): flag everything
+
+    dialog.move_point(0)
+    dialog.name_edit.setText("Guangzhou-Test")
+    with (
+        qtbot.waitSignal(dialog.saved) as saved_signal,
+        qtbot.waitSignal(dialog.record_written, timeout=WAIT_MS) as written,
+    ):
+        dialog.save_button.click()
+    point = saved_signal.args[0]
+    cal = point.for_model("pneumonia")
+    assert point.choice_name == "site:Guangzhou-Test"
+    assert cal.threshold == strict.threshold and cal.chosen_by == "manual"
+    assert cal.calibrated_by == "QA nurse" and cal.n_positive == scores.n_positive
+    assert cal.model_sha256 == shipped.findings["pneumonia"].manifest.sha256
+    png, pdf, record = written.args[0]
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert (
+        json.loads(record.read_text(encoding="utf-8"))["calibration"]["threshold"] == cal.threshold
+    )
+    assert dialog.saved_combo.currentData() == "Guangzhou-Test"
+
+    # Export, then import into another clinic's store.
+    exported = dialog.export_point("Guangzhou-Test", tmp_path / "share.json")
+    other = CalibrateDialog(shipped, store, site_store=SitePointStore(tmp_path / "other"))
+    qtbot.addWidget(other)
+    imported = other.import_point(exported)
+    assert imported is not None and imported.calibrations == point.calibrations
+    assert "Imported site:Guangzhou-Test." in other.status.text()
+    dialog.close()
+
+
+def test_dialog_refuses_a_set_too_small_and_lists_what_was_left_out(
+    qtbot, shipped, store, tmp_path: Path
+) -> None:
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("tb")
+    dialog.set_source(DATA / "tb")  # 6 normal + 6 TB
+    with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS) as blocker:
+        dialog.start()
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    assert blocker.args[0].calibration is None
+    assert "No calibration: too few labelled scans" in dialog.status.text()
+    assert "6 with the disease and 6 without" in dialog.status.text()
+    assert not dialog.save_button.isEnabled() and not dialog.slider.isEnabled()
+    assert dialog.save() is None
+
+
+def test_dialog_csv_source_and_errors_reach_the_status(
+    qtbot, shipped, store, tmp_path: Path
+) -> None:
+    table = tmp_path / "labels.csv"
+    table.write_text(
+        f"file,label\n{DATA / 'tb' / 'normal' / 'CHNCXR_0001_0.png'},normal\nmissing.png,normal\n",
+        encoding="utf-8",
+    )
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("tb")
+    dialog.set_source(table, csv=True)
+    with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS):
+        dialog.start()
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    assert "missing.png: missing file" in dialog.excluded_box.toPlainText()
+    assert "1 labelled scans used" in dialog.status.text()
+
+
+def _site_point_for(manifest, store: SitePointStore, name: str):
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    calibration = calibrate(rng.random(60) * 0.5 + y * 0.3, y, resamples=100)
+    cal = site_calibration(manifest, calibration, calibrated_at="2026-12-01T09:00:00+00:00")
+    return store.add_calibration(name, cal)
+
+
+def test_picker_offers_site_points_only_for_the_loaded_model_versions(
+    qtbot, tmp_path: Path
+) -> None:
+    tb = read_manifest(MODELS / "tb.json")
+    pneumonia = read_manifest(MODELS / "pneumonia.json")
+    store = SitePointStore.default()  # MEDSCREEN_HOME is a fresh folder per test
+    point = _site_point_for(tb, store, "Clinic-A")
+    picker = OperatingPointPicker()
+    qtbot.addWidget(picker)
+    picker.set_manifests({"tb": tb, "pneumonia": pneumonia}, "site:Clinic-A")
+    items = [picker.combo.itemData(i) for i in range(picker.combo.count())]
+    assert "site:Clinic-A" in items
+    choice = picker.choice()
+    assert choice == ThresholdChoice(name="site:Clinic-A", site=point)
+    assert picker.setting_text() == "site:Clinic-A"
+    assert isinstance(choice.resolve(tb), SiteOperatingPoint)
+    assert "site sens" in picker.detail.text()
+
+    # A new TB model version: the old site point is not offered, and the stored setting
+    # falls back to the models' default instead of silently keeping the old threshold.
+    newer = replace(tb, version="1.1.0", sha256="ab" * 32)
+    with qtbot.waitSignal(picker.choice_changed) as changed:
+        picker.set_manifests({"tb": newer, "pneumonia": pneumonia}, "site:Clinic-A")
+    items = [picker.combo.itemData(i) for i in range(picker.combo.count())]
+    assert "site:Clinic-A" not in items
+    assert changed.args[0] == ThresholdChoice(name="screening")
+    assert picker.choice().resolve(newer) == newer.operating_point("screening")
+
+
+def test_main_window_tools_menu_opens_the_dialog_and_refreshes_the_picker(
+    qtbot, tmp_path: Path
+) -> None:
+    window = MainWindow(
+        settings=AppSettings(tmp_path / "settings.ini"),
+        store=ResultsStore(tmp_path / "r.sqlite3"),
+        model_dirs=[MODELS],
+    )
+    qtbot.addWidget(window)
+    assert not window.act_calibrate.isEnabled()
+    with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
+        window.start()
+    assert window.act_calibrate.isEnabled()
+    menus = {a.text(): a.menu() for a in window.menuBar().actions()}
+    assert window.act_calibrate in menus["&Tools"].actions()
+    window.act_calibrate.trigger()
+    dialog = window.findChild(CalibrateDialog)
+    assert dialog is not None and dialog.isVisible()
+    # A point saved in the dialog appears in the window's picker at once.
+    _site_point_for(window.models.findings["tb"].manifest, SitePointStore.default(), "New-Site")
+    dialog.saved.emit(None)
+    items = [window.op_picker.combo.itemData(i) for i in range(window.op_picker.combo.count())]
+    assert "site:New-Site" in items
+    dialog.close()
+    window.close()
+    window.store.close()
