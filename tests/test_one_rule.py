@@ -169,8 +169,19 @@ def test_cli_parses_report_formats_with_the_engine(tmp_path, stand_in_models, ca
     with pytest.raises(ValueError) as engine_error:
         parse_formats(["PDF, xml"])
     code = cli.main(
-        ["classify", str(DATA / "tb"), "--out", str(tmp_path / "out"), "--report", "PDF, xml",
-         "--models", str(stand_in_models), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]
+        [
+            "classify",
+            str(DATA / "tb"),
+            "--out",
+            str(tmp_path / "out"),
+            "--report",
+            "PDF, xml",
+            "--models",
+            str(stand_in_models),
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--quiet",
+        ]
     )
     assert code == 1
     assert capsys.readouterr().err.strip() == f"medscreen: error: {engine_error.value}"
@@ -188,9 +199,23 @@ def test_report_context_is_built_once_for_cli(tmp_path, stand_in_models, monkeyp
 
     monkeypatch.setattr(ReportContext, "for_batch", classmethod(recording))
     code = cli.main(
-        ["classify", str(DATA / "tb" / "normal"), "--out", str(tmp_path / "out"),
-         "--clinic", "Mbale", "--operator", "RN Okello", "--operating-point", "0.4",
-         "--models", str(stand_in_models), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]
+        [
+            "classify",
+            str(DATA / "tb" / "normal"),
+            "--out",
+            str(tmp_path / "out"),
+            "--clinic",
+            "Mbale",
+            "--operator",
+            "RN Okello",
+            "--operating-point",
+            "0.4",
+            "--models",
+            str(stand_in_models),
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--quiet",
+        ]
     )
     assert code == 0
     assert len(made) == 1

@@ -46,7 +46,11 @@ def test_window_start_up_imports_neither_onnxruntime_nor_pydicom(tmp_path):
     code = _PROBE.replace("{HEAVY_ROOTS}", repr(roots)).replace("{HEAVY_NAMES}", repr(names))
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MEDSCREEN_HOME=str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

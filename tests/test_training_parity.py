@@ -1,4 +1,4 @@
-"""Training and the app feed a model bit-identical inputs for the same file (contract 1).
+"""Training and the app feed a model identical inputs for one file (ARCHITECTURE.md, contract 1).
 
 The training path is ``training.data.build_array`` (with and without its .npy cache); the
 app path is the runner's: ``decode_working`` (the one reduced working image per scan) and

@@ -194,7 +194,7 @@ def reselect_operating_points(run: Path, seed: int, version: str) -> dict[str, A
     metrics["test"]["ece_uncalibrated"] = info["metrics"]["test"].get("ece_uncalibrated")
     info["operating_points"] = points
     info["metrics"] = metrics
-    info["version"] = version  # new thresholds are a new model version (manifest contract)
+    info["version"] = version  # new thresholds: a new model version (ARCHITECTURE.md, contract 2)
     (run / "run.json").write_text(json.dumps(info, indent=1))
     return info
 

@@ -1,4 +1,4 @@
-"""The model manifest (architecture contract 2): what a shipped ``.onnx`` file is and how to use it.
+"""The model manifest (ARCHITECTURE.md, contract 2): what a shipped ``.onnx`` is, how to use it.
 
 A manifest is a JSON file beside its model (``assets/models/<id>.json`` next to ``<id>.onnx``).
 It is the single place that says what the model expects (input, preprocessing), what it

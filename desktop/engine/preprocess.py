@@ -1,4 +1,4 @@
-"""The one definition of how a scan becomes a model input (architecture contract 1).
+"""The one definition of how a scan becomes a model input (ARCHITECTURE.md, contract 1).
 
 Training (``training/``) builds its arrays by calling :func:`prepare_file`, and the app calls
 :func:`preprocess` on the scans it loads, so a model is always served exactly the input it was

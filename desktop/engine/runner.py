@@ -1,4 +1,4 @@
-"""The batch runner: long work as a generator of progress events (architecture contract 4).
+"""The batch runner: long work as a generator of progress events (ARCHITECTURE.md, contract 4).
 
 Decoding and preprocessing run in a small thread pool (Pillow, NumPy and ONNX Runtime release
 the GIL), inference runs in batches on the calling thread, and every finished scan is

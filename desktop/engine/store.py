@@ -1,4 +1,4 @@
-"""The results store: SQLite in WAL mode, one commit per finished scan (contract 5).
+"""The results store: SQLite, one commit per finished scan (ARCHITECTURE.md, contract 5).
 
 Three things are kept:
 
