@@ -291,6 +291,13 @@ def test_every_connection_commits_with_synchronous_full(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite3")
     assert store._db().execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert store._db().execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    # the file index's own commit skips its fsync (a cache), and FULL is back right after
+    target = tmp_path / "scan.png"
+    target.write_bytes(CHEST.read_bytes())
+    identity = FileIdentity.of(target.stat())
+    store.remember_file(str(target), identity, file_probe(target), "0" * 64)
+    assert store._db().execute("PRAGMA synchronous").fetchone() == (2,)
+    assert store.known_sha(str(target), identity) == "0" * 64
     seen: list[int] = []
     worker = threading.Thread(
         target=lambda: seen.append(store._db().execute("PRAGMA synchronous").fetchone()[0]),

@@ -265,6 +265,47 @@ def test_ctrl_c_during_resume_writes_the_resumed_batch(tmp_path, stand_in_models
     assert f"medscreen resume {batch_a}" in err
 
 
+def test_kill_9_of_medscreen_classify_then_resume_from_the_command_line(
+    tmp_path, stand_in_models, chest_folder, capsys
+):
+    db = tmp_path / "r.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, "classify", str(chest_folder), "--out",
+         str(tmp_path / "first"), "--db", str(db), "--models", str(stand_in_models), "--quiet",
+         "--workers", "1"],
+        cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    batch_id = None
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(db) as con:
+                row = con.execute("SELECT id FROM batches").fetchone()
+            con.close()
+        except sqlite3.Error:
+            continue
+        if row and _done(db, row[0]) >= 4:
+            batch_id = row[0]
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert batch_id is not None and proc.returncode == -signal.SIGKILL
+    killed_at = _done(db, batch_id)
+    assert 4 <= killed_at < 24
+
+    capsys.readouterr()
+    assert _cli(tmp_path, stand_in_models, "resume") == 0  # finds the dead batch itself
+    err = capsys.readouterr().err
+    assert f"{killed_at} finished before this resume" in err
+    rows = _csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 24 and len({r["file"] for r in rows}) == 24
+    assert all(r["status"] == "ok" for r in rows)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["batch"]["id"] == batch_id
+
+
 # -- issue 9 defect 9: temporary files of a killed writer ------------------------------------
 
 _KILLED_WRITER = """
