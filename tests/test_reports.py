@@ -379,6 +379,7 @@ def test_json_has_batch_models_points_and_every_probability(scan_results, tmp_pa
         "threshold": 0.31,
         "validation_sensitivity": 0.92,
         "validation_specificity": 0.78,
+        "site_calibration": None,  # a manifest point, not a site calibration
     }
     assert set(doc["models"]) == {"modality", "tb", "pneumonia"}
     assert doc["models"]["tb"]["version"] == "1.2.0"
