@@ -25,8 +25,9 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
     path: Path | None = log_file_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        # backslashreplace: a file name that is not valid UTF-8 must not make logging fail
         handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+            path, maxBytes=2_000_000, backupCount=3, encoding="utf-8", errors="backslashreplace"
         )
         handler.setFormatter(fmt)
         root.addHandler(handler)

@@ -382,3 +382,21 @@ def test_a_40000_character_reason_neither_breaks_the_pdf_nor_the_csv(tmp_path, s
     # the JSON, for programs, keeps the text as the engine gave it
     doc = json.loads(write_json(results, ctx, tmp_path / "r.json").read_text())
     assert len(doc["scans"][0]["reason"]) == 40_038
+
+
+def test_log_file_takes_a_name_that_is_not_utf8(tmp_path, capsys):
+    """A surrogate-escaped name in a log message is escaped, not a '--- Logging error ---'."""
+    import logging
+
+    from desktop.app_logging import configure_logging, log_file_path
+
+    configure_logging(console=False)
+    try:
+        logging.getLogger("medscreen.test").warning("skipped %s", os.fsdecode(b"caf\xe9.png"))
+    finally:
+        for handler in logging.getLogger().handlers[:]:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+    assert "Logging error" not in capsys.readouterr().err
+    assert "skipped caf\\udce9.png" in log_file_path().read_text(encoding="utf-8")
