@@ -443,10 +443,10 @@ class SitePointStore:
 
     def save(self, point: SitePoint) -> SitePoint:
         existing = self.get(point.name)
-        if existing is not None and existing.path is not None:
-            existing.path.unlink(missing_ok=True)  # a rename that differs only in case
         path = self._path(point.name)
         _write_json(path, point.to_dict())
+        if existing is not None and existing.path is not None and existing.path.name != path.name:
+            existing.path.unlink(missing_ok=True)  # the same name in other case: keep one file
         log.info("saved site operating point %s to %s", point.choice_name, path)
         return replace(point, path=path)
 

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -776,8 +777,16 @@ class CalibrateDialog(QDialog):
         path, _ = QFileDialog.getOpenFileName(
             self, "Import site point", self._start_folder, "Site point (*.json)"
         )
-        if path:
-            self.import_point(Path(path))
+        if not path:
+            return
+        if self.import_point(Path(path)) is None and "already saved" in self.status.text():
+            answer = QMessageBox.question(
+                self,
+                "Replace the saved site point?",
+                f"{self.status.text()}.\n\nReplace the saved point with the imported one?",
+            )
+            if answer == QMessageBox.StandardButton.Yes:
+                self.import_point(Path(path), overwrite=True)
 
     # -- closing -------------------------------------------------------------------------------
     def done(self, result: int) -> None:
