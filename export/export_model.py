@@ -184,9 +184,12 @@ def build_manifest(
         "preprocessing": spec.to_manifest(),
         "outputs": outputs,
         "operating_points": info.get("operating_points", {}),
-        "default_operating_point": "screening" if info.get("operating_points") else None,
+        "default_operating_point": info.get(
+            "default_operating_point", "screening" if info.get("operating_points") else None
+        ),
         "metrics": _prune(info["metrics"]),
-        "calibration": {
+        "calibration": info.get("calibration")
+        or {
             "method": "temperature",
             "temperature": info["temperature"],
             "fitted_on": "validation split (NLL)",
@@ -205,6 +208,8 @@ def build_manifest(
         manifest["gate"] = info["gate"]
     if info.get("ood"):
         manifest["ood"] = info["ood"]
+    if info.get("patient_group"):  # how a patient-group model's score becomes a group
+        manifest["patient_group"] = info["patient_group"]
     return manifest
 
 

@@ -352,3 +352,23 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def proportion_ci(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion (sensible at 0 or n successes, unlike the
+    normal approximation, which matters for acceptance rates near 100% on small sets)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(mask: np.ndarray) -> dict[str, Any]:
+    """``{"n", "k", "rate", "ci95"}`` of a boolean array: a rate with its Wilson interval."""
+    m = np.asarray(mask, dtype=bool)
+    k, n = int(m.sum()), int(m.size)
+    lo, hi = proportion_ci(k, n)
+    return {"n": n, "k": k, "rate": k / n if n else float("nan"), "ci95": [lo, hi]}

@@ -126,12 +126,31 @@ def skimage_data_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def matplotlib_photos() -> list[Path]:
+    """The photographs that ship inside matplotlib (``mpl-data/sample_data``).
+
+    Why: they are photographs *other* than scikit-image's, so the gate's threshold rule can be
+    checked on them (validation) while scikit-image's stay untouched for the test figures.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        return []
+    folder = Path(spec.origin).parent / "mpl-data" / "sample_data"
+    names = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+    return [folder / n for n in names if (folder / n).is_file()]
+
+
 def write_ood_images(
-    folder: Path, seed: int = 7, photos_dir: Path | None = None
+    folder: Path, seed: int = 7, photos_dir: Path | None = None, include_photos: bool = True
 ) -> dict[str, list[Path]]:
     """Write the generated OOD images to ``folder`` and list them with scikit-image's
-    bundled photographs/documents (from ``photos_dir`` or an installed scikit-image);
-    returns category → files."""
+    bundled photographs/documents (from ``photos_dir`` or an installed scikit-image; none
+    when ``include_photos`` is false); returns category → files.
+
+    Another ``seed`` gives other noise, gradients and text pages: the gate uses seed 8 for
+    its validation OOD set and seed 7 (the figures in its card) for the test set."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out: dict[str, list[Path]] = {}
@@ -174,6 +193,8 @@ def write_ood_images(
         save("text_page", str(i), page, "png" if i % 2 else "jpg")
     # natural photographs, microscopy, a fundus photo and document scans: the image files
     # that ship inside the scikit-image wheel (read as files, so no network and no import)
+    if not include_photos:
+        return out
     folder_sk = photos_dir or skimage_data_dir()
     if folder_sk is None:
         log.warning("scikit-image data not found: no photographs in the OOD set")

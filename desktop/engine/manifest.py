@@ -52,7 +52,9 @@ from desktop.engine.preprocess import PreprocessSpec
 from desktop.engine.trust import manifest_digest
 
 SCHEMA_VERSION = 1
-ROLES = ("modality", "finding")
+#: "patient_group": the child/adult estimate from the image (``agegroup``); valid and
+#: shipped, but not loaded by the registry until the engine uses it (issue 12).
+ROLES = ("modality", "finding", "patient_group")
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,11 @@ def load_model_set(
         problems.extend(found.problems)
         bundled = folder.resolve() == bundled_dir
         for manifest in found.manifests.values():
+            if manifest.role not in ("modality", "finding"):
+                log.debug(
+                    "model %s (role %s) is not used by the engine yet", manifest.id, manifest.role
+                )
+                continue
             # later folders first
             candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
