@@ -537,3 +537,54 @@ def test_cli_calibrate_refuses_bad_input_with_a_reason(
     assert "12 labelled scans used (6 tuberculosis, 6 other)" in captured.out
     assert "no calibration: too few labelled scans" in captured.err
     assert SitePointStore.default().points() == []
+
+
+def test_reports_state_the_site_threshold_its_date_n_and_intervals(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from desktop.engine.reports import ReportContext
+
+    manifest, _, cal = _calibrated()
+    pneumonia = read_manifest(MODELS / "pneumonia.json")
+    store = SitePointStore(tmp_path / "points")
+    store.add_calibration("Clinic-B", cal)
+    ctx = ReportContext(
+        batch_id="b1",
+        created_at=datetime(2026, 12, 1, 12, 0, tzinfo=UTC),
+        app_version="0.1.0",
+        manifests={"tb": manifest, "pneumonia": pneumonia},
+        choice=ThresholdChoice.parse("site:Clinic-B", store),
+        device="CPU",
+    )
+    assert ctx.operating_point_label() == "tb: site:Clinic-B; pneumonia: screening"
+    assert list(ctx.site_calibrations()) == ["tb"]
+    (line,) = ctx.site_calibration_lines()
+    lo, hi = cal.sensitivity_ci
+    assert line.startswith(f"tb: site:Clinic-B — threshold {cal.threshold:.3f}")
+    assert f"sensitivity {cal.sensitivity:.2f} (95% CI {lo:.2f}–{hi:.2f})" in line
+    assert "calibrated 2026-12-01 on 100 labelled scans (40 with the disease, 60 without)" in line
+    assert "by Dr Ayaan" in line
+
+
+def test_cli_calibrate_from_a_csv_without_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "labels.csv"
+    rows = ["file,label"]
+    for label in ("normal", "pneumonia"):
+        rows += [f"{p},{label.upper()}" for p in sorted((LABELLED_PNEUMONIA / label).iterdir())]
+    rows.append("not-there.jpeg,normal")
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    code = main(
+        ["calibrate", "--labels", str(table), "--model", "pneumonia", "--name", "Csv-Site"]
+        + ["--target-sensitivity", "0.95", "--no-save", "--quiet", "--out", str(tmp_path)]
+        + ["--db", str(tmp_path / "r.sqlite3"), "--device", "cpu", "--models", str(MODELS)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "not-there.jpeg: missing file (named on labels.csv line 102)" in out
+    assert "target sensitivity 0.95" in out and "not saved (--no-save)" in out
+    record = json.loads((tmp_path / "calibration-Csv-Site-pneumonia.json").read_text("utf-8"))
+    assert record["calibration"]["sensitivity"] >= 0.95
+    assert record["calibration"]["source"] == f"CSV {table}"
+    assert SitePointStore.default().points() == []

@@ -250,3 +250,15 @@ def test_main_window_tools_menu_opens_the_dialog_and_refreshes_the_picker(
     dialog.close()
     window.close()
     window.store.close()
+
+
+def test_closing_the_dialog_while_it_runs_stops_the_worker(
+    qtbot, shipped, store, tmp_path: Path
+) -> None:
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+    worker = dialog.start()
+    assert worker is not None and dialog.is_running() and dialog.cancel_button.isEnabled()
+    dialog.close()  # cancels the runner and waits for the thread: nothing left running
+    assert not worker.is_running()
