@@ -126,6 +126,23 @@ def test_really_full_tmpfs_output_disk(tmp_path, stand_in_models, chest_folder, 
         assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
 
 
+def test_command_line_with_a_name_that_is_not_utf8(tmp_path, stand_in_models, capsys):
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    try:
+        with open(raw, "wb") as handle:
+            handle.write((DATA / "tb" / "normal" / "CHNCXR_0001_0.png").read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("this file system only takes Unicode names")
+    assert _cli(tmp_path, stand_in_models, "classify", str(folder), "--report", "pdf") == 0
+    (row,) = _csv(tmp_path / "out" / "results.csv")
+    assert row["file"].endswith("caf\ufffd.png") and row["status"] == "ok"
+    capsys.readouterr()
+    assert main(["history", "--db", str(tmp_path / "r.sqlite3")]) == 0
+    assert "1/1 done" in capsys.readouterr().out
+
+
 def test_export_of_an_unknown_batch_is_a_clear_error(tmp_path, stand_in_models, capsys):
     assert _cli(tmp_path, stand_in_models, "export", "nosuchbatch") == 1
     assert "no batch 'nosuchbatch'" in capsys.readouterr().err
@@ -384,12 +401,13 @@ def test_a_40000_character_reason_neither_breaks_the_pdf_nor_the_csv(tmp_path, s
     assert len(doc["scans"][0]["reason"]) == 40_038
 
 
-def test_log_file_takes_a_name_that_is_not_utf8(tmp_path, capsys):
+def test_log_file_takes_a_name_that_is_not_utf8(tmp_path, capsys, monkeypatch):
     """A surrogate-escaped name in a log message is escaped, not a '--- Logging error ---'."""
     import logging
 
     from desktop.app_logging import configure_logging, log_file_path
 
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # only this test's handler
     configure_logging(console=False)
     try:
         logging.getLogger("medscreen.test").warning("skipped %s", os.fsdecode(b"caf\xe9.png"))
