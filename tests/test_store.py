@@ -383,7 +383,11 @@ def test_power_loss_snapshot_of_db_and_wal_holds_every_reported_scan(stand_in_mo
 
 def _pages_of(db: Path, table: str) -> list[int]:
     with sqlite3.connect(db) as con:
-        pages = [p for (p,) in con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,))]
+        try:
+            rows = con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
+        except sqlite3.OperationalError:
+            pytest.skip("this SQLite has no dbstat table to find a table's pages")
+        pages = [p for (p,) in rows]
     con.close()
     return pages
 
