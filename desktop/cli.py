@@ -473,7 +473,7 @@ class _ProgressBar:
         width = 28
         filled = int(width * event.fraction)
         eta = _clock(event.eta_s) if event.eta_s is not None else "--:--"
-        name = os.path.basename(event.current or "")
+        name = display_path(os.path.basename(event.current or ""))
         if len(name) > 30:
             name = "…" + name[-29:]
         line = (
