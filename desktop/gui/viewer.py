@@ -51,7 +51,13 @@ from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
 from desktop.engine.paths import display_path
 from desktop.engine.preprocess import activation_to_image
-from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice, is_flagged
+from desktop.engine.results import (
+    ScanResult,
+    ScanStatus,
+    ThresholdChoice,
+    is_flagged,
+    status_text,
+)
 from desktop.engine.scan import IDENTIFYING_FIELDS, Scan
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_text
 from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
@@ -285,7 +291,7 @@ class ScanViewer(QDialog):
         result = self.result
         rows: list[str] = []
         if result.status is not ScanStatus.OK:
-            rows.append(f"<p><b>{html.escape(result.reason or str(result.status))}</b></p>")
+            rows.append(f"<p><b>{html.escape(result.reason or status_text(result.status))}</b></p>")
         for model_id, manifest in self._finding_manifests().items():
             finding = result.findings.get(model_id)
             name = html.escape(short_name(manifest))
