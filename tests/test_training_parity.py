@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desktop.engine.loading import read_file
+from desktop.engine.loading import load_scan, read_file
 from desktop.engine.manifest import read_manifest
 from desktop.engine.preprocess import PreprocessSpec, decode_working, preprocess
 from training import data as D
@@ -36,6 +36,10 @@ SPECS = {
     "modality": PreprocessSpec(64, 64, 1, "stretch", "area", 1.0, 0.0),
     "tb_scratch": PreprocessSpec(256, 256, 1, "stretch", "area", 1.0, 0.0),
 }
+# EfficientNet-Lite input scaling (x - 127) / 128 with the percentile-window contrast option
+SPECS["lite_window_320"] = PreprocessSpec(
+    320, 320, 3, "stretch", "area", 255 / 128, -127 / 128, contrast="window"
+)
 for manifest_path in sorted((REPO / "assets" / "models").glob("*.json")):
     SPECS[f"shipped:{manifest_path.stem}"] = read_manifest(manifest_path).preprocessing
 
@@ -89,3 +93,28 @@ def test_cache_key_changes_with_spec(tmp_path: Path) -> None:
     b = D.build_array(FILES[:2], PreprocessSpec(64, 64, 1, "stretch", "bilinear"), tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 2
     assert not np.array_equal(a, b)
+
+
+def test_window_contrast_removes_exposure_differences() -> None:
+    """The same scan at another exposure (black point, gain) gives nearly the same windowed
+    input; without the option the inputs differ by about 5% of the range on average."""
+    spec = SPECS["lite_window_320"]
+    plain = PreprocessSpec(320, 320, 3, "stretch", "area", 255 / 128, -127 / 128)
+    pixels = load_scan(FILES[0]).pixels
+    other_site = np.clip(pixels * 0.7 + 0.12, 0.0, 1.0).astype(np.float32)
+    windowed = preprocess(pixels, spec), preprocess(other_site, spec)
+    raw = preprocess(pixels, plain), preprocess(other_site, plain)
+    assert np.abs(windowed[0] - windowed[1]).max() < 1e-3
+    assert np.abs(raw[0] - raw[1]).mean() > 0.05
+    assert windowed[0].min() == pytest.approx(-127 / 128) and windowed[0].max() == 1.0
+
+
+def test_contrast_key_is_optional_in_manifests() -> None:
+    """Manifests written before the option (no ``contrast`` key) keep meaning "none", and a
+    spec without it writes no key, so existing manifests are unchanged."""
+    plain = PreprocessSpec.from_manifest({"size": [64, 64]})
+    assert plain.contrast == "none" and "contrast" not in plain.to_manifest()
+    spec = SPECS["lite_window_320"]
+    assert PreprocessSpec.from_manifest(spec.to_manifest()) == spec
+    with pytest.raises(ValueError, match="contrast"):
+        PreprocessSpec(64, 64, contrast="equalise")  # type: ignore[arg-type]

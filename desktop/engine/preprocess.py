@@ -39,6 +39,9 @@ from desktop.engine.scan import Scan
 WORKING_SIDE: int = 448
 
 Fit = Literal["stretch", "pad", "center_crop"]
+Contrast = Literal["none", "window"]
+#: Percentiles of the model-size grey image mapped to black and white by ``contrast: window``.
+WINDOW_PERCENTILES: tuple[float, float] = (1.0, 99.0)
 Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
 
 _RESAMPLE: dict[str, Image.Resampling] = {
@@ -54,8 +57,14 @@ _RESAMPLE: dict[str, Image.Resampling] = {
 class PreprocessSpec:
     """Preprocessing parameters, as stored under ``preprocessing`` in a model manifest.
 
-    The model input is ``clip(grey, 0, 1) * scale + offset`` after fitting and resizing,
-    repeated over ``channels``, in NHWC layout.
+    The model input is ``clip(grey, 0, 1) * scale + offset`` after fitting, resizing and the
+    optional contrast normalisation, repeated over ``channels``, in NHWC layout.
+
+    ``contrast``: ``none`` (default; manifests without the key mean this) or ``window``:
+    percentile windowing of the resized image, :data:`WINDOW_PERCENTILES` to black and white
+    (:func:`window_contrast`). Why it is here and not in training: it removes exposure and
+    scanner black/white-point differences between sites, and a normalisation that training
+    and the app computed separately could differ.
     """
 
     height: int
@@ -65,6 +74,7 @@ class PreprocessSpec:
     resample: Resample = "area"
     scale: float = 1.0
     offset: float = 0.0
+    contrast: Contrast = "none"
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -80,11 +90,13 @@ class PreprocessSpec:
             raise ValueError(f"unknown fit {self.fit!r}")
         if self.resample not in _RESAMPLE:
             raise ValueError(f"unknown resample filter {self.resample!r}")
+        if self.contrast not in ("none", "window"):
+            raise ValueError(f"unknown contrast normalisation {self.contrast!r}")
 
     @classmethod
     def from_manifest(cls, data: Mapping[str, Any]) -> PreprocessSpec:
         """Build from a manifest's ``preprocessing`` mapping (``size`` is ``[height, width]``)."""
-        known = {"size", "channels", "fit", "resample", "scale", "offset"}
+        known = {"size", "channels", "fit", "resample", "scale", "offset", "contrast"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
@@ -97,10 +109,11 @@ class PreprocessSpec:
             resample=data.get("resample", "area"),
             scale=float(data.get("scale", 1.0)),
             offset=float(data.get("offset", 0.0)),
+            contrast=data.get("contrast", "none"),
         )
 
     def to_manifest(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "size": [self.height, self.width],
             "channels": self.channels,
             "fit": self.fit,
@@ -108,6 +121,9 @@ class PreprocessSpec:
             "scale": self.scale,
             "offset": self.offset,
         }
+        if self.contrast != "none":  # existing manifests stay byte-for-byte the same
+            out["contrast"] = self.contrast
+        return out
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -155,10 +171,25 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     grey = _apply_fit(grey, spec.fit)
     grey = resize_grey(grey, spec.height, spec.width, spec.resample)
     grey = np.clip(grey, 0.0, 1.0)  # bicubic/lanczos overshoot
+    if spec.contrast == "window":
+        grey = window_contrast(grey)
     if spec.scale != 1.0 or spec.offset != 0.0:
         grey = grey * np.float32(spec.scale) + np.float32(spec.offset)
     out = np.repeat(grey[:, :, None], spec.channels, axis=2)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def window_contrast(grey: np.ndarray) -> np.ndarray:
+    """Map the image's :data:`WINDOW_PERCENTILES` to 0 and 1 (clipped): percentile windowing.
+
+    Computed on the model-size image, so the same scan gives the same window at any source
+    resolution; a flat image (no spread between the percentiles) is returned unchanged.
+    """
+    lo, hi = np.percentile(grey, WINDOW_PERCENTILES)
+    if hi - lo < 1e-6:
+        return grey
+    out = (grey - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def working_factor(height: int, width: int, side: int = WORKING_SIDE) -> int:
