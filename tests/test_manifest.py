@@ -98,3 +98,14 @@ def test_a_manifest_that_has_no_canonical_form_is_invalid(stand_in_models, tmp_p
     path.write_text(json.dumps(data))
     with pytest.raises(ModelError, match="not a valid model manifest"):
         read_manifest(path)
+
+
+def test_oversized_or_non_utf8_manifest_is_refused_before_parsing(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b"{" + b" " * (4 * 1024 * 1024) + b"}")
+    with pytest.raises(ModelError, match="larger than 4194304 bytes"):
+        read_manifest(big)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
+    with pytest.raises(ModelError, match="is not UTF-8 text"):
+        read_manifest(latin)

@@ -306,11 +306,18 @@ def test_signature_survives_reformatting_and_line_endings(real_models: Path):
         ("not json", "is damaged"),
         ('{"format": "other/1"}', "is damaged"),
         ('{"format": "medscreen.model-signature/1", "key": "x", "signature": "%%%"}', "damaged"),
+        (" " * 70_000, "too large to be one"),
     ],
 )
 def test_damaged_signature_file_is_refused(real_models: Path, content: str, message: str):
     (real_models / "tb.sig").write_text(content, encoding="utf-8")
     with pytest.raises(ModelError, match=message):
+        trust.verify_signature(read_manifest(real_models / "tb.json").raw, real_models / "tb.json")
+
+
+def test_signature_that_is_not_text_is_refused(real_models: Path):
+    (real_models / "tb.sig").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ModelError, match="cannot read the signature"):
         trust.verify_signature(read_manifest(real_models / "tb.json").raw, real_models / "tb.json")
 
 

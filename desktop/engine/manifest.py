@@ -36,6 +36,15 @@ and the registry loads nothing unverified. Reading a manifest here validates it 
 A modality model adds ``"gate": {"chest_label": "CXR", "min_probability": 0.5}`` and may add
 ``"ood": {"output": "ood_score", "threshold": 3.2, "method": "…"}``: scans whose score is
 above the threshold are refused as not recognised.
+
+A finding model may carry its **scope**, written by the training/export step from the data the
+model really saw: ``"scope": {"age_years": [18, null], "views": ["PA"], "summary": "…"}``
+(whole years, both ends inclusive, ``null`` = open; views as DICOM ViewPosition values, with
+``LATERAL`` for any lateral). A manifest without a scope, or a scope without ``age_years`` or
+``views``, sets no restriction of that kind. A scan outside a model's scope keeps its score
+but is never flagged by it (:mod:`desktop.engine.patients`). Optional ``"display":
+{"short_name": "TB", "order": 1}`` gives the column label and the column order (lower
+first); without it the label is the manifest's ``name`` and models follow by id.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from desktop.engine.preprocess import PreprocessSpec
 from desktop.engine.trust import manifest_digest
 
 SCHEMA_VERSION = 1
+#: Shipped manifests are ~15 KB; a file far larger is refused before it is read whole.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: "patient_group": the child/adult estimate from the image (``agegroup``); valid and
 #: shipped, but not loaded by the registry until the engine uses it (issue 12).
 ROLES = ("modality", "finding", "patient_group")
@@ -73,6 +84,65 @@ class OperatingPoint:
             f"{self.name} (threshold {self.threshold:.3f}; validation sensitivity "
             f"{self.sensitivity:.2f}, specificity {self.specificity:.2f})"
         )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a model's scores mean something: the ages and views of the data it was trained on.
+
+    Ages are in years, both ends inclusive of the whole year (``[1, 5]`` = from the first
+    birthday to the day before the sixth: an age is in range when ``min <= age`` and
+    ``floor(age) <= max``); ``None`` is an open end. ``views`` empty = any view. It is read from
+    the manifest and nowhere else, so a new model version brings its own scope with no code
+    change.
+    """
+
+    age_min: float | None = None
+    age_max: float | None = None
+    views: tuple[str, ...] = ()
+    summary: str = ""
+
+    @classmethod
+    def from_manifest(cls, data: Mapping[str, Any]) -> Scope:
+        ages = data.get("age_years")
+        age_min = age_max = None
+        if ages is not None:
+            if not isinstance(ages, list | tuple) or len(ages) != 2:
+                raise ValueError("scope.age_years must be [min, max] (null for an open end)")
+            age_min, age_max = (_opt_age(a) for a in ages)
+            if age_min is not None and age_max is not None and age_min > age_max:
+                raise ValueError(f"scope.age_years {list(ages)}: min is above max")
+        views = data.get("views") or ()
+        if not isinstance(views, list | tuple) or not all(isinstance(v, str) for v in views):
+            raise ValueError("scope.views must be a list of view names such as PA, AP")
+        return cls(
+            age_min=age_min,
+            age_max=age_max,
+            views=tuple(normal_view(v) for v in views),
+            summary=str(data.get("summary", "")),
+        )
+
+    @property
+    def restricts(self) -> bool:
+        return self.age_min is not None or self.age_max is not None or bool(self.views)
+
+
+#: DICOM ViewPosition values that mean a lateral (or decubitus) film: one scope name for all.
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
+
+
+def normal_view(view: str) -> str:
+    """A view name as scopes compare it: upper case, every lateral spelling ``LATERAL``."""
+    name = view.upper().strip()
+    return "LATERAL" if name in LATERAL_VIEWS else name
+
+
+def _opt_age(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 150:
+        raise ValueError(f"scope.age_years bound {value!r} is not a number of years in 0-150")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -110,6 +180,8 @@ class ModelManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = ""
     card: str | None = None
+    #: None: the manifest sets no scope (no restriction)
+    scope: Scope | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     path: Path | None = None  # the manifest file this was read from
     #: sha256 of the canonical manifest (:func:`desktop.engine.trust.manifest_digest`)
@@ -127,6 +199,18 @@ class ModelManifest:
         manifest (other labels or thresholds) are never reused once the genuine files return.
         """
         return f"{self.id}@{self.version}#{self.sha256[:12]}.{self.manifest_sha256[:12]}"
+
+    @property
+    def short_name(self) -> str:
+        """The column and flag label ("TB"): the manifest's ``display.short_name`` or name."""
+        display = self.raw.get("display") or {}
+        return str(display.get("short_name") or self.name)
+
+    @property
+    def display_order(self) -> tuple[float, str]:
+        """Sort key of the model's columns: ``display.order`` (lower first), then the id."""
+        order = (self.raw.get("display") or {}).get("order")
+        return (float(order) if isinstance(order, int | float) else float("inf"), self.id)
 
     @property
     def positive_index(self) -> int:
@@ -213,6 +297,14 @@ class ModelManifest:
             o = data["ood"]
             ood = OodSpec(str(o["output"]), float(o["threshold"]), str(o.get("method", "")))
         outputs = data["outputs"]
+        scope = None
+        if data.get("scope") is not None:
+            if not isinstance(data["scope"], Mapping):
+                raise ValueError("scope must be an object")
+            scope = Scope.from_manifest(data["scope"])
+        display = data.get("display")
+        if display is not None and not isinstance(display, Mapping):
+            raise ValueError("display must be an object")
         return cls(
             id=str(data["id"]),
             version=str(data["version"]),
@@ -234,6 +326,7 @@ class ModelManifest:
             metrics=dict(data.get("metrics", {})),
             intended_use=str(data.get("intended_use", "")),
             card=data.get("card"),
+            scope=scope,
             raw=dict(data),
             path=path,
             manifest_sha256=manifest_digest(data),
@@ -247,9 +340,15 @@ def _opt_float(value: object) -> float | None:
 def read_manifest(path: Path) -> ModelManifest:
     """Parse and validate one manifest file (does not touch the model file)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ModelError(f"model manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ModelError(f"cannot read model manifest {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"model manifest {path} is not UTF-8 text: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
         raise ModelError(f"model manifest {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

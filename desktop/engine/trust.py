@@ -57,6 +57,8 @@ SIGNATURE_FORMAT = "medscreen.model-signature/1"
 SIGNATURE_SUFFIX = ".sig"
 _MESSAGE_PREFIX = b"MedScreen model package v1\n"
 _DIGEST_PREFIX = b"MedScreen package digest v1\n"
+#: A signature document is ~300 bytes; anything far larger is not one (and is not read whole).
+MAX_SIGNATURE_BYTES = 64 * 1024
 
 #: Public keys whose signatures the app accepts: name -> raw Ed25519 public key (hex).
 #: Rotation: add the new key here, sign the next release with it, and drop the old one in a
@@ -150,7 +152,11 @@ def verify_signature(data: Mapping[str, Any], manifest_path: Path) -> str:
     """
     sig_path = signature_path(manifest_path)
     try:
-        text = sig_path.read_text(encoding="utf-8")
+        with sig_path.open("rb") as handle:
+            raw = handle.read(MAX_SIGNATURE_BYTES + 1)
+        if len(raw) > MAX_SIGNATURE_BYTES:
+            raise ModelError(f"the signature {sig_path} is too large to be one; not used")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ModelError(
             f"model package {manifest_path} is not signed (no {sig_path.name} beside it); "
