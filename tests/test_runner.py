@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 
 from desktop.engine import trust
-from desktop.engine.loading import load_scan
-from desktop.engine.preprocess import preprocess
+from desktop.engine.preprocess import load_working, preprocess
 from desktop.engine.registry import load_model_set
 from desktop.engine.results import ScanStatus
 from desktop.engine.runner import BatchRunner, run_to_end
@@ -61,7 +61,7 @@ def test_batch_screens_real_scans_and_gates_non_chest(runner: BatchRunner, mixed
     for name, result in results.items():
         if result.status is ScanStatus.ERROR:
             continue
-        scan = load_scan(Path(result.file))
+        scan = load_working(Path(result.file))
         grey = preprocess(scan.pixels, runner.models.modality.manifest.preprocessing).mean()
         if result.status is ScanStatus.OK:
             assert grey > 0.3 - 1e-3, name
@@ -247,10 +247,48 @@ def test_progress_reports_rate_and_eta(runner: BatchRunner, chest_folder: Path):
     assert np.isclose(events[-1].fraction, 1.0)
 
 
-def test_memory_of_in_flight_work_is_bounded(runner: BatchRunner):
-    assert runner.workers * 2 + runner.batch_size <= 16
-    # the runner keeps no results: a finished event's result is the only reference
-    assert not hasattr(runner, "results")
+class _CountingRunner(BatchRunner):
+    """A runner that counts scans being prepared (decoded, held) and not yet handed out."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.started = 0
+        self.yielded = 0
+        self.high_water = 0
+
+    def _prepare(self, seq: int, file: str):
+        with self.lock:
+            self.started += 1
+            self.high_water = max(self.high_water, self.started - self.yielded)
+        return super()._prepare(seq, file)
+
+    def consume_slowly(self, folder: Path, pause_s: float = 0.03) -> int:
+        """Take the events like a busy GUI would; return the most scans held at once."""
+        for event in self.run([folder]):
+            if event.result is not None:
+                with self.lock:
+                    self.yielded += 1
+                time.sleep(pause_s)  # decoders would race ahead here without the bound
+        return self.high_water
+
+
+def test_memory_of_in_flight_work_is_bounded(stand_in_models, mixed_folder, tmp_path):
+    """However slowly events are taken, the runner holds at most ``max_in_flight`` scans."""
+    total = sum(1 for p in mixed_folder.rglob("*") if p.is_file())
+    models = load_model_set([stand_in_models])
+    bounded = _CountingRunner(models, ResultsStore(tmp_path / "a.sqlite3"), workers=2, batch_size=2)
+    assert bounded.max_in_flight < total // 2  # a bound small enough to be tested here
+    high = bounded.consume_slowly(mixed_folder)
+    assert bounded.yielded == total
+    assert 2 <= high <= bounded.max_in_flight
+    # The same measurement on a runner without the bound sees the decoders run ahead: this
+    # test fails if the bound stops holding.
+    unbounded = _CountingRunner(
+        models, ResultsStore(tmp_path / "b.sqlite3"), workers=2, batch_size=2
+    )
+    unbounded.max_in_flight = 10 * total
+    assert unbounded.consume_slowly(mixed_folder) > bounded.max_in_flight
 
 
 def test_store_survives_time(stand_in_models: Path, chest_folder: Path, tmp_path: Path):

@@ -22,6 +22,7 @@ from enum import StrEnum
 import numpy as np
 import onnxruntime as ort
 
+from desktop.engine.cores import available_cores
 from desktop.engine.errors import BatchError, ModelError
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,28 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def default_threads() -> int:
-    """Intra-op threads per session: leave a core to the decoders on small machines."""
-    cores = os.cpu_count() or 1
-    return max(1, cores - 1) if cores <= 4 else cores // 2
+#: Most inference batches the batch runner runs at once (each on its own thread).
+MAX_INFERENCE_SLOTS = 4
+
+
+def inference_slots(cores: int | None = None) -> int:
+    """How many inference batches run at once on the CPU: one per core, at most four.
+
+    Several single-threaded runs side by side scale better than one run spread over threads
+    (no operator barrier waits for a thread the decoders pre-empted), and small batches of
+    small models leave little for intra-op threads to share anyway.
+    """
+    return max(1, min(cores or available_cores(), MAX_INFERENCE_SLOTS))
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Intra-op threads per session: the cores divided among the inference slots.
+
+    1 on machines of up to four cores; on bigger ones each of the four slots gets a share.
+    Follows the process's CPU affinity (``taskset``), so a pinned run is not oversubscribed.
+    """
+    cores = cores or available_cores()
+    return max(1, cores // inference_slots(cores))
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,10 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning worker threads burn the core the image decoders need on a 2-core PC.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No CPU memory arena: the arena keeps the peak of every batch shape it has seen for the
+    # session's life (~165 MB more for batches of 16 of the shipped models, measured); plain
+    # allocations go back to the system after each run, at no measurable cost in speed.
+    options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
     return options
 

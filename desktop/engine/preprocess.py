@@ -165,6 +165,16 @@ def resize_grey(grey: np.ndarray, height: int, width: int, resample: Resample) -
 
 def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Turn a scan's display-ready grey pixels (H, W) in [0, 1] into one model input (h, w, c)."""
+    return expand_channels(preprocess_plane(pixels, spec), spec.channels)
+
+
+def preprocess_plane(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The model input's one grey plane (h, w), before it is repeated over ``channels``.
+
+    The batch runner keeps planes, not (h, w, 3) inputs, for the scans waiting for inference
+    (a third of the memory), and :func:`expand_channels` makes the input when a batch is
+    stacked: the same values as :func:`preprocess`, bit for bit.
+    """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
     grey = np.clip(pixels.astype(np.float32, copy=False), 0.0, 1.0)
@@ -175,8 +185,7 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         grey = window_contrast(grey)
     if spec.scale != 1.0 or spec.offset != 0.0:
         grey = grey * np.float32(spec.scale) + np.float32(spec.offset)
-    out = np.repeat(grey[:, :, None], spec.channels, axis=2)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(grey, dtype=np.float32)
 
 
 def window_contrast(grey: np.ndarray) -> np.ndarray:
@@ -190,6 +199,12 @@ def window_contrast(grey: np.ndarray) -> np.ndarray:
         return grey
     out = (grey - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def expand_channels(planes: np.ndarray, channels: int) -> np.ndarray:
+    """Planes (..., h, w) → inputs (..., h, w, channels), the grey plane repeated."""
+    out = np.repeat(planes[..., None], channels, axis=-1)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def working_factor(height: int, width: int, side: int = WORKING_SIDE) -> int:

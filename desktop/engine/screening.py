@@ -18,7 +18,7 @@ import numpy as np
 
 from desktop.engine.clock import now_iso
 from desktop.engine.loading import make_thumbnail
-from desktop.engine.preprocess import PreprocessSpec, preprocess
+from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_plane
 from desktop.engine.registry import LoadedModel, ModelSet
 from desktop.engine.results import THUMBNAIL_SIZE, FindingResult, ScanResult, ScanStatus
 from desktop.engine.scan import Scan, ScanMetadata
@@ -33,11 +33,15 @@ LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
 
 @dataclass(frozen=True)
 class PreparedScan:
-    """A decoded scan reduced to what inference and the store need (the pixels are dropped)."""
+    """A decoded scan reduced to what inference and the store need (the pixels are dropped).
+
+    ``planes`` holds each distinct spec's grey plane (h, w); the model input is the plane
+    repeated over the spec's channels, made when a batch is stacked.
+    """
 
     file: str
     sha256: str
-    inputs: dict[PreprocessSpec, np.ndarray]
+    planes: dict[PreprocessSpec, np.ndarray]
     metadata: ScanMetadata
     thumbnail_png: bytes
 
@@ -72,11 +76,11 @@ class Screener:
         ``scan`` must come from a decode with ``working_side=WORKING_SIDE`` (what the runner
         and :func:`~desktop.engine.preprocess.prepare_file` do), so the inputs equal training's.
         """
-        inputs = {spec: preprocess(scan.pixels, spec) for spec in self.specs}
+        planes = {spec: preprocess_plane(scan.pixels, spec) for spec in self.specs}
         return PreparedScan(
             file=str(scan.path),
             sha256=scan.sha256,
-            inputs=inputs,
+            planes=planes,
             metadata=scan.metadata,
             thumbnail_png=make_thumbnail(scan.pixels, THUMBNAIL_SIZE),
         )
@@ -150,7 +154,7 @@ class Screener:
 
 def _stack(batch: Sequence[PreparedScan], loaded: LoadedModel) -> np.ndarray:
     spec = loaded.manifest.preprocessing
-    return np.stack([p.inputs[spec] for p in batch])
+    return expand_channels(np.stack([p.planes[spec] for p in batch]), spec.channels)
 
 
 def _run_finding(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[FindingResult]:

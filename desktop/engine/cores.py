@@ -1,0 +1,71 @@
+"""How many cores this process may use, and a budget that shares them between decoding and
+inference without oversubscribing them.
+
+Why a budget: on a 2-core clinic PC the batch runner has decoder threads (Pillow, pydicom,
+NumPy; they release the GIL) and inference threads (ONNX Runtime). Left to the operating
+system, four busy threads on two cores time-slice each other: every image's working set is
+evicted and re-fetched, and a multi-threaded ONNX Runtime operator waits at its barrier for
+the thread that was descheduled. With the budget, at most ``cores`` CPU-heavy tasks run at
+once, so each runs at full speed, and whichever stage is slower simply gets the cores more
+often: the slower stage sets the pace.
+
+Inference asks *urgently*: a free core goes to a waiting inference task before another decode
+starts, so scans that are ready do not wait behind the next decodes (and their memory is
+released sooner); decoding keeps every core that inference does not need.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def available_cores() -> int:
+    """CPUs this process may run on: its affinity mask (``taskset``, containers, job
+    objects), not the machine's count, which overstates it on a shared or pinned machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class CoreBudget:
+    """A counting budget of cores: :meth:`use` blocks until ``n`` cores are free.
+
+    Thread-safe. ``n`` is capped at the budget's size (a task never waits for more cores than
+    exist). Urgent users are served before any non-urgent one starts.
+    """
+
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = max(1, cores if cores is not None else available_cores())
+        self._free = self.cores
+        self._urgent_waiting = 0
+        self._cond = threading.Condition()
+
+    @property
+    def free(self) -> int:
+        with self._cond:
+            return self._free
+
+    @contextmanager
+    def use(self, n: int = 1, *, urgent: bool = False) -> Iterator[int]:
+        """Hold ``n`` cores (at most all of them) for the ``with`` block; yields the count."""
+        need = max(1, min(n, self.cores))
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._free < need or (not urgent and self._urgent_waiting):
+                    self._cond.wait()
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+            self._free -= need
+        try:
+            yield need
+        finally:
+            with self._cond:
+                self._free += need
+                self._cond.notify_all()

@@ -1,0 +1,78 @@
+"""The core budget that decoder and inference threads share (desktop/engine/cores.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from desktop.engine.cores import CoreBudget, available_cores
+from desktop.engine.inference import default_threads, inference_slots
+
+
+def test_available_cores_follows_the_affinity_mask():
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("cores", "slots", "threads"), [(1, 1, 1), (2, 2, 1), (4, 4, 1), (8, 4, 2), (16, 4, 4)]
+)
+def test_inference_slots_times_threads_never_exceed_the_cores(cores, slots, threads):
+    assert inference_slots(cores) == slots and default_threads(cores) == threads
+    assert inference_slots(cores) * default_threads(cores) <= cores
+
+
+def test_no_more_tasks_run_at_once_than_cores():
+    budget = CoreBudget(2)
+    lock = threading.Lock()
+    running = high = 0
+
+    def task(n: int) -> None:
+        nonlocal running, high
+        with budget.use(n) as held:
+            with lock:
+                running += held
+                high = max(high, running)
+            time.sleep(0.005)
+            with lock:
+                running -= held
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(task, [1, 2, 1, 1, 3, 1, 2, 1] * 4))  # 3 is capped at the budget's 2
+    assert high == 2 and budget.free == 2
+
+
+def test_urgent_user_gets_the_next_free_core_before_waiting_decoders():
+    budget = CoreBudget(1)
+    order: list[str] = []
+    release = threading.Event()
+
+    def holder() -> None:
+        with budget.use():
+            release.wait(5)
+
+    def user(name: str, urgent: bool) -> None:
+        with budget.use(urgent=urgent):
+            order.append(name)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    while budget.free:
+        time.sleep(0.001)
+    decoders = [threading.Thread(target=user, args=(f"decode{i}", False)) for i in range(3)]
+    for t in decoders:
+        t.start()
+    time.sleep(0.05)  # the decoders are waiting before inference asks
+    infer = threading.Thread(target=user, args=("infer", True))
+    infer.start()
+    while not budget._urgent_waiting:  # wait until it is really queued
+        time.sleep(0.001)
+    release.set()
+    for t in (first, infer, *decoders):
+        t.join(5)
+    assert order[0] == "infer" and sorted(order[1:]) == ["decode0", "decode1", "decode2"]
