@@ -8,7 +8,9 @@ Nothing binary is committed; the fuzz harness and the tests share these builders
 
 from __future__ import annotations
 
+import ctypes
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -134,3 +136,18 @@ def write_nan_tiff(dest: Path, *, src: Path = TB_PNG, extremes: bool = True) -> 
     values[1, 1] = np.float32(-3e38)
     Image.fromarray(values, mode="F").save(dest, format="TIFF")
     return dest
+
+
+def crash_on_marker(request: dict) -> np.ndarray:
+    """A decoder-worker function that segfaults (a real SIGSEGV) or hangs on a marked request.
+
+    It lives here, not in a test module, because the spawned worker imports it by name: this
+    module is light, a test module would pull in ONNX Runtime for nothing.
+    """
+    if request["pixel_data"].startswith(b"SEGV"):
+        ctypes.string_at(0)  # reads address 0: the process dies with SIGSEGV
+    if request["pixel_data"].startswith(b"HANG"):
+        time.sleep(60)
+    from desktop.engine.sandbox import decode_pixel_request
+
+    return decode_pixel_request(request)

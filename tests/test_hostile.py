@@ -7,7 +7,6 @@ length swallows planted patient identifiers, a float TIFF of the NLM chest with 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ from tests.fixtures import CR_CHEST, CR_J2K, KERMANY_JPEG, TB_PNG, write_cr_vari
 from tests.hostile import (
     IDENTIFIERS,
     PATIENT_NAME,
+    crash_on_marker,
     write_damaged_rle,
     write_deflate_bomb,
     write_deflated,
@@ -86,15 +86,6 @@ def test_damaged_rle_does_not_stop_the_batch(stand_in_models: Path, tmp_path: Pa
     assert rows["b_chest.png"].status is not ScanStatus.ERROR
     assert rows["c_j2k.dcm"].status is not ScanStatus.ERROR  # decoded in a worker
     assert 0 < runner.pixel_budget.peak <= runner.pixel_budget.capacity
-
-
-def crash_on_marker(request: sandbox.Request) -> np.ndarray:
-    """A worker function that segfaults (a real SIGSEGV) on a marked request."""
-    if request["pixel_data"].startswith(b"SEGV"):
-        ctypes.string_at(0)  # reads address 0: the process dies with SIGSEGV
-    if request["pixel_data"].startswith(b"HANG"):
-        time.sleep(60)
-    return sandbox.decode_pixel_request(request)
 
 
 def _rle_request(tmp_path: Path) -> sandbox.Request:

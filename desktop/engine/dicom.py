@@ -18,6 +18,7 @@ import logging
 import re
 import struct
 import threading
+import traceback
 import zlib
 from io import BytesIO
 from pathlib import Path
@@ -91,8 +92,13 @@ class _RedactValues:
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            # the traceback's last line is the exception message, which may quote a value
+            message += f" ({type(record.exc_info[1]).__name__}; traceback withheld)"
         record.msg = self._QUOTED.sub("<value withheld>", message)[:500]
         record.args = ()
+        record.exc_info = None
+        record.exc_text = None
         return True
 
 
@@ -103,7 +109,7 @@ def configure_pydicom() -> None:
       value's syntax only *warn*, quoting the value, and the warnings go through the
       process-wide ``warnings`` machinery, which cannot be scoped per thread (the runner
       decodes in several). Our own code validates every value it uses (the patterns above).
-    * A :class:`_RedactValues` filter on the ``pydicom`` logger for what it still logs.
+    * A :class:`_RedactValues` filter on the ``pydicom`` loggers for what they still log.
     The remaining value-quoting warning (an unknown Specific Character Set) is prevented by
     :func:`_sanitise_charset` before any text is decoded.
     """
@@ -112,9 +118,13 @@ def configure_pydicom() -> None:
         if _configured:
             return
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        pydicom_logger = logging.getLogger("pydicom")
-        if not any(isinstance(f, _RedactValues) for f in pydicom_logger.filters):
-            pydicom_logger.addFilter(_RedactValues())
+        # A logger's filters see only what is logged on it, not what its children propagate:
+        # every pydicom logger that exists once pydicom.pixels is imported gets the filter.
+        names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "pydicom"]
+        for name in {"pydicom", *names}:
+            target = logging.getLogger(name)
+            if not any(isinstance(f, _RedactValues) for f in target.filters):
+                target.addFilter(_RedactValues())
         _configured = True
 
 
@@ -635,6 +645,31 @@ def decode_dicom(
     before decoding, so a shared budget bounds what the decoder threads hold at once.
     Reasons never quote a file value that could hold an identifier.
     """
+    try:
+        return _decode_dicom(path, data, sha256, keep_raw, max_pixels, lease)
+    except (ScanError, MemoryError):
+        raise
+    except Exception as exc:
+        # pydicom parses elements lazily: a damaged element (an unknown VR, a value that does
+        # not fit its VR) fails when first read. That is the file's fault, not ours.
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames or "pydicom" not in Path(frames[-1].filename).parts:
+            raise
+        logger.debug("damaged DICOM element: %s", exception_summary(exc))
+        raise ScanError(
+            ScanErrorCode.UNSUPPORTED_IMAGE,
+            f"a DICOM data element could not be read ({type(exc).__name__}): the file is damaged",
+        ) from exc
+
+
+def _decode_dicom(
+    path: Path,
+    data: bytes,
+    sha256: str,
+    keep_raw: bool,
+    max_pixels: int,
+    lease: PixelLease | None,
+) -> Scan:
     ds = _read_dataset(data)
     tsyntax = _transfer_syntax(ds)
 

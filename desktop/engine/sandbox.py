@@ -136,6 +136,10 @@ def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> Non
     import pydicom
     import pydicom.pixels  # noqa: F401
 
+    # The parent reports every failure with fixed text; pydicom's own log lines (tracebacks
+    # whose messages may quote values) have no reader here.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+
     _limit_memory(memory_bytes)
     conn.send(_Reply("ready"))
     while True:
