@@ -436,3 +436,24 @@ def test_hostile_batch_exits_0_and_leaks_no_identifier(
     assert any(p.suffix == ".pdf" for p in out.rglob("*"))
     for text in texts:
         _no_identifier(text)
+
+
+def test_pydicom_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    import pydicom
+
+    from desktop.engine.dicom import configure_pydicom
+
+    configure_pydicom()
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("pydicom").warning("Invalid value for VR PN: '%s'", PATIENT_NAME)
+    try:
+        raise ValueError(f"bad value '{PATIENT_NAME}'")
+    except ValueError:
+        logging.getLogger("pydicom.pixels.decoders.base").exception("decode failed")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")]
+    assert len(messages) == 2 and "<value withheld>" in messages[0]
+    assert "traceback withheld" in messages[1]
+    assert all(r.exc_info is None for r in caplog.records if r.name.startswith("pydicom"))
+    for message in messages:
+        _no_identifier(message)
