@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -29,6 +29,7 @@ from desktop.app_logging import configure_logging
 from desktop.engine.errors import BatchError, MedScreenError
 from desktop.engine.inference import choose_device
 from desktop.engine.paths import default_db_path, display_path
+from desktop.engine.patients import PatientChoice, parse_group
 from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
@@ -89,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
             default="",
             metavar="FORMATS",
             help="also write report.<fmt> for each of pdf,csv,json (comma-separated)",
+        )
+        p.add_argument(
+            "--patients",
+            choices=("adult", "child", "auto"),
+            default=None,
+            help="the patients' group for the whole batch; 'auto' (the default for a new "
+            "batch) takes it from each file's DICOM age, else estimates it from the image. "
+            "A model outside its scope (e.g. an adults-only model on a child) shows its score "
+            "but raises no flag. Stored with the batch (export and resume keep it)",
         )
         p.add_argument("--clinic", default="", help="clinic name printed on reports")
         p.add_argument("--operator", default="", help="operator name printed on reports")
@@ -229,7 +239,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from desktop.engine.reports import ReportContext, parse_formats
+    from desktop.engine.reports import ReportContext, StoredBatch, parse_formats
 
     out: Path = args.out
     try:
@@ -302,8 +312,9 @@ def _classify(args: argparse.Namespace) -> int:
         clinic_name=args.clinic,
         operator=args.operator,
         include_identifiers=args.include_identifiers,
+        patients=_patients(args, store, batch_id),
     )
-    results = list(store.batch_results(batch_id))
+    results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats)
     _print_summary(summary, results, ctx, written, stream)
     if interrupted:
@@ -316,12 +327,20 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _patients(args: argparse.Namespace, store: ResultsStore, batch_id: str) -> PatientChoice:
+    """The batch's patient group: ``--patients`` when given (then stored with the batch),
+    else what the batch has stored; with the staff's per-scan overrides from the store."""
+    if args.patients is not None:
+        store.set_batch_patients(batch_id, parse_group(args.patients))
+    return store.patient_choice(batch_id)
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _write_outputs(
-    results: Sequence[ScanResult], ctx: ReportContext, out: Path, formats: Sequence[str]
+    results: Iterable[ScanResult], ctx: ReportContext, out: Path, formats: Sequence[str]
 ) -> list[Path]:
     """Write results.csv, results.json and the requested reports; an I/O failure (a full or
     vanished disk) becomes one clear message, and the batch stays in the store to export."""
@@ -361,7 +380,7 @@ def _export(args: argparse.Namespace) -> int:
     For a batch whose outputs could not be written (a full disk), or copies for another
     folder, operating point or report format. Nothing is screened.
     """
-    from desktop.engine.reports import ReportContext, parse_formats
+    from desktop.engine.reports import ReportContext, StoredBatch, parse_formats
 
     out: Path = args.out
     try:
@@ -388,10 +407,11 @@ def _export(args: argparse.Namespace) -> int:
         clinic_name=args.clinic,
         operator=args.operator,
         include_identifiers=args.include_identifiers,
+        patients=_patients(args, store, info.id),
     )
     if info.device:  # the device the batch ran on, not the one this command would use
         ctx = dataclasses.replace(ctx, device=info.device)
-    results = list(store.batch_results(info.id))
+    results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats)
     stream = sys.stderr
     _print_summary(None, results, ctx, written, stream)
@@ -407,14 +427,14 @@ def _export(args: argparse.Namespace) -> int:
 
 def _print_summary(
     summary: BatchSummary | None,
-    results: list[ScanResult],
+    results: Iterable[ScanResult],
     ctx: ReportContext,
     written: list[Path],
     stream: TextIO,
 ) -> None:
     manifests = ctx.manifests
     choice = ctx.choice
-    counts = BatchCounts.of(results, manifests, choice)
+    counts = BatchCounts.of(results, manifests, choice, ctx.patients)
     print("", file=stream)
     print(
         f"{counts.total} files: {counts.screened} screened, {counts.not_chest_xray} not "
@@ -423,7 +443,16 @@ def _print_summary(
     )
     for model_id, n in counts.flagged.items():
         point = choice.resolve(manifests[model_id])
-        print(f"  {model_id}: {n} flagged at {point.describe()}", file=stream)
+        outside = counts.outside_scope.get(model_id, 0)
+        scope = f"; {outside} outside its scope (not flagged)" if outside else ""
+        print(f"  {model_id}: {n} flagged at {point.describe()}{scope}", file=stream)
+    if counts.outside_scope_any:
+        print(
+            f"  patient group: {ctx.patients.label()}; "
+            f"{_plural(counts.outside_scope_any, 'scan')} outside a model's scope "
+            "(reasons in results.csv, column outside_scope)",
+            file=stream,
+        )
     if summary is not None:
         extra = []
         if summary.reused:

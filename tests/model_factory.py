@@ -150,7 +150,10 @@ def build_finding(
     gain: float = 10.0,
     version: str = "0.1.0",
     size: int = 224,
+    scope: dict | None = None,
+    display: dict | None = None,
 ) -> Path:
+    """A finding stand-in; ``scope``/``display`` go into its manifest as given (None: none)."""
     spec = PreprocessSpec(
         height=size, width=size, channels=3, fit="stretch", resample="area", scale=2.0, offset=-1.0
     )
@@ -206,7 +209,40 @@ def build_finding(
         "metrics": {"test": {"auc": 0.5}},
         "intended_use": "tests only",
     }
+    if scope is not None:
+        manifest["scope"] = scope
+    if display is not None:
+        manifest["display"] = display
     return _save(model, folder, manifest)
+
+
+def build_agegroup(
+    folder: Path,
+    centre: float = 0.5,
+    gain: float = 10.0,
+    threshold: float = 0.5,
+    version: str = "0.1.0",
+    adult_age: int = 18,
+) -> Path:
+    """A patient-group stand-in (role ``patient_group``, labels adult/child) as the shipped
+    ``agegroup`` manifest has them: p(child) = sigmoid(gain * (mean grey - centre)), so a
+    test predicts each image's group from its mean (:func:`expected_probability`)."""
+    path = build_finding(folder, "agegroup", "child", centre=centre, gain=gain, version=version)
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest.update(
+        {
+            "name": "Patient group (test stand-in)",
+            "role": "patient_group",
+            "labels": ["adult", "child"],
+            "positive_label": "child",
+            "operating_points": {"estimate": {"threshold": threshold}},
+            "default_operating_point": "estimate",
+            "patient_group": {"child_if": "p(child) >= threshold", "adult_age_years": adult_age},
+        }
+    )
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    sign(path)
+    return path
 
 
 def build_model_set(folder: Path, version: str = "0.1.0") -> Path:

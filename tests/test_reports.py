@@ -299,8 +299,9 @@ def test_csv_has_the_documented_columns_and_values(scan_results, tmp_path):
     assert tuple(header) == CSV_COLUMNS
     assert CSV_COLUMNS == (
         "file", "sha256", "status", "reason", "error_code", "modality", "modality_score",
-        "tb_score", "tb_flag", "pneumonia_score", "pneumonia_flag", "operating_point",
-        "warnings", "screened_at", "models",
+        "tb_score", "tb_flag", "pneumonia_score", "pneumonia_flag", "patient_group",
+        "patient_group_source", "outside_scope", "operating_point", "warnings", "screened_at",
+        "models",
     )  # fmt: skip
     rows = _read_csv(path)
     assert len(rows) == len(scan_results) == 9
@@ -387,6 +388,7 @@ def test_json_has_batch_models_points_and_every_probability(scan_results, tmp_pa
     assert doc["counts"] == {
         "total": 9, "screened": 6, "not_chest_xray": 1, "errors": 2,
         "flagged": {"tb": 3, "pneumonia": 3}, "flagged_any": 4,
+        "outside_scope": {"tb": 0, "pneumonia": 0}, "outside_scope_any": 0,
     }  # fmt: skip
     first = doc["scans"][0]
     assert first["findings"]["tb"]["probabilities"] == {"normal": 0.1266, "tuberculosis": 0.8734}

@@ -228,7 +228,10 @@ def test_version_1_database_is_migrated_and_keeps_its_history(models, tmp_path):
         con.executescript(V1_SCHEMA)
         con.execute("ATTACH DATABASE ? AS src", (str(tmp_path / "source.sqlite3"),))
         con.execute("INSERT INTO results SELECT * FROM src.results")
-        con.execute("INSERT INTO batches SELECT * FROM src.batches")
+        con.execute(  # the v1 columns of the batches table
+            "INSERT INTO batches SELECT id, started_at, finished_at, status, inputs, "
+            "models_key, device, total, pid, host FROM src.batches"
+        )
         con.execute("INSERT INTO batch_items SELECT * FROM src.batch_items")
         con.execute(  # the v1 index: size+mtime only, the hash of the *old* content
             "INSERT INTO file_index VALUES (?, ?, ?, ?)",

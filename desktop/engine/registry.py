@@ -64,17 +64,26 @@ class LoadedModel:
 
 @dataclass
 class ModelSet:
-    """The modality gate and the finding models, loaded and verified, ready to run."""
+    """The modality gate, the finding models and the optional patient-group model, verified.
+
+    ``findings`` are in display order (each manifest's ``display.order``, then id): the
+    order of the table's columns and the reports'. ``patient_group`` estimates child/adult
+    from the image when neither the staff nor the file says it; without it such scans have
+    no known group.
+    """
 
     modality: LoadedModel
     findings: dict[str, LoadedModel]
     device: DeviceReport
     problems: list[str] = field(default_factory=list)
+    patient_group: LoadedModel | None = None
 
     @property
     def manifests(self) -> dict[str, ModelManifest]:
         out = {self.modality.manifest.id: self.modality.manifest}
         out.update({k: v.manifest for k, v in self.findings.items()})
+        if self.patient_group is not None:
+            out[self.patient_group.manifest.id] = self.patient_group.manifest
         return out
 
     @property
@@ -169,11 +178,6 @@ def load_model_set(
         problems.extend(found.problems)
         bundled = folder.resolve() == bundled_dir
         for manifest in found.manifests.values():
-            if manifest.role not in ("modality", "finding"):
-                log.debug(
-                    "model %s (role %s) is not used by the engine yet", manifest.id, manifest.role
-                )
-                continue
             # later folders first
             candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
@@ -196,6 +200,11 @@ def load_model_set(
 
     gates = [m for m in loaded.values() if m.manifest.role == "modality"]
     findings = {k: m for k, m in loaded.items() if m.manifest.role == "finding"}
+    groups = [m for m in loaded.values() if m.manifest.role == "patient_group"]
+    if len(groups) > 1:
+        names = ", ".join(m.manifest.id for m in groups)
+        problems.append(f"more than one patient-group model ({names}); none is used")
+        groups = []
     where = ", ".join(str(f) for f in folders)
     detail = ("; ".join(problems)) if problems else "no model manifests found"
     if len(gates) != 1:
@@ -205,7 +214,14 @@ def load_model_set(
     if not findings:
         raise BatchError(f"no finding model (tuberculosis, pneumonia) could be loaded: {detail}")
     device_report = _combine(reports, device)
-    return ModelSet(gates[0], dict(sorted(findings.items())), device_report, problems)
+    ordered = sorted(findings.items(), key=lambda item: item[1].manifest.display_order)
+    return ModelSet(
+        gates[0],
+        dict(ordered),
+        device_report,
+        problems,
+        patient_group=groups[0] if groups else None,
+    )
 
 
 def _version_tuple(version: str) -> tuple[int, ...] | None:

@@ -6,7 +6,11 @@ This module is the one home of the rules the CLI, the window and the reports all
 * **the flag rule** — :func:`is_flagged` / :func:`finding_flags` / :func:`flags_for`;
 * **the status words** — :data:`STATUS_TEXT`;
 * **the counts** — :class:`BatchCounts`, built from any iterable of results and an operating
-  point.
+  point;
+* **scope** — :class:`ScopeRule`: a model applied outside the scope its manifest states (a
+  child for an adults-only model) keeps its score but raises no flag. The patient group it
+  rests on is decided at display/report time from the stored metadata and image estimate
+  plus the staff's :class:`~desktop.engine.patients.PatientChoice`, like the flags.
 
 Flags are never stored: a result keeps probabilities, and the flag rule applies the operating
 point chosen at display or report time, so changing it needs no re-run. A change to any of
@@ -24,6 +28,15 @@ import numpy as np
 
 from desktop.engine.errors import ModelError
 from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.patients import (
+    GroupDecision,
+    GroupEstimate,
+    PatientChoice,
+    ScopeVerdict,
+    adult_age_of,
+    decide_group,
+    scope_verdict,
+)
 from desktop.engine.site_points import SitePoint, SitePointError, SitePointStore, is_site_choice
 
 log = logging.getLogger(__name__)
@@ -91,6 +104,8 @@ class ScanResult:
     #: A small grey PNG (longest side THUMBNAIL_SIZE) kept so reports, the table and the
     #: heatmap overlay work even when the original file has moved or gone.
     thumbnail_png: bytes | None = field(default=None, repr=False)
+    #: The patient-group model's child/adult estimate (None: no such model, or not a chest)
+    group_estimate: GroupEstimate | None = None
 
     def public_metadata(self) -> dict[str, object]:
         from desktop.engine.scan import IDENTIFYING_FIELDS
@@ -177,27 +192,86 @@ def operating_points(
     return points
 
 
+@dataclass(frozen=True)
+class ScopeRule:
+    """Which models a scan is outside the scope of, under the staff's patient choice.
+
+    Built from the loaded manifests (each finding model's ``scope``; the patient-group
+    model's child/adult age boundary) and :class:`PatientChoice`. Nothing model-specific is
+    written here: a new manifest scope changes the verdicts with no code change.
+    """
+
+    manifests: Mapping[str, ModelManifest]  # the finding models
+    patients: PatientChoice = field(default_factory=PatientChoice)
+    adult_age: float = 18.0
+
+    @classmethod
+    def of(
+        cls, manifests: Mapping[str, ModelManifest], patients: PatientChoice | None = None
+    ) -> ScopeRule:
+        """The rule for ``manifests`` (any roles; the finding ones are judged)."""
+        return cls(
+            manifests={k: m for k, m in manifests.items() if m.role == "finding"},
+            patients=patients or PatientChoice(),
+            adult_age=adult_age_of(manifests),
+        )
+
+    def group(self, result: ScanResult) -> GroupDecision:
+        """The scan's patient group and where it came from (staff, file, image)."""
+        return decide_group(
+            result.sha256, result.metadata, result.group_estimate, self.patients, self.adult_age
+        )
+
+    def verdicts(self, result: ScanResult) -> dict[str, ScopeVerdict]:
+        """The models that ran on ``result`` outside their scope, with the reason for each."""
+        if not result.findings:
+            return {}
+        decision = self.group(result)
+        view = result.metadata.get("view_position")
+        out: dict[str, ScopeVerdict] = {}
+        for model_id, manifest in self.manifests.items():
+            if model_id not in result.findings:
+                continue
+            verdict = scope_verdict(manifest, decision, view, self.adult_age)
+            if verdict is not None:
+                out[model_id] = verdict
+        return out
+
+
 def finding_flags(
-    result: ScanResult, points: Mapping[str, OperatingPoint | None]
+    result: ScanResult,
+    points: Mapping[str, OperatingPoint | None],
+    scope: ScopeRule | None = None,
 ) -> dict[str, bool | None]:
     """Each model's flag for ``result`` under resolved ``points``, in their order.
 
-    ``None`` where the model did not run on this scan (refused, unreadable) or has no point.
+    ``None`` where the model did not run on this scan (refused, unreadable) or has no point;
+    ``False`` where it ran outside its scope under ``scope`` (the score stands, the flag does
+    not). Every face passes its :class:`ScopeRule`; ``None`` judges no scope (tests of the
+    threshold rule alone).
     """
+    outside = scope.verdicts(result) if scope is not None else {}
     out: dict[str, bool | None] = {}
     for model_id, point in points.items():
         finding = result.findings.get(model_id)
-        out[model_id] = (
-            None if finding is None or point is None else is_flagged(finding.probability, point)
-        )
+        if finding is None or point is None:
+            out[model_id] = None
+        else:
+            out[model_id] = model_id not in outside and is_flagged(finding.probability, point)
     return out
 
 
 def flags_for(
-    result: ScanResult, manifests: Mapping[str, ModelManifest], choice: ThresholdChoice
+    result: ScanResult,
+    manifests: Mapping[str, ModelManifest],
+    choice: ThresholdChoice,
+    patients: PatientChoice | None = None,
 ) -> dict[str, bool | None]:
-    """Each finding model's flag for ``result`` (None where the model did not run)."""
-    return finding_flags(result, operating_points(manifests, choice))
+    """Each finding model's flag for ``result`` (None where the model did not run), with the
+    scope rule of ``manifests`` under ``patients`` (automatic when None)."""
+    return finding_flags(
+        result, operating_points(manifests, choice), ScopeRule.of(manifests, patients)
+    )
 
 
 def any_flagged(flags: Mapping[str, bool | None]) -> bool:
@@ -219,6 +293,9 @@ class BatchCounts:
     errors: int = 0
     flagged: Mapping[str, int] = field(default_factory=dict)  # per finding model id
     flagged_any: int = 0
+    #: scans a model ran on outside its scope (never flagged by it), per model and in all
+    outside_scope: Mapping[str, int] = field(default_factory=dict)
+    outside_scope_any: int = 0
 
     @classmethod
     def of(
@@ -226,22 +303,36 @@ class BatchCounts:
         results: Iterable[ScanResult],
         manifests: Mapping[str, ModelManifest],
         choice: ThresholdChoice,
+        patients: PatientChoice | None = None,
     ) -> BatchCounts:
-        """Count ``results`` at ``choice`` (raises ModelError for an unknown point)."""
-        return cls.tally(results, operating_points(manifests, choice))
+        """Count ``results`` at ``choice`` under the scope rule of ``manifests`` and
+        ``patients`` (raises ModelError for an unknown point)."""
+        return cls.tally(
+            results, operating_points(manifests, choice), ScopeRule.of(manifests, patients)
+        )
 
     @classmethod
     def tally(
-        cls, results: Iterable[ScanResult], points: Mapping[str, OperatingPoint | None]
+        cls,
+        results: Iterable[ScanResult],
+        points: Mapping[str, OperatingPoint | None],
+        scope: ScopeRule | None = None,
     ) -> BatchCounts:
         """Count ``results`` under already-resolved ``points`` (one pass; any iterable)."""
         by_status = dict.fromkeys(ScanStatus, 0)
         flagged = dict.fromkeys(points, 0)
-        flagged_any = total = 0
+        outside = dict.fromkeys(points, 0)
+        flagged_any = total = outside_any = 0
         for result in results:
             total += 1
             by_status[result.status] = by_status.get(result.status, 0) + 1
+            verdicts = scope.verdicts(result) if scope is not None else {}
             flags = finding_flags(result, points)
+            for model_id in verdicts:
+                if model_id in flags:
+                    flags[model_id] = False
+                    outside[model_id] += 1
+            outside_any += bool(verdicts)
             for model_id, flag in flags.items():
                 flagged[model_id] += bool(flag)
             flagged_any += any_flagged(flags)
@@ -252,12 +343,17 @@ class BatchCounts:
             errors=by_status[ScanStatus.ERROR],
             flagged=flagged,
             flagged_any=flagged_any,
+            outside_scope=outside,
+            outside_scope_any=outside_any,
         )
 
     def __add__(self, other: BatchCounts) -> BatchCounts:
         flagged = dict(self.flagged)
         for model_id, n in other.flagged.items():
             flagged[model_id] = flagged.get(model_id, 0) + n
+        outside = dict(self.outside_scope)
+        for model_id, n in other.outside_scope.items():
+            outside[model_id] = outside.get(model_id, 0) + n
         return BatchCounts(
             total=self.total + other.total,
             screened=self.screened + other.screened,
@@ -265,4 +361,6 @@ class BatchCounts:
             errors=self.errors + other.errors,
             flagged=flagged,
             flagged_any=self.flagged_any + other.flagged_any,
+            outside_scope=outside,
+            outside_scope_any=self.outside_scope_any + other.outside_scope_any,
         )

@@ -5,12 +5,16 @@ on scans the modality model accepts as chest X-rays; every other scan is recorde
 screened, with the reason. DICOM metadata that disagrees with the model is surfaced as a
 warning rather than trusted blindly either way: headers are often wrong in practice, and so
 are models.
+
+When a patient-group model is loaded, it estimates child/adult for every chest X-ray; the
+estimate is stored with the result. Whether a finding model was applied outside its scope is
+not decided here: :class:`~desktop.engine.results.ScopeRule` decides it at display and
+report time from the manifests, the stored metadata and estimate, and the staff's choices.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +22,8 @@ import numpy as np
 
 from desktop.engine.clock import now_iso
 from desktop.engine.loading import make_thumbnail
+from desktop.engine.patients import GroupEstimate
+from desktop.engine.patients import patient_age_years as patient_age_years  # re-exported
 from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_plane
 from desktop.engine.registry import LoadedModel, ModelSet
 from desktop.engine.results import THUMBNAIL_SIZE, FindingResult, ScanResult, ScanStatus
@@ -28,7 +34,6 @@ log = logging.getLogger(__name__)
 #: DICOM modalities that can hold a plain radiograph.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "PX"})
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "THX"})
-LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
 
 
 @dataclass(frozen=True)
@@ -46,17 +51,6 @@ class PreparedScan:
     thumbnail_png: bytes
 
 
-def patient_age_years(age: str | None) -> float | None:
-    """Parse DICOM PatientAge (``045Y``, ``006M``, ``010W``, ``003D``) into years."""
-    if not age:
-        return None
-    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", age.upper())
-    if not match:
-        return None
-    value, unit = int(match.group(1)), match.group(2) or "Y"
-    return value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
-
-
 class Screener:
     """Runs a :class:`ModelSet` over prepared scans. ``prepare`` is thread-safe."""
 
@@ -68,6 +62,8 @@ class Screener:
         self._gate = gate
         specs = [models.modality.manifest.preprocessing]
         specs += [m.manifest.preprocessing for m in models.findings.values()]
+        if models.patient_group is not None:
+            specs.append(models.patient_group.manifest.preprocessing)
         self.specs: tuple[PreprocessSpec, ...] = tuple(dict.fromkeys(specs))
 
     def prepare(self, scan: Scan) -> PreparedScan:
@@ -124,6 +120,13 @@ class Screener:
             for model_id, loaded in self.models.findings.items():
                 for row, finding in zip(chest_rows, _run_finding(loaded, chests), strict=True):
                     findings[row][model_id] = finding
+        estimates: dict[int, GroupEstimate] = {}
+        if chest_rows and self.models.patient_group is not None:
+            chests = [batch[i] for i in chest_rows]
+            for row, estimate in zip(
+                chest_rows, _run_group(self.models.patient_group, chests), strict=True
+            ):
+                estimates[row] = estimate
 
         stamp = now_iso()
         results = []
@@ -147,6 +150,7 @@ class Screener:
                     models_key=self.models.key,
                     screened_at=stamp,
                     thumbnail_png=prepared.thumbnail_png,
+                    group_estimate=estimates.get(i),
                 )
             )
         return results
@@ -182,8 +186,25 @@ def _run_finding(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[Fi
     return results
 
 
+def _run_group(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[GroupEstimate]:
+    """p(child) of each chest X-ray, with the model's default operating point as threshold."""
+    manifest = loaded.manifest
+    out = loaded.model.run(_stack(chests, loaded))
+    probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
+    child = manifest.positive_index
+    threshold = manifest.operating_point(None).threshold
+    return [
+        GroupEstimate(model_key=manifest.key, p_child=float(probs[i, child]), threshold=threshold)
+        for i in range(len(chests))
+    ]
+
+
 def metadata_warnings(meta: ScanMetadata, predicted: str, accepted_as_chest: bool) -> list[str]:
-    """Warnings where the file's own metadata disagrees with the model or the models' scope."""
+    """Warnings where the file's own metadata disagrees with the model.
+
+    A model's scope (ages, views) is not a warning made here: it comes from the manifests
+    (:class:`~desktop.engine.results.ScopeRule`) and takes the flag away where it applies.
+    """
     warnings: list[str] = []
     modality = (meta.modality or "").upper().strip()
     body = (meta.body_part or "").upper().strip()
@@ -196,22 +217,6 @@ def metadata_warnings(meta: ScanMetadata, predicted: str, accepted_as_chest: boo
         if body and body not in CHEST_BODY_PARTS:
             warnings.append(
                 f"DICOM BodyPartExamined is {body}, but the image was judged a chest X-ray"
-            )
-        view = (meta.view_position or "").upper().strip()
-        if view in LATERAL_VIEWS:
-            warnings.append(
-                f"lateral view ({view}): the models were trained on frontal (PA/AP) views"
-            )
-        age = patient_age_years(meta.patient_age)
-        if age is not None and age >= 18:
-            warnings.append(
-                "adult patient: the pneumonia model was trained on paediatric chest X-rays "
-                "(ages 1–5); its score is less reliable here"
-            )
-        if age is not None and age < 15:
-            warnings.append(
-                "child patient: the tuberculosis model was trained on adult chest X-rays; "
-                "its score is less reliable here"
             )
     elif body in CHEST_BODY_PARTS and modality in RADIOGRAPH_MODALITIES:
         warnings.append(

@@ -50,7 +50,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +61,13 @@ import numpy as np
 from desktop.engine.clock import now_iso  # not screening: it pulls ONNX Runtime in
 from desktop.engine.errors import BatchError
 from desktop.engine.paths import display_path, user_data_dir
+from desktop.engine.patients import GroupEstimate, PatientChoice, PatientGroup, parse_group
 from desktop.engine.processes import pid_alive
 from desktop.engine.results import FindingResult, ScanResult, ScanStatus
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Bytes hashed at each end of a file for the file index's cheap content check.
 PROBE_BYTES = 64 * 1024
@@ -96,7 +97,8 @@ CREATE TABLE IF NOT EXISTS batches (
     device TEXT NOT NULL DEFAULT '',
     total INTEGER,
     pid INTEGER,
-    host TEXT
+    host TEXT,
+    patients TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
@@ -111,6 +113,14 @@ CREATE TABLE IF NOT EXISTS batch_items (
     PRIMARY KEY (batch_id, seq)
 );
 CREATE INDEX IF NOT EXISTS batch_items_pending ON batch_items(batch_id, status);
+CREATE TABLE IF NOT EXISTS patient_groups (
+    sha256 TEXT NOT NULL,
+    patient_group TEXT,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL DEFAULT '',
+    batch_id TEXT
+);
+CREATE INDEX IF NOT EXISTS patient_groups_sha ON patient_groups(sha256);
 CREATE TABLE IF NOT EXISTS file_index (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -133,6 +143,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE file_index ADD COLUMN probe TEXT",
         "DELETE FROM file_index",
     ),
+    # 2 → 3: the staff's patient group for a batch (NULL = automatic); the per-scan
+    # overrides live in the new patient_groups table (created by the schema script).
+    2: ("ALTER TABLE batches ADD COLUMN patients TEXT",),
 }
 
 
@@ -523,6 +536,84 @@ class ResultsStore:
         )
         return int(row[0])
 
+    # -- patient groups (the staff's say; scope, issue 12) -----------------------------------
+    @_guarded
+    def set_batch_patients(self, batch_id: str, group: PatientGroup | None) -> None:
+        """Record the staff's patient group for a whole batch (None: automatic)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE batches SET patients=? WHERE id=?",
+                (None if group is None else group.value, batch_id),
+            )
+
+    @_guarded
+    def batch_patients(self, batch_id: str) -> PatientGroup | None:
+        row = self._db().execute("SELECT patients FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return None if row is None or row[0] is None else parse_group(str(row[0]))
+
+    @_guarded
+    def set_patient_group(
+        self,
+        sha256: str,
+        group: PatientGroup | None,
+        *,
+        batch_id: str | None = None,
+        by: str = "",
+    ) -> str:
+        """Record a staff override of one scan's patient group (None: back to automatic).
+
+        Overrides are appended, never updated, so the record shows who set what and when;
+        the latest one for a scan's content counts. Returns the time it was recorded.
+        """
+        stamp = now_iso()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO patient_groups(sha256, patient_group, set_at, set_by, batch_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (sha256, None if group is None else group.value, stamp, by, batch_id),
+            )
+        return stamp
+
+    @_guarded
+    def patient_overrides(self, sha256s: Iterable[str] | None = None) -> dict[str, PatientGroup]:
+        """The current staff override of each scan that has one (latest record wins)."""
+        wanted = None if sha256s is None else set(sha256s)
+        latest: dict[str, str | None] = {}
+        for sha, group in self._db().execute(
+            "SELECT sha256, patient_group FROM patient_groups ORDER BY rowid"
+        ):
+            if wanted is None or sha in wanted:
+                latest[sha] = group
+        return {sha: PatientGroup(g) for sha, g in latest.items() if g is not None}
+
+    @_guarded
+    def patient_group_history(self, sha256: str) -> list[tuple[str, str | None, str]]:
+        """``(set_at, group or None, set_by)`` of every override of one scan, oldest first."""
+        return [
+            (str(at), None if g is None else str(g), str(by))
+            for at, g, by in self._db().execute(
+                "SELECT set_at, patient_group, set_by FROM patient_groups WHERE sha256=?"
+                " ORDER BY rowid",
+                (sha256,),
+            )
+        ]
+
+    @_guarded
+    def patient_choice(self, batch_id: str | None) -> PatientChoice:
+        """The staff's say for a batch: its group and the overrides of its scans."""
+        if batch_id is None:
+            return PatientChoice(overrides=self.patient_overrides())
+        shas = [
+            str(r[0])
+            for r in self._db().execute(
+                "SELECT DISTINCT sha256 FROM batch_items WHERE batch_id=? AND sha256 IS NOT NULL",
+                (batch_id,),
+            )
+        ]
+        return PatientChoice(
+            batch=self.batch_patients(batch_id), overrides=self.patient_overrides(shas)
+        )
+
     # -- results -------------------------------------------------------------------------
     @_guarded
     def record(self, batch_id: str, seq: int, result: ScanResult) -> None:
@@ -651,15 +742,19 @@ class ResultsStore:
         return None if row is None or row[0] is None else bytes(row[0])
 
     @_guarded
-    def batch_results(self, batch_id: str) -> Iterator[ScanResult]:
+    def batch_results(self, batch_id: str, *, thumbnails: bool = True) -> Iterator[ScanResult]:
         """Every finished item of a batch in input order, errors included (streamed).
 
         Each item is joined with the result of the model versions that screened *it*: a batch
-        resumed after a model update holds items of both versions, and keeps both.
+        resumed after a model update holds items of both versions, and keeps both. With
+        ``thumbnails=False`` the thumbnails stay in the store (fetch one with
+        :meth:`thumbnail`): what report writers and tables use, so a large batch is never in
+        memory with its images.
         """
+        thumbnail = "r.thumbnail" if thumbnails else "NULL"
         cursor = self._db().execute(
             "SELECT i.file, i.sha256, i.status, i.reason, i.error_code, r.status, r.reason,"
-            " r.modality, r.modality_score, r.ood_score, r.detail, r.thumbnail, r.screened_at,"
+            f" r.modality, r.modality_score, r.ood_score, r.detail, {thumbnail}, r.screened_at,"
             " i.done_at, COALESCE(i.models_key, b.models_key)"
             " FROM batch_items i JOIN batches b ON b.id = i.batch_id"
             " LEFT JOIN results r"
@@ -739,6 +834,9 @@ def _detail_json(result: ScanResult) -> str:
             },
             "warnings": list(result.warnings),
             "metadata": result.metadata,
+            "group_estimate": None
+            if result.group_estimate is None
+            else result.group_estimate.as_dict(),
         },
         ensure_ascii=False,
     )
@@ -774,4 +872,7 @@ def _result_from_row(file: str, sha256: str, models_key: str, row: Sequence[obje
         models_key=models_key,
         screened_at=str(screened_at),
         thumbnail_png=None if thumbnail is None else bytes(thumbnail),  # type: ignore[arg-type]
+        group_estimate=None
+        if not data.get("group_estimate")
+        else GroupEstimate.from_dict(data["group_estimate"]),
     )

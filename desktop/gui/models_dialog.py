@@ -146,7 +146,13 @@ class ModelsDialog(QDialog):
                 f"<td><code>{m.sha256[:12]}</code></td>"
                 f"<td>{points or '—'}</td>"
                 f"<td>{_metrics_html(m.metrics)}</td>"
-                f"<td>{html.escape(m.intended_use)}</td>"
+                f"<td>{html.escape(m.intended_use)}"
+                + (
+                    f"<br><small>Scope: {html.escape(m.scope.summary)}</small>"
+                    if m.scope is not None and m.scope.summary
+                    else ""
+                )
+                + "</td>"
                 "</tr>"
             )
         overview.setHtml(
@@ -166,7 +172,7 @@ class ModelsDialog(QDialog):
                 card.setMarkdown(path.read_text(encoding="utf-8", errors="replace"))
             else:
                 card.setMarkdown(model_summary_markdown(m))
-            title = short_name(m) if m.role == "finding" else "Modality gate"
+            title = {"finding": short_name(m), "modality": "Modality gate"}.get(m.role, m.name)
             self.tabs.addTab(card, f"{title} card")
         layout.addWidget(self.tabs, 1)
 

@@ -54,6 +54,7 @@ from desktop.engine.preprocess import activation_to_image
 from desktop.engine.results import (
     ScanResult,
     ScanStatus,
+    ScopeRule,
     ThresholdChoice,
     is_flagged,
     status_text,
@@ -109,11 +110,14 @@ class ScanViewer(QDialog):
         manifests: Mapping[str, ModelManifest],
         choice: ThresholdChoice,
         parent: QWidget | None = None,
+        scope: ScopeRule | None = None,
     ) -> None:
         super().__init__(parent)
         self.result = result
         self._manifests = reading_order(manifests)
         self._choice = choice
+        #: the engine's scope rule under the staff's patient choice (the table's)
+        self._scope = scope if scope is not None else ScopeRule.of(manifests)
         self._scan: Scan | None = None
         self._grey: np.ndarray | None = None  # the displayed grey image, [0, 1]
         self._raw_range: tuple[float, float] = (0.0, 1.0)
@@ -292,6 +296,10 @@ class ScanViewer(QDialog):
         rows: list[str] = []
         if result.status is not ScanStatus.OK:
             rows.append(f"<p><b>{html.escape(result.reason or status_text(result.status))}</b></p>")
+        outside = self._scope.verdicts(result)
+        if result.findings:
+            group = self._scope.group(result)
+            rows.append(f"<p><b>Patient:</b> {html.escape(group.describe())}</p>")
         for model_id, manifest in self._finding_manifests().items():
             finding = result.findings.get(model_id)
             name = html.escape(short_name(manifest))
@@ -303,13 +311,20 @@ class ScanViewer(QDialog):
             except Exception as exc:
                 rows.append(f"<p><b>{name}</b>: {finding.probability:.3f} ({exc})</p>")
                 continue
-            flagged = is_flagged(finding.probability, point)
+            verdict = outside.get(model_id)
+            flagged = verdict is None and is_flagged(finding.probability, point)
             mark = flag_text(short_name(manifest)) if flagged else f"{NOT_FLAGGED_TEXT} not flagged"
+            if verdict is not None:
+                mark = f"⚠ outside the model's scope: not flagged ({verdict.reason})"
             classes = ", ".join(
                 f"{html.escape(label)} {p:.3f}" for label, p in finding.probabilities.items()
             )
+            score = f"{finding.probability:.3f}"
+            if verdict is not None:  # greyed, as in the table
+                grey = self.palette().placeholderText().color().name()
+                score = f'<span style="color: {grey}">{score}</span>'
             rows.append(
-                f"<p><b>{name}: {finding.probability:.3f}</b> &nbsp; {html.escape(mark)}<br>"
+                f"<p><b>{name}: {score}</b> &nbsp; {html.escape(mark)}<br>"
                 f"all classes: {classes}<br>"
                 f"<small>operating point {html.escape(point.describe())}<br>"
                 f"model {html.escape(manifest.id)} {html.escape(manifest.version)}</small></p>"
@@ -365,7 +380,8 @@ class ScanViewer(QDialog):
         return label
 
     def _fill_warnings(self) -> None:
-        warnings = list(self.result.warnings)
+        warnings = [v.reason for v in self._scope.verdicts(self.result).values()]
+        warnings += list(self.result.warnings)
         self.warnings.setText("\n".join(f"⚠ {w}" for w in warnings))
         self.warnings_box.setVisible(bool(warnings))
 
@@ -539,6 +555,12 @@ class ScanViewer(QDialog):
         """Follow the main window's operating point (flags and text update, nothing re-runs)."""
         self._choice = choice
         self._fill_scores()
+
+    def set_scope(self, scope: ScopeRule) -> None:
+        """Follow the main window's patient group (batch or this scan's override)."""
+        self._scope = scope
+        self._fill_scores()
+        self._fill_warnings()
 
     def rendered_image(self) -> QImage:
         """What the canvas shows now (tests and screenshots)."""

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from desktop.engine.patients import GroupDecision, ScopeVerdict
 from desktop.engine.processes import pid_alive
 from desktop.engine.reports.context import ReportContext
 from desktop.engine.results import STATUS_TEXT as STATUS_TEXT  # the one wording
-from desktop.engine.results import BatchCounts, ScanResult, flags_for
+from desktop.engine.results import BatchCounts, ScanResult, finding_flags, operating_points
 
 #: The engine's batch totals under the name the writers use.
 Counts = BatchCounts
@@ -131,13 +132,26 @@ def json_number(value: float | None) -> float | None:
 
 def scan_flags(result: ScanResult, ctx: ReportContext) -> dict[str, bool | None]:
     """Each finding model's flag (None where it did not run), in the report's column order."""
-    flags = flags_for(result, ctx.finding_manifests, ctx.choice)
+    points = operating_points(ctx.finding_manifests, ctx.choice)
+    flags = finding_flags(result, points, ctx.scope_rule)
     return {mid: flags.get(mid) for mid in ctx.finding_ids}
+
+
+def scan_scope(result: ScanResult, ctx: ReportContext) -> dict[str, ScopeVerdict]:
+    """The models that ran on ``result`` outside their scope, with the reason (engine rule)."""
+    return ctx.scope_rule.verdicts(result)
+
+
+def scan_group(result: ScanResult, ctx: ReportContext) -> GroupDecision:
+    """The scan's patient group and where it came from (staff, file, image)."""
+    return ctx.scope_rule.group(result)
 
 
 def count(results: Iterable[ScanResult], ctx: ReportContext) -> BatchCounts:
     """The batch totals at the report's operating point (the engine's :class:`BatchCounts`)."""
-    return BatchCounts.of(results, ctx.finding_manifests, ctx.choice)
+    return BatchCounts.tally(
+        results, operating_points(ctx.finding_manifests, ctx.choice), ctx.scope_rule
+    )
 
 
 def identifiers(result: ScanResult) -> tuple[str, str]:

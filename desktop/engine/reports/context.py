@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
-from desktop.engine.results import ThresholdChoice
+from desktop.engine.patients import PatientChoice
+from desktop.engine.results import ScopeRule, ThresholdChoice
+from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 if TYPE_CHECKING:
     from desktop.engine.registry import ModelSet
-from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,9 @@ class ReportContext:
     ``manifests`` maps model id to manifest (``modality``, ``tb``, ``pneumonia`` today); the
     finding models among them, in this order, become the report's score/flag columns.
     ``include_identifiers`` is off by default: patient names, ids and birth dates stay out of
-    every report unless the user explicitly asks for them.
+    every report unless the user explicitly asks for them. ``patients`` is the staff's
+    patient group for the batch and per scan: with the manifests' scopes it decides which
+    scores stand outside their model's scope (never flagged; the report says why).
     """
 
     batch_id: str | None
@@ -35,6 +39,7 @@ class ReportContext:
     operator: str = ""
     include_identifiers: bool = False
     title: str = "Chest X-ray screening report"
+    patients: PatientChoice = field(default_factory=PatientChoice)
 
     @classmethod
     def for_batch(
@@ -46,6 +51,7 @@ class ReportContext:
         clinic_name: str = "",
         operator: str = "",
         include_identifiers: bool = False,
+        patients: PatientChoice | None = None,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -64,6 +70,7 @@ class ReportContext:
             clinic_name=clinic_name,
             operator=operator,
             include_identifiers=include_identifiers,
+            patients=patients or PatientChoice(),
         )
 
     def __post_init__(self) -> None:
@@ -83,6 +90,11 @@ class ReportContext:
     def finding_ids(self) -> tuple[str, ...]:
         """Ids of the finding models, in manifest order: the report's score/flag columns."""
         return tuple(mid for mid, m in self.manifests.items() if m.role == "finding")
+
+    @cached_property
+    def scope_rule(self) -> ScopeRule:
+        """The engine's scope rule for this report's models and patient choice."""
+        return ScopeRule.of(self.manifests, self.patients)
 
     @property
     def finding_manifests(self) -> dict[str, ModelManifest]:

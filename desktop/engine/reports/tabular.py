@@ -23,6 +23,8 @@ from desktop.engine.reports._common import (
     identifiers,
     json_number,
     scan_flags,
+    scan_group,
+    scan_scope,
 )
 from desktop.engine.reports.context import ReportContext
 from desktop.engine.results import ScanResult
@@ -30,6 +32,8 @@ from desktop.engine.results import ScanResult
 logger = logging.getLogger(__name__)
 
 _HEAD = ("file", "sha256", "status", "reason", "error_code", "modality", "modality_score")
+#: the scan's patient group, where it came from, and every model it was outside the scope of
+_SCOPE = ("patient_group", "patient_group_source", "outside_scope")
 _TAIL = ("operating_point", "warnings", "screened_at", "models")
 _IDENTIFIER_COLUMNS = ("patient_name", "patient_id")
 
@@ -42,6 +46,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "tb_flag",
     "pneumonia_score",
     "pneumonia_flag",
+    *_SCOPE,
     *_TAIL,
 )
 
@@ -58,7 +63,7 @@ def csv_columns(ctx: ReportContext) -> tuple[str, ...]:
     extra = _IDENTIFIER_COLUMNS if ctx.include_identifiers else ()
     # developer option only: the column is there exactly when a model was not verified
     unsigned = ("unsigned_models",) if ctx.unsigned_models else ()
-    return (*_HEAD, *findings, *_TAIL, *extra, *unsigned)
+    return (*_HEAD, *findings, *_SCOPE, *_TAIL, *extra, *unsigned)
 
 
 def safe_cell(text: str) -> str:
@@ -93,7 +98,11 @@ def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]
         finding = result.findings.get(mid)
         row.append(fmt_score(None if finding is None else finding.probability))
         row.append(_flag_text(flags[mid]))
+    group = scan_group(result, ctx) if result.findings else None
     row += [
+        "" if group is None or group.group is None else group.group.value,
+        "" if group is None or group.group is None else group.source.value,
+        safe_cell("; ".join(v.reason for v in scan_scope(result, ctx).values())),
         op_label,
         safe_cell("; ".join(result.warnings)),
         result.screened_at,
@@ -148,6 +157,13 @@ def _model_info(manifest: ModelManifest) -> dict[str, Any]:
         "manifest_sha256": manifest.manifest_sha256,
         "signed": not manifest.unsigned,
         "metrics": _jsonable(manifest.metrics),
+        "scope": None
+        if manifest.scope is None
+        else {
+            "age_years": [manifest.scope.age_min, manifest.scope.age_max],
+            "views": list(manifest.scope.views),
+            "summary": manifest.scope.summary,
+        },
     }
 
 
@@ -180,6 +196,12 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
             "flag": flags.get(mid),
         }
     metadata = result.metadata if ctx.include_identifiers else result.public_metadata()
+    group = scan_group(result, ctx)
+    outside = scan_scope(result, ctx)
+    for mid, verdict in outside.items():
+        if mid in findings:
+            findings[mid]["outside_scope"] = verdict.reason
+    estimate = result.group_estimate
     return {
         "file": display_path(result.file),
         # The exact bytes of a name that is not valid Unicode (hex), so a program can open it.
@@ -194,6 +216,16 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
         "ood_score": json_number(result.ood_score),
         "findings": findings,
         "flags": flags,
+        "patient_group": {
+            "group": None if group.group is None else group.group.value,
+            "source": group.source.value,
+            "age_years": json_number(group.age_years),
+            "detail": group.detail,
+            "image_estimate": None
+            if estimate is None
+            else {**estimate.as_dict(), "group": estimate.group.value},
+        },
+        "outside_scope": {mid: v.reason for mid, v in outside.items()},
         "warnings": list(result.warnings),
         "metadata": _jsonable(metadata),
         "models_key": result.models_key,
@@ -245,6 +277,10 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
             },
         },
         "models": {mid: _model_info(m) for mid, m in ctx.manifests.items()},
+        "patients": {
+            "batch": ctx.patients.label(),
+            "overrides": {sha: g.value for sha, g in ctx.patients.overrides.items()},
+        },
         "counts": {
             "total": counts.total,
             "screened": counts.screened,
@@ -252,6 +288,8 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
             "errors": counts.errors,
             "flagged": counts.flagged,
             "flagged_any": counts.flagged_any,
+            "outside_scope": counts.outside_scope,
+            "outside_scope_any": counts.outside_scope_any,
         },
         "scans": [_scan_json(r, ctx) for r in results],
     }
