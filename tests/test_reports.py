@@ -586,3 +586,57 @@ def test_long_names_keep_their_start_and_extension():
     assert len(short) == 60 and short.startswith("district_hospital_")
     assert short.endswith("scan.png") and "…" in short
     assert shorten("short.png") == "short.png"
+
+
+# --- streaming sources (reports/source.py) ------------------------------------------------
+
+
+def test_json_is_streamed_with_the_same_text_as_the_whole_document(scan_results, tmp_path):
+    path = write_json(iter(scan_results), context(), tmp_path / "r.json")  # a one-shot iterator
+    from desktop.engine.reports.tabular import report_document
+
+    whole = json.dumps(report_document(scan_results, context()), ensure_ascii=False, indent=2)
+    assert path.read_text(encoding="utf-8") == whole + "\n"
+    empty = write_json([], context(), tmp_path / "e.json")
+    assert json.loads(empty.read_text(encoding="utf-8"))["scans"] == []
+
+
+@needs_poppler
+def test_pdf_fetches_each_flagged_thumbnail_from_the_source(scan_results, tmp_path):
+    """Rows without images (a table, the store) and a lookup: the same images are drawn, each
+    fetched once, and only for the flagged scans."""
+    from desktop.engine.reports.source import WithThumbnails
+
+    by_sha = {r.sha256: r.thumbnail_png for r in scan_results}
+    asked: list[str] = []
+
+    def lookup(result: ScanResult) -> bytes | None:
+        asked.append(result.file)
+        return by_sha[result.sha256]
+
+    rows = [replace(r, thumbnail_png=None) for r in scan_results]
+    path = write_pdf(WithThumbnails(rows, lookup), context(), tmp_path / "s.pdf")
+    listing = subprocess.run(
+        ["pdfimages", "-list", str(path)], capture_output=True, check=True, text=True
+    ).stdout.splitlines()[2:]
+    images = [line for line in listing if line.split() and line.split()[3:5] != ["256", "6"]]
+    assert len(images) == 10  # as test_pdf_embeds_small_jpegs_for_each_flagged_scan
+    assert len(asked) == len(set(asked)) == 4  # the four flagged scans, once each
+
+
+@needs_poppler
+def test_long_tables_are_made_in_chunks_and_every_row_is_listed(tmp_path, monkeypatch):
+    from desktop.engine.reports import pdf as pdf_module
+
+    monkeypatch.setattr(pdf_module, "TABLE_CHUNK", 3)
+    many = [replace(r, file=f"{r.file}.{i}") for i in range(3) for r in results()]
+    path = write_pdf(many, context(), tmp_path / "m.pdf")
+    text = subprocess.run(
+        ["pdftotext", "-layout", "-enc", "UTF-8", str(path), "-"], capture_output=True, check=True
+    ).stdout.decode("utf-8")
+    table = text[text.index(f"All scans ({len(many)})") : text.index("Flagged scans (")]
+    numbers = [int(n) for n in re.findall(r"^\s{2,}(\d+)\s", table, re.M)]
+    assert numbers == list(range(1, len(many) + 1))  # every row once, across 9 chunk tables
+    assert table.count("Modality") >= len(many) // 3  # each chunk has its header
+    pages = _pdf_pages(path)
+    assert re.search(rf"page {pages} of\s+{pages}\b", text)  # the total, drawn as a form

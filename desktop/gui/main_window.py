@@ -724,15 +724,17 @@ class MainWindow(FileDropTarget, QMainWindow):
         if self.models is None:
             self.messages.show_message("Reports need the models loaded.", "warning")
             return None
-        results = self.view.selected_results() if selected_only else self.model.results()
-        # Only flagged scans show images in the PDF: load just their thumbnails.
-        results = [
-            self.model.with_thumbnail(r) if self.model.is_row_flagged(r) else r for r in results
-        ]
-        if not results:
+        rows = self.view.selected_results() if selected_only else self.model.results()
+        if not rows:
             self.messages.show_message("Nothing to export yet.", "warning")
             return None
         from desktop.engine.reports import ReportContext, write_reports
+        from desktop.engine.reports.source import WithThumbnails
+
+        # Only flagged scans show images in the PDF: it fetches each one's thumbnail from the
+        # store while drawing it, so a large batch's images are never all in memory.
+        model = self.model
+        results = WithThumbnails(rows, lambda r: model.with_thumbnail(r).thumbnail_png)
 
         ctx = ReportContext.for_batch(
             self.batch.batch_id,

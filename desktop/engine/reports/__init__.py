@@ -15,11 +15,12 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from desktop.engine.reports.context import ReportContext
 from desktop.engine.reports.pdf import write_pdf
+from desktop.engine.reports.source import StoredBatch, reiterable
 from desktop.engine.reports.tabular import CSV_COLUMNS, csv_columns, write_csv, write_json
 from desktop.engine.results import ScanResult
 
@@ -47,7 +48,7 @@ def parse_formats(formats: Iterable[str]) -> list[str]:
 
 
 def write_reports(
-    results: Sequence[ScanResult],
+    results: Iterable[ScanResult],
     ctx: ReportContext,
     out_dir: Path,
     formats: Iterable[str],
@@ -66,7 +67,7 @@ def write_reports(
     ctx.points()  # an unknown operating point fails here, before any file is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = list(results)
+    results = reiterable(results)  # each writer makes its own passes (reports/source.py)
     writers = {"csv": write_csv, "json": write_json, "pdf": write_pdf}
     return [writers[name](results, ctx, out_dir / f"{stem}.{name}") for name in names]
 
@@ -75,6 +76,7 @@ __all__ = [
     "CSV_COLUMNS",
     "FORMATS",
     "ReportContext",
+    "StoredBatch",
     "csv_columns",
     "parse_formats",
     "write_csv",

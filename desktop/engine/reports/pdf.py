@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 from xml.sax.saxutils import escape
@@ -58,9 +58,12 @@ from desktop.engine.reports._common import (
     fmt_score,
     identifiers,
     scan_flags,
+    scan_group,
+    scan_scope,
     write_atomic,
 )
 from desktop.engine.reports.context import ReportContext
+from desktop.engine.reports.source import reiterable, thumbnail_of
 from desktop.engine.results import ScanResult, ScanStatus
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,12 @@ _FLAG_BG = colors.HexColor("#FDE2CF")
 _HEAD_BG = colors.HexColor("#E6EAF0")
 _GRID = colors.HexColor("#B8BEC8")
 _MUTED = colors.HexColor("#555B66")
+_PAGE_TOTAL_FORM = "MedScreenPageTotal"
+#: Rows per table in the long lists (every scan, problems, outside scope): reportlab keeps a
+#: table's every cell until it is drawn, so a 20,000-row table alone took gigabytes. Tables of
+#: this many rows are made one after the other, each when the previous one has been drawn.
+TABLE_CHUNK = 250
+_OUT_OF_SCOPE = colors.HexColor("#8A8F98")  # a score outside the model's scope: greyed
 
 
 # --- fonts ------------------------------------------------------------------------------
@@ -293,9 +302,11 @@ def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Image:
 
 
 def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_canvas.Canvas]:
-    """A canvas that knows the page count when it draws each footer ("page N of M").
+    """A canvas that draws each page's footer as the page ends ("page N of M").
 
-    Pages are kept until the document is complete, then each footer is drawn with the total.
+    The total M is a PDF form drawn on every page and defined once the document is complete
+    (a forward reference), so no page is kept in memory to be finished later: a report of
+    thousands of pages costs the memory of one.
     """
     from desktop import DISCLAIMER
 
@@ -306,23 +317,20 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
         left_text += " · UNSIGNED MODELS"
 
     class NumberedCanvas(rl_canvas.Canvas):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._pages: list[dict[str, Any]] = []
-
         def showPage(self) -> None:  # reportlab names it so
-            self._pages.append(dict(self.__dict__))
-            self._startPage()
+            self._footer(self.getPageNumber())
+            super().showPage()
 
         def save(self) -> None:
-            total = len(self._pages)
-            for number, state in enumerate(self._pages, start=1):
-                self.__dict__.update(state)
-                self._footer(number, total)
-                super().showPage()
+            total = self.getPageNumber() - 1  # the number the next page would have
+            self.beginForm(_PAGE_TOTAL_FORM)
+            self.setFont(footer_style.fontName, 7.5)
+            self.setFillColor(_MUTED)
+            self.drawString(0, 0, str(total))
+            self.endForm()
             super().save()
 
-        def _footer(self, number: int, total: int) -> None:
+        def _footer(self, number: int) -> None:
             width = PAGE[0] - 2 * MARGIN
             self.saveState()
             self.setStrokeColor(_GRID)
@@ -334,7 +342,11 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
             self.setFont(footer_style.fontName, 7.5)
             self.setFillColor(_MUTED)
             self.drawString(MARGIN, MARGIN, left_text)
-            self.drawRightString(MARGIN + width, MARGIN, f"page {number} of {total}")
+            # "page N of " right-aligned before a slot wide enough for any total
+            slot = self.stringWidth("00000", footer_style.fontName, 7.5)
+            self.drawRightString(MARGIN + width - slot, MARGIN, f"page {number} of ")
+            self.translate(MARGIN + width - slot, MARGIN)
+            self.doForm(_PAGE_TOTAL_FORM)
             self.restoreState()
 
     return NumberedCanvas
@@ -403,6 +415,7 @@ def _cover(
             "Patient identifiers",
             "included (opted in)" if ctx.include_identifiers else "not included",
         ),
+        ("Patient group", _patients_text(ctx)),
     ]
     details += [("Site threshold", line) for line in ctx.site_calibration_lines()]
     if ctx.unsigned_models:
@@ -415,6 +428,7 @@ def _cover(
             )
         )
     story += [_kv_table(details, st), Spacer(1, 5 * mm)]
+    story += _scope_note(ctx, counts, st)
 
     story.append(Paragraph("Counts", st["h2"]))
     count_rows: list[list[str]] = [["", "Scans"], ["Total", str(counts.total)]]
@@ -423,6 +437,11 @@ def _cover(
         count_rows.append([f"Flagged: {manifest.name}", str(counts.flagged[mid])])
     if len(ctx.finding_ids) > 1:
         count_rows.append(["Flagged for any finding", str(counts.flagged_any)])
+    for mid, manifest in ctx.finding_manifests.items():
+        if counts.outside_scope.get(mid):
+            count_rows.append(
+                [f"Outside scope: {manifest.name} (not flagged)", str(counts.outside_scope[mid])]
+            )
     count_rows += [
         ["Not a chest X-ray (not screened)", str(counts.not_chest_xray)],
         ["Errors (not screened)", str(counts.errors)],
@@ -482,13 +501,51 @@ def _cover(
     return story
 
 
+def _patients_text(ctx: ReportContext) -> str:
+    """How each scan's patient group was decided, in one line for the cover."""
+    batch = ctx.patients.batch
+    text = (
+        f"all {batch.value}s (set by staff for the batch)"
+        if batch is not None
+        else "from the file (DICOM age), else estimated from the image"
+    )
+    if ctx.patients.overrides:
+        n = len(ctx.patients.overrides)
+        text += f"; {n} scan{'s' if n != 1 else ''} set by staff one by one"
+    return text
+
+
+def _scope_note(
+    ctx: ReportContext, counts: Counts, st: dict[str, ParagraphStyle]
+) -> list[Flowable]:
+    """First-page statement of how many scans were outside a model's scope, and the scopes."""
+    scoped = {mid: m for mid, m in ctx.finding_manifests.items() if m.scope and m.scope.restricts}
+    if not scoped and not counts.outside_scope_any:
+        return []
+    n = counts.outside_scope_any
+    lines = [
+        f"<b>{n} scan{' was' if n == 1 else 's were'} outside a model's scope</b>: "
+        "the score is shown (greyed) but raises no flag; the reason is listed under "
+        "“Scans outside a model's scope”."
+        if n
+        else "No scan was outside a model's scope."
+    ]
+    for manifest in scoped.values():
+        assert manifest.scope is not None
+        lines.append(f"{_t(manifest.name)}: {_t(manifest.scope.summary or 'restricted scope')}")
+    return [Paragraph("Model scope", st["h2"]), *(Paragraph(line, st["base"]) for line in lines),
+            Spacer(1, 3 * mm)]  # fmt: skip
+
+
 def _summary(
-    results: Sequence[ScanResult],
+    results: Iterable[ScanResult],
+    total: int,
     ctx: ReportContext,
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
-) -> list[Flowable]:
+) -> Iterator[Flowable]:
+    """The table of every scan, made :data:`TABLE_CHUNK` rows at a time while it is drawn."""
     regular, bold = fonts
     finding = ctx.finding_manifests
     width = PAGE[0] - 2 * MARGIN
@@ -506,21 +563,41 @@ def _summary(
     def head(text: str) -> Paragraph:
         return Paragraph(text, st["cell_head"])
 
-    top: list[Any] = [head("#"), head("File")]
-    if patient_w:
-        top.append(head("Patient (name, ID)"))
-    top += [head("Status"), head("Modality")]
-    second: list[Any] = [""] * len(top)
-    style = _grid_style(regular, bold, 7.5)
-    style += [("BACKGROUND", (0, 1), (-1, 1), _HEAD_BG), ("FONT", (0, 1), (-1, 1), bold, 7.5)]
-    for col in range(first_model_col):
-        style.append(("SPAN", (col, 0), (col, 1)))
-    for index, manifest in enumerate(finding.values()):
-        col = first_model_col + 2 * index
-        top += [head(_t(manifest.name)), ""]
-        second += ["score", "flag"]
-        style += [("SPAN", (col, 0), (col + 1, 0)), ("ALIGN", (col, 0), (col + 1, 0), "CENTER")]
-    rows: list[list[Any]] = [top, second]
+    def header() -> tuple[list[list[Any]], list[tuple[Any, ...]]]:
+        """A new table's two header rows and its base style (flowables are not shared)."""
+        top: list[Any] = [head("#"), head("File")]
+        if patient_w:
+            top.append(head("Patient (name, ID)"))
+        top += [head("Status"), head("Modality")]
+        second: list[Any] = [""] * len(top)
+        style = _grid_style(regular, bold, 7.5)
+        style += [("BACKGROUND", (0, 1), (-1, 1), _HEAD_BG), ("FONT", (0, 1), (-1, 1), bold, 7.5)]
+        for col in range(first_model_col):
+            style.append(("SPAN", (col, 0), (col, 1)))
+        for index, manifest in enumerate(finding.values()):
+            col = first_model_col + 2 * index
+            top += [head(_t(manifest.name)), ""]
+            second += ["score", "flag"]
+            style += [("SPAN", (col, 0), (col + 1, 0)), ("ALIGN", (col, 0), (col + 1, 0), "CENTER")]
+        return [top, second], style
+
+    def table(rows: list[list[Any]], style: list[tuple[Any, ...]]) -> LongTable:
+        style += [("ALIGN", (first_model_col, header_rows), (-1, -1), "RIGHT"),
+                  ("ALIGN", (0, header_rows), (0, -1), "RIGHT")]  # fmt: skip
+        made = LongTable(rows, colWidths=widths, repeatRows=header_rows, hAlign="LEFT")
+        made.setStyle(TableStyle(style))
+        return made
+
+    yield Paragraph(f"All scans ({total})", st["h1"])
+    yield Paragraph(
+        "Flags are written out (YES / no) and also shaded. An empty flag means the model "
+        "did not run on that scan (see “Scans not screened”); “outside” means the scan "
+        "was outside the model's scope: the score (greyed) raises no flag (see “Scans "
+        "outside a model's scope”).",
+        st["muted"],
+    )
+    yield Spacer(1, 2 * mm)
+    rows, style = header()
     header_rows = len(rows)
     for number, result in enumerate(results, start=1):
         flags = scan_flags(result, ctx)
@@ -536,13 +613,17 @@ def _summary(
         row.append(status_text if result.status == ScanStatus.OK else Paragraph(
             _t(status_text), st["cell"]))  # fmt: skip
         row.append(Paragraph(_t(result.modality), st["cell"]) if result.modality else "–")
-        line = header_rows + number - 1
+        line = len(rows)
+        outside = scan_scope(result, ctx)
         for index, mid in enumerate(finding):
             found = result.findings.get(mid)
             row += [
                 _score_text(None if found is None else found.probability),
-                _flag_word(flags[mid]),
+                "outside" if mid in outside else _flag_word(flags[mid]),
             ]
+            if mid in outside:
+                col = first_model_col + 2 * index
+                style.append(("TEXTCOLOR", (col, line), (col + 1, line), _OUT_OF_SCOPE))
             if flags[mid]:
                 col = first_model_col + 2 * index
                 style += [
@@ -550,25 +631,17 @@ def _summary(
                     ("FONT", (col + 1, line), (col + 1, line), bold, 7.5),
                 ]
         rows.append(row)
-    style += [("ALIGN", (first_model_col, header_rows), (-1, -1), "RIGHT"),
-              ("ALIGN", (0, header_rows), (0, -1), "RIGHT")]  # fmt: skip
-    table = LongTable(rows, colWidths=widths, repeatRows=header_rows, hAlign="LEFT")
-    table.setStyle(TableStyle(style))
-    return [
-        Paragraph(f"All scans ({len(results)})", st["h1"]),
-        Paragraph(
-            "Flags are written out (YES / no) and also shaded. An empty flag means the model "
-            "did not run on that scan (see “Scans not screened”).",
-            st["muted"],
-        ),
-        Spacer(1, 2 * mm),
-        table,
-    ]
+        if len(rows) - header_rows >= TABLE_CHUNK:
+            yield table(rows, style)
+            rows, style = header()
+    if len(rows) > header_rows:
+        yield table(rows, style)
 
 
 def _flagged_section(
     number: int,
     result: ScanResult,
+    thumbnail: bytes | None,
     ctx: ReportContext,
     common: str | None,
     st: dict[str, ParagraphStyle],
@@ -589,9 +662,9 @@ def _flagged_section(
     box_h = 40 * mm  # three flagged scans fit on a page
     cells: list[tuple[Any, Any]] = []  # (image, caption)
     grey = None
-    if result.thumbnail_png is not None:
+    if thumbnail is not None:
         try:
-            grey = _print_size(decode_thumbnail(result.thumbnail_png))
+            grey = _print_size(decode_thumbnail(thumbnail))
         except (OSError, ValueError) as exc:
             logger.warning("scan #%d: stored thumbnail cannot be decoded: %s", number, exc)
     if grey is not None:
@@ -657,16 +730,36 @@ def _flagged_section(
 
 
 def _problems(
-    results: Sequence[ScanResult],
+    results: Iterable[ScanResult],
+    total: int,
     ctx: ReportContext,
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
-) -> list[Flowable]:
+) -> Iterator[Flowable]:
+    """The scans not screened (``total`` of them), :data:`TABLE_CHUNK` rows per table."""
     regular, bold = fonts
-    rows: list[list[Any]] = [
-        [Paragraph(h, st["cell_head"]) for h in ("#", "File", "Status", "Reason")]
-    ]
+    yield Paragraph(f"Scans not screened ({total})", st["h1"])
+    if not total:
+        yield Paragraph("Every scan was screened.", st["base"])
+        return
+    width = PAGE[0] - 2 * MARGIN
+    widths = [10 * mm, 70 * mm, 25 * mm, width - 105 * mm]
+
+    def header() -> list[list[Any]]:
+        return [[Paragraph(h, st["cell_head"]) for h in ("#", "File", "Status", "Reason")]]
+
+    def table(rows: list[list[Any]]) -> LongTable:
+        made = LongTable(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+        made.setStyle(
+            TableStyle(
+                [*_grid_style(regular, bold, 7.5), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                 ("ALIGN", (0, 1), (0, -1), "RIGHT")]
+            )
+        )  # fmt: skip
+        return made
+
+    rows = header()
     for number, result in enumerate(results, start=1):
         if result.status == ScanStatus.OK:
             continue
@@ -681,70 +774,167 @@ def _problems(
                 Paragraph(_t(reason), st["cell"]),
             ]
         )
-    story: list[Flowable] = [Paragraph(f"Scans not screened ({len(rows) - 1})", st["h1"])]
-    if len(rows) == 1:
-        story.append(Paragraph("Every scan was screened.", st["base"]))
-        return story
+        if len(rows) > TABLE_CHUNK:
+            yield table(rows)
+            rows = header()
+    if len(rows) > 1:
+        yield table(rows)
+
+
+def _outside_scope(
+    results: Iterable[ScanResult],
+    total: int,
+    ctx: ReportContext,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> Iterator[Flowable]:
+    """Every scan a model ran on outside its scope (``total``), with the whole reason."""
+    regular, bold = fonts
+    if not total:
+        return
     width = PAGE[0] - 2 * MARGIN
-    widths = [10 * mm, 70 * mm, 25 * mm, width - 105 * mm]
-    table = LongTable(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
-    table.setStyle(
-        TableStyle(
-            [*_grid_style(regular, bold, 7.5), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-             ("ALIGN", (0, 1), (0, -1), "RIGHT")]
+    widths = [10 * mm, 55 * mm, 45 * mm, width - 110 * mm]
+
+    def header() -> list[list[Any]]:
+        heads = ("#", "File", "Patient group", "Reason")
+        return [[Paragraph(h, st["cell_head"]) for h in heads]]
+
+    def table(rows: list[list[Any]]) -> LongTable:
+        made = LongTable(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+        made.setStyle(
+            TableStyle(
+                [*_grid_style(regular, bold, 7.5), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                 ("ALIGN", (0, 1), (0, -1), "RIGHT")]
+            )
+        )  # fmt: skip
+        return made
+
+    yield PageBreak()
+    yield Paragraph(f"Scans outside a model's scope ({total})", st["h1"])
+    yield Paragraph(
+        "The model's score is shown but raises no flag: the model was not trained on such "
+        "patients or views. The patient group comes from the staff, the file (DICOM age) "
+        "or an estimate from the image, as stated.",
+        st["muted"],
+    )
+    yield Spacer(1, 2 * mm)
+    rows = header()
+    for number, result in enumerate(results, start=1):
+        outside = scan_scope(result, ctx)
+        if not outside:
+            continue
+        rows.append(
+            [
+                str(number),
+                Paragraph(_t(shorten(_display_name(result.file, common))), st["cell"]),
+                Paragraph(_t(scan_group(result, ctx).describe()), st["cell"]),
+                Paragraph(
+                    "<br/>".join(_t(clip_text(v.reason, PDF_TEXT_CHARS)) for v in outside.values()),
+                    st["cell"],
+                ),
+            ]
         )
-    )  # fmt: skip
-    story.append(table)
-    return story
+        if len(rows) > TABLE_CHUNK:
+            yield table(rows)
+            rows = header()
+    if len(rows) > 1:
+        yield table(rows)
 
 
-def build_story(results: Sequence[ScanResult], ctx: ReportContext) -> list[Flowable]:
+def iter_story(results: Iterable[ScanResult], ctx: ReportContext) -> Iterator[Flowable]:
+    """The report's flowables, made as they are drawn (see :func:`write_pdf`).
+
+    ``results`` is iterated several times (counts, the table of every scan, the flagged
+    scans, the lists) and never held: a :class:`~desktop.engine.reports.source.StoredBatch`
+    streams it from the store, and each flagged scan's thumbnail is fetched when its section
+    is made (:func:`~desktop.engine.reports.source.thumbnail_of`) and released with it.
+    """
+    results = reiterable(results)
     fonts = register_fonts()
     st = _styles(*fonts)
     counts = count(results, ctx)
     common = _common_folder([r.file for r in results])
-    story = _cover(ctx, counts, common, st, fonts)
-    story += _summary(results, ctx, common, st, fonts)
-    story.append(PageBreak())
-    story.append(Paragraph(f"Flagged scans ({counts.flagged_any})", st["h1"]))
+    yield from _cover(ctx, counts, common, st, fonts)
+    yield from _summary(results, counts.total, ctx, common, st, fonts)
+    yield PageBreak()
+    yield Paragraph(f"Flagged scans ({counts.flagged_any})", st["h1"])
     if counts.flagged_any == 0:
-        story.append(
-            Paragraph(
-                "No scan reached a threshold at this operating point. This does not rule out "
-                "disease: every scan still needs a clinician's reading.",
-                st["base"],
-            )
+        yield Paragraph(
+            "No scan reached a threshold at this operating point. This does not rule out "
+            "disease: every scan still needs a clinician's reading.",
+            st["base"],
         )
     else:
-        story.append(
-            Paragraph(
-                "Each flagged scan with the heatmap of every model that flagged it. A heatmap "
-                "shows which regions weighed most in the model's score; it is not an outline "
-                "of a lesion.",
-                st["muted"],
-            )
+        yield Paragraph(
+            "Each flagged scan with the heatmap of every model that flagged it. A heatmap "
+            "shows which regions weighed most in the model's score; it is not an outline "
+            "of a lesion.",
+            st["muted"],
         )
-        story.append(Spacer(1, 3 * mm))
+        yield Spacer(1, 3 * mm)
     for number, result in enumerate(results, start=1):
         if any(scan_flags(result, ctx).values()):
-            story.append(_flagged_section(number, result, ctx, common, st, fonts))
+            thumbnail = thumbnail_of(results, result)
+            yield _flagged_section(number, result, thumbnail, ctx, common, st, fonts)
+    yield from _outside_scope(results, counts.outside_scope_any, ctx, common, st, fonts)
     if counts.not_chest_xray or counts.errors:
-        story.append(PageBreak())
-    story += _problems(results, ctx, common, st, fonts)
-    return story
+        yield PageBreak()
+    yield from _problems(results, counts.not_chest_xray + counts.errors, ctx, common, st, fonts)
 
 
-def write_pdf(results: Sequence[ScanResult], ctx: ReportContext, path: Path) -> Path:
-    """Render the PDF report to ``path`` (atomically); returns ``path``."""
+def build_story(results: Iterable[ScanResult], ctx: ReportContext) -> list[Flowable]:
+    """The whole story as a list (small reports and tests; :func:`write_pdf` streams it)."""
+    return list(iter_story(results, ctx))
+
+
+class _StreamingDoc(BaseDocTemplate):
+    """A document that pulls its flowables from an iterator as the pages are laid out.
+
+    reportlab's ``build`` works on a list it consumes from the front; :meth:`filterFlowables`
+    runs before each flowable is handled, and keeps a few flowables queued from the iterator
+    (enough for keep-with-next look-ahead). What has been drawn is dropped, so the story never
+    exists in memory at once.
+    """
+
+    AHEAD = 8
+
+    def __init__(self, *args: Any, more: Iterator[Flowable], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._more = more
+        self.story: list[Flowable] = []  # the list build() consumes
+        self.top_up(self.story)
+
+    def top_up(self, flowables: list[Flowable]) -> None:
+        while len(flowables) < self.AHEAD:
+            following = next(self._more, None)
+            if following is None:
+                return
+            flowables.append(following)
+
+    def filterFlowables(self, flowables: list[Flowable]) -> None:  # reportlab names it so
+        if flowables is self.story:  # not reportlab's own list of page-start actions
+            self.top_up(flowables)
+
+
+def write_pdf(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> Path:
+    """Render the PDF report to ``path`` (atomically); returns ``path``.
+
+    Streamed: the flowables are made while the pages are laid out and every page's footer is
+    drawn as the page ends, so memory holds a few pages' worth of objects plus what reportlab
+    keeps of the finished pages (their compressed content and images) until the file is
+    written.
+    """
     path = Path(path)
-    results = list(results)
-    story = build_story(results, ctx)
+    results = reiterable(results)
     fonts = register_fonts()
     footer_style = _styles(*fonts)["footer"]
 
     def produce(handle: Any) -> None:
-        doc = BaseDocTemplate(
+        story = iter_story(results, ctx)
+        doc = _StreamingDoc(
             handle,
+            more=story,
             pagesize=PAGE,
             leftMargin=MARGIN,
             rightMargin=MARGIN,
@@ -760,8 +950,8 @@ def write_pdf(results: Sequence[ScanResult], ctx: ReportContext, path: Path) -> 
         )
         doc.addPageTemplates([PageTemplate(id="page", frames=[frame])])
         with _binary_streams():
-            doc.build(story, canvasmaker=_canvas_class(ctx, footer_style))
+            doc.build(doc.story, canvasmaker=_canvas_class(ctx, footer_style))
 
     write_atomic(path, produce)
-    logger.info("wrote PDF report with %d scans to %s", len(results), path.name)
+    logger.info("wrote PDF report to %s", path.name)
     return path

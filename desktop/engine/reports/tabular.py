@@ -6,7 +6,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from desktop.engine.reports._common import (
     scan_scope,
 )
 from desktop.engine.reports.context import ReportContext
+from desktop.engine.reports.source import reiterable
 from desktop.engine.results import ScanResult
 
 logger = logging.getLogger(__name__)
@@ -238,8 +239,16 @@ def _raw_name(file: str) -> str:
     return os.fsencode(file).hex()
 
 
-def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[str, Any]:
+def report_document(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str, Any]:
     """The whole JSON report as a dict (no image data: thumbnails and maps stay out)."""
+    results = reiterable(results)
+    document = _report_head(results, ctx)
+    document["scans"] = [_scan_json(r, ctx) for r in results]
+    return document
+
+
+def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str, Any]:
+    """Everything in the JSON report but its ``scans`` (one pass over ``results``, counting)."""
     from desktop import DISCLAIMER
 
     points = ctx.points()
@@ -291,18 +300,28 @@ def report_document(results: Sequence[ScanResult], ctx: ReportContext) -> dict[s
             "outside_scope": counts.outside_scope,
             "outside_scope_any": counts.outside_scope_any,
         },
-        "scans": [_scan_json(r, ctx) for r in results],
     }
 
 
 def write_json(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> Path:
-    """Write the full-detail JSON report to ``path`` (atomically, UTF-8); returns ``path``."""
+    """Write the full-detail JSON report to ``path`` (atomically, UTF-8); returns ``path``.
+
+    Streamed: one pass counts, a second writes one scan at a time, so memory does not grow
+    with the batch. The text is exactly ``json.dumps(report_document(...), indent=2)``.
+    """
     path = Path(path)
-    items = list(results)
-    document = report_document(items, ctx)
-    text = json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False)
+    results = reiterable(results)
+    head = json.dumps(_report_head(results, ctx), ensure_ascii=False, indent=2, allow_nan=False)
+    scans = 0
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
-        handle.write("\n")
-    logger.info("wrote JSON report with %d scans to %s", len(items), path.name)
+        handle.write(head[: -len("\n}")])  # reopen the object to append "scans" last
+        handle.write(',\n  "scans": [')
+        for result in results:
+            item = json.dumps(
+                _scan_json(result, ctx), ensure_ascii=False, indent=2, allow_nan=False
+            )
+            handle.write(("," if scans else "") + "\n    " + item.replace("\n", "\n    "))
+            scans += 1
+        handle.write("\n  ]\n}\n" if scans else "]\n}\n")
+    logger.info("wrote JSON report with %d scans to %s", scans, path.name)
     return path

@@ -1,0 +1,89 @@
+"""Where report writers get their results: a re-iterable stream, thumbnails looked up one by one.
+
+A 20,000-scan batch does not fit in memory as ``ScanResult`` objects with their thumbnails
+(the issue that moved this here: ``medscreen classify`` peaked at 1 GB writing CSV and JSON).
+So writers take any *re-iterable* of results — a list in tests, :class:`StoredBatch` in the CLI
+and the window — and make as many passes as they need (counts first, then rows), holding one
+result at a time. A report that shows images (the PDF) asks :func:`thumbnail_of` for each
+flagged scan's thumbnail when it draws it, and lets it go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from desktop.engine.results import ScanResult
+from desktop.engine.store import ResultsStore
+
+
+@runtime_checkable
+class ThumbnailSource(Protocol):
+    """Results that can fetch a result's thumbnail on demand."""
+
+    def thumbnail(self, result: ScanResult) -> bytes | None: ...
+
+
+class StoredBatch:
+    """A stored batch's results, streamed from the store in input order without thumbnails.
+
+    Each iteration is a new pass over the store (one SQLite cursor), so counting and writing
+    rows cost no memory per scan; :meth:`thumbnail` fetches one scan's thumbnail.
+    """
+
+    def __init__(self, store: ResultsStore, batch_id: str) -> None:
+        self.store = store
+        self.batch_id = batch_id
+
+    def __iter__(self) -> Iterator[ScanResult]:
+        return self.store.batch_results(self.batch_id, thumbnails=False)
+
+    def thumbnail(self, result: ScanResult) -> bytes | None:
+        if result.thumbnail_png is not None:
+            return result.thumbnail_png
+        if not result.sha256 or not result.models_key:
+            return None
+        return self.store.thumbnail(result.sha256, result.models_key)
+
+
+class WithThumbnails:
+    """Results already in memory (a table's rows, without images) and a thumbnail lookup.
+
+    What the window hands the report writers: the PDF then fetches each flagged scan's
+    thumbnail while drawing its section, instead of all of them being loaded first.
+    """
+
+    def __init__(
+        self, results: Sequence[ScanResult], lookup: Callable[[ScanResult], bytes | None]
+    ) -> None:
+        self._results = results
+        self._lookup = lookup
+
+    def __iter__(self) -> Iterator[ScanResult]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def thumbnail(self, result: ScanResult) -> bytes | None:
+        return result.thumbnail_png if result.thumbnail_png is not None else self._lookup(result)
+
+
+def reiterable(results: Iterable[ScanResult]) -> Iterable[ScanResult]:
+    """``results`` itself when it can be iterated again; a one-shot iterator becomes a list.
+
+    Writers make several passes; a generator can be read only once, so it is kept (its
+    memory then grows with the batch: pass a :class:`StoredBatch` or a list instead).
+    """
+    if iter(results) is results:  # an iterator: iterating it again would find it empty
+        return list(results)
+    return results
+
+
+def thumbnail_of(results: Iterable[ScanResult], result: ScanResult) -> bytes | None:
+    """``result``'s thumbnail: its own bytes if it carries them, else fetched from ``results``."""
+    if result.thumbnail_png is not None:
+        return result.thumbnail_png
+    if isinstance(results, ThumbnailSource):
+        return results.thumbnail(result)
+    return None
