@@ -9,7 +9,7 @@ per-image limit, the case where four decoder threads could each hold one), then 
 threads. The resident memory of the whole process tree (the CLI and its decoder workers) is
 sampled every 20 ms; the peak is printed with the exit code and the error codes.
 
-Usage: ``python benchmarks/bench_hostile.py [--real 60] [--models DIR]``.
+Usage: ``python benchmarks/bench_hostile.py [--real 60] [--deep] [--models DIR]``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import psutil
 from PIL import Image
 
@@ -43,7 +44,7 @@ from tests.hostile import (  # noqa: E402
 )
 
 
-def build(folder: Path, real: int) -> None:
+def build(folder: Path, real: int, deep: bool = False) -> None:
     folder.mkdir(parents=True)
     sources = sorted(
         p
@@ -68,6 +69,8 @@ def build(folder: Path, real: int) -> None:
     )
     with Image.open(TB_PNG) as image:
         huge = image.convert("L").resize((7700, 7700), Image.Resampling.BILINEAR)
+    if deep:  # 16 bits: the costliest path (stored values, their array, a float32 copy)
+        huge = Image.fromarray(np.asarray(huge).astype(np.uint16) * np.uint16(257))
     for i in range(4):
         path = folder / f"huge_59mp_{i}.png"
         huge.save(path, format="PNG", compress_level=1)
@@ -119,13 +122,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=int, default=60)
     parser.add_argument("--models", type=Path, action="append", default=None)
+    parser.add_argument("--deep", action="store_true", help="the 59 MP PNGs in 16 bits")
     args = parser.parse_args()
     models = args.models or [REPO / "assets" / "models"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "scans"
         with warnings.catch_warnings():  # pydicom warns, quoting them, about the planted values
             warnings.simplefilter("ignore")
-            build(folder, args.real)
+            build(folder, args.real, args.deep)
         count = sum(1 for _ in folder.iterdir())
         code, peak_mb, output, seconds = run(folder, Path(tmp) / "out", Path(tmp) / "r.db", models)
         print(f"{count} files ({args.real + 2} real scans), exit code {code}, {seconds:.0f} s")
