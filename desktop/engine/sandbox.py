@@ -129,6 +129,20 @@ def _limit_memory(extra_bytes: int) -> None:
         pass  # not Linux: no cap, the header checks still bound what is decoded
 
 
+def _quiet_stderr() -> None:
+    """Send this worker's stderr to the null device (after start-up, so import errors show).
+
+    Native decoders print their own failure text there (a Rust panic prints "thread panicked
+    at ..."); the parent already turns every failure into the file's row with fixed text.
+    """
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> None:
     """A worker's loop: one request at a time until the parent closes the pipe."""
     os.environ["RUST_BACKTRACE"] = "0"  # a panic prints one line, not a backtrace
@@ -141,6 +155,7 @@ def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> Non
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
 
     _limit_memory(memory_bytes)
+    _quiet_stderr()
     conn.send(_Reply("ready"))
     while True:
         try:
@@ -240,7 +255,7 @@ class _Worker:
 
 def _failure(reply: _Reply) -> ScanError:
     if reply.kind == "panic":
-        logger.warning("decoder panicked (%s) on a file", reply.detail)
+        logger.debug("decoder panicked (%s) on a file", reply.detail)
         return ScanError(
             ScanErrorCode.DECODER_CRASHED,
             f"the decoder crashed on this file (internal decoder error {reply.detail}): its "
