@@ -248,8 +248,13 @@ def build_agegroup(
 def build_model_set(folder: Path, version: str = "0.1.0") -> Path:
     """The three stand-ins (modality, tb, pneumonia) in one folder; returns the folder."""
     build_modality(folder, version=version)
-    build_finding(folder, "tb", "tuberculosis", centre=0.5, version=version)
-    build_finding(folder, "pneumonia", "pneumonia", centre=0.45, version=version)
+    # column labels and order come from the manifests, as in the shipped ones
+    tb_display = {"short_name": "TB", "order": 1}
+    build_finding(folder, "tb", "tuberculosis", centre=0.5, version=version, display=tb_display)
+    pneumonia_display = {"short_name": "Pneumonia", "order": 2}
+    build_finding(
+        folder, "pneumonia", "pneumonia", centre=0.45, version=version, display=pneumonia_display
+    )
     return folder
 
 

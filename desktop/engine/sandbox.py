@@ -23,6 +23,11 @@ decoders run here, in a :class:`DecoderPool` of persistent worker processes:
   process-wide (``warnings.simplefilter``) without the thread-safety problem that
   ``warnings.catch_warnings`` has in the multi-threaded parent.
 
+Workers are started with ``spawn``, which imports the parent's main module in each worker:
+a script that uses the engine must keep its top-level work under
+``if __name__ == "__main__":`` (the usual multiprocessing rule; the ``medscreen`` command,
+``python -m desktop`` and the frozen app are fine).
+
 Plain rasters and uncompressed DICOM stay in the parent: Pillow and NumPy have no such
 history in the fuzzing runs, and shipping their pixels to a child would cost throughput.
 """
@@ -207,6 +212,10 @@ class _Worker:
     def call(self, request: Request, timeout_s: float) -> np.ndarray:
         try:
             self._wait_started()
+        except (EOFError, OSError, RuntimeError) as exc:
+            self.kill()
+            raise _not_started(exc) from exc
+        try:
             self.conn.send(request)
             if not self.conn.poll(timeout_s):
                 self.kill()
@@ -251,6 +260,15 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5.0)
+
+
+def _not_started(exc: BaseException) -> ScanError:
+    logger.error("cannot start a decoder worker process: %s", type(exc).__name__)
+    return ScanError(
+        ScanErrorCode.DECODER_CRASHED,
+        f"the decoder process for compressed DICOM could not be started "
+        f"({type(exc).__name__}); the file was not decoded",
+    )
 
 
 def _failure(reply: _Reply) -> ScanError:
@@ -305,7 +323,10 @@ class DecoderPool:
 
     def run(self, request: Request) -> np.ndarray:
         """Decode one request in a worker; raises :class:`ScanError` for every failure."""
-        worker = self._checkout()
+        try:
+            worker = self._checkout()
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise _not_started(exc) from exc
         healthy = False
         try:
             result = worker.call(request, self.timeout_s)

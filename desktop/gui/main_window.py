@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop import DISCLAIMER, __version__
 from desktop.engine.paths import default_db_path
+from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import ResultsStore
 from desktop.gui.batch_bar import BatchBar
@@ -55,6 +56,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA (NVIDIA GPU)", "cuda"))
+#: The batch's patient group selector: text, and the CLI's word for it (``--patients``).
+PATIENT_CHOICES = (
+    ("Patients: automatic", "auto"),
+    ("Patients: adults", "adult"),
+    ("Patients: children", "child"),
+)
 
 
 def _load_models(dirs: list[Path] | None, device: str) -> ModelSet:
@@ -185,6 +192,19 @@ class MainWindow(FileDropTarget, QMainWindow):
 
         review = QHBoxLayout()
         review.addWidget(self.op_picker)
+        self.patients_combo = QComboBox(self)
+        for text, group in PATIENT_CHOICES:
+            self.patients_combo.addItem(text, group)
+        self.patients_combo.setToolTip(
+            "The patients of this batch. Automatic: each scan's group comes from the file's "
+            "DICOM age, else it is estimated from the image. A model outside its scope (for "
+            "example an adults-only model on a child) shows its score greyed and raises no "
+            "flag. One scan: right-click it in the table."
+        )
+        self.patients_combo.activated.connect(
+            lambda _i: self.set_batch_patients(parse_group(self.patients_combo.currentData()))
+        )
+        review.addWidget(self.patients_combo)
         review.addStretch(1)
         review.addWidget(QLabel("Show:", self))
         review.addWidget(self.filter_combo)
@@ -296,7 +316,19 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.act_open_scan = QAction("Open scan", self)
         self.act_open_scan.triggered.connect(lambda: self.view.open_index(self.view.currentIndex()))
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.act_scan_groups = []
+        for text, group in (
+            ("Patient group of selected scans: adult", PatientGroup.ADULT),
+            ("Patient group of selected scans: child", PatientGroup.CHILD),
+            ("Patient group of selected scans: automatic", None),
+        ):
+            act = QAction(text, self)
+            act.triggered.connect(lambda _c=False, g=group: self.set_scan_group(g))
+            self.act_scan_groups.append(act)
         self.view.addActions([self.act_open_scan, self.act_export_rows, self.act_next])
+        separator = QAction(self)
+        separator.setSeparator(True)
+        self.view.addActions([separator, *self.act_scan_groups])
         tools_menu = menu.addMenu("&Tools")
         tools_menu.addAction(self.act_calibrate)
         help_menu = menu.addMenu("&Help")
@@ -494,6 +526,12 @@ class MainWindow(FileDropTarget, QMainWindow):
             return
         self._close_viewers()
         self.model.clear()
+        # the batch group stays as chosen; staff overrides of scans seen before still hold
+        self._apply_patients(
+            PatientChoice(
+                batch=self.model.patients().batch, overrides=self.store.patient_overrides()
+            )
+        )
         self.pages.setCurrentIndex(1)
         self.batch_bar.start("Resuming…" if resume else "Finding scans…")
         self.act_cancel.setEnabled(True)
@@ -519,6 +557,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         worker.start()
 
     def _stored_loaded(self, batch_id: str, rows: list[ScanResult], then_resume: bool) -> None:
+        self._apply_patients(self.store.patient_choice(batch_id))
         self.model.append(rows)
         self.batch.batch_id = batch_id
         self.statusBar().showMessage(f"{len(rows)} stored results.", 4000)
@@ -547,6 +586,8 @@ class MainWindow(FileDropTarget, QMainWindow):
             QTimer.singleShot(0, lambda: self.open_paths(queued))
         if summary is None:
             return
+        if self.model.patients().batch is not None:  # the staff's choice goes with the batch
+            self.store.set_batch_patients(summary.batch_id, self.model.patients().batch)
         verb = "Cancelled" if cancelled else "Finished"
         text = (
             f"{verb}: {summary.ok} screened, {summary.not_chest_xray} not chest X-rays, "
@@ -575,6 +616,43 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.settings.operating_point = self.op_picker.setting_text()
         for viewer in self._viewers:
             viewer.set_choice(choice)
+
+    # -- patient groups (scope) ----------------------------------------------------------------
+    def set_batch_patients(self, group: PatientGroup | None) -> None:
+        """The staff's group for the whole batch (None: automatic). Applied at once, with no
+        re-run, and stored with the batch so reports and a later export keep it."""
+        self._apply_patients(self.model.patients().with_batch(group))
+        if self.batch.batch_id:
+            self.store.set_batch_patients(self.batch.batch_id, group)
+
+    def set_scan_group(self, group: PatientGroup | None) -> None:
+        """Override the group of the selected scans (None: back to automatic); each override
+        is recorded in the results store with its time and the operator's name."""
+        choice = self.model.patients()
+        changed = 0
+        for result in self.view.selected_results():
+            if not result.sha256 or not result.findings:
+                continue
+            self.store.set_patient_group(
+                result.sha256, group, batch_id=self.batch.batch_id, by=self.settings.operator
+            )
+            choice = choice.with_override(result.sha256, group)
+            changed += 1
+        if changed:
+            self._apply_patients(choice)
+            word = "automatic" if group is None else group.value
+            self.statusBar().showMessage(
+                f"Patient group of {changed} scan{'s' if changed != 1 else ''} set to {word}.",
+                5000,
+            )
+
+    def _apply_patients(self, choice: PatientChoice) -> None:
+        self.model.set_patients(choice)
+        index = self.patients_combo.findData(choice.label())
+        self.patients_combo.setCurrentIndex(max(0, index))
+        for viewer in self._viewers:
+            viewer.set_scope(self.model.scope_rule())
+        self._update_counts()
 
     def _update_counts(self, *_args: object) -> None:
         counts = self.model.counts()
@@ -609,7 +687,13 @@ class MainWindow(FileDropTarget, QMainWindow):
         from desktop.gui.viewer import ScanViewer  # reads scans: imported when first needed
 
         manifests = self.models.manifests if self.models else self.model.manifests()
-        viewer = ScanViewer(self.model.with_thumbnail(result), manifests, self.model.choice(), self)
+        viewer = ScanViewer(
+            self.model.with_thumbnail(result),
+            manifests,
+            self.model.choice(),
+            self,
+            scope=self.model.scope_rule(),
+        )
         viewer.destroyed.connect(lambda _o=None, v=viewer: self._forget_viewer(v))
         viewer.screen_requested.connect(self.screen_again)
         self._viewers.append(viewer)
@@ -743,6 +827,7 @@ class MainWindow(FileDropTarget, QMainWindow):
             clinic_name=self.settings.clinic_name,
             operator=self.settings.operator,
             include_identifiers=self.settings.include_identifiers,
+            patients=self.model.patients(),
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(

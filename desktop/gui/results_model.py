@@ -6,6 +6,12 @@ probabilities and the current :class:`ThresholdChoice` with the engine's flag ru
 ``dataChanged`` signal and no inference. The counts are the engine's :class:`BatchCounts` and
 the status words its :data:`STATUS_TEXT`: the window, the CLI and the reports cannot drift.
 
+Scope works the same way: the engine's :class:`~desktop.engine.results.ScopeRule` (the
+manifests' scopes and the staff's :class:`~desktop.engine.patients.PatientChoice`) is applied
+in ``data()``; a score outside its model's scope is greyed with a short reason, an icon and
+the whole reason in the tooltip, and raises no flag. Changing the batch's patient group or
+one scan's override is one ``set_patients`` call.
+
 Rows hold results without their thumbnail bytes when the model has a thumbnail loader (the
 results store): a row's thumbnail is fetched and decoded only when the row is painted, and a
 bounded cache keeps the recent pixmaps, so a 10,000-row batch holds neither 10,000 PNGs nor
@@ -31,14 +37,16 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import display_path
+from desktop.engine.patients import PatientChoice, ScopeVerdict
 from desktop.engine.results import (
     BatchCounts,
     ScanResult,
     ScanStatus,
+    ScopeRule,
     ThresholdChoice,
     any_flagged,
     finding_flags,
@@ -59,32 +67,49 @@ FlaggedRole = Qt.ItemDataRole.UserRole + 3  # any finding flagged (bool)
 
 _ModelIndex = QModelIndex | QPersistentModelIndex
 
-SHORT_NAMES = {"tb": "TB", "pneumonia": "Pneumonia"}
-#: Column order of the finding models: the order the clinic reads them in; others follow.
-FINDING_ORDER = ("tb", "pneumonia")
+#: Shown before a short warning or scope reason in the table (the whole text is the tooltip).
+WARNING_MARK = "⚠"
+#: Longest short form of a warning in the table; longer ones end at a word, with "…".
+SHORT_WARNING_CHARS = 72
 
 
 def short_name(manifest: ModelManifest) -> str:
-    """The column and flag label of a finding model ("TB", "Pneumonia")."""
-    return SHORT_NAMES.get(manifest.id, manifest.id.replace("_", " ").title())
+    """The column and flag label of a finding model: its manifest's ``display.short_name``."""
+    return manifest.short_name
 
 
 def reading_order(manifests: Mapping[str, ModelManifest]) -> dict[str, ModelManifest]:
-    """The gate first, then the findings in the order the clinic reads them (TB, pneumonia)."""
+    """The gate first, then the findings in their manifests' display order."""
 
-    def rank(model_id: str) -> tuple[int, int]:
-        if manifests[model_id].role != "finding":
-            return (0, 0)
-        order = FINDING_ORDER.index(model_id) if model_id in FINDING_ORDER else len(FINDING_ORDER)
-        return (1, order)
+    def rank(model_id: str) -> tuple[int, tuple[float, str]]:
+        manifest = manifests[model_id]
+        return (0 if manifest.role != "finding" else 1, manifest.display_order)
 
     return {k: manifests[k] for k in sorted(manifests, key=rank)}
+
+
+def short_warning(text: str, limit: int = SHORT_WARNING_CHARS) -> str:
+    """A warning's short form for a table cell: its first clause, never cut mid-word.
+
+    Warnings are written "what: why"; the part before the first colon says what. When even
+    that is longer than ``limit`` it ends at the last whole word that fits, with "…".
+    """
+    head = text.split(": ", 1)[0].strip()
+    if len(head) <= limit:
+        return head + ("…" if head != text.strip() else "")
+    cut = ""
+    for word in head.split():
+        if len(cut) + len(word) + 1 > limit - 1:
+            break
+        cut = f"{cut} {word}" if cut else word
+    return (cut or head[: limit - 1]).rstrip(" ,;") + "…"
 
 
 class Column(enum.Enum):
     THUMB = "thumb"
     FILE = "file"
     MODALITY = "modality"
+    PATIENT = "patient"
     SCORE = "score"
     FLAG = "flag"
     STATUS = "status"
@@ -109,6 +134,9 @@ class ResultsModel(QAbstractTableModel):
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
         self._points: dict[str, OperatingPoint | None] = {}
+        self._all_manifests: dict[str, ModelManifest] = {}
+        self._patients = PatientChoice()
+        self._scope = ScopeRule.of({})
         self._counts = BatchCounts()
         self._rebuild_columns()
 
@@ -116,7 +144,9 @@ class ResultsModel(QAbstractTableModel):
     def set_manifests(self, manifests: Mapping[str, ModelManifest]) -> None:
         """Columns follow the finding models; call when a model set is loaded."""
         self.beginResetModel()
+        self._all_manifests = dict(manifests)
         self._manifests = {k: m for k, m in reading_order(manifests).items() if m.role == "finding"}
+        self._scope = ScopeRule.of(self._all_manifests, self._patients)
         self._rebuild_columns()
         self._resolve_points()
         self._recount()
@@ -130,6 +160,34 @@ class ResultsModel(QAbstractTableModel):
 
     def choice(self) -> ThresholdChoice:
         return self._choice
+
+    def patients(self) -> PatientChoice:
+        return self._patients
+
+    def scope_rule(self) -> ScopeRule:
+        """The engine's scope rule the table applies now (the viewer and reports use it too)."""
+        return self._scope
+
+    def set_patients(self, patients: PatientChoice) -> None:
+        """Apply the staff's patient group (batch and per scan): scope, flags, counts and the
+        triage order are re-derived from what is stored, with no re-run."""
+        self._patients = patients
+        self._scope = ScopeRule.of(self._all_manifests, patients)
+        self._recount()
+        if self._results:
+            emit(
+                self.dataChanged,
+                self.index(0, 0),
+                self.index(len(self._results) - 1, self.columnCount() - 1),
+                [
+                    Qt.ItemDataRole.DisplayRole,
+                    Qt.ItemDataRole.DecorationRole,
+                    Qt.ItemDataRole.ToolTipRole,
+                    Qt.ItemDataRole.ForegroundRole,
+                    FlaggedRole,
+                    SortRole,
+                ],
+            )
 
     def set_choice(self, choice: ThresholdChoice) -> None:
         """Re-derive every flag from stored probabilities: no re-run, just dataChanged."""
@@ -154,6 +212,7 @@ class ResultsModel(QAbstractTableModel):
             (Column.THUMB, None),
             (Column.FILE, None),
             (Column.MODALITY, None),
+            (Column.PATIENT, None),
         ]
         for model_id in self._manifests:
             cols += [(Column.SCORE, model_id), (Column.FLAG, model_id)]
@@ -201,10 +260,10 @@ class ResultsModel(QAbstractTableModel):
 
     def _count(self, results: Iterable[ScanResult]) -> None:
         # Counted per chunk, so the status line costs nothing per row during a big batch.
-        self._counts = self._counts + BatchCounts.tally(results, self._points)
+        self._counts = self._counts + BatchCounts.tally(results, self._points, self._scope)
 
     def _recount(self) -> None:
-        self._counts = BatchCounts.tally(self._results, self._points)
+        self._counts = BatchCounts.tally(self._results, self._points, self._scope)
 
     def results(self) -> list[ScanResult]:
         return list(self._results)
@@ -219,8 +278,12 @@ class ResultsModel(QAbstractTableModel):
         return replace(result, thumbnail_png=self._thumbnail_loader(result))
 
     def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
-        """Each finding model's flag at the current point (the engine's rule)."""
-        return finding_flags(result, self._points)
+        """Each finding model's flag at the current point and patient choice (the engine's rule)."""
+        return finding_flags(result, self._points, self._scope)
+
+    def outside_scope(self, result: ScanResult) -> dict[str, ScopeVerdict]:
+        """The models ``result`` is outside the scope of, with the reasons (the engine's rule)."""
+        return self._scope.verdicts(result)
 
     def is_row_flagged(self, result: ScanResult) -> bool:
         return any_flagged(self.flags_of(result))
@@ -247,11 +310,18 @@ class ResultsModel(QAbstractTableModel):
                 Column.THUMB: "",
                 Column.FILE: "File",
                 Column.MODALITY: "Modality",
+                Column.PATIENT: "Patient",
                 Column.SCORE: f"{name} score",
                 Column.FLAG: f"{name} flag",
                 Column.STATUS: "Status",
                 Column.REASON: "Reason / warnings",
             }[kind]
+        if role == Qt.ItemDataRole.ToolTipRole and kind is Column.PATIENT:
+            return (
+                "Child or adult, and where that came from: staff (batch or this scan), the "
+                "file's DICOM age, or an estimate from the image. A model outside its scope "
+                "shows its score greyed and raises no flag."
+            )
         if role == Qt.ItemDataRole.ToolTipRole and model_id:
             manifest = self._manifests[model_id]
             if kind is Column.SCORE:
@@ -288,29 +358,52 @@ class ResultsModel(QAbstractTableModel):
             if role == Qt.ItemDataRole.ToolTipRole and result.modality_score is not None:
                 return f"{result.modality} (probability {result.modality_score:.2f})"
             return None
+        if kind is Column.PATIENT:
+            if not result.findings:
+                return None
+            decision = self._scope.group(result)
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                if decision.group is None:
+                    return "unknown"
+                return f"{decision.group.value} ({_SOURCE_SHORT[decision.source.value]})"
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return decision.describe()
+            return None
         if kind is Column.SCORE:
             finding = result.findings.get(model_id or "")
+            outside = self.outside_scope(result).get(model_id or "") if finding else None
             if role == Qt.ItemDataRole.DisplayRole:
                 return "" if finding is None else f"{finding.probability:.2f}"
             if role == SortRole:
                 return -1.0 if finding is None else finding.probability
             if role == Qt.ItemDataRole.TextAlignmentRole:
                 return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            if role == Qt.ItemDataRole.ForegroundRole and outside is not None:
+                return QGuiApplication.palette().placeholderText()
+            if role == Qt.ItemDataRole.ToolTipRole and outside is not None:
+                return f"{outside.reason}. The score is shown but raises no flag."
             return None
         if kind is Column.FLAG:
             flag = self.flags_of(result).get(model_id or "")
             name = short_name(self._manifests[model_id]) if model_id else ""
+            outside = self.outside_scope(result).get(model_id or "") if flag is not None else None
             if role == Qt.ItemDataRole.DisplayRole:
                 if flag is None:
                     return ""
+                if outside is not None:
+                    return f"{WARNING_MARK} outside scope"
                 return flag_text(name) if flag else NOT_FLAGGED_TEXT
             if role == Qt.ItemDataRole.DecorationRole:
                 return flag_pixmap() if flag else None
+            if role == Qt.ItemDataRole.ForegroundRole and outside is not None:
+                return QGuiApplication.palette().placeholderText()
             if role == SortRole:
                 return -1 if flag is None else int(flag)
             if role in (Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.AccessibleTextRole):
                 if flag is None:
                     return f"{name}: not screened"
+                if outside is not None:
+                    return f"{outside.reason}. Not flagged: the model is outside its scope."
                 return f"{name}: {'flagged' if flag else 'not flagged'} at {self._choice.label()}"
             return None
         if kind is Column.STATUS:
@@ -318,11 +411,18 @@ class ResultsModel(QAbstractTableModel):
                 return status_text(result.status)
             return None
         if kind is Column.REASON:
-            text = result.reason
-            if result.warnings:
-                text = "; ".join(([text] if text else []) + ["⚠ " + w for w in result.warnings])
-            if role in (Qt.ItemDataRole.DisplayRole, SortRole, Qt.ItemDataRole.ToolTipRole):
-                return text
+            # Scope reasons and warnings: a short form in the cell, the whole text in the tooltip.
+            outside = list(self.outside_scope(result).values())
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                parts = [result.reason] if result.reason else []
+                parts += [f"{WARNING_MARK} {v.short}" for v in outside]
+                parts += [f"{WARNING_MARK} {short_warning(w)}" for w in result.warnings]
+                return "; ".join(parts)
+            if role == Qt.ItemDataRole.ToolTipRole:
+                lines = [result.reason] if result.reason else []
+                lines += [f"{WARNING_MARK} {v.reason}" for v in outside]
+                lines += [f"{WARNING_MARK} {w}" for w in result.warnings]
+                return "\n".join(lines) or None
             return None
         return None
 
@@ -344,6 +444,16 @@ class ResultsModel(QAbstractTableModel):
         if len(self._thumbs) > THUMB_CACHE:
             self._thumbs.popitem(last=False)
         return pixmap
+
+
+#: The Patient column's short word for where the group came from (tooltip: the whole story).
+_SOURCE_SHORT = {
+    "staff_scan": "staff, this scan",
+    "staff_batch": "staff, batch",
+    "file": "file",
+    "image": "image",
+    "unknown": "unknown",
+}
 
 
 class Filter(enum.Enum):

@@ -62,6 +62,7 @@ class ResultsView(FileDropTarget, QTableView):
                 Column.THUMB: THUMB_HEIGHT * 4 // 3 + 12,
                 Column.FILE: metrics.horizontalAdvance("tb_positive_CHNCXR_0336_1.png") + 16,
                 Column.MODALITY: metrics.horizontalAdvance("Modality") + 24,
+                Column.PATIENT: metrics.horizontalAdvance("child (staff, this scan)") + 16,
                 Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
                 Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,
                 Column.STATUS: max(map(metrics.horizontalAdvance, STATUS_TEXT.values())) + 24,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QImage, QKeySequence, QShortcut
+from PySide6.QtGui import QImage, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -93,6 +93,14 @@ METADATA_LABELS = {
     "patient_id": "Patient ID",
     "patient_birth_date": "Birth date",
 }
+
+
+def _greyed(palette: QPalette) -> str:
+    """The text colour halfway to the background: a greyed score in light and dark themes
+    (the palette's placeholder colour may carry alpha, which rich text would drop)."""
+    text, base = palette.windowText().color(), palette.window().color()
+    mixed = [(a + b) // 2 for a, b in zip(text.getRgb()[:3], base.getRgb()[:3], strict=True)]
+    return "#{:02x}{:02x}{:02x}".format(*mixed)
 
 
 class ScanViewer(QDialog):
@@ -315,13 +323,13 @@ class ScanViewer(QDialog):
             flagged = verdict is None and is_flagged(finding.probability, point)
             mark = flag_text(short_name(manifest)) if flagged else f"{NOT_FLAGGED_TEXT} not flagged"
             if verdict is not None:
-                mark = f"⚠ outside the model's scope: not flagged ({verdict.reason})"
+                mark = f"⚠ outside the scope of this model: not flagged ({verdict.reason})"
             classes = ", ".join(
                 f"{html.escape(label)} {p:.3f}" for label, p in finding.probabilities.items()
             )
             score = f"{finding.probability:.3f}"
             if verdict is not None:  # greyed, as in the table
-                grey = self.palette().placeholderText().color().name()
+                grey = _greyed(self.palette())
                 score = f'<span style="color: {grey}">{score}</span>'
             rows.append(
                 f"<p><b>{name}: {score}</b> &nbsp; {html.escape(mark)}<br>"
