@@ -29,7 +29,7 @@ from desktop.app_logging import configure_logging
 from desktop.engine.errors import BatchError, MedScreenError
 from desktop.engine.inference import choose_device
 from desktop.engine.paths import default_db_path, display_path
-from desktop.engine.patients import PatientChoice, parse_group
+from desktop.engine.patients import PatientChoice, adult_age_of, describe_ages, parse_group
 from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
@@ -214,6 +214,10 @@ def _models(args: argparse.Namespace) -> int:
         print(line)
         for point in manifest.operating_points.values():
             print(f"    {point.describe()}")
+        if manifest.scope is not None and manifest.scope.restricts:
+            ages = describe_ages(manifest.scope, adult_age_of(models.manifests)) or "any age"
+            views = "/".join(manifest.scope.views) or "any view"
+            print(f"    scope: {ages}; {views}. {manifest.scope.summary}".rstrip())
     for problem in models.problems:
         print(f"warning: {problem}")
     from desktop.cli_calibrate import site_point_lines
