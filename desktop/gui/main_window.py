@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
     QComboBox,
@@ -43,7 +43,7 @@ from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import Filter, FlaggedRole, ResultsModel, ResultsProxy
+from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy
 from desktop.gui.results_view import ResultsView
 from desktop.gui.settings import AppSettings
 from desktop.gui.workers import Worker, WorkerError
@@ -362,6 +362,34 @@ class MainWindow(FileDropTarget, QMainWindow):
         state = self.settings.window_state()
         if state is not None:
             self.restoreState(state)
+        self.fit_to_screen()
+
+    def fit_to_screen(self) -> None:
+        """Keep the window inside the screen's available area at any scaling.
+
+        1280×800 logical pixels is larger than a 1366×768 screen at 150 % (911×512): the
+        window is shrunk to what is available and moved on screen, never left hanging off it.
+        """
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            return
+        area = screen.availableGeometry()
+        frame = self.frameGeometry().size() - self.geometry().size()  # title bar, borders
+        width = min(self.width(), max(320, area.width() - frame.width()))
+        height = min(self.height(), max(240, area.height() - frame.height()))
+        if (width, height) != (self.width(), self.height()):
+            self.resize(width, height)
+        if not area.contains(self.frameGeometry()):
+            x = min(max(self.x(), area.left()), area.right() - width - frame.width() + 1)
+            y = min(max(self.y(), area.top()), area.bottom() - height - frame.height() + 1)
+            self.move(max(area.left(), x), max(area.top(), y))
+
+    def _restore_table_header(self) -> None:
+        """The table's widths, column order and sort as the user left them (else triage)."""
+        state = self.settings.table_header()
+        header = self.view.horizontalHeader()
+        if state is not None and header.restoreState(state):
+            self.view.sortByColumn(header.sortIndicatorSection(), header.sortIndicatorOrder())
 
     # -- start-up: models and interrupted batches ----------------------------------------------
     def start(self) -> None:
@@ -393,6 +421,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.model.set_manifests(models.manifests)
         self.op_picker.set_manifests(self.model.manifests(), self.settings.operating_point)
         self.view.apply_column_widths()
+        self._restore_table_header()
         self.act_export.setEnabled(True)
         self.act_calibrate.setEnabled(True)
         if models.problems:
@@ -663,20 +692,38 @@ class MainWindow(FileDropTarget, QMainWindow):
         if counts.total and self.pages.currentIndex() == 0:
             self.pages.setCurrentIndex(1)
 
-    def goto_flagged(self, step: int) -> None:
-        """F3 / Shift+F3: move to the next or previous flagged row (wrapping)."""
-        rows = self.proxy.rowCount()
-        if not rows:
-            return
-        start = self.view.currentIndex().row()
-        for i in range(1, rows + 1):
-            row = (start + step * i) % rows
-            if self.proxy.index(row, 0).data(FlaggedRole):
-                index = self.proxy.index(row, 1)
+    def triage_results(self, flagged_only: bool = False) -> list[ScanResult]:
+        """The rows the table shows (its filter applied), in the engine's triage order,
+        whatever column the table is sorted by: F3's and the viewer's order."""
+        shown = {
+            self.proxy.mapToSource(self.proxy.index(r, 0)).row()
+            for r in range(self.proxy.rowCount())
+        }
+        rows = [r for r in self.model.triage_rows() if r in shown]
+        if flagged_only:
+            rows = [r for r in rows if self.model.is_row_flagged(self.model.result(r))]
+        return [self.model.result(r) for r in rows]
+
+    def select_result(self, result: ScanResult) -> None:
+        """Make ``result``'s row the table's current row (and scroll to it)."""
+        for r in range(self.proxy.rowCount()):
+            if self.model.result(self.proxy.mapToSource(self.proxy.index(r, 0)).row()) is result:
+                index = self.proxy.index(r, 2)
                 self.view.setCurrentIndex(index)
                 self.view.scrollTo(index)
                 return
-        self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
+
+    def goto_flagged(self, step: int) -> None:
+        """F3 / Shift+F3: the next or previous flagged scan in triage order (wrapping)."""
+        order = self.triage_results(flagged_only=True)
+        if not order:
+            self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
+            return
+        index = self.view.currentIndex()
+        current = self.model.result(self.proxy.mapToSource(index).row()) if index.isValid() else None
+        here = next((i for i, r in enumerate(order) if r is current), None)
+        target = order[0 if step > 0 else -1] if here is None else order[(here + step) % len(order)]
+        self.select_result(target)
 
     def _stored_thumbnail(self, result: ScanResult) -> bytes | None:
         if not result.sha256:
@@ -870,6 +917,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         """Stop the batch cleanly (finished scans are already committed) and join workers."""
         self.settings.set_geometry(self.saveGeometry())
         self.settings.set_window_state(self.saveState())
+        if self.model.finding_ids():  # the models' columns are there: worth keeping
+            self.settings.set_table_header(self.view.horizontalHeader().saveState())
         self.settings.sync()
         self._close_viewers()
         if self.batch.is_running():

@@ -42,6 +42,7 @@ from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import display_path
 from desktop.engine.patients import PatientChoice, ScopeVerdict
+from desktop.engine.quality import quality_of, shown_modality
 from desktop.engine.results import (
     BatchCounts,
     ScanResult,
@@ -53,6 +54,8 @@ from desktop.engine.results import (
     operating_points,
     status_text,
 )
+from desktop.engine.triage import TriageKey, margin, triage_key
+from desktop.gui.elide import warning_pixmap
 from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_pixmap, flag_text
 from desktop.gui.qt_compat import emit
 
@@ -106,6 +109,7 @@ def short_warning(text: str, limit: int = SHORT_WARNING_CHARS) -> str:
 
 
 class Column(enum.Enum):
+    TRIAGE = "triage"  # the engine's triage order: the default sort
     THUMB = "thumb"
     FILE = "file"
     MODALITY = "modality"
@@ -133,6 +137,7 @@ class ResultsModel(QAbstractTableModel):
         self._choice = ThresholdChoice()
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
+        self._triage: list[TriageKey] = []  # one per row, under the current points
         self._points: dict[str, OperatingPoint | None] = {}
         self._all_manifests: dict[str, ModelManifest] = {}
         self._patients = PatientChoice()
@@ -195,12 +200,17 @@ class ResultsModel(QAbstractTableModel):
         self._resolve_points()
         self._recount()
         if self._results:
-            first = self._first_column(Column.SCORE)
+            # From the Attention column, with SortRole: the triage order follows the point.
             emit(
                 self.dataChanged,
-                self.index(0, first),
+                self.index(0, 0),
                 self.index(len(self._results) - 1, self.columnCount() - 1),
-                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, FlaggedRole],
+                [
+                    Qt.ItemDataRole.DisplayRole,
+                    Qt.ItemDataRole.DecorationRole,
+                    FlaggedRole,
+                    SortRole,
+                ],
             )
 
     def _resolve_points(self) -> None:
@@ -209,6 +219,7 @@ class ResultsModel(QAbstractTableModel):
 
     def _rebuild_columns(self) -> None:
         cols: list[tuple[Column, str | None]] = [
+            (Column.TRIAGE, None),
             (Column.THUMB, None),
             (Column.FILE, None),
             (Column.MODALITY, None),
@@ -244,12 +255,14 @@ class ResultsModel(QAbstractTableModel):
             ]
         self.beginInsertRows(QModelIndex(), start, start + len(results) - 1)
         self._results.extend(results)
+        self._triage.extend(triage_key(r, self._points, self._scope) for r in results)
         self._count(results)
         self.endInsertRows()
 
     def clear(self) -> None:
         self.beginResetModel()
         self._results.clear()
+        self._triage.clear()
         self._thumbs.clear()
         self._recount()
         self.endResetModel()
@@ -264,6 +277,15 @@ class ResultsModel(QAbstractTableModel):
 
     def _recount(self) -> None:
         self._counts = BatchCounts.tally(self._results, self._points, self._scope)
+        self._triage = [triage_key(r, self._points, self._scope) for r in self._results]
+
+    def triage_key(self, row: int) -> TriageKey:
+        """The row's place in the engine's triage order at the current operating point."""
+        return self._triage[row]
+
+    def triage_rows(self) -> list[int]:
+        """Source rows in triage order (flagged, strongest first; errors last)."""
+        return sorted(range(len(self._results)), key=self._triage.__getitem__)
 
     def results(self) -> list[ScanResult]:
         return list(self._results)
@@ -307,6 +329,7 @@ class ResultsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             name = short_name(self._manifests[model_id]) if model_id else ""
             return {
+                Column.TRIAGE: "Attention",
                 Column.THUMB: "",
                 Column.FILE: "File",
                 Column.MODALITY: "Modality",
@@ -316,6 +339,12 @@ class ResultsModel(QAbstractTableModel):
                 Column.STATUS: "Status",
                 Column.REASON: "Reason / warnings",
             }[kind]
+        if role == Qt.ItemDataRole.ToolTipRole and kind is Column.TRIAGE:
+            return (
+                "Triage order: flagged scans first, the furthest past a threshold first "
+                "(as a share of the way from the threshold to a score of 1); then the others, "
+                "the nearest to a threshold first; scans not screened last"
+            )
         if role == Qt.ItemDataRole.ToolTipRole and kind is Column.PATIENT:
             return (
                 "Child or adult, and where that came from: staff (batch or this scan), the "
@@ -338,6 +367,12 @@ class ResultsModel(QAbstractTableModel):
         if role == FlaggedRole:
             return self.is_row_flagged(result)
         kind, model_id = self._columns[index.column()]
+        if kind is Column.TRIAGE:
+            if role == SortRole:
+                return index.row()  # the proxy compares triage keys (ResultsProxy.lessThan)
+            if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+                return self._attention_text(result, role == Qt.ItemDataRole.ToolTipRole)
+            return None
         if kind is Column.THUMB:
             if role == Qt.ItemDataRole.DecorationRole:
                 return self._thumbnail(index.row(), result)
@@ -354,8 +389,12 @@ class ResultsModel(QAbstractTableModel):
             return None
         if kind is Column.MODALITY:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
-                return result.modality or ""
-            if role == Qt.ItemDataRole.ToolTipRole and result.modality_score is not None:
+                return shown_modality(result)  # empty when refused as not a medical scan
+            if (
+                role == Qt.ItemDataRole.ToolTipRole
+                and shown_modality(result)
+                and (result.modality_score is not None)
+            ):
                 return f"{result.modality} (probability {result.modality_score:.2f})"
             return None
         if kind is Column.PATIENT:
@@ -391,9 +430,11 @@ class ResultsModel(QAbstractTableModel):
                 if flag is None:
                     return ""
                 if outside is not None:
-                    return f"{WARNING_MARK} outside scope"
+                    return "outside scope"
                 return flag_text(name) if flag else NOT_FLAGGED_TEXT
             if role == Qt.ItemDataRole.DecorationRole:
+                if outside is not None:
+                    return warning_pixmap()
                 return flag_pixmap() if flag else None
             if role == Qt.ItemDataRole.ForegroundRole and outside is not None:
                 return QGuiApplication.palette().placeholderText()
@@ -411,10 +452,13 @@ class ResultsModel(QAbstractTableModel):
                 return status_text(result.status)
             return None
         if kind is Column.REASON:
+            # The engine's plain quality words in the cell, the technical reason in the tooltip.
             # Scope reasons and warnings: a short form in the cell, the whole text in the tooltip.
+            quality = quality_of(result)
+            short = quality.text if quality is not None else result.reason
             outside = list(self.outside_scope(result).values())
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
-                parts = [result.reason] if result.reason else []
+                parts = [short] if short else []
                 parts += [f"{WARNING_MARK} {v.short}" for v in outside]
                 parts += [f"{WARNING_MARK} {short_warning(w)}" for w in result.warnings]
                 return "; ".join(parts)
@@ -423,8 +467,32 @@ class ResultsModel(QAbstractTableModel):
                 lines += [f"{WARNING_MARK} {v.reason}" for v in outside]
                 lines += [f"{WARNING_MARK} {w}" for w in result.warnings]
                 return "\n".join(lines) or None
+            if role == Qt.ItemDataRole.DecorationRole and (outside or result.warnings):
+                return warning_pixmap()
             return None
         return None
+
+    def _attention_text(self, result: ScanResult, long: bool) -> str:
+        """The triage cell: the strongest flag and how far past its threshold it is."""
+        best, best_m = "", -2.0
+        for model_id, flag in self.flags_of(result).items():
+            point = self._points.get(model_id)
+            if not flag or point is None:
+                continue
+            value = margin(result.findings[model_id].probability, point.threshold)
+            if value > best_m:
+                best_m, best = value, model_id
+        if not best:
+            return ""
+        name = short_name(self._manifests[best]) if best in self._manifests else best
+        if long:
+            point = self._points[best]
+            assert point is not None
+            return (
+                f"{name} {result.findings[best].probability:.2f}: {best_m * 100:.0f} % of the way "
+                f"from its threshold {point.threshold:.2f} to 1"
+            )
+        return f"{name} +{best_m * 100:.0f} %"
 
     def _thumbnail(self, row: int, result: ScanResult) -> QPixmap | None:
         pixmap = self._thumbs.get(row)
@@ -448,8 +516,8 @@ class ResultsModel(QAbstractTableModel):
 
 #: The Patient column's short word for where the group came from (tooltip: the whole story).
 _SOURCE_SHORT = {
-    "staff_scan": "staff, this scan",
-    "staff_batch": "staff, batch",
+    "staff_scan": "staff",
+    "staff_batch": "batch",
     "file": "file",
     "image": "image",
     "unknown": "unknown",
@@ -472,6 +540,13 @@ class ResultsProxy(QSortFilterProxyModel):
         self._search = ""
         self.setSortRole(SortRole)
         self.setDynamicSortFilter(True)
+
+    def lessThan(self, left: _ModelIndex, right: _ModelIndex) -> bool:
+        """The Attention column sorts by the engine's triage key; others by SortRole."""
+        model = self.sourceModel()
+        if isinstance(model, ResultsModel) and model.column_kind(left.column()) is Column.TRIAGE:
+            return model.triage_key(left.row()) < model.triage_key(right.row())
+        return super().lessThan(left, right)
 
     def set_filter(self, value: Filter) -> None:
         self._refilter(lambda: setattr(self, "_filter", value))

@@ -16,8 +16,14 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from desktop.engine.results import STATUS_TEXT, ScanResult
 from desktop.gui.drop_area import FileDropTarget
+from desktop.gui.elide import WordElideDelegate
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import THUMB_HEIGHT, Column, ResultRole, ResultsModel, ResultsProxy
+from desktop.gui.results_model import Column, ResultRole, ResultsModel, ResultsProxy
+
+
+def compact_row_height(font_height: int) -> int:
+    """A table row of one text line with a little air (22 px at a 16 px font)."""
+    return max(18, font_height + 6)
 
 
 class ResultsView(FileDropTarget, QTableView):
@@ -28,17 +34,22 @@ class ResultsView(FileDropTarget, QTableView):
         super().__init__(parent)
         self.setModel(proxy)
         self.setSortingEnabled(True)
-        self.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # arrival order until a click
+        # The engine's triage order (the Attention column, first) until the user sorts.
+        self.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setAlternatingRowColors(True)
         self.setWordWrap(False)
         self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the end of file names
-        self.setIconSize(QSize(THUMB_HEIGHT * 4 // 3, THUMB_HEIGHT))
+        # Compact rows (one line of text): 25+ rows on a 1366×768 screen. The thumbnail is
+        # an icon of the row's height; the viewer shows the scan itself.
+        row = compact_row_height(self.fontMetrics().height())
+        self.setIconSize(QSize((row - 2) * 4 // 3, row - 2))
         self.verticalHeader().setVisible(False)
+        self.verticalHeader().setMinimumSectionSize(row)
         self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-        self.verticalHeader().setDefaultSectionSize(THUMB_HEIGHT + 6)
+        self.verticalHeader().setDefaultSectionSize(row)
         header = self.horizontalHeader()
         header.setStretchLastSection(True)
         header.setSectionsMovable(True)
@@ -47,6 +58,7 @@ class ResultsView(FileDropTarget, QTableView):
         self.viewport().setAcceptDrops(True)
         self.setDragDropMode(QAbstractItemView.DragDropMode.DropOnly)
         self.doubleClicked.connect(self.open_index)
+        self._word_elide = WordElideDelegate(self)
         proxy.modelReset.connect(self.apply_column_widths)
 
     def apply_column_widths(self) -> None:
@@ -59,16 +71,21 @@ class ResultsView(FileDropTarget, QTableView):
         for col in range(model.columnCount()):
             kind = model.column_kind(col)
             width = {
-                Column.THUMB: THUMB_HEIGHT * 4 // 3 + 12,
+                Column.TRIAGE: metrics.horizontalAdvance("Pneumonia +100 %") + 16,
+                Column.THUMB: self.iconSize().width() + 12,
                 Column.FILE: metrics.horizontalAdvance("tb_positive_CHNCXR_0336_1.png") + 16,
                 Column.MODALITY: metrics.horizontalAdvance("Modality") + 24,
-                Column.PATIENT: metrics.horizontalAdvance("child (staff, this scan)") + 16,
+                Column.PATIENT: metrics.horizontalAdvance("Patient  child (image)") + 8,
                 Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
                 Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,
                 Column.STATUS: max(map(metrics.horizontalAdvance, STATUS_TEXT.values())) + 24,
                 Column.REASON: metrics.horizontalAdvance("M") * 20,
             }[kind]
             header.resizeSection(col, width)
+            # warnings end at a whole word when the column is narrow (the tooltip has all)
+            self.setItemDelegateForColumn(
+                col, self._word_elide if kind is Column.REASON else self.itemDelegate()
+            )
 
     def _source(self) -> ResultsModel | None:
         proxy = self.model()

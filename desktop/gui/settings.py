@@ -111,6 +111,14 @@ class AppSettings:
     def set_geometry(self, value: QByteArray) -> None:
         self._q.setValue("window/geometry", value)
 
+    def table_header(self) -> QByteArray | None:
+        """The results table's column widths, order and sort (QHeaderView.saveState)."""
+        value = self._q.value("window/table_header")
+        return value if isinstance(value, QByteArray) else None
+
+    def set_table_header(self, value: QByteArray) -> None:
+        self._q.setValue("window/table_header", value)
+
     def window_state(self) -> QByteArray | None:
         value = self._q.value("window/state")
         return value if isinstance(value, QByteArray) else None

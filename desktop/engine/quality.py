@@ -1,0 +1,147 @@
+"""Plain quality codes: why a scan was not screened, in words a nurse reads at a glance.
+
+Beside the status words (:data:`desktop.engine.results.STATUS_TEXT`) this is the engine's
+one vocabulary for refusals and errors: the table's Reason column, the viewer and the PDF show
+:func:`quality_of` ``(result).text`` ("not a chest X-ray: hand", "blank or nearly blank
+image", "photo or document", "damaged file", "unsupported DICOM"), with the full technical
+reason (the scores, the decoder's words) as the detail in a tooltip or a smaller line. The
+CSV and JSON keep the stable codes (:class:`QualityCode` values) beside the reason.
+
+The mapping reads only what the result already holds: the :class:`ScanErrorCode` of a file
+that could not be read, and the gate's verdict for a refused one (its predicted label, its
+out-of-distribution score). Labels of the modality model are turned into words generically
+("HeadCT" → "head CT"), so a new gate label needs no code here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from desktop.engine.errors import ScanErrorCode
+from desktop.engine.results import ScanResult, ScanStatus
+
+#: The screening gate's reason for an image that is not a medical scan of a known kind
+#: (out-of-distribution); :mod:`desktop.engine.screening` writes it.
+NOT_MEDICAL_REASON = "not recognised as a medical scan"
+
+#: The gate's out-of-distribution score adds ``1000 * relu(1 - pixel_std / 0.01)`` for images
+#: without structure (the modality manifest's ``ood.method``): a score this high means the
+#: pixels barely vary. Measured: a uniform grey image 1022, one with a faint square 981; a
+#: photo of a cat 19, a chest X-ray 6.
+BLANK_OOD_SCORE = 500.0
+
+
+class QualityCode(StrEnum):
+    """Stable codes of the vocabulary (kept in CSV/JSON; the words may be translated)."""
+
+    NOT_CHEST = "not_chest"  # another kind of medical image; the text names it
+    UNCLEAR_CHEST = "unclear_chest"  # the gate was not confident it is a chest X-ray
+    BLANK = "blank"
+    NOT_MEDICAL = "not_medical"
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    DAMAGED = "damaged"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_IMAGE = "unsupported_image"
+    UNSUPPORTED_DICOM = "unsupported_dicom"
+    NO_IMAGE_IN_DICOM = "no_image_in_dicom"
+    MULTI_FRAME = "multi_frame"
+    MISSING = "missing"
+    INTERNAL = "internal"
+
+
+#: The fixed words of each code (NOT_CHEST adds the kind: "not a chest X-ray: hand").
+QUALITY_TEXT: dict[QualityCode, str] = {
+    QualityCode.NOT_CHEST: "not a chest X-ray",
+    QualityCode.UNCLEAR_CHEST: "unclear: maybe not a chest X-ray",
+    QualityCode.BLANK: "blank or nearly blank image",
+    QualityCode.NOT_MEDICAL: "photo or document",
+    QualityCode.EMPTY_FILE: "empty file",
+    QualityCode.NOT_AN_IMAGE: "not an image file",
+    QualityCode.DAMAGED: "damaged file",
+    QualityCode.TOO_LARGE: "image too large",
+    QualityCode.UNSUPPORTED_IMAGE: "unsupported image format",
+    QualityCode.UNSUPPORTED_DICOM: "unsupported DICOM",
+    QualityCode.NO_IMAGE_IN_DICOM: "DICOM without an image",
+    QualityCode.MULTI_FRAME: "multi-frame DICOM (not supported)",
+    QualityCode.MISSING: "file moved or deleted",
+    QualityCode.INTERNAL: "internal error (see the log)",
+}
+
+_ERROR_CODES: dict[str, QualityCode] = {
+    ScanErrorCode.EMPTY_FILE: QualityCode.EMPTY_FILE,
+    ScanErrorCode.NOT_AN_IMAGE: QualityCode.NOT_AN_IMAGE,
+    ScanErrorCode.TRUNCATED: QualityCode.DAMAGED,
+    ScanErrorCode.UNREADABLE: QualityCode.DAMAGED,
+    ScanErrorCode.DECODER_CRASHED: QualityCode.DAMAGED,
+    ScanErrorCode.DECODER_TIMEOUT: QualityCode.DAMAGED,
+    ScanErrorCode.TOO_LARGE: QualityCode.TOO_LARGE,
+    ScanErrorCode.UNSUPPORTED_IMAGE: QualityCode.UNSUPPORTED_IMAGE,
+    ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX: QualityCode.UNSUPPORTED_DICOM,
+    ScanErrorCode.NO_PIXEL_DATA: QualityCode.NO_IMAGE_IN_DICOM,
+    ScanErrorCode.MULTI_FRAME: QualityCode.MULTI_FRAME,
+    ScanErrorCode.VANISHED: QualityCode.MISSING,
+    ScanErrorCode.INTERNAL: QualityCode.INTERNAL,
+}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A refusal or error in plain words, with the technical detail kept for a tooltip."""
+
+    code: QualityCode
+    text: str  # the short words shown in a cell
+    detail: str  # the full reason, as the engine recorded it
+
+
+def label_words(label: str) -> str:
+    """A modality label as words: ``"HeadCT"`` → ``"head CT"``, ``"Hand"`` → ``"hand"``."""
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", label.replace("_", " ")).strip()
+    first, _, rest = spaced.partition(" ")
+    if not first.isupper():  # keep acronyms (CT, MRI) as they are
+        first = first.lower()
+    return f"{first} {rest}".strip()
+
+
+def is_not_medical(result: ScanResult) -> bool:
+    """Whether the gate refused the image as no medical scan of a known kind (then the
+    modality it names is only the nearest class, and faces show no modality at all)."""
+    return result.status is ScanStatus.NOT_CHEST_XRAY and result.reason.startswith(
+        NOT_MEDICAL_REASON
+    )
+
+
+def quality_of(result: ScanResult) -> Quality | None:
+    """The plain quality code of a refused or failed scan; ``None`` for a screened one."""
+    if result.status is ScanStatus.OK:
+        return None
+    detail = result.reason
+    if result.status is ScanStatus.ERROR:
+        code = _ERROR_CODES.get(result.error_code or "", QualityCode.DAMAGED)
+        if result.error_code is None and not detail:
+            code = QualityCode.INTERNAL
+        return Quality(code, QUALITY_TEXT[code], detail)
+    if is_not_medical(result):
+        blank = result.ood_score is not None and result.ood_score >= BLANK_OOD_SCORE
+        code = QualityCode.BLANK if blank else QualityCode.NOT_MEDICAL
+        return Quality(code, QUALITY_TEXT[code], detail)
+    if result.modality and not detail.startswith("not confidently"):
+        words = label_words(result.modality)
+        return Quality(QualityCode.NOT_CHEST, f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: {words}",
+                       detail)  # fmt: skip
+    return Quality(QualityCode.UNCLEAR_CHEST, QUALITY_TEXT[QualityCode.UNCLEAR_CHEST], detail)
+
+
+def shown_modality(result: ScanResult) -> str:
+    """The modality a face shows: empty when the gate refused the image as not medical."""
+    if is_not_medical(result):
+        return ""
+    return result.modality or ""
+
+
+def reason_text(result: ScanResult) -> str:
+    """The short reason every face shows in a cell: the quality words, else the reason."""
+    quality = quality_of(result)
+    return quality.text if quality is not None else result.reason

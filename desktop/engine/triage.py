@@ -1,0 +1,107 @@
+"""Triage order: which scans a clinician should read first, the same in every face.
+
+One rule, used by the results table's default sort, F3 / the viewer's next and previous, and
+the report's ranked list and per-scan pages:
+
+1. flagged scans first, the most clearly positive first;
+2. then the scans screened without a flag, the nearest to a threshold first;
+3. then scans the gate refused (not chest X-rays), then files that could not be read.
+
+"How far past the threshold" must compare models whose thresholds differ (TB at 0.23, another
+at 0.78), so it is measured as the share of the distance the score has travelled from the
+threshold towards certainty: ``(p - t) / (1 - t)`` above the threshold (0 % at the threshold,
+100 % at a score of 1) and ``(p - t) / t`` below it (−100 % at a score of 0). A reader sees it
+as "TB 0.81, 75 % of the way from its threshold 0.23 to 1": a percentage, not a logit.
+
+Flags are not stored (ARCHITECTURE.md): the order is derived from the probabilities and the
+operating points the caller has resolved, so changing the point re-ranks with no re-run.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from desktop.engine.manifest import OperatingPoint
+from desktop.engine.results import ScanResult, ScanStatus, finding_flags
+
+
+class TriageGroup(enum.IntEnum):
+    """The four bands of the triage order, in reading order."""
+
+    FLAGGED = 0
+    NOT_FLAGGED = 1
+    REFUSED = 2  # the gate refused it: not a chest X-ray
+    ERROR = 3  # could not be read or screened
+
+
+def margin(probability: float, threshold: float) -> float:
+    """How far ``probability`` is past ``threshold``, in [-1, 1] (see the module text).
+
+    0 at the threshold; 1 at a score of 1 when above it; -1 at a score of 0 when below it.
+    A threshold of exactly 0 or 1 leaves no room on one side: that side's margin is 0.
+    """
+    if probability >= threshold:
+        room = 1.0 - threshold
+        return 0.0 if room <= 0 else min(1.0, (probability - threshold) / room)
+    return 0.0 if threshold <= 0 else max(-1.0, (probability - threshold) / threshold)
+
+
+@dataclass(frozen=True, order=True)
+class TriageKey:
+    """A sortable key: lower sorts first. ``strength`` is the largest margin, negated."""
+
+    group: TriageGroup
+    strength: float  # -max margin over the models (so the strongest comes first)
+    flagged_models: int  # -(number of models that flag it): more flags first on a tie
+
+
+def triage_key(
+    result: ScanResult, points: Mapping[str, OperatingPoint | None], scope: object = None
+) -> TriageKey:
+    """The scan's place in the triage order under resolved ``points`` (one per finding model).
+
+    ``scope`` is passed to :func:`finding_flags` unchanged (a model run outside its scope
+    raises no flag, and so does not rank the scan as flagged).
+    """
+    if result.status is ScanStatus.ERROR:
+        return TriageKey(TriageGroup.ERROR, 0.0, 0)
+    if result.status is ScanStatus.NOT_CHEST_XRAY:
+        return TriageKey(TriageGroup.REFUSED, 0.0, 0)
+    flags = (
+        finding_flags(result, points, scope)  # type: ignore[arg-type]
+        if scope is not None
+        else finding_flags(result, points)
+    )
+    margins: dict[str, float] = {
+        mid: margin(result.findings[mid].probability, point.threshold)
+        for mid, point in points.items()
+        if point is not None and mid in result.findings
+    }
+    flagged = [mid for mid, flag in flags.items() if flag and mid in margins]
+    if flagged:
+        return TriageKey(TriageGroup.FLAGGED, -max(margins[mid] for mid in flagged), -len(flagged))
+    # Not flagged: the nearest to a threshold first. A model run outside its scope may score
+    # past its threshold without a flag; it ranks as "at the threshold", never above a flag.
+    best = min(0.0, max(margins.values(), default=-1.0))
+    return TriageKey(TriageGroup.NOT_FLAGGED, -best, 0)
+
+
+def triage_order(
+    results: Iterable[ScanResult],
+    points: Mapping[str, OperatingPoint | None],
+    scope: object = None,
+) -> list[int]:
+    """Indices of ``results`` in triage order (stable: equal keys keep their input order)."""
+    items = list(results)
+    keys = [triage_key(r, points, scope) for r in items]
+    return sorted(range(len(items)), key=keys.__getitem__)
+
+
+def margin_text(probability: float, threshold: float) -> str:
+    """The margin in a reader's words: ``"+75 % past its threshold"`` / ``"12 % below …"``."""
+    value = margin(probability, threshold)
+    if value >= 0:
+        return f"{value * 100:.0f} % of the way from its threshold {threshold:.2f} to 1"
+    return f"{-value * 100:.0f} % of the way from its threshold {threshold:.2f} down to 0"
