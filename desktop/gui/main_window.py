@@ -720,7 +720,8 @@ class MainWindow(FileDropTarget, QMainWindow):
             self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
             return
         index = self.view.currentIndex()
-        current = self.model.result(self.proxy.mapToSource(index).row()) if index.isValid() else None
+        source = self.proxy.mapToSource(index).row() if index.isValid() else -1
+        current = self.model.result(source) if source >= 0 else None
         here = next((i for i, r in enumerate(order) if r is current), None)
         target = order[0 if step > 0 else -1] if here is None else order[(here + step) % len(order)]
         self.select_result(target)
