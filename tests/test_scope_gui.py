@@ -22,6 +22,7 @@ from PySide6.QtCore import Qt
 from desktop.engine.patients import PatientGroup
 from desktop.engine.screening import Screener
 from desktop.engine.store import ResultsStore
+from desktop.gui.elide import elide_words
 from desktop.gui.main_window import MainWindow
 from desktop.gui.results_model import Column, FlaggedRole, short_warning
 from desktop.gui.settings import AppSettings
@@ -76,7 +77,9 @@ def test_outside_scope_is_greyed_with_its_reason_and_raises_no_flag(qtbot, windo
     child = _row(window, "age_6y.dcm")
     adult = _row(window, "age_45y.dcm")
     assert float(_cell(window, child, Column.SCORE, "tb")) > 0.9  # the score is still shown
-    assert _cell(window, child, Column.FLAG, "tb") == "⚠ outside scope"
+    assert _cell(window, child, Column.FLAG, "tb") == "outside scope"
+    icon = _cell(window, child, Column.FLAG, "tb", role=Qt.ItemDataRole.DecorationRole)
+    assert icon is not None and not icon.isNull()  # the warning icon, not the flag
     tip = _cell(window, child, Column.FLAG, "tb", Qt.ItemDataRole.ToolTipRole)
     assert tip.startswith("TB model: adults only; this scan: child, age 6, from the file")
     grey = window.palette().placeholderText().color()
@@ -114,7 +117,7 @@ def test_batch_group_changes_flags_at_once_without_inference(qtbot, window, fold
         window.patients_combo.setCurrentIndex(window.patients_combo.findData("adult"))
         window.patients_combo.activated.emit(window.patients_combo.currentIndex())
     assert window.model.counts().flagged["tb"] == total
-    assert _cell(window, _row(window, "age_6y.dcm"), Column.PATIENT) == "adult (staff, batch)"
+    assert _cell(window, _row(window, "age_6y.dcm"), Column.PATIENT) == "adult (batch)"
     assert "0 flagged" not in window.counts.text()
     window.set_batch_patients(PatientGroup.CHILD)
     assert window.model.counts().flagged["tb"] == 0
@@ -135,13 +138,13 @@ def test_override_from_the_table_menu_is_recorded(qtbot, window, folder):
     texts = [a.text() for a in window.view.actions()]
     assert "Patient group of selected scans: child" in texts
     window.act_scan_groups[1].trigger()  # child
-    assert _cell(window, adult, Column.PATIENT) == "child (staff, this scan)"
-    assert _cell(window, adult, Column.FLAG, "tb") == "⚠ outside scope"
+    assert _cell(window, adult, Column.PATIENT) == "child (staff)"
+    assert _cell(window, adult, Column.FLAG, "tb") == "outside scope"
     history = window.store.patient_group_history(result.sha256)
     assert [(g, by) for _, g, by in history] == [("child", "Nurse A")]
     viewer = window.open_viewer(result)
     assert "this scan: child, set by staff for this scan" in viewer.warnings.text()
-    assert "outside the scope of this model: not flagged" in viewer.scores.text()
+    assert "TB: adults only — outside the scope of this model, not flagged" in viewer.scores.text()
     window.act_scan_groups[2].trigger()  # back to automatic
     assert _cell(window, adult, Column.PATIENT) == "adult (file)"
     assert "TB model: adults only" not in viewer.scores.text()  # the viewer follows
@@ -154,9 +157,7 @@ def test_override_from_the_table_menu_is_recorded(qtbot, window, folder):
     with qtbot.waitSignal(window.batch_loaded, timeout=WAIT_MS):
         window.open_batch(batch_id)
     assert window.patients_combo.currentData() == "adult"
-    assert _cell(window, _row(window, "age_45y.dcm"), Column.PATIENT) == (
-        "child (staff, this scan)"
-    )
+    assert _cell(window, _row(window, "age_45y.dcm"), Column.PATIENT) == "child (staff)"
 
 
 @pytest.mark.parametrize(
@@ -181,3 +182,16 @@ def test_short_warnings_never_cut_a_word(text, short):
     assert len(got) <= 73
     words = got.rstrip("…").split()
     assert all(word.strip(",;") in text.split() or word in text for word in words)
+
+
+def test_word_elide_keeps_whole_words():
+    text = "⚠ TB: adults only; ⚠ Pneumonia: ages 1–5"
+    assert elide_words(text, len, 100) == text
+    assert elide_words(text, len, 20) == "⚠ TB: adults only…"
+    assert elide_words(text, len, 3) == "⚠…"
+    assert elide_words(text, len, 1) == "…"
+    for width in range(1, len(text)):
+        shown = elide_words(text, len, width)
+        assert len(shown) <= max(width, 1)
+        assert all(word in text.split(" ") or word.rstrip(",;:") for word in shown.split(" "))
+        assert text.startswith(shown.rstrip("…").rstrip(" ,;:"))

@@ -323,7 +323,7 @@ class ScanViewer(QDialog):
             flagged = verdict is None and is_flagged(finding.probability, point)
             mark = flag_text(short_name(manifest)) if flagged else f"{NOT_FLAGGED_TEXT} not flagged"
             if verdict is not None:
-                mark = f"⚠ outside the scope of this model: not flagged ({verdict.reason})"
+                mark = f"⚠ {verdict.short} — outside the scope of this model, not flagged"
             classes = ", ".join(
                 f"{html.escape(label)} {p:.3f}" for label, p in finding.probabilities.items()
             )
