@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from desktop.engine.clock import now_iso  # not screening: it pulls ONNX Runtime in
+from desktop.engine.decisions import MAX_NOTE_CHARS, Decision, ReaderDecision
 from desktop.engine.errors import BatchError
 from desktop.engine.paths import display_path, user_data_dir
 from desktop.engine.patients import GroupEstimate, PatientChoice, PatientGroup, parse_group
@@ -67,7 +68,7 @@ from desktop.engine.results import FindingResult, ScanResult, ScanStatus
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Bytes hashed at each end of a file for the file index's cheap content check.
 PROBE_BYTES = 64 * 1024
@@ -121,6 +122,22 @@ CREATE TABLE IF NOT EXISTS patient_groups (
     batch_id TEXT
 );
 CREATE INDEX IF NOT EXISTS patient_groups_sha ON patient_groups(sha256);
+CREATE TABLE IF NOT EXISTS reader_decisions (
+    batch_id TEXT,
+    scan_key TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    reader TEXT NOT NULL DEFAULT '',
+    decided_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reader_decisions_scan ON reader_decisions(scan_key);
+CREATE TABLE IF NOT EXISTS typed_patient_ids (
+    scan_key TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS typed_patient_ids_scan ON typed_patient_ids(scan_key);
 CREATE TABLE IF NOT EXISTS file_index (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -146,6 +163,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2 → 3: the staff's patient group for a batch (NULL = automatic); the per-scan
     # overrides live in the new patient_groups table (created by the schema script).
     2: ("ALTER TABLE batches ADD COLUMN patients TEXT",),
+    # 3 → 4: the reader's decision per scan and the patient ID typed for a non-DICOM file
+    # (issue 14); both are new tables, created by the schema script, so nothing to alter.
+    3: (),
 }
 
 
@@ -613,6 +633,72 @@ class ResultsStore:
         return PatientChoice(
             batch=self.batch_patients(batch_id), overrides=self.patient_overrides(shas)
         )
+
+    # -- reading: the reader's decisions and typed patient IDs (issue 14) -------------------
+    @_guarded
+    def set_decision(
+        self,
+        key: str,
+        decision: Decision | None,
+        note: str = "",
+        *,
+        reader: str = "",
+        batch_id: str | None = None,
+    ) -> ReaderDecision | None:
+        """Record the reader's decision on a scan (``decisions.scan_key``); None clears it.
+
+        Appended, never updated: the record keeps who decided what and when; the latest
+        record of a scan counts. Returns what was recorded.
+        """
+        note = note.strip()[:MAX_NOTE_CHARS]
+        stamp = now_iso()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO reader_decisions(batch_id, scan_key, decision, note, reader,"
+                " decided_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (batch_id, key, "" if decision is None else decision.value, note, reader, stamp),
+            )
+        return None if decision is None else ReaderDecision(decision, note, reader, stamp)
+
+    @_guarded
+    def decisions(self, keys: Iterable[str] | None = None) -> dict[str, ReaderDecision]:
+        """The current decision of each scan that has one (latest record wins)."""
+        wanted = None if keys is None else set(keys)
+        latest: dict[str, tuple[str, str, str, str]] = {}
+        for key, decision, note, reader, at in self._db().execute(
+            "SELECT scan_key, decision, note, reader, decided_at FROM reader_decisions"
+            " ORDER BY rowid"
+        ):
+            if wanted is None or key in wanted:
+                latest[key] = (decision, note, reader, at)
+        return {
+            key: ReaderDecision(Decision(d), note, reader, at)
+            for key, (d, note, reader, at) in latest.items()
+            if d
+        }
+
+    @_guarded
+    def set_typed_patient_id(self, key: str, patient_id: str, *, by: str = "") -> None:
+        """Keep a patient ID typed for a file that carries none (PNG/JPEG), with the other
+        identifiers: shown in the viewer, in reports only when identifiers are opted in."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO typed_patient_ids(scan_key, patient_id, set_at, set_by)"
+                " VALUES (?, ?, ?, ?)",
+                (key, patient_id.strip()[:64], now_iso(), by),
+            )
+
+    @_guarded
+    def typed_patient_ids(self, keys: Iterable[str] | None = None) -> dict[str, str]:
+        """The typed patient ID of each scan that has one (latest wins; "" clears)."""
+        wanted = None if keys is None else set(keys)
+        latest: dict[str, str] = {}
+        for key, pid in self._db().execute(
+            "SELECT scan_key, patient_id FROM typed_patient_ids ORDER BY rowid"
+        ):
+            if wanted is None or key in wanted:
+                latest[key] = str(pid)
+        return {k: v for k, v in latest.items() if v}
 
     # -- results -------------------------------------------------------------------------
     @_guarded

@@ -1,0 +1,72 @@
+"""The reader's decision on a scan: what the clinician who read it concluded.
+
+MedScreen ranks and flags; a clinician decides. The decision is recorded per scan with a note,
+the time and the reader's name (the store's ``reader_decisions`` table, appended, never
+overwritten, so the record shows who decided what and when) and is shown in the table, the
+viewer and every report. The words are fixed here, once, beside the status words and the
+quality codes; CSV and JSON keep the stable codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Decision(StrEnum):
+    """What the reader concluded about the model's output for one scan."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    FOLLOW_UP = "follow_up"
+    POOR_QUALITY = "poor_quality"
+
+
+#: The words every face shows for a decision.
+DECISION_TEXT: Mapping[Decision, str] = {
+    Decision.AGREE: "Agree",
+    Decision.DISAGREE: "Disagree",
+    Decision.FOLLOW_UP: "Needs follow-up",
+    Decision.POOR_QUALITY: "Image quality too poor",
+}
+
+#: Longest note kept (a note is a sentence or two, never a report; it must fit a PDF cell).
+MAX_NOTE_CHARS = 500
+
+
+@dataclass(frozen=True)
+class ReaderDecision:
+    """One recorded decision (the latest for a scan is the one that counts)."""
+
+    decision: Decision
+    note: str
+    reader: str
+    decided_at: str  # ISO 8601, UTC (clock.now_iso)
+
+    @property
+    def text(self) -> str:
+        return DECISION_TEXT[self.decision]
+
+    def summary(self) -> str:
+        """``"Needs follow-up — J. Otieno, 2026-12-01 14:02 UTC: note"`` for a cell or a line."""
+        when = self.decided_at.replace("T", " ")[:16]
+        who = f" — {self.reader}" if self.reader else ""
+        note = f": {self.note}" if self.note else ""
+        return f"{self.text}{who}, {when} UTC{note}"
+
+
+def parse_decision(text: str) -> Decision:
+    """A decision from its code or its words (case-insensitive); ValueError otherwise."""
+    value = text.strip().lower()
+    for decision, words in DECISION_TEXT.items():
+        if value in (decision.value, words.lower()):
+            return decision
+    choices = ", ".join(d.value for d in Decision)
+    raise ValueError(f"unknown decision {text!r}; choose from {choices}")
+
+
+def scan_key(sha256: str | None, file: str) -> str:
+    """What a decision is kept under: the scan's content hash, or its path for a file that
+    could not be read (it has no hash, and "image quality too poor" applies to it too)."""
+    return sha256 or f"file:{file}"
