@@ -198,6 +198,9 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert "inflates to more than 256 MiB" in message
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB held while checking a deflate bomb"
+    bare = tmp_path / "bare_bomb.dcm"  # the same without its 132-byte preamble
+    bare.write_bytes(path.read_bytes()[132:])
+    assert "inflates to more than" in _fails(bare, ScanErrorCode.TOO_LARGE)
 
 
 def test_real_deflated_dicom_still_decodes(tmp_path: Path) -> None:

@@ -286,14 +286,18 @@ def _check_decodable(tsyntax: UID) -> None:
 
 
 def _file_meta_end(data: bytes) -> tuple[int, str] | None:
-    """(offset of the dataset, transfer syntax) from a file meta group after the preamble.
+    """(offset of the dataset, transfer syntax) from a file meta group, preamble or not.
 
     Parsed by hand, because pydicom inflates a deflated dataset whole as soon as it has read
-    the meta group, before we could check its size. None when there is no preamble + meta.
+    the meta group, before we could check its size. None when there is no file meta.
     """
-    if len(data) < 132 or data[128:132] != b"DICM":
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        offset = 132
+    elif data[:2] == b"\x02\x00":  # a meta group without the preamble (read with force)
+        offset = 0
+    else:
         return None
-    offset, tsyntax = 132, ""
+    tsyntax = ""
     while offset + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
