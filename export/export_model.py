@@ -210,6 +210,11 @@ def build_manifest(
         manifest["ood"] = info["ood"]
     if info.get("patient_group"):  # how a patient-group model's score becomes a group
         manifest["patient_group"] = info["patient_group"]
+    # transfer-recipe finding models (training.transfer): who the model is for, what it must
+    # not be used for, its targets and how its operating points were chosen (card material)
+    for key in ("scope", "not_for", "targets", "operating_rule", "limitations", "comparison"):
+        if key in info:
+            manifest[key] = info[key]
     return manifest
 
 
@@ -223,6 +228,8 @@ def export_run(
 ) -> dict[str, Any]:
     """Export ``run`` into ``out``; returns the manifest written. Raises if parity fails."""
     import keras
+
+    import training.models  # noqa: F401  (registers custom layers such as Sqrt)
 
     info = json.loads((run / "run.json").read_text())
     model = keras.models.load_model(run / "model.keras", compile=False)
@@ -245,6 +252,16 @@ def export_run(
             np.max(np.abs(single["probabilities"] - got["probabilities"][:1]))
         )
         figures["n_images"] = len(x)
+        if (run / "parity_scores.npy").exists() and parity_images is None:
+            # the run's figures came from cached ONNX-backbone features + the head: the
+            # exported graph must give the same scores on the same images
+            saved = np.load(run / "parity_scores.npy")
+            pos = info["labels"].index(info["positive_label"])
+            figures["run_scores"] = float(np.max(np.abs(got["probabilities"][:, pos] - saved)))
+            if figures["run_scores"] > 1e-4:
+                raise RuntimeError(
+                    f"exported scores differ from the run's by {figures['run_scores']:.2e}"
+                )
         figures["images"] = "real held-out test images of this model's data"
         log.info("parity %s", figures)
         if figures["probabilities"] > PARITY_TOL:

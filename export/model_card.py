@@ -446,6 +446,10 @@ def _seed_section(run: Path, model_id: str) -> list[str]:
 
 def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
     """Write ``<out>/<id>.md`` for an exported model."""
+    if manifest.get("role") == "finding" and "comparison" in manifest:
+        from export.finding_card import write_finding_card  # training.transfer models
+
+        return write_finding_card(manifest, run, out)
     mid = manifest["id"]
     tr = manifest["training"]
     figs = _copy_figures(run, out, mid)

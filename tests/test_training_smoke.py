@@ -64,7 +64,7 @@ def test_tb_smoke(tmp_path: Path, cache: Path) -> None:
 
     run = tmp_path / "tb"
     argv = ["--data", str(FIXTURES / "tb"), "--out", str(run), "--cache", str(cache)]
-    assert train_tb.main(argv + SMOKE + _weights()) == 0
+    assert train_tb.main(argv + SMOKE + _weights() + ["--recipe", "mobilenet"]) == 0
     info = json.loads((run / "run.json").read_text())
     assert set(info["metrics"]["test"]["by_source"]) == {"shenzhen", "montgomery"}
     assert (run / "split.csv").exists()
@@ -77,7 +77,7 @@ def test_pneumonia_smoke(tmp_path: Path, cache: Path) -> None:
 
     run = tmp_path / "pneumonia"
     argv = ["--data", str(FIXTURES / "pneumonia"), "--out", str(run), "--cache", str(cache)]
-    assert train_pneumonia.main(argv + SMOKE + _weights()) == 0
+    assert train_pneumonia.main(argv + SMOKE + _weights() + ["--recipe", "mobilenet"]) == 0
     groups: dict[str, set[str]] = {}
     for line in (run / "split.csv").read_text().splitlines()[1:]:
         _file, _l, _n, group, _s, split = line.split(",")
@@ -85,6 +85,35 @@ def test_pneumonia_smoke(tmp_path: Path, cache: Path) -> None:
     assert all(len(s) == 1 for s in groups.values()), "a patient straddles two splits"
     outs = _check_export(run, tmp_path / "models", "pneumonia")
     assert outs["activation_map"].shape == (3, 7, 7)
+
+
+LITE0 = REPO.parent / "shared" / "data" / "weights" / "efficientnet_lite0_imagenet_f16.npz"
+
+
+@pytest.mark.skipif(not LITE0.exists(), reason="EfficientNet-Lite0 weights not available")
+def test_tb_transfer_smoke(tmp_path: Path, cache: Path) -> None:
+    """The 2.x recipe end to end on the fixtures: features, head, designs, export, card."""
+    from training import train_tb
+
+    run = tmp_path / "tb"
+    argv = ["--data", str(FIXTURES / "tb"), "--out", str(run), "--cache", str(cache)]
+    argv += ["--fractions", "0.34,0.33,0.33", "--backbone", "lite0@96", "--views", "2"]
+    assert train_tb.main(argv) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert set(info["metrics"]["leave_one_source_out"]) == {
+        "train montgomery → test shenzhen",
+        "train shenzhen → test montgomery",
+    }
+    assert info["scope"]["views"] == ["PA"] and info["comparison"]["pool"] == "sqrt"
+    assert {t["target"][:20] for t in info["targets"]} >= {"pooled test split, s"}
+    outs = _check_export(run, tmp_path / "models", "tb")
+    assert outs["activation_map"].shape == (3, 3, 3)  # 96 / 32
+    manifest = read_manifest(tmp_path / "models" / "tb.json")
+    assert manifest.raw["scope"] == info["scope"]
+    assert manifest.raw["export"]["parity"]["run_scores"] <= 1e-4
+    card = (tmp_path / "models" / "tb.md").read_text()
+    for heading in ("## Must not be used for", "## Targets", "## Leave one source out"):
+        assert heading in card
 
 
 def test_modality_smoke(tmp_path: Path, cache: Path) -> None:

@@ -173,7 +173,16 @@ def run_binary(
 
 
 def add_binary_args(p: argparse.ArgumentParser, seed_id: str) -> None:
-    p.add_argument("--recipe", choices=["mobilenet", seed_id], default="mobilenet")
+    p.add_argument(
+        "--recipe",
+        choices=["transfer", "mobilenet", seed_id],
+        default="transfer",
+        help="transfer: frozen backbone + linear head (training.transfer, the 2.x models); "
+        "mobilenet: the 1.x fine-tuned MobileNet 0.25; the seed article's CNN",
+    )
+    from training.transfer import add_transfer_args
+
+    add_transfer_args(p)
     p.add_argument(
         "--weights", type=Path, default=None, help="MobileNet 0.25 ImageNet .h5, or 'none'"
     )

@@ -1,0 +1,305 @@
+"""Cards of the finding models trained with :mod:`training.transfer` (TB, pneumonia 2.x).
+
+Why a separate writer: these cards must show every comparison run (backbone × input size ×
+recipe) with its validation figures, the leave-one-source-out and external-set figures with
+their confidence intervals, subgroups (children/adults, PA/AP), the targets with met/missed
+and by how much, and what the model must not be used for. Every number and every rule comes
+from the manifest (which carries the run's figures) and from the run folders on disk: nothing
+here states a threshold rule, a machine or a figure of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ci(pair: list[float | None] | None, nd: int = 3) -> str:
+    if not pair or pair[0] is None:
+        return "–"
+    return f"{pair[0]:.{nd}f}–{pair[1]:.{nd}f}"
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['rate']:.3f} ({r['k']}/{r['n']}; 95% CI {_ci(r['ci95'])})"
+
+
+def comparison_rows(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The shipped run and its comparison runs (``<run>_*`` folders made by the same recipe
+    module), shipped first."""
+    rows = [(run.name, json.loads((run / "run.json").read_text()))]
+    for path in sorted(run.parent.glob(f"{run.name}_*/run.json")):
+        info = json.loads(path.read_text())
+        if "comparison" in info:
+            rows.append((path.parent.name, info))
+    return rows
+
+
+def _comparison_section(run: Path, shipped_version: str) -> list[str]:
+    rows = comparison_rows(run)
+    loso_keys = sorted(
+        {k for _, info in rows for k in info["metrics"].get("leave_one_source_out", {})}
+    )
+    ext_keys = sorted({k for _, info in rows for k in info["metrics"].get("external", {})})
+    head = ["run", "backbone", "recipe", "views", "contrast", "L2", "val AUC"]
+    head += ["val AUC " + s for s in _val_sources(rows)]
+    head += [f"LOSO {k} AUC" for k in loso_keys]
+    head += [f"{k} flagged (screening)" for k in ext_keys]
+    head += ["test AUC"]
+    lines = [
+        "## Comparison runs",
+        "",
+        "Every run uses the same split (seed and `split.csv`), the same engine preprocessing "
+        "and the same head-fitting code; only the backbone, input size, number of views or "
+        "contrast normalisation differ. **Chosen by validation figures only**; the "
+        "leave-one-source-out, external and test columns are reported, never used to fit "
+        "or choose" + (f" (shipped: `{rows[0][0]}`, version {shipped_version})." if rows else "."),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, info in rows:
+        c, m = info["comparison"], info["metrics"]
+        cells = [
+            f"**{name}**" if name == rows[0][0] else name,
+            c["backbone"],
+            c["recipe_id"],
+            str(c["views"]),
+            c["contrast"],
+            f"{c['l2']:g}",
+            _f(m["validation"]["auc"]),
+        ]
+        by_src = m["validation"].get("by_source", {})
+        cells += [_f(by_src.get(s, {}).get("auc")) for s in _val_sources(rows)]
+        loso = m.get("leave_one_source_out", {})
+        cells += [_f(loso.get(k, {}).get("auc")) for k in loso_keys]
+        ext = m.get("external", {})
+        cells += [
+            _f(ext[k]["flag_rate"]["screening"]["rate"]) if k in ext else "–" for k in ext_keys
+        ]
+        cells.append(_f(m["test"]["auc"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _val_sources(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return sorted({s for _, i in rows for s in i["metrics"]["validation"].get("by_source", {})})
+
+
+def _points_table(t: dict[str, Any], points: dict[str, Any]) -> list[str]:
+    lines = [
+        "| operating point | threshold | val sens | val spec | test sens | test spec | test "
+        "precision | TP/FN/FP/TN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in [*t["operating_points"].items(), ("p ≥ 0.5", t["at_0.5"])]:
+        vp = points.get(name, {})
+        c = r["confusion"]
+        lines.append(
+            f"| {name} | {r['threshold']:.3f} | {_f(vp.get('sensitivity'))} | "
+            f"{_f(vp.get('specificity'))} | {_f(r['sensitivity'])} | {_f(r['specificity'])} | "
+            f"{_f(r['precision'])} | {c['tp']}/{c['fn']}/{c['fp']}/{c['tn']} |"
+        )
+    return lines
+
+
+def _group_table(title: str, groups: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### {title}",
+        "",
+        "| group | n (positive) | AUC (95% CI) | screening sens / spec | balanced sens / spec |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in groups.items():
+        sp, bp = s["operating_points"]["screening"], s["operating_points"]["balanced"]
+        lines.append(
+            f"| {name} | {s['n']} ({s['n_positive']}) | {_f(s['auc'])} ({_ci(s['auc_ci95'])}) | "
+            f"{_f(sp['sensitivity'])} / {_f(sp['specificity'])} | "
+            f"{_f(bp['sensitivity'])} / {_f(bp['specificity'])} |"
+        )
+    return lines
+
+
+def _copy_figures(run: Path, out: Path, model_id: str) -> list[tuple[str, str]]:
+    figs = []
+    (out / "figures").mkdir(exist_ok=True)
+    for name, title in (
+        ("roc.png", "ROC: validation, test, test per source"),
+        ("loso_roc.png", "Leave one source out: ROC on the source left out"),
+        ("reliability.png", "Reliability on test before/after temperature scaling"),
+    ):
+        if (run / name).exists():
+            dst = out / "figures" / f"{model_id}_{name}"
+            shutil.copyfile(run / name, dst)
+            figs.append((title, f"figures/{dst.name}"))
+    return figs
+
+
+def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
+    """Write ``<out>/<id>.md`` for a finding model trained by :mod:`training.transfer`."""
+    mid, m, tr = manifest["id"], manifest["metrics"], manifest["training"]
+    points = manifest["operating_points"]
+    t = m["test"]
+    scope = manifest.get("scope", {})
+    ages = scope.get("age_years") or [None, None]
+    figs = _copy_figures(run, out, mid)
+    lines = [
+        f"# {manifest['name']} — model card (`{mid}` {manifest['version']})",
+        "",
+        "**Decision support, not a diagnosis.** Scores rank and flag images for review by a "
+        "qualified clinician; a low score never rules disease out.",
+        "",
+        f"- File: `{manifest['file']}` (sha256 `{manifest['sha256'][:16]}…`), manifest "
+        f"`{mid}.json`",
+        f"- Labels: {', '.join(manifest['labels'])}; positive: **{manifest['positive_label']}**",
+        f"- Input `image`: {manifest['input']['shape']} NHWC float32; preprocessing "
+        f"`{json.dumps(manifest['preprocessing'])}` (the engine's `preprocess`)",
+        f"- Outputs: {', '.join(manifest['outputs'].values())}",
+        f"- Scope: ages {_f(ages[0])}–{_f(ages[1]) if ages[1] is not None else 'no upper limit'}"
+        f" years; views {', '.join(scope.get('views', []))}. {scope.get('summary', '')}",
+        "",
+        "## Intended use",
+        "",
+        manifest["intended_use"],
+        "",
+        "## Must not be used for",
+        "",
+        *[f"- {x}" for x in manifest.get("not_for", [])],
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[
+            f"| {g['target']} | {g['measured']} | "
+            + ("**met**" if g["met"] else f"**missed** ({g['gap']})")
+            + " |"
+            for g in manifest.get("targets", [])
+        ],
+        "",
+        "## Data",
+        "",
+        *[f"- {c}" for c in tr["data"]],
+        "",
+        f"Split: {tr['split']['method']} (seed {tr['split']['seed']}; every image and its "
+        f"split are listed in the run's `{tr['split']['file']}`).",
+        "",
+        "```",
+        json.dumps(tr["split"]["counts"], indent=1),
+        "```",
+        "",
+        "## Performance on the held-out test split",
+        "",
+        f"Test images: {t['n']} ({t['n_positive']} positive). ROC AUC **{t['auc']:.3f}** "
+        f"(95% bootstrap CI {_ci(t['auc_ci95'])}).",
+        "",
+        f"Operating points were chosen on the validation split: {manifest['operating_rule']} "
+        f"Default: **{manifest['default_operating_point']}**.",
+        "",
+        *_points_table(t, points),
+        "",
+        *_group_table("Per source (test)", t.get("by_source", {})),
+    ]
+    if t.get("subgroups"):
+        lines += ["", *_group_table("Children / adults, PA / AP (test)", t["subgroups"])]
+    loso = m.get("leave_one_source_out", {})
+    if loso:
+        lines += [
+            "",
+            "## Leave one source out (the stand-in for a hospital we have no images from)",
+            "",
+            "Same recipe fitted on one source's training part (L2 and temperature from its own "
+            "validation part, thresholds from it too), tested on every image of the other "
+            "source.",
+            "",
+            "| design | train images | n test (positive) | AUC (95% CI) | screening sens / spec "
+            "| median score of positives |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, s in loso.items():
+            sp = s["operating_points"]["screening"]
+            lines.append(
+                f"| {k} | {s['n_train_images']} | {s['n']} ({s['n_positive']}) | "
+                f"{_f(s['auc'])} ({_ci(s['auc_ci95'])}) | {_f(sp['sensitivity'])} / "
+                f"{_f(sp['specificity'])} | {_f(s['median_score_positive'], 2)} |"
+            )
+    ext = m.get("external", {})
+    if ext:
+        lines += ["", "## External sets (never trained on, never used to choose)", ""]
+        for k, s in ext.items():
+            lines.append(
+                f"- `{k}`: {s['description']}. Flagged at screening "
+                f"{_rate(s['flag_rate']['screening'])}; at balanced "
+                f"{_rate(s['flag_rate']['balanced'])}; median score {_f(s['median_score'])}."
+            )
+    healthy = m.get("healthy_adults", {})
+    if healthy:
+        lines += [
+            "",
+            "## Healthy adults flagged",
+            "",
+            "| operating point | " + " | ".join(healthy["screening"]) + " |",
+            "|---|" + "---|" * len(healthy["screening"]),
+        ]
+        for point, parts in healthy.items():
+            lines.append(f"| {point} | " + " | ".join(_rate(r) for r in parts.values()) + " |")
+    cal, par = manifest["calibration"], manifest["export"]["parity"]
+    lines += [
+        "",
+        "## Calibration and export",
+        "",
+        f"Temperature scaling (T = {cal['temperature']:.3f}, {cal['fitted_on']}) is baked into "
+        f"the graph. Expected calibration error on test {_f(t['ece'])} after "
+        f"({_f(t.get('ece_uncalibrated'))} before); reliability diagram below.",
+        f"Exported with {manifest['export']['tool']} (opset {manifest['export']['opset']}, "
+        f"dynamic batch). Keras vs ONNX Runtime on {par['n_images']} real held-out images: "
+        f"max abs difference {par['probabilities']:.2e} on probabilities"
+        + (
+            f", {par['activation_map_relative']:.1e} relative on the activation map"
+            if "activation_map_relative" in par
+            else ""
+        )
+        + (
+            f"; ONNX vs the scores behind the figures above {par['run_scores']:.1e}"
+            if "run_scores" in par
+            else ""
+        )
+        + ".",
+        "",
+        "The `activation_map` output is the exact class activation map of the positive class "
+        "(last feature maps · Dense weights of the positive class). It shows where the "
+        "evidence for the score came from; it is not a segmentation of the lesion.",
+        "",
+        "## Training",
+        "",
+        f"- Recipe: {tr['recipe']}",
+        f"- Pretrained weights: {tr.get('pretrained', '–')}",
+        f"- Duration {tr['duration_s']:.0f} s (features cached between runs) on "
+        f"{tr.get('machine', '–')}; {tr.get('framework', '')}",
+        f"- Date {tr['date']}, seed {tr['seed']}",
+        f"- Reproduce: `{tr['command']}` then "
+        f"`python -m export.export_model --run runs/{run.name} "
+        "--out assets/models`",
+        "",
+        *_comparison_section(run, manifest["version"]),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {x}" for x in manifest.get("limitations", [])],
+        "",
+    ]
+    if figs:
+        lines += ["## Figures", "", *[f"![{title}]({path})" for title, path in figs], ""]
+    path = out / manifest["card"]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,137 @@
+"""The frozen-backbone recipe's parts: feature cache, scan augmentation, linear head, rates.
+
+No TensorFlow: the backbone is replaced by a one-node ONNX graph (global average pooling), so
+what is checked is the plumbing that the 2.x TB and pneumonia figures rest on: view 0 of an
+image is exactly the engine's input (``prepare_file``), augmented views are reproducible from
+the seed, the cache returns what was computed, and the fitted head becomes a Dense(2) softmax
+layer with the same probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from desktop.engine.preprocess import load_working, prepare_file, preprocess  # noqa: E402
+from training import features as F  # noqa: E402
+from training.augment import ScanAugment, augment_scan  # noqa: E402
+from training.heads import balanced_weights, fit_logistic  # noqa: E402
+from training.transfer import rate, target  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+FILES = sorted((DATA / "tb").rglob("*.png"))
+
+
+def _gap_onnx(path: Path) -> Path:
+    """A stand-in backbone: (N, H, W, 3) → mean over H, W, and mean of the square roots of
+    the positive part (the two poolings of the real backbone)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["gap"], keepdims=0),
+        helper.make_node("Relu", ["image"], ["pos"]),
+        helper.make_node("Sqrt", ["pos"], ["root"]),
+        helper.make_node("ReduceMean", ["root", "axes"], ["gap_sqrt"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gap",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, None, None, 3])],
+        [
+            helper.make_tensor_value_info("gap", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info("gap_sqrt", TensorProto.FLOAT, [None, 3]),
+        ],
+        [helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    model = _gap_onnx(tmp_path / "gap.onnx")
+    monkeypatch.setattr(F, "onnx_backbone", lambda bb, cache=None: model)
+    return tmp_path / "cache"
+
+
+def test_view_zero_is_the_engine_input_and_views_are_reproducible(stand_in: Path) -> None:
+    bb = F.Backbone("lite0", 96)
+    spec = bb.spec(contrast="window")
+    feats = F.extract(FILES[:5], bb, spec, views=3, seed=7, cache=stand_in)
+    assert feats.shape == (5, 3, 6)
+    inputs = [prepare_file(p, spec) for p in FILES[:5]]
+    expected = np.stack([x.mean(axis=(0, 1)) for x in inputs])
+    assert np.allclose(F.select(feats, "mean")[:, 0], expected, atol=1e-6)
+    roots = np.stack([np.sqrt(np.maximum(x, 0)).mean(axis=(0, 1)) for x in inputs])
+    assert np.allclose(F.select(feats, "sqrt")[:, 0], roots, atol=1e-6)
+    # augmented views: different from view 0, rebuilt exactly from (seed, index, view)
+    assert not np.allclose(feats[:, 1], feats[:, 0], atol=1e-3)
+    rng = np.random.default_rng([7, 2, 1])
+    x = preprocess(augment_scan(load_working(FILES[2]).pixels, rng, ScanAugment()), spec)
+    assert np.allclose(feats[2, 1, :3], x.mean(axis=(0, 1)), atol=1e-6)
+    # the cache answers the second call (same numbers) and a new seed is a new key
+    cached = list((stand_in / "features").glob("*.npy"))
+    assert len(cached) == 3
+    assert np.array_equal(F.extract(FILES[:5], bb, spec, 3, seed=7, cache=stand_in), feats)
+    other = F.extract(FILES[:5], bb, spec, 2, seed=8, cache=stand_in)
+    assert np.array_equal(other[:, 0], feats[:, 0]) and not np.allclose(other[:, 1], feats[:, 1])
+
+
+def test_augmented_scan_stays_a_valid_image() -> None:
+    pixels = load_working(FILES[0]).pixels
+    for view in range(1, 6):
+        out = augment_scan(pixels, np.random.default_rng([0, 0, view]), ScanAugment())
+        assert out.dtype == np.float32 and out.ndim == 2
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert min(out.shape) >= 0.75 * min(pixels.shape)
+
+
+def test_backbone_names_are_checked() -> None:
+    assert F.parse_backbone("lite0@320") == F.Backbone("lite0", 320)
+    with pytest.raises(ValueError, match="NAME@SIDE"):
+        F.parse_backbone("resnet50@224")
+    with pytest.raises(ValueError, match="working image"):
+        F.Backbone("lite0", 512).spec()  # larger than the engine's working image
+
+
+def test_linear_head_becomes_an_equivalent_dense_softmax() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 12)) * rng.uniform(0.1, 5, 12) + rng.normal(size=12)
+    y = (x[:, 0] / 3 - x[:, 3] + rng.normal(size=400) > 0).astype(int)
+    head = fit_logistic(x, y, l2=0.01)
+    z = head.logit(x)
+    acc = ((z > 0) == y).mean()
+    assert acc > 0.8
+    kernel, bias = head.dense_weights()
+    logits = x @ kernel.astype(np.float64) + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert np.allclose(p[:, 1], 1 / (1 + np.exp(-z)), atol=1e-5)
+    # stronger L2 shrinks the weights (the solver really optimises the penalised loss)
+    assert np.linalg.norm(fit_logistic(x, y, l2=1.0).w) < np.linalg.norm(head.w)
+
+
+def test_balanced_weights_equalise_class_source_cells() -> None:
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1])
+    s = np.array(["a", "a", "a", "a", "b", "b", "b", "b"])
+    w = balanced_weights(y, s)
+    totals = {(c, g): w[(y == c) & (s == g)].sum() for c in (0, 1) for g in ("a", "b")}
+    assert np.allclose(list(totals.values()), 2.0)
+
+
+def test_rate_has_wilson_interval_and_targets_say_by_how_much() -> None:
+    r = rate(np.zeros(10, dtype=bool))
+    assert r["rate"] == 0 and r["ci95"][0] == 0 and r["ci95"][1] == pytest.approx(0.2775, abs=1e-3)
+    half = rate(np.array([True, False] * 50))
+    assert half["ci95"][0] == pytest.approx(0.4038, abs=1e-3)
+    missed = target("AUC ≥ 0.85", 0.8, 0.85, True, "0.800")
+    assert not missed["met"] and missed["gap"] == "short by 0.050"
+    over = target("≤ 30% flagged", 0.42, 0.30, False, "0.420")
+    assert not over["met"] and over["gap"] == "over by 0.120"
+    assert target("≤ 30% flagged", 0.2, 0.30, False, "0.200")["met"]
