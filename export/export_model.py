@@ -211,8 +211,10 @@ def build_manifest(
     if info.get("patient_group"):  # how a patient-group model's score becomes a group
         manifest["patient_group"] = info["patient_group"]
     # transfer-recipe finding models (training.transfer): who the model is for, what it must
-    # not be used for, its targets and how its operating points were chosen (card material)
-    for key in ("scope", "not_for", "targets", "operating_rule", "limitations", "comparison"):
+    # not be used for, its targets and how its operating points were chosen (card material);
+    # "display" (short column name, column order) when the run gives one
+    keys = ("scope", "display", "not_for", "targets", "operating_rule", "limitations")
+    for key in (*keys, "comparison"):
         if key in info:
             manifest[key] = info[key]
     return manifest
