@@ -458,3 +458,21 @@ def test_pydicom_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> Non
     assert all(r.exc_info is None for r in caplog.records if r.name.startswith("pydicom"))
     for message in messages:
         _no_identifier(message)
+
+
+def test_tiff_with_a_damaged_page_directory_is_the_files_error() -> None:
+    # found by the fuzz harness (seed 10): 9 bytes cut from the real chest saved as TIFF
+    # make Pillow raise TypeError while counting pages; it was reported as internal_error
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(TB_PNG) as image:
+        image.convert("L").save(buffer, format="TIFF")
+    whole = buffer.getvalue()
+    damaged = whole[:78] + whole[87:]
+    with pytest.raises(ScanError) as info:
+        decode_scan(Path("damaged.tif"), damaged, "0" * 64)
+    assert info.value.code == ScanErrorCode.UNSUPPORTED_IMAGE
+    assert "page directory is damaged" in info.value.message

@@ -490,7 +490,15 @@ def _decode_raster(
             )
         _reserve(width * height)
         fmt = image.format or magic or "image"
-        frames = int(getattr(image, "n_frames", 1) or 1)
+        try:
+            frames = int(getattr(image, "n_frames", 1) or 1)
+        except (TypeError, ValueError, OSError, EOFError, SyntaxError, struct.error) as exc:
+            # counting pages walks every page directory (TIFF): a damaged one fails here
+            raise ScanError(
+                ScanErrorCode.UNSUPPORTED_IMAGE,
+                f"the {fmt} page directory is damaged ({type(exc).__name__}): the file cannot "
+                "be read",
+            ) from exc
         if frames > 1 and fmt != "MPO":  # MPO: phone JPEGs with a preview; the first is the photo
             raise ScanError(
                 ScanErrorCode.MULTI_FRAME,
