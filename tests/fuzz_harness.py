@@ -11,6 +11,9 @@ address space is capped (``RLIMIT_AS``). The parent times every case. Each case 
 * ``crash`` — the child process died (a bug: a native decoder escaped the sandbox);
 * ``hang`` — no answer within the time limit (a bug).
 
+``scan_error:internal_error`` is contained (the file gets a row) but means an exception the
+loader did not expect: each one found so far became a specific code and a test.
+
 A short run is a test (tests/test_fuzz.py); the long run is::
 
     nice .venv/bin/python -m tests.fuzz_harness --cases 3000 --seed 9 --save /tmp/fuzz-cases
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, counter in sorted(report.by_source.items()):
         print(f"  {name:15s} " + ", ".join(f"{k}={v}" for k, v in sorted(counter.items())))
     print(f"failures (crash, hang, non-ScanError): {report.failures}")
+    internal = report.outcomes.get("scan_error:internal_error", 0)
+    print(f"internal_error rows (contained, but a loader bug worth a look): {internal}")
     for name, case, outcome in report.bad[:20]:
         print(f"  case {case} ({name}): {outcome}")
     return 1 if report.failures else 0

@@ -16,6 +16,7 @@ def test_short_fuzz_run_finds_no_crash_hang_or_stray_exception() -> None:
     report = fuzz(cases=160, seed=20261201)
     assert sum(report.outcomes.values()) == 160
     assert report.failures == 0, report.bad
+    assert report.outcomes["scan_error:internal_error"] == 0
     # the mutations reach both outcomes the loader promises, for every source
     assert report.outcomes["ok"] > 0
     assert any(k.startswith("scan_error:") for k in report.outcomes)
