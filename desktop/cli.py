@@ -317,6 +317,8 @@ def _classify(args: argparse.Namespace) -> int:
         operator=args.operator,
         include_identifiers=args.include_identifiers,
         patients=_patients(args, store, batch_id),
+        decisions=store.decisions(),
+        typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats)
@@ -412,6 +414,8 @@ def _export(args: argparse.Namespace) -> int:
         operator=args.operator,
         include_identifiers=args.include_identifiers,
         patients=_patients(args, store, info.id),
+        decisions=store.decisions(),
+        typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
     )
     if info.device:  # the device the batch ran on, not the one this command would use
         ctx = dataclasses.replace(ctx, device=info.device)

@@ -78,3 +78,25 @@ def test_decision_words() -> None:
     assert parse_decision("AGREE") is Decision.AGREE
     with pytest.raises(ValueError, match="unknown decision"):
         parse_decision("maybe")
+
+
+def test_report_time_is_local_with_the_offset_and_the_default_name(monkeypatch) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from desktop.engine.reports.context import ReportContext, report_file_stem
+    from desktop.engine.results import ThresholdChoice
+
+    monkeypatch.setenv("TZ", "Africa/Nairobi")  # UTC+3, no daylight saving
+    time.tzset()
+    try:
+        made = datetime(2026, 12, 1, 22, 15, tzinfo=UTC)
+        ctx = ReportContext("b1", made, "0.1.0", {}, ThresholdChoice(), "CPU")
+        assert ctx.local_time_text() == "2026-12-02 01:15 (UTC+03:00)"
+        # the local date names the file; odd characters leave the clinic's name
+        stem = report_file_stem("Clínica São João / Kisumu!", made, "2ceab7916359ab")
+        assert stem == "medscreen-clinica-sao-joao-kisumu-2026-12-02-2ceab791"
+        assert report_file_stem("", made, None) == "medscreen-2026-12-02"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

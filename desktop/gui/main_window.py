@@ -9,6 +9,7 @@ of that starts, so it is up in well under two seconds even while ONNX Runtime lo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +34,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER, __version__
-from desktop.engine.paths import default_db_path
+from desktop.engine.decisions import Decision, scan_key
+from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import ResultsStore
@@ -135,6 +137,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._viewers: list[ScanViewer] = []
         self._pending_inputs: list[Path] = []
         self._queued_inputs: list[Path] = []  # to screen when the running batch ends
+        self.last_report: Path | None = None  # the PDF written last (Open report)
         self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
         self.setAcceptDrops(True)
         self.resize(1280, 800)
@@ -561,6 +564,7 @@ class MainWindow(FileDropTarget, QMainWindow):
                 batch=self.model.patients().batch, overrides=self.store.patient_overrides()
             )
         )
+        self._load_decisions()  # decisions follow the scan's content into a re-run
         self.pages.setCurrentIndex(1)
         self.batch_bar.start("Resuming…" if resume else "Finding scans…")
         self.act_cancel.setEnabled(True)
@@ -587,6 +591,7 @@ class MainWindow(FileDropTarget, QMainWindow):
 
     def _stored_loaded(self, batch_id: str, rows: list[ScanResult], then_resume: bool) -> None:
         self._apply_patients(self.store.patient_choice(batch_id))
+        self._load_decisions()
         self.model.append(rows)
         self.batch.batch_id = batch_id
         self.statusBar().showMessage(f"{len(rows)} stored results.", 4000)
@@ -744,9 +749,84 @@ class MainWindow(FileDropTarget, QMainWindow):
         )
         viewer.destroyed.connect(lambda _o=None, v=viewer: self._forget_viewer(v))
         viewer.screen_requested.connect(self.screen_again)
+        viewer.step_requested.connect(lambda step, v=viewer: self.step_viewer(v, step))
+        viewer.decision_made.connect(self.record_decision)
+        viewer.patient_id_typed.connect(self.record_patient_id)
         self._viewers.append(viewer)
+        self._show_reading_state(viewer, result)
         viewer.show()
         return viewer
+
+    # -- reading: next/previous in triage order, decisions, typed patient IDs -----------------
+    def _show_reading_state(self, viewer: ScanViewer, result: ScanResult) -> None:
+        order = self.triage_results()
+        here = next((i for i, r in enumerate(order) if r is result), None)
+        viewer.set_position(here, len(order) if here is not None else None)
+        viewer.set_decision(self.model.decision_of(result))
+        key = scan_key(result.sha256, result.file)
+        viewer.set_typed_patient_id(self._typed_ids().get(key, ""))
+
+    def _typed_ids(self) -> dict[str, str]:
+        try:
+            return self.store.typed_patient_ids()
+        except Exception as exc:  # a damaged store must not stop reading
+            log.warning("cannot read typed patient IDs: %s", exc)
+            return {}
+
+    def step_viewer(self, viewer: ScanViewer, step: int) -> None:
+        """Show the next (+1) or previous (-1) scan of the table in triage order, wrapping,
+        in the same viewer; the table's current row follows."""
+        order = self.triage_results()
+        if not order:
+            return
+        source = viewer.result
+        here = next(
+            (i for i, r in enumerate(order) if r.file == source.file and r.sha256 == source.sha256),
+            None,
+        )
+        target = order[0 if step > 0 else -1] if here is None else order[(here + step) % len(order)]
+        viewer.show_result(self.model.with_thumbnail(target))
+        self._show_reading_state(viewer, target)
+        self.select_result(target)
+
+    def record_decision(self, result: ScanResult, decision: Decision | None, note: str) -> None:
+        """Store the reader's decision (with the operator as reader) and show it everywhere."""
+        key = scan_key(result.sha256, result.file)
+        try:
+            recorded = self.store.set_decision(
+                key,
+                decision,
+                note,
+                reader=self.settings.operator,
+                batch_id=self.batch.batch_id,
+            )
+            self.model.set_decisions(self.store.decisions())
+        except Exception as exc:
+            self.messages.show_message(f"The decision was not saved: {exc}", "error")
+            return
+        for viewer in self._viewers:
+            if viewer.result.file == result.file and viewer.result.sha256 == result.sha256:
+                viewer.set_decision(recorded)
+        if not self.settings.operator:
+            self.messages.show_message(
+                "Decisions are recorded without a reader's name: set it in Settings "
+                "(Operator) so the report says who read the scans.",
+                "info",
+            )
+
+    def record_patient_id(self, result: ScanResult, text: str) -> None:
+        try:
+            self.store.set_typed_patient_id(
+                scan_key(result.sha256, result.file), text, by=self.settings.operator
+            )
+        except Exception as exc:
+            self.messages.show_message(f"The patient ID was not saved: {exc}", "error")
+
+    def _load_decisions(self) -> None:
+        try:
+            self.model.set_decisions(self.store.decisions())
+        except Exception as exc:
+            log.warning("cannot read the readers' decisions: %s", exc)
 
     def screen_again(self, path: Path) -> None:
         """Screen a file whose content changed since its result (the viewer's offer), as a new
@@ -843,8 +923,17 @@ class MainWindow(FileDropTarget, QMainWindow):
         dialog.open()
 
     # -- export ---------------------------------------------------------------------------------
+    def default_report_path(self) -> Path:
+        """``medscreen-<clinic>-<date>-<batch>.pdf`` in the last folder (the engine's name)."""
+        from datetime import UTC, datetime
+
+        from desktop.engine.reports.context import report_file_stem
+
+        stem = report_file_stem(self.settings.clinic_name, datetime.now(UTC), self.batch.batch_id)
+        return Path(self.settings.last_folder or Path.home()) / f"{stem}.pdf"
+
     def choose_export(self, selected_only: bool = False) -> None:
-        start = Path(self.settings.last_folder or Path.home()) / "medscreen-report.pdf"
+        start = self.default_report_path()
         name, _ = QFileDialog.getSaveFileName(
             self, "Export report (PDF and CSV)", str(start), "PDF report (*.pdf)"
         )
@@ -876,6 +965,8 @@ class MainWindow(FileDropTarget, QMainWindow):
             operator=self.settings.operator,
             include_identifiers=self.settings.include_identifiers,
             patients=self.model.patients(),
+            decisions=self._stored_decisions(),
+            typed_patient_ids=self._typed_ids() if self.settings.include_identifiers else {},
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(
@@ -895,10 +986,39 @@ class MainWindow(FileDropTarget, QMainWindow):
         return worker
 
     def _exported(self, paths: list[Path]) -> None:
-        names = ", ".join(str(p) for p in paths)
-        self.messages.show_message(f"Report written: {names}", "info")
+        # Zero-width spaces after separators let a long path wrap in the message strip.
+        names = ", ".join(display_path(str(p)).replace("/", "/\u200b") for p in paths)
+        pdf = next((Path(p) for p in paths if Path(p).suffix == ".pdf"), None)
+        if pdf is not None:
+            self.last_report = pdf
+            self.messages.show_message(
+                f"Report written: {names}", "info", "Open report", lambda: self.open_report(pdf)
+            )
+        else:
+            self.messages.show_message(f"Report written: {names}", "info")
         self.statusBar().showMessage("Report written.", 5000)
         emit(self.export_done, paths)
+
+    def open_report(self, path: Path) -> bool:
+        """Open a written report in the system's PDF viewer; say so if none opens it."""
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        if os.environ.get("MEDSCREEN_NO_OPEN") == "1":  # tests and screenshots: never launch
+            return False
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(path))):
+            self.messages.show_message(
+                f"No program opened the report. It is at {display_path(str(path))}.", "warning"
+            )
+            return False
+        return True
+
+    def _stored_decisions(self) -> dict[str, object]:
+        try:
+            return dict(self.store.decisions())
+        except Exception as exc:
+            log.warning("cannot read the readers' decisions: %s", exc)
+            return {}
 
     # -- workers and shutdown -------------------------------------------------------------------
     def _keep(self, worker: Worker) -> None:

@@ -39,6 +39,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 
+from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import display_path
 from desktop.engine.patients import PatientChoice, ScopeVerdict
@@ -116,6 +117,7 @@ class Column(enum.Enum):
     PATIENT = "patient"
     SCORE = "score"
     FLAG = "flag"
+    DECISION = "decision"  # the reader's decision (agree / disagree / …)
     STATUS = "status"
     REASON = "reason"
 
@@ -138,6 +140,7 @@ class ResultsModel(QAbstractTableModel):
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
         self._triage: list[TriageKey] = []  # one per row, under the current points
+        self._decisions: dict[str, ReaderDecision] = {}  # by decisions.scan_key
         self._points: dict[str, OperatingPoint | None] = {}
         self._all_manifests: dict[str, ModelManifest] = {}
         self._patients = PatientChoice()
@@ -172,6 +175,16 @@ class ResultsModel(QAbstractTableModel):
     def scope_rule(self) -> ScopeRule:
         """The engine's scope rule the table applies now (the viewer and reports use it too)."""
         return self._scope
+
+    def set_decisions(self, decisions: Mapping[str, ReaderDecision]) -> None:
+        """The readers' recorded decisions (by :func:`~desktop.engine.decisions.scan_key`)."""
+        self._decisions = dict(decisions)
+        if self._results:
+            col = self.column_of(Column.DECISION)
+            emit(self.dataChanged, self.index(0, col), self.index(len(self._results) - 1, col))
+
+    def decision_of(self, result: ScanResult) -> ReaderDecision | None:
+        return self._decisions.get(scan_key(result.sha256, result.file))
 
     def set_patients(self, patients: PatientChoice) -> None:
         """Apply the staff's patient group (batch and per scan): scope, flags, counts and the
@@ -227,7 +240,7 @@ class ResultsModel(QAbstractTableModel):
         ]
         for model_id in self._manifests:
             cols += [(Column.SCORE, model_id), (Column.FLAG, model_id)]
-        cols += [(Column.STATUS, None), (Column.REASON, None)]
+        cols += [(Column.DECISION, None), (Column.STATUS, None), (Column.REASON, None)]
         self._columns = cols
 
     def _first_column(self, kind: Column) -> int:
@@ -336,6 +349,7 @@ class ResultsModel(QAbstractTableModel):
                 Column.PATIENT: "Patient",
                 Column.SCORE: f"{name} score",
                 Column.FLAG: f"{name} flag",
+                Column.DECISION: "Decision",
                 Column.STATUS: "Status",
                 Column.REASON: "Reason / warnings",
             }[kind]
@@ -446,6 +460,13 @@ class ResultsModel(QAbstractTableModel):
                 if outside is not None:
                     return f"{outside.reason}. Not flagged: the model is outside its scope."
                 return f"{name}: {'flagged' if flag else 'not flagged'} at {self._choice.label()}"
+            return None
+        if kind is Column.DECISION:
+            decision = self.decision_of(result)
+            if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                return "" if decision is None else decision.text
+            if role == Qt.ItemDataRole.ToolTipRole and decision is not None:
+                return decision.summary()
             return None
         if kind is Column.STATUS:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):

@@ -78,6 +78,7 @@ class ResultsView(FileDropTarget, QTableView):
                 Column.PATIENT: metrics.horizontalAdvance("Patient  child (image)") + 8,
                 Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
                 Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,
+                Column.DECISION: metrics.horizontalAdvance("Needs follow-up") + 16,
                 Column.STATUS: max(map(metrics.horizontalAdvance, STATUS_TEXT.values())) + 24,
                 Column.REASON: metrics.horizontalAdvance("M") * 20,
             }[kind]

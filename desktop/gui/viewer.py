@@ -28,13 +28,17 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QCheckBox,
     QComboBox,
     QDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
+    QPushButton,
     QScrollArea,
     QSlider,
     QSplitter,
@@ -45,12 +49,14 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER
+from desktop.engine.decisions import DECISION_TEXT, MAX_NOTE_CHARS, Decision, ReaderDecision
 from desktop.engine.dicom import window_raw
 from desktop.engine.loading import load_scan
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
 from desktop.engine.paths import display_path
 from desktop.engine.preprocess import activation_to_image
+from desktop.engine.quality import quality_of
 from desktop.engine.results import (
     ScanResult,
     ScanStatus,
@@ -111,6 +117,13 @@ class ScanViewer(QDialog):
     #: The user asked to screen the file at this path again: its content is not what was
     #: screened (the main window queues it as a new batch).
     screen_requested = Signal(object)
+    #: Reading: show the next (+1) or previous (-1) scan in triage order (the main window
+    #: answers with :meth:`show_result`).
+    step_requested = Signal(int)
+    #: Reading: the reader decided on this scan: (result, Decision or None to clear, note).
+    decision_made = Signal(object, object, str)
+    #: Reading: a patient ID typed for a file that carries none: (result, text).
+    patient_id_typed = Signal(object, str)
 
     def __init__(
         self,
@@ -132,6 +145,8 @@ class ScanViewer(QDialog):
         self._window: tuple[float, float] | None = None
         self._user_window = False  # True once the user moved the window away from the file's
         self._worker: Worker | None = None
+        self._workers: set[Worker] = set()  # loads still running for scans stepped past
+        self._generation = 0  # which show_result a finished load belongs to
         #: True when the file at ``result.file`` no longer holds the screened bytes.
         self.file_changed = False
         self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
@@ -246,9 +261,10 @@ class ScanViewer(QDialog):
         disclaimer.setWordWrap(True)
         disclaimer.setForegroundRole(self.palette().ColorRole.PlaceholderText)
 
+        reading_box = self._build_reading()
         panel = QWidget(self)
         panel_layout = QVBoxLayout(panel)
-        for widget in (scores_box, self.warnings_box, wl_box, details_box):
+        for widget in (reading_box, scores_box, self.warnings_box, wl_box, details_box):
             panel_layout.addWidget(widget)
         panel_layout.addStretch(1)
         panel_layout.addWidget(disclaimer)
@@ -270,7 +286,20 @@ class ScanViewer(QDialog):
 
         QShortcut(QKeySequence("H"), self, activated=self.heat_box.toggle)
         QShortcut(QKeySequence(QKeySequence.StandardKey.Close), self, activated=self.close)
+        for keys, step in (("Alt+Right", 1), ("Alt+Left", -1), ("PgDown", 1), ("PgUp", -1)):
+            QShortcut(QKeySequence(keys), self, activated=lambda s=step: emit(
+                self.step_requested, s))  # fmt: skip
+        self._populate()
 
+    def _populate(self) -> None:
+        """Fill every per-scan part of the window from ``self.result``."""
+        self.heat_model.blockSignals(True)
+        self.heat_model.clear()
+        self.heat_model.blockSignals(False)
+        self.heat_box.setToolTip(
+            "Where the model looked: bright = regions that raised the score. "
+            "It is not a lesion outline."
+        )
         for model_id, manifest in self._finding_manifests().items():
             finding = self.result.findings.get(model_id)
             if finding is not None and finding.activation is not None:
@@ -284,6 +313,126 @@ class ScanViewer(QDialog):
         self._fill_scores()
         self._fill_details()
         self._fill_warnings()
+
+    # -- reading: next/previous, the reader's decision, a typed patient ID ------------------
+    def _build_reading(self) -> QGroupBox:
+        box = QGroupBox("Reading", self)
+        layout = QVBoxLayout(box)
+        nav = QHBoxLayout()
+        self.prev_button = QToolButton(self)
+        self.prev_button.setText("◀ Previous")
+        self.prev_button.setToolTip("The previous scan in triage order (Alt+Left, Page Up)")
+        self.prev_button.clicked.connect(lambda: emit(self.step_requested, -1))
+        self.next_button = QToolButton(self)
+        self.next_button.setText("Next ▶")
+        self.next_button.setToolTip("The next scan in triage order (Alt+Right, Page Down)")
+        self.next_button.clicked.connect(lambda: emit(self.step_requested, 1))
+        self.position_label = QLabel(self)
+        nav.addWidget(self.prev_button)
+        nav.addWidget(self.position_label, 1, Qt.AlignmentFlag.AlignCenter)
+        nav.addWidget(self.next_button)
+        layout.addLayout(nav)
+        self.set_position(None, None)
+
+        grid = QGridLayout()
+        self.decision_group = QButtonGroup(self)
+        self.decision_group.setExclusive(False)  # a second click on the chosen one clears it
+        self.decision_buttons: dict[Decision, QPushButton] = {}
+        for i, decision in enumerate(Decision):
+            button = QPushButton(DECISION_TEXT[decision], self)
+            button.setCheckable(True)
+            button.setToolTip("Record your decision on this scan (click again to clear it)")
+            self.decision_group.addButton(button)
+            self.decision_buttons[decision] = button
+            button.clicked.connect(lambda checked, d=decision: self._decision_clicked(d, checked))
+            grid.addWidget(button, i // 2, i % 2)
+        layout.addLayout(grid)
+        self.note_edit = QLineEdit(self)
+        self.note_edit.setPlaceholderText("Note (optional; saved with the decision)")
+        self.note_edit.setMaxLength(MAX_NOTE_CHARS)
+        self.note_edit.editingFinished.connect(self._note_finished)
+        layout.addWidget(self.note_edit)
+        self.decision_label = QLabel(self)
+        self.decision_label.setWordWrap(True)
+        self.decision_label.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        layout.addWidget(self.decision_label)
+        pid_row = QHBoxLayout()
+        self.patient_label = QLabel("Patient ID", self)
+        self.patient_edit = QLineEdit(self)
+        self.patient_edit.setMaxLength(64)
+        self.patient_edit.setPlaceholderText("type it: this file carries none")
+        self.patient_edit.setToolTip(
+            "Kept with the patient identifiers in the results store; in reports only when "
+            "identifiers are turned on in Settings"
+        )
+        self.patient_edit.editingFinished.connect(self._patient_finished)
+        pid_row.addWidget(self.patient_label)
+        pid_row.addWidget(self.patient_edit, 1)
+        layout.addLayout(pid_row)
+        self._decision: ReaderDecision | None = None
+        self._typed_pid = ""
+        return box
+
+    def set_position(self, index: int | None, total: int | None) -> None:
+        """Where this scan is in the triage order ("3 of 12"); None: no order (buttons off)."""
+        known = index is not None and total is not None and total > 0
+        self.position_label.setText(f"{index + 1} of {total} in triage order" if known else "")
+        for button in (self.prev_button, self.next_button):
+            button.setEnabled(bool(known and total and total > 1))
+
+    def set_decision(self, decision: ReaderDecision | None) -> None:
+        """Show the scan's recorded decision (the main window reads it from the store)."""
+        self._decision = decision
+        for d, button in self.decision_buttons.items():
+            button.setChecked(decision is not None and decision.decision is d)
+        self.note_edit.setText(decision.note if decision else "")
+        self.decision_label.setText(
+            f"Recorded: {decision.summary()}" if decision else "No decision recorded yet."
+        )
+
+    def set_typed_patient_id(self, text: str) -> None:
+        """The patient ID typed earlier for this file (only files without one can take it)."""
+        self._typed_pid = text
+        carries = bool(self.result.metadata.get("patient_id"))
+        for widget in (self.patient_label, self.patient_edit):
+            widget.setVisible(not carries)
+        self.patient_edit.setText(text)
+
+    def current_decision(self) -> ReaderDecision | None:
+        return self._decision
+
+    def _decision_clicked(self, decision: Decision, checked: bool) -> None:
+        for d, button in self.decision_buttons.items():
+            if d is not decision:
+                button.setChecked(False)
+        emit(self.decision_made, self.result, decision if checked else None,
+             self.note_edit.text())  # fmt: skip
+
+    def _note_finished(self) -> None:
+        note = self.note_edit.text().strip()
+        if self._decision is not None and note != self._decision.note:
+            emit(self.decision_made, self.result, self._decision.decision, note)
+
+    def _patient_finished(self) -> None:
+        text = self.patient_edit.text().strip()
+        if text != self._typed_pid:
+            self._typed_pid = text
+            emit(self.patient_id_typed, self.result, text)
+
+    def show_result(self, result: ScanResult) -> None:
+        """Show another scan in this window (next/previous): nothing is closed or reopened."""
+        self.result = result
+        self._scan = None
+        self._grey = None
+        self._window = None
+        self._user_window = False
+        self.file_changed = False
+        self.messages.hide()
+        self.canvas.set_heat(None)
+        self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
+        self._populate()
+        self._show_thumbnail()
+        self._load_full()
 
     def _finding_manifests(self) -> dict[str, ModelManifest]:
         return {k: m for k, m in self._manifests.items() if m.role == "finding"}
@@ -303,7 +452,11 @@ class ScanViewer(QDialog):
         result = self.result
         rows: list[str] = []
         if result.status is not ScanStatus.OK:
-            rows.append(f"<p><b>{html.escape(result.reason or status_text(result.status))}</b></p>")
+            # The engine's plain words first; the technical reason below, smaller.
+            quality = quality_of(result)
+            head = quality.text if quality is not None else status_text(result.status)
+            detail = f"<br><small>{html.escape(result.reason)}</small>" if result.reason else ""
+            rows.append(f"<p><b>{html.escape(head)}</b>{detail}</p>")
         outside = self._scope.verdicts(result)
         if result.findings:
             group = self._scope.group(result)
@@ -413,14 +566,28 @@ class ScanViewer(QDialog):
             QTimer.singleShot(0, lambda: emit(self.image_ready))
             return
         worker = Worker(load_scan, Path(self.result.file), keep_raw=True, name="medscreen-view")
-        worker.returned.connect(self._full_loaded)
-        worker.errored.connect(self._full_failed)
-        worker.finished.connect(self._worker_done)
+        self._generation += 1
+        gen = self._generation
+        # A load finishing after the reader stepped on belongs to a scan no longer shown.
+        worker.returned.connect(lambda scan, g=gen: self._loaded(g, scan))
+        worker.errored.connect(lambda error, g=gen: self._load_failed(g, error))
+        worker.finished.connect(lambda w=worker: self._worker_done(w))
         self._worker = worker
+        self._workers.add(worker)
         worker.start()
 
-    def _worker_done(self) -> None:
-        self._worker = None
+    def _loaded(self, generation: int, scan: Scan) -> None:
+        if generation == self._generation:
+            self._full_loaded(scan)
+
+    def _load_failed(self, generation: int, error: WorkerError) -> None:
+        if generation == self._generation:
+            self._full_failed(error)
+
+    def _worker_done(self, worker: Worker | None = None) -> None:
+        self._workers.discard(worker)  # type: ignore[arg-type]
+        if worker is self._worker:
+            self._worker = None
 
     def _full_failed(self, error: WorkerError) -> None:
         message = getattr(error.exception, "message", None) or str(error.exception)
@@ -575,6 +742,6 @@ class ScanViewer(QDialog):
         return self.canvas.viewport().grab().toImage()
 
     def closeEvent(self, event: object) -> None:  # type: ignore[override]
-        if self._worker is not None:
-            self._worker.wait(10_000)
+        for worker in list(self._workers):
+            worker.wait(10_000)
         super().closeEvent(event)  # type: ignore[arg-type]

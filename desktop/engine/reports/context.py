@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.patients import PatientChoice
-from desktop.engine.results import ScopeRule, ThresholdChoice
+from desktop.engine.results import ScanResult, ScopeRule, ThresholdChoice
 from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class ReportContext:
     include_identifiers: bool = False
     title: str = "Chest X-ray screening report"
     patients: PatientChoice = field(default_factory=PatientChoice)
+    #: The readers' recorded decisions, by :func:`~desktop.engine.decisions.scan_key`.
+    decisions: Mapping[str, ReaderDecision] = field(default_factory=dict)
+    #: Patient IDs typed for files that carry none (shown only with ``include_identifiers``).
+    typed_patient_ids: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_batch(
@@ -52,6 +57,8 @@ class ReportContext:
         operator: str = "",
         include_identifiers: bool = False,
         patients: PatientChoice | None = None,
+        decisions: Mapping[str, ReaderDecision] | None = None,
+        typed_patient_ids: Mapping[str, str] | None = None,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -71,12 +78,33 @@ class ReportContext:
             operator=operator,
             include_identifiers=include_identifiers,
             patients=patients or PatientChoice(),
+            decisions=dict(decisions or {}),
+            typed_patient_ids=dict(typed_patient_ids or {}),
         )
 
     def __post_init__(self) -> None:
         if self.created_at.tzinfo is None or self.created_at.utcoffset() is None:
             # A naive time would be printed as if it were UTC on one PC and local on another.
             raise ValueError("ReportContext.created_at must be timezone-aware (UTC)")
+
+    def decision_of(self, result: ScanResult) -> ReaderDecision | None:
+        """The reader's recorded decision on ``result`` (None: not decided)."""
+        return self.decisions.get(scan_key(result.sha256, result.file))
+
+    def patient_id_of(self, result: ScanResult) -> str:
+        """The file's patient ID, else the one typed for it; call only when opted in."""
+        own = result.metadata.get("patient_id")
+        if own not in (None, ""):
+            return str(own)
+        return self.typed_patient_ids.get(scan_key(result.sha256, result.file), "")
+
+    def local_time_text(self) -> str:
+        """When the report was made, in this PC's local time with the UTC offset written out
+        (``2026-12-01 16:40 (UTC+03:00)``): a clinic files it by its own clock, and the offset
+        keeps it unambiguous."""
+        local = self.created_at.astimezone()
+        offset = local.strftime("%z") or "+0000"
+        return f"{local:%Y-%m-%d %H:%M} (UTC{offset[:3]}:{offset[3:]})"
 
     @property
     def unsigned_models(self) -> tuple[str, ...]:
@@ -133,3 +161,19 @@ class ReportContext:
         if len(distinct) <= 1:
             return next(iter(distinct), self.choice.label())
         return "; ".join(f"{mid}: {name}" for mid, name in names.items())
+
+
+def report_file_stem(clinic_name: str, created_at: datetime, batch_id: str | None) -> str:
+    """The default report name: ``medscreen-<clinic>-<date>-<batch>`` (no extension).
+
+    The clinic is reduced to lower-case ASCII letters, digits and dashes (a name that must
+    travel by e-mail and USB stick); the date is the local date; the batch is the first 8
+    characters of its id. Parts that are empty are left out.
+    """
+    import re
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", clinic_name).encode("ascii", "ignore").decode()
+    clinic = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:40].strip("-")
+    parts = ["medscreen", clinic, f"{created_at.astimezone():%Y-%m-%d}", (batch_id or "")[:8]]
+    return "-".join(p for p in parts if p)

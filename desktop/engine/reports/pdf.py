@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from typing import Any
 from xml.sax.saxutils import escape
@@ -45,10 +46,12 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from desktop.engine.manifest import ModelManifest
+from desktop.engine.decisions import ReaderDecision
+from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.overlay import INFERNO_LUT, decode_thumbnail, overlay
 from desktop.engine.paths import assets_dir, display_path
 from desktop.engine.preprocess import activation_to_image
+from desktop.engine.quality import quality_of, shown_modality
 from desktop.engine.reports._common import (
     PDF_TEXT_CHARS,
     STATUS_TEXT,
@@ -63,8 +66,9 @@ from desktop.engine.reports._common import (
     write_atomic,
 )
 from desktop.engine.reports.context import ReportContext
-from desktop.engine.reports.source import reiterable, thumbnail_of
+from desktop.engine.reports.source import ThumbnailSource, reiterable, thumbnail_of
 from desktop.engine.results import ScanResult, ScanStatus
+from desktop.engine.triage import TriageGroup, TriageKey, margin, triage_key
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +314,7 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
     """
     from desktop import DISCLAIMER
 
-    stamp = ctx.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()
+    stamp = ctx.local_time_text()
     disclaimer = Paragraph(_t(DISCLAIMER), footer_style)
     left_text = f"{ctx.title} · {stamp}"
     if ctx.unsigned_models:  # developer option: on every page, not only the cover
@@ -388,12 +392,14 @@ def _grid_style(font: str, bold: str, size: float = 8) -> list[tuple[Any, ...]]:
 def _cover(
     ctx: ReportContext,
     counts: Counts,
+    ranked: Sequence[_Ranked],
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
 ) -> list[Flowable]:
+    """Page 1, what a programme files: who/when, counts, the models and their thresholds,
+    the sign-off fields, then the ranked list of scans needing attention (one line each)."""
     regular, bold = fonts
-    points = ctx.points()
     story: list[Flowable] = [
         Paragraph(_t(ctx.title), st["title"]),
         Paragraph("Decision support only — not a diagnosis", st["subtitle"]),
@@ -401,23 +407,20 @@ def _cover(
     details = [
         ("Clinic", ctx.clinic_name or "—"),
         ("Operator", ctx.operator or "—"),
-        ("Report created", ctx.created_at.strftime("%Y-%m-%d %H:%M %Z").strip()),
+        ("Report created", f"{ctx.local_time_text()} · MedScreen {ctx.app_version}"),
     ]
-    if ctx.batch_id:
-        details.append(("Batch", ctx.batch_id))
-    if common:
-        details.append(("Folder", common))
+    if ctx.batch_id or common:
+        where = " · ".join(x for x in (common or "", f"batch {ctx.batch_id}" if ctx.batch_id
+                                       else "") if x)  # fmt: skip
+        details.append(("Folder", where))
     details += [
-        ("MedScreen version", ctx.app_version),
         ("Device used", ctx.device),
-        ("Operating point", ctx.operating_point_label()),
         (
             "Patient identifiers",
             "included (opted in)" if ctx.include_identifiers else "not included",
         ),
         ("Patient group", _patients_text(ctx)),
     ]
-    details += [("Site threshold", line) for line in ctx.site_calibration_lines()]
     if ctx.unsigned_models:
         details.append(
             (
@@ -427,78 +430,257 @@ def _cover(
                 f"not for clinical use",
             )
         )
-    story += [_kv_table(details, st), Spacer(1, 5 * mm)]
-    story += _scope_note(ctx, counts, st)
+    story += [_kv_table(details, st), Spacer(1, 2 * mm)]
 
-    story.append(Paragraph("Counts", st["h2"]))
-    count_rows: list[list[str]] = [["", "Scans"], ["Total", str(counts.total)]]
-    count_rows.append(["Screened", str(counts.screened)])
+    # Counts in one row: the totals a programme adds up across clinics.
+    heads = ["Scans", "Screened"]
+    values = [str(counts.total), str(counts.screened)]
     for mid, manifest in ctx.finding_manifests.items():
-        count_rows.append([f"Flagged: {manifest.name}", str(counts.flagged[mid])])
+        heads.append(f"Flagged {_short(manifest)}")
+        values.append(str(counts.flagged[mid]))
     if len(ctx.finding_ids) > 1:
-        count_rows.append(["Flagged for any finding", str(counts.flagged_any)])
-    for mid, manifest in ctx.finding_manifests.items():
-        if counts.outside_scope.get(mid):
-            count_rows.append(
-                [f"Outside scope: {manifest.name} (not flagged)", str(counts.outside_scope[mid])]
-            )
-    count_rows += [
-        ["Not a chest X-ray (not screened)", str(counts.not_chest_xray)],
-        ["Errors (not screened)", str(counts.errors)],
-    ]
-    table = Table(count_rows, colWidths=[70 * mm, 25 * mm], hAlign="LEFT")
-    table.setStyle(
-        TableStyle([*_grid_style(regular, bold, 9), ("ALIGN", (1, 0), (1, -1), "RIGHT")])
+        heads.append("Flagged (any)")
+        values.append(str(counts.flagged_any))
+    heads += ["Not a chest X-ray", "Errors"]
+    values += [str(counts.not_chest_xray), str(counts.errors)]
+    if counts.outside_scope_any:
+        heads.append("Outside a scope")
+        values.append(str(counts.outside_scope_any))
+    decided = sum(1 for line in ranked if line.decision is not None)
+    heads.append("Reader decisions")
+    values.append(str(decided))
+    width = PAGE[0] - 2 * MARGIN
+    table = Table(
+        [[Paragraph(h, st["cell_head"]) for h in heads], values],
+        colWidths=[width / len(heads)] * len(heads),
+        hAlign="LEFT",
     )
-    story.append(table)
+    table.setStyle(TableStyle([*_grid_style(regular, bold, 9), ("ALIGN", (0, 1), (-1, -1),
+                                                                  "CENTER")]))  # fmt: skip
+    story += [Paragraph("Counts", st["h2"]), table]
+    story += _scope_note(ctx, counts, st)
+    story += _models_and_thresholds(ctx, st, fonts)
+    story += _sign_off(st, fonts)
+    story += _ranked_list(ctx, ranked, common, st, fonts)
+    return story
 
-    story.append(Paragraph("Operating point", st["h2"]))
-    op_rows: list[list[str]] = [
-        ["Model", "Point", "Threshold", "Validation sensitivity", "Validation specificity"]
-    ]
-    for mid, point in points.items():
-        op_rows.append(
+
+def _short(manifest: ModelManifest) -> str:
+    return manifest.short_name if hasattr(manifest, "short_name") else manifest.name
+
+
+def _first_sentences(text: str, limit: int) -> str:
+    """Whole sentences of ``text`` up to ``limit`` characters (at least the first, capped)."""
+    out = ""
+    for sentence in text.replace("\n", " ").split(". "):
+        candidate = f"{out} {sentence.rstrip('.')}." if out else f"{sentence.rstrip('.')}."
+        if out and len(candidate) > limit:
+            break
+        out = candidate
+    return clip_text(out.strip(), limit + 40)
+
+
+def _test_figures(manifest: ModelManifest, point_name: str) -> str:
+    """The held-out test figures of ``manifest`` at ``point_name``, in one line."""
+    test = manifest.metrics.get("test") if isinstance(manifest.metrics, dict) else None
+    if not isinstance(test, dict) or not test.get("n"):
+        return "no held-out test figures in the manifest"
+    parts = [f"n = {test['n']}"]
+    auc, ci = test.get("auc"), test.get("auc_ci95")
+    if isinstance(auc, int | float):
+        text = f"AUC {auc:.2f}"
+        if isinstance(ci, list | tuple) and len(ci) == 2:
+            text += f" (95 % CI {ci[0]:.2f}–{ci[1]:.2f})"
+        parts.append(text)
+    at = (test.get("operating_points") or {}).get(point_name)
+    if isinstance(at, dict) and "sensitivity" in at and "specificity" in at:
+        parts.append(
+            f"at {point_name}: sensitivity {at['sensitivity']:.2f}, "
+            f"specificity {at['specificity']:.2f}"
+        )
+    else:
+        parts.append(f"not measured at {point_name}")
+    return ", ".join(parts)
+
+
+def _threshold_source(ctx: ReportContext, mid: str) -> str:
+    """Where a model's threshold comes from, in words."""
+    point = ctx.points()[mid]
+    calibration = ctx.site_calibrations().get(mid)
+    if calibration is not None:
+        return f"site calibration: {calibration.summary()}"
+    if ctx.choice.threshold is not None:
+        return "custom threshold entered in MedScreen (no validation figures)"
+    sens = "—" if point.sensitivity is None else f"{point.sensitivity:.2f}"
+    spec = "—" if point.specificity is None else f"{point.specificity:.2f}"
+    return f"model manifest, set on validation data (sensitivity {sens}, specificity {spec})"
+
+
+def _models_and_thresholds(
+    ctx: ReportContext, st: dict[str, ParagraphStyle], fonts: tuple[str, str]
+) -> list[Flowable]:
+    regular, bold = fonts
+    points = ctx.points()
+    rows: list[list[Any]] = [
+        [Paragraph(h, st["cell_head"]) for h in
+         ("Model", "Threshold and its source", "Held-out test figures", "Known limits")]
+    ]  # fmt: skip
+    for mid, manifest in ctx.finding_manifests.items():
+        point = points[mid]
+        limits = manifest.intended_use
+        rows.append(
             [
-                ctx.manifests[mid].name,
-                point.name,
-                f"{point.threshold:.3f}",
-                "—" if point.sensitivity is None else f"{point.sensitivity:.2f}",
-                "—" if point.specificity is None else f"{point.specificity:.2f}",
+                Paragraph(f"{_t(manifest.name)}<br/>{_t(manifest.version)}", st["cell"]),
+                Paragraph(
+                    f"<b>{point.threshold:.3f}</b> ({_t(point.name)}): "
+                    f"{_t(_threshold_source(ctx, mid))}",
+                    st["cell"],
+                ),
+                Paragraph(_t(_test_figures(manifest, point.name)), st["cell"]),
+                Paragraph(_t(_first_sentences(limits, 170) or "see the model card"), st["cell"]),
             ]
         )
-    table = Table(op_rows, colWidths=[45 * mm, 30 * mm, 22 * mm, 40 * mm, 40 * mm], hAlign="LEFT")
-    table.setStyle(TableStyle([*_grid_style(regular, bold), ("ALIGN", (2, 1), (-1, -1), "RIGHT")]))
-    story.append(table)
-    story.append(Spacer(1, 1.5 * mm))
+    width = PAGE[0] - 2 * MARGIN
+    table = Table(rows, colWidths=[28 * mm, 52 * mm, 45 * mm, width - 125 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([*_grid_style(regular, bold, 7.5), ("VALIGN", (0, 0), (-1, -1),
+                                                                   "TOP")]))  # fmt: skip
+    note = (
+        "A scan is flagged when a model's score reaches that model's threshold. The test "
+        "figures were measured on each model's held-out test data, not on this clinic's "
+        "patients and equipment; the model cards list every limit."
+    )
+    return [Paragraph("Models, thresholds and held-out test figures", st["h2"]), table,
+            Spacer(1, 1 * mm), Paragraph(note, st["muted"])]  # fmt: skip
+
+
+def _sign_off(st: dict[str, ParagraphStyle], fonts: tuple[str, str]) -> list[Flowable]:
+    """Blank fields the reader fills in by hand: name, date, signature."""
+    _regular, bold = fonts
+    width = PAGE[0] - 2 * MARGIN
+    cells = [["Reader (name)", "", "Date", "", "Signature", ""]]
+    table = Table(
+        cells,
+        colWidths=[24 * mm, 52 * mm, 12 * mm, 28 * mm, 18 * mm, width - 134 * mm],
+        rowHeights=[10 * mm],
+        hAlign="LEFT",
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONT", (0, 0), (-1, -1), bold, 8.5),
+                ("VALIGN", (0, 0), (-1, -1), "BOTTOM"),
+                ("LINEBELOW", (1, 0), (1, 0), 0.7, colors.black),
+                ("LINEBELOW", (3, 0), (3, 0), 0.7, colors.black),
+                ("LINEBELOW", (5, 0), (5, 0), 0.7, colors.black),
+            ]
+        )
+    )
+    note = Paragraph("I have read the scans listed as needing attention.", st["muted"])
+    return [Paragraph("Sign-off", st["h2"]), table, note]
+
+
+def _ranked_list(
+    ctx: ReportContext,
+    ranked: Sequence[_Ranked],
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> list[Flowable]:
+    """The flagged scans in triage order, one line each: rank, file, flags, decision."""
+    regular, bold = fonts
+    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
+    story: list[Flowable] = [
+        Paragraph(f"Scans needing attention ({len(flagged)}), in triage order", st["h2"])
+    ]
+    if not flagged:
+        story.append(
+            Paragraph(
+                "No scan reached a threshold. This does not rule out disease: every scan "
+                "still needs a clinician's reading.",
+                st["base"],
+            )
+        )
+        return story
     story.append(
         Paragraph(
-            "A scan is flagged when a model's score reaches that model's threshold. "
-            "Sensitivity and specificity were measured on the model's validation data; "
-            "they may differ on this clinic's patients and equipment."
-            + (
-                " For a site threshold (site:…) they were measured on the site's own labelled "
-                "scans: see Site threshold above for the date, the number of scans and the "
-                "confidence intervals."
-                if ctx.site_calibrations()
-                else ""
-            ),
+            "Flagged scans, the furthest past a threshold first: “+75 %” means the score has "
+            "gone 75 % of the way from the model's threshold to 1. The numbers (#) are the "
+            "triage order; the per-scan pages that follow use them.",
             st["muted"],
         )
     )
-
-    story.append(Paragraph("Models", st["h2"]))
-    model_rows: list[list[str]] = [["Id", "Model", "Version", "Role", "SHA-256 (first 16)"]]
-    for mid, manifest in ctx.manifests.items():
-        model_rows.append(
-            [mid, manifest.name, manifest.version, manifest.role, manifest.sha256[:16]]
+    width = PAGE[0] - 2 * MARGIN
+    rows: list[list[Any]] = [
+        [Paragraph(h, st["cell_head"]) for h in ("#", "File", "Flagged by", "Reader decision")]
+    ]
+    for line in flagged:
+        rows.append(
+            [
+                str(line.rank),
+                Paragraph(_t(shorten(_display_name(line.result.file, common), 56)), st["cell"]),
+                Paragraph(_t(line.flag_text(ctx)), st["cell"]),
+                Paragraph(_t(line.decision.text if line.decision else "—"), st["cell"]),
+            ]
         )
-    table = Table(
-        model_rows, colWidths=[22 * mm, 50 * mm, 22 * mm, 22 * mm, 40 * mm], hAlign="LEFT"
-    )
-    table.setStyle(TableStyle(_grid_style(regular, bold)))
+    table = LongTable(rows, colWidths=[9 * mm, 86 * mm, 61 * mm, width - 156 * mm],
+                      repeatRows=1, hAlign="LEFT")  # fmt: skip
+    table.setStyle(
+        TableStyle(
+            [*_grid_style(regular, bold, 7.5), ("ALIGN", (0, 1), (0, -1), "RIGHT"),
+             ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+        )
+    )  # fmt: skip
     story.append(table)
-    story.append(PageBreak())
     return story
+
+
+@dataclass
+class _Ranked:
+    """One scan's place in the triage order, with what the report shows of it.
+
+    Flagged scans keep their result (their pages draw heatmaps); the others keep a result
+    stripped of metadata and activations, so a 20,000-scan report holds no images or maps.
+    """
+
+    key: TriageKey
+    result: ScanResult
+    decision: ReaderDecision | None
+    rank: int = 0
+
+    def flag_text(self, ctx: ReportContext) -> str:
+        flags = scan_flags(self.result, ctx)
+        points = ctx.points()
+        parts = []
+        for mid, flag in flags.items():
+            if flag:
+                p = self.result.findings[mid].probability
+                manifest = ctx.manifests[mid]
+                value = margin(p, points[mid].threshold) * 100
+                parts.append(f"{_short(manifest)} {p:.2f} (+{value:.0f} %)")
+        return ", ".join(parts)
+
+
+def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> list[_Ranked]:
+    """Every scan in the engine's triage order (one pass over ``results``)."""
+    points: dict[str, OperatingPoint | None] = dict(ctx.points())
+    fetchable = isinstance(results, ThumbnailSource)  # else a flagged scan keeps its bytes
+    lines: list[_Ranked] = []
+    for result in results:
+        key = triage_key(result, points, ctx.scope_rule)
+        kept = result
+        if key.group is not TriageGroup.FLAGGED:
+            findings = {m: replace(f, activation=None, probabilities={})
+                        for m, f in result.findings.items()}  # fmt: skip
+            metadata = result.metadata if ctx.include_identifiers else {}
+            kept = replace(result, findings=findings, metadata=metadata, thumbnail_png=None,
+                           modality_probabilities={})  # fmt: skip
+        elif fetchable:
+            kept = replace(result, thumbnail_png=None)
+        lines.append(_Ranked(key, kept, ctx.decision_of(result)))
+    lines.sort(key=lambda line: line.key)  # stable: equal keys keep the folder's order
+    for rank, line in enumerate(lines, start=1):
+        line.rank = rank
+    return lines
 
 
 def _patients_text(ctx: ReportContext) -> str:
@@ -538,7 +720,7 @@ def _scope_note(
 
 
 def _summary(
-    results: Iterable[ScanResult],
+    ranked: Sequence[_Ranked],
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -588,7 +770,7 @@ def _summary(
         made.setStyle(TableStyle(style))
         return made
 
-    yield Paragraph(f"All scans ({total})", st["h1"])
+    yield Paragraph(f"All scans ({total}), in triage order", st["h1"])
     yield Paragraph(
         "Flags are written out (YES / no) and also shaded. An empty flag means the model "
         "did not run on that scan (see “Scans not screened”); “outside” means the scan "
@@ -599,20 +781,23 @@ def _summary(
     yield Spacer(1, 2 * mm)
     rows, style = header()
     header_rows = len(rows)
-    for number, result in enumerate(results, start=1):
+    for line_item in ranked:
+        number, result = line_item.rank, line_item.result
         flags = scan_flags(result, ctx)
         row: list[Any] = [
             str(number),
             Paragraph(_t(shorten(_display_name(result.file, common))), st["cell"]),
         ]
         if patient_w:
-            name, pid = identifiers(result)
+            name, _ = identifiers(result)
+            pid = ctx.patient_id_of(result)
             row.append(Paragraph(_t(", ".join(x for x in (name, pid) if x)), st["cell"]))
         status_text = STATUS_TEXT.get(result.status, str(result.status))
         # Plain strings draw much faster than Paragraphs; only text that may wrap gets one.
         row.append(status_text if result.status == ScanStatus.OK else Paragraph(
             _t(status_text), st["cell"]))  # fmt: skip
-        row.append(Paragraph(_t(result.modality), st["cell"]) if result.modality else "–")
+        modality = shown_modality(result)
+        row.append(Paragraph(_t(modality), st["cell"]) if modality else "–")
         line = len(rows)
         outside = scan_scope(result, ctx)
         for index, mid in enumerate(finding):
@@ -639,28 +824,24 @@ def _summary(
 
 
 def _flagged_section(
-    number: int,
-    result: ScanResult,
+    line: _Ranked,
     thumbnail: bytes | None,
     ctx: ReportContext,
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
 ) -> Flowable:
+    """One flagged scan in a compact block (several a page): the scan and the heatmap of
+    each model that flagged it side by side, then its scores, thresholds and the reader's
+    decision."""
     regular, bold = fonts
+    number, result = line.rank, line.result
     flags = scan_flags(result, ctx)
     points = ctx.points()
     flagged_ids = [mid for mid, flag in flags.items() if flag]
-    parts: list[Flowable] = [
-        Paragraph(f"#{number} · {_t(shorten(_display_name(result.file, common), 120))}", st["h2"])
-    ]
-    if ctx.include_identifiers:
-        name, pid = identifiers(result)
-        parts.append(Paragraph(f"Patient: {_t(name or '—')} · ID: {_t(pid or '—')}", st["small"]))
-
-    box_w = (PAGE[0] - 2 * MARGIN - 6 * mm) / 3
-    box_h = 40 * mm  # three flagged scans fit on a page
-    cells: list[tuple[Any, Any]] = []  # (image, caption)
+    width = PAGE[0] - 2 * MARGIN
+    box = 31 * mm  # six scans with two heatmaps each fit on a page
+    images: list[Any] = []
     grey = None
     if thumbnail is not None:
         try:
@@ -669,68 +850,84 @@ def _flagged_section(
             logger.warning("scan #%d: stored thumbnail cannot be decoded: %s", number, exc)
     if grey is not None:
         scan_jpeg = _jpeg(np.rint(grey * 255).astype(np.uint8))
-        cells.append((_image_flowable(scan_jpeg, box_w, box_h), Paragraph("Scan", st["small"])))
+        images.append([_image_flowable(scan_jpeg, box, box), Paragraph("Scan", st["tiny"])])
         for mid in flagged_ids:
             manifest: ModelManifest = ctx.manifests[mid]
             finding = result.findings[mid]
-            caption: Any = Paragraph(f"{_t(manifest.name)}: where the model looked", st["small"])
+            caption = Paragraph(f"{_t(_short(manifest))}: where the model looked", st["tiny"])
             if finding.activation is None:
-                cells.append((Paragraph("no heatmap available", st["muted"]), caption))
+                images.append([Paragraph("no heatmap available", st["muted"]), caption])
                 continue
-            caption = [caption, _legend(st, box_w)]
-            # Mapped at print size: the fit geometry depends only on the aspect ratio.
             cam = activation_to_image(finding.activation, manifest.preprocessing, grey.shape)
             heat = _jpeg(overlay(grey, cam, REPORT_OPACITY))
-            cells.append((_image_flowable(heat, box_w, box_h), caption))
+            images.append([_image_flowable(heat, box, box), caption])
     else:
-        cells.append((Paragraph("no thumbnail stored", st["muted"]), ""))
-    grid: list[list[Any]] = []
-    for start in range(0, len(cells), 3):  # three across; more flagged models wrap below
-        chunk = cells[start : start + 3]
-        grid += [[image for image, _ in chunk], [caption for _, caption in chunk]]
-    picture = Table(grid, colWidths=[box_w + 2 * mm] * min(3, len(cells)), hAlign="LEFT")
-    picture.setStyle(
-        TableStyle(
-            [
-                ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                ("TOPPADDING", (0, 0), (-1, -1), 1),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
-            ]
-        )
-    )
-    parts.append(picture)
+        images.append([Paragraph("no thumbnail stored", st["muted"]), ""])
 
+    title = Paragraph(
+        f"<b>#{number}</b> · {_t(shorten(_display_name(result.file, common), 110))}", st["base"]
+    )
+    text: list[Flowable] = []
+    if ctx.include_identifiers:
+        name, _ = identifiers(result)
+        pid = ctx.patient_id_of(result)
+        text.append(Paragraph(f"Patient: {_t(name or '—')} · ID: {_t(pid or '—')}", st["small"]))
     score_rows: list[list[str]] = [["Model", "Score", "Threshold", "Flag"]]
-    style = _grid_style(regular, bold)
+    style = _grid_style(regular, bold, 7.5)
     for row, (mid, manifest) in enumerate(ctx.finding_manifests.items(), start=1):
         found = result.findings.get(mid)
+        flag = {True: "YES", False: "no", None: "not run"}[flags[mid]]
+        if flags[mid] and found is not None:
+            flag += f" (+{margin(found.probability, points[mid].threshold) * 100:.0f} %)"
         score_rows.append(
             [
-                manifest.name,
+                _short(manifest),
                 _score_text(None if found is None else found.probability),
-                f"{points[mid].threshold:.3f} ({points[mid].name})",
-                {True: "YES — flagged", False: "no", None: "not run"}[flags[mid]],
+                f"{points[mid].threshold:.3f}",
+                flag,
             ]
         )
         if flags[mid]:
             style += [("BACKGROUND", (0, row), (-1, row), _FLAG_BG),
-                      ("FONT", (3, row), (3, row), bold, 8)]  # fmt: skip
-    modality = result.modality or "–"
-    if result.modality_score is not None:
-        modality += f" ({fmt_score(result.modality_score)})"
-    score_rows.append(["Modality check", modality, "", ""])
-    table = Table(score_rows, colWidths=[45 * mm, 30 * mm, 40 * mm, 35 * mm], hAlign="LEFT")
-    table.setStyle(TableStyle([*style, ("ALIGN", (1, 1), (1, -1), "RIGHT")]))
-    parts += [Spacer(1, 1.5 * mm), table]
+                      ("FONT", (3, row), (3, row), bold, 7.5)]  # fmt: skip
+    text_w = width - len(images) * (box + 2 * mm)
+    inner = text_w - 4 * mm  # the cell's own padding
+    table = Table(
+        score_rows,
+        colWidths=[inner * 0.28, inner * 0.2, inner * 0.22, inner * 0.3],
+        hAlign="LEFT",
+    )
+    table.setStyle(TableStyle([*style, ("ALIGN", (1, 1), (2, -1), "RIGHT")]))
+    text.append(table)
+    decision = line.decision
+    if decision is not None:
+        text.append(Paragraph(f"<b>Reader: {_t(decision.summary())}</b>", st["small"]))
+    else:
+        text.append(Paragraph("Reader decision: ______________________", st["small"]))
     if result.warnings:
-        parts.append(Paragraph("Warnings: " + _t("; ".join(result.warnings)), st["small"]))
-    parts.append(Spacer(1, 4 * mm))
-    return KeepTogether(parts)
+        text.append(Paragraph("Warnings: " + _t("; ".join(result.warnings)), st["tiny"]))
+    block = Table(
+        [[*images, text]],
+        colWidths=[box + 2 * mm] * len(images) + [text_w],
+        hAlign="LEFT",
+    )
+    block.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 2),
+                ("TOPPADDING", (0, 0), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.4, _GRID),
+            ]
+        )
+    )
+    return KeepTogether([title, Spacer(1, 0.8 * mm), block, Spacer(1, 1.5 * mm)])
 
 
 def _problems(
-    results: Iterable[ScanResult],
+    ranked: Sequence[_Ranked],
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -760,18 +957,22 @@ def _problems(
         return made
 
     rows = header()
-    for number, result in enumerate(results, start=1):
+    for line_item in ranked:
+        number, result = line_item.rank, line_item.result
         if result.status == ScanStatus.OK:
             continue
-        reason = result.reason or "—"
+        quality = quality_of(result)
+        detail = result.reason or ""
         if result.error_code:
-            reason += f" [{result.error_code}]"
+            detail += f" [{result.error_code}]"
+        words = f"<b>{_t(quality.text)}</b>" if quality is not None else ""
+        reason = "<br/>".join(x for x in (words, _t(detail)) if x) or "—"
         rows.append(
             [
                 str(number),
                 Paragraph(_t(shorten(_display_name(result.file, common))), st["cell"]),
                 STATUS_TEXT.get(result.status, str(result.status)),
-                Paragraph(_t(reason), st["cell"]),
+                Paragraph(reason, st["cell"]),
             ]
         )
         if len(rows) > TABLE_CHUNK:
@@ -782,7 +983,7 @@ def _problems(
 
 
 def _outside_scope(
-    results: Iterable[ScanResult],
+    ranked: Sequence[_Ranked],
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -820,7 +1021,8 @@ def _outside_scope(
     )
     yield Spacer(1, 2 * mm)
     rows = header()
-    for number, result in enumerate(results, start=1):
+    for line_item in ranked:
+        number, result = line_item.rank, line_item.result
         outside = scan_scope(result, ctx)
         if not outside:
             continue
@@ -845,42 +1047,58 @@ def _outside_scope(
 def iter_story(results: Iterable[ScanResult], ctx: ReportContext) -> Iterator[Flowable]:
     """The report's flowables, made as they are drawn (see :func:`write_pdf`).
 
-    ``results`` is iterated several times (counts, the table of every scan, the flagged
-    scans, the lists) and never held: a :class:`~desktop.engine.reports.source.StoredBatch`
-    streams it from the store, and each flagged scan's thumbnail is fetched when its section
-    is made (:func:`~desktop.engine.reports.source.thumbnail_of`) and released with it.
+    Page 1 is what a programme files (counts, models and thresholds, sign-off, the ranked
+    list); then compact pages of the flagged scans, then every scan, then the scans outside a
+    scope and those not screened, all in the engine's triage order and numbered by it.
+
+    ``results`` is read twice (counts; the triage order) and each flagged scan's thumbnail
+    is fetched when its block is made (:func:`~desktop.engine.reports.source.thumbnail_of`)
+    and released with it. The order itself needs every scan's key at once: the report holds
+    one small record per scan (a result without metadata, class maps or image; flagged scans
+    keep their class maps for the heatmaps), never the thumbnails.
     """
     results = reiterable(results)
     fonts = register_fonts()
     st = _styles(*fonts)
     counts = count(results, ctx)
-    common = _common_folder([r.file for r in results])
-    yield from _cover(ctx, counts, common, st, fonts)
-    yield from _summary(results, counts.total, ctx, common, st, fonts)
-    yield PageBreak()
-    yield Paragraph(f"Flagged scans ({counts.flagged_any})", st["h1"])
-    if counts.flagged_any == 0:
-        yield Paragraph(
-            "No scan reached a threshold at this operating point. This does not rule out "
-            "disease: every scan still needs a clinician's reading.",
-            st["base"],
-        )
-    else:
+    ranked = _rank(results, ctx)
+    common = _common_folder([line.result.file for line in ranked])
+    yield from _cover(ctx, counts, ranked, common, st, fonts)
+    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
+    if flagged:
+        yield PageBreak()
+        yield Paragraph(f"Flagged scans ({len(flagged)}), in triage order", st["h1"])
         yield Paragraph(
             "Each flagged scan with the heatmap of every model that flagged it. A heatmap "
             "shows which regions weighed most in the model's score; it is not an outline "
             "of a lesion.",
             st["muted"],
         )
-        yield Spacer(1, 3 * mm)
-    for number, result in enumerate(results, start=1):
-        if any(scan_flags(result, ctx).values()):
-            thumbnail = thumbnail_of(results, result)
-            yield _flagged_section(number, result, thumbnail, ctx, common, st, fonts)
-    yield from _outside_scope(results, counts.outside_scope_any, ctx, common, st, fonts)
+        yield _legend(st, 80 * mm)
+        yield Spacer(1, 2 * mm)
+        for line in flagged:
+            thumbnail = thumbnail_of(results, line.result)
+            yield _flagged_section(line, thumbnail, ctx, common, st, fonts)
+    yield PageBreak()
+    yield from _summary(ranked, counts.total, ctx, common, st, fonts)
+    yield from _outside_scope(ranked, counts.outside_scope_any, ctx, common, st, fonts)
     if counts.not_chest_xray or counts.errors:
         yield PageBreak()
-    yield from _problems(results, counts.not_chest_xray + counts.errors, ctx, common, st, fonts)
+    yield from _problems(ranked, counts.not_chest_xray + counts.errors, ctx, common, st, fonts)
+    yield from _model_details(ctx, st, fonts)
+
+
+def _model_details(
+    ctx: ReportContext, st: dict[str, ParagraphStyle], fonts: tuple[str, str]
+) -> list[Flowable]:
+    """The exact models (ids, versions, hashes) that produced this report."""
+    regular, bold = fonts
+    rows: list[list[str]] = [["Id", "Model", "Version", "Role", "SHA-256 (first 16)"]]
+    for mid, manifest in ctx.manifests.items():
+        rows.append([mid, manifest.name, manifest.version, manifest.role, manifest.sha256[:16]])
+    table = Table(rows, colWidths=[22 * mm, 50 * mm, 22 * mm, 22 * mm, 40 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle(_grid_style(regular, bold)))
+    return [Spacer(1, 4 * mm), Paragraph("Models used", st["h2"]), table]
 
 
 def build_story(results: Iterable[ScanResult], ctx: ReportContext) -> list[Flowable]:

@@ -1,0 +1,182 @@
+"""A reading session from first scan to signed report, driven like a clinic would (pytest-qt,
+offscreen, the shipped models on real scans): open a folder → the table in triage order →
+the viewer's next/previous in that order → the reader's decisions → export → the report has
+the decisions, the sign-off fields and, on page 1, the ranked list."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt
+
+from desktop.engine.decisions import Decision, scan_key
+from desktop.engine.registry import default_model_dirs
+from desktop.engine.results import ScanStatus
+from desktop.engine.store import ResultsStore
+from desktop.engine.triage import TriageGroup
+from desktop.gui.main_window import MainWindow
+from desktop.gui.results_model import Column
+from desktop.gui.settings import AppSettings
+
+pytestmark = pytest.mark.gui
+
+DATA = Path(__file__).parent / "data"
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def clinic_folder(tmp_path: Path) -> Path:
+    """A morning's folder: TB and Kermany chest X-rays, a hand, a photo and a damaged file."""
+    root = tmp_path / "morning"
+    for sub in ("tb/normal", "tb/tuberculosis", "pneumonia/pneumonia"):
+        shutil.copytree(DATA / sub, root / sub)
+    shutil.copy(DATA / "mednist" / "Hand" / "000000.jpeg", root / "hand.jpeg")
+    shutil.copy(DATA / "photos" / "chelsea.jpg", root / "photo.jpg")
+    chest = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+    (root / "damaged.png").write_bytes(chest.read_bytes()[:3000])
+    return root
+
+
+@pytest.fixture
+def session(qtbot, tmp_path: Path):
+    settings = AppSettings(tmp_path / "settings.ini")
+    settings.operator = "Dr A. Mwangi"
+    settings.clinic_name = "Kisumu West"
+    store = ResultsStore(tmp_path / "results.sqlite3")
+    window = MainWindow(settings=settings, store=store, model_dirs=default_model_dirs())
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
+        window.start()
+    yield window, store, settings
+    window.close()
+    store.close()
+
+
+def _shown_files(window: MainWindow) -> list[str]:
+    return [
+        window.model.result(window.proxy.mapToSource(window.proxy.index(r, 0)).row()).file
+        for r in range(window.proxy.rowCount())
+    ]
+
+
+def test_a_reading_session_end_to_end(qtbot, session, clinic_folder: Path, tmp_path: Path):
+    window, store, _settings = session
+    # 1. open the folder
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        window.open_paths([clinic_folder])
+    total = window.model.rowCount()
+    assert total == 12 + 6 + 3
+
+    # 2. the table is in triage order: flagged (strongest first), others, refused, errors
+    shown = _shown_files(window)
+    order = [r.file for r in window.triage_results()]
+    assert shown == order
+    keys = [window.model.triage_key(r) for r in window.model.triage_rows()]
+    assert keys == sorted(keys)
+    groups = [k.group for k in keys]
+    n_flagged = groups.count(TriageGroup.FLAGGED)
+    assert n_flagged == window.model.counts().flagged_any > 0
+    assert groups[-1] is TriageGroup.ERROR and groups[-3:-1] == [TriageGroup.REFUSED] * 2
+    assert Path(shown[-1]).name == "damaged.png"
+    # the plain quality words, and no modality for the photo
+    by_name = {Path(r.file).name: r for r in window.model.results()}
+    reason_col = window.model.column_of(Column.REASON)
+    modality_col = window.model.column_of(Column.MODALITY)
+    rows = {Path(r.file).name: i for i, r in enumerate(window.model.results())}
+    assert window.model.index(rows["hand.jpeg"], reason_col).data() == "not a chest X-ray: hand"
+    assert window.model.index(rows["photo.jpg"], reason_col).data() == "photo or document"
+    assert window.model.index(rows["photo.jpg"], modality_col).data() == ""
+    assert window.model.index(rows["damaged.png"], reason_col).data() == "damaged file"
+    assert "truncated" in window.model.index(rows["damaged.png"], reason_col).data(
+        Qt.ItemDataRole.ToolTipRole
+    )
+    assert by_name["photo.jpg"].status is ScanStatus.NOT_CHEST_XRAY
+    # F3 goes to the first flagged scan in triage order, again to the second
+    window.view.setFocus()
+    qtbot.keyClick(window, Qt.Key.Key_F3)
+    assert window.view.result_at(window.view.currentIndex()).file == order[0]
+    qtbot.keyClick(window, Qt.Key.Key_F3)
+    assert window.view.result_at(window.view.currentIndex()).file == order[1]
+
+    # 3. the viewer steps through the triage order without closing
+    first = window.triage_results()[0]
+    viewer = window.open_viewer(first)
+    qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
+    assert viewer.position_label.text() == f"1 of {total} in triage order"
+    qtbot.mouseClick(viewer.next_button, Qt.MouseButton.LeftButton)
+    assert viewer.result.file == order[1] and viewer.isVisible()
+    assert viewer.position_label.text() == f"2 of {total} in triage order"
+    assert window.view.result_at(window.view.currentIndex()).file == order[1]  # table follows
+    qtbot.waitUntil(lambda: viewer.source_label.text().endswith("original"), timeout=WAIT_MS)
+    qtbot.mouseClick(viewer.prev_button, Qt.MouseButton.LeftButton)
+    assert viewer.result.file == order[0]
+    qtbot.mouseClick(viewer.prev_button, Qt.MouseButton.LeftButton)  # wraps to the last
+    assert viewer.result.file == order[-1]
+    assert "damaged file" in viewer.scores.text()
+    qtbot.mouseClick(viewer.next_button, Qt.MouseButton.LeftButton)
+
+    # 4. decisions: agree on the first, needs follow-up (with a note) on the second
+    qtbot.mouseClick(viewer.decision_buttons[Decision.AGREE], Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(viewer.next_button, Qt.MouseButton.LeftButton)
+    viewer.note_edit.setText("CT advised, old films requested")
+    qtbot.mouseClick(viewer.decision_buttons[Decision.FOLLOW_UP], Qt.MouseButton.LeftButton)
+    assert viewer.decision_label.text().startswith("Recorded: Needs follow-up — Dr A. Mwangi")
+    # the patient ID of a PNG is typed and kept with the identifiers
+    assert viewer.patient_edit.isVisibleTo(viewer)
+    viewer.patient_edit.setText("KW-2291")
+    viewer.patient_edit.editingFinished.emit()
+    second = viewer.result
+    assert store.typed_patient_ids() == {scan_key(second.sha256, second.file): "KW-2291"}
+    stored = store.decisions()
+    assert stored[scan_key(first.sha256, first.file)].decision is Decision.AGREE
+    follow = stored[scan_key(second.sha256, second.file)]
+    assert follow.decision is Decision.FOLLOW_UP and follow.reader == "Dr A. Mwangi"
+    assert follow.note == "CT advised, old films requested"
+    decision_col = window.model.column_of(Column.DECISION)
+    row_of = {r.file: i for i, r in enumerate(window.model.results())}
+    assert window.model.index(row_of[first.file], decision_col).data() == "Agree"
+    assert window.model.index(row_of[second.file], decision_col).data() == "Needs follow-up"
+    # going back shows the recorded decision
+    qtbot.mouseClick(viewer.prev_button, Qt.MouseButton.LeftButton)
+    assert viewer.decision_buttons[Decision.AGREE].isChecked()
+    viewer.close()
+
+    # 5. export: the default name, the report's page 1 and the decisions
+    default = window.default_report_path()
+    assert re.fullmatch(r"medscreen-kisumu-west-\d{4}-\d{2}-\d{2}-[0-9a-f]{6,}\.pdf", default.name)
+    out = tmp_path / "reports" / default.name
+    with qtbot.waitSignal(window.export_done, timeout=WAIT_MS):
+        window.export_report(out)
+    assert window.messages.action.text() == "Open report"
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler) is needed to read the report")
+    page1 = subprocess.run(
+        ["pdftotext", "-layout", "-f", "1", "-l", "1", str(out), "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    everything = subprocess.run(
+        ["pdftotext", "-layout", str(out), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Scans needing attention" in page1
+    assert "Reader" in page1 and "Signature" in page1 and "Date" in page1
+    assert "held-out test" in page1
+    assert re.search(r"UTC[+-]\d\d:\d\d", page1)
+    # the ranked list on page 1 starts with the first two scans in triage order
+    names = [Path(f).name for f in order[:2]]
+    first_at = page1.index(names[0])
+    assert first_at < page1.index(names[1])
+    assert "Agree" in page1 and "Needs follow-up" in page1
+    assert "CT advised, old films requested" in re.sub(r"\s+", " ", everything)
+    assert "KW-2291" not in everything  # identifiers are off by default
