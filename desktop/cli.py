@@ -139,16 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibration_commands(sub, common)  # calibrate, site
 
-    sub.add_parser("gui", help="open the desktop window (the default)")
+    gui = sub.add_parser(
+        "gui",
+        help="open the desktop window (the default); 'medscreen FILE...' opens it with "
+        "those scans or folders queued for screening",
+    )
+    gui.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="scans or folders")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    files = _window_files(parser, args_list)
+    if files is not None:  # "medscreen FILE..." (a file manager's "Open with", Exec=medscreen %F)
+        return _open_gui(files)
     args = parser.parse_args(args_list)
     if args.command in (None, "gui"):
-        return _open_gui()
+        return _open_gui(list(getattr(args, "paths", None) or []))
     configure_logging(verbose=args.verbose)
     try:
         if args.command == "history":
@@ -171,7 +179,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _open_gui() -> int:
+def _window_files(parser: argparse.ArgumentParser, args: list[str]) -> list[Path] | None:
+    """The paths of ``medscreen PATH...`` when the first word is no command or option.
+
+    A desktop's "Open with MedScreen" runs ``medscreen /path/a.dcm /path/b.png`` (the
+    ``.desktop`` file's ``Exec=medscreen %F``): those open the window with the files queued.
+    A word that is neither a command nor an existing path is left to argparse, which names
+    the valid commands.
+    """
+    if not args or args[0].startswith("-"):
+        return None
+    commands: set[str] = set()
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        commands.update(getattr(action, "choices", None) or {})
+    if args[0] in commands:
+        return None
+    paths = [Path(a) for a in args]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing and len(missing) == len(paths) and len(args) == 1:
+        return None  # a mistyped command: argparse says "invalid choice"
+    if missing:
+        print(f"medscreen: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        paths = [p for p in paths if p.exists()]
+    return [p.absolute() for p in paths]
+
+
+def _open_gui(files: Sequence[Path] = ()) -> int:
     try:
         from desktop.gui.app import main as gui_main  # Qt is imported only here
     except ModuleNotFoundError as exc:
@@ -184,7 +217,7 @@ def _open_gui() -> int:
             )
             return 2
         raise
-    return int(gui_main())
+    return int(gui_main(files=list(files)))
 
 
 def _store(args: argparse.Namespace) -> ResultsStore:

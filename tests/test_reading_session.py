@@ -180,3 +180,27 @@ def test_a_reading_session_end_to_end(qtbot, session, clinic_folder: Path, tmp_p
     assert "Agree" in page1 and "Needs follow-up" in page1
     assert "CT advised, old films requested" in re.sub(r"\s+", " ", everything)
     assert "KW-2291" not in everything  # identifiers are off by default
+
+
+def test_the_window_fits_the_screen_and_shows_25_rows(qtbot, tmp_path: Path, stand_in_models):
+    settings = AppSettings(tmp_path / "settings.ini")
+    store = ResultsStore(tmp_path / "results.sqlite3")
+    window = MainWindow(settings=settings, store=store, model_dirs=[stand_in_models])
+    qtbot.addWidget(window)
+    try:
+        window.show()
+        qtbot.waitExposed(window)
+        qtbot.wait(50)  # the second fit, once the frame is known
+        area = window.screen().availableGeometry()
+        # the offscreen screen is 800×800: the 1280×800 default must shrink to fit it
+        assert window.width() <= area.width() and window.height() <= area.height()
+        assert area.contains(window.frameGeometry())
+        # on a 1366×768 screen (less a 30 px panel), 25+ compact rows are in view
+        window.resize(1366, 738)
+        window.pages.setCurrentIndex(1)
+        qtbot.wait(50)
+        rows = window.view.viewport().height() // window.view.verticalHeader().defaultSectionSize()
+        assert rows >= 25, rows
+    finally:
+        window.close()
+        store.close()

@@ -108,8 +108,13 @@ def app_icon() -> QIcon:
     return icon
 
 
-def main(argv: Sequence[str] | None = None, model_dirs: Sequence[Path] | None = None) -> int:
-    """Open the MedScreen window; returns the exit code. Called by ``medscreen`` with no args.
+def main(
+    argv: Sequence[str] | None = None,
+    model_dirs: Sequence[Path] | None = None,
+    files: Sequence[Path] = (),
+) -> int:
+    """Open the MedScreen window; returns the exit code. Called by ``medscreen`` with no args,
+    and by ``medscreen FILE...`` with ``files``: queued for screening once the models load.
 
     ``MEDSCREEN_MODELS`` (folders separated by the OS path separator) overrides where models
     are looked for, like ``--models`` on the command line.
@@ -138,6 +143,8 @@ def main(argv: Sequence[str] | None = None, model_dirs: Sequence[Path] | None = 
             window.close()
         else:
             window.start()
+            if files:
+                window.open_paths(list(files))  # screened as soon as the models are ready
 
     QTimer.singleShot(0, shown)
     code = app.exec()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QShowEvent
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
     QComboBox,
@@ -138,6 +138,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._pending_inputs: list[Path] = []
         self._queued_inputs: list[Path] = []  # to screen when the running batch ends
         self.last_report: Path | None = None  # the PDF written last (Open report)
+        self._fitted = False  # fit_to_screen ran again once the frame was known
         self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
         self.setAcceptDrops(True)
         self.resize(1280, 800)
@@ -387,6 +388,13 @@ class MainWindow(FileDropTarget, QMainWindow):
             y = min(max(self.y(), area.top()), area.bottom() - height - frame.height() + 1)
             self.move(max(area.left(), x), max(area.top(), y))
 
+    def showEvent(self, event: QShowEvent) -> None:
+        """Fit once more when first shown: only then are the window frame's sizes known."""
+        super().showEvent(event)
+        if not self._fitted:
+            self._fitted = True
+            QTimer.singleShot(0, self.fit_to_screen)
+
     def _restore_table_header(self) -> None:
         """The table's widths, column order and sort as the user left them (else triage)."""
         state = self.settings.table_header()
@@ -627,12 +635,28 @@ class MainWindow(FileDropTarget, QMainWindow):
             f"{verb}: {summary.ok} screened, {summary.not_chest_xray} not chest X-rays, "
             f"{summary.errors} errors in {summary.elapsed_s:.0f} s"
         )
-        if cancelled:
-            text += " — the finished scans are kept; reopen the batch from History to resume."
+        if cancelled:  # the instruction goes in the message strip, which wraps
+            batch_id = summary.batch_id
+            self.messages.show_message(
+                f"{text}. The finished scans are kept; resume the batch now or later from "
+                "History.",
+                "info",
+                "Resume",
+                lambda: self.resume_batch(batch_id),
+            )
         if summary.total == 0:
             self.messages.show_message(f"No scans found to screen ({SCAN_KINDS}).", "warning")
-        self.statusBar().showMessage(text)
+        self.show_status(text)
         log.info("batch %s: %s", summary.batch_id, text)
+
+    def show_status(self, text: str, timeout_ms: int = 0) -> None:
+        """A status-bar line that never runs off the window: elided with "…" to fit the space
+        left beside the permanent labels (the whole text goes to the log and the tooltip)."""
+        bar = self.statusBar()
+        room = max(80, bar.width() - self.models_label.width() - 40)
+        shown = bar.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
+        bar.setToolTip(text if shown != text else "")
+        bar.showMessage(shown, timeout_ms)
 
     def _batch_failed(self, error: WorkerError) -> None:
         self.batch_bar.hide()
