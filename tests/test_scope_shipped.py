@@ -1,0 +1,125 @@
+"""The shipped models on a clinic's mixed folder without ages (issue 12, "done when").
+
+Healthy Kermany children (the 50 + 6 normal fixtures) and NLM adults (12), PNG/JPEG only, so
+no file carries an age: each scan's group comes from the shipped child/adult model
+(``agegroup``), and the TB model, whose manifest scope is adults only, must not flag the
+children, whatever their TB score. The fixture patients were held out of the agegroup model's
+training and validation (see its card).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from desktop.engine.manifest import read_manifest
+from desktop.engine.paths import bundled_models_dir
+from desktop.engine.patients import GroupSource, PatientChoice, PatientGroup
+from desktop.engine.registry import load_model_set
+from desktop.engine.results import (
+    BatchCounts,
+    ScanStatus,
+    ScopeRule,
+    ThresholdChoice,
+    finding_flags,
+    operating_points,
+)
+from desktop.engine.runner import BatchRunner, run_to_end
+from desktop.engine.store import ResultsStore
+from tests.conftest import DATA
+
+AGEGROUP = bundled_models_dir() / "agegroup.json"
+pytestmark = pytest.mark.skipif(
+    not AGEGROUP.exists(), reason="the child/adult model (assets/models/agegroup) is not shipped"
+)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mixed")
+    truth: dict[str, PatientGroup] = {}
+    children = [
+        *sorted((DATA / "calibration" / "pneumonia" / "normal").iterdir()),
+        *sorted((DATA / "pneumonia" / "normal").iterdir()),
+    ]
+    adults = [
+        *sorted((DATA / "tb" / "normal").iterdir()),
+        *sorted((DATA / "tb" / "tuberculosis").iterdir()),
+    ]
+    for files, group in ((children, PatientGroup.CHILD), (adults, PatientGroup.ADULT)):
+        for f in files:
+            name = f"{group.value}_{f.name}"
+            shutil.copy(f, root / name)
+            truth[name] = group
+    models = load_model_set()
+    store = ResultsStore(tmp_path_factory.mktemp("db") / "results.sqlite3")
+    summary = run_to_end(BatchRunner(models, store).run([root]))
+    results = list(store.batch_results(summary.batch_id))
+    store.close()
+    return models, results, truth
+
+
+def test_the_shipped_models_load_with_their_scopes():
+    models = load_model_set()
+    assert models.patient_group is not None
+    assert models.patient_group.manifest.role == "patient_group"
+    assert models.patient_group.manifest.labels == ("adult", "child")
+    tb = models.findings["tb"].manifest
+    assert tb.scope is not None and tb.scope.age_min == 18 and tb.scope.age_max is None
+    assert read_manifest(AGEGROUP).positive_label == "child"
+
+
+def test_healthy_children_get_no_tb_flag(mixed):
+    models, results, truth = mixed
+    children = [r for r in results if truth[Path(r.file).name] is PatientGroup.CHILD]
+    assert len(children) == 56 and all(r.status is ScanStatus.OK for r in children)
+    points = operating_points(models.manifests, ThresholdChoice())
+    rule = ScopeRule.of(models.manifests)
+    by_threshold = sum(bool(finding_flags(r, points)["tb"]) for r in children)
+    with_scope = sum(bool(finding_flags(r, points, rule)["tb"]) for r in children)
+    print(f"healthy children TB-flagged: {by_threshold}/56 by threshold, {with_scope}/56 in scope")
+    assert with_scope <= 0.10 * len(children)  # the issue's bound: estimation errors only
+    assert with_scope < by_threshold  # the threshold alone flags many of them
+    for r in children:
+        if rule.verdicts(r).get("tb"):
+            assert rule.verdicts(r)["tb"].reason.startswith(
+                "TB model: adults only; this scan: child, estimated from the image"
+            )
+
+
+def test_children_and_adults_are_placed_from_the_image(mixed):
+    models, results, truth = mixed
+    rule = ScopeRule.of(models.manifests)
+    right = {PatientGroup.CHILD: 0, PatientGroup.ADULT: 0}
+    total = {PatientGroup.CHILD: 0, PatientGroup.ADULT: 0}
+    for r in results:
+        decision = rule.group(r)
+        assert decision.source is GroupSource.IMAGE
+        group = truth[Path(r.file).name]
+        total[group] += 1
+        right[group] += decision.group is group
+    print(
+        f"placed right: children {right[PatientGroup.CHILD]}/{total[PatientGroup.CHILD]}, "
+        f"adults {right[PatientGroup.ADULT]}/{total[PatientGroup.ADULT]}"
+    )
+    assert right[PatientGroup.CHILD] >= 0.95 * total[PatientGroup.CHILD]
+    assert right[PatientGroup.ADULT] >= 0.95 * total[PatientGroup.ADULT]
+
+
+def test_setting_the_batch_group_changes_the_flags_at_once(mixed):
+    models, results, _ = mixed
+    choice = ThresholdChoice()
+    auto = BatchCounts.of(results, models.manifests, choice)
+    adults = BatchCounts.of(
+        results, models.manifests, choice, PatientChoice(batch=PatientGroup.ADULT)
+    )
+    children = BatchCounts.of(
+        results, models.manifests, choice, PatientChoice(batch=PatientGroup.CHILD)
+    )
+    points = operating_points(models.manifests, choice)
+    by_threshold = sum(bool(finding_flags(r, points)["tb"]) for r in results)
+    assert adults.flagged["tb"] == by_threshold  # all adults: the TB threshold alone decides
+    assert children.flagged["tb"] == 0 and children.outside_scope["tb"] == len(results)
+    assert adults.flagged["tb"] > auto.flagged["tb"]
