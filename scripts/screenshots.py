@@ -6,6 +6,15 @@ Starts the real MainWindow, screens ``assets/samples/`` and saves, into ``docs/s
 * ``viewer_heatmap.png`` — the scan viewer with the heatmap on;
 * ``models_dialog.png`` — the Models / About dialog.
 
+With ``--reading`` (issue 14, run under a 1366×768 Xvfb screen, at ``--scale 1`` and
+``--scale 1.5``) it shows a reading session instead, on a morning's folder made from the test
+images (chest X-rays, a hand, a photo, a damaged file), screened with the bundled models:
+
+* ``reading_screen{_1.5x}.png`` — the whole screen: the window fits it at that scaling, the
+  table in triage order with two reader decisions;
+* ``reading_viewer{_1.5x}.png`` — the viewer on the second scan, with its Reading panel;
+* ``report_page1.png`` … ``report_page3.png`` — the exported report's first pages (pdftoppm).
+
 It uses the bundled models in ``assets/models`` when a complete set loads, otherwise the
 stand-in test models (``tests/model_factory.py``) — and says which in the log and in the
 window, so a screenshot never passes stand-in scores off as real ones.
@@ -18,7 +27,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("screenshots")
@@ -80,6 +91,9 @@ def main() -> int:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="device pixel ratio (high-DPI check, e.g. 2)"
     )
+    parser.add_argument(
+        "--reading", action="store_true", help="a reading session on a 1366×768 screen"
+    )
     args = parser.parse_args()
     suffix = ("_dark" if args.dark else "") + (f"_{args.scale:g}x" if args.scale != 1 else "")
     if args.scale != 1:
@@ -113,6 +127,9 @@ def main() -> int:
         loop = QEventLoop()
         QTimer.singleShot(ms, loop.quit)
         loop.exec()
+
+    if args.reading:
+        return _reading(app, work, dirs, args.out, suffix, wait, settle)
 
     settings = AppSettings(work / "settings.ini")
     settings.clinic_name = "Demo clinic"
@@ -156,6 +173,93 @@ def main() -> int:
     log.info("saved models_dialog%s.png", suffix)
     dialog.close()
 
+    window.close()
+    app.processEvents()
+    return 0
+
+
+def _morning_folder(work: Path) -> Path:
+    """A clinic's morning folder from the test images (real scans; see tests/data)."""
+    import shutil
+
+    data = REPO / "tests" / "data"
+    root = work / "morning"
+    for sub in ("tb/normal", "tb/tuberculosis", "pneumonia/pneumonia"):
+        shutil.copytree(data / sub, root / sub)
+    shutil.copy(data / "mednist" / "Hand" / "000000.jpeg", root / "hand.jpeg")
+    shutil.copy(data / "photos" / "chelsea.jpg", root / "photo.jpg")
+    chest = sorted((data / "tb" / "normal").glob("*.png"))[0]
+    (root / "damaged.png").write_bytes(chest.read_bytes()[:3000])
+    return root
+
+
+def _reading(
+    app: Any,
+    work: Path,
+    dirs: list[Path],
+    out: Path,
+    suffix: str,
+    wait: Callable[..., list[object]],
+    settle: Callable[..., None],
+) -> int:
+    """The reading-session screenshots (see the module text)."""
+    import shutil
+    import subprocess
+
+    from PySide6.QtGui import QGuiApplication
+
+    from desktop.engine.decisions import Decision
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    os.environ["MEDSCREEN_NO_OPEN"] = "1"
+    settings = AppSettings(work / "settings.ini")
+    settings.clinic_name = "Kisumu West"
+    settings.operator = "Dr A. Mwangi"
+    window = MainWindow(settings=settings, model_dirs=dirs)  # its own size: it must fit
+    window.show()
+    window.start()
+    if wait(window.models_changed) == [None]:
+        log.error("models did not load: %s", window.messages.message())
+        return 1
+    window.open_paths([_morning_folder(work)])
+    wait(window.batch.batch_finished)
+    settle()
+    order = window.triage_results()
+    viewer = window.open_viewer(order[0])
+    wait(viewer.image_ready, 30_000)
+    viewer.decision_buttons[Decision.AGREE].click()
+    viewer.next_button.click()
+    wait(viewer.image_ready, 30_000)
+    viewer.note_edit.setText("CT advised; old films requested")
+    viewer.decision_buttons[Decision.FOLLOW_UP].click()
+    viewer.heat_box.setChecked(True)
+    settle(600)
+    viewer.grab().save(str(out / f"reading_viewer{suffix}.png"))
+    log.info("saved reading_viewer%s.png (%dx%d)", suffix, viewer.width(), viewer.height())
+    viewer.close()
+    settle()
+    screen = QGuiApplication.primaryScreen()
+    screen.grabWindow(0).save(str(out / f"reading_screen{suffix}.png"))
+    area = screen.availableGeometry()
+    log.info(
+        "saved reading_screen%s.png: screen %dx%d (logical), window frame %s inside: %s",
+        suffix, area.width(), area.height(), window.frameGeometry().getRect(),
+        area.contains(window.frameGeometry()),
+    )  # fmt: skip
+    if not suffix:
+        pdf = work / "reports" / window.default_report_path().name
+        wait_for = window.export_done
+        window.export_report(pdf)
+        wait(wait_for)
+        if shutil.which("pdftoppm"):
+            subprocess.run(
+                ["pdftoppm", "-r", "80", "-png", "-f", "1", "-l", "3", str(pdf), str(work / "p")],
+                check=True,
+            )
+            for n, page in enumerate(sorted(work.glob("p-*.png")), start=1):
+                shutil.copy(page, out / f"report_page{n}.png")
+                log.info("saved report_page%d.png from %s", n, pdf.name)
     window.close()
     app.processEvents()
     return 0

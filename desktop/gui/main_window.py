@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QShowEvent
+from PySide6.QtGui import QAction, QCloseEvent, QShowEvent
 from PySide6.QtGui import QKeySequence as Keys
 from PySide6.QtWidgets import (
     QComboBox,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMainWindow,
     QMenu,
+    QSizePolicy,
     QStackedWidget,
     QStyle,
     QToolBar,
@@ -47,6 +48,7 @@ from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy
 from desktop.gui.results_view import ResultsView
+from desktop.gui.screen_fit import fit_to_screen
 from desktop.gui.settings import AppSettings
 from desktop.gui.workers import Worker, WorkerError
 
@@ -241,6 +243,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.setCentralWidget(central)
 
         self.models_label = QLabel("Loading models…", self)
+        # Cut rather than widen the window on a narrow screen; the tooltip has the whole text.
+        self.models_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.models_label.setMinimumWidth(120)
         self.statusBar().addPermanentWidget(self.models_label)
 
     def _build_actions(self) -> None:
@@ -369,24 +374,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.fit_to_screen()
 
     def fit_to_screen(self) -> None:
-        """Keep the window inside the screen's available area at any scaling.
-
-        1280×800 logical pixels is larger than a 1366×768 screen at 150 % (911×512): the
-        window is shrunk to what is available and moved on screen, never left hanging off it.
-        """
-        screen = self.screen() or QGuiApplication.primaryScreen()
-        if screen is None:
-            return
-        area = screen.availableGeometry()
-        frame = self.frameGeometry().size() - self.geometry().size()  # title bar, borders
-        width = min(self.width(), max(320, area.width() - frame.width()))
-        height = min(self.height(), max(240, area.height() - frame.height()))
-        if (width, height) != (self.width(), self.height()):
-            self.resize(width, height)
-        if not area.contains(self.frameGeometry()):
-            x = min(max(self.x(), area.left()), area.right() - width - frame.width() + 1)
-            y = min(max(self.y(), area.top()), area.bottom() - height - frame.height() + 1)
-            self.move(max(area.left(), x), max(area.top(), y))
+        """Keep the window inside the screen's available area at any scaling (screen_fit)."""
+        fit_to_screen(self)
 
     def showEvent(self, event: QShowEvent) -> None:
         """Fit once more when first shown: only then are the window frame's sizes known."""
@@ -428,7 +417,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.models = models
         device = models.device.describe()
         self.models_label.setText(f"Models ready — {device}")
-        self.models_label.setToolTip("; ".join(m.key for m in models.manifests.values()))
+        self.models_label.setToolTip(
+            f"Models ready — {device}\n" + "; ".join(m.key for m in models.manifests.values())
+        )
         self.model.set_manifests(models.manifests)
         self.op_picker.set_manifests(self.model.manifests(), self.settings.operating_point)
         self.view.apply_column_widths()
@@ -638,8 +629,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         if cancelled:  # the instruction goes in the message strip, which wraps
             batch_id = summary.batch_id
             self.messages.show_message(
-                f"{text}. The finished scans are kept; resume the batch now or later from "
-                "History.",
+                f"{text}. The finished scans are kept; resume the batch now or later from History.",
                 "info",
                 "Resume",
                 lambda: self.resume_batch(batch_id),

@@ -16,7 +16,14 @@ import logging
 from collections.abc import Mapping
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QWidget,
+)
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ThresholdChoice
@@ -49,6 +56,10 @@ class OperatingPointPicker(QWidget):
         self.custom.setVisible(False)
         self.detail = QLabel(self)
         self.detail.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        # The thresholds line may be cut on a narrow screen (its tooltip has it all): it must
+        # never make the window wider than the screen.
+        self.detail.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.detail.setMinimumWidth(40)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         label = QLabel("Operating point:", self)

@@ -71,6 +71,7 @@ from desktop.gui.image_canvas import ImageCanvas, grey_to_qimage, heat_to_qimage
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import reading_order, short_name
+from desktop.gui.screen_fit import fit_to_screen
 from desktop.gui.workers import Worker, WorkerError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class ScanViewer(QDialog):
         self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(1100, 760)
+        fit_to_screen(self)  # a 1366×768 screen at 150 % has 911×512 logical pixels
 
         self.canvas = ImageCanvas(self)
         self.canvas.window_drag.connect(self._drag_window)
@@ -204,6 +206,9 @@ class ScanViewer(QDialog):
         bar.addStretch(1)
         self.source_label = QLabel(self)
         self.source_label.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+        # May be cut on a small screen: its text changes as the scan loads, and a window
+        # whose minimum width followed it would grow past a small screen.
+        self.source_label.setMinimumWidth(40)
         bar.addWidget(self.source_label)
 
         left = QWidget(self)
