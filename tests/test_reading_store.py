@@ -59,6 +59,7 @@ def test_a_version_3_store_migrates_to_4(tmp_path: Path) -> None:
     with sqlite3.connect(path) as con:  # make it what a schema-3 MedScreen left
         con.execute("DROP TABLE reader_decisions")
         con.execute("DROP TABLE typed_patient_ids")
+        con.execute("ALTER TABLE batches DROP COLUMN operator")
         con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     con.close()
     store = ResultsStore(path)
@@ -68,6 +69,9 @@ def test_a_version_3_store_migrates_to_4(tmp_path: Path) -> None:
         assert version == "4"
         store.set_decision("k", Decision.DISAGREE, reader="r")
         assert store.decisions()["k"].decision is Decision.DISAGREE
+        batch = store.create_batch(["/x"], "m@1", "CPU")
+        store.set_batch_operator(batch, "Nurse Achieng")  # the column the migration added
+        assert store.batch_operators() == {batch: "Nurse Achieng"}
     finally:
         store.close()
 

@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS batches (
     total INTEGER,
     pid INTEGER,
     host TEXT,
-    patients TEXT
+    patients TEXT,
+    operator TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
@@ -164,8 +165,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # overrides live in the new patient_groups table (created by the schema script).
     2: ("ALTER TABLE batches ADD COLUMN patients TEXT",),
     # 3 → 4: the reader's decision per scan and the patient ID typed for a non-DICOM file
-    # (issue 14); both are new tables, created by the schema script, so nothing to alter.
-    3: (),
+    # (issue 14), new tables created by the schema script; and who ran each batch (history).
+    3: ("ALTER TABLE batches ADD COLUMN operator TEXT",),
 }
 
 
@@ -496,7 +497,8 @@ class ResultsStore:
 
     @_guarded
     def batches(self, limit: int = 200) -> list[BatchInfo]:
-        return self._batch_rows("ORDER BY b.started_at DESC LIMIT ?", (limit,))
+        # rowid breaks ties: two batches started within one second keep their order
+        return self._batch_rows("ORDER BY b.started_at DESC, b.rowid DESC LIMIT ?", (limit,))
 
     def _batch_rows(self, tail: str, args: tuple[object, ...]) -> list[BatchInfo]:
         query = (
@@ -633,6 +635,81 @@ class ResultsStore:
         return PatientChoice(
             batch=self.batch_patients(batch_id), overrides=self.patient_overrides(shas)
         )
+
+    # -- history: who ran a batch, deleting batches, retention (issue 14) --------------------
+    @_guarded
+    def set_batch_operator(self, batch_id: str, operator: str) -> None:
+        """Record who ran (or resumed) a batch: the history and the reports name them."""
+        with self._write() as db:
+            db.execute("UPDATE batches SET operator=? WHERE id=?", (operator, batch_id))
+
+    @_guarded
+    def batch_operators(self) -> dict[str, str]:
+        """Every batch's operator (batches without one are left out)."""
+        return {
+            str(bid): str(op)
+            for bid, op in self._db().execute(
+                "SELECT id, operator FROM batches WHERE operator IS NOT NULL AND operator != ''"
+            )
+        }
+
+    @_guarded
+    def delete_batches(self, batch_ids: Iterable[str], *, compact: bool = True) -> int:
+        """Delete batches, their items, and the results and thumbnails no other batch uses.
+
+        A running batch is never deleted (its runner is still writing to it). Results are
+        shared by content: one another batch still lists stays. Decisions and the file index
+        stay (they are small and keyed by content). With ``compact`` the file is then
+        rewritten (VACUUM) so the disk space really comes back. Returns the batches deleted.
+        """
+        ids = list(dict.fromkeys(batch_ids))
+        deleted = 0
+        with self._write() as db:
+            for batch_id in ids:
+                row = db.execute(
+                    "SELECT status, pid, host FROM batches WHERE id=?", (batch_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                status, pid, host = row
+                if status == BatchStatus.RUNNING and host == socket.gethostname() and (
+                    pid is not None and pid_alive(int(pid))
+                ):
+                    log.info("batch %s is running: not deleted", batch_id)
+                    continue
+                db.execute("DELETE FROM batch_items WHERE batch_id=?", (batch_id,))
+                db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+                deleted += 1
+            if deleted:
+                db.execute(
+                    "DELETE FROM results WHERE NOT EXISTS (SELECT 1 FROM batch_items i"
+                    " JOIN batches b ON b.id = i.batch_id WHERE i.sha256 = results.sha256"
+                    " AND COALESCE(i.models_key, b.models_key) = results.models_key)"
+                )
+        if deleted and compact:
+            self._db().execute("VACUUM")
+        log.info("deleted %d batch(es) and the results no other batch uses", deleted)
+        return deleted
+
+    @_guarded
+    def prune(self, keep_days: int, *, now: str | None = None) -> int:
+        """Delete the batches started more than ``keep_days`` days ago (0: keep everything).
+
+        The retention setting (e.g. 90 days) runs this at start-up, so a clinic's store
+        does not grow without end.
+        """
+        if keep_days <= 0:
+            return 0
+        from datetime import datetime, timedelta
+
+        stamp = datetime.fromisoformat(now or now_iso()) - timedelta(days=keep_days)
+        old = [
+            str(r[0])
+            for r in self._db().execute(
+                "SELECT id FROM batches WHERE started_at < ?", (stamp.isoformat(),)
+            )
+        ]
+        return self.delete_batches(old) if old else 0
 
     # -- reading: the reader's decisions and typed patient IDs (issue 14) -------------------
     @_guarded

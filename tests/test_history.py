@@ -1,0 +1,93 @@
+"""History a programme reads: one row per folder and model version (re-runs merged), counts
+at the chosen point, operators, search; deleting a batch frees its thumbnails; retention."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from desktop.engine.history import history_rows
+from desktop.engine.inference import choose_device
+from desktop.engine.registry import default_model_dirs, load_model_set
+from desktop.engine.results import BatchCounts, ThresholdChoice
+from desktop.engine.runner import BatchRunner, run_to_end
+from desktop.engine.store import ResultsStore
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model_set(default_model_dirs(), choose_device("cpu"))
+
+
+def _folder(root: Path, name: str, subs: tuple[str, ...]) -> Path:
+    folder = root / name
+    for sub in subs:
+        shutil.copytree(DATA / sub, folder / sub)
+    return folder
+
+
+def test_history_merges_reruns_counts_and_deletes(tmp_path: Path, models) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite3")
+    try:
+        tb = _folder(tmp_path, "monday", ("tb/normal", "tb/tuberculosis"))
+        other = _folder(tmp_path, "tuesday", ("mednist/Hand", "pneumonia/pneumonia"))
+        runner = BatchRunner(models, store, workers=1)
+        first = run_to_end(runner.run([tb])).batch_id
+        store.set_batch_operator(first, "Nurse Achieng")
+        second = run_to_end(runner.run([tb])).batch_id  # a re-run of the same folder
+        store.set_batch_operator(second, "Nurse Otieno")
+        third = run_to_end(runner.run([other])).batch_id
+        choice = ThresholdChoice.parse("screening")
+        rows = history_rows(store, models.manifests, choice)
+        assert len(rows) == 2  # three batches, two folders: the re-run is merged
+        monday = next(r for r in rows if r.folder == str(tb))
+        assert monday.batch_ids == (second, first) and monday.runs == 2
+        assert monday.operators == ("Nurse Otieno", "Nurse Achieng")
+        assert "tb 1.0.0" in monday.model_versions()
+        expected = BatchCounts.of(store.batch_results(second), models.manifests, choice)
+        assert monday.counts == expected and monday.counts.total == 12  # not 24
+        tuesday = next(r for r in rows if r.folder == str(other))
+        assert tuesday.counts is not None and tuesday.counts.not_chest_xray == 3
+        assert [r.folder for r in rows if r.matches("otieno")] == [str(tb)]
+        assert [r.folder for r in rows if r.matches("TUESDAY")] == [str(other)]
+
+        pages_before = store._db().execute("PRAGMA page_count").fetchone()[0]
+        thumbs = store._db().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        assert store.delete_batches([third]) == 1
+        left = store._db().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        assert left == thumbs - 9 == 12  # its 9 scans' results and thumbnails are gone
+        assert store.thumbnail(*_key(store, first)) is not None  # the others' stay
+        pages = store._db().execute("PRAGMA page_count").fetchone()[0]
+        assert pages < pages_before * 0.8  # VACUUM gave the thumbnails' space back
+        assert [r.folder for r in history_rows(store, models.manifests, choice)] == [str(tb)]
+        # deleting one run of a merged folder keeps the results the other run still lists
+        assert store.delete_batches([first]) == 1
+        assert store._db().execute("SELECT COUNT(*) FROM results").fetchone()[0] == left
+    finally:
+        store.close()
+
+
+def _key(store: ResultsStore, batch_id: str) -> tuple[str, str]:
+    result = next(r for r in store.batch_results(batch_id, thumbnails=False) if r.sha256)
+    return result.sha256, result.models_key  # type: ignore[return-value]
+
+
+def test_retention_prunes_batches_older_than_the_setting(tmp_path: Path, models) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite3")
+    try:
+        folder = _folder(tmp_path, "old", ("mednist/Hand",))
+        runner = BatchRunner(models, store, workers=1)
+        old = run_to_end(runner.run([folder])).batch_id
+        new = run_to_end(runner.run([folder])).batch_id
+        with store._write() as db:
+            db.execute("UPDATE batches SET started_at='2026-08-01T09:00:00+00:00' WHERE id=?",
+                       (old,))  # fmt: skip
+        assert store.prune(0) == 0  # 0 keeps everything
+        assert store.prune(90, now="2026-12-01T09:00:00+00:00") == 1
+        assert [b.id for b in store.batches()] == [new]
+    finally:
+        store.close()
