@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -28,7 +29,7 @@ from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase import pdfdoc, pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import (
@@ -291,15 +292,58 @@ def _legend(st: dict[str, ParagraphStyle], width: float) -> Table:
     return table
 
 
-def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Image:
+class _JpegImage(Flowable):
+    """A JPEG drawn as is: its bytes become the PDF image (DCTDecode), nothing is decoded.
+
+    reportlab's own ``Image`` decodes every JPEG to raw RGB to name it, and kept hundreds of
+    those decoded copies alive in a long report (49 MB for 1,000 scans, measured); here the
+    name is the hash of the JPEG bytes, and the flowable lets go of them once drawn.
+    """
+
+    def __init__(self, jpeg: bytes, size: tuple[int, int], width: float, height: float) -> None:
+        super().__init__()
+        self._jpeg: bytes | None = jpeg
+        self._pixels = size
+        self._name = self._registered = ""
+        self.drawWidth, self.drawHeight = width, height
+
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
+        return self.drawWidth, self.drawHeight
+
+    def draw(self) -> None:
+        canv = self.canv
+        if self._jpeg is not None:  # first drawing: register the image once, then let go
+            doc = canv._doc  # the XObject registry reportlab's drawImage uses
+            name = "jpeg" + hashlib.sha1(self._jpeg, usedforsecurity=False).hexdigest()
+            self._name = name
+            self._registered = doc.getXObjectName(name)
+            if not doc.idToObject.get(self._registered):
+                image = pdfdoc.PDFImageXObject(name)
+                if not image.loadImageFromJPEG(io.BytesIO(self._jpeg)):
+                    raise ValueError("not a JPEG image")
+                image.name = name
+                canv._setXObjects(image)
+                doc.Reference(image, self._registered)
+                doc.addForm(name, image)
+            self._jpeg = None
+        canv.saveState()
+        canv.scale(self.drawWidth, self.drawHeight)
+        canv._code.append(f"/{self._registered} Do")
+        canv.restoreState()
+        canv._formsinuse.append(self._name)  # the page's resources list it (as drawImage does)
+        canv._currentPageHasImages = 1
+
+
+def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Flowable:
     """A JPEG scaled to fit ``box_w`` x ``box_h`` points, aspect ratio kept.
 
-    reportlab embeds JPEG data as is (no re-encoding), which is what keeps rendering fast.
+    The JPEG data is embedded as is (no re-encoding, no decoding), which keeps rendering fast
+    and memory flat (:class:`_JpegImage`).
     """
     with PILImage.open(io.BytesIO(jpeg)) as probe:
         width, height = probe.size
     scale = min(box_w / width, box_h / height)
-    return Image(io.BytesIO(jpeg), width=width * scale, height=height * scale)
+    return _JpegImage(jpeg, (width, height), width * scale, height * scale)
 
 
 # --- page furniture ---------------------------------------------------------------------
