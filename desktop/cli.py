@@ -342,6 +342,8 @@ def _classify(args: argparse.Namespace) -> int:
     if batch_id is None:  # stopped while the folders were still being listed
         print("interrupted before any scan started: nothing to keep", file=stream)
         return 130
+    if args.operator:  # the history says who ran each batch
+        store.set_batch_operator(batch_id, args.operator)
     ctx = ReportContext.for_batch(
         batch_id,
         models,

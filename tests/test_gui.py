@@ -424,9 +424,10 @@ def test_history_reopens_a_batch(qtbot, window: MainWindow, chest_folder: Path, 
     with qtbot.waitSignal(window.batch_loaded, timeout=WAIT_MS):
         window.open_batch(info.id)
     assert window.model.rowCount() == rows
+    from desktop.engine.history import history_rows
     from desktop.gui.history_dialog import HistoryDialog
 
-    dialog = HistoryDialog(store.batches(), window)
+    dialog = HistoryDialog(history_rows(store), parent=window)
     assert dialog.table.rowCount() == 1
     dialog._choose()
     assert dialog.chosen == info.id

@@ -91,3 +91,48 @@ def test_retention_prunes_batches_older_than_the_setting(tmp_path: Path, models)
         assert [b.id for b in store.batches()] == [new]
     finally:
         store.close()
+
+
+def test_history_dialog_searches_opens_deletes_and_sets_retention(qtbot, tmp_path, models):
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    pytest.importorskip("pytestqt")
+    from desktop.gui.history_dialog import HistoryDialog
+
+    store = ResultsStore(tmp_path / "s.sqlite3")
+    try:
+        runner = BatchRunner(models, store, workers=1)
+        a = _folder(tmp_path, "ward-a", ("mednist/Hand",))
+        b = _folder(tmp_path, "ward-b", ("tb/tuberculosis",))
+        first = run_to_end(runner.run([a])).batch_id
+        second = run_to_end(runner.run([a])).batch_id
+        store.set_batch_operator(second, "Nurse Otieno")
+        other = run_to_end(runner.run([b])).batch_id
+        rows = history_rows(store, models.manifests, ThresholdChoice.parse("screening"))
+        names = [("tb", "TB"), ("pneumonia", "Pneumonia")]
+        dialog = HistoryDialog(rows, names, 90, confirm=lambda _text: True)
+        qtbot.addWidget(dialog)
+        assert dialog.table.rowCount() == 2
+        cols = dialog.columns
+        row_b = next(i for i, r in enumerate(rows) if r.folder == str(b))
+        cell = {c: dialog.table.item(row_b, i).text() for i, c in enumerate(cols)}
+        assert cell["Folder"] == str(b) and cell["Screened"] == "6" and cell["Runs"] == "1"
+        assert cell["Flagged TB"] == str(rows[row_b].counts.flagged["tb"])  # type: ignore[union-attr]
+        row_a = 1 - row_b
+        assert dialog.table.item(row_a, cols.index("Operator")).text() == "Nurse Otieno"
+        assert dialog.table.item(row_a, cols.index("Not chest X-rays")).text() == "3"
+        dialog.search.setText("otieno")
+        assert [r.folder for r in dialog.visible_rows()] == [str(a)]
+        dialog.table.selectRow(row_a)
+        with qtbot.waitSignal(dialog.retention_changed) as changed:
+            dialog.retention.setValue(30)
+        assert changed.args == [30]
+        with qtbot.waitSignal(dialog.delete_requested) as deleted:
+            dialog._delete()
+        assert deleted.args == [[second, first]]
+        assert dialog.table.rowCount() == 1
+        assert store.delete_batches(deleted.args[0]) == 2
+        assert [i.id for i in store.batches()] == [other]
+    finally:
+        store.close()

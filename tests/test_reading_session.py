@@ -204,3 +204,25 @@ def test_the_window_fits_the_screen_and_shows_25_rows(qtbot, tmp_path: Path, sta
     finally:
         window.close()
         store.close()
+
+
+def test_history_from_the_window_names_the_operator(qtbot, session, clinic_folder: Path):
+    window, store, settings = session
+    settings.retention_days = 90
+    for _ in range(2):  # the folder screened twice: one history row
+        with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+            window.open_paths([clinic_folder])
+    assert set(store.batch_operators().values()) == {"Dr A. Mwangi"}
+    with qtbot.waitSignal(window.prune_history().finished, timeout=WAIT_MS):
+        pass  # nothing is older than 90 days: both runs stay
+    assert len(store.batches()) == 2
+    window.show_history()
+    qtbot.waitUntil(lambda: window.history_dialog is not None, timeout=WAIT_MS)
+    dialog = window.history_dialog
+    assert dialog.table.rowCount() == 1
+    cols = dialog.columns
+    assert dialog.table.item(0, cols.index("Runs")).text() == "2"
+    assert dialog.table.item(0, cols.index("Operator")).text() == "Dr A. Mwangi"
+    assert dialog.table.item(0, cols.index("Screened")).text() == "18"
+    assert dialog.retention.value() == 90
+    dialog.close()

@@ -1,96 +1,207 @@
-"""Past batches from the results store, to reopen one in the table (or resume it)."""
+"""The batch history a programme reads: one row per folder and model version, re-runs merged.
+
+Rows come from :func:`desktop.engine.history.history_rows` (computed in a worker by the main
+window: counting reads every stored result). The dialog reopens a folder's latest run,
+searches, deletes a folder's batches (with their thumbnails) after asking, and sets how long
+batches are kept (the retention the window applies at start-up).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
     QDialogButtonBox,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
+    QMessageBox,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from desktop.engine.store import BatchInfo
-
-COLUMNS = ("Started", "Inputs", "Status", "Done / total", "Errors", "Device")
+from desktop.engine.history import HistoryRow
+from desktop.engine.paths import display_path
+from desktop.gui.qt_compat import emit
 
 
 class HistoryDialog(QDialog):
-    """Lists ``store.batches()``; ``chosen`` is the batch id to reopen after ``exec()``.
+    """Lists history rows; ``chosen`` is the batch id to reopen (the group's newest run)."""
 
-    A short, read-only list of at most a few hundred rows: a QTableWidget is the right tool
-    here (the results table, which can hold thousands of rows, uses a real model).
-    """
+    #: The user confirmed deleting these batch ids (the window deletes them in a worker).
+    delete_requested = Signal(list)
+    #: The retention setting changed: days (0 = keep every batch).
+    retention_changed = Signal(int)
 
-    def __init__(self, batches: list[BatchInfo], parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        rows: Sequence[HistoryRow],
+        finding_names: Sequence[tuple[str, str]] = (),
+        retention_days: int = 0,
+        parent: QWidget | None = None,
+        confirm: Callable[[str], bool] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Batch history — MedScreen")
-        self.resize(900, 420)
+        self.resize(1100, 480)
         self.chosen: str | None = None
-        self._batches = batches
+        self._rows = list(rows)
+        self._names = list(finding_names)  # (model id, short name) of the flag columns
+        self._confirm = confirm or self._ask
 
-        table = QTableWidget(len(batches), len(COLUMNS), self)
-        table.setHorizontalHeaderLabels(COLUMNS)
+        self.search = QLineEdit(self)
+        self.search.setPlaceholderText("Search folders, operators, model versions…")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._filter)
+        self.retention = QSpinBox(self)
+        self.retention.setRange(0, 3650)
+        self.retention.setSpecialValueText("forever")
+        self.retention.setSuffix(" days")
+        self.retention.setValue(max(0, retention_days))
+        self.retention.setToolTip(
+            "Batches started longer ago than this are deleted, with their thumbnails, when "
+            "MedScreen starts (readers' decisions stay)."
+        )
+        self.retention.valueChanged.connect(lambda v: emit(self.retention_changed, int(v)))
+        top = QHBoxLayout()
+        top.addWidget(self.search, 1)
+        top.addWidget(QLabel("Keep batches for", self))
+        top.addWidget(self.retention)
+
+        columns = ["Last run", "Folder", "Model versions", "Runs", "Screened"]
+        columns += [f"Flagged {name}" for _, name in self._names]
+        columns += ["Not chest X-rays", "Errors", "Operator"]
+        self.columns = columns
+        table = QTableWidget(0, len(columns), self)
+        table.setHorizontalHeaderLabels(columns)
         table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.setWordWrap(False)
+        table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep both ends of a path
         table.verticalHeader().setVisible(False)
-        for row, info in enumerate(batches):
-            first = Path(info.inputs[0]).name if info.inputs else "(none)"
-            more = f" +{len(info.inputs) - 1}" if len(info.inputs) > 1 else ""
-            values = (
-                info.started_at[:19].replace("T", " "),
-                first + more,
-                info.status,
-                f"{info.done} / {info.total if info.total is not None else '?'}",
-                str(info.errors),
-                info.device,
-            )
-            for col, value in enumerate(values):
-                item = QTableWidgetItem(value)
-                if col == 1:
-                    item.setToolTip("\n".join(info.inputs))
-                table.setItem(row, col, item)
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         table.doubleClicked.connect(lambda _index: self._choose())
-        if batches:
-            table.selectRow(0)
         self.table = table
+        self._fill()
 
         buttons = QDialogButtonBox(self)
         self.open_button = buttons.addButton("Open", QDialogButtonBox.ButtonRole.AcceptRole)
-        buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
-        self.open_button.setEnabled(bool(batches))
+        self.delete_button = buttons.addButton(
+            "Delete…", QDialogButtonBox.ButtonRole.DestructiveRole
+        )
+        buttons.addButton(QDialogButtonBox.StandardButton.Close)
         buttons.accepted.connect(self._choose)
         buttons.rejected.connect(self.reject)
+        self.delete_button.clicked.connect(self._delete)
+        table.itemSelectionChanged.connect(self._selection_changed)
+        self._selection_changed()
 
         layout = QVBoxLayout(self)
         note = QLabel(
-            "Batches screened on this computer. Open one to review its results or export its "
-            "report again; flags follow the operating point chosen now.",
+            "One row per folder and model version: re-runs are merged, each file counted once "
+            "(its latest result). Flags are counted at the operating point chosen now.",
             self,
         )
         note.setWordWrap(True)
         layout.addWidget(note)
-        if not batches:
-            empty = QLabel("No batches yet.", self)
-            empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            layout.addWidget(empty)
+        layout.addLayout(top)
+        self.empty = QLabel("No batches yet.", self)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setVisible(not self._rows)
+        layout.addWidget(self.empty)
         layout.addWidget(table, 1)
         layout.addWidget(buttons)
 
-    def _choose(self) -> None:
+    def _fill(self) -> None:
+        self.table.setRowCount(len(self._rows))
+        for row, info in enumerate(self._rows):
+            counts = info.counts
+            values = [
+                info.last_started[:16].replace("T", " ") + " UTC",
+                display_path(info.folder),
+                info.model_versions(),
+                str(info.runs),
+                "" if counts is None else str(counts.screened),
+            ]
+            for model_id, _ in self._names:
+                flagged = None if counts is None else counts.flagged.get(model_id)
+                values.append("–" if flagged is None else str(flagged))
+            values += [
+                "" if counts is None else str(counts.not_chest_xray),
+                "" if counts is None else str(counts.errors),
+                ", ".join(info.operators) or "—",
+            ]
+            for col, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                if col == 1:
+                    item.setToolTip(value.replace("; ", "\n"))
+                if col == 2:
+                    item.setToolTip(info.models_key)
+                if col >= 3 and col < len(values) - 1:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                self.table.setItem(row, col, item)
+        if self._rows:
+            self.table.selectRow(0)
+
+    def visible_rows(self) -> list[HistoryRow]:
+        return [r for i, r in enumerate(self._rows) if not self.table.isRowHidden(i)]
+
+    def _filter(self, text: str) -> None:
+        for i, row in enumerate(self._rows):
+            self.table.setRowHidden(i, not row.matches(text))
+
+    def _selected(self) -> HistoryRow | None:
         rows = self.table.selectionModel().selectedRows()
-        if not rows:
+        if not rows or self.table.isRowHidden(rows[0].row()):
+            return None
+        return self._rows[rows[0].row()]
+
+    def _selection_changed(self) -> None:
+        chosen = self._selected()
+        self.open_button.setEnabled(chosen is not None)
+        self.delete_button.setEnabled(chosen is not None)
+
+    def _choose(self) -> None:
+        chosen = self._selected()
+        if chosen is None:
             return
-        self.chosen = self._batches[rows[0].row()].id
+        self.chosen = chosen.batch_ids[0]
         self.accept()
+
+    def _ask(self, text: str) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Delete batches — MedScreen",
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _delete(self) -> None:
+        chosen = self._selected()
+        if chosen is None:
+            return
+        runs = f"{chosen.runs} run{'s' if chosen.runs != 1 else ''}"
+        if not self._confirm(
+            f"Delete the {runs} of {display_path(chosen.folder)} ({chosen.model_versions()}) "
+            "with their results and thumbnails? Reports already written are not affected."
+        ):
+            return
+        index = self._rows.index(chosen)
+        self._rows.pop(index)
+        self.table.removeRow(index)
+        self.empty.setVisible(not self._rows)
+        emit(self.delete_requested, list(chosen.batch_ids))

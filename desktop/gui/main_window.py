@@ -140,6 +140,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._pending_inputs: list[Path] = []
         self._queued_inputs: list[Path] = []  # to screen when the running batch ends
         self.last_report: Path | None = None  # the PDF written last (Open report)
+        self.history_dialog: QDialog | None = None  # the history shown last (tests)
         self._fitted = False  # fit_to_screen ran again once the frame was known
         self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
         self.setAcceptDrops(True)
@@ -395,6 +396,7 @@ class MainWindow(FileDropTarget, QMainWindow):
     def start(self) -> None:
         """Begin the background work once the window is on screen."""
         self.load_models()
+        self.prune_history()
 
     def load_models(self) -> None:
         if self._model_worker is not None:
@@ -619,6 +621,8 @@ class MainWindow(FileDropTarget, QMainWindow):
             QTimer.singleShot(0, lambda: self.open_paths(queued))
         if summary is None:
             return
+        if self.settings.operator:  # the history says who ran each batch
+            self.store.set_batch_operator(summary.batch_id, self.settings.operator)
         if self.model.patients().batch is not None:  # the staff's choice goes with the batch
             self.store.set_batch_patients(summary.batch_id, self.model.patients().batch)
         verb = "Cancelled" if cancelled else "Finished"
@@ -883,13 +887,62 @@ class MainWindow(FileDropTarget, QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 
-    def show_history(self) -> None:
-        from desktop.gui.history_dialog import HistoryDialog
+    def show_history(self) -> Worker:
+        """Count the history in a worker (it reads every stored result), then show it."""
+        from desktop.engine.history import history_rows
 
-        dialog = HistoryDialog(self.store.batches(), self)
+        manifests = self.models.manifests if self.models else None
+        worker = Worker(
+            history_rows, self.store, manifests, self.model.choice(), name="medscreen-history"
+        )
+        worker.returned.connect(self._history_ready)
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        self.show_status("Reading the batch history…", 3000)
+        worker.start()
+        return worker
+
+    def _history_ready(self, rows: list[object]) -> None:
+        from desktop.gui.history_dialog import HistoryDialog
+        from desktop.gui.results_model import short_name
+
+        names = [(mid, short_name(m)) for mid, m in self.model.manifests().items()]
+        dialog = HistoryDialog(rows, names, self.settings.retention_days, self)  # type: ignore[arg-type]
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(lambda: self.open_batch(dialog.chosen) if dialog.chosen else None)
+        dialog.delete_requested.connect(self.delete_batches)
+        dialog.retention_changed.connect(self._set_retention)
+        self.history_dialog = dialog
         dialog.open()
+
+    def delete_batches(self, batch_ids: list[str]) -> Worker:
+        """Delete batches with their results and thumbnails (in a worker: VACUUM takes time)."""
+        worker = Worker(self.store.delete_batches, list(batch_ids), name="medscreen-delete")
+        worker.returned.connect(
+            lambda n: self.show_status(f"Deleted {n} batch{'es' if n != 1 else ''}.", 5000)
+        )
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        worker.start()
+        return worker
+
+    def _set_retention(self, days: int) -> None:
+        self.settings.retention_days = days
+        self.settings.sync()
+
+    def prune_history(self) -> Worker | None:
+        """Apply the retention setting: delete batches older than it (start-up, a worker)."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return None
+        worker = Worker(self.store.prune, days, name="medscreen-prune")
+        worker.returned.connect(
+            lambda n: n and log.info("retention %d days: %d old batch(es) deleted", days, n)
+        )
+        worker.errored.connect(self._side_failed)
+        self._keep(worker)
+        worker.start()
+        return worker
 
     def open_batch(self, batch_id: str) -> None:
         """Load a past batch's results into the table (streamed from the store, in order)."""

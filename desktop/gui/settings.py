@@ -85,6 +85,18 @@ class AppSettings:
     def operating_point(self, value: str) -> None:
         self._q.setValue("screening/operating_point", value)
 
+    @property
+    def retention_days(self) -> int:
+        """Batches older than this many days are deleted at start-up (0: keep them all)."""
+        try:
+            return max(0, int(self._str("history/retention_days", "0") or 0))
+        except ValueError:
+            return 0
+
+    @retention_days.setter
+    def retention_days(self, value: int) -> None:
+        self._q.setValue("history/retention_days", int(value))
+
     # -- folders and window ----------------------------------------------------------------
     def recent_folders(self) -> list[str]:
         value = self._q.value("files/recent", [])
