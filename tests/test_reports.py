@@ -649,3 +649,26 @@ def test_long_tables_are_made_in_chunks_and_every_row_is_listed(tmp_path, monkey
     assert table.count("Modality") >= len(many) // 3  # each chunk has its header
     pages = _pdf_pages(path)
     assert re.search(rf"page {pages} of\s+{pages}\b", text)  # the total, drawn as a form
+
+
+@needs_poppler
+def test_many_flagged_scans_continue_in_further_files(tmp_path, monkeypatch):
+    """reportlab holds a whole file in memory, so flagged pages are split over files."""
+    from desktop.engine.reports import pdf as pdf_module
+
+    monkeypatch.setattr(pdf_module, "FLAGGED_PER_FILE", 3)
+    many = [replace(r, file=f"{r.file}.{i}") for i in range(3) for r in results()]
+    (tmp_path / "report-9.pdf").write_bytes(b"%PDF- an earlier, longer report's file")
+    paths = write_reports(many, context(), tmp_path, ["pdf"])
+    flagged = 4 * 3  # four flagged scans in each copy of the fixture set
+    assert [p.name for p in paths] == ["report.pdf"] + [f"report-{n}.pdf" for n in (2, 3, 4)]
+    assert not (tmp_path / "report-9.pdf").exists()
+    main = _pdf_text(paths[0])
+    assert "Flagged scans #4–#12 continue in report-2.pdf, report-3.pdf, report-4.pdf" in (
+        " ".join(main.split())
+    )
+    second = " ".join(_pdf_text(paths[1]).split())
+    assert f"Flagged scans #4–#6 of {flagged} (file 2 of 4" in second
+    assert f"Flagged scans #10–#12 of {flagged} (file 4 of 4" in " ".join(
+        _pdf_text(paths[3]).split()
+    )

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from desktop.engine.reports.context import ReportContext
-from desktop.engine.reports.pdf import write_pdf
+from desktop.engine.reports.pdf import write_pdf, write_pdf_files
 from desktop.engine.reports.source import StoredBatch, reiterable
 from desktop.engine.reports.tabular import CSV_COLUMNS, csv_columns, write_csv, write_json
 from desktop.engine.results import ScanResult
@@ -68,8 +68,14 @@ def write_reports(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = reiterable(results)  # each writer makes its own passes (reports/source.py)
-    writers = {"csv": write_csv, "json": write_json, "pdf": write_pdf}
-    return [writers[name](results, ctx, out_dir / f"{stem}.{name}") for name in names]
+    written: list[Path] = []
+    for name in names:
+        target = out_dir / f"{stem}.{name}"
+        if name == "pdf":  # a report with many flagged scans continues in more files
+            written += write_pdf_files(results, ctx, target)
+        else:
+            written.append({"csv": write_csv, "json": write_json}[name](results, ctx, target))
+    return written
 
 
 __all__ = [

@@ -101,6 +101,10 @@ _PAGE_TOTAL_FORM = "MedScreenPageTotal"
 #: table's every cell until it is drawn, so a 20,000-row table alone took gigabytes. Tables of
 #: this many rows are made one after the other, each when the previous one has been drawn.
 TABLE_CHUNK = 250
+#: Flagged scans per PDF file. reportlab assembles a whole file in memory before writing it
+#: (about 2.7 times the file's size: 148 MB for a 1,000-scan, 16 MB report), so a batch with
+#: thousands of flagged scans continues in report-2.pdf, report-3.pdf… of this many each.
+FLAGGED_PER_FILE = 400
 _OUT_OF_SCOPE = colors.HexColor("#8A8F98")  # a score outside the model's scope: greyed
 
 
@@ -553,7 +557,7 @@ def _threshold_source(ctx: ReportContext, mid: str) -> str:
     calibration = ctx.site_calibrations().get(mid)
     if calibration is not None:
         return f"site calibration: {calibration.summary()}"
-    if ctx.choice.threshold is not None:
+    if point.name == "custom":
         return "custom threshold entered in MedScreen (no validation figures)"
     sens = "—" if point.sensitivity is None else f"{point.sensitivity:.2f}"
     spec = "—" if point.specificity is None else f"{point.specificity:.2f}"
@@ -1088,7 +1092,18 @@ def _outside_scope(
         yield table(rows)
 
 
-def iter_story(results: Iterable[ScanResult], ctx: ReportContext) -> Iterator[Flowable]:
+def _volume_name(path: Path, number: int) -> Path:
+    """``report.pdf`` for the first file, ``report-2.pdf``, ``report-3.pdf``… for the next."""
+    return path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
+def iter_story(
+    results: Iterable[ScanResult],
+    ctx: ReportContext,
+    *,
+    volumes: Sequence[str] = (),
+    ranked: list[_Ranked] | None = None,
+) -> Iterator[Flowable]:
     """The report's flowables, made as they are drawn (see :func:`write_pdf`).
 
     Page 1 is what a programme files (counts, models and thresholds, sign-off, the ranked
@@ -1105,10 +1120,11 @@ def iter_story(results: Iterable[ScanResult], ctx: ReportContext) -> Iterator[Fl
     fonts = register_fonts()
     st = _styles(*fonts)
     counts = count(results, ctx)
-    ranked = _rank(results, ctx)
+    ranked = _rank(results, ctx) if ranked is None else ranked
     common = _common_folder([line.result.file for line in ranked])
     yield from _cover(ctx, counts, ranked, common, st, fonts)
     flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
+    shown = flagged[:FLAGGED_PER_FILE] if volumes else flagged
     if flagged:
         yield PageBreak()
         yield Paragraph(f"Flagged scans ({len(flagged)}), in triage order", st["h1"])
@@ -1120,9 +1136,16 @@ def iter_story(results: Iterable[ScanResult], ctx: ReportContext) -> Iterator[Fl
         )
         yield _legend(st, 80 * mm)
         yield Spacer(1, 2 * mm)
-        for line in flagged:
+        for line in shown:
             thumbnail = thumbnail_of(results, line.result)
             yield _flagged_section(line, thumbnail, ctx, common, st, fonts)
+        if len(shown) < len(flagged):
+            yield Paragraph(
+                f"Flagged scans #{len(shown) + 1}–#{len(flagged)} continue in "
+                + ", ".join(_t(name) for name in volumes)
+                + f" ({FLAGGED_PER_FILE:,} a file), in the same folder.",
+                st["h2"],
+            )
     yield PageBreak()
     yield from _summary(ranked, counts.total, ctx, common, st, fonts)
     yield from _outside_scope(ranked, counts.outside_scope_any, ctx, common, st, fonts)
@@ -1143,6 +1166,30 @@ def _model_details(
     table = Table(rows, colWidths=[22 * mm, 50 * mm, 22 * mm, 22 * mm, 40 * mm], hAlign="LEFT")
     table.setStyle(TableStyle(_grid_style(regular, bold)))
     return [Spacer(1, 4 * mm), Paragraph("Models used", st["h2"]), table]
+
+
+def _iter_volume(
+    results: Iterable[ScanResult],
+    ctx: ReportContext,
+    lines: Sequence[_Ranked],
+    number: int,
+    of: int,
+    main: str,
+    total: int,
+) -> Iterator[Flowable]:
+    """A continuation file: flagged scans ``lines`` (their triage numbers kept)."""
+    fonts = register_fonts()
+    st = _styles(*fonts)
+    common = _common_folder([line.result.file for line in lines])
+    yield Paragraph(
+        f"Flagged scans #{lines[0].rank}–#{lines[-1].rank} of {total} "
+        f"(file {number} of {of}; counts, thresholds and every scan are in {_t(main)})",
+        st["h1"],
+    )
+    yield _legend(st, 80 * mm)
+    yield Spacer(1, 2 * mm)
+    for line in lines:
+        yield _flagged_section(line, thumbnail_of(results, line.result), ctx, common, st, fonts)
 
 
 def build_story(results: Iterable[ScanResult], ctx: ReportContext) -> list[Flowable]:
@@ -1182,18 +1229,48 @@ class _StreamingDoc(BaseDocTemplate):
 def write_pdf(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> Path:
     """Render the PDF report to ``path`` (atomically); returns ``path``.
 
+    A report with more than :data:`FLAGGED_PER_FILE` flagged scans continues in
+    ``<stem>-2.pdf``, ``<stem>-3.pdf``… (:func:`write_pdf_files` returns them all).
+    """
+    return write_pdf_files(results, ctx, path)[0]
+
+
+def write_pdf_files(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> list[Path]:
+    """Render the PDF report: ``path``, then one file per further :data:`FLAGGED_PER_FILE`
+    flagged scans. Returns every path written.
+
     Streamed: the flowables are made while the pages are laid out and every page's footer is
-    drawn as the page ends, so memory holds a few pages' worth of objects plus what reportlab
-    keeps of the finished pages (their compressed content and images) until the file is
-    written.
+    drawn as the page ends. reportlab still assembles each *file* in memory before writing it
+    (its pages and images, about 2.7 times the file's size, measured), so the flagged scans'
+    pages, the bulk of a large report, are split over files of bounded size: memory depends
+    on :data:`FLAGGED_PER_FILE`, not on the batch.
     """
     path = Path(path)
     results = reiterable(results)
+    ranked = _rank(results, ctx)
+    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
+    chunks = [flagged[i : i + FLAGGED_PER_FILE] for i in range(0, len(flagged), FLAGGED_PER_FILE)]
+    paths = [_volume_name(path, n) for n in range(1, max(1, len(chunks)) + 1)]
+    names = [p.name for p in paths[1:]]
+    main = iter_story(results, ctx, volumes=names, ranked=ranked)
+    _write_story(main, ctx, paths[0])
+    del main
+    for number, lines in enumerate(chunks[1:], start=2):
+        story = _iter_volume(results, ctx, lines, number, len(paths), path.name, len(flagged))
+        _write_story(story, ctx, paths[number - 1])
+    for stale in path.parent.glob(f"{path.stem}-*{path.suffix}"):  # an earlier, longer run's
+        if stale.stem[len(path.stem) + 1 :].isdigit() and stale not in paths:
+            stale.unlink(missing_ok=True)
+    logger.info("wrote PDF report to %s (%d file(s))", path.name, len(paths))
+    return paths
+
+
+def _write_story(story: Iterator[Flowable], ctx: ReportContext, path: Path) -> None:
+    """Lay out ``story`` page by page into ``path`` (atomically)."""
     fonts = register_fonts()
     footer_style = _styles(*fonts)["footer"]
 
     def produce(handle: Any) -> None:
-        story = iter_story(results, ctx)
         doc = _StreamingDoc(
             handle,
             more=story,
@@ -1215,5 +1292,3 @@ def write_pdf(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> 
             doc.build(doc.story, canvasmaker=_canvas_class(ctx, footer_style))
 
     write_atomic(path, produce)
-    logger.info("wrote PDF report to %s", path.name)
-    return path
