@@ -101,8 +101,9 @@ class ScanResult:
     metadata: dict[str, object] = field(default_factory=dict)
     models_key: str = ""
     screened_at: str = ""  # ISO 8601, UTC
-    #: A small grey PNG (longest side THUMBNAIL_SIZE) kept so reports, the table and the
-    #: heatmap overlay work even when the original file has moved or gone.
+    #: A small grey JPEG (longest side THUMBNAIL_SIZE; older stores hold PNGs, and
+    #: every reader opens both) kept so reports, the table and the heatmap overlay work
+    #: even when the original file has moved or gone. The field keeps its historical name.
     thumbnail_png: bytes | None = field(default=None, repr=False)
     #: The patient-group model's child/adult estimate (None: no such model, or not a chest)
     group_estimate: GroupEstimate | None = None
