@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             metavar="NAME|THRESHOLD",
             help="'screening' (default), 'balanced', a saved site point 'site:NAME' "
-            "(see 'medscreen site list'), or a threshold in [0, 1]",
+            "(see 'medscreen site list'), a threshold in [0, 1], or one per model: "
+            "'tb=balanced,pneumonia=0.6'; a programme's policy file may set or lock it",
         )
         p.add_argument(
             "--report",
@@ -177,6 +178,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("I/O failure", exc_info=True)
         print(f"medscreen: error: {_os_reason(exc)}", file=sys.stderr)
         return 1
+
+
+def _policy_point(requested: str | None) -> str | None:
+    """The operating point to use under the programme's policy file (``policy.py``).
+
+    Without a policy: what was asked. A policy's point is the default; a locked policy
+    refuses any other, naming the file, so the command line cannot bypass the lock.
+    """
+    from desktop.engine.policy import load_policy
+    from desktop.engine.results import ThresholdChoice as Choice
+
+    policy = load_policy()
+    if policy.source is None or policy.operating_point is None:
+        return requested
+    if requested is None:
+        return policy.operating_point
+    if (
+        policy.locked
+        and Choice.parse(requested).text() != Choice.parse(policy.operating_point).text()
+    ):
+        raise BatchError(
+            f"the operating point is locked to {policy.operating_point!r} by the policy file "
+            f"{policy.source}; ask your programme's administrator to change it"
+        )
+    return requested
 
 
 def _window_files(parser: argparse.ArgumentParser, args: list[str]) -> list[Path] | None:
@@ -284,7 +310,7 @@ def _classify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BatchError(str(exc)) from exc
     try:
-        choice = ThresholdChoice.parse(args.operating_point)
+        choice = ThresholdChoice.parse(_policy_point(args.operating_point))
     except ValueError as exc:
         raise BatchError(str(exc)) from exc
     check_writable(out)
@@ -426,7 +452,7 @@ def _export(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         formats = parse_formats([args.report])
-        choice = ThresholdChoice.parse(args.operating_point)
+        choice = ThresholdChoice.parse(_policy_point(args.operating_point))
     except ValueError as exc:
         raise BatchError(str(exc)) from exc
     store = _store(args)

@@ -129,13 +129,25 @@ class ThresholdChoice:
     name: str | None = None
     threshold: float | None = None
     site: SitePoint | None = field(default=None, repr=False)
+    #: A choice per model id (issue 14): ``tb=balanced,pneumonia=0.6``; a model not named
+    #: gets its manifest default. Each entry is a named, custom or site choice itself.
+    per_model: Mapping[str, ThresholdChoice] = field(default_factory=dict, hash=False)
 
     @classmethod
     def parse(cls, text: str | None, sites: SitePointStore | None = None) -> ThresholdChoice:
         """``None``/``""`` → each model's default; ``"0.4"`` → custom; ``"balanced"`` → named;
-        ``"site:NAME"`` → the saved site point (ValueError if there is none by that name)."""
+        ``"site:NAME"`` → the saved site point (ValueError if there is none by that name);
+        ``"tb=balanced,pneumonia=0.6"`` → one of those per model."""
         if not text:
             return cls()
+        if "=" in text:
+            per_model: dict[str, ThresholdChoice] = {}
+            for part in text.split(","):
+                model_id, sep, spec = (x.strip() for x in part.partition("="))
+                if not sep or not model_id or not spec or "=" in spec:
+                    raise ValueError(f"expected MODEL=POINT in {text!r}, got {part.strip()!r}")
+                per_model[model_id] = cls.parse(spec, sites)
+            return cls(per_model=per_model)
         if is_site_choice(text):
             try:
                 point = (sites or SitePointStore.default()).require(text)
@@ -151,6 +163,9 @@ class ThresholdChoice:
         return cls(threshold=value)
 
     def resolve(self, manifest: ModelManifest) -> OperatingPoint:
+        if self.per_model:
+            own = self.per_model.get(manifest.id)
+            return own.resolve(manifest) if own is not None else manifest.operating_point(None)
         if self.threshold is not None:
             return OperatingPoint(name="custom", threshold=self.threshold)
         if self.site is not None:
@@ -159,7 +174,17 @@ class ThresholdChoice:
             raise ModelError(f"site operating point {self.name} was not loaded")
         return manifest.operating_point(self.name)
 
+    def text(self) -> str:
+        """The choice as :meth:`parse` reads it (settings files, policy files, the CLI)."""
+        if self.per_model:
+            return ",".join(f"{mid}={c.text()}" for mid, c in self.per_model.items())
+        if self.threshold is not None:
+            return f"{self.threshold:g}"
+        return self.name or ""
+
     def label(self) -> str:
+        if self.per_model:
+            return "; ".join(f"{mid}: {c.label()}" for mid, c in self.per_model.items())
         if self.threshold is not None:
             return f"custom {self.threshold:g}"
         return self.name or "default"

@@ -38,6 +38,7 @@ from desktop import DISCLAIMER, __version__
 from desktop.engine.decisions import Decision, scan_key
 from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
+from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import ResultsStore
 from desktop.gui.batch_bar import BatchBar
@@ -141,6 +142,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._queued_inputs: list[Path] = []  # to screen when the running batch ends
         self.last_report: Path | None = None  # the PDF written last (Open report)
         self.history_dialog: QDialog | None = None  # the history shown last (tests)
+        #: The programme's policy file (None: one exists but cannot be read: stay locked).
+        self.policy: Policy | None = Policy()
         self._fitted = False  # fit_to_screen ran again once the frame was known
         self.setWindowTitle(f"MedScreen {__version__} — chest X-ray screening")
         self.setAcceptDrops(True)
@@ -423,7 +426,8 @@ class MainWindow(FileDropTarget, QMainWindow):
             f"Models ready — {device}\n" + "; ".join(m.key for m in models.manifests.values())
         )
         self.model.set_manifests(models.manifests)
-        self.op_picker.set_manifests(self.model.manifests(), self.settings.operating_point)
+        self.op_picker.set_manifests(self.model.manifests(), self._starting_point())
+        self.apply_threshold_lock()
         self.view.apply_column_widths()
         self._restore_table_header()
         self.act_export.setEnabled(True)
@@ -437,6 +441,33 @@ class MainWindow(FileDropTarget, QMainWindow):
         if self._pending_inputs:
             pending, self._pending_inputs = self._pending_inputs, []
             self._start_batch(pending)
+
+    def _starting_point(self) -> str:
+        """The policy file's operating point when there is one, else the user's last."""
+        from desktop.engine.errors import MedScreenError
+        from desktop.engine.policy import load_policy
+
+        try:
+            self.policy = load_policy()
+        except MedScreenError as exc:
+            self.policy = None
+            self.messages.show_message(f"{exc}. The thresholds stay locked.", "error")
+            return self.settings.operating_point
+        return self.policy.operating_point or self.settings.operating_point
+
+    def apply_threshold_lock(self) -> None:
+        """Lock the operating point: a policy file (or an unreadable one) for good, a PIN
+        until it is entered."""
+        policy = self.policy
+        if policy is None:
+            self.op_picker.set_locked("the policy file cannot be read")
+        elif policy.locked:
+            self.op_picker.set_locked(policy.describe())
+        elif self.settings.has_pin:
+            self.op_picker.pin_check = self.settings.check_pin
+            self.op_picker.set_locked("locked with the administrator's PIN", pin=True)
+        else:
+            self.op_picker.set_locked("")
 
     def _models_failed(self, error: WorkerError) -> None:
         self.models = None
@@ -987,6 +1018,7 @@ class MainWindow(FileDropTarget, QMainWindow):
 
         dialog = SettingsDialog(self.settings, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(self.apply_threshold_lock)
         dialog.open()
 
     # -- export ---------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ a real user's settings.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -85,6 +88,28 @@ class AppSettings:
     def operating_point(self, value: str) -> None:
         self._q.setValue("screening/operating_point", value)
 
+    # -- the administrator's PIN lock on the thresholds -------------------------------------
+    @property
+    def has_pin(self) -> bool:
+        return bool(self._str("admin/pin_hash"))
+
+    def set_pin(self, pin: str) -> None:
+        """Lock the thresholds with ``pin`` (an empty PIN removes the lock). Only a salted,
+        slow hash is kept: the settings file is readable by the user."""
+        if not pin:
+            self._q.remove("admin/pin_hash")
+            self._q.remove("admin/pin_salt")
+            return
+        salt = secrets.token_hex(16)
+        self._q.setValue("admin/pin_salt", salt)
+        self._q.setValue("admin/pin_hash", _pin_hash(pin, salt))
+
+    def check_pin(self, pin: str) -> bool:
+        stored = self._str("admin/pin_hash")
+        if not stored:
+            return True
+        return hmac.compare_digest(stored, _pin_hash(pin, self._str("admin/pin_salt")))
+
     @property
     def retention_days(self) -> int:
         """Batches older than this many days are deleted at start-up (0: keep them all)."""
@@ -137,3 +162,7 @@ class AppSettings:
 
     def set_window_state(self, value: QByteArray) -> None:
         self._q.setValue("window/state", value)
+
+
+def _pin_hash(pin: str, salt: str) -> str:
+    return hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt.encode("ascii"), 200_000).hex()

@@ -35,11 +35,32 @@ class SettingsDialog(QDialog):
         note.setWordWrap(True)
         note.setForegroundRole(self.palette().ColorRole.PlaceholderText)
 
+        self.pin = QLineEdit(self)
+        self.pin.setEchoMode(QLineEdit.EchoMode.Password)
+        self.pin.setMaxLength(32)
+        if settings.has_pin:
+            self.pin.setPlaceholderText("enter the current PIN to remove the lock")
+        else:
+            self.pin.setPlaceholderText("set a PIN to lock the operating point")
+        self.remove_pin = QCheckBox("Remove the PIN lock", self)
+        self.remove_pin.setVisible(settings.has_pin)
+        self.pin_note = QLabel(
+            "An administrator's PIN locks the operating point (thresholds per model): it can "
+            "then be changed only after entering the PIN. A programme can instead deploy a "
+            "read-only policy file (see the README).",
+            self,
+        )
+        self.pin_note.setWordWrap(True)
+        self.pin_note.setForegroundRole(self.palette().ColorRole.PlaceholderText)
+
         form = QFormLayout()
         form.addRow("Clinic name", self.clinic)
         form.addRow("Operator", self.operator)
         form.addRow("", self.identifiers)
         form.addRow("", note)
+        form.addRow("Administrator PIN", self.pin)
+        form.addRow("", self.remove_pin)
+        form.addRow("", self.pin_note)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self
         )
@@ -54,5 +75,13 @@ class SettingsDialog(QDialog):
         self._settings.clinic_name = self.clinic.text().strip()
         self._settings.operator = self.operator.text().strip()
         self._settings.include_identifiers = self.identifiers.isChecked()
+        pin = self.pin.text()
+        if self._settings.has_pin and self.remove_pin.isChecked():
+            if not self._settings.check_pin(pin):
+                self.pin_note.setText("Wrong PIN: the lock stays. Nothing was saved.")
+                return
+            self._settings.set_pin("")
+        elif pin and not self._settings.has_pin:
+            self._settings.set_pin(pin)
         self._settings.sync()
         super().accept()
