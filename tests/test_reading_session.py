@@ -180,6 +180,22 @@ def test_a_reading_session_end_to_end(qtbot, session, clinic_folder: Path, tmp_p
     assert "Agree" in page1 and "Needs follow-up" in page1
     assert "CT advised, old films requested" in re.sub(r"\s+", " ", everything)
     assert "KW-2291" not in everything  # identifiers are off by default
+    # the CSV beside it carries the decisions and the plain quality codes
+    import csv
+
+    with out.with_suffix(".csv").open(encoding="utf-8-sig", newline="") as handle:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
+    second_row = rows[Path(second.file).name]
+    assert second_row["reader_decision"] == "follow_up"
+    assert second_row["reader_note"] == "CT advised, old films requested"
+    assert second_row["reader"] == "Dr A. Mwangi"
+    assert rows[Path(first.file).name]["reader_decision"] == "agree"
+    assert (rows["photo.jpg"]["quality"], rows["photo.jpg"]["quality_text"]) == (
+        "not_medical",
+        "photo or document",
+    )
+    assert rows["damaged.png"]["quality"] == "damaged"
+    assert "KW-2291" not in out.with_suffix(".csv").read_text(encoding="utf-8-sig")
 
 
 def test_the_window_fits_the_screen_and_shows_25_rows(qtbot, tmp_path: Path, stand_in_models):

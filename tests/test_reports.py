@@ -300,7 +300,8 @@ def test_csv_has_the_documented_columns_and_values(scan_results, tmp_path):
     assert CSV_COLUMNS == (
         "file", "sha256", "status", "reason", "error_code", "modality", "modality_score",
         "tb_score", "tb_flag", "pneumonia_score", "pneumonia_flag", "patient_group",
-        "patient_group_source", "outside_scope", "operating_point", "warnings", "screened_at",
+        "patient_group_source", "outside_scope", "quality", "quality_text", "reader_decision",
+        "reader_note", "reader", "decided_at", "operating_point", "warnings", "screened_at",
         "models",
     )  # fmt: skip
     rows = _read_csv(path)

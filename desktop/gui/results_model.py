@@ -566,7 +566,11 @@ class ResultsProxy(QSortFilterProxyModel):
         """The Attention column sorts by the engine's triage key; others by SortRole."""
         model = self.sourceModel()
         if isinstance(model, ResultsModel) and model.column_kind(left.column()) is Column.TRIAGE:
-            return model.triage_key(left.row()) < model.triage_key(right.row())
+            # the row breaks ties, so equal keys keep the folder's order however rows arrive
+            return (model.triage_key(left.row()), left.row()) < (
+                model.triage_key(right.row()),
+                right.row(),
+            )
         return super().lessThan(left, right)
 
     def set_filter(self, value: Filter) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.paths import display_path
+from desktop.engine.quality import quality_of
 from desktop.engine.reports._common import (
     EXCEL_CELL_CHARS,
     atomic_open,
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 _HEAD = ("file", "sha256", "status", "reason", "error_code", "modality", "modality_score")
 #: the scan's patient group, where it came from, and every model it was outside the scope of
 _SCOPE = ("patient_group", "patient_group_source", "outside_scope")
+#: the plain quality code and words of a refused or failed scan, and the reader's decision
+_READING = ("quality", "quality_text", "reader_decision", "reader_note", "reader", "decided_at")
 _TAIL = ("operating_point", "warnings", "screened_at", "models")
 _IDENTIFIER_COLUMNS = ("patient_name", "patient_id")
 
@@ -48,6 +51,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "pneumonia_score",
     "pneumonia_flag",
     *_SCOPE,
+    *_READING,
     *_TAIL,
 )
 
@@ -64,7 +68,7 @@ def csv_columns(ctx: ReportContext) -> tuple[str, ...]:
     extra = _IDENTIFIER_COLUMNS if ctx.include_identifiers else ()
     # developer option only: the column is there exactly when a model was not verified
     unsigned = ("unsigned_models",) if ctx.unsigned_models else ()
-    return (*_HEAD, *findings, *_SCOPE, *_TAIL, *extra, *unsigned)
+    return (*_HEAD, *findings, *_SCOPE, *_READING, *_TAIL, *extra, *unsigned)
 
 
 def safe_cell(text: str) -> str:
@@ -104,13 +108,26 @@ def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]
         "" if group is None or group.group is None else group.group.value,
         "" if group is None or group.group is None else group.source.value,
         safe_cell("; ".join(v.reason for v in scan_scope(result, ctx).values())),
+    ]
+    quality = quality_of(result)
+    decision = ctx.decision_of(result)
+    row += [
+        "" if quality is None else str(quality.code),
+        "" if quality is None else quality.text,
+        "" if decision is None else str(decision.decision),
+        "" if decision is None else safe_cell(decision.note),
+        "" if decision is None else safe_cell(decision.reader),
+        "" if decision is None else decision.decided_at,
+    ]
+    row += [
         op_label,
         safe_cell("; ".join(result.warnings)),
         result.screened_at,
         safe_cell(result.models_key),
     ]
     if ctx.include_identifiers:
-        row += [safe_cell(text) for text in identifiers(result)]
+        name, _ = identifiers(result)
+        row += [safe_cell(name), safe_cell(ctx.patient_id_of(result))]  # typed ID if none
     if ctx.unsigned_models:
         row.append("; ".join(ctx.unsigned_models))
     return row
@@ -197,12 +214,16 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
             "flag": flags.get(mid),
         }
     metadata = result.metadata if ctx.include_identifiers else result.public_metadata()
+    if ctx.include_identifiers and ctx.patient_id_of(result) and not metadata.get("patient_id"):
+        metadata = {**metadata, "patient_id": ctx.patient_id_of(result)}  # typed in the viewer
     group = scan_group(result, ctx)
     outside = scan_scope(result, ctx)
     for mid, verdict in outside.items():
         if mid in findings:
             findings[mid]["outside_scope"] = verdict.reason
     estimate = result.group_estimate
+    quality = quality_of(result)
+    decision = ctx.decision_of(result)
     return {
         "file": display_path(result.file),
         # The exact bytes of a name that is not valid Unicode (hex), so a program can open it.
@@ -227,6 +248,16 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
             else {**estimate.as_dict(), "group": estimate.group.value},
         },
         "outside_scope": {mid: v.reason for mid, v in outside.items()},
+        "quality": None if quality is None else {"code": str(quality.code), "text": quality.text},
+        "reader_decision": None
+        if decision is None
+        else {
+            "decision": str(decision.decision),
+            "text": decision.text,
+            "note": decision.note,
+            "reader": decision.reader,
+            "decided_at": decision.decided_at,
+        },
         "warnings": list(result.warnings),
         "metadata": _jsonable(metadata),
         "models_key": result.models_key,
