@@ -35,7 +35,7 @@ from pathlib import Path
 
 from desktop.engine.budget import PixelBudget
 from desktop.engine.clock import now_iso
-from desktop.engine.cores import CoreBudget, available_cores
+from desktop.engine.cores import CoreBudget, available_cores, release_free_memory
 from desktop.engine.discovery import Discovered, discover
 from desktop.engine.errors import BatchError, ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.inference import CUDA, default_threads, inference_slots
@@ -240,6 +240,7 @@ class BatchRunner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             inference.shutdown(wait=True, cancel_futures=True)
+            release_free_memory()  # the reports written next need not sit on the batch's heap
             summary.cancelled = not finished
             summary.elapsed_s = time.perf_counter() - started
             status = BatchStatus.COMPLETED if finished else BatchStatus.CANCELLED
