@@ -1,65 +1,114 @@
-"""Peak memory of the batch runner as a folder grows to 10,000 scans.
+"""Peak memory of ``medscreen classify`` with every report, as a folder grows to 20,000 scans.
 
-Copies the real chest X-rays of ``tests/data`` (224–299 px, PNG and JPEG) into folders of
-``--small`` and ``--large`` files, each copy made unique by trailing bytes so the store cannot
-reuse a result, then screens each folder end-to-end in a fresh process and prints its peak
-resident memory. Flat memory means the runner streams: nothing per scan is kept.
+Copies small real chest X-ray PNGs (the NLM tuberculosis sets, 299×299, from
+``/work/shared/data``, or the fixtures in ``tests/data``) into folders of each size, every copy
+made unique by trailing bytes so the store cannot reuse a result, then runs, each in a fresh
+process, and prints the peak resident memory (the kernel's ``ru_maxrss`` of that process):
 
-Usage: ``python benchmarks/bench_memory.py [--small 1000] [--large 10000] [--models DIR]``.
+* ``classify FOLDER --report pdf,csv,json`` — screening, then results.csv/json and the three
+  reports, the whole command a clinic runs;
+* ``export BATCH --report pdf,csv,json`` — the same outputs written again from the store
+  alone, the report writers' own peak.
+
+Flat memory means nothing per scan is kept: the figures should not grow with the folder.
+
+Usage: ``python benchmarks/bench_memory.py [--sizes 1000,5000,20000] [--models DIR]``.
+It prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_throughput import REPO, measure
+REPO = Path(__file__).resolve().parents[1]
+NLM = Path("/work/shared/data/tb/nlm_299")
+
+
+def sources() -> list[Path]:
+    found = sorted(NLM.rglob("*.png")) if NLM.is_dir() else []
+    return found or sorted((REPO / "tests" / "data" / "tb").rglob("*.png"))
 
 
 def build(folder: Path, count: int) -> None:
-    sources = sorted(
-        p
-        for p in (REPO / "tests" / "data").rglob("*")
-        if p.suffix in (".png", ".jpeg") and ("tb" in p.parts or "pneumonia" in p.parts)
-    )
-    blobs = [(p.suffix, p.read_bytes()) for p in sources]
+    blobs = [p.read_bytes() for p in sources()]
     for i in range(count):
-        suffix, data = blobs[i % len(blobs)]
         sub = folder / f"d{i // 500:03d}"  # clinics keep exports in many sub-folders
         sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"scan_{i:05d}{suffix}").write_bytes(data + f"medscreen-bench-{i}".encode())
+        data = blobs[i % len(blobs)] + f"medscreen-bench-{i}".encode()
+        (sub / f"scan_{i:05d}.png").write_bytes(data)
+
+
+def run(args: list[str]) -> tuple[float, float, str]:
+    """Run ``medscreen ARGS`` in a fresh process: (peak RSS in MB, seconds, stdout+stderr)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "desktop", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    output = proc.stdout.read() if proc.stdout else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"medscreen {' '.join(args)} failed:\n{output[-3000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, output
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=1000)
-    parser.add_argument("--large", type=int, default=10000)
-    parser.add_argument("--models", type=Path, action="append", default=None)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--sizes", default="1000,5000,20000")
+    parser.add_argument("--models", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="build/reuse folders here")
+    parser.add_argument("--no-export", action="store_true", help="skip the export runs")
     args = parser.parse_args()
-    models = args.models or [REPO / "assets" / "models"]
-    root = Path(tempfile.mkdtemp(prefix="medscreen-mem-"))
-    for label, count in (("small", args.small), ("large", args.large)):
-        build(root / label, count)
-    print(f"cores: {os.cpu_count()}, decoder threads: {args.workers}")
-    runs = {}
-    for label in ("small", "large"):
-        start = time.perf_counter()
-        runs[label] = measure("e2e", root / label, root / f"{label}.sqlite3", models, args.workers)
-        run = runs[label]
-        print(
-            f"{run['scans']:>6} scans: {run['scans_per_s']:6.1f} scans/s, "
-            f"peak RSS {run['peak_rss_mb']:6.0f} MB ({time.perf_counter() - start:.0f} s)"
-        )
-    growth = runs["large"]["peak_rss_mb"] - runs["small"]["peak_rss_mb"]
-    extra = runs["large"]["scans"] - runs["small"]["scans"]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="medscreen-mem-"))
+    models = ["--models", str(args.models)] if args.models else []
     print(
-        f"peak RSS growth: {growth:+.0f} MB for {extra} more scans "
-        f"({growth * 1024 / max(extra, 1):+.1f} kB per scan)"
+        f"cores: {len(os.sched_getaffinity(0))}; scans: {len(sources())} real 299×299 chest "
+        f"X-ray PNGs, copied; reports: pdf, csv, json (plus results.csv/json)"
     )
+    print(f"{'scans':>7} {'classify peak':>14} {'time':>8} {'export peak':>12} {'time':>7}  pdf")
+    for size in sizes:
+        folder = root / f"scans_{size}"
+        if not folder.is_dir():
+            build(folder, size)
+        db, out = root / f"results_{size}.sqlite3", root / f"out_{size}"
+        for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        common = ["--db", str(db), "--report", "pdf,csv,json", "--quiet", *models]
+        peak, seconds, _ = run(["classify", str(folder), "--out", str(out), *common])
+        history = subprocess.run(
+            [sys.executable, "-m", "desktop", "history", "--db", str(db)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        batch = next(line.split()[0] for line in history.splitlines() if line.strip())
+        again = root / f"again_{size}"
+        shutil.rmtree(again, ignore_errors=True)
+        export_peak = export_s = float("nan")
+        if not args.no_export:
+            export_peak, export_s, _ = run(["export", batch, "--out", str(again), *common])
+        pdf = out / "report.pdf"
+        volumes = len(list(out.glob("report*.pdf")))
+        print(
+            f"{size:>7,} {peak:>11.0f} MB {seconds:>7.0f}s {export_peak:>9.0f} MB "
+            f"{export_s:>6.0f}s  {pdf.stat().st_size / 2**20:.1f} MB"
+            + (f" + {volumes - 1} continuation files" if volumes > 1 else "")
+        )
+        shutil.rmtree(again, ignore_errors=True)
 
 
 if __name__ == "__main__":
