@@ -153,3 +153,52 @@ def test_real_refusals_and_errors_read_plainly(screened: dict[str, ScanResult]) 
     cat = quality_of(screened["cat.jpg"])
     assert cat is not None and cat.code is QualityCode.NOT_MEDICAL
     assert "out-of-distribution score" in cat.detail
+
+
+def test_the_report_ranks_and_flags_a_scan_outside_scope_the_same_everywhere(tmp_path) -> None:
+    """A child's scan with a TB score past the threshold: TB is adults-only, so no TB flag in
+    the triage order, the ranked list, the table of every scan or the counts."""
+    import shutil as _shutil
+    import subprocess
+    from datetime import UTC, datetime
+
+    from desktop.engine.manifest import read_manifest
+    from desktop.engine.reports import ReportContext, write_pdf
+    from desktop.engine.results import ThresholdChoice
+
+    if _shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler) is needed to read the report")
+    assets = Path(__file__).resolve().parents[1] / "assets" / "models"
+    manifests = {m: read_manifest(assets / f"{m}.json") for m in ("modality", "tb", "pneumonia")}
+    child = ScanResult(
+        file="/clinic/child_PA.png",
+        sha256="c" * 64,
+        status=ScanStatus.OK,
+        modality="CXR",
+        findings={
+            "tb": FindingResult("tb", "tb@1", 0.95, {}),
+            "pneumonia": FindingResult("pneumonia", "pn@1", 0.05, {}),
+        },
+        metadata={"patient_age": "004Y", "view_position": "PA"},
+    )
+    adult = replace_file(child, "/clinic/adult_PA.png", age="045Y", tb=0.90)
+    ctx = ReportContext("b", datetime(2026, 12, 1, tzinfo=UTC), "t", manifests,
+                        ThresholdChoice.parse("screening"), "CPU")  # fmt: skip
+    path = write_pdf([child, adult], ctx, tmp_path / "r.pdf")
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "Scans needing attention (1)" in text
+    ranked = text[text.index("Scans needing attention") : text.index("Flagged scans (1)")]
+    assert "adult_PA.png" in ranked and "child_PA.png" not in ranked
+    table = text[text.index("All scans (2)") :]
+    child_line = next(line for line in table.splitlines() if "child_PA.png" in line)
+    assert "outside" in child_line and "YES" not in child_line
+
+
+def replace_file(result: ScanResult, file: str, age: str, tb: float) -> ScanResult:
+    from dataclasses import replace
+
+    findings = dict(result.findings)
+    findings["tb"] = FindingResult("tb", "tb@1", tb, {})
+    return replace(result, file=file, sha256="a" * 64, findings=findings,
+                   metadata={"patient_age": age, "view_position": "PA"})  # fmt: skip

@@ -686,8 +686,9 @@ def _ranked_list(
 class _Ranked:
     """One scan's place in the triage order, with what the report shows of it.
 
-    Flagged scans keep their result (their pages draw heatmaps); the others keep a result
-    stripped of metadata and activations, so a 20,000-scan report holds no images or maps.
+    Flagged scans keep their class maps (their pages draw heatmaps); the others drop them.
+    No record holds an image. The metadata stays: the scope rule reads the patient's age and
+    the view from it, and a scan's flags must come out the same on every page.
     """
 
     key: TriageKey
@@ -719,11 +720,14 @@ def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> list[_Ranked]:
         if key.group is not TriageGroup.FLAGGED:
             findings = {m: replace(f, activation=None, probabilities={})
                         for m, f in result.findings.items()}  # fmt: skip
-            metadata = result.metadata if ctx.include_identifiers else {}
-            kept = replace(result, findings=findings, metadata=metadata, thumbnail_png=None,
+            kept = replace(result, findings=findings, thumbnail_png=None,
                            modality_probabilities={})  # fmt: skip
-        elif fetchable:
-            kept = replace(result, thumbnail_png=None)
+        else:  # a flagged scan keeps its class maps (heatmaps) and, if fetchable, no image
+            kept = replace(
+                result,
+                modality_probabilities={},
+                thumbnail_png=None if fetchable else result.thumbnail_png,
+            )
         lines.append(_Ranked(key, kept, ctx.decision_of(result)))
     lines.sort(key=lambda line: line.key)  # stable: equal keys keep the folder's order
     for rank, line in enumerate(lines, start=1):
@@ -910,7 +914,7 @@ def _flagged_section(
             heat = _jpeg(overlay(grey, cam, REPORT_OPACITY))
             images.append([_image_flowable(heat, box, box), caption])
     else:
-        images.append([Paragraph("no thumbnail stored", st["muted"]), ""])
+        images.append([Paragraph("no thumbnail stored", st["muted"])])
 
     title = Paragraph(
         f"<b>#{number}</b> · {_t(shorten(_display_name(result.file, common), 110))}", st["base"]
