@@ -242,3 +242,40 @@ def test_history_from_the_window_names_the_operator(qtbot, session, clinic_folde
     assert dialog.table.item(0, cols.index("Screened")).text() == "18"
     assert dialog.retention.value() == 90
     dialog.close()
+
+
+def test_sort_and_column_widths_persist(qtbot, tmp_path: Path, stand_in_models, chest_folder):
+    settings = AppSettings(tmp_path / "settings.ini")
+
+    def open_window(store: ResultsStore) -> MainWindow:
+        window = MainWindow(settings=settings, store=store, model_dirs=[stand_in_models])
+        qtbot.addWidget(window)
+        window.show()
+        with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
+            window.start()
+        return window
+
+    store = ResultsStore(tmp_path / "results.sqlite3")
+    try:
+        window = open_window(store)
+        header = window.view.horizontalHeader()
+        assert header.sortIndicatorSection() == window.model.column_of(Column.TRIAGE)
+        score = window.model.column_of(Column.SCORE, "tb")
+        window.view.sortByColumn(score, Qt.SortOrder.DescendingOrder)
+        header.resizeSection(window.model.column_of(Column.FILE), 333)
+        window.close()
+        window = open_window(store)
+        header = window.view.horizontalHeader()
+        assert header.sortIndicatorSection() == score
+        assert header.sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
+        assert header.sectionSize(window.model.column_of(Column.FILE)) == 333
+        with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+            window.open_paths([chest_folder / "tb"])
+        shown = [
+            window.proxy.index(r, score).data(Qt.ItemDataRole.UserRole + 1)
+            for r in range(window.proxy.rowCount())
+        ]
+        assert shown == sorted(shown, reverse=True)  # the rows follow the restored sort
+        window.close()
+    finally:
+        store.close()
