@@ -279,3 +279,30 @@ def test_sort_and_column_widths_persist(qtbot, tmp_path: Path, stand_in_models, 
         window.close()
     finally:
         store.close()
+
+
+def test_a_double_clicked_row_opens_a_viewer_that_steps(qtbot, tmp_path, stand_in_models,
+                                                        chest_folder):  # fmt: skip
+    settings = AppSettings(tmp_path / "settings.ini")
+    store = ResultsStore(tmp_path / "results.sqlite3")
+    window = MainWindow(settings=settings, store=store, model_dirs=[stand_in_models])
+    qtbot.addWidget(window)
+    try:
+        window.show()
+        with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
+            window.start()
+        with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+            window.open_paths([chest_folder / "tb"])
+        opened = []
+        window.view.open_requested.disconnect()
+        window.view.open_requested.connect(lambda r: opened.append(window.open_viewer(r)))
+        index = window.proxy.index(2, window.model.column_of(Column.FILE))
+        window.view.open_index(index)  # what a double-click or Enter does
+        viewer = opened[0]
+        assert viewer.position_label.text() == "3 of 12 in triage order"
+        assert viewer.next_button.isEnabled()
+        qtbot.waitUntil(lambda: not viewer._workers, timeout=WAIT_MS)
+        viewer.close()
+    finally:
+        window.close()
+        store.close()

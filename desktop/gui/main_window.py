@@ -809,7 +809,10 @@ class MainWindow(FileDropTarget, QMainWindow):
     # -- reading: next/previous in triage order, decisions, typed patient IDs -----------------
     def _show_reading_state(self, viewer: ScanViewer, result: ScanResult) -> None:
         order = self.triage_results()
-        here = next((i for i, r in enumerate(order) if r is result), None)
+        here = next(
+            (i for i, r in enumerate(order) if r.file == result.file and r.sha256 == result.sha256),
+            None,
+        )
         viewer.set_position(here, len(order) if here is not None else None)
         viewer.set_decision(self.model.decision_of(result))
         key = scan_key(result.sha256, result.file)
