@@ -125,6 +125,15 @@ def test_a_reading_session_end_to_end(qtbot, session, clinic_folder: Path, tmp_p
     qtbot.mouseClick(viewer.prev_button, Qt.MouseButton.LeftButton)  # wraps to the last
     assert viewer.result.file == order[-1]
     assert "damaged file" in viewer.scores.text()
+    qtbot.mouseClick(viewer.prev_button, Qt.MouseButton.LeftButton)
+    assert viewer.result.file == order[-2]  # a refused image: plain words, no modality
+    if Path(viewer.result.file).name == "photo.jpg":
+        assert "photo or document" in viewer.scores.text()
+        assert "Modality: none" in viewer.scores.text()
+    else:
+        assert "not a chest X-ray: hand" in viewer.scores.text()
+        assert "Modality: Hand" in viewer.scores.text()
+    qtbot.mouseClick(viewer.next_button, Qt.MouseButton.LeftButton)
     qtbot.mouseClick(viewer.next_button, Qt.MouseButton.LeftButton)
 
     # 4. decisions: agree on the first, needs follow-up (with a note) on the second

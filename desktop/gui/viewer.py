@@ -56,7 +56,7 @@ from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
 from desktop.engine.paths import display_path
 from desktop.engine.preprocess import activation_to_image
-from desktop.engine.quality import quality_of
+from desktop.engine.quality import quality_of, shown_modality
 from desktop.engine.results import (
     ScanResult,
     ScanStatus,
@@ -501,9 +501,16 @@ class ScanViewer(QDialog):
                 for k, v in sorted(result.modality_probabilities.items(), key=lambda kv: -kv[1])
             )
             score = "" if result.modality_score is None else f" ({result.modality_score:.3f})"
+            shown = shown_modality(result)  # none for an image refused as not medical
+            nearest = (
+                ""
+                if shown
+                else f"<small>not recognised as a medical image; the nearest class, "
+                f"{html.escape(result.modality)}, means nothing here</small><br>"
+            )
             rows.append(
-                f"<p><b>Modality: {html.escape(result.modality)}{score}</b><br>"
-                f"<small>all classes: {gate}</small></p>"
+                f"<p><b>Modality: {html.escape(shown or 'none')}{score if shown else ''}</b><br>"
+                f"{nearest}<small>all classes: {gate}</small></p>"
             )
         if result.ood_score is not None:
             rows.append(f"<p><small>out-of-distribution score {result.ood_score:.3f}</small></p>")
