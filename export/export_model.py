@@ -61,6 +61,7 @@ def build_function(model: Any, info: dict[str, Any], ood: dict[str, np.ndarray] 
         chol_np = ood["chol"].astype(np.float32)
         means_np = (ood["means"] @ ood["chol"]).astype(np.float32)
         floor = float(ood["std_floor"]) if "std_floor" in ood else None
+        scale_np = ood["scale"].astype(np.float32) if "scale" in ood else None
     signature = [tf.TensorSpec([None, *spec.input_shape], tf.float32, name="image")]
 
     @tf.function(input_signature=signature)
@@ -73,7 +74,10 @@ def build_function(model: Any, info: dict[str, Any], ood: dict[str, np.ndarray] 
             z = tf.matmul(gap, tf.constant(chol_np))
             means_t = tf.constant(means_np)
             d2 = tf.reduce_sum(tf.square(z[:, None, :] - means_t[None, :, :]), axis=-1)
-            score = tf.sqrt(tf.reduce_min(d2, axis=-1))
+            if scale_np is not None:  # per-component radius units (training.ood)
+                score = tf.reduce_min(tf.sqrt(d2) * tf.constant(scale_np)[None, :], axis=-1)
+            else:
+                score = tf.sqrt(tf.reduce_min(d2, axis=-1))
             if floor is not None:  # structure penalty (training.ood.structure_penalty)
                 mean = tf.reduce_mean(image, axis=[1, 2, 3], keepdims=True)
                 std = tf.sqrt(tf.reduce_mean(tf.square(image - mean), axis=[1, 2, 3]))

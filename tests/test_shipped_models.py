@@ -59,7 +59,10 @@ def test_manifest_verifies_and_model_matches_it(path: Path) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", manifest.version)
     assert (MODELS / manifest.card).is_file(), "model card missing"
     size = (MODELS / manifest.file).stat().st_size
-    assert size < 5_000_000, f"{manifest.file} is {size} bytes: too big to ship in git"
+    # EfficientNet-Lite0 without its ImageNet classifier is 3.4 M float32 weights (13.6 MB):
+    # the finding models' budget; the gate stays small
+    limit = 16_000_000 if manifest.role == "finding" else 5_000_000
+    assert size < limit, f"{manifest.file} is {size} bytes: too big to ship in git"
     _, session = _load(manifest.id)
     inputs = session.get_inputs()
     assert [i.name for i in inputs] == [manifest.input_name] == ["image"]
@@ -79,7 +82,7 @@ def test_manifest_verifies_and_model_matches_it(path: Path) -> None:
         assert screening.sensitivity is not None and screening.sensitivity >= 0.90
         test = manifest.metrics["test"]
         assert 0.5 < test["auc"] <= 1.0 and len(test["auc_ci95"]) == 2
-    else:
+    elif manifest.role == "modality":  # patient_group: tests/test_shipped_gate_agegroup.py
         assert manifest.labels == MODALITY_LABELS
         assert manifest.gate is not None and manifest.gate.chest_label == "CXR"
         assert manifest.ood is not None and manifest.ood.output in outputs

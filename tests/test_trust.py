@@ -257,14 +257,15 @@ def test_unsigned_models_run_only_with_the_developer_option_and_are_marked(
     out = tmp_path / "out"
     assert main([*args, "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "UNSIGNED MODELS: modality, tb, pneumonia (developer option" in err  # display order
+    assert "UNSIGNED MODELS: modality, tb, pneumonia, agegroup (developer option" in err  # order
     assert "used anyway because MEDSCREEN_ALLOW_UNSIGNED_MODELS is set" in err
 
     with (out / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and {r["unsigned_models"] for r in rows} == {"modality; pneumonia; tb"}
+    assert len(rows) == 12
+    assert {r["unsigned_models"] for r in rows} == {"modality; tb; pneumonia; agegroup"}
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert document["batch"]["unsigned_models"] == ["modality", "pneumonia", "tb"]
+    assert document["batch"]["unsigned_models"] == ["modality", "tb", "pneumonia", "agegroup"]
     assert {m["signed"] for m in document["models"].values()} == {False}
     if shutil.which("pdftotext"):
         text = subprocess.run(

@@ -38,12 +38,36 @@ def fit_mahalanobis(
     return {"means": means, "chol": chol}
 
 
-def mahalanobis_score(features: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
-    """Distance to the nearest class mean."""
+def component_distances(features: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, K) Mahalanobis distances of each feature vector to each component mean."""
     z = features.astype(np.float64) @ ood["chol"]
     m = ood["means"] @ ood["chol"]
-    d2 = ((z[:, None, :] - m[None]) ** 2).sum(-1)
-    return np.sqrt(d2.min(axis=1))
+    return np.sqrt(((z[:, None, :] - m[None]) ** 2).sum(-1))
+
+
+def mahalanobis_score(features: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
+    """Distance to the nearest component mean; with ``scale`` (K,), the smallest
+    ``distance_k * scale_k``: each component measured in units of its own radius."""
+    d = component_distances(features, ood)
+    if "scale" in ood:
+        return (d * ood["scale"][None, :]).min(axis=1)
+    return d.min(axis=1)
+
+
+def component_scales(distances: np.ndarray, components: np.ndarray, quantile: float) -> np.ndarray:
+    """``1 / radius_k``: radius = the ``quantile`` of the distances of component k's own
+    (validation) images to its mean.
+
+    Why: the components differ in spread (Montgomery's chest X-rays, one scanner but few
+    training images, lie far wider around their mean than Shenzhen's). With one threshold for
+    all, the widest component sets it and images that are near no component but inside that
+    radius of a tight one pass; in radius units every component keeps its own boundary.
+    """
+    k = distances.shape[1]
+    radius = np.array(
+        [np.quantile(distances[components == i, i], quantile, method="higher") for i in range(k)]
+    )
+    return 1.0 / radius
 
 
 #: Added to the score of an image with no structure at all (pixel std 0): far above any

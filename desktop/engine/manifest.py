@@ -63,8 +63,7 @@ from desktop.engine.trust import manifest_digest
 SCHEMA_VERSION = 1
 #: Shipped manifests are ~15 KB; a file far larger is refused before it is read whole.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-#: "patient_group": the child/adult estimate from the image (``agegroup``); valid and
-#: shipped, but not loaded by the registry until the engine uses it (issue 12).
+#: "patient_group": the child/adult estimate from the image (``agegroup``), at most one.
 ROLES = ("modality", "finding", "patient_group")
 
 
