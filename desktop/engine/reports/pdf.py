@@ -1117,7 +1117,7 @@ def iter_story(
     ``results`` is read twice (counts; the triage order) and each flagged scan's thumbnail
     is fetched when its block is made (:func:`~desktop.engine.reports.source.thumbnail_of`)
     and released with it. The order itself needs every scan's key at once: the report holds
-    one small record per scan (a result without metadata, class maps or image; flagged scans
+    one small record per scan (a result without class probabilities or image; flagged scans
     keep their class maps for the heatmaps), never the thumbnails.
     """
     results = reiterable(results)
