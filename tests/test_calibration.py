@@ -472,8 +472,8 @@ def test_cli_calibrate_writes_the_record_and_classify_uses_the_site_point(
     assert report["operating_point"]["models"]["tb"]["name"] == "screening"
     found = [row["findings"]["pneumonia"] for row in report["scans"] if row["findings"]]
     assert len(found) >= 45  # the rest were refused by the gate, as in the calibration
-    assert report["counts"]["flagged"]["pneumonia"] == sum(
-        f["probability"] >= threshold for f in found
+    assert report["counts"]["flagged"]["pneumonia"] == sum(  # outside its scope: no flag
+        f["probability"] >= threshold and "outside_scope" not in f for f in found
     )
     assert all(f["threshold"] == threshold for f in found)
     assert "Site threshold" in _pdf_text(report_dir)
