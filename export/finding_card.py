@@ -51,7 +51,7 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         {k for _, info in rows for k in info["metrics"].get("leave_one_source_out", {})}
     )
     ext_keys = sorted({k for _, info in rows for k in info["metrics"].get("external", {})})
-    head = ["run", "backbone", "recipe", "views", "contrast", "L2", "val AUC"]
+    head = ["run", "backbone", "recipe", "pooling", "views", "contrast", "L2", "val AUC"]
     head += ["val AUC " + s for s in _val_sources(rows)]
     head += [f"LOSO {k} AUC" for k in loso_keys]
     head += [f"{k} flagged (screening)" for k in ext_keys]
@@ -60,10 +60,11 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         "## Comparison runs",
         "",
         "Every run uses the same split (seed and `split.csv`), the same engine preprocessing "
-        "and the same head-fitting code; only the backbone, input size, number of views or "
-        "contrast normalisation differ. **Chosen by validation figures only**; the "
-        "leave-one-source-out, external and test columns are reported, never used to fit "
-        "or choose" + (f" (shipped: `{rows[0][0]}`, version {shipped_version})." if rows else "."),
+        "and the same head-fitting code; only the backbone, input size, pooling, number of "
+        "views or contrast normalisation differ (the L2 strength of each is chosen on its "
+        "validation split). How the shipped configuration was chosen: "
+        f"**{rows[0][1]['comparison']['selection']}**. The pooled test split and the external "
+        f"sets were never used to choose (shipped: `{rows[0][0]}`, version {shipped_version}).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -74,6 +75,7 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
             f"**{name}**" if name == rows[0][0] else name,
             c["backbone"],
             c["recipe_id"],
+            c.get("pool", "mean"),
             str(c["views"]),
             c["contrast"],
             f"{c['l2']:g}",

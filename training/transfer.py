@@ -47,6 +47,10 @@ from training.heads import LinearHead, balanced_weights, fit_logistic
 log = logging.getLogger(__name__)
 
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+SELECTION = (
+    "validation split only (AUC); test, leave-one-source-out and external figures are "
+    "reported, never used to fit or choose"
+)
 MIN_SENSITIVITY = 0.90  # the screening point's validation sensitivity floor
 OPERATING_RULE = (
     f"`screening` is the highest threshold with validation sensitivity ≥ {MIN_SENSITIVITY:.2f} "
@@ -95,6 +99,11 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-model", action="store_true", help="comparison run: figures only")
     p.add_argument("--version", default="2.0.0")
+    p.add_argument(
+        "--selection",
+        default=SELECTION,
+        help="how this configuration was chosen among the comparison runs (for the card)",
+    )
 
 
 def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
@@ -191,8 +200,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             "pool": args.pool,
             "l2": l2,
             "l2_validation_auc": l2_table,
-            "selection": "validation split only (AUC); test, leave-one-source-out and external "
-            "figures are reported, never used to fit or choose",
+            "selection": args.selection,
         },
         "training": {
             "data": task.citation,
