@@ -128,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate the model.keras already in --out instead of training",
     )
     p.add_argument(
+        "--finetune-from",
+        type=Path,
+        default=None,
+        help="run folder whose model.keras is trained further (second stage) instead of "
+        "training from scratch",
+    )
+    p.add_argument("--finetune-lr", type=float, default=3e-4)
+    p.add_argument(
         "--ood-photos",
         type=Path,
         default=None,
@@ -200,7 +208,36 @@ def main(argv: list[str] | None = None) -> int:
         model = seed_mednist_cnn(SPEC.input_shape, len(LABELS))
         recipe = "seed article: 2-conv CNN (16/32, ReLU, max-pool) + GAP + Dense softmax"
         lr, epochs = 1e-3, args.epochs or 5
-    if args.reuse_model and (run / "model.keras").exists():
+    if args.finetune_from is not None:
+        import shutil
+
+        import keras  # a second stage on a trained run's model (e.g. with more chest X-rays)
+
+        model = keras.models.load_model(args.finetune_from / "model.keras", compile=False)
+        for hist in sorted(args.finetune_from.glob("history_*.json")):
+            if hist.resolve() != (run / hist.name).resolve():
+                shutil.copyfile(hist, run / hist.name)  # the first stage's curves and epochs
+        ft_epochs = args.epochs or 2
+        recipe += (
+            f"; then fine-tuned for up to {ft_epochs} epochs at lr {args.finetune_lr:g} on the "
+            f"same data with {k_train} Kermany training images (stage 'finetune')"
+        )
+        fit(
+            model,
+            train,
+            val,
+            SPEC,
+            run,
+            epochs=ft_epochs,
+            lr=args.finetune_lr,
+            batch=args.batch,
+            class_weight=cw,
+            augment=AugmentConfig(),
+            patience=2,
+            seed=args.seed + 1,
+            stage="finetune",
+        )
+    elif args.reuse_model and (run / "model.keras").exists():
         import keras  # re-evaluate a trained run (e.g. after changing the OOD check)
 
         model = keras.models.load_model(run / "model.keras", compile=False)

@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "2c6f61e5151aa756ace5b14d45068785b54da22d0b32179a31f7cf68a04e5bfb",
- "signature": "R+MAXRl6/ATKOJui8qbAie7JC/U0aTqFgHW/DxgYKIyfWlYijo4YSqCtvzi9C77b0qKPRN464nC8DD8/BALOAQ=="
+ "manifest_sha256": "f4ca99218c89fc33a9a9c9da9b684e5124dc780a46c8d8d24a70ea8a350959e3",
+ "signature": "kyOHnU6e7SsLzW4nFB6sO3Qzr1QJmrTqtELN1CjM/tmAiKlrM6VQLuQNNcNPMn4t2jJzRx5M2Jtj478PNWiUCw=="
 }
