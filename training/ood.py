@@ -65,8 +65,15 @@ def component_scales(distances: np.ndarray, components: np.ndarray, quantile: fl
     """
     k = distances.shape[1]
     radius = np.array(
-        [np.quantile(distances[components == i, i], quantile, method="higher") for i in range(k)]
+        [
+            np.quantile(distances[components == i, i], quantile, method="higher")
+            if (components == i).any()
+            else np.nan
+            for i in range(k)
+        ]
     )
+    # a component without validation images (tiny data sets) gets the median radius
+    radius[np.isnan(radius)] = np.nanmedian(radius) if np.isfinite(radius).any() else 1.0
     return 1.0 / radius
 
 

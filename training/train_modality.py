@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     cache = args.cache or D.default_cache_dir()
     nih_root = args.nih_data or args.pneumonia_data.parent / "nih_adult_1000"
+    if args.nih_data is None and not (nih_root / "metadata.csv").is_file():
+        log.warning("no NIH chest X-rays at %s: trained without them", nih_root)
+        nih_root = None
 
     mednist = D.split_records(
         limit_per_class(D.list_mednist(args.data), args.limit, args.seed),
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows in (
             D.list_tb(args.tb_data),
             D.list_pneumonia(args.pneumonia_data),
-            list_nih(nih_root),
+            list_nih(nih_root) if nih_root is not None else [],
         )
     )
     k_train = args.kermany_train if not args.limit else args.limit
@@ -292,14 +295,22 @@ def main(argv: list[str] | None = None) -> int:
         np.concatenate([m["train"][1][sub], e["train"][1]]),
         np.concatenate([np.full(len(sub), "mednist"), e_src["train"]]),
     )
-    ood = fit_mahalanobis(feats, comps, len(COMPONENTS))
+    # components without training images (e.g. no NIH data given) are left out
+    present = sorted(set(comps.tolist()))
+    names = [COMPONENTS[i] for i in present]
+    remap = np.full(len(COMPONENTS), -1)
+    remap[present] = np.arange(len(present))
+    comps = remap[comps]
+    ood = fit_mahalanobis(feats, comps, len(present))
     ood["std_floor"] = np.array(floor)
     unscaled = dict(ood)  # one threshold in distance units, for the comparison below
     # each component in units of its own radius, measured on its validation images
     v_images = np.concatenate([m["val"][0], e["val"][0]])
-    v_comp = component_labels(
-        val[1], np.concatenate([np.full(len(m["val"][1]), "mednist"), e_src["val"]])
-    )
+    v_comp = remap[
+        component_labels(
+            val[1], np.concatenate([np.full(len(m["val"][1]), "mednist"), e_src["val"]])
+        )
+    ]
     v_dist = component_distances(
         np.concatenate([heads["m_val"]["gap"], heads["e_val"]["gap"]]), ood
     )
@@ -365,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     chest = {}
     for src in CXR_SOURCES[1:]:
         sel = e_src["test"] == src
+        if not sel.any():  # a source not given (no NIH folder): no figures, never NaN
+            continue
         pr, sc = probs["e_test"][sel], score["e_test"][sel]
         chest[src] = {
             "n": int(sel.sum()),
@@ -420,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return sets, inputs
 
     val_sets, _ = ood_set(val_files)
+    ood_heads.clear()  # from here on: the test OOD set only (used by the rule comparison)
     test_sets, ood_inputs = ood_set(
         write_ood_images(run / "ood_images", photos_dir=args.ood_photos)
     )
@@ -430,13 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         "score of a validation OOD image that the classifier calls CXR (the former alone "
         "if the two overlap)",
         "per_source_validation_quantile": per_source_quantile,
-        "components": COMPONENTS,
+        "components": names,
         "false_refusal": {
             "mednist_test": float((score["m_test"] > threshold).mean()),
             **{
                 f"{s}_test": float((v > threshold).mean())
                 for s, v in cxr_scores("test").items()
-                if s != "mednist"
+                if s != "mednist" and len(v)
             },
         },
         "ood_sets_validation": val_sets,
@@ -531,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             "output": "ood_score",
             "threshold": threshold,
             "method": "Mahalanobis distance of the GAP features to the nearest of "
-            f"{len(COMPONENTS)} component means (the five non-chest classes, and chest X-rays "
+            f"{len(names)} component means (the five non-chest classes, and chest X-rays "
             "split by source: " + ", ".join(CXR_SOURCES) + "; shared covariance, fitted on "
             "training features), each distance in units of its component's radius (the "
             f"{ACCEPT_TARGET:.1%} quantile of its validation images' distances), plus 1000 * "
