@@ -370,8 +370,8 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
         ages = "; ".join(
             f"{band}: {c['k']}/{c['n']}" for band, c in d["left_out_nih_children_by_age"].items()
         )
-        rest = min(c["rate"] for c in d["test_of_the_rest"].values())
-        lines.append(f"| {name} | {left} | {ages or '–'} | {rest:.3f} |")
+        rest = min((c["rate"] for c in d["test_of_the_rest"].values()), default=None)
+        lines.append(f"| {name} | {left or '–'} | {ages or '–'} | {_f(rest)} |")
     comp = met.get("comparison", {})
     if comp:
         lines += [

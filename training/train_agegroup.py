@@ -171,7 +171,13 @@ def fixture_names(repo: Path) -> set[str]:
     return {p.name for p in (repo / "tests" / "data").rglob("*") if p.is_file()}
 
 
-def list_items(data: Path, seed: int, held_out: set[str], kermany_train: int) -> list[Item]:
+def list_items(
+    roots: tuple[Path, Path, Path | None],
+    seed: int,
+    held_out: set[str],
+    kermany_train: int,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+) -> list[Item]:
     """All chest X-rays with child/adult labels and the finding models' seeded splits.
 
     The split is computed on the *disease* labels exactly as the TB/pneumonia runs do, then
@@ -182,13 +188,12 @@ def list_items(data: Path, seed: int, held_out: set[str], kermany_train: int) ->
     """
     from training.nih import list_nih_images
 
-    tb = D.split_records(D.list_tb(data / "tb" / "nlm_299"), SPLIT_FRACTIONS, seed)
-    pn = D.split_records(
-        D.list_pneumonia(data / "pneumonia" / "kermany224_train"), SPLIT_FRACTIONS, seed
-    )
-    nih_images = list_nih_images(data / "pneumonia" / "nih_adult_1000")
+    tb_root, pn_root, nih_root = roots
+    tb = D.split_records(D.list_tb(tb_root), fractions, seed)
+    pn = D.split_records(D.list_pneumonia(pn_root), fractions, seed)
+    nih_images = list_nih_images(nih_root) if nih_root is not None else []
     nih = D.split_records(
-        [D.Record(r.path, r.label, r.patient, "nih") for r in nih_images], SPLIT_FRACTIONS, seed
+        [D.Record(r.path, r.label, r.patient, "nih") for r in nih_images], fractions, seed
     )
     ages = {r.path: r.age for r in nih_images}
     items = [Item(replace(r, label=0), None) for r in tb]
@@ -363,7 +368,8 @@ def choose_threshold(items: Sequence[Item], p: np.ndarray, min_n: int = 15) -> f
     best: tuple[float, float, float] | None = None
     chosen = 0.5
     for t in np.round(np.arange(0.02, 0.99, 0.01), 2):
-        accs = [c["rate"] for c in cell_accuracy(items, p, float(t), min_n).values()]
+        cells = cell_accuracy(items, p, float(t), min_n) or cell_accuracy(items, p, float(t))
+        accs = [c["rate"] for c in cells.values()]
         key = (min(accs), float(np.mean(accs)), -abs(float(t) - 0.5))
         if best is None or key > best:
             best, chosen = key, float(t)
@@ -428,6 +434,21 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated candidates, compared on validation (pixels32, mobilenet025, lite0)",
     )
     p.add_argument("--aug-copies", type=int, default=2, help="augmented views per train image")
+    p.add_argument("--tb-data", type=Path, default=None, help="default: <data>/tb/nlm_299")
+    p.add_argument(
+        "--pneumonia-data",
+        type=Path,
+        default=None,
+        help="default: <data>/pneumonia/kermany224_train",
+    )
+    p.add_argument(
+        "--nih-data", type=Path, default=None, help="default: <data>/pneumonia/nih_adult_1000"
+    )
+    p.add_argument(
+        "--keep-fixtures",
+        action="store_true",
+        help="do not hold the test-suite fixture images out (smoke runs on the fixtures)",
+    )
     p.add_argument("--kermany-train", type=int, default=1500)
     p.add_argument("--weights", type=Path, default=None, help="ImageNet weights folder")
     args = p.parse_args(argv)
@@ -442,7 +463,19 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     cache = args.cache or D.default_cache_dir()
 
-    items = list_items(args.data, args.seed, fixture_names(repo), args.kermany_train)
+    nih_root = args.nih_data or args.data / "pneumonia" / "nih_adult_1000"
+    if args.nih_data is None and not (nih_root / "metadata.csv").is_file():
+        log.warning("no NIH chest X-rays at %s: no NIH adults or children", nih_root)
+        nih_root = None
+    roots = (
+        args.tb_data or args.data / "tb" / "nlm_299",
+        args.pneumonia_data or args.data / "pneumonia" / "kermany224_train",
+        nih_root,
+    )
+    held_out = set() if args.keep_fixtures else fixture_names(repo)
+    items = list_items(
+        roots, args.seed, held_out, args.kermany_train, args.fractions or SPLIT_FRACTIONS
+    )
     if args.limit:
         rng = np.random.default_rng(args.seed)
         keep = []
@@ -486,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda s=s, model=model, bb=bb: extract(model, grey[s], bb.spec),
             )
             for s in grey
+            if len(grey[s])
         }
         for s in aug:
             f[f"aug_{s}"] = cached_features(
@@ -506,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             "threshold": head.threshold,
             "validation": head.validation,
             "validation_worst_cell": min(
-                c["rate"] for c in head.validation["cells"].values() if c["n"] >= 15
+                [c["rate"] for c in head.validation["cells"].values() if c["n"] >= 15]
+                or [c["rate"] for c in head.validation["cells"].values()]
             ),
         }
         log.info("%s validation %s", name, comparison[name]["validation"]["cells"])
@@ -556,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         "fixtures": {
             it.rec.path.name: {"group": LABELS[it.rec.label], "p_child": round(float(q), 4)}
             for it, q in zip(split["fixture"], probs(head, f["fixture"]), strict=True)
-        },
+        }
+        if "fixture" in f
+        else {},
     }
 
     # NIH children by age band (test split), and every NIH child in the leave-out design
