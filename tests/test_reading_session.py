@@ -315,3 +315,45 @@ def test_a_double_clicked_row_opens_a_viewer_that_steps(qtbot, tmp_path, stand_i
     finally:
         window.close()
         store.close()
+
+
+def test_the_window_fits_at_150_percent_scaling(tmp_path: Path):
+    """A 1366×768 screen at QT_SCALE_FACTOR=1.5 (911×512 logical pixels), in a child process:
+    the factor and the screen are read when Qt starts."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "from desktop.gui.main_window import MainWindow\n"
+        "from desktop.gui.settings import AppSettings\n"
+        "from desktop.engine.store import ResultsStore\n"
+        "app = QApplication([])\n"
+        "tmp = Path(sys.argv[1])\n"
+        "store = ResultsStore(tmp / 'r.sqlite3')\n"
+        "w = MainWindow(settings=AppSettings(tmp / 's.ini'), store=store)\n"
+        "w.show()\n"
+        "for _ in range(20): app.processEvents()\n"
+        "a = w.screen().availableGeometry(); f = w.frameGeometry()\n"
+        "print(json.dumps({'area': [a.x(), a.y(), a.width(), a.height()],\n"
+        "                  'frame': [f.x(), f.y(), f.width(), f.height()],\n"
+        "                  'inside': a.contains(f), 'dpr': w.devicePixelRatioF()}))\n"
+        "w.close(); store.close()\n"
+    )
+    screen = tmp_path / "screen.json"  # the offscreen platform as a 1366×768 laptop screen
+    screen.write_text(json.dumps({"screens": [{"name": "laptop", "x": 0, "y": 0,
+                                               "width": 1366, "height": 768,
+                                               "logicalDpi": 96}]}))  # fmt: skip
+    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={screen}",
+           "QT_SCALE_FACTOR": "1.5", "MEDSCREEN_HOME": str(tmp_path / "home")}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True, text=True, check=True, env=env, timeout=120,
+    ).stdout  # fmt: skip
+    facts = json.loads(out.strip().splitlines()[-1])
+    assert facts["dpr"] == 1.5
+    assert facts["area"] == [0, 0, 911, 512]  # 1280×800 does not fit this screen...
+    assert facts["inside"], facts  # ...and the window was fitted into it
