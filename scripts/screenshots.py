@@ -94,6 +94,9 @@ def main() -> int:
     parser.add_argument(
         "--reading", action="store_true", help="a reading session on a 1366×768 screen"
     )
+    parser.add_argument(
+        "--models", type=Path, default=None, help="model folder (default: the bundled models)"
+    )
     args = parser.parse_args()
     suffix = ("_dark" if args.dark else "") + (f"_{args.scale:g}x" if args.scale != 1 else "")
     if args.scale != 1:
@@ -112,7 +115,9 @@ def main() -> int:
     app = create_app(["medscreen-screenshots"])
     if args.dark:
         _use_dark_palette(app)
-    dirs, which = _model_dirs(work)
+    dirs, which = (
+        ([args.models], "models in " + str(args.models)) if args.models else _model_dirs(work)
+    )
     args.out.mkdir(parents=True, exist_ok=True)
 
     def wait(signal: object, timeout_ms: int = 120_000) -> list[object]:
