@@ -47,7 +47,8 @@ def test_history_merges_reruns_counts_and_deletes(tmp_path: Path, models) -> Non
         monday = next(r for r in rows if r.folder == str(tb))
         assert monday.batch_ids == (second, first) and monday.runs == 2
         assert monday.operators == ("Nurse Otieno", "Nurse Achieng")
-        assert "tb 1.0.0" in monday.model_versions()
+        for manifest in models.manifests.values():  # every model of the set, with its version
+            assert f"{manifest.id} {manifest.version}" in monday.model_versions()
         expected = BatchCounts.of(store.batch_results(second), models.manifests, choice)
         assert monday.counts == expected and monday.counts.total == 12  # not 24
         tuesday = next(r for r in rows if r.folder == str(other))
