@@ -509,8 +509,7 @@ def _cover(
     story += _scope_note(ctx, counts, st)
     story += _models_and_thresholds(ctx, st, fonts)
     story += _sign_off(st, fonts)
-    story += _ranked_list(ctx, ranked, common, st, fonts)
-    return story
+    return story  # the ranked list follows (iter_story), made a table chunk at a time
 
 
 def _short(manifest: ModelManifest) -> str:
@@ -633,35 +632,50 @@ def _ranked_list(
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
-) -> list[Flowable]:
-    """The flagged scans in triage order, one line each: rank, file, flags, decision."""
+) -> Iterator[Flowable]:
+    """The flagged scans in triage order, one line each: rank, file, flags, decision.
+
+    Made :data:`TABLE_CHUNK` rows per table as the pages fill: a table of 16,000 flagged
+    scans made at once held hundreds of MB of cells (20,000-scan batch, measured).
+    """
     regular, bold = fonts
     flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
-    story: list[Flowable] = [
-        Paragraph(f"Scans needing attention ({len(flagged)}), in triage order", st["h2"])
-    ]
+    yield Paragraph(f"Scans needing attention ({len(flagged)}), in triage order", st["h2"])
     if not flagged:
-        story.append(
-            Paragraph(
-                "No scan reached a threshold. This does not rule out disease: every scan "
-                "still needs a clinician's reading.",
-                st["base"],
-            )
+        yield Paragraph(
+            "No scan reached a threshold. This does not rule out disease: every scan "
+            "still needs a clinician's reading.",
+            st["base"],
         )
-        return story
-    story.append(
-        Paragraph(
-            "Flagged scans, the furthest past a threshold first: “+75 %” means the score has "
-            "gone 75 % of the way from the model's threshold to 1. The numbers (#) are the "
-            "triage order; the per-scan pages that follow use them.",
-            st["muted"],
-        )
+        return
+    yield Paragraph(
+        "Flagged scans, the furthest past a threshold first: “+75 %” means the score has "
+        "gone 75 % of the way from the model's threshold to 1. The numbers (#) are the "
+        "triage order; the per-scan pages that follow use them.",
+        st["muted"],
     )
     width = PAGE[0] - 2 * MARGIN
-    rows: list[list[Any]] = [
-        [Paragraph(h, st["cell_head"]) for h in ("#", "File", "Flagged by", "Reader decision")]
-    ]
+
+    def header() -> list[list[Any]]:
+        heads = ("#", "File", "Flagged by", "Reader decision")
+        return [[Paragraph(h, st["cell_head"]) for h in heads]]
+
+    def table(rows: list[list[Any]]) -> LongTable:
+        made = LongTable(rows, colWidths=[9 * mm, 86 * mm, 61 * mm, width - 156 * mm],
+                         repeatRows=1, hAlign="LEFT")  # fmt: skip
+        made.setStyle(
+            TableStyle(
+                [*_grid_style(regular, bold, 7.5), ("ALIGN", (0, 1), (0, -1), "RIGHT"),
+                 ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+            )
+        )  # fmt: skip
+        return made
+
+    rows = header()
     for line in flagged:
+        if len(rows) > TABLE_CHUNK:
+            yield table(rows)
+            rows = header()
         rows.append(
             [
                 str(line.rank),
@@ -670,16 +684,7 @@ def _ranked_list(
                 Paragraph(_t(line.decision.text if line.decision else "—"), st["cell"]),
             ]
         )
-    table = LongTable(rows, colWidths=[9 * mm, 86 * mm, 61 * mm, width - 156 * mm],
-                      repeatRows=1, hAlign="LEFT")  # fmt: skip
-    table.setStyle(
-        TableStyle(
-            [*_grid_style(regular, bold, 7.5), ("ALIGN", (0, 1), (0, -1), "RIGHT"),
-             ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
-        )
-    )  # fmt: skip
-    story.append(table)
-    return story
+    yield table(rows)
 
 
 @dataclass
@@ -1127,6 +1132,7 @@ def iter_story(
     ranked = _rank(results, ctx) if ranked is None else ranked
     common = _common_folder([line.result.file for line in ranked])
     yield from _cover(ctx, counts, ranked, common, st, fonts)
+    yield from _ranked_list(ctx, ranked, common, st, fonts)
     flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
     shown = flagged[:FLAGGED_PER_FILE] if volumes else flagged
     if flagged:
