@@ -69,6 +69,13 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    if all(info["comparison"]["recipe_id"] == "frozen_lr" for _, info in rows):
+        lines[4:4] = [
+            "All comparison runs of this version keep the backbone frozen (recipe `frozen_lr`); "
+            "no fine-tuned run was made, so whether fine-tuning would travel better is not "
+            "known from these figures.",
+            "",
+        ]
     for name, info in rows:
         c, m = info["comparison"], info["metrics"]
         cells = [

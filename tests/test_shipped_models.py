@@ -150,9 +150,10 @@ def test_modality_refuses_blank_text_and_noise_images(tmp_path: Path) -> None:
     assert not passed.any(), (out["ood_score"], out["probabilities"].argmax(axis=1))
 
 
-# Measured on the shipped 1.0.0 models (mean p(positive) over the six fixtures of each class):
-# tb normal 0.136, tuberculosis 0.691 (difference 0.555; lowest TB fixture CHNCXR_0328_1 0.099);
-# pneumonia normal 0.134, pneumonia 0.992 (difference 0.858).
+# Measured on the shipped 2.0.0 models (mean p(positive) over the six fixtures of each class):
+# tb normal 0.099, tuberculosis 0.664 (difference 0.565; lowest TB fixture 0.059);
+# pneumonia normal 0.122, pneumonia 0.961 (difference 0.839). Several fixtures are in the
+# training splits: a check of the artefact and the app path, not a performance figure.
 @pytest.mark.parametrize(
     ("model_id", "negative", "positive", "margin"),
     [
@@ -171,3 +172,66 @@ def test_finding_models_score_fixture_positives_above_negatives(
         cam = out["activation_map"]
         assert cam.ndim == 3 and cam.shape[0] == len(out["probabilities"])
         assert np.isfinite(cam).all() and cam.std() > 0
+
+
+SAMPLES = REPO / "assets" / "samples"
+
+
+@pytest.mark.parametrize("model_id", ["tb", "pneumonia"])
+def test_finding_manifests_state_scope_targets_and_validation_designs(model_id: str) -> None:
+    """The 2.x cards' material is in the manifest: who the model is for (``scope``, read by
+    the engine), what it must not be used for, its targets met or missed, and the designs."""
+    raw = read_manifest(MODELS / f"{model_id}.json").raw
+    assert raw["version"] == "2.0.0"
+    scope = raw["scope"]
+    assert set(scope) == {"age_years", "views", "summary"}
+    lo, hi = scope["age_years"]
+    assert lo is None or isinstance(lo, int)
+    assert hi is None or (isinstance(hi, int) and hi > (lo or 0))
+    assert scope["views"] and set(scope["views"]) <= {"PA", "AP"} and len(scope["summary"]) > 20
+    assert len(raw["not_for"]) >= 3
+    assert raw["targets"] and all(
+        {"target", "measured", "met", "gap"} <= set(t) for t in raw["targets"]
+    )
+    assert "validation" in raw["comparison"]["selection"]
+    m = raw["metrics"]
+    assert len(m["test"]["by_source"]) == 2
+    for s in m["test"]["by_source"].values():
+        assert len(s["auc_ci95"]) == 2
+    if model_id == "tb":
+        assert scope["views"] == ["PA"] and lo == 18
+        assert len(m["leave_one_source_out"]) == 2
+        ext = m["external"]["nih_no_finding_adults"]["flag_rate"]["screening"]
+        assert ext["n"] == 428 and len(ext["ci95"]) == 2
+    else:
+        assert set(scope["views"]) == {"PA", "AP"} and lo == 1
+        assert {"age=adult (NIH)", "age=child (Kermany)", "view=PA (NIH)", "view=AP (NIH)"} <= set(
+            m["test"]["subgroups"]
+        )
+        assert m["healthy_adults"]["screening"]["all"]["n"] > 300
+
+
+# Measured on the 2.0.0 models (p(positive) / screening threshold): tb: Montgomery normal
+# sample 0.218 / 0.224, the adult CR 0.044; pneumonia: the adult CR 0.474 / 0.486. (The
+# pneumonia model still flags the Montgomery normal sample, p = 0.770: it flags 30% of NLM
+# normal films, see its card; not asserted as a success here.)
+@pytest.mark.parametrize(
+    ("model_id", "samples"),
+    [
+        ("tb", ["tb_negative_MCUCXR_0015_0.png", "chest_CR-MONO1-10.dcm"]),
+        ("pneumonia", ["chest_CR-MONO1-10.dcm"]),
+    ],
+)
+def test_demo_healthy_adult_samples_are_not_flagged(model_id: str, samples: list[str]) -> None:
+    manifest, out = _run(model_id, [SAMPLES / s for s in samples])
+    threshold = manifest.operating_point("screening").threshold
+    assert np.all(out["probabilities"][:, 1] < threshold), out["probabilities"][:, 1]
+
+
+def test_demo_positive_samples_are_flagged() -> None:
+    for model_id, sample in (
+        ("tb", "tb_positive_CHNCXR_0336_1.png"),
+        ("pneumonia", "pneumonia_person1011_bacteria_2942.jpeg"),
+    ):
+        manifest, out = _run(model_id, [SAMPLES / sample])
+        assert out["probabilities"][0, 1] >= manifest.operating_point("screening").threshold

@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -215,7 +216,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
                 "counts": D.split_summary(recs, task.labels),
             },
             "augmentation": aug.to_json(),
-            "command": " ".join(["python -m training." + Path(sys.argv[0]).stem, *sys.argv[1:]]),
+            "command": f"python -m training.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}",
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "seed": args.seed,
             "framework": _framework(),

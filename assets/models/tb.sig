@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "f5f47810e6a3b1802e79605bd4983319a43c5a120e5bb9345273eeda5ff80df2",
- "signature": "sv3tzSTZTN+dktyCLgYyYXz0qRP1FCqiYHvXD9eb4PglqRz2ikOluQpRF7xHBlHLDdB2akqf+M/39gFGltamCQ=="
+ "manifest_sha256": "c3290e2c7bee975d04aab68ecb04e9af53973bfa51900b58575f53657ac97c9d",
+ "signature": "MzLrZxzeC/K3FVPku/5Ozriqju0Ag5stO2sMLhgdPSoyTabG9lQGzyJf0uwABKmfcJZApf6iJg9wXBTRM8AOCw=="
 }
