@@ -59,10 +59,7 @@ def test_manifest_verifies_and_model_matches_it(path: Path) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", manifest.version)
     assert (MODELS / manifest.card).is_file(), "model card missing"
     size = (MODELS / manifest.file).stat().st_size
-    # EfficientNet-Lite0 without its ImageNet classifier is 3.4 M float32 weights (13.6 MB):
-    # the finding models' budget; the gate stays small
-    limit = 16_000_000 if manifest.role == "finding" else 5_000_000
-    assert size < limit, f"{manifest.file} is {size} bytes: too big to ship in git"
+    assert size < 5_000_000, f"{manifest.file} is {size} bytes: too big to ship in git"
     _, session = _load(manifest.id)
     inputs = session.get_inputs()
     assert [i.name for i in inputs] == [manifest.input_name] == ["image"]
