@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "92e8bcbf8ecb379bd43d77592ad040c587c472db4dcf3845671479ba8936e3bb",
- "signature": "g2DNJpsBfsUoLPcZyYNbvRHoIKSewZ17d6sv+UnVi82AJ2i+ErJjEkHROPU3CXy+UZM99NkaNUzP1A610fQJBg=="
+ "manifest_sha256": "ddfe48b06128f681f3a08b8a9ad6666315ab59e8d884d4b2c74016e7f96a02fd",
+ "signature": "QSf6mO4B441H6uV+WT6i9IiF8ctihNRoFsgf9FmRgBuhZnu+xl2aoLgXMNkZuZodCIy7jvmrfm8+HBO9OiJIBw=="
 }

@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "c3290e2c7bee975d04aab68ecb04e9af53973bfa51900b58575f53657ac97c9d",
- "signature": "MzLrZxzeC/K3FVPku/5Ozriqju0Ag5stO2sMLhgdPSoyTabG9lQGzyJf0uwABKmfcJZApf6iJg9wXBTRM8AOCw=="
+ "manifest_sha256": "8915461f50bd18edee5fe04a047ee00e363fe8e1e111872f9f002062890dbe4b",
+ "signature": "s7UEQ8QcbXCCkcYr9cTNoiiNYYvTsfpYYZdnkNTYKs6tCLTCOGG3rZeRJ/bObwmrRKHx2cz9D3qoAN3AfZwaDw=="
 }
