@@ -35,6 +35,13 @@ from tests.model_factory import sign, trust_test_key
 
 SHIPPED = REPO / "assets" / "models"
 RELEASE_KEY = "medscreen-release-2026"
+TB_VERSION = read_manifest(SHIPPED / "tb.json").version  # the shipped TB model's version
+
+
+def _newer(version: str) -> str:
+    """A version one minor release above ``version`` (``2.0.0`` -> ``2.1.0``)."""
+    major, minor, *_ = (int(part) for part in version.split("."))
+    return f"{major}.{minor + 1}.0"
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +107,7 @@ def test_the_results_key_includes_the_manifest_hash(real_models: Path):
     after = read_manifest(real_models / "tb.json")
     assert before.sha256 == after.sha256  # the model file is the same ...
     assert before.key != after.key  # ... but results are not shared with the edited manifest
-    assert after.key == f"tb@1.0.0#{after.sha256[:12]}.{after.manifest_sha256[:12]}"
+    assert after.key == f"tb@{TB_VERSION}#{after.sha256[:12]}.{after.manifest_sha256[:12]}"
 
 
 # --- defect 3, case by case ----------------------------------------------------------------
@@ -134,7 +141,7 @@ def test_manifest_dropped_in_the_user_folder_is_refused_and_bundled_used(capsys)
     _edit(user / "tb.json", lambda d: (_threshold_099(d), d.update(version="9.0.0")))
     models = load_model_set(device=Device.CPU, threads=1)
     tb = models.findings["tb"].manifest
-    assert tb.path == SHIPPED / "tb.json" and tb.version == "1.0.0"
+    assert tb.path == SHIPPED / "tb.json" and tb.version == TB_VERSION
     assert tb.operating_point().threshold < 0.99 and tb.signed_by == RELEASE_KEY
     (problem,) = models.problems
     assert f"{user / 'tb.json'} is not signed" in problem
@@ -142,7 +149,7 @@ def test_manifest_dropped_in_the_user_folder_is_refused_and_bundled_used(capsys)
     assert main(["models", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"warning: model package {user / 'tb.json'} is not signed" in out
-    assert "tb 1.0.0 (Tuberculosis)" in out and "signed by medscreen-release-2026" in out
+    assert f"tb {TB_VERSION} (Tuberculosis)" in out and "signed by medscreen-release-2026" in out
 
     # the genuine signature copied along does not help an edited manifest
     shutil.copyfile(SHIPPED / "tb.sig", user / "tb.sig")
@@ -169,15 +176,16 @@ def test_signed_user_model_overrides_only_when_not_older(real_models: Path, tmp_
     shutil.copyfile(SHIPPED / "tb.onnx", user / "tb.onnx")
     shutil.copyfile(SHIPPED / "tb.json", user / "tb.json")
     trust_test_key()
-    _edit(user / "tb.json", lambda d: d.update(version="1.1.0"))
+    newer = _newer(TB_VERSION)
+    _edit(user / "tb.json", lambda d: d.update(version=newer))
     sign(user / "tb.json")
     models = _load(bundled, user)
-    assert models.findings["tb"].manifest.version == "1.1.0" and models.problems == []
+    assert models.findings["tb"].manifest.version == newer and models.problems == []
     _edit(user / "tb.json", lambda d: d.update(version="0.9.0"))
     sign(user / "tb.json")
     models = _load(bundled, user)
-    assert models.findings["tb"].manifest.version == "1.0.0"
-    assert f"is older than tb 1.0.0 in {bundled / 'tb.json'}" in models.problems[0]
+    assert models.findings["tb"].manifest.version == TB_VERSION
+    assert f"is older than tb {TB_VERSION} in {bundled / 'tb.json'}" in models.problems[0]
 
 
 def test_altered_bundled_folder_is_caught_by_the_pin(real_models: Path, tmp_path, monkeypatch):
