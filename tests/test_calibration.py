@@ -233,11 +233,13 @@ def test_site_point_resolves_only_for_the_exact_model_version(tmp_path: Path) ->
     # A model the point holds no calibration for keeps its own default, under its own name.
     assert choice.resolve(pneumonia) == pneumonia.operating_point(None)
 
-    newer = replace(manifest, version="1.1.0", sha256="ab" * 32)
+    major, minor, *_ = manifest.version.split(".")
+    newer = replace(manifest, version=f"{major}.{int(minor) + 1}.0", sha256="ab" * 32)
     rebuilt = replace(manifest, sha256="cd" * 32)  # same version number, other file
     for other in (newer, rebuilt):
         assert store.valid_for({"tb": other, "pneumonia": pneumonia}) == []
-        with pytest.raises(ModelError, match=r"calibrated on tb 1\.0\.0.*new calibration"):
+        expected = rf"calibrated on tb {re.escape(manifest.version)}.*new calibration"
+        with pytest.raises(ModelError, match=expected):
             choice.resolve(other)
     with pytest.raises(ValueError, match="no site operating point site:Nowhere"):
         ThresholdChoice.parse("site:Nowhere", store)
@@ -460,7 +462,7 @@ def test_cli_calibrate_writes_the_record_and_classify_uses_the_site_point(
     scans = LABELLED_PNEUMONIA / "pneumonia"
     code = main(
         ["classify", str(scans), "--out", str(report_dir), "--operating-point"]
-        + ["site:Test-Site", "--report", "json,pdf", "--quiet", *args]
+        + ["site:Test-Site", "--report", "json,pdf,csv", "--quiet", *args]
     )
     assert code == 0
     err = capsys.readouterr().err
@@ -477,6 +479,12 @@ def test_cli_calibrate_writes_the_record_and_classify_uses_the_site_point(
     )
     assert all(f["threshold"] == threshold for f in found)
     assert "Site threshold" in _pdf_text(report_dir)
+    with (report_dir / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
+        points = {row["operating_point"] for row in csv.DictReader(handle)}
+    (point,) = points  # the CSV names the site point with its date, n and CIs too
+    assert f"site threshold: pneumonia: site:Test-Site — threshold {threshold:.3f}" in point
+    assert f"calibrated {used['site_calibration']['calibrated_at'][:10]} on {total} " in point
+    assert "(95% CI " in point
 
     assert main(["models", *args]) == 0
     listing = capsys.readouterr().out
@@ -506,7 +514,7 @@ def _pdf_text(folder: Path) -> str:
 def test_cli_refuses_a_site_point_made_for_another_model_version(
     stand_in_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest, _, cal = _calibrated()  # made for the shipped tb 1.0.0
+    manifest, _, cal = _calibrated()  # made for the shipped tb
     SitePointStore.default().add_calibration("Old-Model", cal)
     stand_in = read_manifest(stand_in_models / "tb.json")
     assert not cal.matches(stand_in)
@@ -517,7 +525,7 @@ def test_cli_refuses_a_site_point_made_for_another_model_version(
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert f"calibrated on tb 1.0.0 (sha256 {manifest.sha256[:12]})" in err
+    assert f"calibrated on tb {manifest.version} (sha256 {manifest.sha256[:12]})" in err
     assert f"installed model is tb {stand_in.version}" in err
 
 

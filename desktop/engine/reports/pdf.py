@@ -555,7 +555,10 @@ def _threshold_source(ctx: ReportContext, mid: str) -> str:
     point = ctx.points()[mid]
     calibration = ctx.site_calibrations().get(mid)
     if calibration is not None:
-        return f"site calibration: {calibration.summary()}"
+        return (
+            f"site threshold calibrated {calibration.calibrated_at[:10]} on {calibration.n} "
+            "labelled scans of this site (see Site threshold below)"
+        )
     if point.name == "custom":
         return "custom threshold entered in MedScreen (no validation figures)"
     sens = "—" if point.sensitivity is None else f"{point.sensitivity:.2f}"
@@ -596,8 +599,13 @@ def _models_and_thresholds(
         "figures were measured on each model's held-out test data, not on this clinic's "
         "patients and equipment; the model cards list every limit."
     )
+    # issue 13: every report says a site threshold was used, with its date, n and CIs
+    sites = [
+        Paragraph(f"<b>Site threshold</b> — {_t(line)}", st["muted"])
+        for line in ctx.site_calibration_lines()
+    ]
     return [Paragraph("Models, thresholds and held-out test figures", st["h2"]), table,
-            Spacer(1, 1 * mm), Paragraph(note, st["muted"])]  # fmt: skip
+            Spacer(1, 1 * mm), *sites, Paragraph(note, st["muted"])]  # fmt: skip
 
 
 def _sign_off(st: dict[str, ParagraphStyle], fonts: tuple[str, str]) -> list[Flowable]:

@@ -143,6 +143,9 @@ def write_csv(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> 
     """
     path = Path(path)
     op_label = ctx.operating_point_label()  # also fails early on an unknown operating point
+    sites = ctx.site_calibration_lines()  # issue 13: a site threshold's date, n and CIs
+    if sites:
+        op_label = f"{op_label} (site threshold: {'; '.join(sites)})"
     with atomic_open(path, "w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(ctx))
