@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -612,4 +613,14 @@ def test_rows_keep_no_thumbnail_bytes_but_show_and_open_them(
     assert thumb is not None and thumb.height() == 48
     full = window.model.with_thumbnail(rows[3])
     assert full.thumbnail_png == store.thumbnail(rows[3].sha256, rows[3].models_key)
-    assert full.thumbnail_png.startswith(b"\x89PNG")
+    # thumbnails are small grey JPEGs now (older stores hold PNGs; both open the same way)
+    assert full.thumbnail_png.startswith(b"\xff\xd8\xff")
+    from PIL import Image
+
+    from desktop.engine.results import THUMBNAIL_SIZE
+
+    with Image.open(io.BytesIO(full.thumbnail_png)) as image:
+        assert image.format == "JPEG" and image.mode == "L"
+        assert max(image.size) == THUMBNAIL_SIZE
+    shown = QImage.fromData(full.thumbnail_png)
+    assert not shown.isNull() and max(shown.width(), shown.height()) == THUMBNAIL_SIZE
