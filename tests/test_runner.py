@@ -121,6 +121,25 @@ def test_bad_files_get_reasons_and_the_batch_goes_on(runner: BatchRunner, chest_
     assert all(by_name[n].reason for n in ("empty.png", "notes.png", "truncated.png"))
 
 
+def test_a_failed_inference_is_each_scans_capped_type_only_error(
+    runner: BatchRunner, chest_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    from desktop.engine.screening import Screener
+
+    secret = "QUIXOTE^ALONSO " + "x" * 5000  # an exception text that quotes input, unbounded
+
+    def failing(self, batch):
+        raise RuntimeError(f"bad input '{secret}'")
+
+    monkeypatch.setattr(Screener, "screen", failing)
+    summary = run_to_end(runner.run([chest_folder]))
+    assert summary.total == 24 and summary.errors == 24  # every scan a row, none lost
+    rows = list(runner.store.batch_results(summary.batch_id))
+    assert {r.error_code for r in rows} == {"internal_error"}
+    assert {r.reason for r in rows} == {"inference failed (RuntimeError)"}
+    assert "QUIXOTE" not in caplog.text and "inference failed for" in caplog.text
+
+
 def test_file_deleted_during_batch(runner: BatchRunner, chest_folder: Path):
     victim = sorted(chest_folder.rglob("*.png"))[-1]
     gen = runner.run([chest_folder])

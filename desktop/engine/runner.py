@@ -37,7 +37,14 @@ from desktop.engine.budget import PixelBudget
 from desktop.engine.clock import now_iso
 from desktop.engine.cores import CoreBudget, available_cores, release_free_memory
 from desktop.engine.discovery import Discovered, discover
-from desktop.engine.errors import BatchError, ScanError, ScanErrorCode, exception_summary, is_fatal
+from desktop.engine.errors import (
+    BatchError,
+    ScanError,
+    ScanErrorCode,
+    cap_reason,
+    exception_summary,
+    is_fatal,
+)
 from desktop.engine.inference import CUDA, default_threads, inference_slots
 from desktop.engine.loading import charging, read_file
 from desktop.engine.preprocess import decode_working
@@ -339,13 +346,16 @@ class BatchRunner:
                     return self.screener.screen([r.prepared for r in ready])
             return self.screener.screen([r.prepared for r in ready])
         except Exception as exc:
-            log.exception("inference failed for %d scans", len(ready))
+            # As for a failed decode: the message may quote input (and is unbounded), so the
+            # log gets the type and frames and each row a capped, type-only reason.
+            log.error("inference failed for %d scans: %s", len(ready), exception_summary(exc))
+            reason = cap_reason(f"inference failed ({type(exc).__name__})")
             return [
                 _error_result(
                     r.prepared.file,
                     r.prepared.sha256,
                     ScanErrorCode.INTERNAL,
-                    f"inference failed: {type(exc).__name__}: {exc}",
+                    reason,
                     self.models.key,
                 )
                 for r in ready
