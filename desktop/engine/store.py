@@ -672,8 +672,10 @@ class ResultsStore:
                 if row is None:
                     continue
                 status, pid, host = row
-                if status == BatchStatus.RUNNING and host == socket.gethostname() and (
-                    pid is not None and pid_alive(int(pid))
+                if (
+                    status == BatchStatus.RUNNING
+                    and host == socket.gethostname()
+                    and (pid is not None and pid_alive(int(pid)))
                 ):
                     log.info("batch %s is running: not deleted", batch_id)
                     continue
