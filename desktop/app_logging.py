@@ -12,14 +12,24 @@ from pathlib import Path
 
 from desktop.engine.paths import user_data_dir
 
+#: marks the handlers :func:`configure_logging` installed, so a second call can replace them
+_OURS = "_medscreen_handler"
+
 
 def log_file_path() -> Path:
     return user_data_dir() / "logs" / "medscreen.log"
 
 
 def configure_logging(verbose: bool = False, console: bool = True) -> Path | None:
-    """Send INFO and above to the log file, and WARNING (or DEBUG if verbose) to stderr."""
+    """Send INFO and above to the log file, and WARNING (or DEBUG if verbose) to stderr.
+
+    Calling it again replaces the handlers of the previous call instead of adding a second
+    set (every line twice, and a stderr handler bound to a stream that may be closed by now).
+    """
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
     path: Path | None = log_file_path()
@@ -30,6 +40,7 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
             path, maxBytes=2_000_000, backupCount=3, encoding="utf-8", errors="backslashreplace"
         )
         handler.setFormatter(fmt)
+        setattr(handler, _OURS, True)
         root.addHandler(handler)
     except OSError:
         path = None  # a read-only home must not stop screening
@@ -39,5 +50,6 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
         stream = logging.StreamHandler()
         stream.setLevel(logging.DEBUG if verbose else logging.WARNING)
         stream.setFormatter(logging.Formatter("medscreen: %(levelname)s: %(message)s"))
+        setattr(stream, _OURS, True)
         root.addHandler(stream)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -41,6 +42,28 @@ def _no_leftover_threads():
             break
         time.sleep(0.05)
     assert not extra, f"test left threads running: {[t.name for t in extra]}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo what ``main()``/``configure_logging`` did to logging during a test.
+
+    The CLI adds a log file and a stderr handler to the root logger (bound to the test's
+    captured stderr, closed when the test ends) and sets logger levels (pydicom to ERROR): left
+    in place, later tests log into closed streams and see other levels than a fresh process.
+    pytest's own capture handlers are left to pytest.
+    """
+    root = logging.getLogger()
+    watched = [root, logging.getLogger("pydicom")]
+    levels = [lg.level for lg in watched]
+    before = list(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler).__module__.startswith("logging"):
+            root.removeHandler(handler)
+            handler.close()
+    for lg, level in zip(watched, levels, strict=True):
+        lg.setLevel(level)
 
 
 @pytest.fixture(scope="session")

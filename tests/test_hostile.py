@@ -446,7 +446,8 @@ def test_pydicom_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> Non
 
     configure_pydicom()
     assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
-    caplog.set_level(logging.DEBUG)
+    # the CLI's logging set-up puts pydicom at ERROR; the filter must hold at every level
+    caplog.set_level(logging.DEBUG, logger="pydicom")
     logging.getLogger("pydicom").warning("Invalid value for VR PN: '%s'", PATIENT_NAME)
     try:
         raise ValueError(f"bad value '{PATIENT_NAME}'")
@@ -458,6 +459,16 @@ def test_pydicom_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> Non
     assert all(r.exc_info is None for r in caplog.records if r.name.startswith("pydicom"))
     for message in messages:
         _no_identifier(message)
+
+    # a pydicom logger created after the first set-up (a module imported later) is filtered
+    # too, once the next DICOM read has run the set-up again
+    caplog.clear()
+    later = logging.getLogger("pydicom.imported_later_by_a_plugin")
+    configure_pydicom()
+    later.error("Invalid value for VR PN: '%s'", PATIENT_NAME)
+    (record,) = [r for r in caplog.records if r.name == later.name]
+    assert "<value withheld>" in record.getMessage()
+    _no_identifier(record.getMessage())
 
 
 def test_tiff_with_a_damaged_page_directory_is_the_files_error() -> None:

@@ -73,6 +73,7 @@ _PERSON = re.compile(r"[^\x00-\x1a\x1c-\x1f\x7f]{1,324}")  # PN (ESC kept for ch
 _CHARSET = re.compile(r"[A-Z0-9_ \\-]{0,64}")
 
 _configured = False
+_loggers_seen = -1  # how many loggers the process had when pydicom's were last filtered
 _configure_lock = threading.Lock()
 
 
@@ -113,19 +114,24 @@ def configure_pydicom() -> None:
     The remaining value-quoting warning (an unknown Specific Character Set) is prevented by
     :func:`_sanitise_charset` before any text is decoded.
     """
-    global _configured
+    global _configured, _loggers_seen
     with _configure_lock:
-        if _configured:
-            return
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        if not _configured:
+            pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+            _configured = True
         # A logger's filters see only what is logged on it, not what its children propagate:
-        # every pydicom logger that exists once pydicom.pixels is imported gets the filter.
-        names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "pydicom"]
+        # every pydicom logger gets the filter, also one created after the first call (a
+        # pydicom module imported later): the loggers are looked at again whenever the
+        # process has gained loggers since the last call, which is cheap to tell.
+        loggers = logging.root.manager.loggerDict
+        if len(loggers) == _loggers_seen:
+            return
+        names = [n for n in list(loggers) if n.split(".")[0] == "pydicom"]
         for name in {"pydicom", *names}:
             target = logging.getLogger(name)
             if not any(isinstance(f, _RedactValues) for f in target.filters):
                 target.addFilter(_RedactValues())
-        _configured = True
+        _loggers_seen = len(loggers)
 
 
 def looks_like_dicom(head: bytes) -> bool:
