@@ -236,6 +236,43 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+#: The command line with a gate in inference: scans pass until two have gone through, then
+#: every later call writes how many passed to ``<gate>/blocked`` and is held until Ctrl-C has
+#: reached the main thread (its handler marks ``<gate>/interrupted`` just before it raises
+#: KeyboardInterrupt there, where all commits happen). So the test presses Ctrl-C while the
+#: batch is certainly mid-way, and nothing held is committed after it, however loaded the machine.
+_GATED_CLI = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from desktop.engine import screening
+gate = Path(os.environ["MEDSCREEN_TEST_GATE"])
+def interrupted(signum, frame):
+    (gate / "interrupted").touch()
+    raise KeyboardInterrupt
+signal.signal(signal.SIGINT, interrupted)
+real = screening.Screener.screen
+lock = threading.Lock()
+passed = 0
+def gated(self, prepared):
+    global passed
+    with lock:
+        through = passed < 2
+        if through:
+            passed += len(prepared)
+        else:
+            (gate / "blocked.tmp").write_text(str(passed))
+            os.replace(gate / "blocked.tmp", gate / "blocked")
+    if not through:
+        deadline = time.monotonic() + 120
+        while not (gate / "interrupted").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return real(self, prepared)
+screening.Screener.screen = gated
+from desktop.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def _done(db: Path, batch_id: str) -> int:
     with sqlite3.connect(db) as con:
         row = con.execute(
@@ -266,17 +303,30 @@ def test_ctrl_c_during_resume_writes_the_resumed_batch(tmp_path, stand_in_models
     before = _done(db, batch_a)
     store.close()
 
+    assert before <= 6, before  # room left for the resumed part to be cut short below
+
     out = tmp_path / "out"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, **UNSIGNED_OK, "MEDSCREEN_TEST_GATE": str(gate)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CLI, "resume", batch_a, "--out", str(out), "--db", str(db),
+        [sys.executable, "-c", _GATED_CLI, "resume", batch_a, "--out", str(out), "--db", str(db),
          "--models", str(stand_in_models), "--quiet", "--workers", "1"],
-        cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while _done(db, batch_a) < before + 2 and time.monotonic() < deadline:
+    # Ctrl-C once the scans let through are committed and inference is held at the gate
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        blocked = gate / "blocked"
+        if blocked.exists() and _done(db, batch_a) >= before + int(blocked.read_text()):
+            break
         time.sleep(0.05)
+    assert proc.poll() is None, "the resumed batch ended before it could be interrupted"
+    passed = int((gate / "blocked").read_text())
+    assert 2 <= passed <= 5
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
+    assert (gate / "interrupted").exists()
     assert proc.returncode == 130, err
     done = _done(db, batch_a)
     assert before + 2 <= done < 12  # interrupted mid-batch
