@@ -273,6 +273,13 @@ def export_run(
         if figures["probabilities"] > PARITY_TOL:
             raise RuntimeError(f"Keras/ONNX parity {figures['probabilities']:.2e} > {PARITY_TOL}")
         manifest = build_manifest(info, data, figures, run)
+        previous = out / f"{info['id']}.json"
+        if "display" not in manifest and previous.exists():
+            # the display block (column label, order) is set on the shipped manifest, not by
+            # training: a re-export keeps it
+            shown = json.loads(previous.read_text()).get("display")
+            if shown:
+                manifest["display"] = shown
         ModelManifest.from_dict(manifest)  # validate before writing
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(onnx_path, out / manifest["file"])

@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "6e414cbdebb2bf5adf16a02b212b324ce42069086163f4fc92ae38b744e432b7",
- "signature": "Sh/0sXt2xMGUIbzSoOL8cF/NsYoqxM4CVjqmO5bMDNo6CZxyrXyooxcXP+KAOYnKSxXSKREZUMBDsK41hU+YCw=="
+ "manifest_sha256": "216dc8c5e471e91a7d2bce4781745fae0f75e5105d7e16c8b311f68828228d1e",
+ "signature": "99AzdHMjNvFHv4euJn+8yJlRkbmykY4bVcawn4W4xT8Dceb4WGz9sQoJ+ShFyG9JJK+bg+gGyWWSD8LvDQaIAg=="
 }
