@@ -9,7 +9,10 @@ The order of operations follows the DICOM grayscale pipeline (PS3.3 C.11 / PS3.4
     → [0, 1] → inverted if MONOCHROME1
 
 Everything is done in float32: a 2048×2048 radiograph is 16 MiB per copy, and the batch
-runner decodes two at a time.
+runner decodes two at a time. When the caller wants a reduced *working image* (the batch
+runner, training), a grey image of at most 16-bit integers never becomes full-resolution
+float: the pipeline above is applied to each stored value once (a lookup table) and the
+integer image is reduced by exact block means first (:func:`_grey_reduced`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import struct
 import threading
 import traceback
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -184,6 +188,48 @@ def minmax_to_unit(values: np.ndarray, *, inplace: bool = False) -> tuple[np.nda
     else:
         out.fill(0.0)
     return out, lo, hi
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor``×``factor`` blocks of a 2-D image, in float32: an area reduction.
+
+    The figures of Pillow's ``Image.reduce`` on a float image to within a float32 rounding
+    (sums in float64, times ``1 / pixels in the block``; edge blocks of a size that ``factor``
+    does not divide average the pixels they have), without Pillow's copy of the whole image
+    into its own buffer, which cost more than the reduction itself. Used for every working
+    image that is reduced after decoding (loading.py).
+    """
+    if factor <= 1:
+        return np.asarray(values, dtype=np.float32)
+    sums = _block_sums(values, factor)
+    rows = _block_counts(values.shape[0], factor)
+    cols = _block_counts(values.shape[1], factor)
+    sums *= 1.0 / np.outer(rows, cols)
+    return sums.astype(np.float32)
+
+
+def _block_sums(values: np.ndarray, factor: int) -> np.ndarray:
+    """Sums of ``factor``×``factor`` blocks in float64 (exact for integers below 2**53).
+
+    Strided adds of whole rows, then of columns: several times faster than a reshape-and-sum
+    or ``np.add.reduceat`` over a 2048×2048 image.
+    """
+    rows = values[0::factor].astype(np.float64)
+    for i in range(1, factor):
+        part = values[i::factor]
+        rows[: part.shape[0]] += part
+    sums = np.ascontiguousarray(rows[:, 0::factor])
+    for i in range(1, factor):
+        part = rows[:, i::factor]
+        sums[:, : part.shape[1]] += part
+    return sums
+
+
+def _block_counts(size: int, factor: int) -> np.ndarray:
+    """Pixels per block along one axis of ``size`` pixels (the last block may be partial)."""
+    counts = np.full(-(-size // factor), float(factor))
+    counts[-1] = size - factor * (len(counts) - 1)
+    return counts
 
 
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -614,6 +660,78 @@ def _grey_pipeline(
     return pixels, raw, ((lo + hi) / 2.0, hi - lo)
 
 
+#: Largest deviation of the per-value table from a straight line for which the image is
+#: reduced as integers and the line applied to the block means (:func:`_grey_reduced`):
+#: far below one 8-bit grey step (0.004) and below a model input's float32 resolution.
+_AFFINE_TOLERANCE = 1e-6
+
+
+def _reducible(ds: Dataset, stored: np.ndarray) -> bool:
+    """Whether :func:`_grey_reduced` gives this image's working image exactly.
+
+    Native-order integers of at most 16 bits (a table of at most 65,536 values) and a
+    Modality LUT that is a rescale (monotone, so the image's min and max sit at its extreme
+    stored values).
+    """
+    return (
+        stored.ndim == 2
+        and stored.dtype.kind in "iu"
+        and stored.dtype.itemsize <= 2
+        and stored.dtype.isnative
+        and "ModalityLUTSequence" not in ds
+    )
+
+
+def _grey_reduced(
+    ds: Dataset, stored: np.ndarray, factor: int, monochrome1: bool, extra: dict[str, str]
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The grey pipeline's working image: (block means of the windowed pixels, window).
+
+    The pipeline (rescale, VOI window or LUT or min-max, MONOCHROME1, finite values) maps each
+    stored value to one grey level, so it is computed once per value between the image's
+    smallest and largest stored value, by :func:`_grey_pipeline` itself: a table with the
+    very figures a full-resolution pass gives each pixel (for min-max too, since a rescale is
+    monotone). Then:
+
+    * where the table is a straight line over those values (no window clipping, min-max,
+      a window wider than the data), block means commute with it: the integer image is
+      reduced first (exact sums) and the line applied to the small image;
+    * otherwise (a window that clips, SIGMOID, a VOI LUT) block means do not commute with it,
+      so the table is looked up for every pixel and the result reduced.
+
+    Either way the result is the block mean of what the full-resolution pipeline gives,
+    within :data:`_AFFINE_TOLERANCE`, at a fraction of the cost of five float32 passes over
+    the whole image and a copy into Pillow (``tests/test_dicom_working.py``).
+    """
+    lo, hi = int(stored.min()), int(stored.max())
+    domain = np.arange(lo, hi + 1, dtype=np.int64).astype(stored.dtype)
+    table, _, window = _grey_pipeline(ds, domain, False, extra)
+    table = np.asarray(table, dtype=np.float32)
+    if monochrome1:
+        np.subtract(np.float32(1.0), table, out=table)
+    np.nan_to_num(table, copy=False, nan=0.0, posinf=1.0, neginf=0.0)  # as loading does
+    np.clip(table, 0.0, 1.0, out=table)
+
+    start, end = float(table[0]), float(table[-1])
+    slope = (end - start) / (hi - lo) if hi > lo else 0.0
+    line = start + slope * np.arange(len(table), dtype=np.float64)
+    if float(np.max(np.abs(table - line))) <= _AFFINE_TOLERANCE:
+        means = _block_sums(stored, factor)
+        means *= 1.0 / np.outer(
+            _block_counts(stored.shape[0], factor), _block_counts(stored.shape[1], factor)
+        )
+        means -= lo
+        means *= slope
+        means += start
+        np.clip(means, 0.0, 1.0, out=means)
+        return means.astype(np.float32), window
+    # Index the table by (value - lo), computed in the unsigned type of the same width:
+    # the wrap-around makes it right for signed images too, in one pass of 16-bit integers.
+    unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+    index = stored.view(unsigned) - unsigned.type(lo & (2 ** (8 * unsigned.itemsize) - 1))
+    return block_mean(table[index], factor), window
+
+
 def _colour_pipeline(ds: Dataset, stored: np.ndarray, photometric: str) -> np.ndarray:
     """Colour DICOM (RGB, YBR_* already converted to RGB, PALETTE COLOR) → grey in [0, 1]."""
     if photometric == "PALETTE COLOR":
@@ -645,6 +763,7 @@ def decode_dicom(
     keep_raw: bool,
     max_pixels: int,
     lease: PixelLease | None = None,
+    reduce_factor: Callable[[int, int], int] | None = None,
 ) -> Scan:
     """Decode one single-frame DICOM image from its bytes.
 
@@ -654,9 +773,15 @@ def decode_dicom(
     deflated data set is inflated); ``lease``, when given, is charged the image's pixels
     before decoding, so a shared budget bounds what the decoder threads hold at once.
     Reasons never quote a file value that could hold an identifier.
+
+    ``reduce_factor(height, width)``, when given, is the integer factor of the working image
+    (``preprocess.working_factor``): a grey image of at most 16-bit integers is then returned
+    already reduced by block means, without full-resolution float copies (:func:`_grey_reduced`);
+    other images come back at full resolution, for the caller to reduce. The metadata keeps
+    the original width and height either way.
     """
     try:
-        return _decode_dicom(path, data, sha256, keep_raw, max_pixels, lease)
+        return _decode_dicom(path, data, sha256, keep_raw, max_pixels, lease, reduce_factor)
     except (ScanError, MemoryError):
         raise
     except Exception as exc:
@@ -679,6 +804,7 @@ def _decode_dicom(
     keep_raw: bool,
     max_pixels: int,
     lease: PixelLease | None,
+    reduce_factor: Callable[[int, int], int] | None = None,
 ) -> Scan:
     ds = _read_dataset(data)
     tsyntax = _transfer_syntax(ds)
@@ -743,11 +869,18 @@ def _decode_dicom(
                 ScanErrorCode.UNSUPPORTED_IMAGE,
                 f"DICOM grey image has an unexpected shape {stored.shape}",
             )
-        pixels, raw, window = _grey_pipeline(ds, stored, keep_raw, extra)
-        if photometric == "MONOCHROME1":
-            # MONOCHROME1 stores high values as dark; invert after windowing, as a display
-            # does, so bone is bright like every other X-ray the models see.
-            np.subtract(np.float32(1.0), pixels, out=pixels)
+        factor = reduce_factor(*stored.shape) if reduce_factor is not None else 1
+        # MONOCHROME1 stores high values as dark; it is inverted after windowing, as a
+        # display does, so bone is bright like every other X-ray the models see.
+        monochrome1 = photometric == "MONOCHROME1"
+        keeps_raw = keep_raw and int(_number(ds, "BitsStored", 8)) > 8
+        if factor > 1 and not keeps_raw and _reducible(ds, stored):
+            pixels, window = _grey_reduced(ds, stored, factor, monochrome1, extra)
+        else:
+            pixels, raw, window = _grey_pipeline(ds, stored, keep_raw, extra)
+            if monochrome1:
+                np.subtract(np.float32(1.0), pixels, out=pixels)
+        if monochrome1:
             extra["inverted"] = "MONOCHROME1"
     else:
         pixels = _colour_pipeline(ds, stored, photometric)
@@ -757,8 +890,8 @@ def _decode_dicom(
         extra["presentation_lut_shape"] = shape
     metadata = ScanMetadata(
         source_format="dicom",
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        width=int(stored.shape[1]),
+        height=int(stored.shape[0]),
         bits_stored=int(_number(ds, "BitsStored", 8)),
         photometric=photometric,
         modality=_text(ds, "Modality", _CODE),

@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -67,7 +68,7 @@ from PIL import (
 )
 
 from desktop.engine.budget import PixelLease
-from desktop.engine.dicom import decode_dicom, looks_like_dicom, minmax_to_unit
+from desktop.engine.dicom import block_mean, decode_dicom, looks_like_dicom, minmax_to_unit
 from desktop.engine.errors import ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.scan import Scan, ScanMetadata
 
@@ -347,17 +348,35 @@ def _decode(path: Path, data: bytes, sha256: str, keep_raw: bool, working_side: 
     head = data[:132]
     # The preamble check comes first: a DICOM preamble may itself hold a TIFF header.
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return decode_dicom(
-            path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS, lease=_LEASE.get()
-        )
+        return _decode_dicom_file(path, data, sha256, keep_raw, working_side)
     magic = _magic_format(head)
     if magic is None and any(len(head) < len(sig) and sig.startswith(head) for sig, _ in _MAGIC):
         raise _truncated(f"only {len(head)} bytes")  # cut inside the format's signature
     if magic is None and looks_like_dicom(head):
-        return decode_dicom(
-            path, data, sha256, keep_raw=keep_raw, max_pixels=MAX_PIXELS, lease=_LEASE.get()
-        )
+        return _decode_dicom_file(path, data, sha256, keep_raw, working_side)
     return _decode_raster(path, data, sha256, keep_raw, magic, working_side)
+
+
+def _decode_dicom_file(
+    path: Path, data: bytes, sha256: str, keep_raw: bool, working_side: int | None
+) -> Scan:
+    """DICOM, reduced inside the decoder when a working image is asked for (dicom.py says
+    which images it can reduce before they become float; :func:`_reduce_scan` does the rest).
+    """
+    reduce_factor = None
+    if working_side is not None:
+        from desktop.engine.preprocess import working_factor
+
+        reduce_factor = partial(working_factor, side=working_side)
+    return decode_dicom(
+        path,
+        data,
+        sha256,
+        keep_raw=keep_raw,
+        max_pixels=MAX_PIXELS,
+        lease=_LEASE.get(),
+        reduce_factor=reduce_factor,
+    )
 
 
 def _magic_format(head: bytes) -> str | None:
@@ -615,10 +634,11 @@ def _raster_to_scan(
 
 
 def _reduce_scan(scan: Scan, working_side: int) -> Scan:
-    """Reduce a decoded scan's float pixels to its working image (DICOM, deep rasters).
+    """Reduce a decoded scan's float pixels to its working image (deep rasters, colour DICOM).
 
-    8-bit rasters and JPEGs arrive already reduced, and a reduced image is never reduced
-    again (its shorter side is below ``2 * working_side``, so its factor is 1).
+    8-bit rasters, JPEGs and grey DICOM of up to 16 bits arrive already reduced, and a
+    reduced image is never reduced again (its shorter side is below ``2 * working_side``, so
+    its factor is 1).
     """
     from desktop.engine.preprocess import working_factor
 
@@ -626,9 +646,7 @@ def _reduce_scan(scan: Scan, working_side: int) -> Scan:
     factor = working_factor(height, width, working_side)
     if factor == 1:
         return scan
-    image = Image.fromarray(np.ascontiguousarray(scan.pixels, dtype=np.float32), mode="F")
-    pixels = np.asarray(image.reduce(factor), dtype=np.float32)
-    return replace(scan, pixels=pixels)
+    return replace(scan, pixels=block_mean(scan.pixels, factor))
 
 
 def _partly_transparent(image: Image.Image) -> bool:

@@ -1,0 +1,130 @@
+"""The DICOM working image made without full-resolution float copies equals the old one.
+
+``dicom._grey_reduced`` applies the grey pipeline per stored value and reduces the integer
+image first (or looks the table up per pixel where the window clips). Whatever the file asks
+for, the result must be the block mean of the full-resolution pipeline's pixels: here the
+reference is the full-resolution decode (``working_side=None``, the viewer's path, unchanged)
+reduced by Pillow's float ``reduce``, which is what the working image was before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from desktop.engine import dicom
+from desktop.engine.dicom import block_mean
+from desktop.engine.loading import load_scan, read_file
+from desktop.engine.preprocess import WORKING_SIDE, decode_working, working_factor
+from tests.fixtures import cr_dataset, cr_stored, write_cr_pixels, write_dicom
+
+#: A clinic-sized image from the real CR chest (440², 10 bits): factor 2, with partial
+#: blocks on both axes (the sizes are odd).
+SIZE = (1031, 1347)  # rows, columns
+
+
+def _enlarged(stored: np.ndarray) -> np.ndarray:
+    image = Image.fromarray(stored.astype(np.float32), mode="F")
+    big = np.asarray(image.resize((SIZE[1], SIZE[0]), Image.Resampling.BICUBIC))
+    noise = np.random.default_rng(7).normal(0.0, 3.0, big.shape)
+    return np.clip(np.rint(big + noise), 0, 1023).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def stored() -> np.ndarray:
+    return _enlarged(cr_stored())
+
+
+def _reference(path: Path) -> tuple[np.ndarray, object]:
+    """The full-resolution pipeline's pixels reduced by Pillow, and the full decode's metadata."""
+    full = load_scan(path)
+    factor = working_factor(*full.pixels.shape)
+    image = Image.fromarray(np.ascontiguousarray(full.pixels, dtype=np.float32), mode="F")
+    return np.asarray(image.reduce(factor), dtype=np.float32), full.metadata
+
+
+def _working(path: Path):
+    data, sha = read_file(path)
+    return decode_working(path, data, sha)
+
+
+#: name: (elements changed, whether the table is a straight line over the stored values)
+CASES: dict[str, tuple[dict[str, object], bool]] = {
+    # MONOCHROME1 with its own window (550/1024 over 0..1023: clips at the top)
+    "file window, MONOCHROME1": ({}, False),
+    # a narrow window that clips both ends: the table is looked up per pixel
+    "clipping window": ({"WindowCenter": 500, "WindowWidth": 300}, False),
+    # a window a little wider than the data: a straight line, reduced as integers
+    "wide window": (
+        {"WindowCenter": 512, "WindowWidth": 1100, "PhotometricInterpretation": "MONOCHROME2"},
+        True,
+    ),
+    # no window: min-max of the rescaled values (negative slope: min and max swap ends)
+    "min-max, negative rescale": (
+        {"WindowCenter": None, "WindowWidth": None, "RescaleSlope": -2, "RescaleIntercept": 100},
+        True,
+    ),
+    "rescaled window": (
+        {"RescaleSlope": 0.5, "RescaleIntercept": -1024, "WindowCenter": -800, "WindowWidth": 400},
+        False,
+    ),
+    "sigmoid": ({"VOILUTFunction": "SIGMOID", "WindowCenter": 480, "WindowWidth": 500}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_dicom_working_image_is_the_block_mean_of_the_full_resolution_pipeline(
+    tmp_path: Path, stored: np.ndarray, name: str, monkeypatch: pytest.MonkeyPatch
+):
+    elements, straight = CASES[name]
+    path = write_cr_pixels(tmp_path / "cr.dcm", stored, Rows=SIZE[0], Columns=SIZE[1],
+                           **elements)  # fmt: skip
+    expected, full_meta = _reference(path)
+    looked_up: list[int] = []  # block_mean runs on looked-up pixels only (not on a line)
+    monkeypatch.setattr(dicom, "block_mean", lambda v, f: looked_up.append(f) or block_mean(v, f))
+    scan = _working(path)
+    assert looked_up == ([] if straight else [2])
+    assert scan.pixels.dtype == np.float32 and scan.pixels.shape == expected.shape == (516, 674)
+    assert np.abs(scan.pixels - expected).max() < 1e-5
+    # the metadata is the full decode's: original size, window, what was applied
+    assert (scan.metadata.width, scan.metadata.height) == (SIZE[1], SIZE[0])
+    assert scan.metadata.window == full_meta.window
+    assert scan.metadata.extra == full_meta.extra
+    assert scan.pixels.min() >= 0.0 and scan.pixels.max() <= 1.0
+    assert float(scan.pixels.std()) > 0.05  # a real image, not a flat one
+
+
+def test_signed_dicom_working_image(tmp_path: Path, stored: np.ndarray):
+    ds = cr_dataset()
+    signed = (stored.astype(np.int32) - 600).astype("<i2")  # negative and positive values
+    ds.Rows, ds.Columns, ds.PixelRepresentation = SIZE[0], SIZE[1], 1
+    ds.WindowCenter, ds.WindowWidth = -100, 700
+    ds.PixelData = signed.tobytes()
+    path = write_dicom(tmp_path / "signed.dcm", ds)
+    expected, _ = _reference(path)
+    scan = _working(path)
+    assert np.abs(scan.pixels - expected).max() < 1e-5
+    assert float(scan.pixels.std()) > 0.05
+
+
+def test_dicom_of_working_size_is_not_reduced(tmp_path: Path):
+    path = write_cr_pixels(tmp_path / "small.dcm", cr_stored())  # 440²: factor 1
+    assert np.array_equal(_working(path).pixels, load_scan(path).pixels)
+
+
+def test_block_mean_matches_pillow_reduce_to_a_float32_rounding():
+    rng = np.random.default_rng(3)
+    values = rng.random((1031, 1347), dtype=np.float32)
+    for factor in (2, 3, 4):
+        image = Image.fromarray(values, mode="F")
+        expected = np.asarray(image.reduce(factor), dtype=np.float32)
+        ours = block_mean(values, factor)
+        assert ours.shape == expected.shape  # partial edge blocks kept, as Pillow does
+        assert np.abs(ours - expected).max() <= 6e-8  # Pillow rounds the last bit otherwise
+
+
+def test_working_side_is_what_the_tests_assume():
+    assert working_factor(*SIZE) == 2 and SIZE[0] // 2 >= WORKING_SIDE
