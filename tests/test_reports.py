@@ -673,3 +673,37 @@ def test_many_flagged_scans_continue_in_further_files(tmp_path, monkeypatch):
     assert f"Flagged scans #10–#12 of {flagged} (file 4 of 4" in " ".join(
         _pdf_text(paths[3]).split()
     )
+
+
+@needs_poppler
+def test_pdf_from_the_store_fetches_class_maps_per_flagged_scan(scan_results, pdf_off, tmp_path):
+    """A stored batch's triage records hold no class maps or images (20,000 are held at once);
+    each flagged block fetches its scan again, so the PDF has the same heatmaps."""
+    from desktop.engine.reports import StoredBatch
+    from desktop.engine.reports.pdf import _rank
+    from desktop.engine.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    batch = store.create_batch([str(DATA)], MODELS_KEY, "CPU")
+    store.set_items(batch, [r.file for r in scan_results])
+    for seq, result in enumerate(scan_results):
+        store.record(batch, seq, result)
+    stored = StoredBatch(store, batch)
+    ranked = _rank(stored, context())
+    assert len(ranked) == len(scan_results)
+    assert all(
+        f.activation is None and line.result.thumbnail_png is None
+        for line in ranked
+        for f in line.result.findings.values()
+    )
+    path = write_pdf(stored, context(), tmp_path / "stored.pdf")
+
+    def images(pdf: Path) -> list[tuple[str, str, str]]:
+        listing = subprocess.run(
+            ["pdfimages", "-list", str(pdf)], capture_output=True, check=True, text=True
+        ).stdout.splitlines()[2:]
+        return [tuple(line.split()[3:6]) for line in listing if line.strip()]
+
+    # the scans and their heatmaps (10 images + the colour scale), as from results in memory
+    assert images(path) == images(pdf_off) and len(images(path)) == 11
+    store.close()

@@ -148,6 +148,11 @@ class _Rate:
 CPU_BATCH = 4
 #: Largest inference batch on a GPU.
 GPU_BATCH = 32
+#: Committed scans between two returns of freed heap to the system (``malloc_trim``): glibc
+#: keeps what the decoder and inference threads free in their arenas, and a 20,000-scan
+#: batch's resident memory crept up to ~316 MB without it (measured; 175 MB once trimmed).
+#: A trim costs milliseconds, so every few hundred scans costs nothing measurable.
+TRIM_EVERY = 256
 
 
 class BatchRunner:
@@ -236,6 +241,8 @@ class BatchRunner:
         try:
             for seq, result, reused in self._results(pool, inference, pending):
                 self.store.record(batch_id, seq, result)
+                if (done + 1) % TRIM_EVERY == 0:
+                    release_free_memory()
                 summary.count(result.status)
                 summary.reused += int(reused)
                 done += 1

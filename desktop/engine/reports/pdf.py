@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -47,6 +48,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from desktop.engine.cores import release_free_memory
 from desktop.engine.decisions import ReaderDecision
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.overlay import INFERNO_LUT, decode_thumbnail, overlay
@@ -67,7 +69,13 @@ from desktop.engine.reports._common import (
     write_atomic,
 )
 from desktop.engine.reports.context import ReportContext
-from desktop.engine.reports.source import ThumbnailSource, reiterable, thumbnail_of
+from desktop.engine.reports.source import (
+    DetailSource,
+    ThumbnailSource,
+    detail_of,
+    reiterable,
+    thumbnail_of,
+)
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.triage import TriageGroup, TriageKey, margin, triage_key
 
@@ -723,24 +731,40 @@ class _Ranked:
 
 
 def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> list[_Ranked]:
-    """Every scan in the engine's triage order (one pass over ``results``)."""
+    """Every scan in the engine's triage order (one pass over ``results``).
+
+    A record keeps what the order and the tables read (probabilities of the flagging label,
+    metadata for the scope rule), with its repeated texts shared (``sys.intern``): 20,000
+    records are held at once. A flagged scan's class maps and image stay in the store when
+    ``results`` can fetch them again (:func:`~desktop.engine.reports.source.detail_of`),
+    else the record keeps them.
+    """
     points: dict[str, OperatingPoint | None] = dict(ctx.points())
     fetchable = isinstance(results, ThumbnailSource)  # else a flagged scan keeps its bytes
+    refetch = isinstance(results, DetailSource)  # else a flagged scan keeps its class maps
     lines: list[_Ranked] = []
     for result in results:
         key = triage_key(result, points, ctx.scope_rule)
-        kept = result
-        if key.group is not TriageGroup.FLAGGED:
-            findings = {m: replace(f, activation=None, probabilities={})
-                        for m, f in result.findings.items()}  # fmt: skip
-            kept = replace(result, findings=findings, thumbnail_png=None,
-                           modality_probabilities={})  # fmt: skip
-        else:  # a flagged scan keeps its class maps (heatmaps) and, if fetchable, no image
-            kept = replace(
-                result,
-                modality_probabilities={},
-                thumbnail_png=None if fetchable else result.thumbnail_png,
+        keep_maps = key.group is TriageGroup.FLAGGED and not refetch
+        findings = {
+            sys.intern(m): replace(
+                f,
+                model_id=sys.intern(f.model_id),
+                model_key=sys.intern(f.model_key),
+                activation=f.activation if keep_maps else None,
+                probabilities={},
             )
+            for m, f in result.findings.items()
+        }
+        keep_image = key.group is TriageGroup.FLAGGED and not fetchable
+        kept = replace(
+            result,
+            findings=findings,
+            thumbnail_png=result.thumbnail_png if keep_image else None,
+            modality_probabilities={},
+            models_key=sys.intern(result.models_key),
+            metadata={sys.intern(k): _shared(v) for k, v in result.metadata.items()},
+        )
         lines.append(_Ranked(key, kept, ctx.decision_of(result)))
     lines.sort(key=lambda line: line.key)  # stable: equal keys keep the folder's order
     for rank, line in enumerate(lines, start=1):
@@ -1109,6 +1133,25 @@ def _outside_scope(
         yield table(rows)
 
 
+def _shared(value: object) -> object:
+    """A short text value interned (formats, modes, views repeat across 20,000 records)."""
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 32 else value
+
+
+def _section(
+    results: Iterable[ScanResult],
+    line: _Ranked,
+    ctx: ReportContext,
+    common: str | None,
+    st: dict[str, ParagraphStyle],
+    fonts: tuple[str, str],
+) -> Flowable:
+    """A flagged scan's block, from the scan fetched again in full (maps, image) and let go."""
+    full = detail_of(results, line.result)
+    shown = line if full is line.result else replace(line, result=full)
+    return _flagged_section(shown, thumbnail_of(results, full), ctx, common, st, fonts)
+
+
 def _volume_name(path: Path, number: int) -> Path:
     """``report.pdf`` for the first file, ``report-2.pdf``, ``report-3.pdf``… for the next."""
     return path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
@@ -1155,8 +1198,7 @@ def iter_story(
         yield _legend(st, 80 * mm)
         yield Spacer(1, 2 * mm)
         for line in shown:
-            thumbnail = thumbnail_of(results, line.result)
-            yield _flagged_section(line, thumbnail, ctx, common, st, fonts)
+            yield _section(results, line, ctx, common, st, fonts)
         if len(shown) < len(flagged):
             yield Paragraph(
                 f"Flagged scans #{len(shown) + 1}–#{len(flagged)} continue in "
@@ -1207,7 +1249,7 @@ def _iter_volume(
     yield _legend(st, 80 * mm)
     yield Spacer(1, 2 * mm)
     for line in lines:
-        yield _flagged_section(line, thumbnail_of(results, line.result), ctx, common, st, fonts)
+        yield _section(results, line, ctx, common, st, fonts)
 
 
 def build_story(results: Iterable[ScanResult], ctx: ReportContext) -> list[Flowable]:
@@ -1273,9 +1315,11 @@ def write_pdf_files(results: Iterable[ScanResult], ctx: ReportContext, path: Pat
     main = iter_story(results, ctx, volumes=names, ranked=ranked)
     _write_story(main, ctx, paths[0])
     del main
+    release_free_memory()  # each file's pages were freed: do not let the next sit on them
     for number, lines in enumerate(chunks[1:], start=2):
         story = _iter_volume(results, ctx, lines, number, len(paths), path.name, len(flagged))
         _write_story(story, ctx, paths[number - 1])
+        release_free_memory()
     for stale in path.parent.glob(f"{path.stem}-*{path.suffix}"):  # an earlier, longer run's
         if stale.stem[len(path.stem) + 1 :].isdigit() and stale not in paths:
             stale.unlink(missing_ok=True)

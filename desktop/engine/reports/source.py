@@ -24,6 +24,13 @@ class ThumbnailSource(Protocol):
     def thumbnail(self, result: ScanResult) -> bytes | None: ...
 
 
+@runtime_checkable
+class DetailSource(Protocol):
+    """Results that can fetch a result again in full (class maps and thumbnail) on demand."""
+
+    def detail(self, result: ScanResult) -> ScanResult | None: ...
+
+
 class StoredBatch:
     """A stored batch's results, streamed from the store in input order without thumbnails.
 
@@ -44,6 +51,13 @@ class StoredBatch:
         if not result.sha256 or not result.models_key:
             return None
         return self.store.thumbnail(result.sha256, result.models_key)
+
+    def detail(self, result: ScanResult) -> ScanResult | None:
+        """``result`` as stored, with its class maps and thumbnail (one query): what the PDF
+        fetches for each flagged scan's block, so its triage records need not keep maps."""
+        if not result.sha256 or not result.models_key:
+            return None
+        return self.store.cached_result(result.sha256, result.models_key, result.file)
 
 
 class WithThumbnails:
@@ -78,6 +92,15 @@ def reiterable(results: Iterable[ScanResult]) -> Iterable[ScanResult]:
     if iter(results) is results:  # an iterator: iterating it again would find it empty
         return list(results)
     return results
+
+
+def detail_of(results: Iterable[ScanResult], result: ScanResult) -> ScanResult:
+    """``result`` in full (class maps, thumbnail) when ``results`` can fetch it, else itself."""
+    if isinstance(results, DetailSource):
+        full = results.detail(result)
+        if full is not None:
+            return full
+    return result
 
 
 def thumbnail_of(results: Iterable[ScanResult], result: ScanResult) -> bytes | None:
