@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import io
 import logging
@@ -1315,16 +1316,27 @@ def write_pdf_files(results: Iterable[ScanResult], ctx: ReportContext, path: Pat
     main = iter_story(results, ctx, volumes=names, ranked=ranked)
     _write_story(main, ctx, paths[0])
     del main
-    release_free_memory()  # each file's pages were freed: do not let the next sit on them
+    _let_go()
     for number, lines in enumerate(chunks[1:], start=2):
         story = _iter_volume(results, ctx, lines, number, len(paths), path.name, len(flagged))
         _write_story(story, ctx, paths[number - 1])
-        release_free_memory()
+        _let_go()
     for stale in path.parent.glob(f"{path.stem}-*{path.suffix}"):  # an earlier, longer run's
         if stale.stem[len(path.stem) + 1 :].isdigit() and stale not in paths:
             stale.unlink(missing_ok=True)
     logger.info("wrote PDF report to %s (%d file(s))", path.name, len(paths))
     return paths
+
+
+def _let_go() -> None:
+    """Free a written file's document now, and give the freed heap back to the system.
+
+    A reportlab document is a web of reference cycles (its fonts keep per-document state), so
+    only the cycle collector frees it: without a collection here each file of a 20,000-scan
+    report left ~1.5 MB behind (41 files, measured), with it memory stays flat.
+    """
+    gc.collect()
+    release_free_memory()
 
 
 def _write_story(story: Iterator[Flowable], ctx: ReportContext, path: Path) -> None:
