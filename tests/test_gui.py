@@ -624,19 +624,3 @@ def test_rows_keep_no_thumbnail_bytes_but_show_and_open_them(
         assert max(image.size) == THUMBNAIL_SIZE
     shown = QImage.fromData(full.thumbnail_png)
     assert not shown.isNull() and max(shown.width(), shown.height()) == THUMBNAIL_SIZE
-
-
-def test_window_process_hands_the_gil_to_the_gui_thread_quickly(qapp):
-    """Python's 5 ms GIL switch interval let the batch's threads stall the window for 232-246
-    ms at ~140 scans/s (benchmarks/bench_gui_stall.py); the window's process uses 0.5 ms."""
-    import sys
-
-    from desktop.gui.app import GUI_SWITCH_INTERVAL, create_app
-
-    before = sys.getswitchinterval()
-    try:
-        assert create_app() is qapp
-        assert sys.getswitchinterval() == pytest.approx(GUI_SWITCH_INTERVAL)
-        assert GUI_SWITCH_INTERVAL <= 0.001
-    finally:
-        sys.setswitchinterval(before)

@@ -79,20 +79,9 @@ def install_excepthook(parent: QWidget | None = None) -> None:
     sys.excepthook = hook
 
 
-#: How long (s) a Python thread may hold the GIL while another waits for it, in the window's
-#: process. Python's 5 ms default let the batch's decoder and inference threads keep the GUI
-#: thread waiting at each of the hundreds of Qt-to-Python calls a table repaint makes: at
-#: ~140 scans/s the window stalled up to 232-246 ms (24-30 stalls over 100 ms per 1,000
-#: scans); at 0.5 ms the longest was 83-102 ms (0-1 over 100 ms) and the batch ran faster
-#: (171-184 scans/s), measured with benchmarks/bench_gui_stall.py on a quiet 2-core machine.
-GUI_SWITCH_INTERVAL = 0.0005
-
-
 def create_app(argv: Sequence[str] | None = None) -> QApplication:
     """The QApplication with MedScreen's names (no style overrides: the platform's palette,
-    including dark mode, is used as is), in a process whose GUI thread gets the GIL quickly
-    (:data:`GUI_SWITCH_INTERVAL`)."""
-    sys.setswitchinterval(GUI_SWITCH_INTERVAL)
+    including dark mode, is used as is)."""
     app = QApplication.instance()
     if isinstance(app, QApplication):
         return app
