@@ -11,17 +11,10 @@ here states a threshold rule, a machine or a figure of its own.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-
-def _f(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+from export.model_card import copy_figures, data_section, fmt
 
 
 def _ci(pair: list[float | None] | None, nd: int = 3) -> str:
@@ -86,17 +79,17 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
             str(c["views"]),
             c["contrast"],
             f"{c['l2']:g}",
-            _f(m["validation"]["auc"]),
+            fmt(m["validation"]["auc"]),
         ]
         by_src = m["validation"].get("by_source", {})
-        cells += [_f(by_src.get(s, {}).get("auc")) for s in _val_sources(rows)]
+        cells += [fmt(by_src.get(s, {}).get("auc")) for s in _val_sources(rows)]
         loso = m.get("leave_one_source_out", {})
-        cells += [_f(loso.get(k, {}).get("auc")) for k in loso_keys]
+        cells += [fmt(loso.get(k, {}).get("auc")) for k in loso_keys]
         ext = m.get("external", {})
         cells += [
-            _f(ext[k]["flag_rate"]["screening"]["rate"]) if k in ext else "–" for k in ext_keys
+            fmt(ext[k]["flag_rate"]["screening"]["rate"]) if k in ext else "–" for k in ext_keys
         ]
-        cells.append(_f(m["test"]["auc"]))
+        cells.append(fmt(m["test"]["auc"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -115,9 +108,9 @@ def _points_table(t: dict[str, Any], points: dict[str, Any]) -> list[str]:
         vp = points.get(name, {})
         c = r["confusion"]
         lines.append(
-            f"| {name} | {r['threshold']:.3f} | {_f(vp.get('sensitivity'))} | "
-            f"{_f(vp.get('specificity'))} | {_f(r['sensitivity'])} | {_f(r['specificity'])} | "
-            f"{_f(r['precision'])} | {c['tp']}/{c['fn']}/{c['fp']}/{c['tn']} |"
+            f"| {name} | {r['threshold']:.3f} | {fmt(vp.get('sensitivity'))} | "
+            f"{fmt(vp.get('specificity'))} | {fmt(r['sensitivity'])} | {fmt(r['specificity'])} | "
+            f"{fmt(r['precision'])} | {c['tp']}/{c['fn']}/{c['fp']}/{c['tn']} |"
         )
     return lines
 
@@ -132,26 +125,19 @@ def _group_table(title: str, groups: dict[str, Any]) -> list[str]:
     for name, s in groups.items():
         sp, bp = s["operating_points"]["screening"], s["operating_points"]["balanced"]
         lines.append(
-            f"| {name} | {s['n']} ({s['n_positive']}) | {_f(s['auc'])} ({_ci(s['auc_ci95'])}) | "
-            f"{_f(sp['sensitivity'])} / {_f(sp['specificity'])} | "
-            f"{_f(bp['sensitivity'])} / {_f(bp['specificity'])} |"
+            f"| {name} | {s['n']} ({s['n_positive']}) | {fmt(s['auc'])} ({_ci(s['auc_ci95'])}) | "
+            f"{fmt(sp['sensitivity'])} / {fmt(sp['specificity'])} | "
+            f"{fmt(bp['sensitivity'])} / {fmt(bp['specificity'])} |"
         )
     return lines
 
 
-def _copy_figures(run: Path, out: Path, model_id: str) -> list[tuple[str, str]]:
-    figs = []
-    (out / "figures").mkdir(exist_ok=True)
-    for name, title in (
-        ("roc.png", "ROC: validation, test, test per source"),
-        ("loso_roc.png", "Leave one source out: ROC on the source left out"),
-        ("reliability.png", "Reliability on test before/after temperature scaling"),
-    ):
-        if (run / name).exists():
-            dst = out / "figures" / f"{model_id}_{name}"
-            shutil.copyfile(run / name, dst)
-            figs.append((title, f"figures/{dst.name}"))
-    return figs
+#: The figures a transfer run leaves, with their captions in the card.
+FINDING_FIGURES: tuple[tuple[str, str], ...] = (
+    ("roc.png", "ROC: validation, test, test per source"),
+    ("loso_roc.png", "Leave one source out: ROC on the source left out"),
+    ("reliability.png", "Reliability on test before/after temperature scaling"),
+)
 
 
 def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
@@ -161,7 +147,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
     t = m["test"]
     scope = manifest.get("scope", {})
     ages = scope.get("age_years") or [None, None]
-    figs = _copy_figures(run, out, mid)
+    figs = copy_figures(run, out, mid, FINDING_FIGURES)
     lines = [
         f"# {manifest['name']} — model card (`{mid}` {manifest['version']})",
         "",
@@ -174,7 +160,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         f"- Input `image`: {manifest['input']['shape']} NHWC float32; preprocessing "
         f"`{json.dumps(manifest['preprocessing'])}` (the engine's `preprocess`)",
         f"- Outputs: {', '.join(manifest['outputs'].values())}",
-        f"- Scope: ages {_f(ages[0])}–{_f(ages[1]) if ages[1] is not None else 'no upper limit'}"
+        f"- Scope: ages {fmt(ages[0])}–{fmt(ages[1]) if ages[1] is not None else 'no upper limit'}"
         f" years; views {', '.join(scope.get('views', []))}. {scope.get('summary', '')}",
         "",
         "## Intended use",
@@ -196,17 +182,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
             for g in manifest.get("targets", [])
         ],
         "",
-        "## Data",
-        "",
-        *[f"- {c}" for c in tr["data"]],
-        "",
-        f"Split: {tr['split']['method']} (seed {tr['split']['seed']}; every image and its "
-        f"split are listed in the run's `{tr['split']['file']}`).",
-        "",
-        "```",
-        json.dumps(tr["split"]["counts"], indent=1),
-        "```",
-        "",
+        *data_section(tr),
         "## Performance on the held-out test split",
         "",
         f"Test images: {t['n']} ({t['n_positive']} positive). ROC AUC **{t['auc']:.3f}** "
@@ -239,8 +215,8 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
             sp = s["operating_points"]["screening"]
             lines.append(
                 f"| {k} | {s['n_train_images']} | {s['n']} ({s['n_positive']}) | "
-                f"{_f(s['auc'])} ({_ci(s['auc_ci95'])}) | {_f(sp['sensitivity'])} / "
-                f"{_f(sp['specificity'])} | {_f(s['median_score_positive'], 2)} |"
+                f"{fmt(s['auc'])} ({_ci(s['auc_ci95'])}) | {fmt(sp['sensitivity'])} / "
+                f"{fmt(sp['specificity'])} | {fmt(s['median_score_positive'], 2)} |"
             )
     ext = m.get("external", {})
     if ext:
@@ -249,7 +225,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
             lines.append(
                 f"- `{k}`: {s['description']}. Flagged at screening "
                 f"{_rate(s['flag_rate']['screening'])}; at balanced "
-                f"{_rate(s['flag_rate']['balanced'])}; median score {_f(s['median_score'])}."
+                f"{_rate(s['flag_rate']['balanced'])}; median score {fmt(s['median_score'])}."
             )
     healthy = m.get("healthy_adults", {})
     if healthy:
@@ -268,8 +244,8 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "## Calibration and export",
         "",
         f"Temperature scaling (T = {cal['temperature']:.3f}, {cal['fitted_on']}) is baked into "
-        f"the graph. Expected calibration error on test {_f(t['ece'])} after "
-        f"({_f(t.get('ece_uncalibrated'))} before); reliability diagram below.",
+        f"the graph. Expected calibration error on test {fmt(t['ece'])} after "
+        f"({fmt(t.get('ece_uncalibrated'))} before); reliability diagram below.",
         f"Exported with {manifest['export']['tool']} (opset {manifest['export']['opset']}, "
         f"dynamic batch). Keras vs ONNX Runtime on {par['n_images']} real held-out images: "
         f"max abs difference {par['probabilities']:.2e} on probabilities"

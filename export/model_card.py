@@ -109,7 +109,8 @@ def _epochs(run: Path) -> dict[str, int]:
     }
 
 
-def _f(v: Any, nd: int = 3) -> str:
+def fmt(v: Any, nd: int = 3) -> str:
+    """A figure for a card: 3 decimals for floats, a dash for a missing value."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -117,21 +118,46 @@ def _f(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
-def _copy_figures(run: Path, out: Path, model_id: str) -> list[tuple[str, str]]:
+#: The figures a training run may leave, with their captions in the card.
+TRAINING_FIGURES: tuple[tuple[str, str], ...] = (
+    ("roc.png", "ROC (validation, test, test per source)"),
+    ("reliability.png", "Reliability on test before/after temperature scaling"),
+    ("curves_finetune.png", "Training curves (fine-tuning)"),
+    ("curves_cnn.png", "Training curves"),
+)
+
+
+def copy_figures(
+    run: Path, out: Path, model_id: str, figures: tuple[tuple[str, str], ...] = TRAINING_FIGURES
+) -> list[tuple[str, str]]:
+    """Copy the run's figures that exist next to the card; (caption, relative path) each."""
     figs = []
     (out / "figures").mkdir(exist_ok=True)
-    for name, title in (
-        ("roc.png", "ROC (validation, test, test per source)"),
-        ("reliability.png", "Reliability on test before/after temperature scaling"),
-        ("curves_finetune.png", "Training curves (fine-tuning)"),
-        ("curves_cnn.png", "Training curves"),
-    ):
+    for name, title in figures:
         src = run / name
         if src.exists():
             dst = out / "figures" / f"{model_id}_{name}"
             shutil.copyfile(src, dst)
             figs.append((title, f"figures/{dst.name}"))
     return figs
+
+
+def data_section(training: dict[str, Any]) -> list[str]:
+    """The card's "Data" section: provenance, split method and per-class/source counts."""
+    split = training["split"]
+    return [
+        "## Data",
+        "",
+        *[f"- {c}" for c in training["data"]],
+        "",
+        f"Split: {split['method']} (seed {split['seed']}; every image and its "
+        f"split are listed in the run's `{split['file']}`).",
+        "",
+        "```",
+        json.dumps(split["counts"], indent=1),
+        "```",
+        "",
+    ]
 
 
 def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
@@ -142,7 +168,7 @@ def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
         "",
         f"Test images: {t['n']} ({t['n_positive']} positive). ROC AUC **{t['auc']:.3f}** "
         f"(95% bootstrap CI {lo:.3f}–{hi:.3f}). Expected calibration error "
-        f"{t['ece']:.3f} after temperature scaling ({_f(t.get('ece_uncalibrated'))} before).",
+        f"{t['ece']:.3f} after temperature scaling ({fmt(t.get('ece_uncalibrated'))} before).",
         "",
         "Thresholds were chosen on the validation split; the test figures below are what "
         "they gave on unseen images. `screening` is the highest threshold with validation "
@@ -164,9 +190,9 @@ def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
         vp = points.get(name, {})
         c = r["confusion"]
         lines.append(
-            f"| {name} | {r['threshold']:.3f} | {_f(vp.get('sensitivity'))} | "
-            f"{_f(vp.get('specificity'))} | {_f(r['accuracy'])} | {_f(r['sensitivity'])} | "
-            f"{_f(r['specificity'])} | {_f(r['precision'])} | {_f(r['f1'])} | "
+            f"| {name} | {r['threshold']:.3f} | {fmt(vp.get('sensitivity'))} | "
+            f"{fmt(vp.get('specificity'))} | {fmt(r['accuracy'])} | {fmt(r['sensitivity'])} | "
+            f"{fmt(r['specificity'])} | {fmt(r['precision'])} | {fmt(r['f1'])} | "
             f"{c['tp']}/{c['fn']}/{c['fp']}/{c['tn']} |"
         )
     if t.get("by_source") and len(t["by_source"]) > 1:
@@ -182,8 +208,8 @@ def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {src} | {s['n']} ({s['n_positive']}) | {s['auc']:.3f} "
                 f"({s['auc_ci95'][0]:.3f}–{s['auc_ci95'][1]:.3f}) | "
-                f"{_f(sp['sensitivity'])} / {_f(sp['specificity'])} | "
-                f"{_f(bp['sensitivity'])} / {_f(bp['specificity'])} |"
+                f"{fmt(sp['sensitivity'])} / {fmt(sp['specificity'])} | "
+                f"{fmt(bp['sensitivity'])} / {fmt(bp['specificity'])} |"
             )
     return lines
 
@@ -371,7 +397,7 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
             f"{band}: {c['k']}/{c['n']}" for band, c in d["left_out_nih_children_by_age"].items()
         )
         rest = min((c["rate"] for c in d["test_of_the_rest"].values()), default=None)
-        lines.append(f"| {name} | {left or '–'} | {ages or '–'} | {_f(rest)} |")
+        lines.append(f"| {name} | {left or '–'} | {ages or '–'} | {fmt(rest)} |")
     comp = met.get("comparison", {})
     if comp:
         lines += [
@@ -430,8 +456,8 @@ def _seed_section(run: Path, model_id: str) -> list[str]:
                 f"- {kind} (`{path.parent.name}`): {tr['recipe']}. Validation AUC "
                 f"{info['metrics']['validation']['auc']:.3f}; test AUC {t['auc']:.3f} "
                 f"({t['auc_ci95'][0]:.3f}–{t['auc_ci95'][1]:.3f}), screening sens/spec "
-                f"{_f(sp['sensitivity'])}/{_f(sp['specificity'])}, accuracy at 0.5 "
-                f"{_f(t['at_0.5']['accuracy'])}; epochs {_epochs(path.parent)}, "
+                f"{fmt(sp['sensitivity'])}/{fmt(sp['specificity'])}, accuracy at 0.5 "
+                f"{fmt(t['at_0.5']['accuracy'])}; epochs {_epochs(path.parent)}, "
                 f"{tr['duration_s']:.0f} s."
             )
             by_source = t.get("by_source", {})
@@ -457,7 +483,7 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         return write_finding_card(manifest, run, out)
     mid = manifest["id"]
     tr = manifest["training"]
-    figs = _copy_figures(run, out, mid)
+    figs = copy_figures(run, out, mid)
     lines = [
         f"# {manifest['name']} — model card (`{mid}` {manifest['version']})",
         "",
@@ -481,17 +507,7 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         manifest["intended_use"],
         "",
-        "## Data",
-        "",
-        *[f"- {c}" for c in tr["data"]],
-        "",
-        f"Split: {tr['split']['method']} (seed {tr['split']['seed']}; every image and its "
-        f"split are listed in the run's `{tr['split']['file']}`).",
-        "",
-        "```",
-        json.dumps(tr["split"]["counts"], indent=1),
-        "```",
-        "",
+        *data_section(tr),
     ]
     if manifest["role"] == "finding":
         lines += _binary_section(manifest, manifest["operating_points"])
@@ -508,7 +524,7 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
                 "",
                 "WHO minimum for a TB screening test (sensitivity ≥ 0.90, specificity ≥ 0.70): "
                 f"on our test split the screening point gives sensitivity "
-                f"{_f(s['sensitivity'])} and specificity {_f(s['specificity'])} — "
+                f"{fmt(s['sensitivity'])} and specificity {fmt(s['specificity'])} — "
                 + ("**met**." if met else "**not met**."),
             ]
         lines += [
