@@ -192,38 +192,33 @@ class ResultsModel(QAbstractTableModel):
         self._patients = patients
         self._scope = ScopeRule.of(self._all_manifests, patients)
         self._recount()
-        if self._results:
-            emit(
-                self.dataChanged,
-                self.index(0, 0),
-                self.index(len(self._results) - 1, self.columnCount() - 1),
-                [
-                    Qt.ItemDataRole.DisplayRole,
-                    Qt.ItemDataRole.DecorationRole,
-                    Qt.ItemDataRole.ToolTipRole,
-                    Qt.ItemDataRole.ForegroundRole,
-                    FlaggedRole,
-                    SortRole,
-                ],
-            )
+        self._all_rows_changed(
+            Qt.ItemDataRole.DisplayRole,
+            Qt.ItemDataRole.DecorationRole,
+            Qt.ItemDataRole.ToolTipRole,
+            Qt.ItemDataRole.ForegroundRole,
+            FlaggedRole,
+            SortRole,
+        )
 
     def set_choice(self, choice: ThresholdChoice) -> None:
         """Re-derive every flag from stored probabilities: no re-run, just dataChanged."""
         self._choice = choice
         self._resolve_points()
         self._recount()
+        # With SortRole: the triage order (Attention column) follows the point.
+        self._all_rows_changed(
+            Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, FlaggedRole, SortRole
+        )
+
+    def _all_rows_changed(self, *roles: int) -> None:
+        """Tell the views that ``roles`` of every row changed (a re-derivation, not a re-run)."""
         if self._results:
-            # From the Attention column, with SortRole: the triage order follows the point.
             emit(
                 self.dataChanged,
                 self.index(0, 0),
                 self.index(len(self._results) - 1, self.columnCount() - 1),
-                [
-                    Qt.ItemDataRole.DisplayRole,
-                    Qt.ItemDataRole.DecorationRole,
-                    FlaggedRole,
-                    SortRole,
-                ],
+                list(roles),
             )
 
     def _resolve_points(self) -> None:
