@@ -16,12 +16,13 @@ import threading
 import time
 import tracemalloc
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from desktop.engine import loading, sandbox, trust
+from desktop.engine import dicom, loading, sandbox, trust
 from desktop.engine.budget import PixelBudget
 from desktop.engine.errors import MAX_REASON_CHARS, ScanError, ScanErrorCode, cap_reason
 from desktop.engine.loading import decode_scan, load_scan
@@ -34,6 +35,7 @@ from tests.fixtures import CR_CHEST, CR_J2K, KERMANY_JPEG, TB_PNG, write_cr_vari
 from tests.hostile import (
     IDENTIFIERS,
     PATIENT_NAME,
+    _meta_end,
     crash_on_marker,
     write_damaged_rle,
     write_deflate_bomb,
@@ -206,6 +208,44 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
 def test_real_deflated_dicom_still_decodes(tmp_path: Path) -> None:
     scan = load_scan(write_deflated(tmp_path / "deflated.dcm"))
     assert np.array_equal(scan.pixels, load_scan(CR_CHEST).pixels)
+
+
+def test_deflated_dicom_is_inflated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the size check used to inflate the data set to count it, then pydicom inflated it again
+    inflated: list[int] = []
+    real_decompress, real_decompressobj = zlib.decompress, zlib.decompressobj
+
+    def decompress(data: bytes, *args: int) -> bytes:
+        out = real_decompress(data, *args)
+        inflated.append(len(out))
+        return out
+
+    class Counting:
+        def __init__(self, *args: int) -> None:
+            self._inner = real_decompressobj(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self._inner.decompress(data, max_length)
+            inflated.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(zlib, "decompress", decompress)
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    path = write_deflated(tmp_path / "deflated.dcm")
+    raw = path.read_bytes()
+    data_set = real_decompressobj(-zlib.MAX_WBITS).decompress(raw[_meta_end(raw) :])
+    inflated.clear()
+    scan = load_scan(path)
+    assert np.array_equal(scan.pixels, load_scan(CR_CHEST).pixels)
+    assert sum(inflated) == len(data_set), f"{sum(inflated)} bytes inflated for {len(data_set)}"
+    # a data set larger than what the check keeps is counted, then read by pydicom as before
+    monkeypatch.setattr(dicom, "KEEP_INFLATED_BYTES", len(data_set) // 2)
+    inflated.clear()
+    assert np.array_equal(load_scan(path).pixels, scan.pixels)
+    assert sum(inflated) == 2 * len(data_set)
 
 
 def test_pixel_bytes_are_checked_before_decoding(tmp_path: Path) -> None:

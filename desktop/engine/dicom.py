@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.charset import python_encoding
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -57,6 +58,10 @@ _FIRST_GROUPS = (0x0002, 0x0008)
 #: A deflated dataset is refused when it would inflate to more than this: checked by
 #: inflating it in a stream and counting, before pydicom inflates it whole in memory.
 MAX_INFLATED_BYTES: int = 256 << 20
+#: A deflated dataset up to this size is kept as the size check inflates it and read from
+#: there (inflated once); a larger one (a 4300² 16-bit detector image is 35 MiB) is only
+#: counted, so a deflate bomb never holds more than this, and pydicom inflates it again.
+KEEP_INFLATED_BYTES: int = 40 << 20
 
 #: Stored pixel bytes (Rows × Columns × Samples × Frames × BitsAllocated / 8) above which a
 #: file is refused before its pixel data is decoded.
@@ -371,13 +376,17 @@ def _file_meta_end(data: bytes) -> tuple[int, str] | None:
     return offset, tsyntax
 
 
-def _check_inflated_size(data: bytes, start: int) -> None:
-    """Refuse a deflated dataset that would inflate past :data:`MAX_INFLATED_BYTES`.
+def _inflate(data: bytes, start: int) -> BytesIO | None:
+    """The deflated dataset from ``start``, inflated once; refused past :data:`MAX_INFLATED_BYTES`.
 
-    The stream is inflated in 4 MiB steps and only counted (nothing is kept), so a 1 MB
-    file that would inflate to gigabytes costs a few megabytes and a fraction of a second.
+    The stream is inflated in 4 MiB steps and counted as it goes. Up to
+    :data:`KEEP_INFLATED_BYTES` the output is kept and returned, for pydicom to read without
+    inflating the file a second time; past that it is dropped and only counted, so a 1 MB
+    file that would inflate to gigabytes costs a few tens of megabytes and is refused before
+    the cap. A dataset between the two (None is returned) is inflated again by pydicom.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept: list[bytes] | None = []
     total = 0
     pending = memoryview(data)[start:]
     step = 4 << 20
@@ -392,6 +401,10 @@ def _check_inflated_size(data: bytes, start: int) -> None:
                     f"{MAX_INFLATED_BYTES >> 20} MiB (the file is "
                     f"{len(data) / 2**20:.1f} MiB): refused before inflating it",
                 )
+            if kept is not None and total <= KEEP_INFLATED_BYTES:
+                kept.append(out)
+            else:
+                kept = None
             pending = memoryview(inflater.unconsumed_tail)
             if inflater.eof or not out:
                 break
@@ -400,6 +413,19 @@ def _check_inflated_size(data: bytes, start: int) -> None:
             ScanErrorCode.TRUNCATED,
             "deflated DICOM data is damaged or truncated (it cannot be inflated)",
         ) from exc
+    return None if kept is None else BytesIO(b"".join(kept))
+
+
+def _read_deflated(data: bytes, start: int, inflated: BytesIO) -> Dataset:
+    """Preamble and file meta read from ``data``; the dataset from the inflated stream.
+
+    What ``pydicom.dcmread`` does for Deflated Explicit VR Little Endian, without inflating.
+    """
+    head = pydicom.dcmread(BytesIO(data[:start]), force=True)  # ends after the meta group
+    dataset = read_dataset(inflated, is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(inflated, dataset, head.preamble, head.file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset.get("SpecificCharacterSet", "ISO_IR 6"))
+    return ds
 
 
 def _sanitise_charset(ds: Dataset) -> None:
@@ -428,10 +454,12 @@ def _sanitise_charset(ds: Dataset) -> None:
 def _read_dataset(data: bytes) -> Dataset:
     configure_pydicom()
     meta = _file_meta_end(data)
-    if meta is not None and meta[1] == _DEFLATED:
-        _check_inflated_size(data, meta[0])
+    inflated = _inflate(data, meta[0]) if meta is not None and meta[1] == _DEFLATED else None
     try:
-        ds = pydicom.dcmread(BytesIO(data), force=True)
+        if meta is not None and inflated is not None:
+            ds = _read_deflated(data, meta[0], inflated)
+        else:
+            ds = pydicom.dcmread(BytesIO(data), force=True)
     except (EOFError, struct.error) as exc:
         raise ScanError(
             ScanErrorCode.TRUNCATED,
