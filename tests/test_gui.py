@@ -233,7 +233,7 @@ def test_operating_point_changes_flags_without_inference(
     assert before != after
     assert all(text in ("—", "") for text in after)
     picker.custom.setValue(0.0)
-    assert {t for t in _flag_texts(window, "tb") if t} == {"⚑ TB"}
+    assert {t for t in _flag_texts(window, "tb") if t} == {"flagged"}
     assert runs["n"] == 0  # flags came from stored probabilities
     assert window.settings.operating_point == "0"
     # the flagged filter follows the new flags at once

@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
 
 from desktop.engine.patients import PatientGroup
 from desktop.engine.screening import Screener
@@ -84,7 +86,7 @@ def test_outside_scope_is_greyed_with_its_reason_and_raises_no_flag(qtbot, windo
     assert tip.startswith("TB model: adults only; this scan: child, age 6, from the file")
     grey = window.palette().placeholderText().color()
     assert _cell(window, child, Column.SCORE, "tb", Qt.ItemDataRole.ForegroundRole).color() == grey
-    assert _cell(window, adult, Column.FLAG, "tb") == "⚑ TB"
+    assert _cell(window, adult, Column.FLAG, "tb") == "flagged"
     assert _cell(window, adult, Column.SCORE, "tb", Qt.ItemDataRole.ForegroundRole) is None
     assert _cell(window, child, Column.PATIENT) == "child (file)"
     # the reason column: short forms, each whole; the tooltip holds the whole sentences
@@ -103,6 +105,39 @@ def test_outside_scope_is_greyed_with_its_reason_and_raises_no_flag(qtbot, windo
         source = window.proxy.mapToSource(window.view.currentIndex()).row()
         assert window.model.is_row_flagged(window.model.result(source))
         assert source != child
+
+
+def test_flag_cell_has_one_mark_with_accessible_words_in_light_and_dark(qtbot, window, folder):
+    _run_folder(qtbot, window, folder)
+    adult = _row(window, "age_45y.dcm")
+    # one mark: the drawn pennant, and a word (no second "⚑" glyph beside the icon)
+    assert _cell(window, adult, Column.FLAG, "tb") == "flagged"
+    for role in (Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.AccessibleTextRole):
+        assert _cell(window, adult, Column.FLAG, "tb", role).startswith("TB: flagged at ")
+    assert "⚑" not in "".join(
+        str(_cell(window, row, Column.FLAG, mid) or "")
+        for row in range(window.model.rowCount())
+        for mid in ("tb", "pneumonia")
+    )
+    app = QApplication.instance()
+    light = app.palette()
+    dark = QPalette(light)
+    for group in (QPalette.ColorGroup.Active, QPalette.ColorGroup.Inactive):
+        dark.setColor(group, QPalette.ColorRole.WindowText, QColor(235, 235, 235))
+        dark.setColor(group, QPalette.ColorRole.Window, QColor(40, 40, 40))
+
+    def pole() -> QColor:  # the pennant's pole, below the pennant, in the palette's text colour
+        icon = _cell(window, adult, Column.FLAG, "tb", Qt.ItemDataRole.DecorationRole)
+        image = icon.toImage()
+        ratio = image.devicePixelRatio()
+        return image.pixelColor(int(16 * 0.22 * ratio), int(12 * ratio))
+
+    try:
+        assert pole().lightness() < 100  # dark outline on the light theme
+        app.setPalette(dark)
+        assert pole().lightness() > 150  # redrawn light on the dark theme, not the cached one
+    finally:
+        app.setPalette(light)
 
 
 def test_batch_group_changes_flags_at_once_without_inference(qtbot, window, folder, monkeypatch):

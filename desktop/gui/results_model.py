@@ -57,7 +57,7 @@ from desktop.engine.results import (
 )
 from desktop.engine.triage import TriageKey, margin, triage_key
 from desktop.gui.elide import warning_pixmap
-from desktop.gui.flags import NOT_FLAGGED_TEXT, flag_pixmap, flag_text
+from desktop.gui.flags import FLAGGED_TEXT, NOT_FLAGGED_TEXT, flag_pixmap
 from desktop.gui.qt_compat import emit
 
 log = logging.getLogger(__name__)
@@ -440,7 +440,7 @@ class ResultsModel(QAbstractTableModel):
                     return ""
                 if outside is not None:
                     return "outside scope"
-                return flag_text(name) if flag else NOT_FLAGGED_TEXT
+                return FLAGGED_TEXT if flag else NOT_FLAGGED_TEXT  # the pennant is the mark
             if role == Qt.ItemDataRole.DecorationRole:
                 if outside is not None:
                     return warning_pixmap()
