@@ -86,7 +86,8 @@ def main() -> None:
         for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             stale.unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
-        common = ["--db", str(db), "--report", "pdf,csv,json", "--quiet", *models]
+        common = ["--db", str(db), "--report", "pdf,csv,json", "--name", "report", "--quiet"]
+        common += models
         peak, seconds, _ = run(["classify", str(folder), "--out", str(out), *common])
         history = subprocess.run(
             [sys.executable, "-m", "desktop", "history", "--db", str(db)],

@@ -76,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             required=True,
             metavar="DIR",
-            help="folder for results.csv, results.json and reports",
+            help="folder for results.csv, results.json and the reports",
+        )
+        p.add_argument(
+            "--name",
+            type=_report_name,
+            default=None,
+            metavar="NAME",
+            help="file name of the reports, without extension (default: "
+            "medscreen-<clinic>-<date>-<batch>, the name the window proposes)",
         )
         p.add_argument(
             "--operating-point",
@@ -90,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--report",
             default="",
             metavar="FORMATS",
-            help="also write report.<fmt> for each of pdf,csv,json (comma-separated)",
+            help="also write the reports NAME.<fmt> for each of pdf,csv,json "
+            "(comma-separated; see --name)",
         )
         p.add_argument(
             "--patients",
@@ -382,7 +391,7 @@ def _classify(args: argparse.Namespace) -> int:
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
-    written = _write_outputs(results, ctx, out, formats)
+    written = _write_outputs(results, ctx, out, formats, args.name)
     _print_summary(summary, results, ctx, written, stream)
     if interrupted:
         print(
@@ -406,11 +415,25 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _report_name(value: str) -> str:
+    """``--name``: a plain file name without extension (the reports add theirs)."""
+    if not value or Path(value).name != value or value in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a plain file name without folders")
+    return value
+
+
 def _write_outputs(
-    results: Iterable[ScanResult], ctx: ReportContext, out: Path, formats: Sequence[str]
+    results: Iterable[ScanResult],
+    ctx: ReportContext,
+    out: Path,
+    formats: Sequence[str],
+    name: str | None = None,
 ) -> list[Path]:
     """Write results.csv, results.json and the requested reports; an I/O failure (a full or
-    vanished disk) becomes one clear message, and the batch stays in the store to export."""
+    vanished disk) becomes one clear message, and the batch stays in the store to export.
+
+    The reports are ``NAME.<fmt>``, by default the engine's name for them
+    (``medscreen-<clinic>-<date>-<batch>``, as the window names its export)."""
     from desktop.engine.reports import write_csv, write_json, write_reports
 
     try:
@@ -419,7 +442,7 @@ def _write_outputs(
             write_json(results, ctx, out / "results.json"),
         ]
         if formats:
-            written += write_reports(results, ctx, out, formats)
+            written += write_reports(results, ctx, out, formats, name)
     except OSError as exc:
         log.debug("writing the results failed", exc_info=True)
         raise BatchError(
@@ -481,7 +504,7 @@ def _export(args: argparse.Namespace) -> int:
     if info.device:  # the device the batch ran on, not the one this command would use
         ctx = dataclasses.replace(ctx, device=info.device)
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
-    written = _write_outputs(results, ctx, out, formats)
+    written = _write_outputs(results, ctx, out, formats, args.name)
     stream = sys.stderr
     _print_summary(None, results, ctx, written, stream)
     if info.status != BatchStatus.COMPLETED:

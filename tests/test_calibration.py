@@ -467,7 +467,7 @@ def test_cli_calibrate_writes_the_record_and_classify_uses_the_site_point(
     assert code == 0
     err = capsys.readouterr().err
     assert "site:Test-Site holds no calibration of tb; its default point screening" in err
-    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    report = json.loads(next(report_dir.glob("medscreen-*.json")).read_text(encoding="utf-8"))
     used = report["operating_point"]["models"]["pneumonia"]
     assert used["name"] == "site:Test-Site" and used["threshold"] == threshold
     assert used["site_calibration"]["calibrated_by"] == "QA nurse"
@@ -507,7 +507,10 @@ def _pdf_text(folder: Path) -> str:
     import subprocess
 
     return subprocess.run(
-        [tool, str(folder / "report.pdf"), "-"], capture_output=True, text=True, check=True
+        [tool, str(next(folder.glob("medscreen-*.pdf"))), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
 

@@ -7,11 +7,15 @@ import json
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from desktop.cli import main
+from desktop.engine.registry import load_model_set
+from desktop.engine.reports import ReportContext, default_stem
+from desktop.engine.results import ThresholdChoice
 from tests.conftest import DATA, REPO
 
 
@@ -79,11 +83,33 @@ def test_operating_point_threshold_changes_flags_only(tmp_path, stand_in_models,
 
 
 def test_report_formats_and_pdf(tmp_path, stand_in_models, chest_folder):
-    code, out = _classify(tmp_path, stand_in_models, str(chest_folder), "--report", "pdf,csv,json")
+    code, out = _classify(
+        tmp_path, stand_in_models, str(chest_folder), "--report", "pdf,csv,json",
+        "--clinic", "Clínica São João",
+    )  # fmt: skip
     assert code == 0
-    pdf = out / "report.pdf"
-    assert pdf.read_bytes().startswith(b"%PDF")
-    assert (out / "report.csv").exists() and (out / "report.json").exists()
+    batch = json.loads((out / "results.json").read_text(encoding="utf-8"))["batch"]["id"]
+    # the window's name for its export: medscreen-<clinic>-<local date>-<batch>
+    stem = f"medscreen-clinica-sao-joao-{datetime.now().astimezone():%Y-%m-%d}-{batch[:8]}"
+    assert stem == default_stem(
+        ReportContext.for_batch(batch, load_model_set([stand_in_models]),
+                                ThresholdChoice.parse("screening"), clinic_name="Clínica São João")
+    )  # fmt: skip
+    assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert _csv(out / f"{stem}.csv") == _csv(out / "results.csv")
+    assert json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))["batch"]["id"] == batch
+    assert not list(out.glob("report*"))
+    # an explicit name replaces it; a name with folders is refused before any work
+    again = tmp_path / "again"
+    args = ["--models", str(stand_in_models), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]
+    assert main(["export", batch, "--out", str(again), "--name", "kisumu-am", "--report",
+                 "pdf,csv", *args]) == 0  # fmt: skip
+    assert sorted(p.name for p in again.iterdir()) == [
+        "kisumu-am.csv", "kisumu-am.pdf", "results.csv", "results.json",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", batch, "--out", str(again), "--name", "../x", "--report", "pdf", *args])
+    assert exit_info.value.code == 2
 
 
 def test_per_file_errors_do_not_fail_the_batch(tmp_path, stand_in_models, chest_folder):

@@ -202,7 +202,7 @@ def test_classify_mechanics_with_stand_in_models(
     assert sorted(rows) == sorted(p.name for p in _sample_scans())
     assert all(row["status"] in {"ok", "not_chest_xray"} for row in rows.values()), rows
     # reportlab with the bundled DejaVu fonts, and thumbnails through Pillow, in the bundle
-    pdf = (out / "report.pdf").read_bytes()
+    pdf = next(out.glob("medscreen-*.pdf")).read_bytes()  # the default report name
     assert pdf.startswith(b"%PDF") and b"DejaVu" in pdf
     assert "UNSIGNED MODELS" in result.stderr  # the frozen app verifies packages too
 
@@ -237,7 +237,7 @@ def test_classify_samples_with_shipped_models(installed: Path, tmp_path: Path) -
     for name, row in rows.items():
         expected = "not_chest_xray" if name.startswith("not_chest") else "ok"
         assert row["status"] == expected, f"{name}: {row['status']} ({row['reason']})"
-    assert (out / "report.pdf").stat().st_size > 10_000
+    assert next(out.glob("medscreen-*.pdf")).stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("platform", ["offscreen", "xcb"])

@@ -660,7 +660,7 @@ def test_many_flagged_scans_continue_in_further_files(tmp_path, monkeypatch):
     monkeypatch.setattr(pdf_module, "FLAGGED_PER_FILE", 3)
     many = [replace(r, file=f"{r.file}.{i}") for i in range(3) for r in results()]
     (tmp_path / "report-9.pdf").write_bytes(b"%PDF- an earlier, longer report's file")
-    paths = write_reports(many, context(), tmp_path, ["pdf"])
+    paths = write_reports(many, context(), tmp_path, ["pdf"], "report")
     flagged = 4 * 3  # four flagged scans in each copy of the fixture set
     assert [p.name for p in paths] == ["report.pdf"] + [f"report-{n}.pdf" for n in (2, 3, 4)]
     assert not (tmp_path / "report-9.pdf").exists()

@@ -111,7 +111,8 @@ def test_full_output_disk_is_a_message_and_the_batch_can_be_exported_later(
     rows = _csv(again / "results.csv")
     assert len(rows) == 24 and all(r["status"] == "ok" for r in rows)
     assert json.loads((again / "results.json").read_text())["batch"]["id"] == batch.id
-    assert (again / "report.pdf").read_bytes().startswith(b"%PDF")
+    (pdf,) = again.glob("medscreen-*.pdf")  # the default report name
+    assert pdf.read_bytes().startswith(b"%PDF")
     assert store.batch(batch.id).status == BatchStatus.COMPLETED  # nothing was re-screened
 
 

@@ -277,7 +277,7 @@ def test_unsigned_models_run_only_with_the_developer_option_and_are_marked(
     assert {m["signed"] for m in document["models"].values()} == {False}
     if shutil.which("pdftotext"):
         text = subprocess.run(
-            ["pdftotext", "-enc", "UTF-8", str(out / "report.pdf"), "-"],
+            ["pdftotext", "-enc", "UTF-8", str(next(out.glob("medscreen-*.pdf"))), "-"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert "UNSIGNED MODELS" in text and "not for clinical use" in text

@@ -9,7 +9,7 @@ Usage::
 
     ctx = ReportContext(batch_id, datetime.now(UTC), __version__, manifests,
                         ThresholdChoice.parse("screening"), "CPU (CPUExecutionProvider)")
-    write_reports(results, ctx, out_dir, ["pdf", "csv", "json"])
+    write_reports(results, ctx, out_dir, ["pdf", "csv", "json"])  # medscreen-<clinic>-<date>-…
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from desktop.engine.reports.context import ReportContext
+from desktop.engine.reports.context import ReportContext, report_file_stem
 from desktop.engine.reports.pdf import write_pdf, write_pdf_files
 from desktop.engine.reports.source import StoredBatch, reiterable
 from desktop.engine.reports.tabular import CSV_COLUMNS, csv_columns, write_csv, write_json
@@ -47,18 +47,29 @@ def parse_formats(formats: Iterable[str]) -> list[str]:
     return [name for name in FORMATS if name in wanted]
 
 
+def default_stem(ctx: ReportContext) -> str:
+    """The default file name (no extension) of ``ctx``'s reports: the one rule,
+    :func:`~desktop.engine.reports.context.report_file_stem`, on its clinic, time and batch."""
+    return report_file_stem(ctx.clinic_name, ctx.created_at, ctx.batch_id)
+
+
 def write_reports(
     results: Iterable[ScanResult],
     ctx: ReportContext,
     out_dir: Path,
     formats: Iterable[str],
-    stem: str = "report",
+    stem: str | None = None,
 ) -> list[Path]:
     """Write each requested format as ``out_dir/<stem>.<ext>``; returns the paths written.
 
+    ``stem`` defaults to :func:`default_stem` (``medscreen-<clinic>-<date>-<batch>``, the
+    name the window proposes too), so the command line and the window name a batch's
+    reports alike; an explicit name (the window's save dialog, ``--name``) replaces it.
     Formats are checked before anything is written, so a typo does not leave a partial set.
-    The file names come from ``stem`` only — never from patient data.
+    The file names come from ``stem`` or the context only — never from patient data.
     """
+    if stem is None:
+        stem = default_stem(ctx)
     names = parse_formats(formats)
     if not names:
         raise ValueError("no report format requested")
@@ -84,6 +95,7 @@ __all__ = [
     "ReportContext",
     "StoredBatch",
     "csv_columns",
+    "default_stem",
     "parse_formats",
     "write_csv",
     "write_json",
