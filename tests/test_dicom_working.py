@@ -128,3 +128,135 @@ def test_block_mean_matches_pillow_reduce_to_a_float32_rounding():
 
 def test_working_side_is_what_the_tests_assume():
     assert working_factor(*SIZE) == 2 and SIZE[0] // 2 >= WORKING_SIDE
+
+
+# -- the working image read in place (no copy of the pixel values) --------------------------
+
+_IN_PLACE = dicom._read_header_in_place  # the real one: tests patch the module's name
+
+
+def _both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object, bool]:
+    """(in-place outcome, full-read outcome, whether the in-place read was taken).
+
+    An outcome is ``(pixels, metadata)`` or the ScanError's ``(code, message)``.
+    """
+    taken: list[bool] = []
+
+    def spy(data: bytes):
+        found = _IN_PLACE(data)
+        taken.append(found is not None)
+        return found
+
+    def outcome():
+        try:
+            scan = _working(path)
+        except dicom.ScanError as err:
+            return err.code, err.message
+        return scan.pixels, scan.metadata
+
+    monkeypatch.setattr(dicom, "_read_header_in_place", spy)
+    fast = outcome()
+    monkeypatch.setattr(dicom, "_read_header_in_place", lambda data: None)
+    full = outcome()
+    return fast, full, any(taken)
+
+
+def _same(fast: object, full: object) -> bool:
+    if isinstance(fast[0], np.ndarray) and isinstance(full[0], np.ndarray):
+        return np.array_equal(fast[0], full[0]) and fast[1] == full[1]
+    return fast == full
+
+
+def _uncompressed_test_files() -> list[Path]:
+    from tests.fixtures import PYDICOM_TEST_FILES
+
+    found = []
+    for path in sorted(PYDICOM_TEST_FILES.rglob("*")):
+        if not path.is_file():
+            continue
+        meta = dicom._file_meta_end(path.read_bytes())
+        if meta is not None and meta[1] in dicom._IN_PLACE_SYNTAXES:
+            found.append(path)
+    return found
+
+
+def test_in_place_read_equals_the_full_read_for_every_uncompressed_test_dicom(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """pydicom's own uncompressed test files (MR, CT, US, RT, overlays, odd headers, 8/16 bits,
+    signed, colour, multi-frame, damaged ones): the in-place read either declines or gives the
+    very pixels, metadata or error of the full read."""
+    files = _uncompressed_test_files()
+    assert len(files) >= 20
+    taken = 0
+    for path in files:
+        fast, full, used = _both_ways(path, monkeypatch)
+        assert _same(fast, full), path.name
+        taken += used
+    assert taken >= 10  # the plain grey images were read in place
+
+
+IN_PLACE_CASES: dict[str, dict[str, object]] = {
+    "explicit VR, MONOCHROME1, 10 of 16 bits": {},
+    "high bits set above Bits Stored (pydicom masks them)": {"garbage": True},
+    "signed, high bits sign-extended": {"signed": True, "garbage": True},
+    "signed, in range": {"signed": True},
+    "16 of 16 bits": {"BitsStored": 16, "HighBit": 15},
+    "implicit VR": {"implicit": True},
+}
+
+
+@pytest.mark.parametrize("name", list(IN_PLACE_CASES))
+def test_in_place_working_image_equals_the_full_read(
+    tmp_path: Path, stored: np.ndarray, name: str, monkeypatch: pytest.MonkeyPatch
+):
+    case = dict(IN_PLACE_CASES[name])
+    garbage, signed, implicit = (case.pop(k, False) for k in ("garbage", "signed", "implicit"))
+    ds = cr_dataset()
+    ds.Rows, ds.Columns = SIZE
+    values = stored.astype(np.int32) - (600 if signed else 0)
+    if garbage:  # bits 12-14 set on a third of the pixels: not part of a 10-bit value
+        values[::3] |= 0x7000
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = values.astype("<i2" if signed else "<u2").tobytes()
+    for keyword, value in case.items():
+        setattr(ds, keyword, value)
+    syntax = dicom.ImplicitVRLittleEndian if implicit else None
+    path = write_dicom(tmp_path / "cr.dcm", ds, syntax=syntax)
+    fast, full, used = _both_ways(path, monkeypatch)
+    assert used
+    assert isinstance(fast[0], np.ndarray) and fast[0].shape == (516, 674)
+    assert _same(fast, full)
+    assert float(fast[0].std()) > 0.04  # an image, not a flat one
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_cut_short_pixel_data_is_left_to_the_full_read(
+    tmp_path: Path, stored: np.ndarray, keep: float, monkeypatch: pytest.MonkeyPatch
+):
+    path = write_cr_pixels(tmp_path / "cr.dcm", stored, Rows=SIZE[0], Columns=SIZE[1])
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    fast, full, used = _both_ways(path, monkeypatch)
+    assert not used
+    assert fast == full and fast[0] == dicom.ScanErrorCode.TRUNCATED
+
+
+def test_integer_block_sums_equal_float64_sums():
+    """The narrow integer sums are the float64 sums exactly, at each type's overflow edge."""
+    rng = np.random.default_rng(5)
+    for dtype, lo, hi in (
+        (np.uint8, 0, 255),
+        (np.uint16, 0, 4095),  # 16 × 4095 fits uint16 at factor 4
+        (np.uint16, 0, 4096),  # ... 16 × 4096 does not: uint32
+        (np.uint16, 0, 65535),
+        (np.int16, -2048, 2047),
+        (np.int16, -32768, 32767),
+    ):
+        values = rng.integers(lo, hi, (1031, 1347), endpoint=True).astype(dtype)
+        values[:4, :4] = hi  # one full block at the maximum: the largest sum
+        for factor in (2, 3, 4, 5):
+            expected = dicom._block_sums(values.astype(np.float64), factor)
+            ours = dicom._block_sums(values, factor)
+            assert ours.dtype == np.float64
+            assert np.array_equal(ours, expected), (dtype, hi, factor)

@@ -24,6 +24,7 @@ import threading
 import traceback
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -213,12 +214,30 @@ def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     return sums.astype(np.float32)
 
 
-def _block_sums(values: np.ndarray, factor: int) -> np.ndarray:
+def _block_sums(
+    values: np.ndarray, factor: int, extremes: tuple[int, int] | None = None
+) -> np.ndarray:
     """Sums of ``factor``×``factor`` blocks in float64 (exact for integers below 2**53).
 
     Strided adds of whole rows, then of columns: several times faster than a reshape-and-sum
-    or ``np.add.reduceat`` over a 2048×2048 image.
+    or ``np.add.reduceat`` over a 2048×2048 image. Integer images of up to 16 bits are summed
+    in the narrowest integer type no block sum can overflow (:func:`_sum_type`; ``extremes``
+    is the image's (min, max) when the caller knows it) and only the small result becomes
+    float64: the same exact sums with a quarter of the memory traffic of float64 rows (a
+    2048² 12-bit image at factor 4: 1.5 instead of 4.1 ms of CPU, and no 8 MiB float64
+    intermediate to fault in).
     """
+    accumulator = _sum_type(values, factor, extremes)
+    if accumulator is not None:
+        rows = values[0::factor].astype(accumulator)
+        for i in range(1, factor):
+            part = values[i::factor]
+            rows[: part.shape[0]] += part
+        sums = np.ascontiguousarray(rows[:, 0::factor])
+        for i in range(1, factor):
+            part = rows[:, i::factor]
+            sums[:, : part.shape[1]] += part
+        return sums.astype(np.float64)
     rows = values[0::factor].astype(np.float64)
     for i in range(1, factor):
         part = values[i::factor]
@@ -228,6 +247,27 @@ def _block_sums(values: np.ndarray, factor: int) -> np.ndarray:
         part = rows[:, i::factor]
         sums[:, : part.shape[1]] += part
     return sums
+
+
+def _sum_type(
+    values: np.ndarray, factor: int, extremes: tuple[int, int] | None
+) -> type[np.integer] | None:
+    """The narrowest integer type that holds every ``factor``×``factor`` block sum of an
+    integer image of at most 16 bits, or None (sum in float64) for anything else."""
+    if values.dtype.kind not in "iu" or values.dtype.itemsize > 2 or values.size == 0:
+        return None
+    lo, hi = extremes if extremes is not None else (int(values.min()), int(values.max()))
+    count = factor * factor
+    if values.dtype.kind == "u":
+        for unsigned in (np.uint16, np.uint32):
+            if hi * count <= np.iinfo(unsigned).max:
+                return unsigned
+        return None
+    largest = max(-lo, hi) * count
+    for signed in (np.int16, np.int32):
+        if largest < np.iinfo(signed).max:
+            return signed
+    return None
 
 
 def _block_counts(size: int, factor: int) -> np.ndarray:
@@ -480,6 +520,116 @@ def _read_dataset(data: bytes) -> Dataset:
     return ds
 
 
+#: Transfer syntaxes whose pixel values the working-image path reads in place: native little
+#: endian, so the stored values are the file's bytes as they lie (value: implicit VR or not).
+_IN_PLACE_SYNTAXES: dict[str, bool] = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+
+
+@dataclass(frozen=True)
+class _InPlace:
+    """Where a grey image's stored values lie in the file's bytes, and how they are typed."""
+
+    offset: int  # of the Pixel Data value
+    rows: int
+    columns: int
+    dtype: np.dtype
+    bits_stored: int
+
+
+def _read_header_in_place(data: bytes) -> tuple[Dataset, _InPlace] | None:
+    """The data set up to its Pixel Data, and where its pixel values lie; or None.
+
+    Why: for an uncompressed radiograph, pydicom's full read copies the 8 MiB Pixel Data
+    value out of the file's bytes, and ``pixel_array`` copies it again (and shifts every
+    value, for Bits Stored < Bits Allocated): two fresh buffers per scan, each costing more
+    in page faults than in copying, while pydicom parses the header under the GIL. Reading
+    the header only (``stop_before_pixels``) and viewing the values where they lie costs no
+    copy at all. It is the same parser and the same values (``tests/test_dicom_working.py``
+    compares both ways over every test DICOM).
+
+    Only the plain case is taken here: native little endian from the file meta (not
+    deflated), a defined-length Pixel Data element right where pydicom stopped, one frame of
+    one sample of 8 or 16 bits, MONOCHROME1/2, and every byte of it present. Anything else is
+    None, and the caller reads the file the full way, which gives every odd file the same
+    treatment and the same error as before.
+    """
+    meta = _file_meta_end(data)
+    if meta is None or meta[1] not in _IN_PLACE_SYNTAXES:
+        return None
+    implicit = _IN_PLACE_SYNTAXES[meta[1]]
+    configure_pydicom()
+    stream = BytesIO(data)
+    try:
+        ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
+        # pydicom rewinds to the first top-level pixel element's tag when it stops there
+        position = stream.tell()
+        if getattr(ds, "original_encoding", None) != (implicit, True):
+            return None  # pydicom switched VR encoding mid-file: leave it to the full read
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation)
+        samples = int(ds.SamplesPerPixel)
+        frames = ds.get("NumberOfFrames")
+        frames = 1 if frames is None or frames == "" else int(frames)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+    except Exception:  # whatever it is, the full read reports it as it always did
+        return None
+    if (
+        photometric not in ("MONOCHROME1", "MONOCHROME2")
+        or samples != 1
+        or frames != 1
+        or allocated not in (8, 16)
+        or not 1 <= bits_stored <= allocated
+        or signed not in (0, 1)
+        or not (0 < rows < 2**16 and 0 < columns < 2**16)
+    ):
+        return None
+    header = 8 if implicit else 12
+    if position + header > len(data):
+        return None
+    group, element = struct.unpack_from("<HH", data, position)
+    if (group, element) != (0x7FE0, 0x0010):
+        return None
+    if implicit:
+        (length,) = struct.unpack_from("<I", data, position + 4)
+    else:
+        if data[position + 4 : position + 6] not in (b"OW", b"OB"):
+            return None
+        (length,) = struct.unpack_from("<I", data, position + 8)
+    expected = rows * columns * allocated // 8
+    offset = position + header
+    if length not in (expected, expected + expected % 2) or offset + expected > len(data):
+        return None  # cut short, excess data or undefined length: the full read decides
+    kind = ("<i" if signed else "<u") + str(allocated // 8)
+    return ds, _InPlace(offset, rows, columns, np.dtype(kind), bits_stored)
+
+
+def _stored_in_place(data: bytes, place: _InPlace) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stored values as a read-only view on ``data``, and their (min, max).
+
+    The values are what ``pixel_array`` gives: bits above Bits Stored are ignored (pydicom
+    shifts them out, sign-extending signed values). Where every value already lies in Bits
+    Stored's range — as writers are required to ensure, and nearly all do — that shift
+    changes nothing and the view is used as it is; otherwise a corrected copy is made.
+    """
+    count = place.rows * place.columns
+    stored = np.frombuffer(data, dtype=place.dtype, count=count, offset=place.offset)
+    stored = stored.reshape(place.rows, place.columns)
+    lo, hi = int(stored.min()), int(stored.max())
+    unused = 8 * place.dtype.itemsize - place.bits_stored
+    if unused:
+        if place.dtype.kind == "i":
+            fits = -(1 << (place.bits_stored - 1)) <= lo and hi < 1 << (place.bits_stored - 1)
+        else:
+            fits = hi < 1 << place.bits_stored
+        if not fits:
+            stored = stored.copy()
+            np.left_shift(stored, unused, out=stored)
+            np.right_shift(stored, unused, out=stored)
+            lo, hi = int(stored.min()), int(stored.max())
+    return stored, (lo, hi)
+
+
 def _cut_short(ds: Dataset, size: int | None) -> str | None:
     """Why a dataset without Pixel Data looks like a file cut short, or None if it does not.
 
@@ -711,7 +861,12 @@ def _reducible(ds: Dataset, stored: np.ndarray) -> bool:
 
 
 def _grey_reduced(
-    ds: Dataset, stored: np.ndarray, factor: int, monochrome1: bool, extra: dict[str, str]
+    ds: Dataset,
+    stored: np.ndarray,
+    factor: int,
+    monochrome1: bool,
+    extra: dict[str, str],
+    extremes: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The grey pipeline's working image: (block means of the windowed pixels, window).
 
@@ -729,9 +884,10 @@ def _grey_reduced(
 
     Either way the result is the block mean of what the full-resolution pipeline gives,
     within :data:`_AFFINE_TOLERANCE`, at a fraction of the cost of five float32 passes over
-    the whole image and a copy into Pillow (``tests/test_dicom_working.py``).
+    the whole image and a copy into Pillow (``tests/test_dicom_working.py``). ``extremes`` is
+    the image's (min, max) when the caller has them already (:func:`_stored_in_place`).
     """
-    lo, hi = int(stored.min()), int(stored.max())
+    lo, hi = extremes if extremes is not None else (int(stored.min()), int(stored.max()))
     domain = np.arange(lo, hi + 1, dtype=np.int64).astype(stored.dtype)
     table, _, window = _grey_pipeline(ds, domain, False, extra)
     table = np.asarray(table, dtype=np.float32)
@@ -744,7 +900,7 @@ def _grey_reduced(
     slope = (end - start) / (hi - lo) if hi > lo else 0.0
     line = start + slope * np.arange(len(table), dtype=np.float64)
     if float(np.max(np.abs(table - line))) <= _AFFINE_TOLERANCE:
-        means = _block_sums(stored, factor)
+        means = _block_sums(stored, factor, (lo, hi))
         means *= 1.0 / np.outer(
             _block_counts(stored.shape[0], factor), _block_counts(stored.shape[1], factor)
         )
@@ -834,10 +990,16 @@ def _decode_dicom(
     lease: PixelLease | None,
     reduce_factor: Callable[[int, int], int] | None = None,
 ) -> Scan:
-    ds = _read_dataset(data)
+    # The working image of a plain uncompressed radiograph is made from its values where
+    # they lie in ``data``; every other file (and every viewer decode) is read in full.
+    header = _read_header_in_place(data) if reduce_factor is not None else None
+    in_place = header[1] if header is not None else None
+    ds = header[0] if header is not None else _read_dataset(data)
     tsyntax = _transfer_syntax(ds)
 
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if in_place is None and not any(
+        k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    ):
         meta = _file_meta_end(data)
         cut = _cut_short(ds, None if meta is not None and meta[1] == _DEFLATED else len(data))
         if cut is not None:
@@ -883,7 +1045,11 @@ def _decode_dicom(
     if lease is not None:
         lease.reserve(rows * columns * int(_number(ds, "SamplesPerPixel", 1)))
 
-    stored = _decode_pixels(ds, tsyntax)
+    extremes: tuple[int, int] | None = None
+    if in_place is not None:
+        stored, extremes = _stored_in_place(data, in_place)
+    else:
+        stored = _decode_pixels(ds, tsyntax)
     extra: dict[str, str] = {}
     sop = _text(ds, "SOPClassUID", _UID)
     if sop:
@@ -903,7 +1069,7 @@ def _decode_dicom(
         monochrome1 = photometric == "MONOCHROME1"
         keeps_raw = keep_raw and int(_number(ds, "BitsStored", 8)) > 8
         if factor > 1 and not keeps_raw and _reducible(ds, stored):
-            pixels, window = _grey_reduced(ds, stored, factor, monochrome1, extra)
+            pixels, window = _grey_reduced(ds, stored, factor, monochrome1, extra, extremes)
         else:
             pixels, raw, window = _grey_pipeline(ds, stored, keep_raw, extra)
             if monochrome1:
