@@ -152,8 +152,10 @@ def build_finding(
     size: int = 224,
     scope: dict | None = None,
     display: dict | None = None,
+    operating_points: dict | None = None,
 ) -> Path:
-    """A finding stand-in; ``scope``/``display`` go into its manifest as given (None: none)."""
+    """A finding stand-in; ``scope``/``display``/``operating_points`` go into its manifest
+    as given (None: none, and the two usual points)."""
     spec = PreprocessSpec(
         height=size, width=size, channels=3, fit="stretch", resample="area", scale=2.0, offset=-1.0
     )
@@ -201,7 +203,8 @@ def build_finding(
         },
         "preprocessing": spec.to_manifest(),
         "outputs": {"probabilities": "probabilities", "activation_map": "activation_map"},
-        "operating_points": {
+        "operating_points": operating_points
+        or {
             "screening": {"threshold": 0.3, "sensitivity": 0.92, "specificity": 0.71},
             "balanced": {"threshold": 0.5, "sensitivity": 0.85, "specificity": 0.86},
         },

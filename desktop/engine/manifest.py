@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,20 +68,50 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 ROLES = ("modality", "finding", "patient_group")
 
 
+#: The patient groups a manifest may choose an operating point for (``by_group``); the same
+#: words as :class:`desktop.engine.patients.PatientGroup`.
+PATIENT_GROUPS = ("adult", "child")
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A named threshold with the sensitivity/specificity it had on validation data."""
+    """A named threshold with the sensitivity/specificity it had on validation data.
+
+    A manifest may also choose the point per patient group (``by_group``: the same rule on
+    each group's own validation images), because one pooled threshold is set by whichever
+    group dominates validation. ``threshold`` is then the point for a scan whose group is
+    unknown; :meth:`for_group` gives the one that applies to a scan (``group`` set on it).
+    """
 
     name: str
     threshold: float
     sensitivity: float | None = None
     specificity: float | None = None
+    #: (group, point) pairs, sorted by group: a tuple so the point stays hashable
+    by_group: tuple[tuple[str, OperatingPoint], ...] = ()
+    group: str | None = None  # the patient group this point was chosen for (None: any)
+
+    def for_group(self, group: str | None) -> OperatingPoint:
+        """The point for a scan of patient ``group``: that group's own where the manifest
+        chose one, else this one (an unknown group, or a point without groups)."""
+        for name, point in self.by_group:
+            if name == group:
+                return point
+        return self
 
     def describe(self) -> str:
+        name = f"{self.name}, {self.group}" if self.group else self.name
+        thr = f"threshold {self.threshold:.3f}"
+        if self.by_group:  # the pooled point: name every group's own threshold
+            thr = (
+                "thresholds "
+                + ", ".join(f"{g} {p.threshold:.3f}" for g, p in self.by_group)
+                + f", group unknown {self.threshold:.3f}"
+            )
         if self.sensitivity is None or self.specificity is None:
-            return f"{self.name} (threshold {self.threshold:.3f})"
+            return f"{name} ({thr})"
         return (
-            f"{self.name} (threshold {self.threshold:.3f}; validation sensitivity "
+            f"{name} ({thr}; validation sensitivity "
             f"{self.sensitivity:.2f}, specificity {self.specificity:.2f})"
         )
 
@@ -268,17 +299,9 @@ class ModelManifest:
         if shape is not None and tuple(shape[1:]) != spec.input_shape:
             raise ValueError(f"input shape {shape} disagrees with preprocessing {spec.input_shape}")
         points = {
-            name: OperatingPoint(
-                name=name,
-                threshold=float(p["threshold"]),
-                sensitivity=_opt_float(p.get("sensitivity")),
-                specificity=_opt_float(p.get("specificity")),
-            )
+            name: _operating_point(name, p)
             for name, p in dict(data.get("operating_points", {})).items()
         }
-        for point in points.values():
-            if not 0.0 <= point.threshold <= 1.0:
-                raise ValueError(f"operating point {point.name} threshold outside [0, 1]")
         default_point = data.get("default_operating_point")
         if role == "finding":
             if not points:
@@ -330,6 +353,41 @@ class ModelManifest:
             path=path,
             manifest_sha256=manifest_digest(data),
         )
+
+
+def threshold_text(point: OperatingPoint) -> str:
+    """A point's threshold as reports print it: ``0.611``, or one per patient group
+    (``adult 0.800 · child 0.611 · group unknown 0.650``)."""
+    if not point.by_group:
+        return f"{point.threshold:.3f}"
+    parts = [f"{g} {p.threshold:.3f}" for g, p in point.by_group]
+    return " · ".join([*parts, f"group unknown {point.threshold:.3f}"])
+
+
+def _operating_point(name: str, data: Mapping[str, Any]) -> OperatingPoint:
+    """One manifest operating point, with its per-group points (``by_group``) if any."""
+    groups = dict(data.get("by_group") or {})
+    for group in groups:
+        if group not in PATIENT_GROUPS:
+            raise ValueError(
+                f"operating point {name}: by_group has {group!r}, expected {PATIENT_GROUPS}"
+            )
+    by_group = tuple(
+        (group, _operating_point(name, {**groups[group], "group": group}))
+        for group in sorted(groups)
+    )
+    point = OperatingPoint(
+        name=name,
+        threshold=float(data["threshold"]),
+        sensitivity=_opt_float(data.get("sensitivity")),
+        specificity=_opt_float(data.get("specificity")),
+        by_group=by_group,
+        group=data.get("group"),
+    )
+    if not 0.0 <= point.threshold <= 1.0 or not math.isfinite(point.threshold):
+        where = f"{name} ({point.group})" if point.group else name
+        raise ValueError(f"operating point {where} threshold outside [0, 1]")
+    return point
 
 
 def _opt_float(value: object) -> float | None:

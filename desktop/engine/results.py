@@ -191,7 +191,10 @@ class ThresholdChoice:
 
 
 def is_flagged(probability: float, point: OperatingPoint) -> bool:
-    """The flag rule: a finding is flagged when its positive probability reaches the threshold."""
+    """The flag rule: a finding is flagged when its positive probability reaches the threshold.
+
+    ``point`` is the one that applies to the scan (:func:`scan_points`): where the manifest
+    chose the point per patient group, that group's threshold."""
     return probability >= point.threshold
 
 
@@ -264,6 +267,24 @@ class ScopeRule:
         return out
 
 
+def scan_points(
+    result: ScanResult,
+    points: Mapping[str, OperatingPoint | None],
+    scope: ScopeRule | None = None,
+) -> dict[str, OperatingPoint | None]:
+    """The operating point each model applies to this scan: for a point the manifest chose
+    per patient group (``by_group``), the point of the scan's group under ``scope`` (staff,
+    file or image, :meth:`ScopeRule.group`); the point itself when the group is unknown, the
+    point has no groups (a custom or site threshold), or no scope is given. Every face that
+    shows a threshold or a margin for one scan takes it from here, so the flag and the
+    number beside it cannot disagree."""
+    if scope is None or not any(p is not None and p.by_group for p in points.values()):
+        return dict(points)
+    group = scope.group(result).group
+    name = group.value if group is not None else None
+    return {mid: None if p is None else p.for_group(name) for mid, p in points.items()}
+
+
 def finding_flags(
     result: ScanResult,
     points: Mapping[str, OperatingPoint | None],
@@ -273,12 +294,13 @@ def finding_flags(
 
     ``None`` where the model did not run on this scan (refused, unreadable) or has no point;
     ``False`` where it ran outside its scope under ``scope`` (the score stands, the flag does
-    not). Every face passes its :class:`ScopeRule`; ``None`` judges no scope (tests of the
-    threshold rule alone).
+    not). Each point is the scan's own under ``scope`` (:func:`scan_points`: per patient
+    group where the manifest chose one). Every face passes its :class:`ScopeRule`; ``None``
+    judges no scope and uses each point's default threshold (tests of the threshold rule).
     """
     outside = scope.verdicts(result) if scope is not None else {}
     out: dict[str, bool | None] = {}
-    for model_id, point in points.items():
+    for model_id, point in scan_points(result, points, scope).items():
         finding = result.findings.get(model_id)
         if finding is None or point is None:
             out[model_id] = None
@@ -353,7 +375,7 @@ class BatchCounts:
             total += 1
             by_status[result.status] = by_status.get(result.status, 0) + 1
             verdicts = scope.verdicts(result) if scope is not None else {}
-            flags = finding_flags(result, points)
+            flags = finding_flags(result, scan_points(result, points, scope))
             for model_id in verdicts:
                 if model_id in flags:
                     flags[model_id] = False

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from desktop.engine.manifest import OperatingPoint
-from desktop.engine.results import ScanResult, ScanStatus, finding_flags
+from desktop.engine.results import ScanResult, ScanStatus, finding_flags, scan_points
 
 
 class TriageGroup(enum.IntEnum):
@@ -74,6 +74,8 @@ def triage_key(
         if scope is not None
         else finding_flags(result, points)
     )
+    # margins from the scan's own thresholds (its patient group's, where a point has groups)
+    points = scan_points(result, points, scope)  # type: ignore[arg-type]
     margins: dict[str, float] = {
         mid: margin(result.findings[mid].probability, point.threshold)
         for mid, point in points.items()

@@ -53,6 +53,7 @@ from desktop.engine.results import (
     any_flagged,
     finding_flags,
     operating_points,
+    scan_points,
     status_text,
 )
 from desktop.engine.triage import TriageKey, margin, triage_key
@@ -491,8 +492,9 @@ class ResultsModel(QAbstractTableModel):
     def _attention_text(self, result: ScanResult, long: bool) -> str:
         """The triage cell: the strongest flag and how far past its threshold it is."""
         best, best_m = "", -2.0
+        points = scan_points(result, self._points, self._scope)  # the scan's group's own
         for model_id, flag in self.flags_of(result).items():
-            point = self._points.get(model_id)
+            point = points.get(model_id)
             if not flag or point is None:
                 continue
             value = margin(result.findings[model_id].probability, point.threshold)
@@ -502,7 +504,7 @@ class ResultsModel(QAbstractTableModel):
             return ""
         name = short_name(self._manifests[best]) if best in self._manifests else best
         if long:
-            point = self._points[best]
+            point = points[best]
             assert point is not None
             return (
                 f"{name} {result.findings[best].probability:.2f}: {best_m * 100:.0f} % of the way "

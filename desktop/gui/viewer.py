@@ -463,8 +463,10 @@ class ScanViewer(QDialog):
             detail = f"<br><small>{html.escape(result.reason)}</small>" if result.reason else ""
             rows.append(f"<p><b>{html.escape(head)}</b>{detail}</p>")
         outside = self._scope.verdicts(result)
+        group_name = None  # the scan's patient group picks a per-group operating point
         if result.findings:
             group = self._scope.group(result)
+            group_name = None if group.group is None else group.group.value
             rows.append(f"<p><b>Patient:</b> {html.escape(group.describe())}</p>")
         for model_id, manifest in self._finding_manifests().items():
             finding = result.findings.get(model_id)
@@ -473,7 +475,7 @@ class ScanViewer(QDialog):
                 rows.append(f"<p><b>{name}</b>: not screened</p>")
                 continue
             try:
-                point = self._choice.resolve(manifest)
+                point = self._choice.resolve(manifest).for_group(group_name)
             except Exception as exc:
                 rows.append(f"<p><b>{name}</b>: {finding.probability:.3f} ({exc})</p>")
                 continue

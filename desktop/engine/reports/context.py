@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.patients import PatientChoice
-from desktop.engine.results import ScanResult, ScopeRule, ThresholdChoice
+from desktop.engine.results import ScanResult, ScopeRule, ThresholdChoice, scan_points
 from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 if TYPE_CHECKING:
@@ -131,6 +131,12 @@ class ReportContext:
     def points(self) -> dict[str, OperatingPoint]:
         """Each finding model's resolved operating point (raises ModelError if it has none)."""
         return {mid: self.choice.resolve(m) for mid, m in self.finding_manifests.items()}
+
+    def scan_points(self, result: ScanResult) -> dict[str, OperatingPoint]:
+        """Each finding model's point for one scan: its patient group's own where the
+        manifest chose the point per group (the engine's :func:`scan_points`)."""
+        points = scan_points(result, self.points(), self.scope_rule)
+        return {mid: p for mid, p in points.items() if p is not None}
 
     def site_calibrations(self) -> dict[str, SiteCalibration]:
         """The site calibration behind each model's threshold, for models that use one.

@@ -51,7 +51,7 @@ from reportlab.platypus import (
 
 from desktop.engine.cores import release_free_memory
 from desktop.engine.decisions import ReaderDecision
-from desktop.engine.manifest import ModelManifest, OperatingPoint
+from desktop.engine.manifest import ModelManifest, OperatingPoint, threshold_text
 from desktop.engine.overlay import INFERNO_LUT, decode_thumbnail, overlay
 from desktop.engine.paths import assets_dir, display_path
 from desktop.engine.preprocess import activation_to_image
@@ -591,7 +591,7 @@ def _models_and_thresholds(
             [
                 Paragraph(f"{_t(manifest.name)}<br/>{_t(manifest.version)}", st["cell"]),
                 Paragraph(
-                    f"<b>{point.threshold:.3f}</b> ({_t(point.name)}): "
+                    f"<b>{_t(threshold_text(point))}</b> ({_t(point.name)}): "
                     f"{_t(_threshold_source(ctx, mid))}",
                     st["cell"],
                 ),
@@ -720,7 +720,7 @@ class _Ranked:
 
     def flag_text(self, ctx: ReportContext) -> str:
         flags = scan_flags(self.result, ctx)
-        points = ctx.points()
+        points = ctx.scan_points(self.result)
         parts = []
         for mid, flag in flags.items():
             if flag:
@@ -927,7 +927,7 @@ def _flagged_section(
     regular, bold = fonts
     number, result = line.rank, line.result
     flags = scan_flags(result, ctx)
-    points = ctx.points()
+    points = ctx.scan_points(result)  # the scan's patient group's own thresholds
     flagged_ids = [mid for mid, flag in flags.items() if flag]
     width = PAGE[0] - 2 * MARGIN
     box = 31 * mm  # six scans with two heatmaps each fit on a page
@@ -973,7 +973,8 @@ def _flagged_section(
             [
                 _short(manifest),
                 _score_text(None if found is None else found.probability),
-                f"{points[mid].threshold:.3f}",
+                f"{points[mid].threshold:.3f}"
+                + (f" ({points[mid].group})" if points[mid].group else ""),
                 flag,
             ]
         )

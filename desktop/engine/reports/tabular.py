@@ -88,6 +88,20 @@ def _flag_text(flag: bool | None) -> str:
     return "" if flag is None else ("yes" if flag else "no")
 
 
+def _row_point_label(result: ScanResult, ctx: ReportContext, op_label: str) -> str:
+    """The batch's operating point, plus the threshold this scan was judged at wherever a
+    model's point is chosen per patient group (the scan's group's own, or the default when
+    its group is unknown)."""
+    if not result.findings:
+        return op_label
+    own = [
+        f"{mid} {p.group or 'group unknown'} {p.threshold:.3f}"
+        for mid, p in ctx.scan_points(result).items()
+        if p.group or p.by_group
+    ]
+    return f"{op_label} ({'; '.join(own)})" if own else op_label
+
+
 def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]:
     flags = scan_flags(result, ctx)
     row: list[str] = [
@@ -120,7 +134,7 @@ def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]
         "" if decision is None else decision.decided_at,
     ]
     row += [
-        op_label,
+        _row_point_label(result, ctx, op_label),
         safe_cell("; ".join(result.warnings)),
         result.screened_at,
         safe_cell(result.models_key),
@@ -205,7 +219,7 @@ def _jsonable(value: object) -> object:
 
 def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
     flags = scan_flags(result, ctx)
-    points = ctx.points()
+    points = ctx.scan_points(result)  # the scan's patient group's own thresholds
     findings: dict[str, Any] = {}
     for mid, finding in result.findings.items():
         point = points.get(mid)
@@ -214,6 +228,7 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
             "probability": json_number(finding.probability),
             "probabilities": _probabilities(finding.probabilities),
             "threshold": None if point is None else point.threshold,
+            "threshold_group": None if point is None else point.group,
             "flag": flags.get(mid),
         }
     metadata = result.metadata if ctx.include_identifiers else result.public_metadata()
@@ -311,6 +326,12 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
                 mid: {
                     "name": p.name,
                     "threshold": p.threshold,
+                    # the manifest's per-patient-group thresholds (threshold: group unknown)
+                    **(
+                        {"by_group": {g: gp.threshold for g, gp in p.by_group}}
+                        if p.by_group
+                        else {}
+                    ),
                     # a site point's figures are the site's, stated in site_calibration
                     "validation_sensitivity": None if mid in sites else p.sensitivity,
                     "validation_specificity": None if mid in sites else p.specificity,
