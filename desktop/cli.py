@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = sub.add_parser("history", help="list past batches")
     history.add_argument("--db", type=Path, default=None)
+    history.add_argument(
+        "--kind",
+        choices=("all", "screening", "calibration"),
+        default="all",
+        help="only screening batches, or only site-calibration runs (labelled scans); "
+        "every batch is marked with its kind",
+    )
 
     models = sub.add_parser("models", help="list the models, their versions and the device")
     common(models)
@@ -267,10 +274,12 @@ def _load_models(args: argparse.Namespace) -> ModelSet:
 def _history(args: argparse.Namespace) -> int:
     store = _store(args)
     for info in store.batches():
+        if args.kind not in ("all", info.kind):
+            continue
         total = info.total if info.total is not None else "?"
         print(
-            f"{info.id}  {info.status:<9}  {info.done}/{total} done, {info.errors} errors  "
-            f"{info.label}"
+            f"{info.id}  {info.kind:<11}  {info.status:<9}  {info.done}/{total} done, "
+            f"{info.errors} errors  {info.label}"
         )
     return 0
 

@@ -6,6 +6,10 @@ wants one line per folder and model version with what it holds now. The runs of 
 merged by file path, the latest result of each file counting, and counted with the engine's
 :class:`~desktop.engine.results.BatchCounts` at the operating point chosen now (flags are never
 stored), so the history, the window's status line and the reports agree.
+
+A site calibration's runs (labelled scans screened to set a threshold, ``BatchKind``) are rows
+of their own, marked as such (:attr:`HistoryRow.is_calibration`), never merged with a clinic's
+batches of the same folder, so they cannot be mistaken for screening.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from desktop.engine.results import (
     ThresholdChoice,
     operating_points,
 )
-from desktop.engine.store import BatchInfo, ResultsStore
+from desktop.engine.store import BatchInfo, BatchKind, ResultsStore
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,21 @@ class HistoryRow:
     status: str  # the newest run's status
     operators: tuple[str, ...]  # who ran them, newest first, each once
     counts: BatchCounts | None  # None: counted without models (no flags known)
+    kind: str = BatchKind.SCREENING  # what the runs were for (BatchKind)
 
     @property
     def runs(self) -> int:
         return len(self.batch_ids)
+
+    @property
+    def is_calibration(self) -> bool:
+        """A site calibration's labelled scans, not a clinic's screening batch."""
+        return self.kind == BatchKind.CALIBRATION
+
+    @property
+    def kind_text(self) -> str:
+        """The kind in a reader's words: "Screening" or "Calibration"."""
+        return self.kind.capitalize()
 
     def model_versions(self) -> str:
         """``"modality 1.0.0, tb 1.0.0, pneumonia 1.0.1"`` from the models key."""
@@ -55,7 +70,9 @@ class HistoryRow:
         needle = text.strip().lower()
         if not needle:
             return True
-        hay = " ".join([self.folder, self.model_versions(), *self.operators, *self.batch_ids])
+        hay = " ".join(
+            [self.folder, self.model_versions(), self.kind, *self.operators, *self.batch_ids]
+        )
         return needle in hay.lower()
 
 
@@ -75,13 +92,13 @@ def history_rows(
     version) have no flags (``flagged`` empty) but every other total."""
     batches = store.batches(limit)
     operators = store.batch_operators()
-    groups: dict[tuple[str, str], list[BatchInfo]] = {}
-    for info in batches:  # newest first
-        groups.setdefault((_folder(info), info.models_key), []).append(info)
+    groups: dict[tuple[str, str, str], list[BatchInfo]] = {}
+    for info in batches:  # newest first; a calibration never merges with screening runs
+        groups.setdefault((_folder(info), info.models_key, info.kind), []).append(info)
     points = operating_points(manifests or {}, choice or ThresholdChoice(), strict=False)
     scope = ScopeRule.of(manifests or {})
     rows = []
-    for (folder, models_key), runs in groups.items():
+    for (folder, models_key, kind), runs in groups.items():
         counts = BatchCounts.tally(_merged(store, runs), points, scope)
         seen = [operators[r.id] for r in runs if operators.get(r.id)]
         rows.append(
@@ -94,6 +111,7 @@ def history_rows(
                 status=runs[0].status,
                 operators=tuple(dict.fromkeys(seen)),
                 counts=counts,
+                kind=kind,
             )
         )
     return rows

@@ -34,6 +34,7 @@ from desktop.engine.discovery import discover
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.runner import BatchRunner, Progress
+from desktop.engine.store import BatchKind
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,8 @@ def screen_labelled(
     batch_id = ""
     cancelled = True
     if labelled.files:
-        generator = runner.run([f.path for f in labelled.files])
+        # a calibration batch: the history labels it, never a clinic's screening batch
+        generator = runner.run([f.path for f in labelled.files], kind=BatchKind.CALIBRATION)
         while True:
             try:
                 event = next(generator)

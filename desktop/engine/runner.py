@@ -52,6 +52,7 @@ from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.screening import PreparedScan, Screener
 from desktop.engine.store import (
+    BatchKind,
     BatchStatus,
     FileIdentity,
     ResultsStore,
@@ -204,9 +205,14 @@ class BatchRunner:
 
     # -- the generator -------------------------------------------------------------------
     def run(
-        self, inputs: Sequence[str | Path] = (), *, resume: str | None = None
+        self,
+        inputs: Sequence[str | Path] = (),
+        *,
+        resume: str | None = None,
+        kind: str = BatchKind.SCREENING,
     ) -> Generator[Progress, None, BatchSummary]:
-        """Screen ``inputs`` as a new batch, or continue the batch ``resume``."""
+        """Screen ``inputs`` as a new batch of ``kind`` (:class:`BatchKind`), or continue
+        the batch ``resume`` (which keeps its own kind)."""
         self._cancel.clear()
         device = self.models.device.describe()
         if resume is not None:
@@ -221,7 +227,9 @@ class BatchRunner:
                 self.store.set_items(batch_id, [str(p) for p in discovered.files])
         else:
             discovered = discover(inputs)
-            batch_id = self.store.create_batch([str(p) for p in inputs], self.models.key, device)
+            batch_id = self.store.create_batch(
+                [str(p) for p in inputs], self.models.key, device, kind
+            )
             self.store.set_items(batch_id, [str(p) for p in discovered.files])
 
         total = self.store.item_count(batch_id)

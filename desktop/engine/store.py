@@ -68,7 +68,7 @@ from desktop.engine.results import FindingResult, ScanResult, ScanStatus
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Bytes hashed at each end of a file for the file index's cheap content check.
 PROBE_BYTES = 64 * 1024
@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS batches (
     pid INTEGER,
     host TEXT,
     patients TEXT,
-    operator TEXT
+    operator TEXT,
+    kind TEXT NOT NULL DEFAULT 'screening'
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
@@ -167,6 +168,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 3 → 4: the reader's decision per scan and the patient ID typed for a non-DICOM file
     # (issue 14), new tables created by the schema script; and who ran each batch (history).
     3: ("ALTER TABLE batches ADD COLUMN operator TEXT",),
+    # 4 → 5: what a batch was run for (BatchKind): a site calibration's labelled scans must
+    # not pass for a clinic's batch in the history. Older batches were screening runs, as
+    # far as the store can tell (a calibration run then left no mark).
+    4: ("ALTER TABLE batches ADD COLUMN kind TEXT NOT NULL DEFAULT 'screening'",),
 }
 
 
@@ -323,6 +328,14 @@ class FileIdentity:
         return cls(info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
 
+class BatchKind:
+    """What a batch was run for: screening a clinic's scans, or a site calibration's
+    labelled scans (``medscreen calibrate``, Tools → Calibrate), which the history labels."""
+
+    SCREENING = "screening"
+    CALIBRATION = "calibration"
+
+
 class BatchStatus:
     RUNNING = "running"
     COMPLETED = "completed"
@@ -344,6 +357,7 @@ class BatchInfo:
     errors: int
     pid: int | None
     host: str | None
+    kind: str = BatchKind.SCREENING
 
     @property
     def label(self) -> str:
@@ -436,12 +450,18 @@ class ResultsStore:
 
     # -- batches -------------------------------------------------------------------------
     @_guarded
-    def create_batch(self, inputs: Sequence[str], models_key: str, device: str) -> str:
+    def create_batch(
+        self,
+        inputs: Sequence[str],
+        models_key: str,
+        device: str,
+        kind: str = BatchKind.SCREENING,
+    ) -> str:
         batch_id = uuid.uuid4().hex[:12]
         with self._write() as db:
             db.execute(
-                "INSERT INTO batches(id, started_at, status, inputs, models_key, device, pid, host)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batches(id, started_at, status, inputs, models_key, device, pid,"
+                " host, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch_id,
                     now_iso(),
@@ -451,6 +471,7 @@ class ResultsStore:
                     device,
                     os.getpid(),
                     socket.gethostname(),
+                    kind,
                 ),
             )
         return batch_id
@@ -505,7 +526,8 @@ class ResultsStore:
             "SELECT b.id, b.started_at, b.finished_at, b.status, b.inputs, b.models_key,"
             " b.device, b.total, b.pid, b.host,"
             " (SELECT COUNT(*) FROM batch_items i WHERE i.batch_id=b.id AND i.status IS NOT NULL),"
-            " (SELECT COUNT(*) FROM batch_items i WHERE i.batch_id=b.id AND i.status='error')"
+            " (SELECT COUNT(*) FROM batch_items i WHERE i.batch_id=b.id AND i.status='error'),"
+            " b.kind"
             f" FROM batches b {tail}"
         )
         out = []
@@ -524,6 +546,7 @@ class ResultsStore:
                     host=row[9],
                     done=row[10],
                     errors=row[11],
+                    kind=row[12],
                 )
             )
         return out

@@ -3,7 +3,9 @@
 Rows come from :func:`desktop.engine.history.history_rows` (computed in a worker by the main
 window: counting reads every stored result). The dialog reopens a folder's latest run,
 searches, deletes a folder's batches (with their thumbnails) after asking, and sets how long
-batches are kept (the retention the window applies at start-up).
+batches are kept (the retention the window applies at start-up). A site calibration's runs
+(labelled scans, Tools → Calibrate) say so in the Kind column, in italics, and can be hidden,
+so that staff never read one as a clinic's batch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QHBoxLayout,
@@ -60,6 +63,13 @@ class HistoryDialog(QDialog):
         self.search.setPlaceholderText("Search folders, operators, model versions…")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self._filter)
+        self.show_calibration = QCheckBox("Show calibration runs", self)
+        self.show_calibration.setChecked(True)
+        self.show_calibration.setToolTip(
+            "Calibration runs screen labelled scans to set a site threshold (Tools → "
+            "Calibrate, medscreen calibrate); they are not a clinic's screening batches."
+        )
+        self.show_calibration.toggled.connect(lambda _on: self._filter(self.search.text()))
         self.retention = QSpinBox(self)
         self.retention.setRange(0, 3650)
         self.retention.setSpecialValueText("forever")
@@ -72,10 +82,11 @@ class HistoryDialog(QDialog):
         self.retention.valueChanged.connect(lambda v: emit(self.retention_changed, int(v)))
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
+        top.addWidget(self.show_calibration)
         top.addWidget(QLabel("Keep batches for", self))
         top.addWidget(self.retention)
 
-        columns = ["Last run", "Folder", "Model versions", "Runs", "Screened"]
+        columns = ["Last run", "Kind", "Folder", "Model versions", "Runs", "Screened"]
         columns += [f"Flagged {name}" for _, name in self._names]
         columns += ["Not chest X-rays", "Errors", "Operator"]
         self.columns = columns
@@ -89,7 +100,7 @@ class HistoryDialog(QDialog):
         table.verticalHeader().setVisible(False)
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(columns.index("Folder"), QHeaderView.ResizeMode.Stretch)
         table.doubleClicked.connect(lambda _index: self._choose())
         self.table = table
         self._fill()
@@ -128,6 +139,7 @@ class HistoryDialog(QDialog):
             counts = info.counts
             values = [
                 info.last_started[:16].replace("T", " ") + " UTC",
+                info.kind_text,
                 display_path(info.folder),
                 info.model_versions(),
                 str(info.runs),
@@ -143,13 +155,23 @@ class HistoryDialog(QDialog):
             ]
             for col, value in enumerate(values):
                 item = QTableWidgetItem(value)
-                if col == 1:
+                name = self.columns[col]
+                if name == "Folder":
                     item.setToolTip(value.replace("; ", "\n"))
-                if col == 2:
+                if name == "Model versions":
                     item.setToolTip(info.models_key)
-                if col >= 3 and col < len(values) - 1:
+                if col > self.columns.index("Model versions") and col < len(values) - 1:
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                if info.is_calibration:  # the whole row reads as "not a clinic batch"
+                    font = item.font()
+                    font.setItalic(True)
+                    item.setFont(font)
+                    item.setToolTip(
+                        (item.toolTip() + "\n\n" if item.toolTip() else "")
+                        + "Calibration run: labelled scans screened to set a site threshold, "
+                        "not a clinic's screening batch"
                     )
                 self.table.setItem(row, col, item)
         if self._rows:
@@ -159,8 +181,9 @@ class HistoryDialog(QDialog):
         return [r for i, r in enumerate(self._rows) if not self.table.isRowHidden(i)]
 
     def _filter(self, text: str) -> None:
+        shown = self.show_calibration.isChecked()
         for i, row in enumerate(self._rows):
-            self.table.setRowHidden(i, not row.matches(text))
+            self.table.setRowHidden(i, not row.matches(text) or (row.is_calibration and not shown))
 
     def _selected(self) -> HistoryRow | None:
         rows = self.table.selectionModel().selectedRows()
