@@ -156,6 +156,32 @@ def test_file_deleted_during_batch(runner: BatchRunner, chest_folder: Path):
     assert summary.errors == 1 and summary.total == 24
 
 
+def test_scans_finishing_together_share_a_commit_made_before_any_is_reported(
+    runner: BatchRunner, chest_folder: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """One FULL commit (one fsync) per group of scans that finished together, never one
+    per scan, and every scan reported is already in the store (contract 5)."""
+    commits: list[int] = []
+    record_many = runner.store.record_many
+
+    def counting(batch_id, items, files=()):
+        commits.append(len(items))
+        assert len(files) == sum(r.status is not ScanStatus.ERROR for _, r in items)
+        record_many(batch_id, items, files)
+
+    monkeypatch.setattr(runner.store, "record_many", counting)
+    gen = runner.run([chest_folder])
+    first = next(gen)
+    for event in gen:
+        rows = _rows(runner.store.path, first.batch_id)
+        committed = {seq for seq, _, status, _ in rows if status is not None}
+        assert len(committed) >= event.done  # this scan and those before it
+    assert sum(commits) == 24 and max(commits) > 1 and len(commits) < 24
+    # the files were indexed in those same commits
+    with sqlite3.connect(runner.store.path) as con:
+        assert con.execute("SELECT COUNT(*) FROM file_index").fetchone()[0] == 24
+
+
 def test_cancel_keeps_finished_scans(runner: BatchRunner, chest_folder: Path):
     gen = runner.run([chest_folder])
     done = 0

@@ -1,4 +1,4 @@
-"""The results store: SQLite, one commit per finished scan (ARCHITECTURE.md, contract 5).
+"""The results store: SQLite, every finished scan committed before it is reported (contract 5).
 
 Three things are kept:
 
@@ -18,9 +18,11 @@ Three things are kept:
 
 Durability: every write is its own short transaction, committed in WAL mode with
 ``synchronous=FULL``, so each committed scan has been flushed to disk (fsync) before the
-runner reports it. A crash, ``kill -9`` or power cut loses at most the scans in flight, never
-a committed one. (``NORMAL`` would be faster but may roll back the last commits on power loss;
-the cost of ``FULL`` is measured by ``benchmarks/bench_store_sync.py``.)
+runner reports it; the scans that finish together (an inference batch) share one transaction
+(:meth:`ResultsStore.record_many`), so one fsync. A crash, ``kill -9`` or power cut loses at
+most the scans in flight (not yet reported), never a committed one. (``NORMAL`` would be
+faster but may roll back the last commits on power loss; the cost of ``FULL`` is measured by
+``benchmarks/bench_store_sync.py``.)
 
 File names are stored losslessly: a name that is valid Unicode is stored as text, one that is
 not (POSIX names are bytes: ``caf\\xe9.png`` from an old USB stick) as its raw bytes (a BLOB),
@@ -807,38 +809,27 @@ class ResultsStore:
     def record(self, batch_id: str, seq: int, result: ScanResult) -> None:
         """Commit one finished item (and its result, if screened) in one transaction."""
         with self._write() as db:
-            if result.sha256 and result.status is not ScanStatus.ERROR:
-                db.execute(
-                    "INSERT OR REPLACE INTO results(sha256, models_key, status, reason, modality,"
-                    " modality_score, ood_score, detail, thumbnail, screened_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        result.sha256,
-                        result.models_key,
-                        result.status.value,
-                        result.reason,
-                        result.modality,
-                        result.modality_score,
-                        result.ood_score,
-                        _detail_json(result),
-                        result.thumbnail_png,
-                        result.screened_at,
-                    ),
-                )
-            db.execute(
-                "UPDATE batch_items SET sha256=?, status=?, reason=?, error_code=?, models_key=?,"
-                " done_at=? WHERE batch_id=? AND seq=?",
-                (
-                    result.sha256,
-                    result.status.value,
-                    result.reason,
-                    result.error_code,
-                    result.models_key,
-                    now_iso(),
-                    batch_id,
-                    seq,
-                ),
-            )
+            _record_row(db, batch_id, seq, result)
+
+    @_guarded
+    def record_many(
+        self,
+        batch_id: str,
+        items: Sequence[tuple[int, ScanResult]],
+        files: Sequence[tuple[str, FileIdentity, str, str]] = (),
+    ) -> None:
+        """Commit several finished items, and index their files, in one transaction.
+
+        What the runner uses for the scans that finish together (an inference batch): one
+        ``FULL`` commit, so one fsync, for all of them instead of one each, and the same
+        promise, since the runner reports none of them before this returns. ``files`` are
+        :meth:`remember_file`'s arguments (path, identity, probe, sha256).
+        """
+        with self._write() as db:
+            for path, identity, probe, sha256 in files:
+                _index_row(db, path, identity, probe, sha256)
+            for seq, result in items:
+                _record_row(db, batch_id, seq, result)
 
     @_guarded
     def remember_file(self, path: str, identity: FileIdentity, probe: str, sha256: str) -> None:
@@ -847,25 +838,13 @@ class ResultsStore:
 
         The index is only a shortcut, so this commit skips its own fsync (``NORMAL``): the
         next result's ``FULL`` commit flushes the WAL, this entry with it, and a power cut in
-        between costs one re-read. It halves the fsyncs of a screened scan.
+        between costs one re-read. (The runner indexes its files in :meth:`record_many`.)
         """
         db = self._db()
         db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._write() as db:
-                db.execute(
-                    "INSERT OR REPLACE INTO file_index(path, size, mtime_ns, sha256, ino,"
-                    " ctime_ns, probe) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        _path_param(path),
-                        identity.size,
-                        identity.mtime_ns,
-                        sha256,
-                        identity.ino,
-                        identity.ctime_ns,
-                        probe,
-                    ),
-                )
+                _index_row(db, path, identity, probe, sha256)
         finally:
             db.execute(f"PRAGMA synchronous={self.SYNCHRONOUS}")
 
@@ -1003,6 +982,61 @@ def _private_file(path: Path) -> None:
         log.warning("could not make the results store owner-only: %s", path.name)
     finally:
         os.close(fd)
+
+
+def _record_row(db: sqlite3.Connection, batch_id: str, seq: int, result: ScanResult) -> None:
+    """One finished item's rows (its result, if screened), inside the caller's transaction."""
+    if result.sha256 and result.status is not ScanStatus.ERROR:
+        db.execute(
+            "INSERT OR REPLACE INTO results(sha256, models_key, status, reason, modality,"
+            " modality_score, ood_score, detail, thumbnail, screened_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                result.sha256,
+                result.models_key,
+                result.status.value,
+                result.reason,
+                result.modality,
+                result.modality_score,
+                result.ood_score,
+                _detail_json(result),
+                result.thumbnail_png,
+                result.screened_at,
+            ),
+        )
+    db.execute(
+        "UPDATE batch_items SET sha256=?, status=?, reason=?, error_code=?, models_key=?,"
+        " done_at=? WHERE batch_id=? AND seq=?",
+        (
+            result.sha256,
+            result.status.value,
+            result.reason,
+            result.error_code,
+            result.models_key,
+            now_iso(),
+            batch_id,
+            seq,
+        ),
+    )
+
+
+def _index_row(
+    db: sqlite3.Connection, path: str, identity: FileIdentity, probe: str, sha256: str
+) -> None:
+    """One file index entry, inside the caller's transaction."""
+    db.execute(
+        "INSERT OR REPLACE INTO file_index(path, size, mtime_ns, sha256, ino,"
+        " ctime_ns, probe) VALUES (?,?,?,?,?,?,?)",
+        (
+            _path_param(path),
+            identity.size,
+            identity.mtime_ns,
+            sha256,
+            identity.ino,
+            identity.ctime_ns,
+            probe,
+        ),
+    )
 
 
 def _detail_json(result: ScanResult) -> str:
