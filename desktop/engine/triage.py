@@ -90,6 +90,50 @@ def triage_key(
     return TriageKey(TriageGroup.NOT_FLAGGED, -best, 0)
 
 
+@dataclass(frozen=True)
+class Attention:
+    """One flag a reader's attention is drawn to, and how far past its threshold it is."""
+
+    model_id: str
+    probability: float
+    threshold: float  # the scan's own (its patient group's, where the point has groups)
+    margin: float  # :func:`margin`, in [0, 1] for a flag
+
+
+def attention(
+    result: ScanResult, points: Mapping[str, OperatingPoint | None], scope: object = None
+) -> list[Attention]:
+    """The flags of ``result`` that draw attention, in model order: exactly the models that
+    flag it under the one flag rule (:func:`finding_flags` with ``scope``), so a model run
+    outside its scope is never named, however far its score is past the threshold.
+
+    The table's Attention cell names the strongest (:func:`strongest`); the report's ranked
+    list names them all.
+    """
+    flags = (
+        finding_flags(result, points, scope)  # type: ignore[arg-type]
+        if scope is not None
+        else finding_flags(result, points)
+    )
+    own = scan_points(result, points, scope)  # type: ignore[arg-type]
+    out = []
+    for model_id, flag in flags.items():
+        point = own.get(model_id)
+        if flag and point is not None:
+            p = result.findings[model_id].probability
+            out.append(Attention(model_id, p, point.threshold, margin(p, point.threshold)))
+    return out
+
+
+def strongest(flags: Iterable[Attention]) -> Attention | None:
+    """The flag furthest past its threshold (the first on a tie), or None without one."""
+    best: Attention | None = None
+    for item in flags:
+        if best is None or item.margin > best.margin:
+            best = item
+    return best
+
+
 def triage_order(
     results: Iterable[ScanResult],
     points: Mapping[str, OperatingPoint | None],

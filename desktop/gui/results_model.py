@@ -53,10 +53,9 @@ from desktop.engine.results import (
     any_flagged,
     finding_flags,
     operating_points,
-    scan_points,
     status_text,
 )
-from desktop.engine.triage import TriageKey, margin, triage_key
+from desktop.engine.triage import TriageKey, attention, strongest, triage_key
 from desktop.gui.elide import warning_pixmap
 from desktop.gui.flags import FLAGGED_TEXT, NOT_FLAGGED_TEXT, flag_pixmap
 from desktop.gui.qt_compat import emit
@@ -490,27 +489,19 @@ class ResultsModel(QAbstractTableModel):
         return None
 
     def _attention_text(self, result: ScanResult, long: bool) -> str:
-        """The triage cell: the strongest flag and how far past its threshold it is."""
-        best, best_m = "", -2.0
-        points = scan_points(result, self._points, self._scope)  # the scan's group's own
-        for model_id, flag in self.flags_of(result).items():
-            point = points.get(model_id)
-            if not flag or point is None:
-                continue
-            value = margin(result.findings[model_id].probability, point.threshold)
-            if value > best_m:
-                best_m, best = value, model_id
-        if not best:
+        """The triage cell: the strongest flag and how far past its threshold it is (the
+        engine's :func:`~desktop.engine.triage.attention`: in-scope flags only)."""
+        best = strongest(attention(result, self._points, self._scope))
+        if best is None:
             return ""
-        name = short_name(self._manifests[best]) if best in self._manifests else best
+        mid = best.model_id
+        name = short_name(self._manifests[mid]) if mid in self._manifests else mid
         if long:
-            point = points[best]
-            assert point is not None
             return (
-                f"{name} {result.findings[best].probability:.2f}: {best_m * 100:.0f} % of the way "
-                f"from its threshold {point.threshold:.2f} to 1"
+                f"{name} {best.probability:.2f}: {best.margin * 100:.0f} % of the way "
+                f"from its threshold {best.threshold:.2f} to 1"
             )
-        return f"{name} +{best_m * 100:.0f} %"
+        return f"{name} +{best.margin * 100:.0f} %"
 
     def _thumbnail(self, row: int, result: ScanResult) -> QPixmap | None:
         pixmap = self._thumbs.get(row)

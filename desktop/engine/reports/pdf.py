@@ -78,7 +78,7 @@ from desktop.engine.reports.source import (
     thumbnail_of,
 )
 from desktop.engine.results import ScanResult, ScanStatus
-from desktop.engine.triage import TriageGroup, TriageKey, margin, triage_key
+from desktop.engine.triage import TriageGroup, TriageKey, attention, margin, triage_key
 
 logger = logging.getLogger(__name__)
 
@@ -719,16 +719,12 @@ class _Ranked:
     rank: int = 0
 
     def flag_text(self, ctx: ReportContext) -> str:
-        flags = scan_flags(self.result, ctx)
-        points = ctx.scan_points(self.result)
-        parts = []
-        for mid, flag in flags.items():
-            if flag:
-                p = self.result.findings[mid].probability
-                manifest = ctx.manifests[mid]
-                value = margin(p, points[mid].threshold) * 100
-                parts.append(f"{_short(manifest)} {p:.2f} (+{value:.0f} %)")
-        return ", ".join(parts)
+        """The ranked list's flags: the engine's :func:`attention` (in-scope flags only)."""
+        flags = attention(self.result, ctx.points(), ctx.scope_rule)
+        return ", ".join(
+            f"{_short(ctx.manifests[a.model_id])} {a.probability:.2f} (+{a.margin * 100:.0f} %)"
+            for a in flags
+        )
 
 
 def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> list[_Ranked]:
