@@ -31,6 +31,7 @@ from desktop.gui import workers
 from desktop.gui.calibrate_dialog import CalibrateDialog
 from desktop.gui.main_window import MainWindow
 from desktop.gui.operating_point import OperatingPointPicker
+from desktop.gui.qt_compat import emit
 from desktop.gui.settings import AppSettings
 
 pytestmark = pytest.mark.gui
@@ -244,7 +245,7 @@ def test_main_window_tools_menu_opens_the_dialog_and_refreshes_the_picker(
     assert dialog is not None and dialog.isVisible()
     # A point saved in the dialog appears in the window's picker at once.
     _site_point_for(window.models.findings["tb"].manifest, SitePointStore.default(), "New-Site")
-    dialog.saved.emit(None)
+    emit(dialog.saved, None)
     items = [window.op_picker.combo.itemData(i) for i in range(window.op_picker.combo.count())]
     assert "site:New-Site" in items
     dialog.close()

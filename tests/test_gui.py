@@ -514,26 +514,6 @@ def _array(image: QImage) -> np.ndarray:
     return data.reshape(height, image.bytesPerLine())[:, : width * 3].astype(np.float32)
 
 
-def test_emit_keeps_true_alive():
-    """PySide6 6.12 on CPython 3.11 drops a reference to True per emit(); a 2,000-scan batch
-    then aborted the process ("bool_dealloc"). The GUI emits through qt_compat.emit."""
-    from PySide6.QtCore import QObject, Signal
-
-    from desktop.gui.qt_compat import emit
-
-    class Source(QObject):
-        ping = Signal(object)
-
-    source = Source()
-    received: list[object] = []
-    source.ping.connect(received.append)
-    before = sys.getrefcount(True)
-    for i in range(5000):
-        emit(source.ping, i)
-    assert len(received) == 5000
-    assert abs(sys.getrefcount(True) - before) < 50
-
-
 def test_worker_signals_in_order(qtbot):
     """superqt's contract: started, yielded..., returned, finished; errors are reported."""
     from desktop.gui.workers import Worker

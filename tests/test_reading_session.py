@@ -25,6 +25,7 @@ from desktop.engine.results import ScanStatus
 from desktop.engine.store import ResultsStore
 from desktop.engine.triage import TriageGroup
 from desktop.gui.main_window import MainWindow
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import Column
 from desktop.gui.settings import AppSettings
 
@@ -145,7 +146,7 @@ def test_a_reading_session_end_to_end(qtbot, session, clinic_folder: Path, tmp_p
     # the patient ID of a PNG is typed and kept with the identifiers
     assert viewer.patient_edit.isVisibleTo(viewer)
     viewer.patient_edit.setText("KW-2291")
-    viewer.patient_edit.editingFinished.emit()
+    emit(viewer.patient_edit.editingFinished)
     second = viewer.result
     assert store.typed_patient_ids() == {scan_key(second.sha256, second.file): "KW-2291"}
     stored = store.decisions()

@@ -26,6 +26,7 @@ from desktop.engine.screening import Screener
 from desktop.engine.store import ResultsStore
 from desktop.gui.elide import elide_words
 from desktop.gui.main_window import MainWindow
+from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import Column, FlaggedRole, short_warning
 from desktop.gui.settings import AppSettings
 from tests.conftest import DATA
@@ -150,7 +151,7 @@ def test_batch_group_changes_flags_at_once_without_inference(qtbot, window, fold
     assert 0 < auto < total
     with qtbot.waitSignal(window.model.dataChanged, timeout=1000):
         window.patients_combo.setCurrentIndex(window.patients_combo.findData("adult"))
-        window.patients_combo.activated.emit(window.patients_combo.currentIndex())
+        emit(window.patients_combo.activated, window.patients_combo.currentIndex())
     assert window.model.counts().flagged["tb"] == total
     assert _cell(window, _row(window, "age_6y.dcm"), Column.PATIENT) == "adult (batch)"
     assert "0 flagged" not in window.counts.text()

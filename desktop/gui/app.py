@@ -122,6 +122,13 @@ def main(
     log_path = configure_logging(console=True)
     if not ensure_gui_can_start():  # names a missing system library instead of a Qt abort
         return 3
+    from desktop.gui.qt_compat import binding_problem  # before any thread: it counts refs
+
+    problem = binding_problem()
+    if problem is not None:  # a known-bad Qt binding: refuse now instead of crashing later
+        log.critical("%s", problem)
+        sys.stderr.write(f"MedScreen cannot start: {problem}\n")
+        return 3
     app = create_app(argv)
     from desktop.gui.main_window import MainWindow  # after QApplication: widgets need it
 

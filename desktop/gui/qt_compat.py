@@ -1,68 +1,83 @@
-"""Work-arounds for defects in the Qt binding, each detected at run time, never assumed.
+"""The one path for Qt signal emits, and the start-up check for a known-bad Qt binding.
 
-``SignalInstance.emit()`` in PySide6 6.12 (seen with CPython 3.11) returns ``True`` without
-taking a reference to it, so every emit from Python drops the interpreter's count of ``True``
-by one. CPython 3.12+ makes ``True`` immortal and nothing happens; on 3.11 the count reaches
-zero after a few thousand emits and the process aborts with "Fatal Python error: bool_dealloc"
-— a 2,000-scan batch (one signal per scan) or a few minutes of progress updates is enough.
-:func:`emit` gives the missing reference back, but only when a probe at first use shows the
-binding really leaks, so a fixed PySide needs no change here.
+PySide6 6.12.0 returns ``True`` from ``SignalInstance.emit()`` and ``.disconnect()`` without
+taking a reference to it, so every such call made from Python drops the interpreter's count
+of ``True`` by one (measured: exactly one per call, for every signature, thread and
+connection type; 6.8.3, 6.9.3, 6.10.3 and 6.11.3 lose nothing). CPython 3.12+ makes ``True``
+immortal; on 3.11 the count reaches zero after a few thousand calls and the process aborts
+("Fatal Python error: bool_dealloc") in whichever thread touches ``True`` next — a worker
+parsing JSON, say. An earlier version of this module gave a reference back after each emit,
+decided by a probe at first import, but ``disconnect()`` (which pytest-qt calls after every
+``waitSignal``) was not covered and the probe could be fooled by other threads. The binding
+is now pinned below 6.12 (pyproject.toml) and :func:`binding_problem` makes the window refuse
+to start, with a clear message, on a binding that still does it.
+
+GUI code emits through :func:`emit` so that a future binding defect has one place to be
+worked around.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import sys
 from typing import Any
 
+import PySide6
 from PySide6.QtCore import QObject, Signal
 
-log = logging.getLogger(__name__)
-
-PROBE_EMITS = 64
+#: Calls per kind in :func:`true_references_lost`: enough that a leak of one per call
+#: stands out from anything else moving ``True``'s count.
+PROBE_CALLS = 64
 
 
 class _Probe(QObject):
     ping = Signal()
 
 
-def _incref(obj: object, times: int = 1) -> None:
-    for _ in range(times):
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+def emit(signal: Any, *args: Any) -> None:
+    """``signal.emit(*args)``: every emit of the GUI goes through here (see the module doc)."""
+    signal.emit(*args)
 
 
-PROBE_ROUNDS = 5
+def true_references_lost() -> dict[str, int]:
+    """References to ``True`` each of ``emit()`` and ``disconnect()`` drops in
+    :data:`PROBE_CALLS` calls (0 for a sound binding).
 
-
-def _emit_leaks_true() -> bool:
-    """Emit a few times and watch True's reference count (once, at import).
-
-    Other threads may already be running when this module is first imported (a batch, or the
-    test suite's earlier tests), and they move True's count too. One round's delta can then
-    hide the leak, and a missed leak brings the process down later — in any thread that
-    touches True. So the verdict is the median of several rounds, and the reference given back
-    is exactly what the probe's own emits took, not a measured difference.
+    Run it where no other Python thread is running (start-up, or a test): other threads move
+    ``True``'s count too. What the calls took is given back, so probing a bad binding does
+    not itself bring the process down at exit.
     """
     probe = _Probe()
-    losses = []
-    for _ in range(PROBE_ROUNDS):
+    lost: dict[str, int] = {}
+
+    def slot() -> None:
+        pass
+
+    for name, call in (
+        ("emit", probe.ping.emit),
+        ("disconnect", lambda: (probe.ping.connect(slot), probe.ping.disconnect(slot))),
+    ):
         before = sys.getrefcount(True)
-        for _ in range(PROBE_EMITS):
-            probe.ping.emit()
-        losses.append(before - sys.getrefcount(True))
-    if sorted(losses)[PROBE_ROUNDS // 2] >= PROBE_EMITS // 2:
-        _incref(True, PROBE_ROUNDS * PROBE_EMITS)  # give back what the probe itself took
-        log.info("this PySide drops a reference to True on every emit(); compensating")
-        return True
-    return False
+        for _ in range(PROBE_CALLS):
+            call()
+        lost[name] = before - sys.getrefcount(True)
+        for _ in range(max(0, lost[name])):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(True))
+    return lost
 
 
-LEAKS_TRUE_ON_EMIT = _emit_leaks_true()
-
-
-def emit(signal: Any, *args: Any) -> None:
-    """``signal.emit(*args)``, safe against the binding's missing reference on the result."""
-    result = signal.emit(*args)
-    if LEAKS_TRUE_ON_EMIT and isinstance(result, bool):
-        _incref(result)
+def binding_problem() -> str | None:
+    """Why this Qt binding cannot run MedScreen, or None when it can."""
+    if sys.version_info >= (3, 12):
+        return None  # True is immortal: a lost reference to it harms nothing
+    lost = true_references_lost()
+    leaking = [name for name, count in lost.items() if count >= PROBE_CALLS // 2]
+    if not leaking:
+        return None
+    return (
+        f"PySide6 {PySide6.__version__} loses a reference to True on every "
+        f"{' and '.join(f'{name}()' for name in leaking)} call, which crashes Python "
+        f"{sys.version_info.major}.{sys.version_info.minor} after a few thousand signals. "
+        "Install the PySide6-Essentials version MedScreen is built with "
+        '(pip install "pyside6-essentials<6.12") or use the installed MedScreen package.'
+    )
