@@ -11,25 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
+
+from desktop.engine.vocabulary import Vocabulary
 
 
-class Decision(StrEnum):
-    """What the reader concluded about the model's output for one scan."""
+class Decision(Vocabulary):
+    """What the reader concluded about the model's output for one scan (code, words)."""
 
-    AGREE = "agree"
-    DISAGREE = "disagree"
-    FOLLOW_UP = "follow_up"
-    POOR_QUALITY = "poor_quality"
+    AGREE = "agree", "Agree"
+    DISAGREE = "disagree", "Disagree"
+    FOLLOW_UP = "follow_up", "Needs follow-up"
+    POOR_QUALITY = "poor_quality", "Image quality too poor"
 
 
 #: The words every face shows for a decision.
-DECISION_TEXT: Mapping[Decision, str] = {
-    Decision.AGREE: "Agree",
-    Decision.DISAGREE: "Disagree",
-    Decision.FOLLOW_UP: "Needs follow-up",
-    Decision.POOR_QUALITY: "Image quality too poor",
-}
+DECISION_TEXT: Mapping[Decision, str] = Decision.texts()
 
 #: Longest note kept (a note is a sentence or two, never a report; it must fit a PDF cell).
 MAX_NOTE_CHARS = 500
@@ -58,12 +54,7 @@ class ReaderDecision:
 
 def parse_decision(text: str) -> Decision:
     """A decision from its code or its words (case-insensitive); ValueError otherwise."""
-    value = text.strip().lower()
-    for decision, words in DECISION_TEXT.items():
-        if value in (decision.value, words.lower()):
-            return decision
-    choices = ", ".join(d.value for d in Decision)
-    raise ValueError(f"unknown decision {text!r}; choose from {choices}")
+    return Decision.parse(text, "decision")
 
 
 def scan_key(sha256: str | None, file: str) -> str:

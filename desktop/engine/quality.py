@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 from desktop.engine.errors import ScanErrorCode
 from desktop.engine.results import ScanResult, ScanStatus
+from desktop.engine.vocabulary import Vocabulary
 
 #: The screening gate's reason for an image that is not a medical scan of a known kind
 #: (out-of-distribution); :mod:`desktop.engine.screening` writes it.
@@ -33,42 +33,28 @@ NOT_MEDICAL_REASON = "not recognised as a medical scan"
 BLANK_OOD_SCORE = 500.0
 
 
-class QualityCode(StrEnum):
-    """Stable codes of the vocabulary (kept in CSV/JSON; the words may be translated)."""
+class QualityCode(Vocabulary):
+    """Stable codes (kept in CSV/JSON) with their fixed words (which may be translated);
+    NOT_CHEST's words get the kind added: "not a chest X-ray: hand"."""
 
-    NOT_CHEST = "not_chest"  # another kind of medical image; the text names it
-    UNCLEAR_CHEST = "unclear_chest"  # the gate was not confident it is a chest X-ray
-    BLANK = "blank"
-    NOT_MEDICAL = "not_medical"
-    EMPTY_FILE = "empty_file"
-    NOT_AN_IMAGE = "not_an_image"
-    DAMAGED = "damaged"
-    TOO_LARGE = "too_large"
-    UNSUPPORTED_IMAGE = "unsupported_image"
-    UNSUPPORTED_DICOM = "unsupported_dicom"
-    NO_IMAGE_IN_DICOM = "no_image_in_dicom"
-    MULTI_FRAME = "multi_frame"
-    MISSING = "missing"
-    INTERNAL = "internal"
+    NOT_CHEST = "not_chest", "not a chest X-ray"  # another kind of medical image
+    UNCLEAR_CHEST = "unclear_chest", "unclear: maybe not a chest X-ray"  # gate not confident
+    BLANK = "blank", "blank or nearly blank image"
+    NOT_MEDICAL = "not_medical", "photo or document"
+    EMPTY_FILE = "empty_file", "empty file"
+    NOT_AN_IMAGE = "not_an_image", "not an image file"
+    DAMAGED = "damaged", "damaged file"
+    TOO_LARGE = "too_large", "image too large"
+    UNSUPPORTED_IMAGE = "unsupported_image", "unsupported image format"
+    UNSUPPORTED_DICOM = "unsupported_dicom", "unsupported DICOM"
+    NO_IMAGE_IN_DICOM = "no_image_in_dicom", "DICOM without an image"
+    MULTI_FRAME = "multi_frame", "multi-frame DICOM (not supported)"
+    MISSING = "missing", "file moved or deleted"
+    INTERNAL = "internal", "internal error (see the log)"
 
 
-#: The fixed words of each code (NOT_CHEST adds the kind: "not a chest X-ray: hand").
-QUALITY_TEXT: dict[QualityCode, str] = {
-    QualityCode.NOT_CHEST: "not a chest X-ray",
-    QualityCode.UNCLEAR_CHEST: "unclear: maybe not a chest X-ray",
-    QualityCode.BLANK: "blank or nearly blank image",
-    QualityCode.NOT_MEDICAL: "photo or document",
-    QualityCode.EMPTY_FILE: "empty file",
-    QualityCode.NOT_AN_IMAGE: "not an image file",
-    QualityCode.DAMAGED: "damaged file",
-    QualityCode.TOO_LARGE: "image too large",
-    QualityCode.UNSUPPORTED_IMAGE: "unsupported image format",
-    QualityCode.UNSUPPORTED_DICOM: "unsupported DICOM",
-    QualityCode.NO_IMAGE_IN_DICOM: "DICOM without an image",
-    QualityCode.MULTI_FRAME: "multi-frame DICOM (not supported)",
-    QualityCode.MISSING: "file moved or deleted",
-    QualityCode.INTERNAL: "internal error (see the log)",
-}
+#: The fixed words of each code.
+QUALITY_TEXT: dict[QualityCode, str] = QualityCode.texts()
 
 _ERROR_CODES: dict[str, QualityCode] = {
     ScanErrorCode.EMPTY_FILE: QualityCode.EMPTY_FILE,

@@ -1,0 +1,42 @@
+"""Fixed vocabularies: a stable code with the words every face shows for it.
+
+The reader's decisions (:mod:`desktop.engine.decisions`) and the plain quality codes
+(:mod:`desktop.engine.quality`) are both a set of codes kept in CSV, JSON and the store, each
+with the words the table, the viewer and the PDF show. Each member carries its own words, so a
+code cannot be added without them (a separate code → words table could miss one), and a
+vocabulary parses either form the same way.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+
+class Vocabulary(StrEnum):
+    """A :class:`StrEnum` whose members are written ``NAME = "code", "words"``: the value is
+    the stable code, :attr:`words` what a reader sees."""
+
+    words: str
+
+    def __new__(cls, code: str, words: str) -> Self:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.words = words
+        return member
+
+    @classmethod
+    def texts(cls) -> dict[Self, str]:
+        """Every member's words, in definition order."""
+        return {member: member.words for member in cls}
+
+    @classmethod
+    def parse(cls, text: str, noun: str) -> Self:
+        """The member named by its code or its words (case-insensitive); ValueError, naming
+        ``noun`` and the codes, otherwise."""
+        value = text.strip().lower()
+        for member in cls:
+            if value in (member.value, member.words.lower()):
+                return member
+        choices = ", ".join(member.value for member in cls)
+        raise ValueError(f"unknown {noun} {text!r}; choose from {choices}")
