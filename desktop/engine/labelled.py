@@ -254,23 +254,17 @@ def screen_labelled(
     by_key = {_key(f.path): f for f in labelled.files}
     results: dict[str, ScanResult] = {}
     batch_id = ""
-    cancelled = True
+    cancelled = False
     if labelled.files:
-        # a calibration batch: the history labels it, never a clinic's screening batch
-        generator = runner.run([f.path for f in labelled.files], kind=BatchKind.CALIBRATION)
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                batch_id = stop.value.batch_id
-                cancelled = stop.value.cancelled
-                break
-            batch_id = event.batch_id
-            if event.result is not None:
-                results[_key(event.result.file)] = event.result
-            yield event
-    else:
-        cancelled = False
+        # The runner's own generator, passed on to the caller's progress bar; a calibration
+        # batch, which the history labels as such. What it finished is read back from the
+        # store (a cancelled run keeps what it finished, as every batch does).
+        summary = yield from runner.run(
+            [f.path for f in labelled.files], kind=BatchKind.CALIBRATION
+        )
+        batch_id, cancelled = summary.batch_id, summary.cancelled
+        for result in runner.store.batch_results(batch_id, thumbnails=False):
+            results[_key(result.file)] = result
 
     excluded = list(labelled.excluded)
     used: list[tuple[LabelledFile, float]] = []
