@@ -117,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="include DICOM patient name/ID in reports (off by default)",
         )
-        p.add_argument("--workers", type=int, default=None, help="decoder threads")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_run_options(p)
 
     classify = sub.add_parser("classify", help="screen files and folders headless")
     classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -163,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gui.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="scans or folders")
     return parser
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that screens a batch (classify, resume, export, calibrate)."""
+    p.add_argument("--workers", type=int, default=None, help="decoder threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

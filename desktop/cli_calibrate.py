@@ -75,8 +75,9 @@ def add_commands(
     cal.add_argument(
         "--no-save", action="store_true", help="print and write the record, save no site point"
     )
-    cal.add_argument("--workers", type=int, default=None, help="decoder threads")
-    cal.add_argument("--quiet", action="store_true", help="no progress bar")
+    from desktop.cli import add_run_options
+
+    add_run_options(cal)  # --workers, --quiet: as classify
     common(cal)
 
     site = sub.add_parser("site", help="list, export, import or delete site operating points")
