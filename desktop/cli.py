@@ -20,9 +20,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from desktop import DISCLAIMER, __version__
 from desktop.app_logging import configure_logging
@@ -34,6 +34,8 @@ from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
 from desktop.engine.store import BatchStatus, ResultsStore
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from desktop.engine.reports import ReportContext
@@ -369,23 +371,14 @@ def _classify(args: argparse.Namespace) -> int:
     bar = _ProgressBar(stream, enabled=not args.quiet)
     print(f"MedScreen {__version__} — device: {models.device.describe()}", file=stream)
     generator = runner.run(args.paths if args.command == "classify" else (), resume=resume_id)
-    summary: BatchSummary | None = None
-    interrupted = False
     running_id = resume_id  # the batch *this* run works on, never another one's
-    try:
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            running_id = event.batch_id
-            bar.update(event)
-    except KeyboardInterrupt:
-        interrupted = True
-        runner.cancel()
-        generator.close()
-    bar.close()
+
+    def note(event: Progress) -> None:
+        nonlocal running_id
+        running_id = event.batch_id
+
+    summary = drive(generator, runner, bar, note)
+    interrupted = summary is None
 
     batch_id = summary.batch_id if summary else running_id
     if batch_id is None:  # stopped while the folders were still being listed
@@ -584,6 +577,32 @@ def _print_summary(
             file=stream,
         )
     print(DISCLAIMER, file=stream)
+
+
+def drive(
+    generator: Generator[Progress, None, _T],
+    runner: BatchRunner,
+    bar: _ProgressBar,
+    on_event: Callable[[Progress], None] | None = None,
+) -> _T | None:
+    """Run a batch generator to its end, each event shown on ``bar`` (after ``on_event``),
+    and return what it returns; ``None`` when Ctrl-C stopped it: the runner is then asked to
+    cancel and the generator closed (finished scans are kept). The bar is closed either way."""
+    try:
+        while True:
+            try:
+                event = next(generator)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if on_event is not None:
+                on_event(event)
+            bar.update(event)
+    except KeyboardInterrupt:
+        runner.cancel()
+        generator.close()
+        return None
+    finally:
+        bar.close()
 
 
 class _ProgressBar:

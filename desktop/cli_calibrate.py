@@ -155,7 +155,7 @@ def _site(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from desktop.cli import _load_models, _ProgressBar, _store, check_writable
+    from desktop.cli import _load_models, _ProgressBar, _store, check_writable, drive
     from desktop.engine.labelled import collect_labels, exclusion_summary, run_calibration
     from desktop.engine.reports.calibration import figure_lines, write_calibration_files
     from desktop.engine.runner import BatchRunner
@@ -184,21 +184,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     runner = BatchRunner(models, store, workers=args.workers)
     bar = _ProgressBar(stream, enabled=not args.quiet)
-    generator = run_calibration(runner, labelled, target)
-    try:
-        while True:
-            try:
-                bar.update(next(generator))
-            except StopIteration as stop:
-                outcome = stop.value
-                break
-    except KeyboardInterrupt:
-        runner.cancel()
-        generator.close()
-        bar.close()
+    outcome = drive(run_calibration(runner, labelled, target), runner, bar)
+    if outcome is None:  # Ctrl-C
         print("interrupted: no calibration was made (screened scans are kept)", file=stream)
         return 130
-    bar.close()
 
     scores = outcome.scores
     excluded = scores.excluded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -248,3 +249,37 @@ def test_missing_qt_says_so_instead_of_a_stale_not_in_this_build(monkeypatch, ca
     assert "PySide6 is missing" in err and "medscreen classify" in err
     assert "not part of this build" not in err
     assert "not part of this build" not in (REPO / "desktop" / "cli.py").read_text()
+
+
+def test_ctrl_c_in_calibrate_stops_cleanly_and_keeps_the_screened(
+    tmp_path, stand_in_models, monkeypatch, capsys
+):
+    from desktop import cli
+    from desktop.engine.store import BatchKind, ResultsStore
+
+    labelled = tmp_path / "labelled"
+    for label in ("normal", "pneumonia"):
+        shutil.copytree(DATA / "pneumonia" / label, labelled / label)
+    seen = []
+
+    def update(self, event) -> None:  # Ctrl-C arrives while the third scan is shown
+        seen.append(event)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._ProgressBar, "update", update)
+    db = tmp_path / "r.sqlite3"
+    code = main(
+        ["calibrate", str(labelled), "--model", "pneumonia", "--name", "Stop", "--workers", "1",
+         "--db", str(db), "--models", str(stand_in_models), "--out", str(tmp_path / "cal")]
+    )  # fmt: skip
+    assert code == 130
+    assert "interrupted: no calibration was made" in capsys.readouterr().err
+    store = ResultsStore(db)
+    try:
+        (batch,) = store.batches()
+        assert batch.kind == BatchKind.CALIBRATION and batch.status == "cancelled"
+        assert 2 <= batch.done < batch.total
+    finally:
+        store.close()
+    assert not (tmp_path / "cal").exists() or not list((tmp_path / "cal").iterdir())
