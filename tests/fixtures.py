@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from desktop.engine.errors import ScanError, ScanErrorCode
 
 DATA = Path(__file__).parent / "data"
 #: Real PA chest CR: 440×440, 10-bit, MONOCHROME1, window 550/1024, no file meta.
@@ -213,3 +216,17 @@ def pydicom_test_file(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"pydicom test file {name} is not installed")
     return path
+
+
+def load_fails(path: Path, code: ScanErrorCode) -> str:
+    """Load ``path``, which must be refused with ``code``; the refusal's message.
+
+    The message is also the exception's text (a reason is shown as it is, never wrapped).
+    """
+    from desktop.engine.loading import load_scan
+
+    with pytest.raises(ScanError) as info:
+        load_scan(path)
+    assert info.value.code == code, info.value.message
+    assert str(info.value) == info.value.message
+    return info.value.message

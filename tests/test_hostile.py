@@ -31,7 +31,15 @@ from desktop.engine.results import ScanStatus
 from desktop.engine.runner import BatchRunner, run_to_end
 from desktop.engine.store import ResultsStore
 from tests.conftest import REPO
-from tests.fixtures import CR_CHEST, CR_J2K, KERMANY_JPEG, TB_PNG, write_cr_variant, write_png_bomb
+from tests.fixtures import (
+    CR_CHEST,
+    CR_J2K,
+    KERMANY_JPEG,
+    TB_PNG,
+    load_fails,
+    write_cr_variant,
+    write_png_bomb,
+)
 from tests.hostile import (
     IDENTIFIERS,
     PATIENT_NAME,
@@ -47,13 +55,6 @@ from tests.hostile import (
 from tests.model_factory import TEST_KEY
 
 
-def _fails(path: Path, code: ScanErrorCode) -> str:
-    with pytest.raises(ScanError) as info:
-        load_scan(path)
-    assert info.value.code == code, info.value.message
-    return info.value.message
-
-
 def _no_identifier(text: str) -> None:
     for identifier in IDENTIFIERS:
         assert identifier not in text, f"{identifier!r} leaked into: {text[:200]!r}"
@@ -64,7 +65,7 @@ def _no_identifier(text: str) -> None:
 
 def test_damaged_rle_is_one_files_error_not_a_panic(tmp_path: Path) -> None:
     path = write_damaged_rle(tmp_path / "damaged_rle.dcm")
-    message = _fails(path, ScanErrorCode.DECODER_CRASHED)
+    message = load_fails(path, ScanErrorCode.DECODER_CRASHED)
     assert message.startswith("the decoder crashed on this file")
     _no_identifier(message)
     # the same file undamaged decodes in the worker exactly as in process
@@ -194,7 +195,7 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
     assert path.stat().st_size < 1_500_000  # a 1 MB file that inflates to 1 GiB
     tracemalloc.start()
     try:
-        message = _fails(path, ScanErrorCode.TOO_LARGE)
+        message = load_fails(path, ScanErrorCode.TOO_LARGE)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -202,7 +203,7 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB held while checking a deflate bomb"
     bare = tmp_path / "bare_bomb.dcm"  # the same without its 132-byte preamble
     bare.write_bytes(path.read_bytes()[132:])
-    assert "inflates to more than" in _fails(bare, ScanErrorCode.TOO_LARGE)
+    assert "inflates to more than" in load_fails(bare, ScanErrorCode.TOO_LARGE)
 
 
 def test_real_deflated_dicom_still_decodes(tmp_path: Path) -> None:
@@ -251,13 +252,13 @@ def test_deflated_dicom_is_inflated_once(tmp_path: Path, monkeypatch: pytest.Mon
 def test_pixel_bytes_are_checked_before_decoding(tmp_path: Path) -> None:
     # 7500² is under the pixel limit, but 64 bits per pixel is 429 MiB: refused from the header
     path = write_cr_variant(tmp_path / "deep.dcm", Rows=7500, Columns=7500, BitsAllocated=64)
-    assert "MiB decoded" in _fails(path, ScanErrorCode.TOO_LARGE)
+    assert "MiB decoded" in load_fails(path, ScanErrorCode.TOO_LARGE)
     path = write_cr_variant(tmp_path / "odd.dcm", BitsAllocated=12)
-    assert "Bits Allocated (12" in _fails(path, ScanErrorCode.UNSUPPORTED_IMAGE)
+    assert "Bits Allocated (12" in load_fails(path, ScanErrorCode.UNSUPPORTED_IMAGE)
 
 
 def test_8900_square_png_bomb_is_refused(tmp_path: Path) -> None:
-    message = _fails(write_png_bomb(tmp_path / "b.png", 8900, 8900), ScanErrorCode.TOO_LARGE)
+    message = load_fails(write_png_bomb(tmp_path / "b.png", 8900, 8900), ScanErrorCode.TOO_LARGE)
     assert "60-megapixel" in message
 
 
@@ -383,7 +384,7 @@ def test_dicom_cut_in_its_header_is_called_truncated(tmp_path: Path, cut: int) -
     whole = write_dicom(tmp_path / "whole.dcm", identified_cr()).read_bytes()
     path = tmp_path / "cut.dcm"
     path.write_bytes(whole[:cut])
-    message = _fails(path, ScanErrorCode.TRUNCATED)
+    message = load_fails(path, ScanErrorCode.TRUNCATED)
     assert "report" not in message and "truncated" in message
 
 

@@ -21,6 +21,7 @@ from tests.fixtures import (
     CR_CHEST,
     KERMANY_JPEG,
     TB_PNG,
+    load_fails,
     pydicom_test_file,
     write_cr_multiframe,
     write_cr_variant,
@@ -33,15 +34,6 @@ from tests.fixtures import (
     write_variant,
 )
 
-
-def _fails(path: Path, code: ScanErrorCode) -> str:
-    with pytest.raises(ScanError) as info:
-        load_scan(path)
-    assert info.value.code == code, info.value.message
-    assert str(info.value) == info.value.message
-    return info.value.message
-
-
 # --- reading the file ---------------------------------------------------------------------------
 
 
@@ -49,13 +41,13 @@ def test_vanished_file(tmp_path: Path) -> None:
     path = tmp_path / "scan.png"
     path.write_bytes(TB_PNG.read_bytes())
     path.unlink()  # deleted between discovery and reading
-    assert _fails(path, ScanErrorCode.VANISHED).startswith("file no longer exists")
+    assert load_fails(path, ScanErrorCode.VANISHED).startswith("file no longer exists")
 
 
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.png"
     path.touch()
-    assert _fails(path, ScanErrorCode.EMPTY_FILE) == "file is empty (0 bytes)"
+    assert load_fails(path, ScanErrorCode.EMPTY_FILE) == "file is empty (0 bytes)"
     with pytest.raises(ScanError) as info:
         decode_scan(path, b"", "0" * 64)
     assert info.value.code == ScanErrorCode.EMPTY_FILE
@@ -64,7 +56,7 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_folder_passed_as_a_file(tmp_path: Path) -> None:
     folder = tmp_path / "looks_like.png"
     folder.mkdir()
-    assert "folder" in _fails(folder, ScanErrorCode.UNREADABLE)
+    assert "folder" in load_fails(folder, ScanErrorCode.UNREADABLE)
 
 
 def test_permission_denied_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,7 +64,7 @@ def test_permission_denied_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(loading.os, "open", denied)
-    assert _fails(TB_PNG, ScanErrorCode.UNREADABLE).startswith("permission denied")
+    assert load_fails(TB_PNG, ScanErrorCode.UNREADABLE).startswith("permission denied")
 
 
 @pytest.mark.skipif(
@@ -83,14 +75,14 @@ def test_permission_denied_on_a_real_file(tmp_path: Path) -> None:
     path.write_bytes(TB_PNG.read_bytes())
     path.chmod(0)
     try:
-        assert _fails(path, ScanErrorCode.UNREADABLE).startswith("permission denied")
+        assert load_fails(path, ScanErrorCode.UNREADABLE).startswith("permission denied")
     finally:
         path.chmod(0o600)
 
 
 def test_path_too_long(tmp_path: Path) -> None:
     path = tmp_path / ("x" * 300 + ".png")
-    message = _fails(path, ScanErrorCode.UNREADABLE)
+    message = load_fails(path, ScanErrorCode.UNREADABLE)
     assert "too long" in message and "characters" in message
 
 
@@ -99,7 +91,7 @@ def test_io_error_names_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(loading.os, "open", broken)
-    message = _fails(TB_PNG, ScanErrorCode.UNREADABLE)
+    message = load_fails(TB_PNG, ScanErrorCode.UNREADABLE)
     assert "Input/output error" in message and "EIO" in message
 
 
@@ -107,7 +99,7 @@ def test_io_error_names_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_named_pipe_does_not_hang(tmp_path: Path) -> None:
     fifo = tmp_path / "scan.png"
     os.mkfifo(fifo)
-    assert "not a regular file" in _fails(fifo, ScanErrorCode.UNREADABLE)
+    assert "not a regular file" in load_fails(fifo, ScanErrorCode.UNREADABLE)
 
 
 def test_unicode_path(tmp_path: Path) -> None:
@@ -123,14 +115,14 @@ def test_unicode_path(tmp_path: Path) -> None:
 
 
 def test_text_named_png(tmp_path: Path) -> None:
-    message = _fails(write_text(tmp_path / "notes.png"), ScanErrorCode.NOT_AN_IMAGE)
+    message = load_fails(write_text(tmp_path / "notes.png"), ScanErrorCode.NOT_AN_IMAGE)
     assert message == (
         "not an image: the file content is not PNG/JPEG/TIFF/BMP/DICOM (it looks like text)"
     )
 
 
 def test_text_named_dcm(tmp_path: Path) -> None:
-    message = _fails(write_text(tmp_path / "report.dcm"), ScanErrorCode.NOT_AN_IMAGE)
+    message = load_fails(write_text(tmp_path / "report.dcm"), ScanErrorCode.NOT_AN_IMAGE)
     assert "not DICOM" in message and "text" in message
 
 
@@ -146,14 +138,14 @@ def test_text_named_dcm(tmp_path: Path) -> None:
 def test_other_non_images_are_named(tmp_path: Path, head: bytes, fragment: str) -> None:
     path = tmp_path / "file.jpg"
     path.write_bytes(head)
-    assert fragment in _fails(path, ScanErrorCode.NOT_AN_IMAGE)
+    assert fragment in load_fails(path, ScanErrorCode.NOT_AN_IMAGE)
 
 
 @pytest.mark.parametrize("keep", [0.01, 0.3, 0.9, 0.999])
 @pytest.mark.parametrize("source", [TB_PNG, KERMANY_JPEG], ids=["png", "jpeg"])
 def test_truncated_rasters(tmp_path: Path, source: Path, keep: float) -> None:
     path = write_truncated(tmp_path / f"cut{source.suffix}", src=source, keep=keep)
-    message = _fails(path, ScanErrorCode.TRUNCATED)
+    message = load_fails(path, ScanErrorCode.TRUNCATED)
     assert message.startswith("image data is truncated (file is incomplete or damaged)")
 
 
@@ -161,19 +153,21 @@ def test_truncated_rasters(tmp_path: Path, source: Path, keep: float) -> None:
 def test_file_cut_inside_its_signature(tmp_path: Path, size: int) -> None:
     path = tmp_path / "cut.png"
     path.write_bytes(TB_PNG.read_bytes()[:size])
-    assert _fails(path, ScanErrorCode.TRUNCATED).startswith("image data is truncated")
+    assert load_fails(path, ScanErrorCode.TRUNCATED).startswith("image data is truncated")
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("cut.tif", "TIFF"), ("cut.bmp", "BMP")])
 def test_truncated_tiff_and_bmp(tmp_path: Path, name: str, fmt: str) -> None:
     whole = write_variant(tmp_path / f"whole_{name}", "L", fmt=fmt)
     path = write_truncated(tmp_path / name, src=whole, keep=0.5)
-    _fails(path, ScanErrorCode.TRUNCATED)
+    load_fails(path, ScanErrorCode.TRUNCATED)
 
 
 def test_truncated_16bit_png(tmp_path: Path) -> None:
     whole = write_png16(tmp_path / "whole16.png")
-    _fails(write_truncated(tmp_path / "cut16.png", src=whole, keep=0.6), ScanErrorCode.TRUNCATED)
+    load_fails(
+        write_truncated(tmp_path / "cut16.png", src=whole, keep=0.6), ScanErrorCode.TRUNCATED
+    )
 
 
 def test_damaged_png_data(tmp_path: Path) -> None:
@@ -192,7 +186,7 @@ def test_multipage_tiff(tmp_path: Path) -> None:
     path = tmp_path / "pages.tif"
     with PIL.Image.open(TB_PNG) as image:
         image.save(path, format="TIFF", save_all=True, append_images=[image, image])
-    message = _fails(path, ScanErrorCode.MULTI_FRAME)
+    message = load_fails(path, ScanErrorCode.MULTI_FRAME)
     assert "3 pages" in message
 
 
@@ -206,7 +200,7 @@ def test_png_bomb_is_refused_from_its_header(tmp_path: Path, width: int, height:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's bomb warning must not even be raised
-        message = _fails(path, ScanErrorCode.TOO_LARGE)
+        message = load_fails(path, ScanErrorCode.TOO_LARGE)
     assert time.perf_counter() - start < 1.0
     assert message == f"image is {width}×{height} pixels, more than the 60-megapixel limit"
     assert limit_before == PIL.Image.MAX_IMAGE_PIXELS  # no process-wide change
@@ -218,12 +212,12 @@ def test_just_under_the_limit_is_not_refused_from_the_header(
     monkeypatch.setattr(loading, "MAX_PIXELS", 299 * 299)
     assert load_scan(TB_PNG).pixels.shape == (299, 299)
     monkeypatch.setattr(loading, "MAX_PIXELS", 299 * 299 - 1)
-    assert "0-megapixel limit" in _fails(TB_PNG, ScanErrorCode.TOO_LARGE)
+    assert "0-megapixel limit" in load_fails(TB_PNG, ScanErrorCode.TOO_LARGE)
 
 
 def test_dicom_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     path = write_cr_variant(tmp_path / "huge.dcm", Rows=10_000, Columns=9_000)
-    message = _fails(path, ScanErrorCode.TOO_LARGE)
+    message = load_fails(path, ScanErrorCode.TOO_LARGE)
     assert message == "image is 9000×10000 pixels, more than the 60-megapixel limit"
 
 
@@ -231,28 +225,30 @@ def test_huge_file_is_refused_before_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(loading, "MAX_FILE_BYTES", 1000)
-    assert "MiB limit" in _fails(TB_PNG, ScanErrorCode.TOO_LARGE)
+    assert "MiB limit" in load_fails(TB_PNG, ScanErrorCode.TOO_LARGE)
 
 
 # --- DICOM refusals ------------------------------------------------------------------------------
 
 
 def test_dicom_without_pixel_data(tmp_path: Path) -> None:
-    message = _fails(write_cr_without_pixels(tmp_path / "nopix.dcm"), ScanErrorCode.NO_PIXEL_DATA)
+    message = load_fails(
+        write_cr_without_pixels(tmp_path / "nopix.dcm"), ScanErrorCode.NO_PIXEL_DATA
+    )
     assert message.startswith(
         "DICOM file has no image (no Pixel Data): it may be a report or structured document"
     )
 
 
 def test_structured_report_names_its_kind() -> None:
-    message = _fails(pydicom_test_file("test-SR.dcm"), ScanErrorCode.NO_PIXEL_DATA)
+    message = load_fails(pydicom_test_file("test-SR.dcm"), ScanErrorCode.NO_PIXEL_DATA)
     assert "Comprehensive SR Storage" in message
 
 
 def test_multiframe_dicom(tmp_path: Path) -> None:
-    message = _fails(write_cr_multiframe(tmp_path / "cine.dcm", 3), ScanErrorCode.MULTI_FRAME)
+    message = load_fails(write_cr_multiframe(tmp_path / "cine.dcm", 3), ScanErrorCode.MULTI_FRAME)
     assert message == "multi-frame DICOM (3 frames) is not supported: export a single image"
-    real = _fails(pydicom_test_file("SC_rgb_rle_2frame.dcm"), ScanErrorCode.MULTI_FRAME)
+    real = load_fails(pydicom_test_file("SC_rgb_rle_2frame.dcm"), ScanErrorCode.MULTI_FRAME)
     assert "(2 frames)" in real
 
 
@@ -266,7 +262,7 @@ def test_multiframe_dicom(tmp_path: Path) -> None:
 )
 def test_unsupported_transfer_syntax_is_named(tmp_path: Path, uid: str, name: str | None) -> None:
     path = write_cr_with_syntax(tmp_path / "odd.dcm", uid)
-    message = _fails(path, ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX)
+    message = load_fails(path, ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX)
     assert uid in message
     if name:
         assert name in message
@@ -281,13 +277,13 @@ def test_missing_decoder_plugin_says_what_to_install(
         missing_dependencies = ("pylibjpeg-openjpeg - requires pylibjpeg-openjpeg>=2.0",)
 
     monkeypatch.setattr(dicom_module, "get_decoder", lambda _uid: _Unavailable())
-    message = _fails(CR_CHEST, ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX)
+    message = load_fails(CR_CHEST, ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX)
     assert "Implicit VR Little Endian" in message and "1.2.840.10008.1.2" in message
     assert "pylibjpeg-openjpeg" in message and "Install" in message
 
 
 def test_truncated_dicom_pixel_data() -> None:
-    message = _fails(pydicom_test_file("MR_truncated.dcm"), ScanErrorCode.TRUNCATED)
+    message = load_fails(pydicom_test_file("MR_truncated.dcm"), ScanErrorCode.TRUNCATED)
     assert "truncated" in message
 
 
@@ -300,7 +296,7 @@ def test_truncated_dicom_file(tmp_path: Path) -> None:
 
 def test_dicom_with_invalid_size(tmp_path: Path) -> None:
     path = write_cr_variant(tmp_path / "nosize.dcm", Rows=0)
-    assert "invalid size" in _fails(path, ScanErrorCode.UNSUPPORTED_IMAGE)
+    assert "invalid size" in load_fails(path, ScanErrorCode.UNSUPPORTED_IMAGE)
 
 
 # --- nothing escapes as a bare exception ---------------------------------------------------------
@@ -311,7 +307,7 @@ def test_unexpected_failure_becomes_internal(monkeypatch: pytest.MonkeyPatch) ->
         raise RuntimeError("something odd")
 
     monkeypatch.setattr(loading, "_raster_to_scan", explode)
-    message = _fails(TB_PNG, ScanErrorCode.INTERNAL)
+    message = load_fails(TB_PNG, ScanErrorCode.INTERNAL)
     # the type is named; the message is not quoted (it may hold file content: issue 9)
     assert "RuntimeError" in message and "something odd" not in message
 
@@ -321,7 +317,7 @@ def test_decoder_failure_becomes_unsupported_image(monkeypatch: pytest.MonkeyPat
         raise RuntimeError("plugin crashed")
 
     monkeypatch.setattr(dicom_module.Dataset, "pixel_array", property(explode))
-    message = _fails(CR_CHEST, ScanErrorCode.UNSUPPORTED_IMAGE)
+    message = load_fails(CR_CHEST, ScanErrorCode.UNSUPPORTED_IMAGE)
     assert "RuntimeError" in message and "plugin crashed" not in message
 
 
