@@ -33,7 +33,8 @@ def test_agegroup_smoke(tmp_path: Path) -> None:
     argv = [
         "--data", str(FIXTURES), "--tb-data", str(FIXTURES / "tb"),
         "--pneumonia-data", str(FIXTURES / "pneumonia"), "--keep-fixtures",
-        "--fractions", "0.5,0.25,0.25", "--backbones", "pixels32", "--aug-copies", "1",
+        "--fractions", "0.5,0.25,0.25", "--recipes", "pixels32_source,pixels32_grey224",
+        "--aug-copies", "1",
         "--out", str(run), "--cache", str(tmp_path / "cache"),
     ]  # fmt: skip
     assert train_agegroup.main(argv) == 0

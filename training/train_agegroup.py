@@ -11,22 +11,29 @@ The data and its confound: every child but a few comes from one hospital (Kerman
 ages 1-5); the adults come from Shenzhen and Montgomery (NLM TB sets, no ages in our copy:
 all treated as adults) and NIH (Bethesda; real ages in ``metadata.csv``, 95 images of 66
 patients under 18, mostly 12-17). A model can reach 100% here by recognising Guangzhou. What
-this script does against that, and what it measures:
+this script does against that, and how it measures:
 
-- **Recipe**: a frozen ImageNet backbone (EfficientNet-Lite0 or MobileNet 0.25, chosen on
-  validation) and a logistic-regression head on its pooled features, trained on clean images
-  plus augmented copies that remove source cues (random crop and aspect change, rotation,
-  flip, resolution loss, JPEG re-encoding, gamma/window/equalisation, noise). Every
-  (source, group) cell weighs the same within its class, so NIH's few children count as much
-  as all of Kermany's.
-- **Splits**: the finding models' own seeded patient-disjoint 70/15/15 splits (so no TB or
-  pneumonia test image is trained on here either); the head's L2 strength and the operating
-  threshold are chosen on validation only; the test split is only measured. The test-suite
-  fixture images (``tests/data``) are held out of training and validation altogether.
-- **Figures per source and group** (accuracy with Wilson 95% CIs) on test, on augmented test
-  images, and in leave-one-source-out designs: NIH children left out of training (is a child
-  from a hospital without training children still a child?), and each adult source left out.
-  NIH children are also broken down by age band.
+- **Recipes** (candidates): a frozen ImageNet backbone and an L2 logistic head on its pooled
+  features, trained on the clean images plus augmented views. The ``source`` views remove
+  the per-source cues for *every* source, on the engine's working image before the engine's
+  own preprocessing: crops tighter/wider with independent sides (after the engine's stretch
+  that is Kermany's aspect distortion, both ways), rotation, flip, a storage round trip to a
+  square 160-512 side as JPEG (quality 55-95) or PNG like the three sources' files, window,
+  gamma, equalisation, noise. ``grey224`` is 1.0.0's augmentation (on the 224² model
+  input). Every (source, group) cell weighs the same within its class; NIH's children can
+  be up-weighted further.
+- **Selection rule** (fixed before any held-out figure is seen): 5-fold cross-validation,
+  grouped by patient and dealt per (source, group) cell, over the development images (the
+  train and validation splits). For each recipe and L2 strength the threshold maximising
+  the worst out-of-fold cell is taken; the recipe with the best (worst cell, mean cell) is
+  shipped, retrained on all development images with that L2 and threshold. 1.0.0's recipe
+  is a candidate, so a new recipe ships only if it beats it by this rule.
+- **Held-out figures**: the untouched test split (the finding models' seeded patient-disjoint
+  70/15/15 splits, so no TB or pneumonia test image is trained on here either); a nested
+  patient-grouped 5-fold cross-validation over *all* NIH patients (every NIH child held out
+  once, its threshold from the outer training folds only); leave-out designs (NIH children,
+  each adult source) tested on every image of the part left out; NIH children by age band.
+  The test-suite fixture images (``tests/data``) are held out of everything.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ log = logging.getLogger("training.train_agegroup")
 LABELS = ["adult", "child"]
 CHILD = 1
 ADULT_AGE = 18
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)  # as the finding models (training.binary)
 #: (source, group) cells every figure is reported for
 CELLS = (
@@ -264,29 +271,165 @@ def to_input(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 # --------------------------------------------------------------------------- features
 
-
-def extract(model: Any, grey: np.ndarray, spec: PreprocessSpec, batch: int = 32) -> np.ndarray:
-    """Pooled backbone features of (N, H, W) grey images (inference mode)."""
-    out = []
-    for i in range(0, len(grey), batch):
-        fmap = model(to_input(grey[i : i + batch], spec), training=False)
-        out.append(np.asarray(fmap).mean(axis=(1, 2)))
-        if i and i % (batch * 40) == 0:
-            log.info("features %d/%d", i, len(grey))
-    return np.concatenate(out).astype(np.float32)
+#: bump when :func:`source_shift` changes (feature cache keys include it)
+SOURCE_SHIFT_VERSION = 1
 
 
-def cached_features(
-    cache: Path, tag: str, key_parts: Sequence[str], compute: Callable[[], np.ndarray]
-) -> np.ndarray:
+def source_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random re-capture of a working image ([0, 1] grey, H x W) as another source would
+    store it, applied *before* the engine's preprocessing.
+
+    Why each step: the three sources differ in how their files were made, and a model can
+    tell them apart by that instead of by the patient. Kermany was squashed to 224² without
+    keeping aspect ratio: a crop with independent sides, stretched by the engine to the
+    square input, distorts every source's anatomy both ways (aspect 0.72-1.38), or a wider
+    field of view adds a dark margin. Kermany is 224² JPEG, NLM 299² PNG, NIH 512² JPEG q92:
+    a square resize to 160-512 and an 8-bit JPEG (quality 55-95) or PNG round trip gives
+    every source every storage history. Rotation and flip move markers; window, gamma,
+    equalisation and noise change exposure and scanner LUTs.
+    """
+    img = np.asarray(pixels, dtype=np.float32)
+    h, w = img.shape
+    if rng.random() < 0.3:  # wider: a dark margin on each side
+        m = rng.uniform(0.0, 0.15, 4)
+        top, bottom, left, right = (round(m[0] * h), round(m[1] * h), round(m[2] * w),
+                                    round(m[3] * w))  # fmt: skip
+        canvas = np.full((h + top + bottom, w + left + right), np.percentile(img, 2), np.float32)
+        canvas[top : top + h, left : left + w] = img
+        img = canvas
+    else:  # tighter, with an aspect distortion once stretched to the square input
+        aspect = math.exp(rng.uniform(math.log(0.72), math.log(1.38)))
+        area = rng.uniform(0.6, 1.0)
+        sx, sy = min(1.0, math.sqrt(area * aspect)), min(1.0, math.sqrt(area / aspect))
+        ch, cw = max(16, round(sy * h)), max(16, round(sx * w))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = img[y0 : y0 + ch, x0 : x0 + cw]
+    pil = Image.fromarray(np.ascontiguousarray(img), mode="F")
+    pil = pil.rotate(
+        float(rng.uniform(-7, 7)), resample=Image.Resampling.BILINEAR, fillcolor=float(img.min())
+    )
+    if rng.random() < 0.8:  # stored at another source's side
+        side = int(rng.choice([160, 224, 256, 299, 384, 512]))
+        method = Image.Resampling.BILINEAR if rng.random() < 0.5 else Image.Resampling.LANCZOS
+        pil = pil.resize((side, side), method)
+    g = np.clip(np.asarray(pil, dtype=np.float32), 0.0, 1.0)
+    if rng.random() < 0.5:
+        g = g[:, ::-1]
+    if rng.random() < 0.25:
+        g8 = Image.fromarray((g * 255).round().astype(np.uint8))
+        g = np.asarray(ImageOps.equalize(g8), dtype=np.float32) / 255.0
+    lo, hi = rng.uniform(0.0, 0.1), 1.0 - rng.uniform(0.0, 0.1)
+    gamma = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
+    g = np.clip((g - lo) / (hi - lo), 0.0, 1.0) ** gamma
+    if rng.random() < 0.3:
+        g = g + rng.normal(0.0, rng.uniform(0.003, 0.02), g.shape).astype(np.float32)
+    buf = io.BytesIO()
+    g8 = Image.fromarray((np.clip(g, 0.0, 1.0) * 255).round().astype(np.uint8))
+    if rng.random() < 0.65:
+        g8.save(buf, "JPEG", quality=int(rng.integers(55, 96)))
+    else:
+        g8.save(buf, "PNG")
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255.0
+
+
+def pooled_forward(bb: Backbone, weights: Path, cache: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Model inputs (N, H, W, C) → (N, 2D) pooled features: mean-pooled, then sqrt-pooled.
+
+    ImageNet backbones run in ONNX Runtime (``training.features``: converted once, cached,
+    checked against Keras at conversion; ~7x faster than TensorFlow here). ``pixels32`` is
+    its 7x7 block means in NumPy (its sqrt pooling is the block mean of the square root).
+    """
+    if bb.name == "pixels32":
+
+        def blocks(x: np.ndarray) -> np.ndarray:
+            g = x[..., 0].reshape(len(x), 32, 7, 32, 7)
+            mean = g.mean(axis=(2, 4)).reshape(len(x), -1)
+            root = np.sqrt(np.clip(g, 0.0, None)).mean(axis=(2, 4)).reshape(len(x), -1)
+            return np.concatenate([mean, root], axis=1).astype(np.float32)
+
+        return blocks
+    from training import features as FT
+
+    fb = FT.Backbone(bb.name, bb.spec.width)
+    path = FT.onnx_backbone(fb, cache)
+    sess = FT._session(str(path), threads=1)
+    return lambda x: FT._run(sess, x)
+
+
+def view_features(
+    items: Sequence[Item],
+    bb: Backbone,
+    forward: Callable[[np.ndarray], np.ndarray],
+    n_source: int,
+    n_grey: int,
+    seed: int,
+    batch: int = 32,
+) -> dict[str, np.ndarray]:
+    """Pooled features of every item's views, built through the engine.
+
+    ``clean`` (N, 2D): view 0, exactly ``prepare_file(path, spec)`` (the app's input).
+    ``source`` (N, n_source, 2D): :func:`source_shift` of the engine's working image, then
+    the engine's ``preprocess``; development items (train/val) get ``n_source`` views, test
+    items one (the augmented-test figure), others none (zeros). ``grey224`` (N, n_grey, 2D):
+    1.0.0's :func:`augment` of the 224² grey input, development items only.
+    """
+    from desktop.engine.preprocess import load_working, prepare_file, preprocess
+
+    grey_spec = PreprocessSpec(224, 224, 1, "stretch", "area", 1.0, 0.0)
+    out: dict[str, np.ndarray] = {}
+    pending: list[tuple[str, int, int, np.ndarray]] = []
+
+    def flush() -> None:
+        if pending:
+            feats = forward(np.stack([x for *_, x in pending]))
+            for (kind, i, v, _), row in zip(pending, feats, strict=True):
+                if kind not in out:
+                    n = {"clean": 1, "source": max(1, n_source), "grey224": max(1, n_grey)}[kind]
+                    out[kind] = np.zeros((len(items), n, len(row)), np.float32)
+                out[kind][i, v] = row
+            pending.clear()
+
+    started = time.time()
+    for i, it in enumerate(items):
+        path = it.rec.path
+        pending.append(("clean", i, 0, prepare_file(path, bb.spec)))
+        dev = it.rec.split in ("train", "val")
+        ns = n_source if dev else (1 if it.rec.split == "test" else 0)
+        if ns:
+            working = load_working(path).pixels
+            for v in range(ns):
+                rng = np.random.default_rng([seed, i, v, 1])
+                pending.append(("source", i, v, preprocess(source_shift(working, rng), bb.spec)))
+        if dev and n_grey:
+            grey = prepare_file(path, grey_spec)[..., 0]
+            for v in range(n_grey):
+                rng = np.random.default_rng([seed, i, v, 2])
+                pending.append(("grey224", i, v, to_input(augment(grey, rng)[None], bb.spec)[0]))
+        if len(pending) >= batch:
+            flush()
+        if i and i % 500 == 0:
+            log.info(
+                "%s views: %d/%d images (%.0f s)", bb.name, i, len(items), time.time() - started
+            )
+    flush()
+    out["clean"] = out["clean"][:, 0]
+    return out
+
+
+def cached_views(
+    cache: Path, tag: str, key_parts: Sequence[str], compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
     """Features are the slow part on 2 cores: keep them under the training cache."""
     key = hashlib.sha256(json.dumps([tag, *key_parts]).encode()).hexdigest()[:20]
-    path = cache / f"agegroup_{tag}_{key}.npy"
+    path = cache / f"agegroup_{tag}_{key}.npz"
     if path.exists():
-        return np.load(path)
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
     feats = compute()
     cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, feats)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **feats)
+    tmp.replace(path)
     return feats
 
 
@@ -332,16 +475,22 @@ def sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(v, -30, 30)))
 
 
-def cell_weights(items: Sequence[Item]) -> np.ndarray:
-    """Each class weighs the same; within a class each source weighs the same."""
+def cell_weights(items: Sequence[Item], nih_child_weight: float = 1.0) -> np.ndarray:
+    """Each class weighs the same; within a class each source weighs the same, except that
+    NIH's children may weigh ``nih_child_weight`` times Kermany's (the only children from a
+    hospital that also has adults: the examples that cannot be told apart by hospital)."""
     cells = np.array([it.cell for it in items])
     labels = np.array([it.rec.label for it in items])
     w = np.zeros(len(items))
     for label in (0, 1):
         names = sorted(set(cells[labels == label].tolist()))
+        share = {n: 1.0 for n in names}
+        if "nih/child" in share:
+            share["nih/child"] = nih_child_weight
+        total = sum(share.values())
         for name in names:
             sel = cells == name
-            w[sel] = 1.0 / (len(names) * sel.sum())
+            w[sel] = share[name] / (total * sel.sum())
     return w / w.mean()
 
 
@@ -361,10 +510,9 @@ def cell_accuracy(
 
 
 def choose_threshold(items: Sequence[Item], p: np.ndarray, min_n: int = 15) -> float:
-    """The threshold that maximises the *worst* cell's validation accuracy (cells with at
-    least ``min_n`` images: NIH's 12 validation children are too few to set it, and would
-    trade many adults for a handful of adolescents), ties broken by the mean cell accuracy,
-    then closeness to 0.5."""
+    """The threshold that maximises the *worst* cell's accuracy (out-of-fold predictions;
+    cells with at least ``min_n`` images: a handful of adolescents must not trade away many
+    adults), ties broken by the mean cell accuracy, then closeness to 0.5."""
     best: tuple[float, float, float] | None = None
     chosen = 0.5
     for t in np.round(np.arange(0.02, 0.99, 0.01), 2):
@@ -384,43 +532,285 @@ def cell_logloss(items: Sequence[Item], p: np.ndarray) -> float:
     return float(np.mean([-np.log(q[cells == c]).mean() for c in sorted(set(cells.tolist()))]))
 
 
-@dataclass
-class Head:
-    coef: np.ndarray
-    intercept: float
-    l2: float
-    threshold: float
-    validation: dict[str, Any]
+# --------------------------------------------------------------------------- recipes and CV
 
 
-def train_head(
-    train_items: Sequence[Item],
-    train_x: np.ndarray,
-    val_items: Sequence[Item],
-    val_x: np.ndarray,
-) -> Head:
-    """Fit the head for each L2 strength, keep the best by validation cell log loss, then
-    choose the threshold on validation."""
-    y = np.array([it.rec.label for it in train_items], dtype=np.float64)
-    w = cell_weights(train_items)
-    trials = []
-    for l2, (coef, b) in zip(L2_GRID, fit_logistic(train_x, y, w, L2_GRID), strict=True):
-        p = sigmoid(val_x @ coef + b)
-        trials.append((cell_logloss(val_items, p), l2, coef, b, p))
-        log.info("  l2 %g: validation cell log loss %.4f", l2, trials[-1][0])
-    loss, l2, coef, b, p = min(trials, key=lambda t: t[0])
-    threshold = choose_threshold(val_items, p)
-    return Head(
-        coef,
-        b,
-        l2,
-        threshold,
-        {
-            "cell_logloss": loss,
-            "l2_trials": {str(t[1]): t[0] for t in trials},
-            "cells": cell_accuracy(val_items, p, threshold),
-        },
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate: backbone, training views, pooling and NIH children's weight."""
+
+    name: str
+    backbone: str
+    views: str  # "none" | "grey224" (1.0.0's augmentation) | "source" (source_shift)
+    pool: str = "mean"  # "mean" | "sqrt" (mean of the square roots of the feature maps)
+    nih_child_weight: float = 1.0
+
+    def describe(self, n_views: int) -> str:
+        views = {
+            "none": "clean images only",
+            "grey224": "clean images plus 2 views of 1.0.0's augmentation of the 224² input "
+            "(crop/aspect, rotation, flip, resolution loss, JPEG, gamma/window/equalisation, "
+            "noise)",
+            "source": f"clean images plus {n_views} source-shift views each (engine working "
+            "image re-captured as another source would store it: crop/margin with aspect "
+            "distortion, rotation, flip, square resize to 160-512, JPEG q55-95 or PNG, "
+            "window/gamma/equalisation, noise; then the engine's preprocessing)",
+        }[self.views]
+        weight = (
+            f"; NIH children weigh {self.nih_child_weight:g}x Kermany's"
+            if self.nih_child_weight != 1.0
+            else ""
+        )
+        return f"{self.backbone}, {self.pool}-pooled features, {views}{weight}"
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("v100", "mobilenet025", "grey224"),  # 1.0.0's recipe
+        Recipe("clean", "mobilenet025", "none"),
+        Recipe("source_mean", "mobilenet025", "source"),
+        Recipe("source_sqrt", "mobilenet025", "source", pool="sqrt"),
+        Recipe("source_mean_nih3", "mobilenet025", "source", nih_child_weight=3.0),
+        Recipe("pixels32_source", "pixels32", "source"),
+        Recipe("pixels32_grey224", "pixels32", "grey224"),
+        Recipe("lite0_source", "lite0", "source"),
     )
+}
+CV_L2 = (1e-3, 1e-2, 1e-1, 1.0)
+K_FOLDS = 5
+SELECTION_RULE = (
+    "stated before any held-out figure was seen: for each candidate recipe and L2 strength, "
+    "5-fold cross-validation grouped by patient (folds dealt per source and group) over the "
+    "development images (train + validation splits; test untouched); threshold = the one "
+    "maximising the worst (source, group) cell of the out-of-fold predictions; the recipe "
+    "and L2 with the best (worst cell, mean cell) out of fold ship, retrained on all "
+    "development images with that threshold. 1.0.0's recipe (v100) is a candidate"
+)
+
+
+@dataclass
+class Views:
+    """One backbone's features of all items (already cut to a pooling)."""
+
+    clean: np.ndarray  # (N, D)
+    extra: np.ndarray | None  # (N, V, D) training views of development items, or None
+    source_test: np.ndarray | None  # (N, D) one source_shift view (test items), or None
+
+
+def pool_slice(feats: np.ndarray, pool: str) -> np.ndarray:
+    d = feats.shape[-1] // 2
+    return feats[..., :d] if pool == "mean" else feats[..., d:]
+
+
+def design(
+    views: Views, items: Sequence[Item], rows: np.ndarray, rec: Recipe
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training matrix of ``rows``: clean features plus the recipe's views, with weights."""
+    parts = [views.clean[rows][:, None]]
+    if views.extra is not None:
+        parts.append(views.extra[rows])
+    x = np.concatenate(parts, axis=1)
+    n, nv, d = x.shape
+    sub = [items[i] for i in rows]
+    w = np.repeat(cell_weights(sub, rec.nih_child_weight), nv)
+    y = np.repeat([it.rec.label for it in sub], nv).astype(np.float64)
+    x = x.reshape(n * nv, d)
+    # views an item does not have (test-split images carry one, fixtures none) are all zero
+    real = np.any(x != 0, axis=1)
+    real[::nv] = True  # the clean view always counts
+    return x[real], y[real], w[real]
+
+
+def fit_heads(
+    views: Views, items: Sequence[Item], rows: np.ndarray, rec: Recipe, l2s: Sequence[float]
+) -> list[tuple[np.ndarray, float]]:
+    x, y, w = design(views, items, rows, rec)
+    return fit_logistic(x, y, w, l2s)
+
+
+def patient_folds(items: Sequence[Item], rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold of each row: patients (groups) dealt round-robin within each (source, group)
+    cell in a seeded order, so every fold holds every cell and no patient is in two folds."""
+    rng = np.random.default_rng(seed)
+    first: dict[str, str] = {}
+    for i in rows:
+        first.setdefault(items[i].rec.group, items[i].cell)
+    fold_of: dict[str, int] = {}
+    for cell in sorted(set(first.values())):
+        groups = sorted(g for g, c in first.items() if c == cell)
+        for j, g in enumerate(rng.permutation(groups)):
+            fold_of[str(g)] = j % k
+    return np.array([fold_of[items[i].rec.group] for i in rows])
+
+
+def n_folds(items: Sequence[Item], rows: np.ndarray) -> int:
+    """K_FOLDS, or fewer when a cell has fewer patients (the fixture smoke run)."""
+    per_cell: dict[str, set[str]] = {}
+    for i in rows:
+        per_cell.setdefault(items[i].cell, set()).add(items[i].rec.group)
+    return max(2, min(K_FOLDS, *(len(g) for g in per_cell.values())))
+
+
+def out_of_fold(
+    views: Views,
+    items: Sequence[Item],
+    rows: np.ndarray,
+    rec: Recipe,
+    l2s: Sequence[float],
+    seed: int,
+) -> np.ndarray:
+    """(len(l2s), len(rows)) out-of-fold p(child) of patient-grouped K-fold CV."""
+    k = n_folds(items, rows)
+    fold = patient_folds(items, rows, k, seed)
+    p = np.zeros((len(l2s), len(rows)))
+    for f in range(k):
+        tr, te = rows[fold != f], fold == f
+        if not te.any():
+            continue
+        for j, (coef, b) in enumerate(fit_heads(views, items, tr, rec, l2s)):
+            p[j, te] = sigmoid(views.clean[rows[te]] @ coef + b)
+    return p
+
+
+def cross_validate(
+    views: Views,
+    items: Sequence[Item],
+    rows: np.ndarray,
+    rec: Recipe,
+    l2s: Sequence[float],
+    seed: int,
+) -> dict[str, Any]:
+    """The selection rule's figures of one recipe: per L2 the out-of-fold threshold and
+    cells; the best L2 by (worst cell, mean cell)."""
+    sub = [items[i] for i in rows]
+    p = out_of_fold(views, items, rows, rec, l2s, seed)
+    trials = []
+    for j, l2 in enumerate(l2s):
+        thr = choose_threshold(sub, p[j])
+        cells = cell_accuracy(sub, p[j], thr)
+        rates = [c["rate"] for c in cells.values()]
+        trials.append(
+            {
+                "l2": l2,
+                "threshold": thr,
+                "cells": cells,
+                "worst_cell": min(rates),
+                "mean_cell": float(np.mean(rates)),
+                "p": p[j],
+            }
+        )
+    best = max(trials, key=lambda t: (t["worst_cell"], t["mean_cell"]))
+    best = dict(best)
+    best["l2_trials"] = {str(t["l2"]): [t["worst_cell"], t["mean_cell"]] for t in trials}
+    return best
+
+
+def choose_threshold_adults_first(items: Sequence[Item], p: np.ndarray) -> float:
+    """The alternative point reported beside the rule's: the threshold keeping every adult
+    cell at the target (a child taken for an adult gets a TB score it should not; an adult
+    taken for a child *loses* the TB flag), best worst child cell among those; if no
+    threshold keeps them all there, the one with the best worst adult cell."""
+    best: tuple[float, ...] | None = None
+    chosen = 0.5
+    for t in np.round(np.arange(0.02, 0.99, 0.01), 2):
+        cells = cell_accuracy(items, p, float(t))
+        adults = [c["rate"] for k, c in cells.items() if k.endswith("/adult")] or [1.0]
+        children = [c["rate"] for k, c in cells.items() if k.endswith("/child")] or [1.0]
+        ok = min(adults) >= TARGET
+        key = (float(ok), min(children) if ok else min(adults), float(np.mean(children)))
+        if best is None or key > best:
+            best, chosen = key, float(t)
+    return chosen
+
+
+def fit_with_threshold(
+    views: Views, items: Sequence[Item], rows: np.ndarray, rec: Recipe, l2: float, seed: int
+) -> tuple[np.ndarray, float, float, float]:
+    """Head on ``rows`` with thresholds from their own out-of-fold predictions (the rule's,
+    then the adults-first one), nested inside whatever ``rows`` leaves out."""
+    sub = [items[i] for i in rows]
+    oof = out_of_fold(views, items, rows, rec, (l2,), seed)[0]
+    coef, b = fit_heads(views, items, rows, rec, (l2,))[0]
+    return coef, b, choose_threshold(sub, oof), choose_threshold_adults_first(sub, oof)
+
+
+def by_age(rows: Sequence[Item], p: np.ndarray, thr: float) -> dict[str, Any]:
+    """NIH children called child, per age band."""
+    out = {}
+    for lo, hi in ((0, 11), (12, 15), (16, 17)):
+        sel = np.array(
+            [it.age is not None and lo <= it.age <= hi and it.rec.label == CHILD for it in rows]
+        )
+        if sel.any():
+            out[f"{lo}-{hi}"] = ev.proportion(p[sel] >= thr)
+    return out
+
+
+def _nih_figures(rows: Sequence[Item], p: np.ndarray, thr: np.ndarray) -> dict[str, Any]:
+    """NIH cells and age bands at per-image thresholds (each image's fold's)."""
+    correct = (p >= thr).astype(int) == np.array([it.rec.label for it in rows])
+    cells = {
+        c: ev.proportion(correct[np.array([it.cell == c for it in rows])])
+        for c in ("nih/child", "nih/adult")
+    }
+    bands = {}
+    for group, ranges in ((CHILD, ((0, 11), (12, 15), (16, 17))), (0, ((18, 25), (26, 200)))):
+        for lo, hi in ranges:
+            sel = np.array([it.rec.label == group and lo <= (it.age or 0) <= hi for it in rows])
+            if sel.any():
+                bands[f"{lo}-{hi if hi < 200 else '+'}"] = ev.proportion(correct[sel])
+    return {
+        "cells": cells,
+        "children_by_age": {k: v for k, v in bands.items() if int(k.split("-")[0]) < ADULT_AGE},
+        "adults_by_age": {k: v for k, v in bands.items() if int(k.split("-")[0]) >= ADULT_AGE},
+    }
+
+
+def nih_cross_validation(
+    views: Views, items: Sequence[Item], rec: Recipe, l2: float, seed: int
+) -> dict[str, Any] | None:
+    """Every NIH image held out once: patient-grouped K-fold over all NIH patients (train,
+    validation and test splits); each fold's head is trained on the other NIH folds plus the
+    other sources' development images, its threshold from those images' own out-of-fold
+    predictions (nested: the held-out fold sets nothing)."""
+    nih = np.array([i for i, it in enumerate(items) if it.rec.source == "nih" and
+                    it.rec.split in ("train", "val", "test")])  # fmt: skip
+    if len(nih) == 0:
+        return None
+    others = np.array([i for i, it in enumerate(items) if it.rec.source != "nih" and
+                       it.rec.split in ("train", "val")])  # fmt: skip
+    k = n_folds(items, nih)
+    fold = patient_folds(items, nih, k, seed + 7)
+    p = np.zeros(len(nih))
+    thr_of = np.zeros(len(nih))
+    thr_adults_of = np.zeros(len(nih))
+    thresholds: list[float] = []
+    thresholds_adults: list[float] = []
+    for f in range(k):
+        tr = np.r_[others, nih[fold != f]]
+        coef, b, thr, thr_adults = fit_with_threshold(views, items, tr, rec, l2, seed)
+        te = fold == f
+        p[te] = sigmoid(views.clean[nih[te]] @ coef + b)
+        thr_of[te] = thr
+        thr_adults_of[te] = thr_adults
+        thresholds.append(thr)
+        thresholds_adults.append(thr_adults)
+        log.info("NIH CV fold %d/%d: threshold %.2f", f + 1, k, thr)
+    rows = [items[i] for i in nih]
+    figures = _nih_figures(rows, p, thr_of)
+    adults_first = _nih_figures(rows, p, thr_adults_of)
+    return {
+        "folds": k,
+        "thresholds": thresholds,
+        **figures,
+        "adults_first": {"thresholds": thresholds_adults, **adults_first},
+        "auc": ev.roc_auc(np.array([it.rec.label for it in rows]), p),
+        "method": "patient-grouped 5-fold over all NIH patients (train, validation and test "
+        "splits; NIH test-split images enter the training folds with one augmented view); "
+        "each fold trained on the other folds plus the other sources' development images, "
+        "threshold by the rule on those training images' own out-of-fold predictions",
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -429,12 +819,12 @@ def train_head(
 def main(argv: list[str] | None = None) -> int:
     p = common_args(__doc__ or "", "runs/agegroup")
     p.add_argument(
-        "--backbones",
-        default="pixels32,mobilenet025",
-        help="comma-separated candidates, compared on validation (pixels32, mobilenet025, "
-        "lite0; Lite0's ONNX file is ~13 MB, over the 5 MB a shipped model may have)",
+        "--recipes",
+        default="v100,clean,source_mean,source_sqrt,source_mean_nih3",
+        help=f"comma-separated candidates, compared by the selection rule: {sorted(RECIPES)} "
+        "(Lite0's ONNX file is ~13 MB, over the 5 MB a shipped model may have)",
     )
-    p.add_argument("--aug-copies", type=int, default=2, help="augmented views per train image")
+    p.add_argument("--aug-copies", type=int, default=6, help="source-shift views per image")
     p.add_argument("--tb-data", type=Path, default=None, help="default: <data>/tb/nlm_299")
     p.add_argument(
         "--pneumonia-data",
@@ -463,6 +853,13 @@ def main(argv: list[str] | None = None) -> int:
     run: Path = args.out
     run.mkdir(parents=True, exist_ok=True)
     cache = args.cache or D.default_cache_dir()
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        p.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+    recipes = [RECIPES[n] for n in names]
+    if any(r.backbone == "pixels32" and r.pool != "mean" for r in recipes):
+        p.error("pixels32 has mean pooling only")
 
     nih_root = args.nih_data or args.data / "pneumonia" / "nih_adult_1000"
     if args.nih_data is None and not (nih_root / "metadata.csv").is_file():
@@ -485,203 +882,208 @@ def main(argv: list[str] | None = None) -> int:
             keep += sorted(rng.permutation(idx)[: args.limit].tolist())
         items = [items[i] for i in sorted(keep)]
     D.write_split_csv([it.rec for it in items], run / "split.csv", LABELS)
-    split = {s: [it for it in items if it.rec.split == s] for s in (*D.SPLITS, "fixture")}
-    grey_spec = PreprocessSpec(224, 224, 1, "stretch", "area", 1.0, 0.0)
-    grey = {
-        s: D.build_array([it.rec.path for it in rows], grey_spec, cache)[..., 0]
-        for s, rows in split.items()
-    }
-    # augmented views: train (to learn from) and test (to measure robustness to source cues)
-    aug = {}
-    for s, copies in (("train", args.aug_copies), ("test", 1)):
-        rng = np.random.default_rng(args.seed + (1 if s == "train" else 2))
-        aug[s] = np.stack([augment(g, rng) for _ in range(copies) for g in grey[s]])
-    np.save(run / "augmented_examples.npy", aug["train"][:: max(1, len(aug["train"]) // 24)][:24])
+    splits = np.array([it.rec.split for it in items])
+    dev = np.where(np.isin(splits, ["train", "val"]))[0]
+    test = np.where(splits == "test")[0]
+    fixture = np.where(splits == "fixture")[0]
+    test_items = [items[i] for i in test]
 
+    # features of every view, once per backbone (cached: the slow part on 2 cores)
     candidates = backbones()
-    names = [n.strip() for n in args.backbones.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(candidates))
-    if unknown:
-        p.error(f"unknown backbones {unknown}; choose from {sorted(candidates)}")
     files_key = [str(it.rec.path) for it in items]
-    comparison: dict[str, Any] = {}
-    feats: dict[str, dict[str, np.ndarray]] = {}
-    models: dict[str, Any] = {}
-    for name in names:
+    raw: dict[str, dict[str, np.ndarray]] = {}
+    for name in sorted({r.backbone for r in recipes}):
         bb = candidates[name]
-        model = bb.build(weights)
-        models[name] = model
+        n_source = args.aug_copies if any(
+            r.backbone == name and r.views == "source" for r in recipes
+        ) else 0  # fmt: skip
+        n_grey = 2 if any(r.backbone == name and r.views == "grey224" for r in recipes) else 0
         t0 = time.time()
-        f = {
-            s: cached_features(
-                cache,
-                f"{name}_{s}",
-                [*files_key, D._loader_fingerprint()],
-                lambda s=s, model=model, bb=bb: extract(model, grey[s], bb.spec),
-            )
-            for s in grey
-            if len(grey[s])
-        }
-        for s in aug:
-            f[f"aug_{s}"] = cached_features(
-                cache,
-                f"{name}_aug_{s}_{args.aug_copies}",
-                [*files_key, D._loader_fingerprint(), str(args.seed)],
-                lambda s=s, model=model, bb=bb: extract(model, aug[s], bb.spec),
-            )
-        feats[name] = f
-        x_train = np.concatenate([f["train"], f["aug_train"]])
-        train_items = list(split["train"]) * (1 + args.aug_copies)
-        log.info("%s: fitting the head on %d views", name, len(train_items))
-        head = train_head(train_items, x_train, split["val"], f["val"])
-        comparison[name] = {
-            "backbone": bb.description,
-            "feature_seconds": round(time.time() - t0, 1),
-            "l2": head.l2,
-            "threshold": head.threshold,
-            "validation": head.validation,
-            "validation_worst_cell": min(
-                [c["rate"] for c in head.validation["cells"].values() if c["n"] >= 15]
-                or [c["rate"] for c in head.validation["cells"].values()]
+        raw[name] = cached_views(
+            cache,
+            f"views_{name}",
+            [*files_key, *[it.rec.split for it in items], D._loader_fingerprint(),
+             str(args.seed), str(n_source), str(n_grey), str(SOURCE_SHIFT_VERSION)],
+            lambda bb=bb, n_source=n_source, n_grey=n_grey: view_features(
+                items, bb, pooled_forward(bb, weights, cache), n_source, n_grey, args.seed
             ),
-        }
-        log.info("%s validation %s", name, comparison[name]["validation"]["cells"])
-    # choose on validation: the best worst cell, then the lower cell log loss
-    chosen = max(
-        names,
-        key=lambda n: (
-            comparison[n]["validation_worst_cell"],
-            -comparison[n]["validation"]["cell_logloss"],
-        ),
-    )
-    bb, f = candidates[chosen], feats[chosen]
-    log.info("chosen backbone: %s", chosen)
+        )  # fmt: skip
+        log.info("%s: features of all views in %.0f s", name, time.time() - t0)
 
-    def fit_design(exclude: Callable[[Item], bool]) -> tuple[Head, np.ndarray, list[Item]]:
-        tr = [it for it in split["train"] if not exclude(it)]
-        keep = np.array([not exclude(it) for it in split["train"]])
-        x_tr = np.concatenate(
-            [f["train"][keep]]
-            + [
-                f["aug_train"][c * len(keep) : (c + 1) * len(keep)][keep]
-                for c in range(args.aug_copies)
-            ]
+    def views_of(rec: Recipe) -> Views:
+        f = raw[rec.backbone]
+        extra = {"none": None, "source": "source", "grey224": "grey224"}[rec.views]
+        return Views(
+            clean=pool_slice(f["clean"], rec.pool),
+            extra=pool_slice(f[extra], rec.pool) if extra and extra in f else None,
+            source_test=pool_slice(f["source"][:, 0], rec.pool) if "source" in f else None,
         )
-        va = [it for it in split["val"] if not exclude(it)]
-        vkeep = np.array([not exclude(it) for it in split["val"]])
-        head = train_head(tr * (1 + args.aug_copies), x_tr, va, f["val"][vkeep])
-        return head, keep, tr
 
-    head, _, _ = fit_design(lambda it: False)
+    # the selection rule: cross-validation over the development images only
+    comparison: dict[str, Any] = {}
+    cv: dict[str, dict[str, Any]] = {}
+    for rec in recipes:
+        t0 = time.time()
+        cv[rec.name] = cross_validate(views_of(rec), items, dev, rec, CV_L2, args.seed)
+        c = cv[rec.name]
+        comparison[rec.name] = {
+            "recipe": rec.describe(args.aug_copies),
+            "backbone": candidates[rec.backbone].description,
+            "l2": c["l2"],
+            "threshold": c["threshold"],
+            "cv_cells": c["cells"],
+            "cv_worst_cell": c["worst_cell"],
+            "cv_mean_cell": c["mean_cell"],
+            "cv_nih_children_by_age": by_age([items[i] for i in dev], c["p"], c["threshold"]),
+            "l2_trials": c["l2_trials"],
+            "seconds": round(time.time() - t0, 1),
+        }
+        log.info(
+            "%s: CV worst cell %.3f, mean %.3f (L2 %g, threshold %.2f) %s",
+            rec.name,
+            c["worst_cell"],
+            c["mean_cell"],
+            c["l2"],
+            c["threshold"],
+            {k: f"{v['k']}/{v['n']}" for k, v in c["cells"].items()},
+        )
+    chosen = max(names, key=lambda n: (cv[n]["worst_cell"], cv[n]["mean_cell"]))
+    rec = RECIPES[chosen]
+    bb = candidates[rec.backbone]
+    views = views_of(rec)
+    l2, threshold = cv[chosen]["l2"], cv[chosen]["threshold"]
+    log.info("chosen recipe: %s (L2 %g, threshold %.2f)", chosen, l2, threshold)
 
-    def probs(h: Head, x: np.ndarray) -> np.ndarray:
-        return sigmoid(x @ h.coef + h.intercept)
+    # the shipped head: all development images, the rule's L2 and out-of-fold threshold
+    coef, intercept = fit_heads(views, items, dev, rec, (l2,))[0]
 
-    p_test = probs(head, f["test"])
-    p_aug = probs(head, f["aug_test"])
+    def probs(rows: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        return sigmoid((views.clean[rows] if x is None else x) @ coef + intercept)
+
+    p_test = probs(test)
+    t_y = np.array([it.rec.label for it in test_items])
     metrics: dict[str, Any] = {
-        "threshold": head.threshold,
+        "threshold": threshold,
         "target_per_cell": TARGET,
-        "validation": head.validation,
+        "selection_rule": SELECTION_RULE,
+        "validation": {
+            "what": "out-of-fold predictions of the 5-fold CV over the development images",
+            "cells": cv[chosen]["cells"],
+            "worst_cell": cv[chosen]["worst_cell"],
+        },
         "test": {
-            "cells": cell_accuracy(split["test"], p_test, head.threshold),
-            "augmented_cells": cell_accuracy(split["test"], p_aug, head.threshold),
-            "auc": ev.roc_auc(np.array([it.rec.label for it in split["test"]]), p_test),
-            "n": len(split["test"]),
+            "cells": cell_accuracy(test_items, p_test, threshold),
+            "auc": ev.roc_auc(t_y, p_test),
+            "n": len(test),
+            "nih_children_by_age": by_age(test_items, p_test, threshold),
         },
         "fixtures": {
-            it.rec.path.name: {"group": LABELS[it.rec.label], "p_child": round(float(q), 4)}
-            for it, q in zip(split["fixture"], probs(head, f["fixture"]), strict=True)
-        }
-        if "fixture" in f
-        else {},
+            items[i].rec.path.name: {
+                "group": LABELS[items[i].rec.label],
+                "p_child": round(float(q), 4),
+            }
+            for i, q in zip(fixture, probs(fixture), strict=True)
+        },
     }
+    if views.source_test is not None and len(test):
+        metrics["test"]["augmented_cells"] = cell_accuracy(
+            test_items, probs(test, views.source_test[test]), threshold
+        )
+    metrics["test"]["ece"] = ev.expected_calibration_error(np.c_[1 - p_test, p_test], t_y)
+    worst = min(c["rate"] for c in metrics["test"]["cells"].values())
+    metrics["test"]["worst_cell"] = worst
+    metrics["test"]["target_met"] = worst >= TARGET
 
-    # NIH children by age band (test split), and every NIH child in the leave-out design
-    def by_age(rows: Sequence[Item], p: np.ndarray, thr: float) -> dict[str, Any]:
-        out = {}
-        for lo, hi in ((0, 11), (12, 15), (16, 17)):
-            sel = np.array(
-                [it.age is not None and lo <= it.age <= hi and it.rec.label == CHILD for it in rows]
-            )
-            if sel.any():
-                out[f"{lo}-{hi}"] = ev.proportion(p[sel] >= thr)
-        return out
+    dev_items = [items[i] for i in dev]
+    thr_adults = choose_threshold_adults_first(dev_items, cv[chosen]["p"])
+    metrics["adults_first"] = {
+        "what": "an alternative threshold, not the default: every adult cell at the target "
+        "out of fold, then the best worst child cell",
+        "threshold": thr_adults,
+        "validation_cells": cell_accuracy(dev_items, cv[chosen]["p"], thr_adults),
+        "test_cells": cell_accuracy(test_items, p_test, thr_adults),
+        "test_nih_children_by_age": by_age(test_items, p_test, thr_adults),
+    }
+    nih_cv = nih_cross_validation(views, items, rec, l2, args.seed)
+    if nih_cv is not None:
+        metrics["nih_cv"] = nih_cv
+        log.info("NIH CV: %s", {k: f"{v['k']}/{v['n']}" for k, v in nih_cv["cells"].items()})
 
-    metrics["test"]["nih_children_by_age"] = by_age(split["test"], p_test, head.threshold)
-
-    # leave-one-source-out designs: refit the head without a source (or without NIH's
-    # children), threshold on the remaining validation images, test on every held-out image
-    # of the left-out part (train, validation and test splits: none was seen)
+    # leave-out designs: refit without a part (threshold by the rule on the rest), test on
+    # every image of the part left out (train, validation and test splits: none was seen)
     designs: dict[str, Any] = {}
-    all_rows = split["train"] + split["val"] + split["test"]
-    all_x = np.concatenate([f["train"], f["val"], f["test"]])
+    seen = np.where(np.isin(splits, ["train", "val", "test"]))[0]
     for label, exclude in (
         ("without_nih_children", lambda it: it.cell == "nih/child"),
         ("without_shenzhen", lambda it: it.rec.source == "shenzhen"),
         ("without_montgomery", lambda it: it.rec.source == "montgomery"),
         ("without_nih", lambda it: it.rec.source == "nih"),
     ):
-        h, _, _ = fit_design(exclude)
-        out_rows = [it for it in all_rows if exclude(it)]
-        out_x = all_x[np.array([exclude(it) for it in all_rows])]
-        p_out = probs(h, out_x)
-        p_in = probs(h, f["test"][np.array([not exclude(it) for it in split["test"]])])
-        in_rows = [it for it in split["test"] if not exclude(it)]
+        rows_in = np.array([i for i in dev if not exclude(items[i])])
+        rows_out = np.array([i for i in seen if exclude(items[i])])
+        if len(rows_out) == 0 or len({items[i].rec.label for i in rows_in}) < 2:
+            continue
+        c, b, thr, _ = fit_with_threshold(views, items, rows_in, rec, l2, args.seed)
+        out_items = [items[i] for i in rows_out]
+        p_out = sigmoid(views.clean[rows_out] @ c + b)
+        rest = np.array([i for i in test if not exclude(items[i])], dtype=int)
         designs[label] = {
-            "threshold": h.threshold,
-            "left_out": cell_accuracy(out_rows, p_out, h.threshold),
-            "left_out_nih_children_by_age": by_age(out_rows, p_out, h.threshold),
-            "test_of_the_rest": cell_accuracy(in_rows, p_in, h.threshold),
+            "threshold": thr,
+            "left_out": cell_accuracy(out_items, p_out, thr),
+            "left_out_nih_children_by_age": by_age(out_items, p_out, thr),
+            "test_of_the_rest": cell_accuracy(
+                [items[i] for i in rest], sigmoid(views.clean[rest] @ c + b), thr
+            ),
         }
         log.info("design %s: %s", label, designs[label]["left_out"])
     metrics["leave_out"] = designs
+    metrics["comparison"] = comparison
+    metrics["chosen_recipe"] = chosen
+    metrics["chosen_backbone"] = rec.backbone
 
     # the shipped Keras model: backbone → features → GAP → Dense(2) with the head's weights
     import keras
     from keras import layers
 
-    from training.models import FEATURES, GAP, LOGITS, PROBS
+    from training.models import FEATURES, GAP, LOGITS, PROBS, Sqrt
 
-    backbone = models[chosen]
+    backbone = bb.build(weights)
     inputs = keras.Input(shape=bb.spec.input_shape, name="image")
-    fmap = layers.Identity(name=FEATURES)(backbone(inputs, training=False))
+    maps = backbone(inputs, training=False)
+    fmap = Sqrt(name=FEATURES)(maps) if rec.pool == "sqrt" else layers.Identity(name=FEATURES)(maps)
     gap = layers.GlobalAveragePooling2D(name=GAP)(fmap)
     dense = layers.Dense(2, name=LOGITS)
     logits = dense(gap)
     out = layers.Activation("softmax", name=PROBS, dtype="float32")(logits)
     model = keras.Model(inputs, out, name=f"agegroup_{chosen}")
-    kernel = np.stack([-head.coef / 2, head.coef / 2], axis=1).astype(np.float32)
-    bias = np.array([-head.intercept / 2, head.intercept / 2], dtype=np.float32)
+    kernel = np.stack([-coef / 2, coef / 2], axis=1).astype(np.float32)
+    bias = np.array([-intercept / 2, intercept / 2], dtype=np.float32)
     dense.set_weights([kernel, bias])
     # no temperature scaling: p(child) is the head's own probability under equal class
     # weights (a prior-balanced probability); rescaling it on a validation set whose
     # child/adult mix is an accident of the data would not make it more honest at a clinic
     temperature = 1.0
-    threshold = head.threshold
-    check = model(to_input(grey["test"][:8], bb.spec), training=False)
-    diff = float(np.max(np.abs(np.asarray(check)[:, 1] - p_test[:8])))
-    if diff > 1e-4:
-        raise RuntimeError(f"Keras model disagrees with the fitted head by {diff:.2e}")
-    t_y = np.array([it.rec.label for it in split["test"]])
-    v_y = np.array([it.rec.label for it in split["val"]])
-    p_val = probs(head, f["val"])
-    metrics["test"]["ece"] = ev.expected_calibration_error(np.c_[1 - p_test, p_test], t_y)
-    metrics["comparison"] = comparison
-    metrics["chosen_backbone"] = chosen
-    worst = min(c["rate"] for c in metrics["test"]["cells"].values())
-    metrics["test"]["worst_cell"] = worst
-    metrics["test"]["target_met"] = worst >= TARGET
+    from desktop.engine.preprocess import prepare_file
 
     pick = np.r_[np.where(t_y == 0)[0][:8], np.where(t_y == 1)[0][:8]]
-    np.save(run / "parity_inputs.npy", to_input(grey["test"][pick], bb.spec))
+    x_pick = np.stack([prepare_file(test_items[i].rec.path, bb.spec) for i in pick])
+    check = np.asarray(model(x_pick, training=False))[:, 1]
+    diff = float(np.max(np.abs(check - p_test[pick]))) if len(pick) else 0.0
+    if diff > 1e-4:
+        raise RuntimeError(f"Keras model disagrees with the fitted head by {diff:.2e}")
+    np.save(run / "parity_inputs.npy", x_pick)
+    p_val = cv[chosen]["p"]
+    v_y = np.array([items[i].rec.label for i in dev])
     np.savez(run / "scores.npz", val=p_val, test=p_test, y_val=v_y, y_test=t_y)
     model.save(run / "model.keras")
     from training.runs import _training_info
 
     cells_split = {
-        s: {c: sum(1 for it in rows if it.cell == c) for c in (f"{a}/{b}" for a, b in CELLS)}
-        for s, rows in split.items()
+        s: {
+            c: sum(1 for it in items if it.rec.split == s and it.cell == c)
+            for c in (f"{a}/{b}" for a, b in CELLS)
+        }
+        for s in (*D.SPLITS, "fixture")
     }
     info = {
         "id": "agegroup",
@@ -718,20 +1120,21 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "data": CITATIONS,
                 "data_path": str(args.data),
-                "recipe": f"{bb.description}; pooled features → L2 logistic regression "
-                f"(L2 {head.l2:g} chosen on validation cell log loss from {list(L2_GRID)}), "
-                f"trained on the clean training images plus {args.aug_copies} augmented "
-                "views each (crop/aspect, rotation, flip, resolution loss, JPEG, gamma, "
-                "window, equalisation, noise); each (source, group) cell weighs the same "
-                "within its class; threshold maximises the worst validation cell",
+                "recipe": f"{bb.description}; {rec.describe(args.aug_copies)}; pooled "
+                f"features → L2 logistic regression (L2 {l2:g}); each (source, group) cell "
+                "weighs the same within its class; chosen by the selection rule: " + SELECTION_RULE,
                 "recipe_id": chosen,
-                "pretrained": f"ImageNet ({bb.description})",
+                "pretrained": f"ImageNet ({bb.description})"
+                if rec.backbone != "pixels32"
+                else "none",
                 "split": {
                     "file": "split.csv",
                     "method": "the finding models' seeded patient-disjoint 70/15/15 splits "
                     "(NLM by image id, Kermany by patient id, NIH by patient id), computed on "
                     f"the disease labels; Kermany training images subsampled to "
-                    f"{args.kermany_train}; test-suite fixture patients held out ('fixture')",
+                    f"{args.kermany_train}; test-suite fixture patients held out ('fixture'); "
+                    "train and validation together are the development images of the "
+                    "cross-validation",
                     "seed": args.seed,
                     "counts": cells_split,
                 },
@@ -743,10 +1146,22 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     (run / "run.json").write_text(json.dumps(info, indent=1, default=float))
-    print(f"agegroup ({chosen}): threshold {threshold:.2f}, T {temperature:.3f}")
+    print(f"agegroup ({chosen}): threshold {threshold:.2f}, L2 {l2:g}")
+    for name, c in comparison.items():
+        print(f"  CV {name}: worst {c['cv_worst_cell']:.3f} mean {c['cv_mean_cell']:.3f}")
     for part in ("cells", "augmented_cells"):
-        for cell, c in metrics["test"][part].items():
+        for cell, c in metrics["test"].get(part, {}).items():
             print(f"  test {part} {cell}: {c['k']}/{c['n']} = {c['rate']:.3f} CI {c['ci95']}")
+    if nih_cv is not None:
+        for cell, c in nih_cv["cells"].items():
+            print(f"  NIH CV {cell}: {c['k']}/{c['n']} = {c['rate']:.3f} CI {c['ci95']}")
+        print(f"  NIH CV children by age: {nih_cv['children_by_age']}")
+        print(f"  NIH CV adults by age: {nih_cv['adults_by_age']}")
+        for cell, c in nih_cv["adults_first"]["cells"].items():
+            print(f"  NIH CV adults-first {cell}: {c['k']}/{c['n']} = {c['rate']:.3f}")
+    print(f"  adults-first threshold {thr_adults:.2f}:")
+    for cell, c in metrics["adults_first"]["test_cells"].items():
+        print(f"  test adults-first {cell}: {c['k']}/{c['n']} = {c['rate']:.3f} CI {c['ci95']}")
     for label, d in designs.items():
         for cell, c in d["left_out"].items():
             print(f"  {label}: left-out {cell}: {c['k']}/{c['n']} = {c['rate']:.3f}")
