@@ -230,3 +230,27 @@ def load_fails(path: Path, code: ScanErrorCode) -> str:
     assert info.value.code == code, info.value.message
     assert str(info.value) == info.value.message
     return info.value.message
+
+
+def damage_tables(db: Path, *tables: str, fill: int, length: int | None = None) -> list[int]:
+    """Overwrite the pages of ``tables`` in the SQLite file ``db`` with the byte ``fill``
+    (``length`` bytes at each page's start, the whole page when None): a store damaged where
+    its rows really are. The pages come from SQLite's dbstat table; a SQLite without it skips
+    the test. Returns the page numbers."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        pages: list[int] = []
+        for table in tables:
+            try:
+                rows = con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
+            except sqlite3.OperationalError:
+                pytest.skip("this SQLite has no dbstat table to find a table's pages")
+            pages += [p for (p,) in rows]
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    with open(db, "r+b") as handle:
+        for page in pages:
+            handle.seek((page - 1) * size)
+            handle.write(bytes([fill]) * (size if length is None else length))
+    return pages

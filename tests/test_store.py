@@ -38,6 +38,7 @@ from desktop.engine.store import (
     file_probe,
 )
 from tests.conftest import DATA, REPO
+from tests.fixtures import damage_tables
 
 CHEST = DATA / "tb" / "normal" / "CHNCXR_0001_0.png"
 #: ``café.png`` as an old (Latin-1) system writes it: not valid UTF-8.
@@ -384,35 +385,12 @@ def test_power_loss_snapshot_of_db_and_wal_holds_every_reported_scan(stand_in_mo
 # -- issue 9 defect 8: a damaged database -----------------------------------------------------
 
 
-def _pages_of(db: Path, table: str) -> list[int]:
-    with sqlite3.connect(db) as con:
-        try:
-            rows = con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
-        except sqlite3.OperationalError:
-            pytest.skip("this SQLite has no dbstat table to find a table's pages")
-        pages = [p for (p,) in rows]
-    con.close()
-    return pages
-
-
-def _corrupt_pages(db: Path, pages: list[int]) -> None:
-    with sqlite3.connect(db) as con:
-        size = con.execute("PRAGMA page_size").fetchone()[0]
-    con.close()
-    with open(db, "r+b") as handle:
-        for page in pages:
-            handle.seek((page - 1) * size)
-            handle.write(bytes([0x5A]) * size)
-
-
 def test_damaged_pages_stop_the_batch_with_a_clear_error(models, chest_folder, tmp_path):
     db = tmp_path / "r.sqlite3"
     runner = _runner(models, db)
     run_to_end(runner.run([chest_folder]))
     runner.store.close()  # checkpointed into the main file
-    pages = _pages_of(db, "results")
-    assert len(pages) > 3
-    _corrupt_pages(db, pages)
+    assert len(damage_tables(db, "results", fill=0x5A)) > 3  # every page, whole
 
     damaged = _runner(models, db)
     with pytest.raises(StoreError, match="is damaged"):

@@ -28,6 +28,7 @@ from desktop.engine.reports._common import EXCEL_CELL_CHARS, atomic_open
 from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
 from desktop.engine.store import BatchStatus, ResultsStore
 from tests.conftest import DATA, REPO
+from tests.fixtures import damage_tables
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 UNSIGNED_OK = {"MEDSCREEN_ALLOW_UNSIGNED_MODELS": "1"}
@@ -189,18 +190,6 @@ def _classify_on_read_only_store(
     return run
 
 
-def _pages_of(db: Path, table: str) -> list[int]:
-    with sqlite3.connect(db) as con:
-        try:
-            rows = con.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
-        except sqlite3.OperationalError:
-            pytest.skip("this SQLite has no dbstat table to find a table's pages")
-        pages = [p for (p,) in rows]
-        size = con.execute("PRAGMA page_size").fetchone()[0]
-    con.close()
-    return [(p - 1) * size for p in pages]
-
-
 def test_damaged_database_exits_non_zero_not_with_internal_error_rows(
     tmp_path, stand_in_models, chest_folder, capsys
 ):
@@ -209,11 +198,7 @@ def test_damaged_database_exits_non_zero_not_with_internal_error_rows(
     with sqlite3.connect(db) as con:  # everything in the main file, as after a clean exit
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    offsets = _pages_of(db, "results") + _pages_of(db, "file_index")
-    with open(db, "r+b") as handle:  # overwrite real pages of a real store
-        for offset in offsets:
-            handle.seek(offset)
-            handle.write(b"\xa5" * 1024)
+    damage_tables(db, "results", "file_index", fill=0xA5, length=1024)  # real pages
     capsys.readouterr()
     code = _cli(tmp_path, stand_in_models, "classify", str(chest_folder), out=tmp_path / "o2")
     err = capsys.readouterr().err
