@@ -42,7 +42,7 @@ from desktop.engine.labelled import (
 from desktop.engine.manifest import read_manifest
 from desktop.engine.registry import load_model_set
 from desktop.engine.results import ThresholdChoice
-from desktop.engine.runner import BatchRunner
+from desktop.engine.runner import BatchRunner, run_to_end
 from desktop.engine.site_points import (
     SiteOperatingPoint,
     SitePointError,
@@ -64,15 +64,6 @@ POS = [0.9, 0.8, 0.7, 0.4]
 NEG = [0.6, 0.5, 0.3, 0.2, 0.1]
 SCORES = POS + NEG
 TRUTH = [True] * 4 + [False] * 5
-
-
-def drain(generator):
-    """Run a generator to its end and return its value (what the CLI and GUI workers do)."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 # --- the arithmetic -----------------------------------------------------------------------
@@ -367,7 +358,7 @@ def test_calibrating_on_one_half_holds_on_the_other_pneumonia(shipped) -> None:
     manifest = models.findings["pneumonia"].manifest
     labelled = read_label_folder(LABELLED_PNEUMONIA, manifest)
     assert len(labelled.files) == 100 and labelled.excluded == []
-    outcome = drain(run_calibration(BatchRunner(models, store, workers=2), labelled))
+    outcome = run_to_end(run_calibration(BatchRunner(models, store, workers=2), labelled))
     scores = outcome.scores
     # The modality gate may refuse a few real films (~2% "not recognised"); each says so.
     assert all(e.reason.startswith("not a chest X-ray") for e in scores.excluded)
@@ -391,7 +382,7 @@ def test_calibrating_on_one_half_holds_on_the_other_tb(shipped, tmp_path: Path) 
     table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     labelled = read_label_csv(table, manifest)
     assert len(labelled.files) == 240
-    outcome = drain(run_calibration(BatchRunner(models, store, workers=2), labelled))
+    outcome = run_to_end(run_calibration(BatchRunner(models, store, workers=2), labelled))
     assert outcome.calibration is not None, outcome.error
     held_out, cal_a = _split_half_check(outcome.scores)
     print(
@@ -413,7 +404,7 @@ def test_a_real_set_too_small_is_refused_and_unusable_files_say_why(
     write_truncated(root / "tuberculosis" / "cut.png")
     shutil.copy(root / "normal" / "CHNCXR_0001_0.png", root / "normal" / "copy-of-0001.png")
     labelled = read_label_folder(root, manifest)
-    outcome = drain(run_calibration(BatchRunner(models, store, workers=2), labelled))
+    outcome = run_to_end(run_calibration(BatchRunner(models, store, workers=2), labelled))
     assert outcome.calibration is None
     assert "too few labelled scans" in outcome.error
     assert "6 with the disease and 6 without" in outcome.error
