@@ -33,7 +33,7 @@ from desktop.engine.patients import PatientChoice, adult_age_of, describe_ages, 
 from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
-from desktop.engine.store import BatchStatus, ResultsStore
+from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
 
 _T = TypeVar("_T")
 
@@ -357,7 +357,7 @@ def _classify(args: argparse.Namespace) -> int:
     if args.command == "resume":
         resume_id = args.batch
         if resume_id is None:
-            interrupted = store.interrupted_batches()
+            interrupted = store.interrupted_batches(BatchKind.SCREENING)
             if not interrupted:
                 raise BatchError(
                     "there is no interrupted batch to resume; to write a finished batch's "

@@ -122,3 +122,19 @@ def test_history_dialog_labels_and_hides_calibration_runs(qtbot, calibrated_stor
     assert dialog.visible_rows() == []
     dialog.show_calibration.setChecked(True)
     assert [r.kind for r in dialog.visible_rows()] == [BatchKind.CALIBRATION]
+
+
+def test_an_interrupted_calibration_is_not_offered_as_a_batch_to_resume(tmp_path: Path, capsys):
+    db = tmp_path / "r.sqlite3"
+    store = ResultsStore(db)
+    try:  # left "running" by this process: what a killed calibration leaves
+        calibration = store.create_batch(
+            [str(DATA / "calibration")], "m", "CPU", BatchKind.CALIBRATION
+        )
+        assert [b.id for b in store.interrupted_batches()] == [calibration]
+        assert store.interrupted_batches(BatchKind.SCREENING) == []
+    finally:
+        store.close()
+    args = ["--db", str(db), "--models", str(MODELS), "--device", "cpu", "--quiet"]
+    assert main(["resume", "--out", str(tmp_path / "out"), *args]) == 1
+    assert "there is no interrupted batch to resume" in capsys.readouterr().err

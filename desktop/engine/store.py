@@ -554,13 +554,17 @@ class ResultsStore:
         return out
 
     @_guarded
-    def interrupted_batches(self) -> list[BatchInfo]:
-        """Batches left ``running`` by a process that no longer exists (crash, kill -9)."""
+    def interrupted_batches(self, kind: str | None = None) -> list[BatchInfo]:
+        """Batches left ``running`` by a process that no longer exists (crash, kill -9);
+        only those of ``kind`` (:class:`BatchKind`) when given: the window and ``medscreen
+        resume`` offer screening batches, never an interrupted calibration's labelled scans."""
         host = socket.gethostname()
         out = []
         for info in self._batch_rows(
             "WHERE b.status = ? ORDER BY b.started_at DESC", (BatchStatus.RUNNING,)
         ):
+            if kind is not None and info.kind != kind:
+                continue
             alive = info.host == host and info.pid is not None and pid_alive(info.pid)
             if not alive or info.pid == os.getpid():
                 out.append(info)

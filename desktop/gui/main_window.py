@@ -40,7 +40,7 @@ from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
-from desktop.engine.store import ResultsStore
+from desktop.engine.store import BatchKind, ResultsStore
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
@@ -485,7 +485,7 @@ class MainWindow(FileDropTarget, QMainWindow):
 
     def _offer_resume(self) -> None:
         try:
-            interrupted = self.store.interrupted_batches()
+            interrupted = self.store.interrupted_batches(BatchKind.SCREENING)  # not calibrations
         except Exception as exc:
             log.warning("cannot read the results store: %s", exc)
             return
