@@ -48,13 +48,16 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
     head += ["val AUC " + s for s in _val_sources(rows)]
     head += [f"LOSO {k} AUC" for k in loso_keys]
     head += [f"{k} flagged (screening)" for k in ext_keys]
+    cross = any("cross_source_validation" in info["metrics"] for _, info in rows)
+    if cross:
+        head += ["cross-source val AUC (its linear probe)"]
     head += ["test AUC"]
     lines = [
         "## Comparison runs",
         "",
         "Every run uses the same split (seed and `split.csv`), the same engine preprocessing "
         "and the same head-fitting code; only the backbone, input size, pooling, number of "
-        "views or contrast normalisation differ (the L2 strength of each is chosen on its "
+        "views, contrast normalisation or recipe differ (the L2 strength of each is chosen on its "
         "validation split). How the shipped configuration was chosen: "
         f"**{rows[0][1]['comparison']['selection']}**. The pooled test split and the external "
         f"sets were never used to choose (shipped: `{rows[0][0]}`, version {shipped_version}).",
@@ -62,6 +65,35 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    recipes: dict[str, str] = {}
+    for _, info in rows:
+        recipes.setdefault(info["comparison"]["recipe_id"], info["training"]["recipe"])
+    shipped_rule = rows[0][1]["comparison"]["selection"]
+    others: dict[str, list[str]] = {}
+    for name, info in rows[1:]:
+        if info["comparison"]["selection"] != shipped_rule:
+            others.setdefault(info["comparison"]["selection"], []).append(f"`{name}`")
+    for rule, names in others.items():  # runs made later, judged against the shipped one
+        lines[4:4] = [
+            f"{', '.join(names)} were judged against the shipped run by this rule, recorded in "
+            f"each run before its results were seen: **{rule}**.",
+            "",
+        ]
+    if len(recipes) > 1:  # name what each recipe is, from the runs' own records
+        lines[4:4] = [
+            "Recipes (as recorded by the first run of each; the L2 column is the linear "
+            "probe's, the epoch kept is in each run's record):",
+            "",
+            *[f"- `{k}`: {v}" for k, v in recipes.items()],
+            "",
+        ]
+    if cross:
+        lines[4:4] = [
+            "Cross-source validation AUC: the recipe fitted on one source's training part, "
+            "scored on the other source's validation part only (mean of both directions); "
+            "in brackets the same design for the run's linear probe, i.e. the frozen recipe.",
+            "",
+        ]
     if all(info["comparison"]["recipe_id"] == "frozen_lr" for _, info in rows):
         lines[4:4] = [
             "All comparison runs of this version keep the backbone frozen (recipe `frozen_lr`); "
@@ -89,6 +121,9 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         cells += [
             fmt(ext[k]["flag_rate"]["screening"]["rate"]) if k in ext else "–" for k in ext_keys
         ]
+        if cross:
+            cv = m.get("cross_source_validation", {}).get("mean")
+            cells.append(f"{fmt(cv['auc'])} ({fmt(cv['auc_linear_probe'])})" if cv else "–")
         cells.append(fmt(m["test"]["auc"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -233,6 +268,14 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
             "",
             "## Healthy adults flagged",
             "",
+            *(
+                [
+                    "At the adult operating points (`by_group`), as the app applies them.",
+                    "",
+                ]
+                if any("adult" in v.get("by_group", {}) for v in points.values())
+                else []
+            ),
             "| operating point | " + " | ".join(healthy["screening"]) + " |",
             "|---|" + "---|" * len(healthy["screening"]),
         ]

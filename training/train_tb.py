@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p = common_args(__doc__ or "", "runs/tb")
     add_binary_args(p, "scratch")
     p.add_argument("--nih", type=Path, default=None, help="nih_adult_1000 (external set)")
+    from training.finetune import add_finetune_args
+
+    add_finetune_args(p)
     args = p.parse_args(argv)
     setup_logging()
     records = D.list_tb(args.data)
@@ -180,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             targets=targets,
             limitations=limitations,
         )
-        run_transfer(args, task)
+        if args.finetune:
+            from training.finetune import run_finetune
+
+            run_finetune(args, task)
+        else:
+            run_transfer(args, task)
         return 0
     run_binary(
         args,
