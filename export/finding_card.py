@@ -167,6 +167,43 @@ def _group_table(title: str, groups: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _by_group_section(points: dict[str, Any], groups: dict[str, Any]) -> list[str]:
+    """Each patient group at its own operating point (``by_group`` in the manifest), with
+    Wilson 95% CIs on the test sensitivity and specificity."""
+    from training.evaluate import proportion_ci
+
+    def rate(k: int, n: int) -> str:
+        if not n:
+            return "–"
+        lo, hi = proportion_ci(k, n)
+        return f"{k / n:.3f} ({lo:.3f}–{hi:.3f})"
+
+    lines = [
+        "### Per patient group, each at its own operating point (test)",
+        "",
+        "The app applies each group's threshold to a scan of that group (the staff's choice, "
+        "the file's age, or the child/adult estimate from the image) and the pooled threshold "
+        "when the group is not known.",
+        "",
+        "| group | point | threshold (val n) | val sens / spec | test n (positive) | test AUC "
+        "(95% CI) | test sens (95% CI) | test spec (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g, s in groups.items():
+        for name, point in points.items():
+            vp = point.get("by_group", {}).get(g)
+            if vp is None:
+                continue
+            c = s["operating_points"][name]["confusion"]
+            lines.append(
+                f"| {g} | {name} | {vp['threshold']:.3f} ({vp.get('n', '–')}) | "
+                f"{fmt(vp['sensitivity'])} / {fmt(vp['specificity'])} | {s['n']} "
+                f"({s['n_positive']}) | {fmt(s['auc'])} ({_ci(s['auc_ci95'])}) | "
+                f"{rate(c['tp'], c['tp'] + c['fn'])} | {rate(c['tn'], c['tn'] + c['fp'])} |"
+            )
+    return lines
+
+
 #: The figures a transfer run leaves, with their captions in the card.
 FINDING_FIGURES: tuple[tuple[str, str], ...] = (
     ("roc.png", "ROC: validation, test, test per source"),
@@ -230,6 +267,8 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         *_group_table("Per source (test)", t.get("by_source", {})),
     ]
+    if t.get("by_group"):
+        lines += ["", *_by_group_section(points, t["by_group"])]
     if t.get("subgroups"):
         lines += ["", *_group_table("Children / adults, PA / AP (test)", t["subgroups"])]
     loso = m.get("leave_one_source_out", {})

@@ -260,3 +260,23 @@ def test_integer_block_sums_equal_float64_sums():
             ours = dicom._block_sums(values, factor)
             assert ours.dtype == np.float64
             assert np.array_equal(ours, expected), (dtype, hi, factor)
+
+
+def test_minmax_block_mean_is_minmax_then_block_mean():
+    """The 16-bit raster working image without a float copy: min-max scaling then block means,
+    to a float32 rounding, partial edge blocks and a flat image included."""
+    rng = np.random.default_rng(11)
+    for dtype, lo, hi in ((np.uint16, 100, 4095), (np.uint16, 0, 65535), (np.int16, -900, 3000)):
+        values = rng.integers(lo, hi, (1031, 1347), endpoint=True).astype(dtype)
+        for factor in (2, 3, 4):
+            pixels, low, high = dicom.minmax_block_mean(values, factor)
+            scaled, low2, high2 = dicom.minmax_to_unit(values)
+            assert (low, high) == (low2, high2) == (float(values.min()), float(values.max()))
+            expected = block_mean(scaled, factor)
+            assert pixels.dtype == np.float32 and pixels.shape == expected.shape
+            assert np.abs(pixels - expected).max() < 1e-6
+    flat = np.full((900, 900), 7, dtype=np.uint16)
+    pixels, _, _ = dicom.minmax_block_mean(flat, 2)
+    assert pixels.shape == (450, 450) and not pixels.any()
+    assert dicom.minmax_block_mean(values, 1) is None  # nothing to reduce
+    assert dicom.minmax_block_mean(values.astype(np.float32), 2) is None  # floats: the old way

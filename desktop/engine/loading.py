@@ -68,7 +68,13 @@ from PIL import (
 )
 
 from desktop.engine.budget import PixelLease
-from desktop.engine.dicom import block_mean, decode_dicom, looks_like_dicom, minmax_to_unit
+from desktop.engine.dicom import (
+    block_mean,
+    decode_dicom,
+    looks_like_dicom,
+    minmax_block_mean,
+    minmax_to_unit,
+)
 from desktop.engine.errors import ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.scan import Scan, ScanMetadata
 
@@ -615,7 +621,14 @@ def _raster_to_scan(
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         bits = 8 * values.dtype.itemsize
-        pixels, lo, hi = minmax_to_unit(values)
+        reduced = None
+        if working_side is not None and not keep_raw:
+            # the working image straight from the integers (no full-resolution float copy)
+            from desktop.engine.preprocess import working_factor
+
+            factor = working_factor(values.shape[0], values.shape[1], working_side)
+            reduced = minmax_block_mean(values, factor)
+        pixels, lo, hi = reduced if reduced is not None else minmax_to_unit(values)
         window = ((lo + hi) / 2.0, hi - lo)
         extra["window_source"] = "min-max"
         if keep_raw:
