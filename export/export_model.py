@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -225,8 +226,19 @@ def build_manifest(
 
 
 def _prune(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Drop the validation block's per-threshold detail: test figures are what the app shows."""
-    return json.loads(json.dumps(metrics, default=float))
+    """The run's metrics as JSON values; a figure that is not a number (the AUC of a
+    one-class subset, e.g. a source of healthy films only) becomes null, as JSON requires."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return clean(json.loads(json.dumps(metrics, default=float)))
 
 
 def export_run(

@@ -126,7 +126,11 @@ def test_modality_smoke(tmp_path: Path, cache: Path) -> None:
         "--pneumonia-data", str(FIXTURES / "pneumonia"),
         "--out", str(run), "--cache", str(cache),
     ]  # fmt: skip
-    assert train_modality.main(argv + SMOKE) == 0
+    # chest X-ray OOD components per source and finding (modality 2.1.0's design)
+    assert train_modality.main(argv + SMOKE + ["--cxr-components", "source_label"]) == 0
+    components = json.loads((run / "run.json").read_text())["metrics"]["ood"]["components"]
+    assert any(c.endswith("/finding") for c in components)
+    assert any(c.endswith("/normal") for c in components)
     outs = _check_export(run, tmp_path / "models", "modality")
     manifest = read_manifest(tmp_path / "models" / "modality.json")
     assert manifest.gate is not None and manifest.gate.chest_label == "CXR"

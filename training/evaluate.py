@@ -131,7 +131,10 @@ def bootstrap_auc_ci(
 
 
 def operating_points(
-    y: np.ndarray, score: np.ndarray, min_sensitivity: float = 0.90
+    y: np.ndarray,
+    score: np.ndarray,
+    min_sensitivity: float = 0.90,
+    min_specificity: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """``screening``: the highest threshold with validation sensitivity >= ``min_sensitivity``
     (so the best specificity under that constraint), but never above the ``balanced``
@@ -141,6 +144,12 @@ def operating_points(
     at a threshold above its Youden point, which would make the point named "screening" *less*
     sensitive than "balanced" — and sit exactly on the 0.90 boundary, so held-out sensitivity
     falls just under it. A triage point must be at least as sensitive as the balanced one.
+
+    ``min_specificity`` (optional) is a floor that wins over the sensitivity floor: where no
+    threshold holds both, ``screening`` is the most sensitive threshold whose validation
+    specificity still reaches it. Why: for a group the model separates less well (adults:
+    AUC ~0.9 on text-mined labels) a 0.90-sensitivity point flags most healthy patients, and
+    a screening tool that flags nearly everyone is worse than none (issue 11).
     """
     fpr, tpr, thr = roc_curve(y, score)
     ok = np.where(tpr[1:] >= min_sensitivity)[0] + 1
@@ -149,6 +158,9 @@ def operating_points(
     i_b = int(np.argmax(j)) + 1
     if thr[i_s] > thr[i_b]:
         i_s = i_b
+    if min_specificity is not None and 1 - fpr[i_s] < min_specificity:
+        spec_ok = np.where(1 - fpr[1:] >= min_specificity)[0] + 1
+        i_s = int(spec_ok[-1]) if len(spec_ok) else 1  # the most sensitive above the floor
     return {
         "screening": {
             "threshold": float(thr[i_s]),

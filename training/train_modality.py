@@ -62,6 +62,11 @@ CITATIONS = [
 ]
 
 
+#: The finding label (0 normal, 1 TB/pneumonia) of each extra chest X-ray, by path: the gate
+#: only learns "CXR", but its OOD components may be split by it (``--cxr-components``).
+FINDING_LABEL: dict[Path, int] = {}
+
+
 def _extras(
     records: list[D.Record], split: str, limit: int | None, seed: int, source: str | None = None
 ) -> list[D.Record]:
@@ -70,10 +75,35 @@ def _extras(
     if limit is not None and len(rows) > limit:
         idx = np.random.default_rng(seed).permutation(len(rows))[:limit]
         rows = [rows[i] for i in sorted(idx)]
+    FINDING_LABEL.update({r.path: r.label for r in rows})
     return [D.Record(r.path, CXR, r.group, source or r.source, split) for r in rows]
 
 
-def component_labels(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+def components_for(mode: str) -> list[str]:
+    """The OOD components: the five non-chest classes, then chest X-rays by source
+    (``source``) or by source and finding (``source_label``: normal and diseased films of a
+    source apart)."""
+    if mode == "source":
+        return list(COMPONENTS)
+    return [n for n in LABELS if n != "CXR"] + [
+        c
+        for s in CXR_SOURCES
+        for c in ((f"CXR/{s}",) if s == "mednist" else (f"CXR/{s}/normal", f"CXR/{s}/finding"))
+    ]
+
+
+def component_sources(records: list[D.Record], mode: str) -> np.ndarray:
+    """Each extra chest X-ray's component suffix under ``mode`` (see :func:`components_for`)."""
+    if mode == "source":
+        return np.array([r.source for r in records])
+    return np.array(
+        [f"{r.source}/{'finding' if FINDING_LABEL[r.path] else 'normal'}" for r in records]
+    )
+
+
+def component_labels(
+    labels: np.ndarray, sources: np.ndarray, components: list[str] | None = None
+) -> np.ndarray:
     """Mahalanobis component of each image: its class, except CXR, which is split by source.
 
     Why: chest X-rays from Shenzhen, Montgomery, Kermany and NIH sit in separate clusters of
@@ -81,9 +111,10 @@ def component_labels(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
     made the far clusters' images look out of distribution (1.0.0 refused 2.2% of Montgomery
     and 0.8% of NIH). ``COMPONENTS`` names the rows of ``ood.npz``'s ``means``.
     """
+    names = components or COMPONENTS
     out = np.empty(len(labels), dtype=np.int64)
     for i, (y, s) in enumerate(zip(labels, sources, strict=True)):
-        out[i] = COMPONENTS.index(f"CXR/{s}" if y == CXR else LABELS[int(y)])
+        out[i] = names.index(f"CXR/{s}" if y == CXR else LABELS[int(y)])
     return out
 
 
@@ -141,6 +172,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder of photographs/document scans for the OOD measurement "
         "(default: scikit-image's bundled data folder, if installed)",
+    )
+    p.add_argument(
+        "--cxr-components",
+        choices=["source", "source_label"],
+        default="source",
+        help="OOD components of the chest X-rays: one per source, or per source and finding "
+        "(normal / TB or pneumonia films apart)",
+    )
+    p.add_argument("--version", default=VERSION)
+    p.add_argument(
+        "--repeat-kermany-finding",
+        type=int,
+        default=1,
+        help="in a --finetune-from stage, show each Kermany pneumonia training film N times",
     )
     args = p.parse_args(argv)
     setup_logging()
@@ -217,14 +262,38 @@ def main(argv: list[str] | None = None) -> int:
         import keras  # a second stage on a trained run's model (e.g. with more chest X-rays)
 
         model = keras.models.load_model(args.finetune_from / "model.keras", compile=False)
-        for hist in sorted(args.finetune_from.glob("history_*.json")):
+        stages = sorted(args.finetune_from.glob("history_*.json"))
+        for hist in stages:
             if hist.resolve() != (run / hist.name).resolve():
-                shutil.copyfile(hist, run / hist.name)  # the first stage's curves and epochs
+                shutil.copyfile(hist, run / hist.name)  # the earlier stages' curves and epochs
+        stage = "finetune"
+        earlier = args.finetune_from / "run.json"
+        if (args.finetune_from / "history_finetune.json").exists() and earlier.exists():
+            # a further stage on a fine-tuned run: its recipe, then this stage's
+            recipe = json.loads(earlier.read_text())["training"]["recipe"]
+            stage = f"finetune{len(stages)}"
         ft_epochs = args.epochs or 2
         recipe += (
             f"; then fine-tuned for up to {ft_epochs} epochs at lr {args.finetune_lr:g} on the "
-            f"same data with {k_train} Kermany training images (stage 'finetune')"
+            f"same data with {k_train} Kermany training images"
+            + (
+                f", the pneumonia films among them seen {args.repeat_kermany_finding} times"
+                if args.repeat_kermany_finding > 1
+                else ""
+            )
+            + f" (stage '{stage}')"
         )
+        if args.repeat_kermany_finding > 1:
+            # the chest X-rays the gate refused were Kermany pneumonia films (white-outs that
+            # look like chest CT at 64x64): more of them in this stage, nothing new added
+            extra = (e_src["train"] == "kermany") & (
+                np.array([FINDING_LABEL[r.path] for r in extras["train"]]) == 1
+            )
+            rep = args.repeat_kermany_finding - 1
+            train = (
+                np.concatenate([train[0], *[e["train"][0][extra]] * rep]),
+                np.concatenate([train[1], *[e["train"][1][extra]] * rep]),
+            )
         fit(
             model,
             train,
@@ -238,13 +307,15 @@ def main(argv: list[str] | None = None) -> int:
             augment=AugmentConfig(),
             patience=2,
             seed=args.seed + 1,
-            stage="finetune",
+            stage=stage,
         )
     elif args.reuse_model and (run / "model.keras").exists():
         import keras  # re-evaluate a trained run (e.g. after changing the OOD check)
 
         model = keras.models.load_model(run / "model.keras", compile=False)
         log.info("reusing the trained model in %s", run)
+        if (run / "run.json").exists():  # the network is the earlier run's: so is its recipe
+            recipe = json.loads((run / "run.json").read_text())["training"]["recipe"]
         from training.binary import fit_duration
 
         started -= fit_duration(run)  # duration_s keeps counting the original training
@@ -291,14 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = rng.permutation(len(m["train"][1]))[:15000]
     sub = sub[m["train"][0][sub].reshape(len(sub), -1).std(axis=1) >= floor]  # no blanks
     feats = np.concatenate([heads["m_train"]["gap"][sub], heads["e_train"]["gap"]])
+    all_components = components_for(args.cxr_components)
+    c_src = {s: component_sources(extras[s], args.cxr_components) for s in D.SPLITS}
     comps = component_labels(
         np.concatenate([m["train"][1][sub], e["train"][1]]),
-        np.concatenate([np.full(len(sub), "mednist"), e_src["train"]]),
+        np.concatenate([np.full(len(sub), "mednist"), c_src["train"]]),
+        all_components,
     )
     # components without training images (e.g. no NIH data given) are left out
     present = sorted(set(comps.tolist()))
-    names = [COMPONENTS[i] for i in present]
-    remap = np.full(len(COMPONENTS), -1)
+    names = [all_components[i] for i in present]
+    remap = np.full(len(all_components), -1)
     remap[present] = np.arange(len(present))
     comps = remap[comps]
     ood = fit_mahalanobis(feats, comps, len(present))
@@ -308,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     v_images = np.concatenate([m["val"][0], e["val"][0]])
     v_comp = remap[
         component_labels(
-            val[1], np.concatenate([np.full(len(m["val"][1]), "mednist"), e_src["val"]])
+            val[1],
+            np.concatenate([np.full(len(m["val"][1]), "mednist"), c_src["val"]]),
+            all_components,
         )
     ]
     v_dist = component_distances(
@@ -467,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     one_mean["std_floor"] = np.array(floor)
     alt = {k: ood_score(heads[k]["gap"], images[k], one_mean) for k in heads}
     unscaled_score = {k: ood_score(heads[k]["gap"], images[k], unscaled) for k in heads}
+    per = "one component per CXR source" + (
+        " and finding" if args.cxr_components != "source" else ""
+    )
     rules = {
         "one CXR mean; 99.5th percentile of pooled validation scores (the 1.0.0 rule)": (
             one_mean,
@@ -474,12 +553,12 @@ def main(argv: list[str] | None = None) -> int:
             float(np.percentile(np.concatenate([alt["m_val"], alt["e_val"]]), 99.5)),
         ),
         "one CXR mean; margin rule": (one_mean, alt, threshold_rule(one_mean, alt)),
-        "one component per CXR source, one radius; margin rule": (
+        f"{per}, one radius; margin rule": (
             unscaled,
             unscaled_score,
             threshold_rule(unscaled, unscaled_score),
         ),
-        "one component per CXR source, each in its own radius; margin rule (shipped)": (
+        f"{per}, each in its own radius; margin rule (shipped)": (
             ood,
             score,
             threshold,
@@ -531,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = {
         "id": "modality",
-        "version": VERSION,
+        "version": args.version,
         "name": "Image modality gate",
         "role": "modality",
         "task": "multiclass",
@@ -546,7 +625,11 @@ def main(argv: list[str] | None = None) -> int:
             "threshold": threshold,
             "method": "Mahalanobis distance of the GAP features to the nearest of "
             f"{len(names)} component means (the five non-chest classes, and chest X-rays "
-            "split by source: " + ", ".join(CXR_SOURCES) + "; shared covariance, fitted on "
+            "split by source"
+            + (" and finding (normal / TB or pneumonia)" if args.cxr_components != "source" else "")
+            + ": "
+            + ", ".join(CXR_SOURCES)
+            + "; shared covariance, fitted on "
             "training features), each distance in units of its component's radius (the "
             f"{ACCEPT_TARGET:.1%} quantile of its validation images' distances), plus 1000 * "
             "relu(1 - "

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from desktop.engine.preprocess import PreprocessSpec
 from training import data as D
 from training.binary import add_binary_args, run_binary
@@ -47,14 +49,13 @@ NIH_CITATION = (
     "frontal images (PA/AP, ages 4-85) selected by Ozturk et al., Comput Biol Med 2020, "
     "resized to 512x512; Wang X, et al. ChestX-ray8, CVPR 2017. Labels text-mined from reports."
 )
-NLM_CITATION = (
-    "External healthy adults only (never trained on): the NLM Shenzhen and Montgomery normal "
-    "chest X-rays (Jaeger S, et al. Quant Imaging Med Surg 2014;4(6):475-7)."
-)
-SCOPE_SUMMARY = (
-    "Children (Kermany, Guangzhou, ages 1-5) and adults (NIH, USA, ages {lo}-{hi}); frontal "
-    "PA and AP chest X-rays."
-)
+NLM_REF = "Jaeger S, et al. Quant Imaging Med Surg 2014;4(6):475-7"
+#: Kermany's published age range (Kermany et al. 2018: "pediatric patients of one to five
+#: years old"); its files carry no age, so the dataset's statement is the only source.
+KERMANY_AGES = (1, 5)
+COUNTRY = {"shenzhen": "China", "montgomery": "USA"}
+#: The app's child/adult boundary (the patient-group model's manifest: adult from 18).
+ADULT_AGE = 18
 CITATION = (
     "Kermany DS, Goldbaum M, et al. Identifying Medical Diagnoses and Treatable Diseases by "
     "Image-Based Deep Learning. Cell 2018;172(5):1122-31; data: Kermany, Zhang, Goldbaum, "
@@ -76,6 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     add_binary_args(p, "five_block")
     p.add_argument("--nih", type=Path, default=None, help="nih_adult_1000 folder")
     p.add_argument("--nlm", type=Path, default=None, help="tb/nlm_299 (external normals)")
+    p.add_argument(
+        "--nlm-train",
+        choices=["none", "shenzhen", "all"],
+        default="none",
+        help="NLM normal films split like the others (train/val/test) as healthy adults: "
+        "none (all external), shenzhen (Montgomery stays external) or all",
+    )
+    p.add_argument(
+        "--nlm-val",
+        choices=["none", "shenzhen", "montgomery"],
+        default="none",
+        help="NLM normal films of this hospital are never trained on but split in half by "
+        "patient: validation (a healthy adult site the model has not seen, for choosing the "
+        "adult threshold and the configuration) and test; the other hospital stays external",
+    )
+    p.add_argument(
+        "--min-specificity",
+        type=float,
+        default=None,
+        help="validation specificity floor of the screening point (wins over sensitivity)",
+    )
     args = p.parse_args(argv)
     setup_logging()
     if args.recipe == "transfer":
@@ -147,6 +169,73 @@ def limitations(m: dict) -> list[str]:
     return out
 
 
+def validation_only(records: list[D.Record], seed: int) -> list[D.Record]:
+    """``records`` split in half by patient into validation and test, none into training:
+    healthy films of a hospital the model never trains on, so the threshold chosen on the
+    validation half sees a site shift, and the test half measures it. The other sources'
+    split is made before and without them, so it is the same as without this option."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    half = len(records) // 2
+    return [
+        D.Record(r.path, r.label, r.group, r.source, "val" if i < half else "test")
+        for i, r in ((i, records[j]) for i, j in enumerate(order))
+    ]
+
+
+def nlm_citation(
+    trained: list[D.Record], validation: list[D.Record], external: list[D.Record]
+) -> list[str]:
+    """How the NLM normal films were used (trained on, or only measured), with the citation."""
+    if not trained and not validation and not external:
+        return []
+    parts = []
+    for rows, how in (
+        (trained, "split like the others (healthy adults, label normal)"),
+        (validation, "never trained on; half validation (to choose), half test"),
+        (external, "external healthy adults only, never trained on nor used to choose"),
+    ):
+        if rows:
+            where = " + ".join(sorted({r.source.capitalize() for r in rows}))
+            parts.append(f"{len(rows)} NLM {where} normal chest X-rays: {how}")
+    return ["; ".join(parts) + f" ({NLM_REF})."]
+
+
+def scope_of(records: list[D.Record]) -> dict:
+    """The manifest's scope, written from the training split the model really saw: which
+    sources, how many training images, and the ages each covers (NIH ages from its
+    ``metadata.csv``; Kermany's from its publication, its files carry none)."""
+    from training.transfer import META
+
+    train = [r for r in records if r.split == "train"]
+    k = [r for r in train if r.source == "guangzhou"]
+    nih = [META[r.path]["age"] for r in train if r.source == "nih"]
+    kids = sorted(a for a in nih if a < ADULT_AGE)
+    adults = sorted(a for a in nih if a >= ADULT_AGE)
+    nlm = [r for r in train if r.source in ("shenzhen", "montgomery")]
+    parts = [
+        f"Children: {len(k)} Kermany films (Guangzhou, ages {KERMANY_AGES[0]}-{KERMANY_AGES[1]})"
+    ]
+
+    def ages(a: list[int]) -> str:
+        return f"age {a[0]}" if a[0] == a[-1] else f"ages {a[0]}-{a[-1]}"
+
+    if kids:
+        parts[0] += f" and {len(kids)} NIH films of {ages(kids)} (USA)"
+    adult = f"adults: {len(adults)} NIH films (USA, {ages(adults)})"
+    if nlm:
+        where = ", ".join(
+            f"{s.capitalize()}, {COUNTRY[s]}" for s in sorted({r.source for r in nlm})
+        )
+        adult += f" and {len(nlm)} NLM normal films ({where}; ages not recorded)"
+    parts.append(adult)
+    seen = [KERMANY_AGES[0], *nih] if k else nih
+    return {
+        "age_years": [min(seen), max(seen)],
+        "views": ["PA", "AP"],
+        "summary": "; ".join(parts) + " in the training split; frontal PA and AP films.",
+    }
+
+
 def _transfer(args) -> int:  # noqa: ANN001
     from training.nih import list_nih_images
     from training.transfer import META, Task, run_transfer, with_split
@@ -157,50 +246,67 @@ def _transfer(args) -> int:  # noqa: ANN001
     nih = list_nih_images(args.nih)
     for r in nih:
         META[r.path] = {"age": r.age, "view": r.view}
+    normals = [r for r in D.list_tb(args.nlm) if r.label == 0] if args.nlm else []
+    if args.nlm_train != "none" and not normals:
+        raise SystemExit("--nlm-train needs --nlm")
+    trained_on = {"none": (), "shenzhen": ("shenzhen",), "all": ("shenzhen", "montgomery")}
+    nlm_train = [r for r in normals if r.source in trained_on[args.nlm_train]]
+    nlm_val = [r for r in normals if r.source == args.nlm_val and r not in nlm_train]
+    nlm_external = [r for r in normals if r not in nlm_train and r not in nlm_val]
     records = with_split(
-        [*kermany, *(D.Record(r.path, r.label, r.patient, "nih") for r in nih)],
+        [*kermany, *(D.Record(r.path, r.label, r.patient, "nih") for r in nih), *nlm_train],
         args.seed,
         args.fractions,
     )
+    records += validation_only(nlm_val, args.seed)
     external = {}
-    if args.nlm:
-        normals = [r for r in D.list_tb(args.nlm) if r.label == 0]
+    if nlm_external:
+        where = sorted({r.source for r in nlm_external})
         external["nlm_normal"] = (
-            normals,
-            "NLM Shenzhen + Montgomery normal films (China, USA; adults): healthy, never "
-            "trained on",
+            nlm_external,
+            f"NLM {' + '.join(s.capitalize() for s in where)} normal films "
+            f"({', '.join(COUNTRY[s] for s in where)}; adults): healthy, never trained on",
         )
 
     def age(r: D.Record) -> str | None:
         if r.source == "guangzhou":
             return "child (Kermany)"
-        return "adult (NIH)" if META[r.path]["age"] >= 18 else "child (NIH)"
+        if r.source != "nih":
+            return "adult (NLM)"
+        return "adult (NIH)" if META[r.path]["age"] >= ADULT_AGE else "child (NIH)"
 
-    def view(r: D.Record) -> str | None:
-        return f"{META[r.path]['view']} (NIH)" if r.source == "nih" else None
+    def view(r: D.Record) -> str | None:  # adults only: each subgroup at the adult point
+        if r.source != "nih" or META[r.path]["age"] < ADULT_AGE:
+            return None
+        return f"{META[r.path]['view']} (NIH adults)"
 
-    ages = [r.age for r in nih]
+    def group(r: D.Record) -> str:
+        """The app's patient group of a training image (NLM films are adults' films)."""
+        if r.source == "guangzhou":
+            return "child"
+        if r.source == "nih":
+            return "adult" if META[r.path]["age"] >= ADULT_AGE else "child"
+        return "adult"
+
     task = Task(
         model_id="pneumonia",
         name="Pneumonia",
         labels=LABELS,
         records=records,
-        citation=[CITATION, NIH_CITATION, *([NLM_CITATION] if args.nlm else [])],
+        citation=[CITATION, NIH_CITATION, *nlm_citation(nlm_train, nlm_val, nlm_external)],
         split_method="70/15/15 by patient (Kermany personN / IM-#### ids, NORMAL2-IM-#### "
         "grouped with IM-####, exact duplicates dropped; NIH patient id), stratified by "
         "majority class and source, fixed seed",
         intended_use=INTENDED_USE,
         not_for=NOT_FOR,
-        scope={
-            "age_years": [1, max(ages)],
-            "views": ["PA", "AP"],
-            "summary": SCOPE_SUMMARY.format(lo=min(ages), hi=max(ages)),
-        },
+        scope=scope_of(records),
         data_path=str(args.data),
         external=external,
         subgroups={"age": age, "view": view},
-        healthy_test=lambda r: r.source == "nih" and r.label == 0 and META[r.path]["age"] >= 18,
+        healthy_test=lambda r: r.label == 0 and group(r) == "adult",
         healthy_external=tuple(external),
+        point_group=group,
+        min_specificity=args.min_specificity,
         targets=targets,
         limitations=limitations,
     )

@@ -86,6 +86,13 @@ class Task:
     targets: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
     # limitations that follow from the data and the figures: metrics → sentences
     limitations: Callable[[dict[str, Any]], list[str]] | None = None
+    # the patient group ("child"/"adult", the app's groups) of a record: when set, every
+    # operating point is also chosen per group, by the same rule on that group's validation
+    # images (``by_group`` in the manifest), and the healthy-adult figure uses the adult one
+    point_group: Callable[[D.Record], str | None] | None = None
+    # a validation specificity floor for the screening point that wins over the sensitivity
+    # floor (None: none; see evaluate.operating_points)
+    min_specificity: float | None = None
 
 
 def add_transfer_args(p: argparse.ArgumentParser) -> None:
@@ -134,7 +141,11 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
     v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
     t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
-    points = ev.operating_points(y_val, v_probs[:, 1], min_sensitivity=MIN_SENSITIVITY)
+    points: dict[str, Any] = ev.operating_points(
+        y_val, v_probs[:, 1], MIN_SENSITIVITY, task.min_specificity
+    )
+    if task.point_group is not None:
+        _add_group_points(points, val, y_val, v_probs[:, 1], task)
     metrics: dict[str, Any] = {
         "validation": ev.evaluate_binary(y_val, v_probs, points, groups=_src(val), seed=args.seed),
         "test": ev.evaluate_binary(y_test, t_probs, points, groups=_src(test), seed=args.seed),
@@ -144,6 +155,12 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     )
     metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
     metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
+    if task.point_group is not None:
+        for part, rows, y, pr in (
+            ("validation", val, y_val, v_probs),
+            ("test", test, y_test, t_probs),
+        ):
+            metrics[part]["by_group"] = _by_group(task.point_group, rows, y, pr, points, args.seed)
 
     external: dict[str, Any] = {}
     ext_scores: dict[str, np.ndarray] = {}
@@ -190,7 +207,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         "intended_use": task.intended_use,
         "not_for": task.not_for,
         "scope": task.scope,
-        "operating_rule": OPERATING_RULE,
+        "operating_rule": operating_rule(task),
         "targets": task.targets(metrics) if task.targets else [],
         "limitations": task.limitations(metrics) if task.limitations else [],
         "comparison": {
@@ -356,9 +373,72 @@ def _healthy(
     parts = {"test split": t_score[m], **{k: ext_scores[k] for k in task.healthy_external}}
     out: dict[str, Any] = {}
     for point, v in points.items():
-        thr = v["threshold"]
+        thr = v.get("by_group", {}).get("adult", v)["threshold"]
         out[point] = {k: rate(s >= thr) for k, s in parts.items()}
         out[point]["all"] = rate(np.concatenate(list(parts.values())) >= thr)
+    return out
+
+
+def _add_group_points(
+    points: dict[str, Any],
+    val: Sequence[D.Record],
+    y_val: np.ndarray,
+    v_score: np.ndarray,
+    task: Task,
+) -> None:
+    """Each point's ``by_group``: the same rule (:func:`operating_rule`) applied to each
+    patient group's validation images alone; the pooled point stays the default for a scan
+    whose group is unknown. Why: one pooled threshold is set by the majority group (Kermany
+    children) and lands wherever it lands for the other (adults)."""
+    assert task.point_group is not None
+    groups = np.array([task.point_group(r) or "" for r in val])
+    for g in sorted(set(groups.tolist()) - {""}):
+        m = groups == g
+        if len(set(y_val[m].tolist())) < 2:
+            continue
+        own = ev.operating_points(y_val[m], v_score[m], MIN_SENSITIVITY, task.min_specificity)
+        for name, v in own.items():
+            points[name].setdefault("by_group", {})[g] = {
+                **v,
+                "n": int(m.sum()),
+                "n_positive": int(y_val[m].sum()),
+            }
+
+
+def operating_rule(task: Task) -> str:
+    """The rule that chose the operating points, in words, from the task's settings."""
+    rule = OPERATING_RULE
+    if task.min_specificity is not None:
+        rule += (
+            f" A validation specificity floor of {task.min_specificity:.2f} wins over the "
+            "sensitivity floor: where no threshold holds both, `screening` is the most "
+            "sensitive threshold whose validation specificity reaches the floor."
+        )
+    if task.point_group is not None:
+        rule += (
+            " The rule is applied to each patient group's validation images on their own "
+            "(`by_group`: the threshold for a scan of that group); the pooled threshold is "
+            "used when a scan's group is not known."
+        )
+    return rule
+
+
+def _by_group(
+    group_of: Callable[[D.Record], str | None],
+    rows: Sequence[D.Record],
+    y: np.ndarray,
+    probs: np.ndarray,
+    points: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """Figures per patient group, each at its own group's operating points."""
+    groups = np.array([group_of(r) or "" for r in rows])
+    out: dict[str, Any] = {}
+    for g in sorted(set(groups.tolist()) - {""}):
+        m = groups == g
+        own = {k: v.get("by_group", {}).get(g, v) for k, v in points.items()}
+        src = [r.source for r, keep in zip(rows, m, strict=True) if keep]
+        out[g] = ev.evaluate_binary(y[m], probs[m], own, groups=src, seed=seed)
     return out
 
 
@@ -375,7 +455,13 @@ def _subgroups(
         values = np.array([fn(r) or "" for r in rows])
         for value in sorted(set(values.tolist()) - {""}):
             m = values == value
-            res = ev.evaluate_binary(y[m], probs[m], points, seed=seed)
+            own = points
+            if task.point_group is not None:  # one patient group: that group's points
+                gs = {task.point_group(r) for r, keep in zip(rows, m, strict=True) if keep}
+                if len(gs) == 1 and None not in gs:
+                    g = gs.pop()
+                    own = {k: v.get("by_group", {}).get(g, v) for k, v in points.items()}
+            res = ev.evaluate_binary(y[m], probs[m], own, seed=seed)
             out[f"{name}={value}"] = res
     return out
 
