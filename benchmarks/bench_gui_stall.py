@@ -2,13 +2,18 @@
 
 Makes N small, distinct real scans (the test chest X-rays and MedNIST images, resized and
 given a little noise so each has its own sha256 and nothing is reused from the store),
-screens them with the stand-in ONNX models in the real MainWindow, and records the longest
-gap between ticks of a 10 ms QTimer on the GUI thread while the batch runs. A gap is time
-the event loop could not run: a stall a user would feel as a frozen window.
+screens them with the shipped models (``assets/models``; ``--models stand-in`` for the test
+suite's small ONNX stand-ins) in the real MainWindow, and records the longest gap between
+ticks of a 10 ms QTimer on the GUI thread while the batch runs. A gap is time the event loop
+could not run: a stall a user would feel as a frozen window.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/bench_gui_stall.py --scans 2000
+    QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/bench_gui_stall.py --scans 1000
 
 Prints the longest stall, the 99th-percentile tick gap, the batch time and the rate.
+``--calls`` also counts the table model's ``data()`` calls (each one a Qt-to-Python call that
+needs the GIL); ``--sample-stalls FILE`` writes every thread's Python stack to FILE whenever
+the GUI thread has not ticked for 80 ms (faulthandler's own C thread does it, so the sampler
+does not need the GIL it is looking at).
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scans", type=int, default=2000)
     parser.add_argument(
+        "--models",
+        choices=("shipped", "stand-in"),
+        default="shipped",
+        help="the bundled models (default) or the test suite's stand-ins",
+    )
+    parser.add_argument("--calls", action="store_true", help="count data() calls per second")
+    parser.add_argument("--sample-stalls", type=Path, default=None, metavar="FILE")
+    parser.add_argument(
         "--sort", action="store_true", help="keep the table sorted by TB score while it fills"
     )
     parser.add_argument(
@@ -67,9 +80,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="medscreen-stall-"))
     os.environ["MEDSCREEN_HOME"] = str(work / "home")
     sys.path.insert(0, str(REPO))  # the stand-in model factory lives in tests/
-    from tests.model_factory import build_model_set
+    if args.models == "stand-in":
+        from tests.model_factory import build_model_set
 
-    models = build_model_set(work / "models")
+        models = build_model_set(work / "models")
+    else:
+        models = REPO / "assets" / "models"
     started = time.perf_counter()
     scans = make_scans(work / "scans", args.scans)
     log.warning("made %d scans in %.1f s", args.scans, time.perf_counter() - started)
@@ -98,6 +114,16 @@ def main() -> int:
     if args.sort:
         col = window.model.column_of(Column.SCORE, "tb")
         window.view.sortByColumn(col, Qt.SortOrder.DescendingOrder)
+    calls = [0]
+    if args.calls:
+        model_data = type(window.model).data
+
+        def counted(self: object, index: object, role: int = 0) -> object:
+            calls[0] += 1
+            return model_data(self, index, role)  # type: ignore[arg-type]
+
+        type(window.model).data = counted  # type: ignore[method-assign]
+    sampler = _StallSampler(args.sample_stalls) if args.sample_stalls else None
 
     gaps: list[float] = []
     when: list[float] = []
@@ -108,6 +134,8 @@ def main() -> int:
         gaps.append(now - last[0])
         when.append(now - t0)
         last[0] = now
+        if sampler is not None:
+            sampler.arm()
 
     ticker = QTimer()
     ticker.setTimerType(Qt.TimerType.PreciseTimer)
@@ -118,12 +146,20 @@ def main() -> int:
     window.batch.batch_finished.connect(lambda *_a: done.quit())
     window.batch.batch_failed.connect(lambda *_a: done.quit())
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()
+    queued0 = _run_queue_wait_s()
+    sleeps0 = _voluntary_switches()
     last[0] = t0
     ticker.start()
     window.open_paths([scans])
     done.exec()
     elapsed = time.perf_counter() - t0
+    gui_cpu = time.thread_time() - cpu0
+    gui_queued = _run_queue_wait_s() - queued0
+    gui_sleeps = _voluntary_switches() - sleeps0
     ticker.stop()
+    if sampler is not None:
+        sampler.close()
 
     rows = window.model.rowCount()
     window.close()
@@ -134,7 +170,63 @@ def main() -> int:
     _report(
         "window" + (" (table sorted by TB score)" if args.sort else ""), rows, elapsed, gaps, when
     )
+    # CPU the GUI thread itself used: the window's own work, whatever the load around it.
+    sys.stdout.write(
+        f"gui_thread_cpu_s={gui_cpu:.1f} ({1000 * gui_cpu / rows:.1f} ms a scan) "
+        f"gui_thread_waiting_for_a_core_s={gui_queued:.1f} "
+        f"gui_thread_sleeps={gui_sleeps} ({gui_sleeps / max(1, len(gaps)):.1f} a tick)\n"
+    )
+    if args.calls:
+        sys.stdout.write(f"data_calls={calls[0]} ({calls[0] / elapsed:.0f}/s)\n")
+    sys.stdout.write(f"models={args.models} switch_interval_s={sys.getswitchinterval()}\n")
     return 0
+
+
+def _run_queue_wait_s() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a core (Linux
+    schedstat; NaN elsewhere): the machine's load, as opposed to waiting for the GIL."""
+    import threading
+
+    try:
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        with open(path, encoding="ascii") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _voluntary_switches() -> int:
+    """Times the calling thread went to sleep (Linux; -1 elsewhere): once per event-loop
+    wait, and once more for every GIL hand-over it had to wait for."""
+    import threading
+
+    try:
+        path = f"/proc/self/task/{threading.get_native_id()}/status"
+        with open(path, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+class _StallSampler:
+    """Dumps every thread's Python stack when the GUI thread misses its ticks for 80 ms."""
+
+    def __init__(self, path: Path, after_s: float = 0.08) -> None:
+        import faulthandler
+
+        self._faulthandler = faulthandler
+        self._file = open(path, "w")  # noqa: SIM115 - kept open for faulthandler's C thread
+        self._after = after_s
+
+    def arm(self) -> None:
+        self._faulthandler.dump_traceback_later(self._after, file=self._file)
+
+    def close(self) -> None:
+        self._faulthandler.cancel_dump_traceback_later()
+        self._file.close()
 
 
 def _report(label: str, rows: int, elapsed: float, gaps: list[float], when: list[float]) -> None:
@@ -146,6 +238,8 @@ def _report(label: str, rows: int, elapsed: float, gaps: list[float], when: list
     )
     slow = [f"{w:.1f}s:{g:.0f}ms" for w, g in zip(when, gaps_ms, strict=True) if g > 100]
     sys.stdout.write(f"gaps_over_100ms={len(slow)} at {' '.join(slow[:20])}\n")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    sys.stdout.write(f"load_average_at_end={load} cpus={os.cpu_count()}\n")
     sys.stdout.flush()
 
 

@@ -79,9 +79,26 @@ def install_excepthook(parent: QWidget | None = None) -> None:
     sys.excepthook = hook
 
 
+#: How long (s) a Python thread may keep the GIL while another waits for it, in the window's
+#: process (Python's default: 5 ms). Every Qt-to-Python call of a repaint (a table repaint
+#: makes thousands: data(), rowCount(), ...) must take the GIL, which the batch's decoder and
+#: inference threads hold between their native calls; at 5 ms the window waited for it long
+#: enough to freeze visibly while a fast batch ran (benchmarks/bench_gui_stall.py). It was
+#: withdrawn once after a GUI test crashed with it under PySide6 6.12, whose emit() and
+#: disconnect() lose references to True; that binding is now excluded (qt_compat.py).
+GUI_SWITCH_INTERVAL = 0.0005
+
+
 def create_app(argv: Sequence[str] | None = None) -> QApplication:
     """The QApplication with MedScreen's names (no style overrides: the platform's palette,
-    including dark mode, is used as is)."""
+    including dark mode, is used as is), in a process whose GUI thread gets the GIL quickly
+    (:data:`GUI_SWITCH_INTERVAL`)."""
+    sys.setswitchinterval(GUI_SWITCH_INTERVAL)
+    # Qt's raster engine and image scaler hand large fills to a thread pool and wait for it;
+    # on a 2-core PC whose cores the batch is using, the GUI thread then waits for the pool to
+    # get a core (up to a fifth of a repaint in the stall benchmark's profile). Doing the
+    # work on the GUI thread itself is cheaper. Read once, before Qt first uses the pool.
+    os.environ.setdefault("QT_NO_GUI_THREADPOOL", "1")
     app = QApplication.instance()
     if isinstance(app, QApplication):
         return app

@@ -30,6 +30,9 @@ from typing import Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
+    QBuffer,
+    QByteArray,
+    QIODevice,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -37,12 +40,12 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QGuiApplication, QImage, QPixmap
+from PySide6.QtGui import QGuiApplication, QImageReader, QPixmap
 
 from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import display_path
-from desktop.engine.patients import PatientChoice, ScopeVerdict
+from desktop.engine.patients import GroupDecision, PatientChoice, ScopeVerdict
 from desktop.engine.quality import quality_of, shown_modality
 from desktop.engine.results import (
     BatchCounts,
@@ -64,6 +67,12 @@ log = logging.getLogger(__name__)
 
 THUMB_HEIGHT = 48
 THUMB_CACHE = 400
+#: Rows whose flags and scope verdicts are kept (see ResultsModel._derive): a repaint asks
+#: for them once per cell and role, and the visible rows are far fewer than this.
+DERIVED_CACHE = 2000
+
+#: A row's result with what the table derives from it (see ResultsModel._derive).
+_Derived = tuple[ScanResult, dict[str, bool | None], dict[str, ScopeVerdict], GroupDecision]
 
 SortRole = Qt.ItemDataRole.UserRole + 1
 ResultRole = Qt.ItemDataRole.UserRole + 2
@@ -139,6 +148,9 @@ class ResultsModel(QAbstractTableModel):
         self._choice = ThresholdChoice()
         self._columns: list[tuple[Column, str | None]] = []
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
+        #: id(result) -> (result, flags, scope verdicts, patient group), under the current
+        #: point and scope.
+        self._derived: OrderedDict[int, _Derived] = OrderedDict()
         self._triage: list[TriageKey] = []  # one per row, under the current points
         self._decisions: dict[str, ReaderDecision] = {}  # by decisions.scan_key
         self._points: dict[str, OperatingPoint | None] = {}
@@ -284,6 +296,7 @@ class ResultsModel(QAbstractTableModel):
         self._counts = self._counts + BatchCounts.tally(results, self._points, self._scope)
 
     def _recount(self) -> None:
+        self._derived.clear()  # the point, the scope or the rows changed
         self._counts = BatchCounts.tally(self._results, self._points, self._scope)
         self._triage = [triage_key(r, self._points, self._scope) for r in self._results]
 
@@ -309,14 +322,39 @@ class ResultsModel(QAbstractTableModel):
 
     def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
         """Each finding model's flag at the current point and patient choice (the engine's rule)."""
-        return finding_flags(result, self._points, self._scope)
+        return dict(self._derive(result)[1])
 
     def outside_scope(self, result: ScanResult) -> dict[str, ScopeVerdict]:
         """The models ``result`` is outside the scope of, with the reasons (the engine's rule)."""
-        return self._scope.verdicts(result)
+        return dict(self._derive(result)[2])
+
+    def _derive(self, result: ScanResult) -> _Derived:
+        """The engine's flags, scope verdicts and patient group for ``result``, computed once
+        per operating point and scope.
+
+        A repaint asks for them in every cell and role of a row (the flag, score, reason and
+        attention cells, FlaggedRole): re-deriving each time kept the GUI thread in Python
+        for most of a repaint, and every Qt-to-Python call then waits for the GIL that the
+        batch's threads hold. Entries keep their result, so an id is never reused while cached.
+        """
+        key = id(result)
+        entry = self._derived.get(key)
+        if entry is not None and entry[0] is result:
+            self._derived.move_to_end(key)
+            return entry
+        entry = (
+            result,
+            finding_flags(result, self._points, self._scope),
+            self._scope.verdicts(result),
+            self._scope.group(result),
+        )
+        self._derived[key] = entry
+        if len(self._derived) > DERIVED_CACHE:
+            self._derived.popitem(last=False)
+        return entry
 
     def is_row_flagged(self, result: ScanResult) -> bool:
-        return any_flagged(self.flags_of(result))
+        return any_flagged(self._derive(result)[1])
 
     # -- QAbstractTableModel -------------------------------------------------------------
     def rowCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -409,7 +447,7 @@ class ResultsModel(QAbstractTableModel):
         if kind is Column.PATIENT:
             if not result.findings:
                 return None
-            decision = self._scope.group(result)
+            decision = self._derive(result)[3]
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
                 if decision.group is None:
                     return "unknown"
@@ -419,7 +457,7 @@ class ResultsModel(QAbstractTableModel):
             return None
         if kind is Column.SCORE:
             finding = result.findings.get(model_id or "")
-            outside = self.outside_scope(result).get(model_id or "") if finding else None
+            outside = self._derive(result)[2].get(model_id or "") if finding else None
             if role == Qt.ItemDataRole.DisplayRole:
                 return "" if finding is None else f"{finding.probability:.2f}"
             if role == SortRole:
@@ -432,9 +470,9 @@ class ResultsModel(QAbstractTableModel):
                 return f"{outside.reason}. The score is shown but raises no flag."
             return None
         if kind is Column.FLAG:
-            flag = self.flags_of(result).get(model_id or "")
+            flag = self._derive(result)[1].get(model_id or "")
             name = short_name(self._manifests[model_id]) if model_id else ""
-            outside = self.outside_scope(result).get(model_id or "") if flag is not None else None
+            outside = self._derive(result)[2].get(model_id or "") if flag is not None else None
             if role == Qt.ItemDataRole.DisplayRole:
                 if flag is None:
                     return ""
@@ -472,7 +510,7 @@ class ResultsModel(QAbstractTableModel):
             # Scope reasons and warnings: a short form in the cell, the whole text in the tooltip.
             quality = quality_of(result)
             short = quality.text if quality is not None else result.reason
-            outside = list(self.outside_scope(result).values())
+            outside = list(self._derive(result)[2].values())
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
                 parts = [short] if short else []
                 parts += [f"{WARNING_MARK} {v.short}" for v in outside]
@@ -511,16 +549,33 @@ class ResultsModel(QAbstractTableModel):
         data = self.with_thumbnail(result).thumbnail_png
         if not data:
             return None
-        image = QImage.fromData(data)
-        if image.isNull():
+        pixmap = icon_pixmap(data, THUMB_HEIGHT)
+        if pixmap is None:
             return None
-        pixmap = QPixmap.fromImage(
-            image.scaledToHeight(THUMB_HEIGHT, Qt.TransformationMode.SmoothTransformation)
-        )
         self._thumbs[row] = pixmap
         if len(self._thumbs) > THUMB_CACHE:
             self._thumbs.popitem(last=False)
         return pixmap
+
+
+def icon_pixmap(data: bytes, height: int) -> QPixmap | None:
+    """A stored thumbnail decoded straight at ``height`` pixels (None if it cannot be read).
+
+    The JPEG decoder scales in the DCT (by 1/2 to 1/8), so a 384-px thumbnail becomes a 48-px
+    icon for a fraction of a full decode, with no full-size smooth rescale: that rescale and
+    its format conversion run on Qt's image thread pool while the GUI thread waits, and were
+    a quarter of the GUI thread's time in the stalls of a fast batch.
+    """
+    buffer = QBuffer()
+    buffer.setData(QByteArray(data))
+    buffer.open(QIODevice.OpenModeFlag.ReadOnly)
+    reader = QImageReader(buffer)
+    size = reader.size()
+    if size.isValid() and size.height() > height:
+        width = max(1, round(size.width() * height / size.height()))
+        reader.setScaledSize(QSize(width, height))
+    image = reader.read()
+    return None if image.isNull() else QPixmap.fromImage(image)
 
 
 #: The Patient column's short word for where the group came from (tooltip: the whole story).
