@@ -65,13 +65,19 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    # the frozen recipe once (the table's columns say how its runs differ); every run of
+    # another recipe with its own recorded text (learning rate, blocks, epoch kept differ)
     recipes: dict[str, str] = {}
-    for _, info in rows:
-        recipes.setdefault(info["comparison"]["recipe_id"], info["training"]["recipe"])
+    for name, info in rows:
+        rid = info["comparison"]["recipe_id"]
+        key = f"`{rid}`" if rid == "frozen_lr" else f"`{rid}` (`{name}`)"
+        recipes.setdefault(key, info["training"]["recipe"])
+    from training.transfer import SELECTION  # what a run records when given no rule
+
     shipped_rule = rows[0][1]["comparison"]["selection"]
     others: dict[str, list[str]] = {}
     for name, info in rows[1:]:
-        if info["comparison"]["selection"] != shipped_rule:
+        if info["comparison"]["selection"] not in (shipped_rule, SELECTION):
             others.setdefault(info["comparison"]["selection"], []).append(f"`{name}`")
     for rule, names in others.items():  # runs made later, judged against the shipped one
         lines[4:4] = [
@@ -81,10 +87,10 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         ]
     if len(recipes) > 1:  # name what each recipe is, from the runs' own records
         lines[4:4] = [
-            "Recipes (as recorded by the first run of each; the L2 column is the linear "
-            "probe's, the epoch kept is in each run's record):",
+            "Recipes, as each run recorded them (the L2 column of a fine-tuned run is its "
+            "linear probe's):",
             "",
-            *[f"- `{k}`: {v}" for k, v in recipes.items()],
+            *[f"- {k}: {v}" for k, v in recipes.items()],
             "",
         ]
     if cross:

@@ -178,10 +178,10 @@ def _aug_text() -> str:
 
 def _start_head(head: LinearHead, x_val: np.ndarray, y_val: np.ndarray, on: bool) -> LinearHead:
     """The head fine-tuning starts from: the linear probe, optionally divided by its validation
-    temperature. Why: a probe fitted on few images (Montgomery alone: 97) is often nearly
-    separating, with logits in the tens; fine-tuning from it gives a loss of either ~0 or
-    ~20 per batch, so the backbone gets almost no useful gradient. The calibrated head ranks
-    identically and starts with sane gradients."""
+    temperature. Why: a probe fitted on few images (Montgomery alone: 97) can be nearly
+    separating, with large logits, and a saturated softmax passes little gradient to the
+    backbone for most images. The calibrated head ranks identically and starts from
+    calibrated probabilities."""
     if not on:
         return head
     t = ev.fit_temperature(_two(head.logit(x_val)), y_val)
@@ -288,7 +288,7 @@ def finetune(
         auc = _auc_by_source(y_val, _predict(logits, val), s_val)
         history["loss"].append(float(np.mean(losses)))
         history["val_auc"].append(auc)
-        log.info("%s epoch %d view %d: loss %.4f val AUC %.4f", tag, epoch, v, losses[-1], auc)
+        log.info("%s epoch %d view %d: loss %.4f val AUC %.4f", tag, epoch, v, np.mean(losses), auc)
         if auc > best[0] + 1e-4:
             best, waited = (auc, epoch, model.get_weights()), 0
         else:
