@@ -68,3 +68,22 @@ def test_lpft_starts_at_the_linear_probe() -> None:
         "conv_dw_13",
         "conv_pw_13",
     }, trainable
+
+
+def test_corner_erasing_touches_only_the_top_corners() -> None:
+    from training.finetune import _erase_corners, engine_grey
+
+    grey = engine_grey(
+        FILES, Backbone("mobilenet025", 224).spec(), Path("/tmp/medscreen/test_ft_cache")
+    )
+    same = _erase_corners(grey, np.random.default_rng(0), 0.0)
+    assert np.array_equal(same, grey)
+    out = _erase_corners(grey, np.random.default_rng(0), 1.0)
+    changed = out != grey
+    assert changed[:, : int(224 * 0.28)].any(axis=(1, 2)).all()  # every image, in the top band
+    assert not changed[:, int(224 * 0.28) :].any()  # never the lungs below it
+    assert not changed[:, :, 90:134].any()  # nor the middle (trachea, apices' inner part)
+    for k in range(len(FILES)):  # each top corner: one flat patch at a grey of the image
+        for cols in (slice(0, 112), slice(112, 224)):
+            vals = np.unique(out[k][:, cols][changed[k][:, cols]])
+            assert len(vals) == 1 and grey[k].min() <= vals[0] <= grey[k].max()

@@ -102,6 +102,12 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ft-patience", type=int, default=3)
     p.add_argument("--ft-batch", type=int, default=32)
     p.add_argument(
+        "--ft-erase-corners",
+        type=float,
+        default=0.0,
+        help="probability of flattening a patch in each top corner (burnt-in markers)",
+    )
+    p.add_argument(
         "--ft-calibrated-head",
         action="store_true",
         help="start from the linear probe divided by its validation temperature",
@@ -186,6 +192,26 @@ def _start_head(head: LinearHead, x_val: np.ndarray, y_val: np.ndarray, on: bool
         return head
     t = ev.fit_temperature(_two(head.logit(x_val)), y_val)
     return dataclasses.replace(head, w=head.w / t, b=head.b / t)
+
+
+def _erase_corners(x: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """With probability ``p`` per image, flatten a random patch in each top corner (6-18% of
+    the height, 12-25% of the width, near the edge) to its median grey. Why: Montgomery films
+    carry burnt-in markers there ("PA/ERECT", "R") and the class activation maps of the
+    Montgomery scans put more of their evidence there than Shenzhen's do; a network that cannot
+    rely on that corner has to look at the lungs."""
+    x = np.array(x, dtype=np.float32)
+    n, h, w = x.shape
+    for k in range(n):
+        if rng.random() >= p:
+            continue
+        for right in (False, True):
+            eh, ew = int(h * rng.uniform(0.06, 0.18)), int(w * rng.uniform(0.12, 0.25))
+            y0, dx = int(rng.integers(0, h // 10 + 1)), int(rng.integers(0, w // 10 + 1))
+            x0 = w - ew - dx if right else dx
+            patch = x[k, y0 : y0 + eh, x0 : x0 + ew]
+            patch[...] = float(np.median(patch))
+    return x
 
 
 def _rgb(grey: np.ndarray) -> np.ndarray:
@@ -283,6 +309,8 @@ def finetune(
         for i in range(0, len(order), args.ft_batch):
             idx = np.sort(order[i : i + args.ft_batch])
             x = clean[idx] if v == 0 else views[idx, v - 1]
+            if args.ft_erase_corners:
+                x = _erase_corners(x, rng, args.ft_erase_corners)
             r = model.train_on_batch(_rgb(x), y[idx], sample_weight=w[idx])
             losses.append(float(np.ravel(r)[0]))
         auc = _auc_by_source(y_val, _predict(logits, val), s_val)
@@ -401,12 +429,22 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         + f" and the head fine-tuned (Adam lr {args.ft_lr:g}, batch {args.ft_batch}, "
         f"batch-norm statistics kept) on {args.ft_views} versions of each training image "
         f"(the engine input + {args.ft_views - 1} simulated other-site scans: {_aug_text()}), "
-        "one version per epoch, each (class, source) cell weighted equally; the epoch kept "
+        + (
+            f"a patch in each top corner (burnt-in markers) flattened with p "
+            f"{args.ft_erase_corners:g}, "
+            if args.ft_erase_corners
+            else ""
+        )
+        + "one version per epoch, each (class, source) cell weighted equally; the epoch kept "
         f"(of 1-{args.ft_epochs}, patience {args.ft_patience}) is the best by validation AUC "
         f"(mean over sources): epoch {ft['best_epoch']}; "
         "temperature and operating points on validation"
     )
-    recipe_id = f"lpft_{args.finetune}" + ("_t" if args.ft_calibrated_head else "")
+    recipe_id = (
+        f"lpft_{args.finetune}"
+        + ("_t" if args.ft_calibrated_head else "")
+        + ("_erase" if args.ft_erase_corners else "")
+    )
     info: dict[str, Any] = {
         "id": task.model_id,
         "name": task.name,
