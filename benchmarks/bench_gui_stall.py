@@ -11,9 +11,12 @@ could not run: a stall a user would feel as a frozen window.
 
 Prints the longest stall, the 99th-percentile tick gap, the batch time and the rate.
 ``--calls`` also counts the table model's ``data()`` calls (each one a Qt-to-Python call that
-needs the GIL); ``--sample-stalls FILE`` writes every thread's Python stack to FILE whenever
-the GUI thread has not ticked for 80 ms (faulthandler's own C thread does it, so the sampler
-does not need the GIL it is looking at).
+needs the GIL). It also prints the GUI thread's own CPU time, the time it spent runnable but
+waiting for a core (the machine's load) and how often it slept (event-loop waits plus every
+GIL hand-over it waited for). To see where the GUI thread is during stalls, sample it from
+outside, e.g. ``py-spy record --native --threads -p PID`` (faulthandler's
+dump_traceback_later, tried for this, reads running threads' frames without the GIL and
+crashed the process).
 """
 
 from __future__ import annotations
@@ -63,7 +66,6 @@ def main() -> int:
         help="the bundled models (default) or the test suite's stand-ins",
     )
     parser.add_argument("--calls", action="store_true", help="count data() calls per second")
-    parser.add_argument("--sample-stalls", type=Path, default=None, metavar="FILE")
     parser.add_argument(
         "--sort", action="store_true", help="keep the table sorted by TB score while it fills"
     )
@@ -123,7 +125,6 @@ def main() -> int:
             return model_data(self, index, role)  # type: ignore[arg-type]
 
         type(window.model).data = counted  # type: ignore[method-assign]
-    sampler = _StallSampler(args.sample_stalls) if args.sample_stalls else None
 
     gaps: list[float] = []
     when: list[float] = []
@@ -134,8 +135,6 @@ def main() -> int:
         gaps.append(now - last[0])
         when.append(now - t0)
         last[0] = now
-        if sampler is not None:
-            sampler.arm()
 
     ticker = QTimer()
     ticker.setTimerType(Qt.TimerType.PreciseTimer)
@@ -158,8 +157,6 @@ def main() -> int:
     gui_queued = _run_queue_wait_s() - queued0
     gui_sleeps = _voluntary_switches() - sleeps0
     ticker.stop()
-    if sampler is not None:
-        sampler.close()
 
     rows = window.model.rowCount()
     window.close()
@@ -209,24 +206,6 @@ def _voluntary_switches() -> int:
     except (OSError, ValueError):
         pass
     return -1
-
-
-class _StallSampler:
-    """Dumps every thread's Python stack when the GUI thread misses its ticks for 80 ms."""
-
-    def __init__(self, path: Path, after_s: float = 0.08) -> None:
-        import faulthandler
-
-        self._faulthandler = faulthandler
-        self._file = open(path, "w")  # noqa: SIM115 - kept open for faulthandler's C thread
-        self._after = after_s
-
-    def arm(self) -> None:
-        self._faulthandler.dump_traceback_later(self._after, file=self._file)
-
-    def close(self) -> None:
-        self._faulthandler.cancel_dump_traceback_later()
-        self._file.close()
 
 
 def _report(label: str, rows: int, elapsed: float, gaps: list[float], when: list[float]) -> None:
