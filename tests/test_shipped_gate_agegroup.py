@@ -124,6 +124,19 @@ def test_agegroup_manifest_is_a_patient_group_model() -> None:
     for cell in cells.values():
         assert cell["n"] > 0 and cell["ci95"][0] <= cell["rate"] <= cell["ci95"][1]
     assert "without_nih_children" in manifest.metrics["leave_out"]
+    # 1.1.0: every NIH image held out once by the nested cross-validation (95 under-18s, 905
+    # adults of metadata.csv), and the recipe chosen by the stated rule among candidates
+    # that include 1.0.0's own recipe
+    nih_cv = manifest.metrics["nih_cv"]["cells"]
+    assert nih_cv["nih/child"]["n"] == 95 and nih_cv["nih/adult"]["n"] == 905
+    comparison = manifest.metrics["comparison"]
+    assert "v100" in comparison and manifest.metrics["chosen_recipe"] in comparison
+    chosen = comparison[manifest.metrics["chosen_recipe"]]
+    assert all(
+        (chosen["cv_worst_cell"], chosen["cv_mean_cell"]) >= (c["cv_worst_cell"], c["cv_mean_cell"])
+        for c in comparison.values()
+    )
+    assert point.threshold == pytest.approx(chosen["threshold"])
     assert (MODELS / manifest.card).is_file()  # type: ignore[operator]
 
 
@@ -134,8 +147,8 @@ def test_agegroup_places_fixture_children_and_adults() -> None:
     as_child = p_child >= threshold
     children, adults = as_child[: len(CHILDREN)], as_child[len(CHILDREN) :]
     assert len(children) == 12 and len(adults) == 12
-    # measured on the shipped 1.0.0: 11/12 children (person1000_bacteria_2931 p = 0.68 is
-    # under the 0.78 threshold) and 12/12 adults (highest adult p(child) 0.40)
+    # measured on the shipped 1.1.0 (threshold 0.30): 12/12 children (lowest p(child) 0.53)
+    # and 12/12 adults (highest adult p(child) 0.20); 1.0.0 placed 11/12 children
     assert children.sum() >= 11, dict(zip([f.name for f in CHILDREN], p_child[:12], strict=True))
     assert not adults.any(), dict(zip([f.name for f in ADULTS], p_child[12:], strict=True))
     # a clear margin, not a coin toss at the threshold

@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "27fa4d0cf45ad16c731298d404c608dbf50880919aae530fd683135227ed7db9",
- "signature": "xBD0MeUtZv4m57uX/JpV//Bq7Uo0hlzbmZmm+OPpGhnuJ0BObjqR3+EB/ENi3aZdHNK+JIgEd42QGTDF1UbrAg=="
+ "manifest_sha256": "51cb706b39be25547c22a5e2bf053f28eddee5baaa619a8876c43d9975c54496",
+ "signature": "fWBag+EWTVNyLaQXeNAi5bs2+vISc7MhCyPOLk+x4Fv143GdECmDDA3lpiDhiILYKHAd7Oge9hZ9VMf90+n3DQ=="
 }
