@@ -55,19 +55,25 @@ def _accepted(manifest: ModelManifest, out: dict[str, np.ndarray]) -> np.ndarray
 
 def test_gate_manifest_records_per_source_acceptance_at_target() -> None:
     manifest = read_manifest(MODELS / "modality.json")
-    assert manifest.version == "2.0.0"
+    assert manifest.version == "2.1.0"
     acc = manifest.metrics["gate_acceptance"]
     sources = {"mednist", "shenzhen", "montgomery", "kermany", "nih"}
     assert set(acc["test"]) == sources and set(acc["validation"]) == sources
     for split in ("validation", "test"):
         for src, figures in acc[split].items():
             assert figures["n"] > 0 and 0.0 <= figures["ci95"][0] <= figures["rate"], src
-    # measured on the shipped 2.0.0 (held-out test split): every NIH, Shenzhen and Montgomery
+    # measured on the shipped 2.1.0 (held-out test split): every NIH, Shenzhen and Montgomery
     # image accepted, Kermany 775/781 (6 refused: called another class or by the OOD check)
     test = acc["test"]
     for src in ("nih", "shenzhen", "montgomery"):
         assert test[src]["k"] == test[src]["n"], src
     assert test["kermany"]["rate"] >= 0.99 and test["mednist"]["rate"] >= 0.995
+    # 2.1.0 (OOD components per source and finding): validation 779/780 Kermany, and every
+    # refused chest X-ray is listed with the check that refused it
+    assert acc["validation"]["kermany"]["k"] >= 779
+    refused = manifest.metrics["chest_xray_refused"]["test"]
+    assert len(refused) == test["kermany"]["n"] - test["kermany"]["k"]
+    assert all(r["refused_by"] and set(r["refused_by"]) <= {"classifier", "ood"} for r in refused)
 
 
 def test_gate_accepts_fixture_chest_xrays_of_every_source() -> None:

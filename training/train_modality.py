@@ -462,6 +462,28 @@ def main(argv: list[str] | None = None) -> int:
             "ood_refused": float((sc > threshold).mean()),
         }
     metrics["chest_xray_test"] = chest
+    # every chest X-ray the gate refuses, validation and test, and which check refused it
+    # (the classifier: another class or p(CXR) under the gate's minimum; the OOD check)
+    refused: dict[str, list[dict[str, Any]]] = {}
+    for split in ("val", "test"):
+        pr, sc = probs[f"e_{split}"], score[f"e_{split}"]
+        for i in np.where(~passed_cxr(pr, sc))[0]:
+            r = extras[split][i]
+            by_classifier = bool(pr[i].argmax() != CXR or pr[i, CXR] < GATE["min_probability"])
+            refused.setdefault(split, []).append(
+                {
+                    "file": f"{r.path.parent.name}/{r.path.name}",
+                    "source": r.source,
+                    "top": LABELS[int(pr[i].argmax())],
+                    "p_cxr": round(float(pr[i, CXR]), 4),
+                    "ood_score": round(float(sc[i]), 3),
+                    "refused_by": [
+                        *(["classifier"] if by_classifier else []),
+                        *(["ood"] if sc[i] > threshold else []),
+                    ],
+                }
+            )
+    metrics["chest_xray_refused"] = refused
     metrics["gate_acceptance"] = {
         "target": ACCEPT_TARGET,
         "validation": gate_by_source("val"),

@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "f4ca99218c89fc33a9a9c9da9b684e5124dc780a46c8d8d24a70ea8a350959e3",
- "signature": "kyOHnU6e7SsLzW4nFB6sO3Qzr1QJmrTqtELN1CjM/tmAiKlrM6VQLuQNNcNPMn4t2jJzRx5M2Jtj478PNWiUCw=="
+ "manifest_sha256": "0961cf07a6cb79493308f2a23aaeb2d32964c90f96ff10cb9c7653cba06cb1c5",
+ "signature": "bMVVoW0xQrje0+TyIUD5i0cfhG1ICNBAm0JAzyoEWCMBYqAQTo+8IcW/A74VOLdpnTH/VDYpjBTS0DzzWHILDQ=="
 }
