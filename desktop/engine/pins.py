@@ -7,7 +7,7 @@ the registry refuses a bundled package whose digest differs, or whose id is not 
 
 BUNDLED_PINS: dict[str, str] = {
     "agegroup": "c9503d69cad5ed14cb2328de234b1747e7df31630ca724c0ddbc585c1bf8dc83",
-    "modality": "1f449e5e7c7c12199caab33cd1a9b7d6e24b789fd540337c46e287205c56cc7f",
+    "modality": "c09dbdb8806c2411120933003d507797f9890df0444fd65c51fd296e8ddfb7ff",
     "pneumonia": "9233ba7fbe64a425b910a7677ec6b7a37cc4e0f564e777e5166db655f005b6af",
     "tb": "059cf8d4e1564c47ea7053808c68ae1a264ef6694bc27e9fd118c4b171ed2068",
 }
