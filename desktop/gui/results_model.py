@@ -512,9 +512,10 @@ class ResultsModel(QAbstractTableModel):
             short = quality.text if quality is not None else result.reason
             outside = list(self._derive(result)[2].values())
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
+                # The cell's warning icon is the mark; a second "⚠" glyph beside it said it twice.
                 parts = [short] if short else []
-                parts += [f"{WARNING_MARK} {v.short}" for v in outside]
-                parts += [f"{WARNING_MARK} {short_warning(w)}" for w in result.warnings]
+                parts += [v.short for v in outside]
+                parts += [short_warning(w) for w in result.warnings]
                 return "; ".join(parts)
             if role == Qt.ItemDataRole.ToolTipRole:
                 lines = [result.reason] if result.reason else []
