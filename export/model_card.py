@@ -75,24 +75,23 @@ LIMITS: dict[str, list[str]] = {
     "agegroup": [
         "All children but NIH's few come from one hospital (Kermany, Guangzhou, ages 1-5): "
         "child and hospital are confounded, and the source-shift augmentation does not undo "
-        "it. Trained without NIH's children the estimate calls almost none of them a child "
-        "(leave-out design above), including the youngest; NIH's children in training are "
+        "it. Trained without NIH's children the estimate calls few of them a child "
+        "(leave-out designs above), including the youngest; NIH's children in training are "
         "what lets it place NIH's children, not a notion of age that carries to a hospital "
         "whose children it has never seen. Children aged 6-11 and infants from a new "
         "hospital are untested: we have almost none.",
         "Why the target is missed at NIH: three quarters of NIH's under-18s are 12-17 and its "
         "adults include young adults; around 18 a chest X-ray changes little, so at any "
         "threshold adolescents and young adults trade places (NIH age bands above: under 12 "
-        "all placed right, 16-17 and 18-25 near a coin toss). The default threshold balances "
-        "NIH's children against NIH's adults (the rule's worst cell), so about one NIH adult "
-        "in five is taken for a child and would lose a TB flag; the adults-first threshold "
-        "shows the other side of that trade.",
+        "all placed right, 16-17 and 18-25 near a coin toss). No threshold places both NIH "
+        "groups at the target: the threshold rule (Performance) says which side of the trade "
+        "the default takes, and the other rule's figures show the other side.",
         "NLM images (Shenzhen, Montgomery) have no ages in our copy and are all counted as "
         "adults; any child among them is counted as an error of the model.",
         "Frontal chest X-rays only. p(child) assumes as many children as adults; the "
-        "threshold was chosen to make the worst (source, group) cell as good as possible, "
-        "not for any clinic's mix. For a batch known to be adults or children, the staff's "
-        "choice (Patients: adults/children) replaces the estimate.",
+        "threshold was chosen per (source, group) cell by the threshold rule, not for any "
+        "clinic's mix. For a batch known to be adults or children, the staff's choice "
+        "(Patients: adults/children) replaces the estimate.",
     ],
 }
 
@@ -373,17 +372,32 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
     point = m["operating_points"][m["default_operating_point"]]
     target = met["target_per_cell"]
     rule = met.get("selection_rule")
+    trule = met.get("threshold_rule")  # 1.2.0 on; before it the worst-cell rule was implied
+    how = (
+        f"set by the **{trule['rule']}** threshold rule on {trule['set_on']}"
+        if trule
+        else "chosen "
+        + ("on cross-validation out-of-fold predictions" if rule else "on validation")
+        + " to make the worst (source, group) cell as good as possible"
+    )
     lines = [
         "## Performance",
         "",
         f"A scan is estimated to show a **child** when p(child) ≥ {point['threshold']:.2f} "
-        f"(operating point `{m['default_operating_point']}`, chosen "
-        + ("on cross-validation out-of-fold predictions" if rule else "on validation")
-        + " to make the worst (source, group) cell as good as possible). Target: ≥ "
+        f"(operating point `{m['default_operating_point']}`, {how}). Target: ≥ "
         f"{target:.0%} of children and of adults placed correctly in every source.",
     ]
+    if trule:
+        lines += [
+            "",
+            f"**Threshold rule `{trule['rule']}`**: {trule['what']}.",
+            "",
+            f"*Why*: {trule['why']}.",
+            "",
+            f"*When it was decided*: {trule['decided']}.",
+        ]
     if rule:
-        lines += ["", f"Selection rule ({rule})."]
+        lines += ["", f"Recipe selection rule ({rule})."]
     lines += [
         "",
         *_cells_table("Held-out test split (patient-disjoint):", t["cells"]),
@@ -443,8 +457,22 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
                 )
                 + ".",
             ]
-    alt = met.get("adults_first")
+    alt = met.get("alternative")
+    nih_alt = (cv or {}).get("alternative")
     if alt:
+        lines += [
+            "",
+            f"### The other side of the trade-off: the `{alt['threshold_rule']}` rule (not the "
+            "default)",
+            "",
+            "A scan estimated as a child gets no TB flag: an adult taken for a child *loses* "
+            "it; a child taken for an adult keeps a TB score. The other threshold rule "
+            f"(p(child) ≥ {alt['threshold']:.2f}; {alt['what']}) would place:",
+            "",
+            *_cells_table("Held-out test split at that threshold:", alt["test_cells"]),
+        ]
+    elif met.get("adults_first"):  # manifests before 1.2.0: the alternative was adults-first
+        alt = met["adults_first"]
         nih_alt = (cv or {}).get("adults_first")
         lines += [
             "",
@@ -456,28 +484,30 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
             "",
             *_cells_table("Held-out test split at that threshold:", alt["test_cells"]),
         ]
-        if nih_alt:
-            lines += [
-                "",
-                "NIH, nested cross-validation at that rule: "
-                + "; ".join(f"{c} {v['k']}/{v['n']}" for c, v in nih_alt["cells"].items())
-                + " (children by age: "
-                + "; ".join(
-                    f"{b} years {c['k']}/{c['n']}" for b, c in nih_alt["children_by_age"].items()
-                )
-                + ").",
-            ]
+    if alt and nih_alt:
+        lines += [
+            "",
+            "NIH, nested cross-validation at that rule: "
+            + "; ".join(f"{c} {v['k']}/{v['n']}" for c, v in nih_alt["cells"].items())
+            + " (children by age: "
+            + "; ".join(
+                f"{b} years {c['k']}/{c['n']}" for b, c in nih_alt["children_by_age"].items()
+            )
+            + ").",
+        ]
     lines += [
         "",
         "### Leave-out designs (is it the hospital?)",
         "",
-        "The head is refitted without a part of the data (threshold again by the rule on the "
-        "remaining development images), then tested on *every* image of the part left out "
-        "(none was seen) and on the rest of the test split.",
+        "The head is refitted without a part of the data (threshold again by the "
+        + (f"{trule['rule']} threshold rule" if trule else "rule")
+        + " on the remaining development images' out-of-fold predictions), then tested on "
+        "*every* image of the part left out (none was seen) and on the rest of the test "
+        "split.",
         "",
         "| design | left out: placed correctly (95% CI) | NIH children by age "
-        "| rest of test, worst cell |",
-        "|---|---|---|---|",
+        "| rest of test, worst cell |" + (" left out, at the other rule |" if trule else ""),
+        "|---|---|---|---|" + ("---|" if trule else ""),
     ]
     for name, d in met.get("leave_out", {}).items():
         left = "; ".join(
@@ -488,13 +518,34 @@ def _agegroup_section(m: dict[str, Any]) -> list[str]:
             f"{band}: {c['k']}/{c['n']}" for band, c in d["left_out_nih_children_by_age"].items()
         )
         rest = min((c["rate"] for c in d["test_of_the_rest"].values()), default=None)
-        lines.append(f"| {name} | {left or '–'} | {ages or '–'} | {fmt(rest)} |")
+        other = d.get("alternative")
+        extra = (
+            f" {other['threshold_rule']} (p(child) ≥ {other['threshold']:.2f}): "
+            + "; ".join(f"{cell} {c['k']}/{c['n']}" for cell, c in other["left_out"].items())
+            + " |"
+            if trule and other
+            else (" – |" if trule else "")
+        )
+        lines.append(
+            f"| {name} (p(child) ≥ {d['threshold']:.2f}) | {left or '–'} | {ages or '–'} | "
+            f"{fmt(rest)} |{extra}"
+        )
     comp = met.get("comparison", {})
     if comp and rule:
         lines += [
             "",
             "### Recipes compared (cross-validation over the development images only)",
             "",
+            *(
+                [
+                    "Recipes are compared at each one's worst-cell threshold (the selection "
+                    "rule, unchanged); the shipped threshold is then set by the threshold "
+                    "rule on the chosen recipe's out-of-fold predictions.",
+                    "",
+                ]
+                if trule
+                else []
+            ),
             "| recipe | L2 | threshold | out-of-fold cells (correct/n) | worst | mean | shipped |",
             "|---|---|---|---|---|---|---|",
         ]

@@ -142,8 +142,29 @@ def test_agegroup_manifest_is_a_patient_group_model() -> None:
         (chosen["cv_worst_cell"], chosen["cv_mean_cell"]) >= (c["cv_worst_cell"], c["cv_mean_cell"])
         for c in comparison.values()
     )
-    assert point.threshold == pytest.approx(chosen["threshold"])
+    # 1.2.0: the shipped threshold is the adults-first rule's on the chosen recipe's
+    # out-of-fold predictions; the comparison's (the worst-cell rule that selects recipes,
+    # 1.1.0's default) is reported as the alternative
+    rule = manifest.metrics["threshold_rule"]
+    assert rule["rule"] == "adults-first" and "after" in rule["decided"].lower()
+    assert manifest.metrics["threshold"] == pytest.approx(point.threshold)
+    alternative = manifest.metrics["alternative"]
+    assert alternative["threshold_rule"] == "worst-cell"
+    assert alternative["threshold"] == pytest.approx(chosen["threshold"])
+    assert point.threshold > alternative["threshold"]  # fewer adults taken for children
+    # the rule's condition, out of fold: every adult cell at the target
+    val = manifest.metrics["validation"]["cells"]
+    target = manifest.metrics["target_per_cell"]
+    assert all(c["rate"] >= target for k, c in val.items() if k.endswith("/adult"))
+    # held-out test at 0.85 (measured): NIH adults 132/138 (1.1.0 at 0.30: 115/138), NIH
+    # children 9/12, Kermany children 689/727; nested NIH CV: adults 860/905, children 56/95
+    assert (cells["nih/adult"]["k"], cells["nih/adult"]["n"]) == (132, 138)
+    assert (alternative["test_cells"]["nih/adult"]["k"], cells["nih/child"]["k"]) == (115, 9)
+    assert cells["kermany/child"]["k"] == 689
+    assert (nih_cv["nih/adult"]["k"], nih_cv["nih/child"]["k"]) == (860, 56)
     assert (MODELS / manifest.card).is_file()  # type: ignore[operator]
+    card = (MODELS / manifest.card).read_text(encoding="utf-8")  # type: ignore[operator]
+    assert "Threshold rule `adults-first`" in card and "decided AFTER" in card
 
 
 def test_agegroup_places_fixture_children_and_adults() -> None:
@@ -153,8 +174,9 @@ def test_agegroup_places_fixture_children_and_adults() -> None:
     as_child = p_child >= threshold
     children, adults = as_child[: len(CHILDREN)], as_child[len(CHILDREN) :]
     assert len(children) == 12 and len(adults) == 12
-    # measured on the shipped 1.1.0 (threshold 0.30): 12/12 children (lowest p(child) 0.53)
-    # and 12/12 adults (highest adult p(child) 0.20); 1.0.0 placed 11/12 children
+    # measured on the shipped 1.2.0 (threshold 0.85): 11/12 children (IM-0115-0001 at
+    # p(child) 0.53 is taken for an adult; the next lowest 0.98) and 12/12 adults (highest
+    # adult p(child) 0.20); 1.1.0 (0.30) placed 12/12 children, 1.0.0 11/12
     assert children.sum() >= 11, dict(zip([f.name for f in CHILDREN], p_child[:12], strict=True))
     assert not adults.any(), dict(zip([f.name for f in ADULTS], p_child[12:], strict=True))
     # a clear margin, not a coin toss at the threshold

@@ -41,6 +41,12 @@ def test_agegroup_smoke(tmp_path: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["role"] == "patient_group" and info["labels"] == ["adult", "child"]
     assert set(info["metrics"]["leave_out"]) >= {"without_shenzhen", "without_montgomery"}
+    # the default threshold rule since 1.2.0, recorded in the run; the other one reported
+    assert info["version"] == "1.2.0" and info["training"]["threshold_rule"] == "adults-first"
+    assert info["metrics"]["threshold_rule"]["rule"] == "adults-first"
+    alternative = info["metrics"]["alternative"]
+    assert alternative["threshold_rule"] == "worst-cell"
+    assert set(alternative["test_cells"]) == set(info["metrics"]["test"]["cells"])
     groups: dict[str, set[str]] = {}
     for line in (run / "split.csv").read_text().splitlines()[1:]:
         _file, _label, _name, group, _source, split = line.split(",")
@@ -56,5 +62,6 @@ def test_agegroup_smoke(tmp_path: Path) -> None:
     assert manifest["export"]["parity"]["probabilities"] <= 1e-5
     card = (tmp_path / "models" / "agegroup.md").read_text()
     assert "Leave-out designs" in card and "must not be used" in card
+    assert "Threshold rule `adults-first`" in card and "the `worst-cell` rule" in card
     x = np.load(run / "parity_inputs.npy")
     assert x.shape[1:] == checked.preprocessing.input_shape

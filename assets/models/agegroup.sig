@@ -2,6 +2,6 @@
  "format": "medscreen.model-signature/1",
  "algorithm": "ed25519",
  "key": "129832e0b965a47a",
- "manifest_sha256": "51cb706b39be25547c22a5e2bf053f28eddee5baaa619a8876c43d9975c54496",
- "signature": "fWBag+EWTVNyLaQXeNAi5bs2+vISc7MhCyPOLk+x4Fv143GdECmDDA3lpiDhiILYKHAd7Oge9hZ9VMf90+n3DQ=="
+ "manifest_sha256": "657b6c70d143629a4c2c680a86035ec285eeabdb8f12cc2f5620dba6ad7a1c37",
+ "signature": "zu0WAU7O4E8B4gPkUejh2FxGwREUuURb39hEOEM6aprWkI9nzpE9h3eGKmRVgCKvbzXTGwnHf6E2TMNc55Y4AA=="
 }
