@@ -226,3 +226,25 @@ def test_reports_name_the_threshold_each_scan_was_judged_at(batch, tmp_path: Pat
             ["pdftotext", str(tmp_path / "r.pdf"), "-"], capture_output=True, text=True, check=True
         ).stdout
         assert f"adult {adult_thr:.3f}" in pdf
+
+
+def test_the_window_names_each_groups_threshold_and_figures(qtbot):
+    """The picker's line names each group's own threshold and validation figures (shipped
+    pneumonia manifest): the pooled point's figures describe no scan the window judges."""
+    from desktop.gui.operating_point import OperatingPointPicker
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "models"
+    manifests = {m: read_manifest(shipped / f"{m}.json") for m in ("tb", "pneumonia")}
+    point = manifests["pneumonia"].operating_points["screening"]
+    assert {g for g, _ in point.by_group} == {"adult", "child"}
+    picker = OperatingPointPicker()
+    qtbot.addWidget(picker)
+    picker.set_manifests(manifests, "screening")
+    text = picker.detail.text()
+    for group, own in point.by_group:
+        expected = f"{group} ≥ {own.threshold:.2f} (sens {own.sensitivity:.2f}, "
+        assert expected in text
+    assert f"group unknown ≥ {point.threshold:.2f}" in text
+    assert f"Pneumonia ≥ {point.threshold:.2f}" not in text
+    tb = manifests["tb"].operating_points["screening"]
+    assert f"TB ≥ {tb.threshold:.2f} (sens {tb.sensitivity:.2f}" in text

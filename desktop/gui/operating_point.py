@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine.manifest import ModelManifest
+from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.results import ThresholdChoice
 from desktop.engine.site_points import SiteOperatingPoint, SitePoint, SitePointStore
 from desktop.gui.qt_compat import emit
@@ -249,18 +249,36 @@ class OperatingPointPicker(QWidget):
                 point = choice.resolve(manifest)
             except Exception:
                 continue
-            text = f"{short_name(manifest)} ≥ {point.threshold:.2f}"
-            site = "site " if isinstance(point, SiteOperatingPoint) else ""
-            if point.sensitivity is not None and point.specificity is not None:
-                text += f" ({site}sens {point.sensitivity:.2f}, spec {point.specificity:.2f})"
-            parts.append(text)
+            parts.append(point_text(short_name(manifest), point))
         self.detail.setText(" · ".join(parts))
         self.detail.setToolTip(
             "Sensitivity and specificity measured on validation data at each named point, "
             "or on the site's own labelled scans for a site point (site:…); a custom "
-            "threshold has no validated figures."
+            "threshold has no validated figures. A model with one threshold per patient "
+            "group (adult, child) judges each scan at its group's threshold; the figures "
+            "are each group's own."
         )
         emit(self.choice_changed, choice)
+
+
+def _figures(point: OperatingPoint, site: str = "") -> str:
+    if point.sensitivity is None or point.specificity is None:
+        return ""
+    return f" ({site}sens {point.sensitivity:.2f}, spec {point.specificity:.2f})"
+
+
+def point_text(name: str, point: OperatingPoint) -> str:
+    """One model's threshold for the picker's line: ``TB ≥ 0.22 (sens 0.96, spec 0.90)``.
+
+    A point chosen per patient group names each group's own threshold and figures
+    (``Pneumonia: adult ≥ 0.69 (sens …) · child ≥ 0.39 (…) · group unknown ≥ 0.59``):
+    the pooled figures would describe no scan the window judges.
+    """
+    if not point.by_group:
+        site = "site " if isinstance(point, SiteOperatingPoint) else ""
+        return f"{name} ≥ {point.threshold:.2f}{_figures(point, site)}"
+    groups = [f"{g} ≥ {p.threshold:.2f}{_figures(p)}" for g, p in point.by_group]
+    return f"{name}: " + " · ".join([*groups, f"group unknown ≥ {point.threshold:.2f}"])
 
 
 class PerModelDialog(QDialog):
