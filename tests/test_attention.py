@@ -64,3 +64,22 @@ def test_the_reports_ranked_list_names_only_in_scope_flags(batch, tmp_path: Path
     ).stdout  # fmt: skip
     lines = [line for line in ranked.splitlines() if "IM-0115-0001" in line]
     assert len(lines) >= 1 and "TB" not in lines[0] and "Pneumonia 0.64" in lines[0], lines
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext")
+def test_a_flagged_scans_page_says_outside_scope_not_no(batch, tmp_path: Path):  # noqa: F811
+    """The Kermany child's block: TB 0.99 against a lower threshold must not read "no" (a
+    reader would take the model's word for it) but "outside scope"; pneumonia flags it."""
+    models, _store, batch_id, results = batch
+    ctx = ReportContext.for_batch(batch_id, models, ThresholdChoice())
+    pdf = write_pdf(list(results.values()), ctx, tmp_path / "r.pdf")
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    block = text[text.index("IM-0115-0001", text.index("Flagged scans (")) :]
+    tb_row = next(line for line in block.splitlines() if line.strip().startswith("TB "))
+    assert "outside scope" in tb_row and not tb_row.rstrip().endswith(" no"), tb_row
+    adult = text[text.index("Flagged scans (") :]
+    assert any(
+        line.strip().startswith("TB ") and "YES" in line for line in adult.splitlines()
+    )  # an in-scope TB flag still reads YES

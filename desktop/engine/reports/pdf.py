@@ -980,9 +980,12 @@ def _flagged_section(
         text.append(Paragraph(f"Patient: {_t(name or '—')} · ID: {_t(pid or '—')}", st["small"]))
     score_rows: list[list[str]] = [["Model", "Score", "Threshold", "Flag"]]
     style = _grid_style(regular, bold, 7.5)
+    outside = scan_scope(result, ctx)  # a score past its threshold but outside: not "no"
     for row, (mid, manifest) in enumerate(ctx.finding_manifests.items(), start=1):
         found = result.findings.get(mid)
         flag = {True: "YES", False: "no", None: "not run"}[flags[mid]]
+        if mid in outside:
+            flag = "outside scope"
         if flags[mid] and found is not None:
             flag += f" (+{margin(found.probability, points[mid].threshold) * 100:.0f} %)"
         score_rows.append(
@@ -1001,7 +1004,8 @@ def _flagged_section(
     inner = text_w - 4 * mm  # the cell's own padding
     table = Table(
         score_rows,
-        colWidths=[inner * 0.28, inner * 0.2, inner * 0.22, inner * 0.3],
+        # the threshold column holds "0.694 (adult)"; the flag column "outside scope"
+        colWidths=[inner * 0.24, inner * 0.17, inner * 0.3, inner * 0.29],
         hAlign="LEFT",
     )
     table.setStyle(TableStyle([*style, ("ALIGN", (1, 1), (2, -1), "RIGHT")]))
