@@ -229,8 +229,8 @@ def test_reports_name_the_threshold_each_scan_was_judged_at(batch, tmp_path: Pat
 
 
 def test_the_window_names_each_groups_threshold_and_figures(qtbot):
-    """The picker's line names each group's own threshold and validation figures (shipped
-    pneumonia manifest): the pooled point's figures describe no scan the window judges."""
+    """The picker's line names each group's own threshold, its tooltip each group's validation
+    figures (shipped pneumonia manifest): the pooled point's describe no scan the window judges."""
     from desktop.gui.operating_point import OperatingPointPicker
 
     shipped = Path(__file__).resolve().parents[1] / "assets" / "models"
@@ -240,11 +240,11 @@ def test_the_window_names_each_groups_threshold_and_figures(qtbot):
     picker = OperatingPointPicker()
     qtbot.addWidget(picker)
     picker.set_manifests(manifests, "screening")
-    text = picker.detail.text()
+    text, tip = picker.detail.text(), picker.detail.toolTip()
     for group, own in point.by_group:
-        expected = f"{group} ≥ {own.threshold:.2f} (sens {own.sensitivity:.2f}, "
-        assert expected in text
-    assert f"group unknown ≥ {point.threshold:.2f}" in text
+        assert f"{group} ≥ {own.threshold:.2f}" in text
+        assert f"{group} ≥ {own.threshold:.2f} (sens {own.sensitivity:.2f}, " in tip
+    assert f"unknown ≥ {point.threshold:.2f}" in text
     assert f"Pneumonia ≥ {point.threshold:.2f}" not in text
     tb = manifests["tb"].operating_points["screening"]
     assert f"TB ≥ {tb.threshold:.2f} (sens {tb.sensitivity:.2f}" in text

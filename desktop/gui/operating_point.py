@@ -243,20 +243,23 @@ class OperatingPointPicker(QWidget):
         choice = self.choice()
         self.custom.setVisible(choice.threshold is not None)
         self.per_model_button.setVisible(self.combo.currentData() == PER_MODEL)
-        parts = []
+        parts: list[str] = []
+        full: list[str] = []
         for manifest in self._manifests.values():
             try:
                 point = choice.resolve(manifest)
             except Exception:
                 continue
             parts.append(point_text(short_name(manifest), point))
+            full.append(point_text(short_name(manifest), point, figures=True))
         self.detail.setText(" · ".join(parts))
         self.detail.setToolTip(
+            "\n".join(full) + "\n\n"
             "Sensitivity and specificity measured on validation data at each named point, "
             "or on the site's own labelled scans for a site point (site:…); a custom "
             "threshold has no validated figures. A model with one threshold per patient "
-            "group (adult, child) judges each scan at its group's threshold; the figures "
-            "are each group's own."
+            "group (adult, child) judges each scan at its group's threshold (unknown: "
+            "the group is not known); the figures are each group's own."
         )
         emit(self.choice_changed, choice)
 
@@ -267,18 +270,19 @@ def _figures(point: OperatingPoint, site: str = "") -> str:
     return f" ({site}sens {point.sensitivity:.2f}, spec {point.specificity:.2f})"
 
 
-def point_text(name: str, point: OperatingPoint) -> str:
+def point_text(name: str, point: OperatingPoint, figures: bool = False) -> str:
     """One model's threshold for the picker's line: ``TB ≥ 0.22 (sens 0.96, spec 0.90)``.
 
-    A point chosen per patient group names each group's own threshold and figures
-    (``Pneumonia: adult ≥ 0.69 (sens …) · child ≥ 0.39 (…) · group unknown ≥ 0.59``):
-    the pooled figures would describe no scan the window judges.
+    A point chosen per patient group names each group's own threshold
+    (``Pneumonia: adult ≥ 0.69 · child ≥ 0.39 · unknown ≥ 0.59``; with ``figures``, each
+    group's own validation figures too, for the tooltip): the pooled figures would describe
+    no scan the window judges, and the line must fit beside the picker.
     """
     if not point.by_group:
         site = "site " if isinstance(point, SiteOperatingPoint) else ""
         return f"{name} ≥ {point.threshold:.2f}{_figures(point, site)}"
-    groups = [f"{g} ≥ {p.threshold:.2f}{_figures(p)}" for g, p in point.by_group]
-    return f"{name}: " + " · ".join([*groups, f"group unknown ≥ {point.threshold:.2f}"])
+    groups = [f"{g} ≥ {p.threshold:.2f}{_figures(p) if figures else ''}" for g, p in point.by_group]
+    return f"{name}: " + " · ".join([*groups, f"unknown ≥ {point.threshold:.2f}"])
 
 
 class PerModelDialog(QDialog):
