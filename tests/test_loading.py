@@ -556,6 +556,28 @@ def test_thumbnail_keeps_the_grey_levels() -> None:
         make_thumbnail(np.zeros((3, 3, 3), dtype=np.float32), 10)
 
 
+def test_thumbnail_quantises_as_before_nan_and_inf_included() -> None:
+    """In-place quantising gives the bytes the straightforward formula gave (NaN → black,
+    ±inf and out-of-range values clipped)."""
+    pixels = load_scan(TB_PNG).pixels.copy()
+    pixels[:9, :9] = np.nan
+    pixels[20:25, :] = np.inf
+    pixels[30:33, :] = -np.inf
+    pixels[40:45, :] = 1.7
+    with np.errstate(over="ignore"):
+        grey = np.nan_to_num(pixels, nan=0.0) * np.float32(255.0) + np.float32(0.5)
+    grey8 = np.clip(grey, 0.0, 255.0).astype(np.uint8)
+    height, width = grey8.shape
+    scale = 384 / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    expected = BytesIO()
+    Image.fromarray(grey8).resize(
+        size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    ).save(expected, "JPEG", quality=90)
+    with np.errstate(over="ignore"):
+        assert make_thumbnail(pixels, 384) == expected.getvalue()
+
+
 def test_demo_samples_all_load_and_stay_small() -> None:
     samples = Path(__file__).resolve().parents[1] / "assets" / "samples"
     files = sorted(p for p in samples.iterdir() if p.suffix != ".md")
