@@ -14,9 +14,12 @@ from desktop.engine.preprocess import (
     WORKING_SIDE,
     PreprocessSpec,
     activation_to_image,
+    expand_channels,
     load_working,
     prepare_file,
     preprocess,
+    preprocess_plane,
+    preprocess_planes,
     working_factor,
 )
 from tests.conftest import DATA
@@ -159,3 +162,71 @@ def test_exif_rotated_jpeg_reports_the_rotated_original_size(tmp_path: Path):
     scan = load_working(path)
     assert (scan.metadata.width, scan.metadata.height) == (1000, 1800)
     assert scan.pixels.shape == (900, 500)  # factor 2 after the quarter turn
+
+
+def _plane_as_written(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The plane as the pipeline was first written: clip, fit, Pillow 'F' resize, clip,
+    window, scale and offset, each a fresh array (the reference the shared-work path and
+    training's inputs must equal bit for bit)."""
+    grey = np.clip(pixels.astype(np.float32, copy=False), 0.0, 1.0)
+    height, width = grey.shape
+    if spec.fit != "stretch":
+        side = max(height, width) if spec.fit == "pad" else min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        if spec.fit == "center_crop":
+            grey = grey[top : top + side, left : left + side]
+        else:
+            canvas = np.zeros((side, side), dtype=np.float32)
+            canvas[-top : -top + height, -left : -left + width] = grey
+            grey = canvas
+    if grey.shape == (spec.height, spec.width):
+        grey = grey.astype(np.float32, copy=True)
+    else:
+        image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
+        filters = {"area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC}
+        grey = np.asarray(image.resize((spec.width, spec.height), filters[spec.resample]))
+    grey = np.clip(grey, 0.0, 1.0)
+    if spec.contrast == "window":
+        lo, hi = np.percentile(grey, (1.0, 99.0))
+        if not hi - lo < 1e-6:  # a NaN spread windows too (to NaN)
+            grey = np.clip((grey - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+    if spec.scale != 1.0 or spec.offset != 0.0:
+        grey = grey * np.float32(spec.scale) + np.float32(spec.offset)
+    return np.ascontiguousarray(grey, dtype=np.float32)
+
+
+@pytest.mark.parametrize("source", ["chest", "out_of_range", "nan"])
+def test_planes_sharing_work_equal_each_plane_alone_bit_for_bit(source: str):
+    """The app makes every model's plane in one call (shared clip and Pillow copy, in-place
+    steps); each must be the lone :func:`preprocess_plane`'s, which is training's."""
+    grey = _chest()[:300, :260]
+    if source == "out_of_range":
+        grey = grey * np.float32(3.0) - np.float32(1.0)
+    elif source == "nan":
+        grey = grey.copy()
+        grey[::7, ::5] = np.nan
+    specs = [
+        PreprocessSpec(64, 64),
+        PreprocessSpec(224, 224, channels=3, scale=2.0, offset=-1.0),
+        PreprocessSpec(224, 224, channels=3, scale=2.0, offset=-1.0),  # a shared spec
+        PreprocessSpec(120, 96, fit="pad", resample="bicubic", contrast="window"),
+        PreprocessSpec(130, 130, fit="center_crop", scale=0.5),
+        PreprocessSpec(260, 260, fit="center_crop"),  # no resize at all
+    ]
+    before = grey.copy()
+    planes = preprocess_planes(grey, specs)
+    assert np.array_equal(grey, before, equal_nan=True)  # the input is left alone
+    assert len(planes) == len(specs) - 1
+    for spec in specs:
+        expected = _plane_as_written(grey, spec)
+        assert planes[spec].tobytes() == expected.tobytes()
+        assert preprocess_plane(grey, spec).tobytes() == expected.tobytes()
+        assert planes[spec].flags.c_contiguous and planes[spec].dtype == np.float32
+
+
+def test_expand_channels_repeats_the_plane_exactly():
+    planes = np.stack([_chest()[:50, :40], _chest()[50:100, :40]])
+    for channels in (1, 3):
+        out = expand_channels(planes, channels)
+        assert out.shape == (2, 50, 40, channels) and out.flags.c_contiguous
+        assert out.tobytes() == np.repeat(planes[..., None], channels, axis=-1).tobytes()

@@ -24,7 +24,7 @@ from desktop.engine.clock import now_iso
 from desktop.engine.loading import make_thumbnail
 from desktop.engine.patients import GroupEstimate
 from desktop.engine.patients import patient_age_years as patient_age_years  # re-exported
-from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_plane
+from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_planes
 from desktop.engine.registry import LoadedModel, ModelSet
 from desktop.engine.results import THUMBNAIL_SIZE, FindingResult, ScanResult, ScanStatus
 from desktop.engine.scan import Scan, ScanMetadata
@@ -72,7 +72,7 @@ class Screener:
         ``scan`` must come from a decode with ``working_side=WORKING_SIDE`` (what the runner
         and :func:`~desktop.engine.preprocess.prepare_file` do), so the inputs equal training's.
         """
-        planes = {spec: preprocess_plane(scan.pixels, spec) for spec in self.specs}
+        planes = preprocess_planes(scan.pixels, self.specs)
         return PreparedScan(
             file=str(scan.path),
             sha256=scan.sha256,
@@ -115,14 +115,15 @@ class Screener:
 
         chest_rows = [i for i, v in enumerate(verdicts) if v[2] is None]
         findings: dict[int, dict[str, FindingResult]] = {i: {} for i in chest_rows}
+        # The chests' model inputs, stacked once per spec: models that share a spec (the
+        # shipped TB and patient-group models do) share one input array (~0.3 ms a scan).
+        chests = _Inputs([batch[i] for i in chest_rows])
         if chest_rows:
-            chests = [batch[i] for i in chest_rows]
             for model_id, loaded in self.models.findings.items():
                 for row, finding in zip(chest_rows, _run_finding(loaded, chests), strict=True):
                     findings[row][model_id] = finding
         estimates: dict[int, GroupEstimate] = {}
         if chest_rows and self.models.patient_group is not None:
-            chests = [batch[i] for i in chest_rows]
             for row, estimate in zip(
                 chest_rows, _run_group(self.models.patient_group, chests), strict=True
             ):
@@ -161,9 +162,27 @@ def _stack(batch: Sequence[PreparedScan], loaded: LoadedModel) -> np.ndarray:
     return expand_channels(np.stack([p.planes[spec] for p in batch]), spec.channels)
 
 
-def _run_finding(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[FindingResult]:
+class _Inputs:
+    """One batch's model inputs, each spec's stacked once and shared by every model that
+    reads it (ONNX Runtime does not write to its inputs)."""
+
+    def __init__(self, scans: Sequence[PreparedScan]) -> None:
+        self.scans = scans
+        self._stacked: dict[PreprocessSpec, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def of(self, loaded: LoadedModel) -> np.ndarray:
+        spec = loaded.manifest.preprocessing
+        if spec not in self._stacked:
+            self._stacked[spec] = _stack(self.scans, loaded)
+        return self._stacked[spec]
+
+
+def _run_finding(loaded: LoadedModel, chests: _Inputs) -> list[FindingResult]:
     manifest = loaded.manifest
-    out = loaded.model.run(_stack(chests, loaded))
+    out = loaded.model.run(chests.of(loaded))
     probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
     maps = out.get(manifest.activation_output) if manifest.activation_output else None
     positive = manifest.positive_index
@@ -186,10 +205,10 @@ def _run_finding(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[Fi
     return results
 
 
-def _run_group(loaded: LoadedModel, chests: Sequence[PreparedScan]) -> list[GroupEstimate]:
+def _run_group(loaded: LoadedModel, chests: _Inputs) -> list[GroupEstimate]:
     """p(child) of each chest X-ray, with the model's default operating point as threshold."""
     manifest = loaded.manifest
-    out = loaded.model.run(_stack(chests, loaded))
+    out = loaded.model.run(chests.of(loaded))
     probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
     child = manifest.positive_index
     threshold = manifest.operating_point(None).threshold
