@@ -200,6 +200,27 @@ def test_cancel_keeps_finished_scans(runner: BatchRunner, chest_folder: Path):
     assert runner.store.batch(info.id).status == BatchStatus.COMPLETED
 
 
+def test_pillow_keeps_a_block_per_decoder_during_a_batch_and_not_after(
+    runner: BatchRunner, chest_folder: Path
+):
+    """Decoded image blocks are reused while a batch runs (no fresh pages a scan), and the
+    process-wide setting is back, its kept blocks freed, when it ends or is closed early."""
+    from PIL import Image
+
+    assert Image.core.get_blocks_max() == 0
+    during = []
+    for _ in runner.run([chest_folder]):
+        during.append(Image.core.get_blocks_max())
+    assert len(during) > 2 and set(during[1:]) == {runner.workers}  # [0]: before decoding
+    assert Image.core.get_blocks_max() == 0
+    gen = runner.run([chest_folder])
+    next(gen)
+    next(gen)
+    assert Image.core.get_blocks_max() == runner.workers
+    gen.close()  # a GUI closing the batch
+    assert Image.core.get_blocks_max() == 0
+
+
 def test_symlink_loops_hidden_and_non_image_files(runner: BatchRunner, chest_folder: Path):
     (chest_folder / "tb" / "loop").symlink_to(chest_folder, target_is_directory=True)
     (chest_folder / ".hidden.png").write_bytes(b"x")

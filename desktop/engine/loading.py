@@ -330,6 +330,30 @@ def charging(lease: PixelLease) -> Iterator[PixelLease]:
         _LEASE.reset(token)
 
 
+@contextmanager
+def reused_image_buffers(count: int) -> Iterator[None]:
+    """Let Pillow keep up to ``count`` freed image blocks for the next decode, in this block.
+
+    Why: Pillow frees each decoded image's memory (up to 16 MiB a block) and the next decode
+    of the same size gets fresh pages from the system, each a page fault: ~2,000 a 2048² 16-bit
+    PNG, ~4 ms of kernel time a scan on the development VM, where the whole scan costs ~110 ms.
+    Kept blocks are reused at once (measured in the batch: CPU per scan 113-117 -> 107-109 ms,
+    page faults ~6,000 -> ~3,400). The cost is bounded, not per scan: at most ``count`` blocks
+    of at most 16 MiB stay allocated while the block runs (13-25 MB more peak RSS measured),
+    and they are freed when it ends. The setting is Pillow's process-wide ``blocks_max``
+    (``PILLOW_BLOCKS_MAX``); it is only ever raised here, and the previous value is put back.
+    """
+    core = Image.core
+    previous = int(core.get_blocks_max())
+    if count > previous:
+        core.set_blocks_max(count)
+    try:
+        yield
+    finally:
+        if count > previous:
+            core.set_blocks_max(previous)  # frees the kept blocks beyond ``previous``
+
+
 def _make_finite(pixels: np.ndarray) -> None:
     """Replace NaN/±inf pixels by 0 and clip to [0, 1], in place (no model sees a NaN).
 

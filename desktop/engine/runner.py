@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from desktop.engine.errors import (
     is_fatal,
 )
 from desktop.engine.inference import CUDA, default_threads, inference_slots
-from desktop.engine.loading import charging, read_file
+from desktop.engine.loading import charging, read_file, reused_image_buffers
 from desktop.engine.preprocess import decode_working
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
@@ -257,6 +258,10 @@ class BatchRunner:
         inference = ThreadPoolExecutor(
             max_workers=self.inference_slots, thread_name_prefix="medscreen-infer"
         )
+        # One kept image block per decoder thread: the next scan's decode reuses it instead
+        # of faulting in fresh pages (loading.reused_image_buffers says why and what it costs).
+        buffers = ExitStack()
+        buffers.enter_context(reused_image_buffers(self.workers))
         try:
             for group in self._results(pool, inference, pending):
                 # The scans that finished together (an inference batch) share one commit, so
@@ -285,6 +290,7 @@ class BatchRunner:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             inference.shutdown(wait=True, cancel_futures=True)
+            buffers.close()
             release_free_memory()  # the reports written next need not sit on the batch's heap
             summary.cancelled = not finished
             summary.elapsed_s = time.perf_counter() - started
