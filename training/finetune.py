@@ -35,11 +35,8 @@ import hashlib
 import io
 import json
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +54,6 @@ from training.transfer import (
     OPERATING_RULE,
     Task,
     _fit_head,
-    _framework,
     _healthy,
     _json,
     _log_summary,
@@ -65,7 +61,9 @@ from training.transfer import (
     _subgroups,
     _two,
     _write_split,
+    finding_info,
     rate,
+    training_record,
 )
 
 log = logging.getLogger(__name__)
@@ -445,25 +443,15 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         + ("_t" if args.ft_calibrated_head else "")
         + ("_erase" if args.ft_erase_corners else "")
     )
-    info: dict[str, Any] = {
-        "id": task.model_id,
-        "name": task.name,
-        "version": args.version,
-        "role": "finding",
-        "task": "binary",
-        "labels": task.labels,
-        "positive_label": task.labels[1],
-        "preprocessing": spec.to_manifest(),
-        "temperature": temperature,
-        "operating_points": points,
-        "metrics": metrics,
-        "intended_use": task.intended_use,
-        "not_for": task.not_for,
-        "scope": task.scope,
-        "operating_rule": OPERATING_RULE,
-        "targets": task.targets(metrics) if task.targets else [],
-        "limitations": task.limitations(metrics) if task.limitations else [],
-        "comparison": {
+    info = finding_info(
+        task,
+        args,
+        spec,
+        temperature,
+        points,
+        metrics,
+        rule=OPERATING_RULE,
+        comparison={
             "backbone": bb.key,
             "recipe_id": recipe_id,
             "views": args.ft_views,
@@ -474,31 +462,22 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             "best_epoch": ft["best_epoch"],
             "selection": args.selection,
         },
-        "training": {
-            "data": task.citation,
-            "data_path": task.data_path,
-            "recipe": recipe,
-            "recipe_id": recipe_id,
-            "pretrained": _pretrained(bb),
-            "split": {
-                "file": "split.csv",
-                "method": task.split_method,
-                "seed": args.seed,
-                "counts": D.split_summary(recs, task.labels),
-            },
-            "augmentation": {
+        training=training_record(
+            task,
+            args,
+            recs,
+            recipe=recipe,
+            recipe_id=recipe_id,
+            pretrained=_pretrained(bb),
+            augmentation={
                 **FT_AUGMENT.to_json(),
                 "p_jpeg": P_JPEG,
                 "jpeg_quality": list(JPEG_QUALITY),
             },
-            "finetune": {k: v for k, v in ft.items() if k != "history"},
-            "command": f"python -m training.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}",
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "seed": args.seed,
-            "framework": _framework(),
-            "machine": "CPU",
-        },
-    }
+            machine="CPU",
+            finetune={k: v for k, v in ft.items() if k != "history"},
+        ),
+    )
     import platform
 
     info["training"]["machine"] = f"{platform.machine()} CPU, {platform.system()}"

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from training import evaluate as ev
 from training.augment import ScanAugment
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights, fit_logistic
+
+if TYPE_CHECKING:
+    from desktop.engine.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -192,25 +195,15 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         "(class, source) cell weighted equally; temperature and operating points on validation"
         + (f"; contrast normalisation '{args.contrast}'" if args.contrast else "")
     )
-    info: dict[str, Any] = {
-        "id": task.model_id,
-        "name": task.name,
-        "version": args.version,
-        "role": "finding",
-        "task": "binary",
-        "labels": task.labels,
-        "positive_label": task.labels[1],
-        "preprocessing": spec.to_manifest(),
-        "temperature": temperature,
-        "operating_points": points,
-        "metrics": metrics,
-        "intended_use": task.intended_use,
-        "not_for": task.not_for,
-        "scope": task.scope,
-        "operating_rule": operating_rule(task),
-        "targets": task.targets(metrics) if task.targets else [],
-        "limitations": task.limitations(metrics) if task.limitations else [],
-        "comparison": {
+    info = finding_info(
+        task,
+        args,
+        spec,
+        temperature,
+        points,
+        metrics,
+        rule=operating_rule(task),
+        comparison={
             "backbone": bb.key,
             "recipe_id": "frozen_lr",
             "views": args.views,
@@ -220,26 +213,17 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             "l2_validation_auc": l2_table,
             "selection": args.selection,
         },
-        "training": {
-            "data": task.citation,
-            "data_path": task.data_path,
-            "recipe": recipe,
-            "recipe_id": "frozen_lr",
-            "pretrained": _pretrained(bb),
-            "split": {
-                "file": "split.csv",
-                "method": task.split_method,
-                "seed": args.seed,
-                "counts": D.split_summary(recs, task.labels),
-            },
-            "augmentation": aug.to_json(),
-            "command": f"python -m training.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}",
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "seed": args.seed,
-            "framework": _framework(),
-            "machine": f"{platform.machine()} CPU, {platform.system()}",
-        },
-    }
+        training=training_record(
+            task,
+            args,
+            recs,
+            recipe=recipe,
+            recipe_id="frozen_lr",
+            pretrained=_pretrained(bb),
+            augmentation=aug.to_json(),
+            machine=f"{platform.machine()} CPU, {platform.system()}",
+        ),
+    )
     np.savez(
         run / "scores.npz",
         val=v_probs[:, 1],
@@ -403,6 +387,80 @@ def _add_group_points(
                 "n": int(m.sum()),
                 "n_positive": int(y_val[m].sum()),
             }
+
+
+def finding_info(
+    task: Task,
+    args: argparse.Namespace,
+    spec: PreprocessSpec,
+    temperature: float,
+    points: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    rule: str,
+    comparison: dict[str, Any],
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """The run record's manifest fields, the same for every finding-model recipe (frozen
+    features + head here, fine-tuning in :mod:`training.finetune`): only the rule's words,
+    the comparison row and the training block differ between recipes."""
+    return {
+        "id": task.model_id,
+        "name": task.name,
+        "version": args.version,
+        "role": "finding",
+        "task": "binary",
+        "labels": task.labels,
+        "positive_label": task.labels[1],
+        "preprocessing": spec.to_manifest(),
+        "temperature": temperature,
+        "operating_points": points,
+        "metrics": metrics,
+        "intended_use": task.intended_use,
+        "not_for": task.not_for,
+        "scope": task.scope,
+        "operating_rule": rule,
+        "targets": task.targets(metrics) if task.targets else [],
+        "limitations": task.limitations(metrics) if task.limitations else [],
+        "comparison": comparison,
+        "training": training,
+    }
+
+
+def training_record(
+    task: Task,
+    args: argparse.Namespace,
+    recs: Sequence[Any],
+    *,
+    recipe: str,
+    recipe_id: str,
+    pretrained: Any,
+    augmentation: dict[str, Any],
+    machine: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``training`` block of a run record: data, recipe, split (file, method, seed,
+    counts), augmentation, ``extra`` recipe facts, and how to reproduce the run."""
+    return {
+        "data": task.citation,
+        "data_path": task.data_path,
+        "recipe": recipe,
+        "recipe_id": recipe_id,
+        "pretrained": pretrained,
+        "split": {
+            "file": "split.csv",
+            "method": task.split_method,
+            "seed": args.seed,
+            "counts": D.split_summary(recs, task.labels),
+        },
+        "augmentation": augmentation,
+        **extra,
+        "command": f"python -m training.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "framework": _framework(),
+        "machine": machine,
+    }
 
 
 def operating_rule(task: Task) -> str:
