@@ -254,18 +254,8 @@ def _block_sums(
     2048² 12-bit image at factor 4: 1.5 instead of 4.1 ms of CPU, and no 8 MiB float64
     intermediate to fault in).
     """
-    accumulator = _sum_type(values, factor, extremes)
-    if accumulator is not None:
-        rows = values[0::factor].astype(accumulator)
-        for i in range(1, factor):
-            part = values[i::factor]
-            rows[: part.shape[0]] += part
-        sums = np.ascontiguousarray(rows[:, 0::factor])
-        for i in range(1, factor):
-            part = rows[:, i::factor]
-            sums[:, : part.shape[1]] += part
-        return sums.astype(np.float64)
-    rows = values[0::factor].astype(np.float64)
+    accumulator = _sum_type(values, factor, extremes) or np.float64
+    rows = values[0::factor].astype(accumulator)
     for i in range(1, factor):
         part = values[i::factor]
         rows[: part.shape[0]] += part
@@ -273,7 +263,7 @@ def _block_sums(
     for i in range(1, factor):
         part = rows[:, i::factor]
         sums[:, : part.shape[1]] += part
-    return sums
+    return sums.astype(np.float64, copy=False)
 
 
 def _sum_type(
