@@ -30,30 +30,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the scan maker and the stand-in model factory live in tests/
 DATA = REPO / "tests" / "data"
+
+from tests.fixtures import distinct_scans  # noqa: E402
+
 log = logging.getLogger("bench_gui_stall")
 
 
 def make_scans(folder: Path, count: int, side: int = 256) -> Path:
     """``count`` distinct PNGs from the real test images, in sub-folders of 200."""
     sources = sorted(p for p in DATA.rglob("*") if p.suffix.lower() in (".png", ".jpeg"))
-    bases = []
-    for path in sources:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            grey.thumbnail((side, side))
-            bases.append(np.asarray(grey, dtype=np.int16))
-    rng = np.random.default_rng(20261122)
-    for i in range(count):
-        base = bases[i % len(bases)]
-        noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
-        sub = folder / f"part{i // 200:02d}"
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noisy).save(sub / f"scan_{i:05d}.png", compress_level=1)
-    return folder
+    return distinct_scans(folder, count, sources, side=side, seed=20261122, per_folder=200)
 
 
 def main() -> int:
@@ -81,7 +71,6 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="medscreen-stall-"))
     os.environ["MEDSCREEN_HOME"] = str(work / "home")
-    sys.path.insert(0, str(REPO))  # the stand-in model factory lives in tests/
     if args.models == "stand-in":
         from tests.model_factory import build_model_set
 

@@ -254,3 +254,31 @@ def damage_tables(db: Path, *tables: str, fill: int, length: int | None = None) 
             handle.seek((page - 1) * size)
             handle.write(bytes([fill]) * (size if length is None else length))
     return pages
+
+
+def distinct_scans(
+    folder: Path,
+    count: int,
+    sources: list[Path],
+    *,
+    side: int,
+    seed: int,
+    per_folder: int | None = None,
+) -> Path:
+    """``count`` distinct small grey PNGs made from the real images ``sources`` (each shrunk
+    to ``side`` px and given a little noise, so every file has its own sha256 and nothing is
+    reused from a results store); in sub-folders of ``per_folder`` when given."""
+    bases = []
+    for path in sources:
+        with Image.open(path) as image:
+            grey = image.convert("L")
+            grey.thumbnail((side, side))
+            bases.append(np.asarray(grey, dtype=np.int16))
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = bases[i % len(bases)]
+        noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
+        sub = folder / f"part{i // per_folder:02d}" if per_folder else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy).save(sub / f"scan_{i:05d}.png", compress_level=1)
+    return folder

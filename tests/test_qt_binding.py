@@ -16,17 +16,16 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 
-import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PIL import Image
 
 from desktop.engine.store import ResultsStore
 from desktop.gui import qt_compat
 from desktop.gui.main_window import MainWindow
 from desktop.gui.settings import AppSettings
+from tests.fixtures import distinct_scans
 
 pytestmark = pytest.mark.gui
 
@@ -35,22 +34,9 @@ WAIT_MS = 60_000
 
 
 def _distinct_scans(folder: Path, count: int, side: int = 96) -> Path:
-    """``count`` distinct small PNGs from the real test chest X-rays (a little noise each, so
-    every file has its own sha256 and nothing is reused from the store)."""
+    """``count`` distinct small PNGs from the real test chest X-rays."""
     sources = sorted((DATA / "tb").rglob("*.png")) + sorted((DATA / "pneumonia").rglob("*.jpeg"))
-    bases = []
-    for path in sources:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            grey.thumbnail((side, side))
-            bases.append(np.asarray(grey, dtype=np.int16))
-    rng = np.random.default_rng(20261201)
-    folder.mkdir(parents=True)
-    for i in range(count):
-        base = bases[i % len(bases)]
-        noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"scan_{i:04d}.png", compress_level=1)
-    return folder
+    return distinct_scans(folder, count, sources, side=side, seed=20261201)
 
 
 def test_binding_loses_no_reference_on_emit_or_disconnect():
