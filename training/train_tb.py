@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.finetune import add_finetune_args
 
     add_finetune_args(p)
+    from training.ensemble import add_ensemble_args
+
+    add_ensemble_args(p)
     args = p.parse_args(argv)
     setup_logging()
     records = D.list_tb(args.data)
@@ -187,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.finetune import run_finetune
 
             run_finetune(args, task)
+        elif args.branch:
+            from training.ensemble import run_ensemble
+
+            run_ensemble(args, task)
         else:
             run_transfer(args, task)
         return 0

@@ -1,0 +1,578 @@
+"""Frozen-backbone ensembles and test-time views, exported as one graph (TB 2.x candidates).
+
+    python -m training.train_tb --data $DATA/tb/nlm_299 --nih $DATA/pneumonia/nih_adult_1000 \
+        --branch mobilenet025@224:mean:6:tta --branch lite0@224:sqrt:6 \
+        --tta-crops 202,180 --out runs/tb_cmp_ens_lite0_224_tta
+
+Why: a frozen backbone + linear head (:mod:`training.transfer`) ranks an unseen split of a
+training hospital well but loses ~0.1-0.2 AUC at the other hospital. Two cheap ways to make a
+score less dependent on one framing and one feature space, with no new training data:
+
+- *test-time views*: each scan is also seen as centre crops (a tighter field of view, resized
+  back to the input side), and the views' logits are averaged. The crops are computed
+  **inside the exported graph** (Keras ``Cropping2D`` + ``Resizing``, which tf2onnx turns into
+  ``Slice`` + ``Resize``), so the app's preprocessing stays the one engine definition and
+  training and the app cannot differ.
+- *a second backbone*: each branch's head is fitted exactly as the frozen recipe fits one
+  (L2 on validation, (class, source) cells weighted equally), divided by its own validation
+  temperature, and the calibrated logits are averaged with equal weights.
+
+Everything stays linear after the feature maps: averaging logits over views and branches is
+one ``Dense`` layer on the concatenation (over branches) of the view-averaged feature maps,
+so the exported model keeps the ``features → gap → logits`` ending that export and the exact
+class activation map rely on. (The map of a cropped view is averaged cell by cell with the
+full view's, so it is spatially blurred by at most the crop margin: 11 and 22 of 224 pixels,
+under one 32-pixel cell.) All branches take the first branch's engine input; another
+backbone's input scaling is an exact affine ``Rescaling`` in the graph.
+
+Validation designs are :mod:`training.transfer`'s (test per source, leave-one-source-out,
+NIH flag rates) plus :mod:`training.finetune`'s cross-source validation AUC, with the
+frozen MobileNet 2.0.0 recipe's figure of the same design recorded beside it
+(``auc_linear_probe``, the card's bracketed column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from desktop.engine.preprocess import PreprocessSpec, prepare_file
+from training import data as D
+from training import evaluate as ev
+from training.augment import ScanAugment
+from training.features import (
+    Backbone,
+    _key,
+    _run,
+    _session,
+    extract,
+    onnx_backbone,
+    parse_backbone,
+    select,
+)
+from training.heads import LinearHead
+from training.transfer import (
+    L2_GRID,
+    MIN_SENSITIVITY,
+    Task,
+    _fit_head,
+    _healthy,
+    _json,
+    _log_summary,
+    _plots,
+    _pretrained,
+    _subgroups,
+    _two,
+    _write_split,
+    finding_info,
+    operating_rule,
+    rate,
+    training_record,
+)
+
+log = logging.getLogger(__name__)
+
+#: the 2.0.0 recipe: the reference every candidate's cross-source validation AUC is set against
+REFERENCE = ("mobilenet025@224", "mean", 6)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One frozen backbone of the ensemble: pooling, training views, test-time views or not."""
+
+    bb: Backbone
+    pool: str
+    views: int
+    tta: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.bb.key}:{self.pool}:{self.views}" + (":tta" if self.tta else "")
+
+
+def parse_branch(text: str) -> Branch:
+    """``mobilenet025@224:mean:6:tta`` → Branch (the ``tta`` suffix is optional)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or parts[1] not in ("mean", "sqrt") or not parts[2].isdigit():
+        raise ValueError(f"branch {text!r}: expected NAME@SIDE:mean|sqrt:VIEWS[:tta]")
+    if len(parts) == 4 and parts[3] != "tta":
+        raise ValueError(f"branch {text!r}: the optional fourth part must be 'tta'")
+    return Branch(parse_backbone(parts[0]), parts[1], int(parts[2]), len(parts) == 4)
+
+
+def add_ensemble_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--branch",
+        action="append",
+        default=None,
+        help="NAME@SIDE:POOL:VIEWS[:tta], repeatable: an ensemble / test-time-view candidate "
+        "(the first branch's engine input is the model's); omitted: the frozen recipe",
+    )
+    p.add_argument(
+        "--tta-crops",
+        default="202,180",
+        help="test-time centre crops (pixels kept of each side of the input), resized back",
+    )
+
+
+# --------------------------------------------------------------------------- the views
+
+
+def crops_of(args: argparse.Namespace) -> list[int]:
+    return [int(v) for v in str(args.tta_crops).split(",") if v.strip()]
+
+
+def view_names(branch: Branch, crops: Sequence[int]) -> list[str]:
+    return ["full", *[f"crop{c}" for c in crops]] if branch.tta else ["full"]
+
+
+def _rescale(src: PreprocessSpec, dst: PreprocessSpec) -> tuple[float, float]:
+    """Scale/offset taking ``src``'s input to ``dst``'s (both affine maps of grey in [0, 1])."""
+    a = dst.scale / src.scale
+    return a, dst.offset - a * src.offset
+
+
+def view_layers(side: int, name: str):  # noqa: ANN201
+    """The Keras layers of one test-time view (identity for ``full``)."""
+    from keras import layers
+
+    if name == "full":
+        return []
+    keep = int(name.removeprefix("crop"))
+    m = (side - keep) // 2
+    return [
+        layers.Cropping2D(((m, side - keep - m), (m, side - keep - m)), name=f"tta_{name}_crop"),
+        layers.Resizing(side, side, interpolation="bilinear", name=f"tta_{name}_resize"),
+    ]
+
+
+def _apply(layers_: list[Any], x: Any) -> Any:
+    for layer in layers_:
+        x = layer(x)
+    return x
+
+
+def view_features(
+    paths: Sequence[Path],
+    branch: Branch,
+    spec: PreprocessSpec,
+    view: str,
+    cache: Path,
+    batch: int = 32,
+) -> np.ndarray:
+    """(N, D) pooled features of one test-time view, computed as the exported graph does:
+    the model input (``prepare_file`` with the model's ``spec``) → the view's Keras layers →
+    the branch's input scaling → the backbone (ONNX Runtime, as :mod:`training.features`)."""
+    own = branch.bb.spec()
+    extra = {"ensemble_view": view, "input_spec": spec.to_manifest(), "version": 1}
+    path = cache / "features" / f"ens_{_key(paths, own, branch.bb, 0, extra)}.npy"
+    if not path.exists():
+        import keras
+
+        started = time.time()
+        inp = keras.Input((spec.height, spec.width, 3))
+        x = _apply(view_layers(spec.width, view), inp)
+        a, b = _rescale(spec, own)
+        if (a, b) != (1.0, 0.0):
+            x = keras.layers.Rescaling(a, b)(x)
+        pre = keras.Model(inp, x)
+        sess = _session(str(onnx_backbone(branch.bb, cache)))
+        out = []
+        for i in range(0, len(paths), batch):
+            xb = np.stack([prepare_file(p, spec) for p in paths[i : i + batch]])
+            xb = np.asarray(pre(xb, training=False), dtype=np.float32)
+            out.append(_run(sess, xb))
+        arr = np.concatenate(out).astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+        log.info(
+            "%s view %s: %d images in %.0f s", branch.key, view, len(paths), time.time() - started
+        )
+    return select(np.load(path), branch.pool)
+
+
+# --------------------------------------------------------------------------- the heads
+
+
+def combine(heads: Sequence[LinearHead], temperatures: Sequence[float]) -> LinearHead:
+    """One head on the concatenated branch features whose logit is the mean of the branches'
+    calibrated logits: sum_k head_k(x_k) / (K T_k)."""
+    k = len(heads)
+    c = [1.0 / (k * t) for t in temperatures]
+    return LinearHead(
+        np.concatenate([h.w * ci for h, ci in zip(heads, c, strict=True)]),
+        float(sum(h.b * ci for h, ci in zip(heads, c, strict=True))),
+        np.concatenate([h.mean for h in heads]),
+        np.concatenate([h.std for h in heads]),
+    )
+
+
+def fit_branches(
+    train_feats: Sequence[np.ndarray],
+    y: np.ndarray,
+    s: np.ndarray,
+    val_feats: Sequence[np.ndarray],
+    y_val: np.ndarray,
+    val: Sequence[D.Record],
+) -> tuple[LinearHead, list[float], list[float], dict[str, dict[str, float]]]:
+    """Each branch's head by the frozen recipe (L2 on validation AUC, mean over sources; the
+    validation features are the branch's test-time-view averages), its validation
+    temperature, and the combined head."""
+    heads, l2s, temps, tables = [], [], [], {}
+    for i, (xt, xv) in enumerate(zip(train_feats, val_feats, strict=True)):
+        head, l2, table = _fit_head(xt, y, s, xv, y_val, val)
+        heads.append(head)
+        l2s.append(l2)
+        temps.append(ev.fit_temperature(_two(head.logit(xv)), y_val))
+        tables[str(i)] = table
+    return combine(heads, temps), l2s, temps, tables
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """Branch features → heads → combined head → calibration → operating points → every
+    design of :mod:`training.transfer` → run folder that export converts."""
+    started = time.time()
+    run: Path = args.out
+    run.mkdir(parents=True, exist_ok=True)
+    branches = [parse_branch(b) for b in args.branch]
+    sides = {b.bb.side for b in branches}
+    if len(sides) != 1:
+        raise ValueError(f"every branch must take the same input side, got {sorted(sides)}")
+    spec = branches[0].bb.spec()
+    crops = crops_of(args)
+    cache = args.cache or D.default_cache_dir()
+    aug = ScanAugment()
+    recs = task.records
+    _write_split(recs, run / "split.csv", task.labels)
+    train, val, test = (D.by_split(recs, k) for k in ("train", "val", "test"))
+    every = [*train, *val, *test]
+    y_train, y_val, y_test = (np.array([r.label for r in rows]) for rows in (train, val, test))
+    s_train = np.array([r.source for r in train])
+
+    def train_feats(b: Branch, rows: Sequence[D.Record]) -> np.ndarray:
+        x = extract(
+            [r.path for r in rows], b.bb, b.bb.spec(), b.views, seed=args.seed, aug=aug, cache=cache
+        )
+        return select(x, b.pool)
+
+    def eval_feats(b: Branch, rows: Sequence[D.Record]) -> np.ndarray:
+        paths = [r.path for r in rows]
+        return np.mean(
+            [view_features(paths, b, spec, v, cache) for v in view_names(b, crops)], axis=0
+        )
+
+    tr = [train_feats(b, train) for b in branches]
+    ev_all = [eval_feats(b, every) for b in branches]  # train, val, test parts in that order
+    n_tr, n_va = len(train), len(val)
+    va = [x[n_tr : n_tr + n_va] for x in ev_all]
+    te = [x[n_tr + n_va :] for x in ev_all]
+
+    head, l2s, temps, l2_tables = fit_branches(tr, y_train, s_train, va, y_val, val)
+    x_val, x_test = np.concatenate(va, axis=1), np.concatenate(te, axis=1)
+    temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
+    v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
+    t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
+    points: dict[str, Any] = ev.operating_points(
+        y_val, v_probs[:, 1], MIN_SENSITIVITY, task.min_specificity
+    )
+    metrics: dict[str, Any] = {
+        "validation": ev.evaluate_binary(
+            y_val, v_probs, points, groups=[r.source for r in val], seed=args.seed
+        ),
+        "test": ev.evaluate_binary(
+            y_test, t_probs, points, groups=[r.source for r in test], seed=args.seed
+        ),
+    }
+    metrics["test"]["ece_uncalibrated"] = ev.expected_calibration_error(
+        ev.softmax(_two(head.logit(x_test))), y_test
+    )
+    metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
+    metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
+
+    external: dict[str, Any] = {}
+    ext_scores: dict[str, np.ndarray] = {}
+    for name, (rows, what) in task.external.items():
+        x = np.concatenate([eval_feats(b, rows) for b in branches], axis=1)
+        p = ev.softmax(_two(head.logit(x)), temperature)[:, 1]
+        ext_scores[name] = p
+        external[name] = {
+            "description": what,
+            "n": len(rows),
+            "flag_rate": {k: rate(p >= v["threshold"]) for k, v in points.items()},
+            "median_score": float(np.median(p)),
+        }
+    metrics["external"] = external
+    if task.healthy_test is not None:
+        metrics["healthy_adults"] = _healthy(task, test, t_probs[:, 1], ext_scores, points)
+
+    ref = _reference(args, train, every, aug, cache)
+    loso, cross = _loso(tr, ev_all, ref, train, val, test, args.seed)
+    if task.loso:
+        metrics["leave_one_source_out"] = loso["figures"]
+    metrics["cross_source_validation"] = cross
+
+    recipe_id = (
+        "frozen"
+        + ("_ens" if len(branches) > 1 else "")
+        + ("_tta" if any(b.tta for b in branches) else "")
+    )
+    recipe = _describe(branches, l2s, temps, crops, spec)
+    info = finding_info(
+        task,
+        args,
+        spec,
+        temperature,
+        points,
+        metrics,
+        rule=operating_rule(task),
+        comparison={
+            "backbone": "+".join(b.bb.key for b in branches),
+            "recipe_id": recipe_id,
+            "views": "+".join(str(b.views) for b in branches),
+            "contrast": "none",
+            "pool": "+".join(b.pool for b in branches),
+            "l2": l2s[0],
+            "l2_branches": l2s,
+            "branch_temperatures": temps,
+            "l2_validation_auc": l2_tables,
+            "branches": [b.key for b in branches],
+            "tta_views": {b.key: view_names(b, crops) for b in branches},
+            "selection": args.selection,
+        },
+        training=training_record(
+            task,
+            args,
+            recs,
+            recipe=recipe,
+            recipe_id=recipe_id,
+            pretrained="; ".join(dict.fromkeys(_pretrained(b.bb) for b in branches)),
+            augmentation=aug.to_json(),
+            machine=f"{platform.machine()} CPU, {platform.system()}",
+        ),
+    )
+    np.savez(
+        run / "scores.npz",
+        val=v_probs[:, 1],
+        test=t_probs[:, 1],
+        y_val=y_val,
+        y_test=y_test,
+        **{f"external_{k}": v for k, v in ext_scores.items()},
+    )
+    _plots(run, task, val, test, y_val, y_test, v_probs, t_probs, head, x_test, points, loso)
+    if not args.no_model:
+        save_model(run, branches, crops, spec, head, test, t_probs[:, 1])
+    info["training"]["duration_s"] = round(time.time() - started, 1)
+    (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
+    _log_summary(info)
+    print(f"  cross-source validation: {json.dumps(cross)}", flush=True)
+    return info
+
+
+def _describe(
+    branches: Sequence[Branch],
+    l2s: Sequence[float],
+    temps: Sequence[float],
+    crops: Sequence[int],
+    spec: PreprocessSpec,
+) -> str:
+    parts = []
+    for b, l2, t in zip(branches, l2s, temps, strict=True):
+        parts.append(
+            f"{b.bb.describe()}, frozen (ImageNet batch-norm statistics), every training image "
+            f"seen as {b.views} versions (the engine input + {b.views - 1} simulated other-site "
+            "scans, as the frozen recipe), "
+            + ("GAP of the square-rooted feature maps" if b.pool == "sqrt" else "GAP features")
+            + f" → L2 logistic regression (L2 {l2:g} chosen on validation AUC from "
+            f"{list(L2_GRID)}, each (class, source) cell weighted equally), validation "
+            f"temperature {t:.3f}"
+            + (
+                "; at test time the scan is also seen as centre crops keeping "
+                + " and ".join(f"{c}" for c in crops)
+                + f" of {spec.width} pixels a side, resized back (bilinear) inside the graph, "
+                "and the views' logits averaged"
+                if b.tta
+                else ""
+            )
+        )
+    if len(branches) == 1:
+        return parts[0] + "; temperature and operating points on validation"
+    return (
+        f"ensemble of {len(branches)} frozen backbones on one engine input "
+        f"({spec.width}x{spec.height}; a branch's own input scaling is an affine layer in the "
+        "graph): "
+        + "; ".join(f"({i + 1}) {p}" for i, p in enumerate(parts))
+        + "; the branches' logits, each divided by its validation temperature, averaged with "
+        "equal weights; temperature and operating points of the ensemble on validation"
+    )
+
+
+def _reference(
+    args: argparse.Namespace,
+    train: Sequence[D.Record],
+    every: Sequence[D.Record],
+    aug: ScanAugment,
+    cache: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 2.0.0 recipe's features (training views, single-view evaluation features)."""
+    bb = parse_backbone(REFERENCE[0])
+    spec = bb.spec()
+    xt = select(
+        extract(
+            [r.path for r in train], bb, spec, REFERENCE[2], seed=args.seed, aug=aug, cache=cache
+        ),
+        REFERENCE[1],
+    )
+    xe = select(
+        extract([r.path for r in every], bb, spec, 1, seed=args.seed, aug=aug, cache=cache),
+        REFERENCE[1],
+    )[:, 0]
+    return xt, xe
+
+
+def _loso(
+    tr: Sequence[np.ndarray],
+    ev_all: Sequence[np.ndarray],
+    ref: tuple[np.ndarray, np.ndarray],
+    train: Sequence[D.Record],
+    val: Sequence[D.Record],
+    test: Sequence[D.Record],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per source: every branch fitted on its training part (L2, temperatures, thresholds from
+    its own validation part), tested on every image of the other source; the cross-source
+    validation AUC on the other source's validation part alone, with the 2.0.0 recipe's."""
+    every = [*train, *val, *test]
+    y_all = np.array([r.label for r in every])
+    s_all = np.array([r.source for r in every])
+    part = np.array(["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test))
+    y_train = y_all[: len(train)]
+    figures, curves, cross = {}, {}, {}
+    for src in sorted(set(s_all.tolist())):
+        trm = s_all[: len(train)] == src
+        vam = (s_all == src) & (part == "val")
+        va_rows = [r for r, m in zip(every, vam, strict=True) if m]
+        s_src = np.array([src] * int(trm.sum()))
+        head, l2s, _, _ = fit_branches(
+            [x[trm] for x in tr],
+            y_train[trm],
+            s_src,
+            [x[vam] for x in ev_all],
+            y_all[vam],
+            va_rows,
+        )
+        x_all = np.concatenate(ev_all, axis=1)
+        other = s_all != src
+        ov = other & (part == "val")
+        key = f"train {src} → test {'+'.join(sorted(set(s_all[other].tolist())))}"
+        z_va = head.logit(x_all[vam])
+        t = ev.fit_temperature(_two(z_va), y_all[vam])
+        p_val = ev.softmax(_two(z_va), t)
+        p_other = ev.softmax(_two(head.logit(x_all[other])), t)
+        pts = ev.operating_points(y_all[vam], p_val[:, 1])
+        res = ev.evaluate_binary(y_all[other], p_other, pts, seed=seed)
+        res["l2"] = l2s[0]
+        res["l2_branches"] = l2s
+        res["n_train_images"] = int(trm.sum())
+        res["median_score_positive"] = float(np.median(p_other[y_all[other] == 1, 1]))
+        figures[key] = res
+        curves[key] = (y_all[other], p_other[:, 1])
+        ref_head, _, _ = _fit_head(
+            ref[0][trm], y_train[trm], s_src, ref[1][vam], y_all[vam], va_rows
+        )
+        cross[key] = {
+            "n": int(ov.sum()),
+            "n_positive": int(y_all[ov].sum()),
+            "auc": ev.roc_auc(y_all[ov], head.logit(x_all[ov])),
+            "auc_linear_probe": ev.roc_auc(y_all[ov], ref_head.logit(ref[1][ov])),
+        }
+    if cross:
+        cross["mean"] = {
+            "auc": float(np.mean([v["auc"] for v in cross.values()])),
+            "auc_linear_probe": float(np.mean([v["auc_linear_probe"] for v in cross.values()])),
+        }
+    return {"figures": figures, "curves": curves}, cross
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def build_model(
+    branches: Sequence[Branch], crops: Sequence[int], spec: PreprocessSpec, head: LinearHead
+) -> Any:
+    """The Keras model export converts: input → (views → backbone → view-mean of the maps)
+    per branch → concatenated maps (``features``) → GAP → Dense(2) → softmax."""
+    import keras
+    from keras import layers
+
+    from training.features import keras_backbone
+    from training.models import FEATURES, GAP, LOGITS, PROBS, Sqrt
+
+    inputs = keras.Input(shape=spec.input_shape, name="image")
+    maps = []
+    for i, b in enumerate(branches):
+        net = keras_backbone(b.bb)
+        a, off = _rescale(spec, b.bb.spec())
+        x = inputs if (a, off) == (1.0, 0.0) else layers.Rescaling(a, off, name=f"b{i}_in")(inputs)
+        per_view = []
+        for v in view_names(b, crops):
+            fm = net(_apply(view_layers(spec.width, v), x), training=False)
+            if b.pool == "sqrt":
+                fm = Sqrt(name=f"b{i}_{v}_sqrt")(fm)
+            per_view.append(fm)
+        maps.append(
+            per_view[0] if len(per_view) == 1 else layers.Average(name=f"b{i}_views")(per_view)
+        )
+    fmap = maps[0] if len(maps) == 1 else layers.Concatenate(axis=-1)(maps)
+    fmap = layers.Identity(name=FEATURES)(fmap)
+    g = layers.GlobalAveragePooling2D(name=GAP)(fmap)
+    logits = layers.Dense(2, name=LOGITS)(g)
+    probs = layers.Activation("softmax", name=PROBS, dtype="float32")(logits)
+    model = keras.Model(inputs, probs, name="tb_ensemble")
+    model.get_layer(LOGITS).set_weights(list(head.dense_weights()))
+    return model
+
+
+def save_model(
+    run: Path,
+    branches: Sequence[Branch],
+    crops: Sequence[int],
+    spec: PreprocessSpec,
+    head: LinearHead,
+    test: Sequence[D.Record],
+    p: np.ndarray,
+) -> None:
+    model = build_model(branches, crops, spec, head)
+    model.save(run / "model.keras")
+    y = np.array([r.label for r in test])
+    pick = np.r_[np.where(y == 0)[0][:8], np.where(y == 1)[0][:8]]
+    x = np.stack([prepare_file(test[i].path, spec) for i in pick])
+    np.save(run / "parity_inputs.npy", x)
+    np.save(run / "parity_scores.npy", p[pick])  # what the run's figures used, for export
+    digest = hashlib.sha256(x.tobytes()).hexdigest()[:12]
+    log.info("model saved; parity inputs %s", digest)
+
+
+__all__ = [
+    "Branch",
+    "add_ensemble_args",
+    "build_model",
+    "combine",
+    "parse_branch",
+    "run_ensemble",
+    "view_layers",
+]
