@@ -47,10 +47,17 @@ def _no_threads_left(qapp):
         time.sleep(0.02)
     assert not workers.live_workers(), f"worker threads left running: {workers.live_workers()}"
     assert not _engine_threads(), f"engine threads left running: {_engine_threads()}"
+    assert not _batch_processes(), f"batch processes left running: {_batch_processes()}"
 
 
 def _engine_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("medscreen")]
+
+
+def _batch_processes() -> list[int | None]:
+    import multiprocessing
+
+    return [p.pid for p in multiprocessing.active_children() if p.name == "medscreen-batch"]
 
 
 @pytest.fixture
@@ -180,8 +187,12 @@ def test_non_scan_drop_says_so(qtbot, window: MainWindow, tmp_path: Path):
 def test_cancel_keeps_finished_rows(
     qtbot, window: MainWindow, chest_folder: Path, store, monkeypatch
 ):
+    """Cancel with a slowed-down screener, so it lands after two rows on any machine: the
+    patch reaches only this process, so this batch runs in it (the batch process's own
+    cancel is tested below on a folder long enough to stop halfway)."""
     from desktop.engine.screening import Screener
 
+    window.batch.in_process = True
     original = Screener.screen
 
     def slow(self, prepared):
@@ -208,6 +219,84 @@ def test_cancel_keeps_finished_rows(
     assert window.model.rowCount() == total
     assert store.batch(info.id).status == "completed"
     assert len({r.file for r in window.model.results()}) == total
+
+
+@pytest.fixture(scope="module")
+def long_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 distinct small real chest X-rays: a batch long enough to stop halfway."""
+    from tests.fixtures import distinct_scans
+
+    sources = sorted((DATA / "tb").rglob("*.png")) + sorted((DATA / "pneumonia").rglob("*.jpeg"))
+    folder = tmp_path_factory.mktemp("long")
+    return distinct_scans(folder, 300, sources, side=96, seed=11, per_folder=100)
+
+
+def test_batch_runs_in_its_own_process_and_cancels_there(
+    qtbot, window: MainWindow, long_folder: Path, store
+):
+    """The real path end to end: a child process screens, the window's reader thread fills
+    the table, Esc cancels in the child; the committed rows stay and resume finishes."""
+    assert not window.batch.in_process
+    _drop(window.drop_area, [long_folder])
+    qtbot.waitUntil(lambda: window.model.rowCount() >= 2, timeout=WAIT_MS)
+    child = window.batch.process_id
+    assert child is not None and child != os.getpid()
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS) as blocker:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    summary, cancelled = blocker.args
+    assert cancelled and summary.cancelled
+    kept = window.model.rowCount()
+    assert 2 <= kept < 300
+    (info,) = store.batches()
+    assert info.status == "cancelled" and info.done == kept
+    assert {r.file for r in window.model.results()} == {
+        r.file for r in store.batch_results(info.id)
+    }
+    # rows came without thumbnail bytes, and the table shows them from the store
+    thumb = window.model.index(0, window.model.column_of(Column.THUMB)).data(
+        Qt.ItemDataRole.DecorationRole
+    )
+    assert thumb is not None and not thumb.isNull()
+    assert "Cancelled:" in window.statusBar().currentMessage()
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        window.resume_batch(info.id)
+    assert window.model.rowCount() == 300
+    assert store.batch(info.id).status == "completed"
+    assert window.batch.process_id is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_batch_process_that_dies_is_shown_and_its_rows_stay(
+    qtbot, window: MainWindow, long_folder: Path, store
+):
+    import signal
+
+    _drop(window.drop_area, [long_folder])
+    qtbot.waitUntil(lambda: window.model.rowCount() >= 2, timeout=WAIT_MS)
+    with qtbot.waitSignal(window.batch.batch_failed, timeout=WAIT_MS) as blocker:
+        os.kill(window.batch.process_id, signal.SIGKILL)
+    error = blocker.args[0]
+    assert "SIGKILL" in str(error.exception)
+    qtbot.waitUntil(lambda: not window.batch.is_running(), timeout=WAIT_MS)
+    message = window.messages.message()
+    assert message.startswith("The batch stopped: the screening process ended unexpectedly")
+    assert "The scans finished so far are kept" in message
+    assert not window.batch_bar.isVisible() and not window.act_cancel.isEnabled()
+    (info,) = store.batches()
+    shown = {r.file for r in window.model.results()}
+    assert len(shown) >= 2 and shown <= {r.file for r in store.batch_results(info.id)}
+    assert [b.id for b in store.interrupted_batches()] == [info.id]  # resumable
+
+
+def test_an_error_in_the_batch_process_reaches_the_window_with_its_traceback(
+    qtbot, window: MainWindow
+):
+    with qtbot.waitSignal(window.batch.batch_failed, timeout=WAIT_MS) as blocker:
+        window.batch.start(window.models, window.store, [], resume="no-such-batch")
+    error = blocker.args[0]
+    assert "no batch 'no-such-batch' in the results store" in str(error.exception)
+    assert "In the batch process" in error.traceback and "runner.py" in error.traceback
+    qtbot.waitUntil(lambda: "no batch 'no-such-batch'" in window.messages.message(), timeout=1000)
 
 
 def test_operating_point_changes_flags_without_inference(

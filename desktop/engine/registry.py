@@ -224,6 +224,64 @@ def load_model_set(
     )
 
 
+@dataclass(frozen=True)
+class ModelSetPlan:
+    """What a :class:`ModelSet` is made of, without its ONNX Runtime sessions: the verified
+    manifests in their roles and order, the device asked for and the load's notes. Small and
+    picklable, so the batch's own process can open the same set (:func:`reopen_model_set`)."""
+
+    modality: ModelManifest
+    findings: tuple[ModelManifest, ...]
+    patient_group: ModelManifest | None
+    device: Device
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, models: ModelSet) -> ModelSetPlan:
+        group = models.patient_group
+        return cls(
+            models.modality.manifest,
+            tuple(m.manifest for m in models.findings.values()),
+            group.manifest if group is not None else None,
+            models.device.requested,
+            tuple(models.problems),
+        )
+
+
+def reopen_model_set(plan: ModelSetPlan, threads: int | None = None) -> ModelSet:
+    """The model set of ``plan`` opened again, in the batch's own process.
+
+    The window loaded the set and checked each package's signature and pin; the manifests it
+    verified travel here in memory, so what is re-checked is what could have changed on disk
+    since: each model file is read once and must still match its manifest's sha256 (else
+    :class:`ModelError` naming the file). Same device asked for, same order, same
+    :attr:`ModelSet.key`.
+    """
+    reports: list[DeviceReport] = []
+
+    def reopen(manifest: ModelManifest) -> LoadedModel:
+        data = load_verified_model(manifest)
+        session, report = create_session(data, manifest.id, plan.device, threads)
+        reports.append(report)
+        try:
+            return LoadedModel(
+                manifest, OnnxModel(session, manifest.input_name, _outputs_of(manifest))
+            )
+        except ModelError as exc:
+            raise ModelError(f"model {manifest.id} ({manifest.file}) {exc}") from exc
+
+    modality = reopen(plan.modality)
+    findings = {m.id: reopen(m) for m in plan.findings}
+    group = reopen(plan.patient_group) if plan.patient_group is not None else None
+    return ModelSet(
+        modality,
+        findings,
+        _combine(reports, plan.device),
+        list(plan.problems),
+        patient_group=group,
+    )
+
+
 def _version_tuple(version: str) -> tuple[int, ...] | None:
     parts = version.split(".")
     if not all(re.fullmatch(r"\d+", p) for p in parts):

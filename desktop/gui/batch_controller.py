@@ -5,6 +5,14 @@ signal that inserts one table row would, on a fast machine and a 2,000-scan fold
 event loop with thousands of tiny model resets and repaints. Instead the worker's ``yielded``
 signal only appends to a queue, and a 250 ms timer drains it: one ``beginInsertRows`` per
 tick however many scans finished, and one progress update with the newest figures.
+
+The batch itself runs in its own process (:class:`desktop.engine.batch_process.BatchProcess`):
+with its decoder and inference threads in the window's process, the GUI thread waited for the
+GIL they held and the window stalled over 100 ms several times a batch. The worker thread
+here only blocks on the pipe from that process and appends each event to the queue.
+:attr:`BatchController.in_process` runs the batch in this process instead, for tests that
+patch the engine here (a patched ``Screener.screen`` does not reach a child process); the
+application never sets it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from desktop.gui.qt_compat import emit
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
+    from desktop.engine.batch_process import BatchProcess
     from desktop.engine.registry import ModelSet
     from desktop.engine.runner import BatchRunner, BatchSummary, Progress
     from desktop.engine.store import ResultsStore
@@ -35,13 +44,16 @@ log = logging.getLogger(__name__)
 #: the window spent ~40 % more of its own CPU on a batch than at 250 ms, which still
 #: shows rows and progress four times a second (benchmarks/bench_gui_stall.py).
 DRAIN_INTERVAL_MS = 250
-#: Niceness added to the batch thread (and the decoder threads it starts, which inherit it on
-#: Linux): on a busy 2-core PC the window must win the CPU over screening, or it stutters.
-BACKGROUND_NICENESS = 5
+#: Milliseconds :meth:`BatchController.wait` gives a batch process after its own wait
+#: ran out, before it is killed (what it committed stays).
+KILL_GRACE_MS = 5_000
 
 
 def _lower_thread_priority() -> None:
-    """Best effort: make the calling thread (and threads it creates) yield to the GUI thread."""
+    """Best effort: make the calling thread (and threads it creates) yield to the GUI thread
+    (in-process batches only; the batch process lowers its own priority by the same amount)."""
+    from desktop.engine.batch_process import BACKGROUND_NICENESS
+
     setpriority = getattr(os, "setpriority", None)
     if setpriority is None or not sys.platform.startswith("linux"):
         return  # elsewhere PRIO_PROCESS means the whole process, not this thread
@@ -75,7 +87,10 @@ class BatchController(QObject):
         super().__init__(parent)
         self._queue: deque[Progress] = deque()
         self._worker: Worker | None = None
-        self._runner: BatchRunner | None = None
+        self._process: BatchProcess | None = None
+        #: Run batches in this process (a thread), not in a batch process of their own: for
+        #: tests that patch the engine in this process only. The window stalls this way.
+        self.in_process = False
         self._summary: BatchSummary | None = None
         self._error: WorkerError | None = None
         self._cancel_asked = False
@@ -94,25 +109,32 @@ class BatchController(QObject):
         inputs: Sequence[str | Path] = (),
         resume: str | None = None,
     ) -> None:
-        """Start screening ``inputs`` (or continue batch ``resume``) in a worker thread."""
-        from desktop.engine.runner import BatchRunner  # onnxruntime: not needed at start-up
-
+        """Start screening ``inputs`` (or continue batch ``resume``) in the batch process,
+        read by a worker thread (in that thread itself when :attr:`in_process`)."""
         if self._worker is not None:
             raise RuntimeError("a batch is already running")
-        runner = BatchRunner(models, store)
-        self._runner = runner
         self._summary = None
         self._error = None
         self._cancel_asked = False
         self.batch_id = resume
-        worker = Worker(
-            _run_in_background,
-            runner,
-            list(inputs),
-            resume,
-            on_quit=runner.cancel,
-            name="medscreen-batch",
-        )
+        if self.in_process:
+            from desktop.engine.runner import BatchRunner  # onnxruntime: not at start-up
+
+            runner = BatchRunner(models, store)
+            worker = Worker(
+                _run_in_background,
+                runner,
+                list(inputs),
+                resume,
+                on_quit=runner.cancel,
+                name="medscreen-batch",
+            )
+        else:
+            from desktop.engine.batch_process import BatchProcess
+
+            process = BatchProcess(models, store.path, list(inputs), resume=resume)
+            self._process = process
+            worker = Worker(process.run, on_quit=process.cancel, name="medscreen-batch")
         worker.yielded.connect(self._queue.append, type=_direct())
         worker.returned.connect(self._returned)
         worker.errored.connect(self._errored)
@@ -128,8 +150,22 @@ class BatchController(QObject):
             self._worker.quit()
 
     def wait(self, msecs: int = 30_000) -> bool:
+        """Block until the batch has ended (shutdown, tests). A batch process still running
+        after ``msecs`` is killed, so closing the window never leaves one behind."""
         worker = self._worker
-        return worker.wait(msecs) if worker is not None else True
+        if worker is None or worker.wait(msecs):
+            return True
+        process = self._process
+        if process is None:
+            return False
+        process.kill()
+        return worker.wait(KILL_GRACE_MS)
+
+    @property
+    def process_id(self) -> int | None:
+        """The running batch process's id (None in-process or between batches)."""
+        process = self._process
+        return process.pid if process is not None and self._worker is not None else None
 
     # -- GUI thread --------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -155,7 +191,7 @@ class BatchController(QObject):
         self._drain()  # every queued row reaches the table before "finished" is reported
         self._timer.stop()
         self._worker = None
-        self._runner = None
+        self._process = None
         if self._error is not None:
             emit(self.batch_failed, self._error)
             return

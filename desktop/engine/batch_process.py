@@ -1,0 +1,359 @@
+"""A screening batch in its own process, so the window's process keeps only its event loop.
+
+Why: with the batch's decoder and inference threads in the window's process, the GUI thread
+waits for Python's GIL (and for a core) whenever they hold it, and the window stalled
+120-150 ms several times in a 1,000-scan batch however little the GUI itself did
+(README, Performance, "GUI stall"). In a child process the batch's threads hold *its* GIL;
+the window's process is left with the event loop and one thread that reads results.
+
+:class:`BatchProcess` starts the ordinary :class:`~desktop.engine.runner.BatchRunner` in a
+child started with the ``spawn`` method (the same on Linux, Windows and macOS, and in the
+frozen app, whose entry script calls ``multiprocessing.freeze_support()``; ``fork`` from a
+process with Qt and ONNX Runtime threads could deadlock, as :mod:`desktop.engine.sandbox`
+says). Its :meth:`BatchProcess.run` is a generator with the runner's own contract (one
+:class:`~desktop.engine.runner.Progress` per committed scan, then the
+:class:`~desktop.engine.runner.BatchSummary`), so a caller drains it exactly as it drained
+``BatchRunner.run``, blocked on the pipe between events:
+
+* **What travels.** The child opens the window's verified models again
+  (:func:`~desktop.engine.registry.reopen_model_set`: same manifests, model bytes checked
+  against them) and its own connection to the same results store, and commits every scan
+  there before reporting it, so durability is the runner's (contract 5). Back come small
+  pickles: a Progress whose result has no thumbnail (the store has it; the table fetches it
+  when a row is drawn), and the summary without the discovered file list (the store has that
+  too; a 100,000-path list unpickled at the end would hold the window's GIL for a while).
+* **Cancel** is cooperative: a control pipe carries "cancel" to a thread in the child that
+  calls :meth:`BatchRunner.cancel`; what is committed stays, the batch ends ``cancelled``.
+* **Errors.** Anything the child raises comes back as its type, message and traceback text,
+  raised here as :class:`BatchProcessError` (the traceback is on it and in its notes).
+* **Death.** A child killed or crashed mid-batch closes its end of the pipe: :meth:`run`
+  raises :class:`BatchProcessError` saying how it ended (signal or exit status). Every
+  scan it committed stays; the batch is left ``running`` under a process id that no longer
+  exists, which the store reports as interrupted, so it can be resumed.
+* **The window closing** (or dying) closes the control pipe; the child then cancels at a
+  clean point by itself, so no batch runs on without a window.
+* **Priority.** The child lowers its own CPU priority (:data:`BACKGROUND_NICENESS`), so on
+  a busy PC the window wins the CPU over screening, as the batch threads did before.
+
+Spawning imports the parent's main module in the child: a script that runs a batch this way
+keeps its top-level work under ``if __name__ == "__main__":`` (the sandbox's rule too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from desktop.engine.errors import BatchError
+from desktop.engine.registry import ModelSet, ModelSetPlan
+from desktop.engine.store import BatchKind
+
+if TYPE_CHECKING:
+    from desktop.engine.runner import BatchRunner, BatchSummary, Progress
+
+log = logging.getLogger(__name__)
+
+#: Niceness the batch process adds to its own (POSIX; below-normal priority class on
+#: Windows): on a busy 2-core PC the window must win the CPU over screening, or it stutters.
+BACKGROUND_NICENESS = 5
+
+#: Seconds a child may take to exit after its last message before it is killed.
+EXIT_TIMEOUT_S = 30.0
+
+_CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything the child needs, picklable: no sessions, no open connections."""
+
+    models: ModelSetPlan
+    store_path: str
+    inputs: tuple[str, ...]
+    resume: str | None
+    kind: str
+    niceness: int
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An exception in the child, as text (its object might not pickle)."""
+
+    type_name: str
+    message: str
+    traceback: str
+
+
+class BatchProcessError(BatchError):
+    """The batch failed in its process, or the process ended without finishing.
+
+    ``child_type`` names the exception raised in the child (empty when the process died),
+    ``child_traceback`` is its traceback as the child printed it.
+    """
+
+    def __init__(self, message: str, child_type: str = "", child_traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = str(self.args[0]) if self.args else message
+        self.child_type = child_type
+        self.child_traceback = child_traceback
+        if child_traceback:
+            self.add_note(f"In the batch process:\n{child_traceback.rstrip()}")
+
+
+class BatchProcess:
+    """One batch in a child process; :meth:`run` is the runner's generator, read from a pipe.
+
+    Use once: create, drain :meth:`run` (in a worker thread: it blocks between events), and
+    call :meth:`cancel` from any thread to stop at a clean point.
+    """
+
+    def __init__(
+        self,
+        models: ModelSet,
+        store_path: str | Path,
+        inputs: Sequence[str | Path] = (),
+        *,
+        resume: str | None = None,
+        kind: str = BatchKind.SCREENING,
+        niceness: int = BACKGROUND_NICENESS,
+    ) -> None:
+        self._job = _Job(
+            ModelSetPlan.of(models),
+            str(store_path),
+            tuple(str(p) for p in inputs),
+            resume,
+            str(kind),
+            niceness,
+        )
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None  # multiprocessing's SpawnProcess
+        self._control: Connection | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id once started (tests kill it to check a crash is handled)."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    def cancel(self) -> None:
+        """Ask the batch to stop after the scans in flight (thread-safe, returns at once)."""
+        with self._lock:
+            self._cancelled = True
+            if self._control is not None:
+                with contextlib.suppress(OSError):
+                    self._control.send(_CANCEL)
+
+    def kill(self) -> None:
+        """End the child at once (shutdown after a cancel that did not end it in time)."""
+        process = self._process
+        if process is not None and process.is_alive():
+            log.warning("the batch process %s did not stop; killing it", process.pid)
+            process.kill()
+
+    def run(self) -> Generator[Progress, None, BatchSummary]:
+        """Start the child and yield its progress events; return its summary.
+
+        Raises :class:`BatchProcessError` when the batch fails in the child or the child
+        ends without finishing. The child is always joined (or killed) before this returns.
+        """
+        results, child_results = self._context.Pipe(duplex=False)
+        child_control, control = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_child_main,
+            args=(self._job, child_results, child_control),
+            name="medscreen-batch",
+            # not a daemon: it starts decoder processes of its own (sandbox), which a daemon
+            # process may not; the control pipe stops it when this process goes away
+            daemon=False,
+        )
+        try:
+            process.start()
+        except BaseException:
+            for conn in (results, child_results, child_control, control):
+                conn.close()
+            raise
+        # Only the child holds its ends now: its death is the end of the results pipe.
+        child_results.close()
+        child_control.close()
+        with self._lock:
+            self._process = process
+            self._control = control
+            if self._cancelled:  # cancelled before the child existed
+                with contextlib.suppress(OSError):
+                    control.send(_CANCEL)
+        log.info("batch process %s started", process.pid)
+        try:
+            while True:
+                try:
+                    kind, payload = results.recv()
+                except (EOFError, OSError):
+                    raise _died(process) from None
+                if kind == "progress":
+                    yield payload
+                elif kind == "done":
+                    return payload
+                else:
+                    failure: _Failure = payload
+                    log.error(
+                        "the batch process failed: %s: %s\n%s",
+                        failure.type_name,
+                        failure.message,
+                        failure.traceback,
+                    )
+                    raise BatchProcessError(
+                        failure.message or failure.type_name, failure.type_name, failure.traceback
+                    )
+        finally:
+            # A generator closed early (the caller stopped reading) is a cancel too.
+            with self._lock:
+                self._control = None
+            with contextlib.suppress(OSError):
+                control.send(_CANCEL)
+            control.close()
+            results.close()
+            process.join(EXIT_TIMEOUT_S)
+            if process.is_alive():
+                self.kill()
+                process.join(5.0)
+
+
+def _died(process: Any) -> BatchProcessError:
+    """The error for a child whose pipe closed before it reported an end."""
+    process.join(5.0)
+    code = process.exitcode
+    if code is None:
+        how = "it stopped answering"
+    elif code < 0:
+        how = f"it was killed by signal {-code}"
+        with contextlib.suppress(ValueError):
+            import signal
+
+            how = f"it was killed ({signal.Signals(-code).name})"
+    else:
+        how = f"it exited with status {code}"
+    log.error("the batch process %s ended without finishing the batch: %s", process.pid, how)
+    return BatchProcessError(
+        f"the screening process ended unexpectedly ({how}); the scans finished before it "
+        "are kept and the batch can be resumed"
+    )
+
+
+# -- the child -------------------------------------------------------------------------------
+def _child_main(job: _Job, results: Connection, control: Connection) -> None:
+    """The batch process: screen, report each committed scan, then the summary or the error."""
+    _lower_priority(job.niceness)
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        import signal
+
+        # Ctrl+C in the window's terminal reaches this process too: the window decides, and
+        # its going away closes the control pipe, which cancels the batch at a clean point.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = None
+    try:
+        from desktop.engine.registry import reopen_model_set
+        from desktop.engine.runner import BatchRunner
+        from desktop.engine.store import ResultsStore
+
+        models = reopen_model_set(job.models)
+        store = ResultsStore(Path(job.store_path))
+        runner = BatchRunner(models, store)
+        threading.Thread(
+            target=_watch_control,
+            args=(control, runner),
+            name="medscreen-batch-control",
+            daemon=True,
+        ).start()
+        summary = _screen(runner, job, results)
+        results.send(("done", replace(summary, discovered=_without_files(summary))))
+    except BaseException as exc:  # every failure goes to the window, with its traceback
+        failure = _Failure(
+            type(exc).__name__,
+            str(getattr(exc, "message", "") or exc),
+            traceback.format_exc(),
+        )
+        with contextlib.suppress(OSError):
+            results.send(("error", failure))
+        if not isinstance(exc, Exception):
+            raise
+        sys.exit(1)
+    finally:
+        if store is not None:
+            store.close()
+        results.close()
+
+
+def _screen(runner: BatchRunner, job: _Job, results: Connection) -> BatchSummary:
+    """Drain the runner's generator, sending each event; a window gone means cancel."""
+    gen = runner.run(list(job.inputs), resume=job.resume, kind=job.kind)
+    window_gone = False
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if window_gone:
+            continue
+        try:
+            results.send(("progress", _slim(progress)))
+        except OSError:  # BrokenPipeError: nobody reads any more; stop at a clean point
+            window_gone = True
+            runner.cancel()
+
+
+def _slim(progress: Progress) -> Progress:
+    """The event without the result's thumbnail: it is committed to the store, which the
+    window reads it from when a row is drawn (a result without a sha256 has none)."""
+    result = progress.result
+    if result is None or not result.thumbnail_png or not result.sha256:
+        return progress
+    return replace(progress, result=replace(result, thumbnail_png=None))
+
+
+def _without_files(summary: BatchSummary) -> Any:
+    return replace(summary.discovered, files=[])
+
+
+def _watch_control(control: Connection, runner: BatchRunner) -> None:
+    """Cancel the batch on the window's word, or when the window's end of the pipe closes
+    (the window closed or died: nobody would see the rest)."""
+    try:
+        while control.recv() != _CANCEL:
+            pass
+    except (EOFError, OSError):
+        pass
+    runner.cancel()
+
+
+def _lower_priority(niceness: int) -> None:
+    """Best effort: make this whole process yield the CPU to the window."""
+    if niceness <= 0:
+        return
+    if os.name == "nt":  # pragma: no cover - Windows only
+        try:
+            import ctypes
+
+            below_normal = 0x4000
+            kernel32 = ctypes.WinDLL("kernel32")
+            kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), below_normal)
+        except (OSError, AttributeError) as exc:
+            log.debug("cannot lower the batch process's priority: %s", exc)
+        return
+    try:
+        os.nice(niceness)
+    except OSError as exc:
+        log.debug("cannot lower the batch process's priority: %s", exc)
+
+
+__all__ = ["BACKGROUND_NICENESS", "BatchProcess", "BatchProcessError"]

@@ -1,0 +1,190 @@
+"""A batch in its own process (desktop/engine/batch_process.py), on real scans with the
+stand-in models: same results as in this process, cancel, every child error reported with
+its traceback, a killed child, and a reader that goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop.engine.batch_process import BatchProcess, BatchProcessError
+from desktop.engine.registry import ModelSet, load_model_set
+from desktop.engine.results import ScanStatus
+from desktop.engine.runner import BatchRunner, BatchSummary, Progress, run_to_end
+from desktop.engine.store import BatchStatus, ResultsStore
+from tests.conftest import DATA
+from tests.fixtures import distinct_scans
+
+
+@pytest.fixture
+def models(stand_in_models: Path) -> ModelSet:
+    return load_model_set([stand_in_models])
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    db = ResultsStore(tmp_path / "results.sqlite3")
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="module")
+def many_scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 distinct small real scans: a batch long enough to be stopped halfway (each test
+    has its own store, so nothing is reused from another test's batch)."""
+    sources = sorted((DATA / "tb").rglob("*.png")) + sorted((DATA / "pneumonia").rglob("*.jpeg"))
+    folder = tmp_path_factory.mktemp("many")
+    return distinct_scans(folder, 400, sources, side=96, seed=7, per_folder=100)
+
+
+def _drain(gen, stop_after: int | None = None, on_stop=None) -> tuple[list[Progress], BatchSummary]:
+    events: list[Progress] = []
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return events, stop.value
+        events.append(event)
+        if stop_after is not None and len(events) == stop_after and on_stop is not None:
+            on_stop()
+
+
+def test_the_child_screens_like_this_process_and_commits_before_reporting(
+    models: ModelSet, store: ResultsStore, mixed_folder: Path, tmp_path: Path
+):
+    process = BatchProcess(models, store.path, [mixed_folder])
+    events, summary = _drain(process.run())
+    total = len([p for p in mixed_folder.rglob("*") if p.is_file()])
+    assert summary.total == total == 44 and not summary.cancelled
+    assert [e.done for e in events] == list(range(total + 1))
+    assert summary.ok + summary.not_chest_xray + summary.errors == total
+    assert summary.ok > 0 and summary.not_chest_xray > 0
+    assert summary.discovered.files == []  # not sent back: the store has the list
+    # Every reported result is in the store (committed before it was sent), with its
+    # thumbnail there; the event itself carries none.
+    stored = {r.file: r for r in store.batch_results(summary.batch_id)}
+    reported = {e.result.file: e.result for e in events if e.result is not None}
+    assert set(reported) == set(stored) and len(reported) == total
+    for result in reported.values():
+        assert result.thumbnail_png is None
+        if result.status is ScanStatus.OK:
+            assert store.thumbnail(result.sha256, result.models_key)
+    assert store.batch(summary.batch_id).status == BatchStatus.COMPLETED
+    # The same scans screened in this process: the same verdicts and scores.
+    here = ResultsStore(tmp_path / "here.sqlite3")
+    try:
+        local = run_to_end(BatchRunner(models, here).run([mixed_folder]))
+        mine = {r.file: r for r in here.batch_results(local.batch_id)}
+    finally:
+        here.close()
+    assert (local.ok, local.not_chest_xray, local.errors) == (
+        summary.ok,
+        summary.not_chest_xray,
+        summary.errors,
+    )
+    for file, result in reported.items():
+        other = mine[file]
+        assert result.status is other.status and result.models_key == models.key
+        for finding, value in other.findings.items():
+            assert result.findings[finding].probability == pytest.approx(
+                value.probability, abs=1e-5
+            )
+
+
+def test_cancel_stops_the_child_and_keeps_what_is_done(
+    models: ModelSet, store: ResultsStore, many_scans: Path
+):
+    process = BatchProcess(models, store.path, [many_scans])
+    events, summary = _drain(process.run(), stop_after=3, on_stop=process.cancel)
+    assert summary.cancelled
+    done = events[-1].done
+    assert 2 <= done < 400
+    info = store.batch(summary.batch_id)
+    assert info.status == BatchStatus.CANCELLED and info.done == done
+    assert len(list(store.batch_results(summary.batch_id))) == done
+    # ... and the rest is screened on resume, in a child again
+    rest, resumed = _drain(BatchProcess(models, store.path, resume=summary.batch_id).run())
+    assert resumed.total == 400 and resumed.already_done == done
+    assert rest[-1].done == 400
+    assert store.batch(summary.batch_id).status == BatchStatus.COMPLETED
+
+
+def test_an_error_in_the_child_comes_back_with_its_traceback(models: ModelSet, store: ResultsStore):
+    process = BatchProcess(models, store.path, resume="no-such-batch")
+    with pytest.raises(BatchProcessError) as caught:
+        _drain(process.run())
+    err = caught.value
+    assert err.message == "no batch 'no-such-batch' in the results store"
+    assert err.child_type == "BatchError"
+    assert "runner.py" in err.child_traceback and "in run" in err.child_traceback
+    assert any("In the batch process" in note for note in err.__notes__)
+
+
+def test_a_model_file_changed_since_loading_is_refused_in_the_child(
+    stand_in_models: Path, store: ResultsStore, chest_folder: Path, tmp_path: Path
+):
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(stand_in_models, folder)
+    models = load_model_set([folder])
+    onnx = folder / models.modality.manifest.file
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # changed after the window verified it
+    process = BatchProcess(models, store.path, [chest_folder])
+    with pytest.raises(BatchProcessError) as caught:
+        _drain(process.run())
+    assert caught.value.child_type == "ModelError"
+    assert models.modality.manifest.file in caught.value.message
+    assert store.batches() == []  # refused before any batch was made
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_killed_child_is_reported_and_its_committed_scans_stay(
+    models: ModelSet, store: ResultsStore, many_scans: Path
+):
+    process = BatchProcess(models, store.path, [many_scans])
+    gen = process.run()
+    events = [next(gen) for _ in range(3)]  # the start and two committed scans
+    os.kill(process.pid, signal.SIGKILL)
+    with pytest.raises(BatchProcessError) as caught:
+        while True:
+            events.append(next(gen))
+    assert "the screening process ended unexpectedly" in caught.value.message
+    assert "SIGKILL" in caught.value.message
+    batch_id = events[0].batch_id
+    committed = list(store.batch_results(batch_id))
+    assert len(committed) >= events[-1].done >= 2
+    # left "running" under a dead process id: offered for resume
+    assert [b.id for b in store.interrupted_batches()] == [batch_id]
+
+
+def test_a_reader_that_goes_away_cancels_the_child(
+    models: ModelSet, store: ResultsStore, many_scans: Path
+):
+    process = BatchProcess(models, store.path, [many_scans])
+    gen = process.run()
+    first = [next(gen) for _ in range(3)]
+    gen.close()  # joins the child, which stopped at a clean point
+    info = store.batch(first[0].batch_id)
+    assert info.status == BatchStatus.CANCELLED and 2 <= info.done < 400
+
+
+def test_the_child_cancels_when_the_window_end_of_the_control_pipe_closes(
+    models: ModelSet, store: ResultsStore
+):
+    """A window that closes or dies without a word: its end of the control pipe closes, and
+    the child's watcher cancels the batch (a clean stop; committed scans stay)."""
+    import multiprocessing
+
+    from desktop.engine.batch_process import _watch_control
+
+    runner = BatchRunner(models, store)
+    child_end, window_end = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    window_end.close()
+    _watch_control(child_end, runner)
+    assert runner.cancelled
+    child_end.close()
