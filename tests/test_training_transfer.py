@@ -135,3 +135,76 @@ def test_rate_has_wilson_interval_and_targets_say_by_how_much() -> None:
     over = target("≤ 30% flagged", 0.42, 0.30, False, "0.420")
     assert not over["met"] and over["gap"] == "over by 0.120"
     assert target("≤ 30% flagged", 0.2, 0.30, False, "0.200")["met"]
+
+
+def test_joined_and_mirrored_backbones_are_parsed_and_extracted(stand_in: Path) -> None:
+    """A joined backbone's features are its networks' features side by side (mean-pooled of
+    each, then sqrt-pooled of each), each computed on that network's own engine input; the
+    mirror variant averages them with those of the mirror images (separate cache files)."""
+    bb = F.parse_backbone("mobilenet025+lite0@96+mirror")
+    assert bb == F.Backbone("mobilenet025+lite0", 96, True) and bb.key.endswith("@96+mirror")
+    assert [p.key for p in bb.parts] == ["mobilenet025@96", "lite0@96"]
+    for bad in ("lite0+lite0@96", "lite0+resnet@96", "lite0@96+flip", "lite0+mobilenet025"):
+        with pytest.raises(ValueError, match="NAME"):
+            F.parse_backbone(bad)
+    # the in-graph affine that turns the model input into the second network's input
+    spec, lite = bb.spec(), bb.parts[1].spec()
+    a, b = bb.rescale(bb.parts[1])
+    x = np.stack([prepare_file(p, spec) for p in FILES[:3]])
+    own = np.stack([prepare_file(p, lite) for p in FILES[:3]])
+    np.testing.assert_allclose(x * a + b, own, atol=2e-6)
+
+    plain = F.Backbone(bb.name, 96)
+    feats = F.extract(FILES[:3], plain, spec, seed=1, cache=stand_in)
+    assert feats.shape == (3, 1, 12)
+    mean = np.concatenate([x.mean(axis=(1, 2)), own.mean(axis=(1, 2))], axis=1)
+    root = np.concatenate([np.sqrt(np.maximum(v, 0)).mean(axis=(1, 2)) for v in (x, own)], axis=1)
+    np.testing.assert_allclose(F.select(feats, "mean")[:, 0], mean, atol=1e-5)
+    np.testing.assert_allclose(F.select(feats, "sqrt")[:, 0], root, atol=1e-5)
+    assert len(list((stand_in / "features").glob("*.npy"))) == 2  # one per network
+    mirrored = F.extract(FILES[:3], bb, spec, seed=1, cache=stand_in)
+    assert len(list((stand_in / "features").glob("*.npy"))) == 4  # + the mirror images
+    np.testing.assert_allclose(mirrored, feats, atol=1e-6)  # average pooling: mirror-blind
+
+
+WEIGHTS = Path("/work/shared/data/weights")
+
+
+@pytest.mark.skipif(
+    not (WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists()
+    or not (WEIGHTS / "efficientnet_lite0_imagenet_f16.npz").exists(),
+    reason="needs the MobileNet 0.25 and EfficientNet-Lite0 ImageNet weights",
+)
+def test_saved_joined_mirrored_model_computes_the_feature_path(tmp_path: Path) -> None:
+    """The Keras model that export converts (joined MobileNet + Lite0, mirror averaging,
+    sqrt pooling) gives the features the head was fitted on: each network on its own engine
+    input and on that input's mirror image, pooled, averaged; and its logit is the head's."""
+    import keras
+
+    from training.data import Record
+    from training.heads import LinearHead
+    from training.models import heads_model
+    from training.transfer import _save_model
+
+    bb = F.parse_backbone("mobilenet025+lite0@96+mirror")
+    spec = bb.spec()
+    rows = [Record(p, i % 2, str(i), "x", "test") for i, p in enumerate(FILES[:4])]
+    d = 256 + 1280
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.normal(size=d) / 30, 0.1, rng.uniform(0, 1, d), rng.uniform(1, 2, d))
+    _save_model(tmp_path, bb, head, spec, rows, np.zeros(len(rows)), "sqrt")
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    x = np.stack([prepare_file(r.path, spec) for r in rows])
+    fmap, gap, logits = (np.asarray(t, dtype=np.float64) for t in heads_model(model)(x))
+    want = []
+    for part in bb.parts:
+        net = F.keras_backbone(part)
+        own = np.stack([prepare_file(r.path, part.spec()) for r in rows])
+        pooled = [
+            np.sqrt(np.maximum(np.asarray(net(v, training=False), np.float64), 0)).mean((1, 2))
+            for v in (own, own[:, :, ::-1])
+        ]
+        want.append((pooled[0] + pooled[1]) / 2)
+    np.testing.assert_allclose(gap, np.concatenate(want, axis=1), atol=1e-4)
+    np.testing.assert_allclose(fmap.mean(axis=(1, 2)), gap, atol=1e-5)  # CAM stays exact
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], head.logit(gap), atol=1e-3)

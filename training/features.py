@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +37,42 @@ log = logging.getLogger(__name__)
 MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
 
 
+NAMES = ("lite0", "lite1", "lite2", "mobilenet025")
+
+
 @dataclass(frozen=True)
 class Backbone:
-    """A frozen ImageNet backbone at one input side."""
+    """A frozen ImageNet backbone at one input side, or several joined by ``+``.
 
-    name: str  # "lite0" | "lite1" | "lite2" | "mobilenet025"
+    A joined backbone (``mobilenet025+lite0@320``) runs each network on the same image and
+    concatenates their last feature maps along the channels (the sides must give maps of
+    one size: every backbone here has stride 32). One GAP + Dense head on the joined maps is
+    an ensemble of linear heads whose class activation map stays exact. The model input is
+    scaled for the first network; the others get an in-graph affine rescale to their own
+    ImageNet scaling (:meth:`rescale`).
+    """
+
+    name: str  # "lite0" | "lite1" | "lite2" | "mobilenet025", or several joined by "+"
     side: int
+    # test-time augmentation: the features averaged with those of the left-right mirror image
+    mirror: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.side}"
+        return f"{self.name}@{self.side}" + ("+mirror" if self.mirror else "")
+
+    @property
+    def parts(self) -> list[Backbone]:
+        """The single backbones of a joined one (itself when single)."""
+        return [Backbone(n, self.side) for n in self.name.split("+")]
 
     def spec(self, **extra: object) -> PreprocessSpec:
-        """The engine preprocessing this backbone expects (ImageNet input scaling)."""
+        """The engine preprocessing this backbone expects (ImageNet input scaling; a joined
+        backbone: its first network's)."""
         from training.efficientnet_lite import INPUT_OFFSET, INPUT_SCALE
 
-        if self.name == "mobilenet025":
+        first = self.name.split("+")[0]
+        if first == "mobilenet025":
             scale, offset = 2.0, -1.0  # Keras MobileNet: [-1, 1]
         else:
             scale, offset = INPUT_SCALE, INPUT_OFFSET
@@ -67,18 +87,47 @@ class Backbone:
             **extra,  # type: ignore[arg-type]
         )
 
+    def rescale(self, part: Backbone) -> tuple[float, float]:
+        """``(a, b)`` with ``part``'s input = a · this backbone's input + b (same grey)."""
+        mine, theirs = self.spec(), part.spec()
+        a = theirs.scale / mine.scale
+        return a, theirs.offset - a * mine.offset
+
     def describe(self) -> str:
+        if self.mirror:
+            return (
+                Backbone(self.name, self.side).describe()
+                + ", features averaged with those of the left-right mirror image inside the "
+                "graph (test-time augmentation)"
+            )
+        if "+" in self.name:
+            names = " + ".join(p.describe().split(" (ImageNet)")[0] for p in self.parts)
+            return (
+                f"{names} (ImageNet) at {self.side}x{self.side}, feature maps concatenated "
+                "(one GAP + linear head: an ensemble)"
+            )
         if self.name == "mobilenet025":
             return f"MobileNet v1 alpha 0.25 (ImageNet) at {self.side}x{self.side}"
         return f"EfficientNet-{self.name.capitalize()} (ImageNet) at {self.side}x{self.side}"
 
 
 def parse_backbone(text: str) -> Backbone:
-    """``lite0@320`` → Backbone("lite0", 320)."""
-    name, _, side = text.partition("@")
-    if name not in ("lite0", "lite1", "lite2", "mobilenet025") or not side.isdigit():
-        raise ValueError(f"backbone {text!r}: expected NAME@SIDE, NAME lite0/1/2 or mobilenet025")
-    return Backbone(name, int(side))
+    """``lite0@320`` → Backbone("lite0", 320); ``mobilenet025+lite0@320`` joins two;
+    a ``+mirror`` suffix adds the mirror-image test-time augmentation."""
+    name, _, rest = text.partition("@")
+    side, _, tta = rest.partition("+")
+    names = name.split("+")
+    if (
+        not all(n in NAMES for n in names)
+        or len(set(names)) != len(names)
+        or not side.isdigit()
+        or tta not in ("", "mirror")
+    ):
+        raise ValueError(
+            f"backbone {text!r}: expected NAME@SIDE, NAME lite0/1/2 or mobilenet025 "
+            "(NAME+NAME@SIDE joins two; a +mirror suffix averages with the mirror image)"
+        )
+    return Backbone(name, int(side), tta == "mirror")
 
 
 def keras_backbone(bb: Backbone, weights_dir: Path | None = None):  # noqa: ANN201
@@ -88,6 +137,19 @@ def keras_backbone(bb: Backbone, weights_dir: Path | None = None):  # noqa: ANN2
     from training.efficientnet_lite import DEFAULT_WEIGHTS_DIR, pretrained_lite
 
     shape = (bb.side, bb.side, 3)
+    if bb.mirror:  # the mirror image is taken in the head (training.transfer._save_model)
+        return keras_backbone(Backbone(bb.name, bb.side), weights_dir)
+    if "+" in bb.name:
+        inputs = keras.Input(shape=shape, name="image")
+        maps = []
+        for part in bb.parts:
+            a, b = bb.rescale(part)
+            x = inputs
+            if (a, b) != (1.0, 0.0):
+                x = keras.layers.Rescaling(a, b, name=f"to_{part.name}_input")(inputs)
+            maps.append(keras_backbone(part, weights_dir)(x))
+        joined = keras.layers.Concatenate(name="joined_maps")(maps)
+        return keras.Model(inputs, joined, name=bb.name.replace("+", "_"))
     if bb.name == "mobilenet025":
         net = keras.applications.MobileNet(
             alpha=0.25, include_top=False, weights=None, input_shape=shape
@@ -211,12 +273,38 @@ def extract(
     aug: ScanAugment | None = None,
     cache: Path | None = None,
     batch: int = 32,
+    mirror: bool = False,
 ) -> np.ndarray:
     """Features (N, views, 2D): view 0 un-augmented, views 1.. augmented; the last axis holds
-    the mean-pooled then the sqrt-pooled features (:func:`select`)."""
+    the mean-pooled then the sqrt-pooled features (:func:`select`). ``mirror``: of the
+    left-right mirror images of those inputs."""
     cache = cache or default_cache_dir()
     aug = aug or ScanAugment()
-    extra = {"aug": aug.to_json(), "seed": seed}
+    if bb.mirror:  # what the exported graph computes: the mean of both images' features
+        plain = Backbone(bb.name, bb.side)
+        kw = {"seed": seed, "aug": aug, "cache": cache, "batch": batch}
+        both = (
+            extract(paths, plain, spec, views, **kw),
+            extract(paths, plain, spec, views, mirror=True, **kw),
+        )
+        return (both[0] + both[1]) / 2
+    if "+" in bb.name:  # each network on its own scaling of the same grey, then joined
+        got = [
+            extract(
+                paths,
+                part,
+                replace(spec, scale=part.spec().scale, offset=part.spec().offset),
+                views,
+                seed=seed,
+                aug=aug,
+                cache=cache,
+                batch=batch,
+                mirror=mirror,
+            )
+            for part in bb.parts
+        ]
+        return np.concatenate([select(f, pool) for pool in POOLS for f in got], axis=-1)
+    extra = {"aug": aug.to_json(), "seed": seed, **({"mirror": True} if mirror else {})}
     files = [cache / "features" / f"{_key(paths, spec, bb, v, extra)}.npy" for v in range(views)]
     todo = [v for v in range(views) if not files[v].exists()]
     if todo:
@@ -240,7 +328,7 @@ def extract(
                         working = load_working(path).pixels
                     rng = np.random.default_rng([seed, i, v])
                     x = preprocess(augment_scan(working, rng, aug), spec)
-                buf[v].append(x)
+                buf[v].append(x[:, ::-1] if mirror else x)
                 if len(buf[v]) == batch:
                     flush(v)
             if i and i % 500 == 0:

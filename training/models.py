@@ -31,6 +31,20 @@ class Sqrt(layers.Layer):
         return keras.ops.sqrt(keras.ops.maximum(x, 0.0))
 
 
+@keras.saving.register_keras_serializable(package="medscreen")
+class Mirror(layers.Layer):
+    """Left-right mirror image of NHWC images or feature maps (reverses the width axis).
+
+    Why: test-time augmentation inside the exported graph. A model that averages the feature
+    maps of a scan and (mirrored back) of its mirror image cannot lean on which side a
+    burnt-in marker, the heart or a site's positioning habit sits; mirroring the maps back
+    before averaging keeps the class activation map exact and in the scan's own orientation.
+    """
+
+    def call(self, x):  # noqa: ANN001, ANN201
+        return keras.ops.flip(x, axis=2)
+
+
 def _head(features: keras.KerasTensor, n_classes: int, dropout: float) -> keras.KerasTensor:
     x = layers.GlobalAveragePooling2D(name=GAP)(features)
     if dropout:

@@ -99,7 +99,11 @@ class Task:
 
 
 def add_transfer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="lite0@320", help="NAME@SIDE: lite0/1/2, mobilenet025")
+    p.add_argument(
+        "--backbone",
+        default="lite0@320",
+        help="NAME[+NAME]@SIDE: lite0/1/2, mobilenet025 (+: joined)",
+    )
     p.add_argument("--views", type=int, default=6, help="versions of each training image")
     p.add_argument("--contrast", default=None, help="engine contrast normalisation (manifest key)")
     p.add_argument(
@@ -525,6 +529,8 @@ def _subgroups(
 
 
 def _pretrained(bb: Backbone) -> str:
+    if "+" in bb.name:
+        return "; ".join(_pretrained(part) for part in bb.parts)
     if bb.name == "mobilenet025":
         return (
             "ImageNet MobileNet v1 alpha 0.25 (Keras Applications, mobilenet_2_5_224_tf_no_top.h5)"
@@ -596,16 +602,27 @@ def _save_model(
 
     from desktop.engine.preprocess import prepare_file
     from training.features import keras_backbone
-    from training.models import FEATURES, GAP, LOGITS, PROBS, Sqrt
+    from training.models import FEATURES, GAP, LOGITS, PROBS, Mirror, Sqrt
 
     backbone = keras_backbone(bb)
     inputs = keras.Input(shape=spec.input_shape, name="image")
     maps = backbone(inputs, training=False)
-    fmap = Sqrt(name=FEATURES)(maps) if pool == "sqrt" else layers.Identity(name=FEATURES)(maps)
+    if bb.mirror:  # test-time augmentation: mean of the maps of the scan and its mirror image
+
+        def pooled(t: Any) -> Any:
+            return Sqrt()(t) if pool == "sqrt" else t
+
+        mirrored = backbone(Mirror(name="mirror_input")(inputs), training=False)
+        both = [pooled(maps), Mirror(name="mirror_back")(pooled(mirrored))]
+        fmap = layers.Average(name=FEATURES)(both)
+    elif pool == "sqrt":
+        fmap = Sqrt(name=FEATURES)(maps)
+    else:
+        fmap = layers.Identity(name=FEATURES)(maps)
     x = layers.GlobalAveragePooling2D(name=GAP)(fmap)
     logits = layers.Dense(2, name=LOGITS)(x)
     probs = layers.Activation("softmax", name=PROBS, dtype="float32")(logits)
-    model = keras.Model(inputs, probs, name=f"{bb.name}_{bb.side}_linear")
+    model = keras.Model(inputs, probs, name=f"{bb.name.replace('+', '_')}_{bb.side}_linear")
     kernel, bias = head.dense_weights()
     model.get_layer(LOGITS).set_weights([kernel, bias])
     model.save(run / "model.keras")
