@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop.engine.batch_process import BatchProcess, BatchProcessError
+from desktop.engine.batch_process import BACKGROUND_NICENESS, BatchProcess, BatchProcessError
 from desktop.engine.registry import ModelSet, load_model_set
 from desktop.engine.results import ScanStatus
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress, run_to_end
@@ -51,6 +51,12 @@ def _drain(gen, stop_after: int | None = None, on_stop=None) -> tuple[list[Progr
         events.append(event)
         if stop_after is not None and len(events) == stop_after and on_stop is not None:
             on_stop()
+
+
+def _nice(pid: int, tid: str) -> int:
+    """A thread's niceness, from /proc (field 19 of its stat, after the command's ")")."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text(encoding="ascii")
+    return int(stat.rsplit(")", 1)[1].split()[16])
 
 
 def test_the_child_screens_like_this_process_and_commits_before_reporting(
@@ -149,6 +155,10 @@ def test_a_killed_child_is_reported_and_its_committed_scans_stay(
     process = BatchProcess(models, store.path, [many_scans])
     gen = process.run()
     events = [next(gen) for _ in range(3)]  # the start and two committed scans
+    if sys.platform.startswith("linux"):  # every thread of the batch yields to the window
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        niceness = {_nice(process.pid, tid) for tid in os.listdir(f"/proc/{process.pid}/task")}
+        assert niceness == {min(19, mine + BACKGROUND_NICENESS)}
     os.kill(process.pid, signal.SIGKILL)
     with pytest.raises(BatchProcessError) as caught:
         while True:

@@ -32,8 +32,9 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
   exists, which the store reports as interrupted, so it can be resumed.
 * **The window closing** (or dying) closes the control pipe; the child then cancels at a
   clean point by itself, so no batch runs on without a window.
-* **Priority.** The child lowers its own CPU priority (:data:`BACKGROUND_NICENESS`), so on
-  a busy PC the window wins the CPU over screening, as the batch threads did before.
+* **Priority.** Once its models are open, the child lowers its own CPU priority
+  (:data:`BACKGROUND_NICENESS`, every thread), so on a busy PC the window wins the CPU over
+  screening, as it did over the batch threads before.
 
 Spawning imports the parent's main module in the child: a script that runs a batch this way
 keeps its top-level work under ``if __name__ == "__main__":`` (the sandbox's rule too).
@@ -253,7 +254,6 @@ def _died(process: Any) -> BatchProcessError:
 # -- the child -------------------------------------------------------------------------------
 def _child_main(job: _Job, results: Connection, control: Connection) -> None:
     """The batch process: screen, report each committed scan, then the summary or the error."""
-    _lower_priority(job.niceness)
     with contextlib.suppress(ValueError, OSError, AttributeError):
         import signal
 
@@ -268,6 +268,10 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
 
         models = reopen_model_set(job.models)
         store = ResultsStore(Path(job.store_path))
+        # Start-up (imports, sessions) at the window's priority: the window waits for the
+        # first rows then, and under load a lowered start took seconds longer. The batch's
+        # threads, all started from here on, inherit the lowered priority.
+        _lower_priority(job.niceness)
         runner = BatchRunner(models, store)
         threading.Thread(
             target=_watch_control,
@@ -340,6 +344,21 @@ def _lower_priority(niceness: int) -> None:
     """Best effort: make this whole process yield the CPU to the window."""
     if niceness <= 0:
         return
+    if sys.platform.startswith("linux"):
+        # A niceness belongs to a thread on Linux: lower every thread there is (ONNX
+        # Runtime's pools on a big machine); threads started later inherit it.
+        try:
+            tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+        except OSError:
+            tids = [0]
+        for tid in tids:
+            try:
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness
+                )
+            except OSError as exc:  # a thread that just ended, or no permission
+                log.debug("cannot lower thread %s's priority: %s", tid, exc)
+        return
     if os.name == "nt":  # pragma: no cover - Windows only
         try:
             import ctypes
@@ -351,7 +370,7 @@ def _lower_priority(niceness: int) -> None:
             log.debug("cannot lower the batch process's priority: %s", exc)
         return
     try:
-        os.nice(niceness)
+        os.nice(niceness)  # the whole process (macOS, the BSDs)
     except OSError as exc:
         log.debug("cannot lower the batch process's priority: %s", exc)
 
