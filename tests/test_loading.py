@@ -26,6 +26,7 @@ from desktop.engine.loading import (
     make_thumbnail,
     read_file,
 )
+from desktop.engine.preprocess import load_working
 from desktop.engine.scan import IDENTIFYING_FIELDS
 from tests.fixtures import (
     CR_CHEST,
@@ -576,6 +577,23 @@ def test_thumbnail_quantises_as_before_nan_and_inf_included() -> None:
     ).save(expected, "JPEG", quality=90)
     with np.errstate(over="ignore"):
         assert make_thumbnail(pixels, 384) == expected.getvalue()
+
+
+def test_the_8_bit_working_image_gives_the_same_thumbnail(tmp_path: Path) -> None:
+    """JPEG and 8-bit working images keep the levels their pixels were divided from
+    (``Scan.grey8``: a 2048² JPEG decoded at 1/4 scale, a colour JPEG, an 8-bit PNG), and
+    the thumbnail made from those is byte for byte the one made by quantising the float
+    pixels; a 16-bit image keeps none, and a full-resolution decode keeps none."""
+    big = tmp_path / "big.jpg"
+    Image.fromarray(grey8()).resize((2048, 2048), Image.Resampling.BICUBIC).save(big, quality=92)
+    for path in (big, KERMANY_JPEG, TB_PNG):
+        scan = load_working(path)
+        assert scan.grey8 is not None and scan.grey8.dtype == np.uint8
+        assert np.array_equal(np.divide(scan.grey8, np.float32(255), dtype=np.float32), scan.pixels)
+        assert make_thumbnail(scan.grey8, 384) == make_thumbnail(scan.pixels, 384)
+    assert load_working(big).pixels.shape == (512, 512)  # the DCT-scaled decode
+    assert load_working(write_png16(tmp_path / "deep.png")).grey8 is None
+    assert load_scan(big).grey8 is None
 
 
 def test_demo_samples_all_load_and_stay_small() -> None:

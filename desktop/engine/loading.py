@@ -612,6 +612,7 @@ def _raster_to_scan(
             size = (size[1], size[0])
 
     raw: np.ndarray | None = None
+    grey8: np.ndarray | None = None  # the 8-bit working image, when pixels are it / 255
     bits = 8
     window: tuple[float, float] | None = None
     if mode in ("L", "1", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
@@ -629,10 +630,11 @@ def _raster_to_scan(
             factor = working_factor(grey.height, grey.width, working_side)
             if factor > 1:
                 grey = grey.reduce(factor)
-            pixels = np.divide(np.asarray(grey), np.float32(255.0), dtype=np.float32)
-        elif mode in ("L", "1", "LA", "La"):
-            grey8 = np.asarray(image.convert("L") if mode != "L" else image)
+            grey8 = np.asarray(grey)
             pixels = np.divide(grey8, np.float32(255.0), dtype=np.float32)
+        elif mode in ("L", "1", "LA", "La"):
+            levels = np.asarray(image.convert("L") if mode != "L" else image)
+            pixels = np.divide(levels, np.float32(255.0), dtype=np.float32)
         else:
             rgb = image if mode == "RGB" else image.convert("RGB")
             pixels = np.asarray(rgb.convert("F"), dtype=np.float32)  # ITU-R 601 luma, float
@@ -667,7 +669,7 @@ def _raster_to_scan(
         window=window,
         extra=extra,
     )
-    return Scan(path=path, sha256=sha256, pixels=pixels, metadata=metadata, raw=raw)
+    return Scan(path=path, sha256=sha256, pixels=pixels, metadata=metadata, raw=raw, grey8=grey8)
 
 
 def _reduce_scan(scan: Scan, working_side: int) -> Scan:
@@ -683,7 +685,7 @@ def _reduce_scan(scan: Scan, working_side: int) -> Scan:
     factor = working_factor(height, width, working_side)
     if factor == 1:
         return scan
-    return replace(scan, pixels=block_mean(scan.pixels, factor))
+    return replace(scan, pixels=block_mean(scan.pixels, factor), grey8=None)
 
 
 def _partly_transparent(image: Image.Image) -> bool:
@@ -697,6 +699,11 @@ def _partly_transparent(image: Image.Image) -> bool:
 
 def make_thumbnail(pixels: np.ndarray, size: int, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A grey 8-bit JPEG of a scan's (working) pixels, its longest side ``size``, aspect kept.
+
+    ``pixels`` is float in [0, 1] (``Scan.pixels``), or uint8 grey levels (``Scan.grey8``,
+    whose ``/ 255`` are the pixels): those are used as they are, with the same result as
+    their float pixels (rounding ``v / 255 * 255`` gives ``v`` back for every level), and
+    without the quantising pass, ~0.7 ms of a JPEG scan's ~16 ms of CPU in a batch.
 
     Made from the working image, not the full-resolution one: quantised to 8 bits first (the
     working image is small), then resized in 8 bits, and JPEG-encoded, about a millisecond in
@@ -714,14 +721,17 @@ def make_thumbnail(pixels: np.ndarray, size: int, *, quality: int = THUMBNAIL_QU
     scale = size / max(height, width)
     new_w = max(1, round(width * scale))
     new_h = max(1, round(height * scale))
-    # Quantise in one float buffer, in place: each temporary of a 512² working image is a
-    # fresh 1 MiB whose page faults cost more than the arithmetic. The same values as
-    # nan_to_num first: a NaN ends at 0 either way, ±inf and huge values clip to 255 or 0.
-    grey = np.multiply(np.asarray(pixels, dtype=np.float32), np.float32(255.0))
-    grey += np.float32(0.5)
-    np.clip(grey, 0.0, 255.0, out=grey)
-    np.nan_to_num(grey, copy=False, nan=0.0)
-    image = Image.fromarray(grey.astype(np.uint8))
+    if pixels.dtype == np.uint8:
+        image = Image.fromarray(pixels)
+    else:
+        # Quantise in one float buffer, in place: each temporary of a 512² working image is
+        # a fresh 1 MiB whose page faults cost more than the arithmetic. The same values as
+        # nan_to_num first: a NaN ends at 0 either way, ±inf and huge values clip to 255 or 0.
+        grey = np.multiply(np.asarray(pixels, dtype=np.float32), np.float32(255.0))
+        grey += np.float32(0.5)
+        np.clip(grey, 0.0, 255.0, out=grey)
+        np.nan_to_num(grey, copy=False, nan=0.0)
+        image = Image.fromarray(grey.astype(np.uint8))
     if (new_w, new_h) != (width, height):
         resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
         image = image.resize((new_w, new_h), resample)

@@ -63,6 +63,10 @@ class Scan:
     slope/intercept and the VOI LUT/window applied, and colour converted to grey.
     ``raw`` keeps the un-windowed values (modality units for DICOM, the stored integers for
     16-bit rasters) for a viewer's window/level; it is None when the file was 8-bit.
+    ``grey8``, when set, is the 8-bit grey image ``pixels`` was made from (``pixels`` equals
+    ``grey8 / 255`` exactly): the thumbnail is made from it without quantising ``pixels``
+    back to 8 bits, which gives those very levels (loading.make_thumbnail). It is set only by
+    the working-image decode of 8-bit rasters and JPEGs, and dropped when ``pixels`` change.
     """
 
     path: Path
@@ -70,10 +74,18 @@ class Scan:
     pixels: np.ndarray
     metadata: ScanMetadata
     raw: np.ndarray | None = None
+    grey8: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.dtype != np.float32 or self.pixels.ndim != 2:
             raise ValueError(
                 f"Scan.pixels must be a 2-D float32 array, got {self.pixels.dtype} "
                 f"{self.pixels.shape}"
+            )
+        if self.grey8 is not None and (
+            self.grey8.dtype != np.uint8 or self.grey8.shape != self.pixels.shape
+        ):
+            raise ValueError(
+                f"Scan.grey8 must be a uint8 array of the pixels' shape {self.pixels.shape}, "
+                f"got {self.grey8.dtype} {self.grey8.shape}"
             )

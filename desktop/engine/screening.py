@@ -78,7 +78,9 @@ class Screener:
             sha256=scan.sha256,
             planes=planes,
             metadata=scan.metadata,
-            thumbnail_png=make_thumbnail(scan.pixels, THUMBNAIL_SIZE),
+            thumbnail_png=make_thumbnail(
+                scan.pixels if scan.grey8 is None else scan.grey8, THUMBNAIL_SIZE
+            ),
         )
 
     def screen(self, batch: Sequence[PreparedScan]) -> list[ScanResult]:
