@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,43 @@ def test_urgent_user_gets_the_next_free_core_before_waiting_decoders():
     for t in (first, infer, *decoders):
         t.join(5)
     assert order[0] == "infer" and sorted(order[1:]) == ["decode0", "decode1", "decode2"]
+
+
+def test_a_spare_task_runs_beside_the_cores_and_the_stages_stay_per_core(
+    stand_in_models: Path, tmp_path: Path
+):
+    """``spare`` admits that many tasks beyond the cores (a thread waiting for the GIL leaves
+    its core to the spare one); a task still asks for at most ``cores`` cores, and the batch
+    runner's decoder threads and inference slots still follow the cores, not the budget."""
+    from desktop.engine.cores import GIL_SPARE
+    from desktop.engine.registry import load_model_set
+    from desktop.engine.runner import BatchRunner
+    from desktop.engine.store import ResultsStore
+
+    budget = CoreBudget(2, spare=1)
+    assert (budget.cores, budget.capacity, budget.free) == (2, 3, 3)
+    lock = threading.Lock()
+    running = high = 0
+
+    def task(n: int) -> None:
+        nonlocal running, high
+        with budget.use(n) as held:
+            assert held <= 2
+            with lock:
+                running += 1
+                high = max(high, running)
+            time.sleep(0.005)
+            with lock:
+                running -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(task, [1] * 32))
+    assert high == 3 and budget.free == 3
+    with budget.use(5) as held:  # capped at the cores
+        assert held == 2 and budget.free == 1
+
+    models = load_model_set([stand_in_models])
+    for cores, capacity in ((1, 1), (2, 2 + GIL_SPARE), (4, 4 + GIL_SPARE)):
+        runner = BatchRunner(models, ResultsStore(tmp_path / f"{cores}.sqlite3"), cores=cores)
+        assert runner.cores.capacity == capacity and runner.workers == cores
+        assert runner.inference_slots == inference_slots(cores)

@@ -11,10 +11,12 @@ A pipeline of two stages that overlap, so the slower one sets the pace:
 
 Both stages draw on one :class:`~desktop.engine.cores.CoreBudget` of the process's cores, so
 decoder threads and ONNX Runtime's threads never oversubscribe them (inference is served
-first when both wait). The calling thread only commits: every finished scan is committed to
-the store before its event is yielded (contract 5), the scans that finish together in one
-transaction. At most :attr:`BatchRunner.max_in_flight` scans are between the file list and
-the store at any time, so memory stays flat however large the folder.
+first when both wait); it admits one task beyond the cores, which takes the core of a thread
+that waits for Python's GIL (cores.py measured why). The calling thread only commits: every
+finished scan is committed to the store before its event is yielded (contract 5), the scans
+that finish together in one transaction. At most :attr:`BatchRunner.max_in_flight` scans
+are between the file list and the store at any time, so memory stays flat however large the
+folder.
 
 The CLI iterates the generator and draws a progress bar; the GUI runs the same generator in a
 worker thread. Either may call :meth:`BatchRunner.cancel` (or close the generator): the runner
@@ -37,7 +39,7 @@ from queue import SimpleQueue
 
 from desktop.engine.budget import PixelBudget
 from desktop.engine.clock import now_iso
-from desktop.engine.cores import CoreBudget, available_cores, release_free_memory
+from desktop.engine.cores import GIL_SPARE, CoreBudget, available_cores, release_free_memory
 from desktop.engine.discovery import Discovered, discover
 from desktop.engine.errors import (
     BatchError,
@@ -194,7 +196,10 @@ class BatchRunner:
         self.models = models
         self.store = store
         self.screener = Screener(models)
-        self.cores = CoreBudget(cores or available_cores())
+        available = cores or available_cores()
+        # One task beyond the cores fills the core a thread leaves idle while it waits for
+        # the GIL (cores.GIL_SPARE); the stages' own limits below stay per core.
+        self.cores = CoreBudget(available, spare=GIL_SPARE if available > 1 else 0)
         self.workers = workers or self.cores.cores
         on_gpu = models.device.provider == CUDA
         self.batch_size = max(1, batch_size or (GPU_BATCH if on_gpu else CPU_BATCH))
