@@ -150,6 +150,7 @@ def main() -> int:
     window.batch.batch_finished.connect(lambda *_a: done.quit())
     window.batch.batch_failed.connect(lambda *_a: done.quit())
     t0 = time.perf_counter()
+    usage0 = _cpu_s(resource_self=True), _cpu_s(resource_self=False)
     cpu0 = time.thread_time()
     queued0 = _run_queue_wait_s()
     sleeps0 = _voluntary_switches()
@@ -159,6 +160,9 @@ def main() -> int:
     done.exec()
     elapsed = time.perf_counter() - t0
     gui_cpu = time.thread_time() - cpu0
+    window.batch.wait()  # the batch process joined: its CPU is in RUSAGE_CHILDREN
+    own = _cpu_s(resource_self=True) - usage0[0]
+    children = _cpu_s(resource_self=False) - usage0[1]
     gui_queued = _run_queue_wait_s() - queued0
     gui_sleeps = _voluntary_switches() - sleeps0
     ticker.stop()
@@ -183,10 +187,29 @@ def main() -> int:
         f"gui_thread_waiting_for_a_core_s={gui_queued:.1f} "
         f"gui_thread_sleeps={gui_sleeps} ({gui_sleeps / max(1, len(gaps)):.1f} a tick)\n"
     )
+    # CPU the batch itself used (the child's, or this process's less the GUI thread's):
+    # scans per CPU-second is the batch's speed whatever the load around it.
+    batch_cpu = children if not args.in_process else own - gui_cpu
+    sys.stdout.write(
+        f"batch_cpu_s={batch_cpu:.1f} ({1000 * batch_cpu / rows:.1f} ms a scan) "
+        f"window_process_cpu_s={own:.1f}\n"
+    )
     if args.calls:
         sys.stdout.write(f"data_calls={calls[0]} ({calls[0] / elapsed:.0f}/s)\n")
     sys.stdout.write(f"models={args.models} switch_interval_s={sys.getswitchinterval()}\n")
     return 0
+
+
+def _cpu_s(resource_self: bool) -> float:
+    """User + system CPU seconds of this process (or of its joined children); NaN where
+    the resource module is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    who = resource.RUSAGE_SELF if resource_self else resource.RUSAGE_CHILDREN
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_queue_wait_s() -> float:

@@ -286,6 +286,12 @@ def test_a_batch_process_that_dies_is_shown_and_its_rows_stay(
     shown = {r.file for r in window.model.results()}
     assert len(shown) >= 2 and shown <= {r.file for r in store.batch_results(info.id)}
     assert [b.id for b in store.interrupted_batches()] == [info.id]  # resumable
+    # ... from the message itself: a new batch process screens the rest
+    assert window.messages.action.text() == "Resume"
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=WAIT_MS):
+        window.messages.action.click()
+    assert window.model.rowCount() == 300
+    assert store.batch(info.id).status == "completed"
 
 
 def test_an_error_in_the_batch_process_reaches_the_window_with_its_traceback(
@@ -297,6 +303,7 @@ def test_an_error_in_the_batch_process_reaches_the_window_with_its_traceback(
     assert "no batch 'no-such-batch' in the results store" in str(error.exception)
     assert "In the batch process" in error.traceback and "runner.py" in error.traceback
     qtbot.waitUntil(lambda: "no batch 'no-such-batch'" in window.messages.message(), timeout=1000)
+    assert window.messages.action.text() == ""  # nothing in the store to resume
 
 
 def test_operating_point_changes_flags_without_inference(

@@ -241,14 +241,12 @@ def _died(process: Any) -> BatchProcessError:
         with contextlib.suppress(ValueError):
             import signal
 
-            how = f"it was killed ({signal.Signals(-code).name})"
+            how = f"it was killed by {signal.Signals(-code).name}"
     else:
         how = f"it exited with status {code}"
     log.error("the batch process %s ended without finishing the batch: %s", process.pid, how)
-    return BatchProcessError(
-        f"the screening process ended unexpectedly ({how}); the scans finished before it "
-        "are kept and the batch can be resumed"
-    )
+    # The window adds that the finished scans are kept (they are: each was committed first).
+    return BatchProcessError(f"the screening process ended unexpectedly ({how})")
 
 
 # -- the child -------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
-from desktop.engine.store import BatchKind, ResultsStore
+from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
@@ -687,10 +687,21 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.batch_bar.hide()
         self.act_cancel.setEnabled(False)
         reason = getattr(error.exception, "message", None) or str(error.exception)
+        # A batch that got as far as the store (its process died, or failed halfway) can be
+        # continued from where it stopped, as a cancelled one can.
+        batch_id = self.batch.batch_id
+        try:
+            info = self.store.batch(batch_id) if batch_id else None
+        except Exception as exc:  # the store may be what failed
+            log.warning("cannot read the results store: %s", exc)
+            info = None
+        resumable = info is not None and info.status != BatchStatus.COMPLETED
         self.messages.show_message(
             f"The batch stopped: {reason}. The scans finished so far are kept. "
             "The log file has the details.",
             "error",
+            "Resume" if resumable else None,
+            (lambda: self.resume_batch(info.id)) if resumable and info is not None else None,
         )
 
     # -- reviewing ----------------------------------------------------------------------------
