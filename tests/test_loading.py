@@ -26,7 +26,7 @@ from desktop.engine.loading import (
     make_thumbnail,
     read_file,
 )
-from desktop.engine.preprocess import load_working
+from desktop.engine.preprocess import PreprocessSpec, load_working, preprocess_planes
 from desktop.engine.scan import IDENTIFYING_FIELDS
 from tests.fixtures import (
     CR_CHEST,
@@ -583,7 +583,13 @@ def test_the_8_bit_working_image_gives_the_same_thumbnail(tmp_path: Path) -> Non
     """JPEG and 8-bit working images keep the levels their pixels were divided from
     (``Scan.grey8``: a 2048² JPEG decoded at 1/4 scale, a colour JPEG, an 8-bit PNG), and
     the thumbnail made from those is byte for byte the one made by quantising the float
-    pixels; a 16-bit image keeps none, and a full-resolution decode keeps none."""
+    pixels; their model planes are the same without the range test; a 16-bit image keeps
+    no 8-bit levels, and a full-resolution decode keeps none."""
+    specs = [
+        PreprocessSpec(64, 64),
+        PreprocessSpec(224, 224, channels=3, scale=2.0, offset=-1.0),
+        PreprocessSpec(320, 320, channels=3, resample="bicubic", fit="pad"),
+    ]
     big = tmp_path / "big.jpg"
     Image.fromarray(grey8()).resize((2048, 2048), Image.Resampling.BICUBIC).save(big, quality=92)
     for path in (big, KERMANY_JPEG, TB_PNG):
@@ -591,6 +597,10 @@ def test_the_8_bit_working_image_gives_the_same_thumbnail(tmp_path: Path) -> Non
         assert scan.grey8 is not None and scan.grey8.dtype == np.uint8
         assert np.array_equal(np.divide(scan.grey8, np.float32(255), dtype=np.float32), scan.pixels)
         assert make_thumbnail(scan.grey8, 384) == make_thumbnail(scan.pixels, 384)
+        # ... and its planes skip the range test, which could only pass: the same planes
+        skipped = preprocess_planes(scan.pixels, specs, in_unit_range=True)
+        tested = preprocess_planes(scan.pixels, specs)
+        assert all(skipped[s].tobytes() == tested[s].tobytes() for s in specs)
     assert load_working(big).pixels.shape == (512, 512)  # the DCT-scaled decode
     assert load_working(write_png16(tmp_path / "deep.png")).grey8 is None
     assert load_scan(big).grey8 is None

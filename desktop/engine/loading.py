@@ -293,7 +293,8 @@ def decode_scan(
     token = _LEASE.set(lease) if lease is not None else None
     try:
         scan = _decode(path, data, sha256, keep_raw, working_side)
-        _make_finite(scan.pixels)
+        if scan.grey8 is None:  # 8-bit levels / 255 are finite and in [0, 1] already
+            _make_finite(scan.pixels)
         if working_side is not None:
             scan = _reduce_scan(scan, working_side)
         return scan

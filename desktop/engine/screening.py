@@ -72,7 +72,7 @@ class Screener:
         ``scan`` must come from a decode with ``working_side=WORKING_SIDE`` (what the runner
         and :func:`~desktop.engine.preprocess.prepare_file` do), so the inputs equal training's.
         """
-        planes = preprocess_planes(scan.pixels, self.specs)
+        planes = preprocess_planes(scan.pixels, self.specs, in_unit_range=scan.grey8 is not None)
         return PreparedScan(
             file=str(scan.path),
             sha256=scan.sha256,
