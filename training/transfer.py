@@ -112,6 +112,13 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
         default="sqrt",
         help="average the feature maps (mean) or their square roots (sqrt)",
     )
+    p.add_argument(
+        "--l2-by",
+        choices=["sources", "groups"],
+        default="sources",
+        help="the head's L2 strength maximises the mean validation AUC over sources, or over "
+        "patient groups (whose validation images include sources never trained on)",
+    )
     p.add_argument("--no-model", action="store_true", help="comparison run: figures only")
     p.add_argument("--version", default="2.0.0")
     p.add_argument(
@@ -144,7 +151,18 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     y_train, y_val, y_test = (np.array([r.label for r in rows]) for rows in (train, val, test))
     s_train = np.array([r.source for r in train])
 
-    head, l2, l2_table = _fit_head(x_train, y_train, s_train, x_val, y_val, val)
+    by_group = getattr(args, "l2_by", "sources") == "groups"
+    if by_group and task.point_group is None:
+        raise SystemExit("--l2-by groups needs a task with patient groups")
+    head, l2, l2_table = _fit_head(
+        x_train,
+        y_train,
+        s_train,
+        x_val,
+        y_val,
+        val,
+        val_groups=np.array([task.point_group(r) or "" for r in val]) if by_group else None,
+    )
     temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
     v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
     t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
@@ -195,7 +213,9 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         "gamma 0.6-1.6, brightness, noise, blur); "
         + ("GAP of the square-rooted feature maps" if args.pool == "sqrt" else "GAP features")
         + " → L2 logistic regression "
-        f"(exact Newton fit, L2 {l2:g} chosen on validation AUC from {list(L2_GRID)}), each "
+        f"(exact Newton fit, L2 {l2:g} chosen on validation AUC from {list(L2_GRID)}, "
+        + ("mean over patient groups" if by_group else "mean over sources")
+        + "), each "
         "(class, source) cell weighted equally; temperature and operating points on validation"
         + (f"; contrast normalisation '{args.contrast}'" if args.contrast else "")
     )
@@ -215,6 +235,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             "pool": args.pool,
             "l2": l2,
             "l2_validation_auc": l2_table,
+            "l2_by": "groups" if by_group else "sources",
             "selection": args.selection,
         },
         training=training_record(
@@ -264,13 +285,17 @@ def _fit_head(
     x_val: np.ndarray,
     y_val: np.ndarray,
     val: Sequence[D.Record],
+    *,
+    val_groups: np.ndarray | None = None,
 ) -> tuple[LinearHead, float, dict[str, float]]:
-    """Fit one head per L2 strength; keep the best by validation AUC (mean over sources)."""
+    """Fit one head per L2 strength; keep the best by validation AUC (mean over sources, or
+    over ``val_groups``: e.g. the patient groups whose operating points the model must hold,
+    so that a group's validation images from a site the model never trains on count)."""
     n, v, d = x_train.shape
     xt = x_train.reshape(n * v, d)
     yt, st = np.repeat(y_train, v), np.repeat(s_train, v)
     w = balanced_weights(yt, st)
-    sv = np.array(_src(val))
+    sv = np.array(_src(val)) if val_groups is None else np.asarray(val_groups)
     table: dict[str, float] = {}
     best: tuple[float, float, LinearHead] | None = None
     for l2 in L2_GRID:
