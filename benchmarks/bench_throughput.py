@@ -152,6 +152,7 @@ cpu = (cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system
 print(json.dumps({"scans": summary.total, "ok": summary.ok, "errors": summary.errors,
                   "seconds": elapsed, "rate": summary.total / elapsed,
                   "cpu_ms_per_scan": 1000 * cpu / max(1, summary.total),
+                  "busy": cpu / elapsed / len(os.sched_getaffinity(0)),
                   "workers": runner.workers, "threads": default_threads(),
                   "slots": getattr(runner, "inference_slots", 1),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -287,12 +288,14 @@ def main() -> None:
                 f"(built in {time.perf_counter() - start:.0f} s)"
             )
         # Alternate the measurements so a busy neighbour on a shared machine hits all alike.
-        e2e, plain = [], []
+        e2e, plain, cpu, busy = [], [], [], []
         last: dict = {}
         for _ in range(args.rounds):
             plain.append(plain_limit(folder)["rate"])
             last = end_to_end(folder, root / "bench.sqlite3", models)
             e2e.append(last["rate"])
+            cpu.append(last["cpu_ms_per_scan"])
+            busy.append(last["busy"])
         a, b = float(np.median(e2e)), float(np.median(plain))
         c = infer["rate"]
         rows.append((fmt, a, b, c, a / min(b, c), last))
@@ -302,6 +305,11 @@ def main() -> None:
             f"(a)/min(b,c) = {a / min(b, c):.2f}  (errors {last['errors']}, "
             f"{last['workers']} decoder threads, {last['threads']} ORT threads, "
             f"peak RSS {last['peak_rss_mb']:.0f} MB)"
+        )
+        # Where (a) stands: CPU a scan (all threads) and the share of the cores kept busy.
+        print(
+            f"{'':10s} (a) CPU per scan [{', '.join(f'{c:.1f}' for c in cpu)}] ms, cores busy "
+            f"[{', '.join(f'{b:.2f}' for b in busy)}]"
         )
     print()
     print("| format | (a) MedScreen end-to-end | (b) plain decode limit | (c) inference only "

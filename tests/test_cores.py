@@ -83,8 +83,7 @@ def test_a_spare_task_runs_beside_the_cores_and_the_stages_stay_per_core(
     stand_in_models: Path, tmp_path: Path
 ):
     """``spare`` admits that many tasks beyond the cores (a thread waiting for the GIL leaves
-    its core to the spare one); a task still asks for at most ``cores`` cores, and the batch
-    runner's decoder threads and inference slots still follow the cores, not the budget."""
+    its core to the spare one); a task still asks for at most ``cores`` cores."""
     from desktop.engine.cores import GIL_SPARE
     from desktop.engine.registry import load_model_set
     from desktop.engine.runner import BatchRunner
@@ -112,8 +111,10 @@ def test_a_spare_task_runs_beside_the_cores_and_the_stages_stay_per_core(
     with budget.use(5) as held:  # capped at the cores
         assert held == 2 and budget.free == 1
 
+    # The runner: a decoder thread per core, the spare beside them, and one inference slot
+    # fewer than without the spare (its buffers were the screening peak), never none.
     models = load_model_set([stand_in_models])
-    for cores, capacity in ((1, 1), (2, 2 + GIL_SPARE), (4, 4 + GIL_SPARE)):
+    for cores, capacity, slots in ((1, 1, 1), (2, 2 + GIL_SPARE, 1), (4, 4 + GIL_SPARE, 3)):
         runner = BatchRunner(models, ResultsStore(tmp_path / f"{cores}.sqlite3"), cores=cores)
         assert runner.cores.capacity == capacity and runner.workers == cores
-        assert runner.inference_slots == inference_slots(cores)
+        assert runner.inference_slots == slots <= inference_slots(cores)

@@ -20,8 +20,8 @@ leaves that core idle: on the 2-core development VM the tasks holding the two co
 the CPU ~30 % of the time they held them (8-bit JPEG batch: 7.3 ms a scan, measured with
 ``time.thread_time`` against the wall clock), and the cores were busy 0.70 of the batch. With
 one spare task a third thread takes the core while one waits: busy 0.88-0.92, 72-89 → 91-103
-scans/s (alternated runs). It changes no stage's own limit (at most ``workers`` decodes and
-``inference_slots`` inference batches, so the same buffers at most), only how they overlap.
+scans/s (alternated runs). The decoder threads stay one per core; the runner runs one
+inference batch fewer at once (runner.py says why), so no more buffers are held than before.
 """
 
 from __future__ import annotations
