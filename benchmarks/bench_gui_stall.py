@@ -13,13 +13,15 @@ The batch runs in its own process, as in the app (desktop/engine/batch_process.p
 ``--in-process`` runs it in a thread of the window's process instead, as before that change,
 so the two can be alternated on the same machine (A/B pairs, same load).
 
-Prints the longest stall, the 99th-percentile tick gap, the batch time and the rate (from
-the drop to the last row, and from the first row to the last: the batch process's start-up,
-about a second of interpreter and imports, is in the first figure only).
-``--calls`` also counts the table model's ``data()`` calls (each one a Qt-to-Python call that
-needs the GIL). It also prints the GUI thread's own CPU time, the time it spent runnable but
-waiting for a core (the machine's load) and how often it slept (event-loop waits plus every
-GIL hand-over it waited for). To see where the GUI thread is during stalls, sample it from
+Prints the longest stall, the 99th-percentile tick gap, the same less the time the GUI
+thread waited for a core (Linux; what the machine's load, not the window, caused), the batch
+time and the rate (from the drop to the last row, and from the first row to the last: the
+batch process's start-up, about a second of interpreter and imports, is in the first figure
+only), and the CPU the batch used per scan (load-independent). ``--calls`` also counts the
+table model's ``data()`` calls (each one a Qt-to-Python call that needs the GIL). It also
+prints the GUI thread's own CPU time, the time it spent runnable but waiting for a core (the
+machine's load) and how often it slept (event-loop waits plus every GIL hand-over it waited
+for). To see where the GUI thread is during stalls, sample it from
 outside, e.g. ``py-spy record --native --threads -p PID`` (faulthandler's
 dump_traceback_later, tried for this, reads running threads' frames without the GIL and
 crashed the process).
@@ -129,13 +131,18 @@ def main() -> int:
 
     gaps: list[float] = []
     when: list[float] = []
+    waited: list[float] = []  # of each gap, the time the GUI thread waited for a core
     last = [time.perf_counter()]
+    last_wait = [_run_queue_wait_s()]
 
     def tick() -> None:
         now = time.perf_counter()
+        wait_s = _run_queue_wait_s()
         gaps.append(now - last[0])
         when.append(now - t0)
+        waited.append(wait_s - last_wait[0])
         last[0] = now
+        last_wait[0] = wait_s
 
     ticker = QTimer()
     ticker.setTimerType(Qt.TimerType.PreciseTimer)
@@ -155,6 +162,7 @@ def main() -> int:
     queued0 = _run_queue_wait_s()
     sleeps0 = _voluntary_switches()
     last[0] = t0
+    last_wait[0] = _run_queue_wait_s()
     ticker.start()
     window.open_paths([scans])
     done.exec()
@@ -176,6 +184,14 @@ def main() -> int:
     mode = "batch in this process" if args.in_process else "batch process"
     label = f"window, {mode}" + (", table sorted by TB score" if args.sort else "")
     _report(label, rows, elapsed, gaps, when)
+    # The same gaps less the time the GUI thread was runnable but had no core (the machine's
+    # load, not the window's doing: other jobs, or the batch the scheduler let run first).
+    # What is left is the window's own work and its waits for the GIL or a lock.
+    own_ms = (np.array(gaps) - np.nan_to_num(np.array(waited))) * 1000
+    sys.stdout.write(
+        f"less_core_waits: longest_ms={own_ms.max():.1f} "
+        f"p99_ms={np.percentile(own_ms, 99):.1f} over_100ms={int((own_ms > 100).sum())}\n"
+    )
     if first_row:
         after = t0 + elapsed - first_row[0]
         sys.stdout.write(

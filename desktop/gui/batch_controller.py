@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: How often finished scans reach the table. Each drain repaints the table, and a repaint is
-#: thousands of Qt-to-Python calls that wait for the GIL the batch's threads hold: at 100 ms
-#: the window spent ~40 % more of its own CPU on a batch than at 250 ms, which still
-#: shows rows and progress four times a second (benchmarks/bench_gui_stall.py).
+#: thousands of Qt-to-Python calls: at 100 ms the window spent ~40 % more of its own CPU on a
+#: batch than at 250 ms (measured while the batch's threads still shared the window's GIL),
+#: which still shows rows and progress four times a second (benchmarks/bench_gui_stall.py).
 DRAIN_INTERVAL_MS = 250
 #: Milliseconds :meth:`BatchController.wait` gives a batch process after its own wait
 #: ran out, before it is killed (what it committed stays).
