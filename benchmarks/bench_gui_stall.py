@@ -16,15 +16,14 @@ so the two can be alternated on the same machine (A/B pairs, same load).
 Prints the longest stall, the 99th-percentile tick gap, the same less the time the GUI
 thread waited for a core (Linux; what the machine's load, not the window, caused), the batch
 time and the rate (from the drop to the last row, and from the first row to the last: the
-batch process's start-up, about a second of interpreter and imports, is in the first figure
-only), and the CPU the batch used per scan (load-independent). ``--calls`` also counts the
-table model's ``data()`` calls (each one a Qt-to-Python call that needs the GIL). It also
-prints the GUI thread's own CPU time, the time it spent runnable but waiting for a core (the
-machine's load) and how often it slept (event-loop waits plus every GIL hand-over it waited
-for). To see where the GUI thread is during stalls, sample it from
-outside, e.g. ``py-spy record --native --threads -p PID`` (faulthandler's
-dump_traceback_later, tried for this, reads running threads' frames without the GIL and
-crashed the process).
+batch process's start-up, about a CPU-second of interpreter, imports and sessions, is in the
+first figure only), and the CPU the batch used per scan (load-independent). ``--calls`` also
+counts the table model's ``data()`` calls (each one a Qt-to-Python call that needs the GIL).
+It also prints the GUI thread's own CPU time, the time it spent runnable but waiting for a
+core (the machine's load) and how often it slept (event-loop waits plus every GIL hand-over
+it waited for). To see where the GUI thread is during stalls, sample it from outside, e.g.
+``py-spy record --native --threads -p PID`` (faulthandler's dump_traceback_later, tried for
+this, reads running threads' frames without the GIL and crashed the process).
 """
 
 from __future__ import annotations
