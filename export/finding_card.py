@@ -46,6 +46,8 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
     ext_keys = sorted({k for _, info in rows for k in info["metrics"].get("external", {})})
     head = ["run", "backbone", "recipe", "pooling", "views", "contrast", "L2", "val AUC"]
     head += ["val AUC " + s for s in _val_sources(rows)]
+    groups = sorted({g for _, i in rows for g in i["metrics"]["validation"].get("by_group", {})})
+    head += [f"val AUC {g}s (own point's images)" for g in groups]
     head += [f"LOSO {k} AUC" for k in loso_keys]
     head += [f"{k} flagged (screening)" for k in ext_keys]
     cross = any("cross_source_validation" in info["metrics"] for _, info in rows)
@@ -81,8 +83,8 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
             others.setdefault(info["comparison"]["selection"], []).append(f"`{name}`")
     for rule, names in others.items():  # runs made later, judged against the shipped one
         lines[4:4] = [
-            f"{', '.join(names)} were judged against the shipped run by this rule, recorded in "
-            f"each run before its results were seen: **{rule}**.",
+            f"{', '.join(names)}: chosen, or judged against the shipped run, by this rule, "
+            f"recorded in each run when it was made, before its results were seen: **{rule}**.",
             "",
         ]
     if len(recipes) > 1:  # name what each recipe is, from the runs' own records
@@ -97,7 +99,8 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         lines[4:4] = [
             "Cross-source validation AUC: the recipe fitted on one source's training part, "
             "scored on the other source's validation part only (mean of both directions); "
-            "in brackets the same design for the run's linear probe, i.e. the frozen recipe.",
+            "in brackets the same design for the run's linear probe, i.e. the frozen recipe "
+            "(for a test-time-view or ensemble run, the shipped frozen recipe's).",
             "",
         ]
     if all(info["comparison"]["recipe_id"] == "frozen_lr" for _, info in rows):
@@ -121,6 +124,8 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         ]
         by_src = m["validation"].get("by_source", {})
         cells += [fmt(by_src.get(s, {}).get("auc")) for s in _val_sources(rows)]
+        by_grp = m["validation"].get("by_group", {})
+        cells += [fmt(by_grp.get(g, {}).get("auc")) for g in groups]
         loso = m.get("leave_one_source_out", {})
         cells += [fmt(loso.get(k, {}).get("auc")) for k in loso_keys]
         ext = m.get("external", {})

@@ -326,11 +326,12 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         metrics["leave_one_source_out"] = loso["figures"]
     metrics["cross_source_validation"] = cross
 
-    recipe_id = (
-        "frozen"
-        + ("_ens" if len(branches) > 1 else "")
-        + ("_tta" if any(b.tta for b in branches) else "")
-    )
+    # one branch without test-time views is the frozen recipe itself (with this module's
+    # cross-source validation figure added)
+    ens, tta = len(branches) > 1, any(b.tta for b in branches)
+    recipe_id = "frozen" + ("_ens" if ens else "") + ("_tta" if tta else "")
+    if not (ens or tta):
+        recipe_id = "frozen_lr"
     recipe = _describe(branches, l2s, temps, crops, spec)
     info = finding_info(
         task,
