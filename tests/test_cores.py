@@ -86,7 +86,7 @@ def test_a_spare_task_runs_beside_the_cores_and_the_stages_stay_per_core(
     its core to the spare one); a task still asks for at most ``cores`` cores."""
     from desktop.engine.cores import GIL_SPARE
     from desktop.engine.registry import load_model_set
-    from desktop.engine.runner import BatchRunner
+    from desktop.engine.runner import CPU_BATCH, BatchRunner
     from desktop.engine.store import ResultsStore
 
     budget = CoreBudget(2, spare=1)
@@ -111,10 +111,11 @@ def test_a_spare_task_runs_beside_the_cores_and_the_stages_stay_per_core(
     with budget.use(5) as held:  # capped at the cores
         assert held == 2 and budget.free == 1
 
-    # The runner: a decoder thread per core, the spare beside them, and one inference slot
-    # fewer than without the spare (its buffers were the screening peak), never none.
+    # The runner: the spare beside a decoder thread per core and the inference slots, and
+    # batches of CPU_BATCH (2: both slots' buffers at once are the screening peak).
     models = load_model_set([stand_in_models])
-    for cores, capacity, slots in ((1, 1, 1), (2, 2 + GIL_SPARE, 1), (4, 4 + GIL_SPARE, 3)):
+    for cores, capacity in ((1, 1), (2, 2 + GIL_SPARE), (4, 4 + GIL_SPARE)):
         runner = BatchRunner(models, ResultsStore(tmp_path / f"{cores}.sqlite3"), cores=cores)
         assert runner.cores.capacity == capacity and runner.workers == cores
-        assert runner.inference_slots == slots <= inference_slots(cores)
+        assert runner.inference_slots == inference_slots(cores)
+        assert runner.batch_size == CPU_BATCH == 2

@@ -20,8 +20,9 @@ leaves that core idle: on the 2-core development VM the tasks holding the two co
 the CPU ~30 % of the time they held them (8-bit JPEG batch: 7.3 ms a scan, measured with
 ``time.thread_time`` against the wall clock), and the cores were busy 0.70 of the batch. With
 one spare task a third thread takes the core while one waits: busy 0.88-0.92, 72-89 → 91-103
-scans/s (alternated runs). The decoder threads stay one per core; the runner runs one
-inference batch fewer at once (runner.py says why), so no more buffers are held than before.
+scans/s (alternated runs). Decoder threads and inference slots stay one per core; since
+both slots now run beside the decoders, the runner's CPU batches are smaller (runner.py
+``CPU_BATCH`` says why), so no more buffers are held at once than before.
 """
 
 from __future__ import annotations

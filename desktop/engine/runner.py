@@ -159,9 +159,13 @@ class _Rate:
 
 
 #: Largest inference batch on the CPU: the shipped models cost the same per scan from batches
-#: of 2 up (measured 14.1 vs 14.9 ms a scan end to end for 4 vs 8), while two batches of 8 in
-#: flight raised the peak memory by ~60 MB (ONNX Runtime's per-run buffers).
-CPU_BATCH = 4
+#: of 2 up (measured 14.1 vs 14.9 ms a scan end to end for 4 vs 8), while each batch's ONNX
+#: Runtime buffers add to the peak memory: two batches of 8 in flight raised it by ~60 MB, and
+#: since the spare task (cores.GIL_SPARE) lets both inference slots run beside the decoders,
+#: two batches of 4 made most of the screening peak (2,000-scan classify with reports, 2
+#: cores: 277-310 MB with batches of 4, 187-213 MB with 2; the same 38-40 s; JPEG and DICOM
+#: batches as fast or faster, 3 alternated pairs each).
+CPU_BATCH = 2
 #: Largest inference batch on a GPU.
 GPU_BATCH = 32
 #: Committed scans between two returns of freed heap to the system (``malloc_trim``): glibc
@@ -198,21 +202,15 @@ class BatchRunner:
         self.screener = Screener(models)
         available = cores or available_cores()
         # One task beyond the cores fills the core a thread leaves idle while it waits for
-        # the GIL (cores.GIL_SPARE); the decoder threads below stay one per core.
-        spare = GIL_SPARE if available > 1 else 0
-        self.cores = CoreBudget(available, spare=spare)
+        # the GIL (cores.GIL_SPARE); decoder threads and inference slots stay per core.
+        self.cores = CoreBudget(available, spare=GIL_SPARE if available > 1 else 0)
         self.workers = workers or self.cores.cores
         on_gpu = models.device.provider == CUDA
         self.batch_size = max(1, batch_size or (GPU_BATCH if on_gpu else CPU_BATCH))
         self.min_batch = max(1, min(min_batch, self.batch_size))
         # A GPU runs one batch at a time and needs no CPU core for it; on the CPU, a few
-        # single-threaded batches side by side (inference.py explains why), one fewer than
-        # the cores when the spare task lets inference run beside every decoder: on 2 cores
-        # one batch at a time kept up (JPEG 93-104 vs 98-110 scans/s, alternated) and the
-        # second batch's ONNX Runtime buffers were most of the screening peak (2,000-scan
-        # classify with reports: 277-310 -> 181-212 MB, the same 38 s).
-        slots = inference_slots(self.cores.cores)
-        self.inference_slots = 1 if on_gpu else max(1, slots - spare)
+        # single-threaded batches side by side (inference.py explains why).
+        self.inference_slots = 1 if on_gpu else inference_slots(self.cores.cores)
         self._inference_cores = 0 if on_gpu else default_threads(self.cores.cores)
         #: Scans decoding, waiting for inference or in inference, at most: the memory bound.
         self.max_in_flight = self.workers * 2 + self.batch_size * (self.inference_slots + 1)
