@@ -78,14 +78,20 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
 
     shipped_rule = rows[0][1]["comparison"]["selection"]
     others: dict[str, list[str]] = {}
+    verdicts: dict[str, list[str]] = {}  # the judgement recorded after the run (if any)
     for name, info in rows[1:]:
         if info["comparison"]["selection"] not in (shipped_rule, SELECTION):
             others.setdefault(info["comparison"]["selection"], []).append(f"`{name}`")
+            if info["comparison"].get("verdict"):
+                verdicts.setdefault(info["comparison"]["selection"], []).append(
+                    f"- `{name}`: {info['comparison']['verdict']}"
+                )
     for rule, names in others.items():  # runs made later, judged against the shipped one
         lines[4:4] = [
             f"{', '.join(names)}: chosen, or judged against the shipped run, by this rule, "
             f"recorded in each run when it was made, before its results were seen: **{rule}**.",
             "",
+            *([*verdicts[rule], ""] if rule in verdicts else []),
         ]
     if len(recipes) > 1:  # name what each recipe is, from the runs' own records
         lines[4:4] = [

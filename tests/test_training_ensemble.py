@@ -94,3 +94,46 @@ def test_graph_equals_the_feature_path() -> None:
     np.testing.assert_allclose(two[:, 1] - two[:, 0], want, atol=1e-4)
     # a crop view really differs from the full image (the views are not a no-op)
     assert np.abs(np.asarray(_apply(views[2], x)) - x).mean() > 0.01
+
+
+def _run_record(folder: Path, val: tuple[float, float, float], cross: tuple[float, float]) -> Path:
+    """A run record with the validation figures the rule reads (pooled, Montgomery,
+    Shenzhen AUC; cross-source AUC and the shipped recipe's of the same design)."""
+    import json
+
+    folder.mkdir()
+    info = {
+        "comparison": {"selection": "validation only"},
+        "metrics": {
+            "validation": {
+                "auc": val[0],
+                "by_source": {"montgomery": {"auc": val[1]}, "shenzhen": {"auc": val[2]}},
+            },
+            "cross_source_validation": {"mean": {"auc": cross[0], "auc_linear_probe": cross[1]}},
+        },
+    }
+    (folder / "run.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_judge_applies_the_stated_rule_and_records_it(tmp_path: Path) -> None:
+    """The figures are 2.0.0's and the candidates' recorded ones (runs/tb*, 1 December): the
+    rule reads validation figures only and writes its verdict into each record."""
+    import json
+
+    from training.ensemble import judge
+
+    shipped = _run_record(tmp_path / "tb", (0.952, 0.906, 0.970), (0.894, 0.894))
+    tta = _run_record(tmp_path / "tta", (0.969, 0.958, 0.971), (0.865, 0.894))
+    better = _run_record(tmp_path / "better", (0.950, 0.930, 0.960), (0.915, 0.894))
+    best = _run_record(tmp_path / "best", (0.945, 0.930, 0.950), (0.930, 0.894))
+    worse_val = _run_record(tmp_path / "worse_val", (0.940, 0.920, 0.950), (0.950, 0.894))
+    out = judge(shipped, [tta, better, best, worse_val])
+    assert out["tta"].startswith("does not meet the rule: cross-source validation AUC 0.865")
+    assert "needed ≥ 0.914" in out["tta"]
+    assert out["better"].startswith("meets") and "highest" not in out["better"]
+    assert out["best"].endswith("the highest cross-source validation AUC among those that meet it")
+    # pooled 0.940 < 0.952 - 0.01 although the cross-source figure is the highest
+    assert "validation AUC (pooled) 0.940, needed ≥ 0.942" in out["worse_val"]
+    recorded = json.loads((tta / "run.json").read_text())["comparison"]["verdict"]
+    assert recorded == out["tta"]

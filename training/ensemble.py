@@ -568,12 +568,86 @@ def save_model(
     log.info("model saved; parity inputs %s", digest)
 
 
+# --------------------------------------------------------------------------- the judgement
+
+
+def judge(
+    shipped: Path, candidates: Sequence[Path], gain: float = 0.02, drop: float = 0.01
+) -> dict[str, str]:
+    """Apply the pre-stated rule's validation parts to finished candidate runs and record the
+    verdict in each run's record (``comparison.verdict``, shown by the card): (1) cross-source
+    validation AUC ≥ the shipped recipe's figure of the same design + ``gain``; (2) validation
+    AUC no more than ``drop`` below the shipped run's, pooled and as the mean over sources.
+    Only validation figures are read. Part (3) of the rule, the time budget, is measured with
+    ``benchmarks/bench_models.py`` on a candidate that passes (1) and (2)."""
+    ref = json.loads((shipped / "run.json").read_text())["metrics"]["validation"]
+    ref_pooled, ref_mean = ref["auc"], _mean_by_source(ref)
+    out, passing = {}, []
+    for run in candidates:
+        info = json.loads((run / "run.json").read_text())
+        v, cross = info["metrics"]["validation"], info["metrics"]["cross_source_validation"]
+        got, base = cross["mean"]["auc"], cross["mean"]["auc_linear_probe"]
+        fails = []
+        if got < base + gain - 1e-12:
+            fails.append(
+                f"cross-source validation AUC {got:.3f}, needed ≥ {base + gain:.3f} "
+                f"({base:.3f} + {gain:g})"
+            )
+        for what, have, want in (
+            ("pooled", v["auc"], ref_pooled),
+            ("mean over sources", _mean_by_source(v), ref_mean),
+        ):
+            if have < want - drop - 1e-12:
+                fails.append(f"validation AUC ({what}) {have:.3f}, needed ≥ {want - drop:.3f}")
+        if fails:
+            verdict = "does not meet the rule: " + "; ".join(fails) + "; not shipped"
+        else:
+            verdict = (
+                f"meets the rule's validation parts (cross-source validation AUC {got:.3f} ≥ "
+                f"{base + gain:.3f}; validation AUC {v['auc']:.3f} pooled, "
+                f"{_mean_by_source(v):.3f} mean over sources)"
+            )
+            passing.append((got, run.name))
+        out[run.name] = verdict
+    if passing:
+        best = max(passing)[1]
+        out[best] += "; the highest cross-source validation AUC among those that meet it"
+    for run in candidates:
+        info = json.loads((run / "run.json").read_text())
+        info["comparison"]["verdict"] = out[run.name]
+        (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
+    return out
+
+
+def _mean_by_source(v: dict[str, Any]) -> float:
+    aucs = [s["auc"] for s in v.get("by_source", {}).values() if s.get("auc") is not None]
+    return float(np.mean(aucs)) if aucs else float(v["auc"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.ensemble judge --shipped runs/tb runs/tb_cmp_...``"""
+    p = argparse.ArgumentParser(description=judge.__doc__)
+    p.add_argument("command", choices=["judge"])
+    p.add_argument("--shipped", type=Path, required=True, help="the shipped run folder")
+    p.add_argument("--gain", type=float, default=0.02)
+    p.add_argument("--drop", type=float, default=0.01)
+    p.add_argument("runs", type=Path, nargs="+", help="candidate run folders")
+    args = p.parse_args(argv)
+    for name, verdict in judge(args.shipped, args.runs, args.gain, args.drop).items():
+        print(f"{name}: {verdict}")
+    return 0
+
+
 __all__ = [
     "Branch",
     "add_ensemble_args",
     "build_model",
     "combine",
+    "judge",
     "parse_branch",
     "run_ensemble",
     "view_layers",
 ]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
