@@ -47,9 +47,12 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
     head = ["run", "backbone", "recipe", "pooling", "views", "contrast", "L2", "val AUC"]
     head += ["val AUC " + s for s in _val_sources(rows)]
     groups = sorted({g for _, i in rows for g in i["metrics"]["validation"].get("by_group", {})})
-    head += [f"val AUC {g}s (own point's images)" for g in groups]
+    head += [f"val AUC {g} group (its point's images)" for g in groups]
     head += [f"LOSO {k} AUC" for k in loso_keys]
     head += [f"{k} flagged (screening)" for k in ext_keys]
+    healthy = any("healthy_adults" in info["metrics"] for _, info in rows)
+    if healthy:
+        head += ["healthy adults flagged, test + external (adult point)"]
     cross = any("cross_source_validation" in info["metrics"] for _, info in rows)
     if cross:
         head += ["cross-source val AUC (its linear probe)"]
@@ -138,6 +141,9 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         cells += [
             fmt(ext[k]["flag_rate"]["screening"]["rate"]) if k in ext else "–" for k in ext_keys
         ]
+        if healthy:
+            h = m.get("healthy_adults", {}).get("screening", {}).get("all")
+            cells.append(f"{fmt(h['rate'])} ({h['k']}/{h['n']})" if h else "–")
         if cross:
             cv = m.get("cross_source_validation", {}).get("mean")
             cells.append(f"{fmt(cv['auc'])} ({fmt(cv['auc_linear_probe'])})" if cv else "–")

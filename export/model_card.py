@@ -117,8 +117,9 @@ def _epochs(run: Path) -> dict[str, int]:
 
 
 def fmt(v: Any, nd: int = 3) -> str:
-    """A figure for a card: 3 decimals for floats, a dash for a missing value."""
-    if v is None:
+    """A figure for a card: 3 decimals for floats, a dash for a missing value (or NaN: e.g. the
+    AUC of a set with one class only)."""
+    if v is None or (isinstance(v, float) and v != v):
         return "–"
     if isinstance(v, float):
         return f"{v:.{nd}f}"
