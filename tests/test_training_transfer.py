@@ -208,3 +208,35 @@ def test_saved_joined_mirrored_model_computes_the_feature_path(tmp_path: Path) -
     np.testing.assert_allclose(gap, np.concatenate(want, axis=1), atol=1e-4)
     np.testing.assert_allclose(fmap.mean(axis=(1, 2)), gap, atol=1e-5)  # CAM stays exact
     np.testing.assert_allclose(logits[:, 1] - logits[:, 0], head.logit(gap), atol=1e-3)
+
+
+def test_l2_by_groups_scores_each_group_with_both_classes() -> None:
+    """``--l2-by groups``: each L2 strength is scored by the mean of the per-group validation
+    AUCs, so a group's negatives from a source without positives (healthy films of a site the
+    model never trains on) count; by source they would be left out."""
+    from training import evaluate as ev
+    from training.data import Record
+    from training.transfer import L2_GRID, _fit_head
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 1, 6))
+    y = (x[:, 0, 0] + rng.normal(size=200) > 0).astype(int)
+    s = np.array(["a", "b"] * 100)
+    xv = rng.normal(size=(120, 6))
+    yv = np.r_[(xv[:80, 0] > 0).astype(int), np.zeros(40, dtype=int)]  # last 40: site c, healthy
+    xv[80:, 1] += 2.0  # the unseen site's shift
+    src = ["a"] * 40 + ["b"] * 40 + ["c"] * 40
+    val = [
+        Record(Path(f"{i}.png"), int(t), str(i), k)
+        for i, (t, k) in enumerate(zip(yv, src, strict=True))
+    ]
+    groups = np.array(["child"] * 40 + ["adult"] * 80)
+    head, l2, table = _fit_head(x, y, s, xv, yv, val, val_groups=groups)
+    _, _, by_source = _fit_head(x, y, s, xv, yv, val)
+    assert set(table) == {f"{v:g}" for v in L2_GRID} and table[f"{l2:g}"] == max(table.values())
+    z = head.logit(xv)
+    want = np.mean([ev.roc_auc(yv[groups == g], z[groups == g]) for g in ("adult", "child")])
+    assert table[f"{l2:g}"] == pytest.approx(want)
+    a = groups == "adult"
+    assert by_source[f"{l2:g}"] != pytest.approx(want)  # site c's films change the adult AUC
+    assert ev.roc_auc(yv[a], z[a]) != pytest.approx(ev.roc_auc(yv[40:80], z[40:80]))
