@@ -65,7 +65,13 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
         "views, contrast normalisation or recipe differ (the L2 strength of each is chosen on its "
         "validation split). How the shipped configuration was chosen: "
         f"**{rows[0][1]['comparison']['selection']}**. The pooled test split and the external "
-        f"sets were never used to choose (shipped: `{rows[0][0]}`, version {shipped_version}).",
+        f"sets were never used to choose (shipped: `{rows[0][0]}`, version {shipped_version})"
+        + (
+            "; a release decision taken after held-out figures were read is under Release "
+            "decisions."
+            if any(i["comparison"].get("release", {}).get("after_held_out") for _, i in rows[1:])
+            else "."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -149,6 +155,77 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
             cells.append(f"{fmt(cv['auc'])} ({fmt(cv['auc_linear_probe'])})" if cv else "–")
         cells.append(fmt(m["test"]["auc"]))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _held_out_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The held-out figures of one run record, (label, cell) each: test AUC, each patient
+    group's AUC and sensitivity / specificity at its own screening point, each source's AUC,
+    the external sets' and the healthy adults' flag rates."""
+    t = m["test"]
+    out = [("test AUC (95% CI)", f"{fmt(t['auc'])} ({_ci(t.get('auc_ci95'))})")]
+    for g, s in t.get("by_group", {}).items():
+        out.append((f"test AUC, {g} group (95% CI)", f"{fmt(s['auc'])} ({_ci(s.get('auc_ci95'))})"))
+        c = s["operating_points"]["screening"]["confusion"]
+        pos, neg = c["tp"] + c["fn"], c["tn"] + c["fp"]
+        out.append(
+            (
+                f"{g} group at its screening point: sensitivity / specificity",
+                f"{fmt(c['tp'] / pos if pos else None)} ({c['tp']}/{pos}) / "
+                f"{fmt(c['tn'] / neg if neg else None)} ({c['tn']}/{neg})",
+            )
+        )
+    for src, s in t.get("by_source", {}).items():
+        out.append((f"test AUC, source {src}", fmt(s.get("auc"))))
+    for k, s in m.get("external", {}).items():
+        out.append((f"`{k}` flagged (pooled screening point)", _rate(s["flag_rate"]["screening"])))
+    for part, r in m.get("healthy_adults", {}).get("screening", {}).items():
+        out.append((f"healthy adults flagged (adult point), {part}", _rate(r)))
+    return out
+
+
+def _release_section(rows: list[tuple[str, dict[str, Any]]], shipped_version: str) -> list[str]:
+    """Release decisions recorded in comparison runs (``comparison.release``, written by
+    :mod:`training.release`), each with its held-out figures beside the shipped run's. A
+    decision taken after the held-out figures were read is called what it is."""
+    decided = [(n, i) for n, i in rows[1:] if i["comparison"].get("release")]
+    if not decided:
+        return []
+    lines = ["## Release decisions", ""]
+    ship_name, ship = rows[0]
+    for name, info in decided:
+        r = info["comparison"]["release"]
+        version = info.get("version", "–")
+        when = (
+            "after its held-out figures (test split and external sets) were read: a release "
+            "decision on held-out figures, not a choice by the validation rule"
+            if r["after_held_out"]
+            else "on validation figures only, before its held-out figures were read"
+        )
+        lines += [
+            f"- `{name}` (version {version}): **{r['decision']}** ({r['date']}), decided {when}.",
+            f"  - Why: {r['reason']}",
+        ]
+        if r.get("cost"):
+            lines.append(f"  - What it cost: {r['cost']}")
+        if r.get("next"):
+            lines.append(f"  - Next: {r['next']}")
+        mine, theirs = dict(_held_out_rows(ship["metrics"])), _held_out_rows(info["metrics"])
+        lines += [
+            "",
+            f"Held-out figures, the shipped `{ship_name}` {shipped_version} beside `{name}` "
+            f"{version} (same split; each group at its own screening point):",
+            "",
+            f"| figure | `{ship_name}` {shipped_version} (shipped) | `{name}` {version} "
+            f"({r['decision']}) |",
+            "|---|---|---|",
+            *[
+                f"| {k} | {mine.get(k, '–')} | {v} |"
+                for k, v in theirs
+                if (v, mine.get(k, "–")) != ("–", "–")  # e.g. a source without positives
+            ],
+            "",
+        ]
     return lines
 
 
@@ -381,6 +458,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         f"`python -m export.export_model --run runs/{run.name} "
         "--out assets/models`",
         "",
+        *_release_section(comparison_rows(run), manifest["version"]),
         *_comparison_section(run, manifest["version"]),
         "",
         "## Limitations",
