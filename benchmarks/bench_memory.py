@@ -46,7 +46,11 @@ def build(folder: Path, count: int) -> None:
 
 
 def run(args: list[str]) -> tuple[float, float, str]:
-    """Run ``medscreen ARGS`` in a fresh process: (peak RSS in MB, seconds, stdout+stderr)."""
+    """Run ``medscreen ARGS`` in a fresh process: (peak RSS in MB, seconds, stdout+stderr).
+
+    Also prints the process's CPU time (user + system) and the load average: the peak moves
+    with the load (more scans wait between the stages on a busy machine), so a figure
+    without the load it was measured under cannot be compared with another."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "desktop", *args],
@@ -60,6 +64,11 @@ def run(args: list[str]) -> tuple[float, float, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"medscreen {' '.join(args)} failed:\n{output[-3000:]}")
+    print(
+        f"  medscreen {args[0]}: CPU {usage.ru_utime:.0f} s user + {usage.ru_stime:.0f} s "
+        f"system; load average {os.getloadavg()[0]:.1f} at the end",
+        flush=True,
+    )
     return usage.ru_maxrss / 1024, time.perf_counter() - start, output
 
 
@@ -75,7 +84,8 @@ def main() -> None:
     models = ["--models", str(args.models)] if args.models else []
     print(
         f"cores: {len(os.sched_getaffinity(0))}; scans: {len(sources())} real 299×299 chest "
-        f"X-ray PNGs, copied; reports: pdf, csv, json (plus results.csv/json)"
+        f"X-ray PNGs, copied; reports: pdf, csv, json (plus results.csv/json); load average "
+        f"{os.getloadavg()[0]:.1f} at the start"
     )
     print(f"{'scans':>7} {'classify peak':>14} {'time':>8} {'export peak':>12} {'time':>7}  pdf")
     for size in sizes:

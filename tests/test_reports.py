@@ -480,6 +480,50 @@ def pdf_on(scan_results, tmp_path_factory) -> Path:
 
 
 @needs_poppler
+def test_pdf_is_streamed_into_the_file_with_reportlab_s_own_bytes(
+    scan_results, tmp_path, monkeypatch
+):
+    """The save writes each object as reportlab formats it: the bytes reportlab's own save
+    writes, never the whole file in one piece (reportlab's own save formats every object,
+    joins them and writes the join: 22 MB held for an 11 MB report, 1 MB streamed, measured
+    with tracemalloc on a 1,000-scan report)."""
+    from reportlab import rl_config
+    from reportlab.pdfbase import pdfdoc
+
+    from desktop.engine.reports import pdf as pdf_module
+
+    monkeypatch.setattr(rl_config, "invariant", 1)  # fixed ID and dates: comparable bytes
+    streaming_save = pdf_module._StreamingPDFDocument.SaveToFile
+    writes: list[list[int]] = []
+
+    class Recorder:  # the open report file, noting the size of every write
+        def __init__(self, handle: Any) -> None:
+            self.handle, self.name, self.sizes = handle, "report.pdf", []
+            writes.append(self.sizes)
+
+        def write(self, data: bytes) -> int:
+            self.sizes.append(len(data))
+            return self.handle.write(data)
+
+    def recorded(self: Any, filename: Any, canvas: Any) -> None:
+        streaming_save(self, Recorder(filename), canvas)
+
+    monkeypatch.setattr(pdf_module._StreamingPDFDocument, "SaveToFile", recorded)
+    streamed = write_pdf(scan_results, context(), tmp_path / "streamed.pdf")
+    # reportlab's own save: format the whole file into memory, then write it
+    monkeypatch.setattr(pdf_module._StreamingPDFDocument, "format", pdfdoc.PDFDocument.format)
+    joined = write_pdf(scan_results, context(), tmp_path / "joined.pdf")
+
+    size = streamed.stat().st_size
+    assert size > 100_000  # real thumbnails and heatmaps in it
+    assert streamed.read_bytes() == joined.read_bytes()
+    streamed_writes, joined_writes = writes
+    assert max(joined_writes) == size  # the whole file held, then written at once
+    assert sum(streamed_writes) == size
+    assert len(streamed_writes) > 30  # one write per object (pages, images, fonts)
+    assert max(streamed_writes) < size / 4  # never more than one object at a time
+
+
 def test_pdf_cover_states_counts_models_and_operating_point(pdf_off):
     text = _pdf_text(pdf_off)
     cover = text.split("\f")[0]

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
@@ -362,6 +363,50 @@ def _image_flowable(jpeg: bytes, box_w: float, box_h: float) -> Flowable:
 # --- page furniture ---------------------------------------------------------------------
 
 
+class _FileSink(pdfdoc.PDFFile):
+    """reportlab's output collector, writing each formatted object to the file as it is
+    made instead of keeping them all to join at the end (offsets counted the same way)."""
+
+    def __init__(self, sink: Any, pdf_version: Any = pdfdoc.PDF_VERSION_DEFAULT) -> None:
+        self.strings: list[bytes] = []
+        self.write = sink.write
+        self.offset = 0
+        header = pdfdoc.PDFFile(pdf_version).strings[0]  # reportlab's own header bytes
+        self.add(header)
+
+    def format(self, document: Any) -> bytes:
+        return b""  # everything is in the file already
+
+
+class _StreamingPDFDocument(pdfdoc.PDFDocument):
+    """A reportlab document whose save streams into the open file.
+
+    reportlab formats every object of the file into a list of strings and then joins them,
+    so saving held the file twice in memory on top of the document (22 MB more for an
+    11 MB report, measured), the largest step of a report's memory. Here the same formatting
+    code (reportlab's ``PDFDocument.format``, run with :class:`_FileSink` as its collector)
+    writes each object as it is made: the same bytes, the file never in memory.
+    """
+
+    _sink: Any = None
+
+    def SaveToFile(self, filename: Any, canvas: Any) -> None:  # reportlab names it so
+        if callable(getattr(filename, "write", None)) and not getattr(self, "_digiSigs", None):
+            self._sink = filename
+        try:
+            super().SaveToFile(filename, canvas)
+        finally:
+            self._sink = None
+
+    def format(self) -> bytes:
+        if self._sink is None:
+            return super().format()
+        sink = self._sink
+        names = dict(vars(pdfdoc), PDFFile=lambda version: _FileSink(sink, version))
+        code = pdfdoc.PDFDocument.format.__code__
+        return types.FunctionType(code, names, "format")(self)
+
+
 def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_canvas.Canvas]:
     """A canvas that draws each page's footer as the page ends ("page N of M").
 
@@ -389,6 +434,7 @@ def _canvas_class(ctx: ReportContext, footer_style: ParagraphStyle) -> type[rl_c
             self.setFillColor(_MUTED)
             self.drawString(0, 0, str(total))
             self.endForm()
+            self._doc.__class__ = _StreamingPDFDocument  # saved straight into the file
             super().save()
 
         def _footer(self, number: int) -> None:
