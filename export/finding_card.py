@@ -132,7 +132,7 @@ def _comparison_section(run: Path, shipped_version: str) -> list[str]:
             c["backbone"],
             c["recipe_id"],
             c.get("pool", "mean"),
-            str(c["views"]),
+            str(c["views"]) + (f" + {c['fov_views']} FOV" if c.get("fov_views") else ""),
             c["contrast"],
             f"{c['l2']:g}",
             fmt(m["validation"]["auc"]),

@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 
 from desktop.engine.preprocess import load_working, prepare_file, preprocess  # noqa: E402
 from training import features as F  # noqa: E402
-from training.augment import ScanAugment, augment_scan  # noqa: E402
+from training.augment import FieldOfView, ScanAugment, augment_scan, field_of_view  # noqa: E402
 from training.heads import balanced_weights, fit_logistic  # noqa: E402
 from training.transfer import rate, target  # noqa: E402
 
@@ -90,6 +90,54 @@ def test_augmented_scan_stays_a_valid_image() -> None:
         assert out.dtype == np.float32 and out.ndim == 2
         assert out.min() >= 0.0 and out.max() <= 1.0
         assert min(out.shape) >= 0.75 * min(pixels.shape)
+
+
+def test_field_of_view_views_pad_or_crop_without_touching_grey(stand_in: Path) -> None:
+    """The field-of-view views (pneumonia's framing shortcut): the content fills 0.75-1.0 of
+    each side of a padded frame, or a tighter crop of it; grey levels are the scan's own; the
+    cached features of views 1.. are asked for without view 0 and rebuilt from the seed."""
+    pixels = np.ascontiguousarray(load_working(FILES[0]).pixels[::4, ::4])  # small: fast
+    h, w = pixels.shape
+    padded = cropped = 0
+    for view in range(1, 13):
+        out = field_of_view(pixels, np.random.default_rng([3, 0, view]), FieldOfView())
+        big = out.shape[0] >= h and out.shape[1] >= w
+        # padded or cropped, the scan's own block is in it (or it is a block of the scan)
+        small, large = (pixels, out) if big else (out, pixels)
+        sh, sw = small.shape
+        at = [
+            (t, s)
+            for t in range(large.shape[0] - sh + 1)
+            for s in range(large.shape[1] - sw + 1)
+            if np.array_equal(large[t : t + sh, s : s + sw], small)
+        ]
+        assert at
+        if big:
+            padded += 1
+            assert h / out.shape[0] >= 0.75 - 2e-2 and w / out.shape[1] >= 0.75 - 2e-2
+            rest = np.ones(out.shape, dtype=bool)
+            rest[at[0][0] : at[0][0] + h, at[0][1] : at[0][1] + w] = False
+            assert np.unique(out[rest]).size <= 1  # one dark fill, no other grey
+        else:
+            cropped += 1
+            assert out.shape[0] >= 0.85 * h - 1 and out.shape[1] >= 0.85 * w - 1
+    assert padded and cropped
+    bb = F.Backbone("lite0", 96)
+    spec = bb.spec()
+    feats = F.extract(
+        FILES[:4], bb, spec, 3, seed=3, aug=FieldOfView(), cache=stand_in, first_view=1
+    )
+    assert feats.shape == (4, 2, 6)
+    assert len(list((stand_in / "features").glob("*.npy"))) == 2  # no view 0 computed
+    x = preprocess(
+        field_of_view(
+            load_working(FILES[1]).pixels, np.random.default_rng([3, 1, 2]), FieldOfView()
+        ),
+        spec,
+    )
+    assert np.allclose(feats[1, 1, :3], x.mean(axis=(0, 1)), atol=1e-6)
+    site = F.extract(FILES[:4], bb, spec, 3, seed=3, cache=stand_in)  # another kind, other keys
+    assert not np.allclose(site[:, 1:], feats, atol=1e-4)
 
 
 def test_backbone_names_are_checked() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from desktop.engine.preprocess import PreprocessSpec, load_working, prepare_file, preprocess
-from training.augment import ScanAugment, augment_scan
+from training.augment import FieldOfView, ScanAugment, make_view
 from training.data import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -270,19 +270,22 @@ def extract(
     views: int = 1,
     *,
     seed: int = 0,
-    aug: ScanAugment | None = None,
+    aug: ScanAugment | FieldOfView | None = None,
     cache: Path | None = None,
     batch: int = 32,
     mirror: bool = False,
+    first_view: int = 0,
 ) -> np.ndarray:
-    """Features (N, views, 2D): view 0 un-augmented, views 1.. augmented; the last axis holds
-    the mean-pooled then the sqrt-pooled features (:func:`select`). ``mirror``: of the
-    left-right mirror images of those inputs."""
+    """Features (N, views, 2D): view 0 un-augmented, views 1.. augmented (``aug``: simulated
+    other-site scans, or field-of-view versions); the last axis holds the mean-pooled then the
+    sqrt-pooled features (:func:`select`). ``mirror``: of the left-right mirror images of those
+    inputs. ``first_view``: only views ``first_view..views-1`` (e.g. 1: a second kind of
+    augmented view beside another kind's, without the un-augmented view twice)."""
     cache = cache or default_cache_dir()
     aug = aug or ScanAugment()
     if bb.mirror:  # what the exported graph computes: the mean of both images' features
         plain = Backbone(bb.name, bb.side)
-        kw = {"seed": seed, "aug": aug, "cache": cache, "batch": batch}
+        kw = {"seed": seed, "aug": aug, "cache": cache, "batch": batch, "first_view": first_view}
         both = (
             extract(paths, plain, spec, views, **kw),
             extract(paths, plain, spec, views, mirror=True, **kw),
@@ -300,13 +303,15 @@ def extract(
                 cache=cache,
                 batch=batch,
                 mirror=mirror,
+                first_view=first_view,
             )
             for part in bb.parts
         ]
         return np.concatenate([select(f, pool) for pool in POOLS for f in got], axis=-1)
     extra = {"aug": aug.to_json(), "seed": seed, **({"mirror": True} if mirror else {})}
-    files = [cache / "features" / f"{_key(paths, spec, bb, v, extra)}.npy" for v in range(views)]
-    todo = [v for v in range(views) if not files[v].exists()]
+    wanted = range(first_view, views)
+    files = {v: cache / "features" / f"{_key(paths, spec, bb, v, extra)}.npy" for v in wanted}
+    todo = [v for v in wanted if not files[v].exists()]
     if todo:
         sess = _session(str(onnx_backbone(bb, cache)))
         out = {v: [] for v in todo}
@@ -327,7 +332,7 @@ def extract(
                     if working is None:
                         working = load_working(path).pixels
                     rng = np.random.default_rng([seed, i, v])
-                    x = preprocess(augment_scan(working, rng, aug), spec)
+                    x = preprocess(make_view(working, rng, aug), spec)
                 buf[v].append(x[:, ::-1] if mirror else x)
                 if len(buf[v]) == batch:
                     flush(v)
@@ -347,4 +352,4 @@ def extract(
             len(todo),
             time.time() - started,
         )
-    return np.stack([np.load(f) for f in files], axis=1)
+    return np.stack([np.load(files[v]) for v in wanted], axis=1)

@@ -41,7 +41,7 @@ import numpy as np
 
 from training import data as D
 from training import evaluate as ev
-from training.augment import ScanAugment
+from training.augment import FieldOfView, ScanAugment
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights, fit_logistic
 
@@ -105,6 +105,13 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
         help="NAME[+NAME]@SIDE: lite0/1/2, mobilenet025 (+: joined)",
     )
     p.add_argument("--views", type=int, default=6, help="versions of each training image")
+    p.add_argument(
+        "--fov-views",
+        type=int,
+        default=0,
+        help="field-of-view versions of each training image on top of --views (content padded "
+        "to 0.75-1.0 of each side, or cropped tighter; training.augment.FieldOfView)",
+    )
     p.add_argument("--contrast", default=None, help="engine contrast normalisation (manifest key)")
     p.add_argument(
         "--pool",
@@ -147,6 +154,19 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     train = D.by_split(recs, "train")
     val, test = D.by_split(recs, "val"), D.by_split(recs, "test")
     x_train = feats(train, args.views)  # (N, V, D)
+    fov_views = getattr(args, "fov_views", 0)
+    if fov_views:  # field-of-view views beside the others, without view 0 twice
+        fov = extract(
+            [r.path for r in train],
+            bb,
+            spec,
+            1 + fov_views,
+            seed=args.seed,
+            aug=FieldOfView(),
+            cache=cache,
+            first_view=1,
+        )
+        x_train = np.concatenate([x_train, select(fov, args.pool)], axis=1)
     x_val, x_test = feats(val)[:, 0], feats(test)[:, 0]
     y_train, y_val, y_test = (np.array([r.label for r in rows]) for rows in (train, val, test))
     s_train = np.array([r.source for r in train])
@@ -210,7 +230,15 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         f"{bb.describe()}, frozen (ImageNet batch-norm statistics); every training image seen "
         f"as {args.views} versions (the engine input + {args.views - 1} simulated other-site "
         "scans: tighter/wider crop, rotation ±8°, low-resolution export, black/white point, "
-        "gamma 0.6-1.6, brightness, noise, blur); "
+        "gamma 0.6-1.6, brightness, noise, blur)"
+        + (
+            f" + {fov_views} field-of-view versions (content padded to a random 0.75-1.0 "
+            "of the frame's width and of its height, or cropped tighter to 0.85-1.0; grey "
+            "levels untouched)"
+            if fov_views
+            else ""
+        )
+        + "; "
         + ("GAP of the square-rooted feature maps" if args.pool == "sqrt" else "GAP features")
         + " → L2 logistic regression "
         f"(exact Newton fit, L2 {l2:g} chosen on validation AUC from {list(L2_GRID)}, "
@@ -231,6 +259,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             "backbone": bb.key,
             "recipe_id": "frozen_lr",
             "views": args.views,
+            **({"fov_views": fov_views} if fov_views else {}),
             "contrast": args.contrast or "none",
             "pool": args.pool,
             "l2": l2,
@@ -245,7 +274,11 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             recipe=recipe,
             recipe_id="frozen_lr",
             pretrained=_pretrained(bb),
-            augmentation=aug.to_json(),
+            augmentation=(
+                {**aug.to_json(), "field_of_view": FieldOfView().to_json()}
+                if fov_views
+                else aug.to_json()
+            ),
             machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
