@@ -202,6 +202,13 @@ def _release_section(rows: list[tuple[str, dict[str, Any]]], shipped_version: st
             if r["after_held_out"]
             else "on validation figures only, before its held-out figures were read"
         )
+        if r.get("gate_stated_in_advance"):
+            when = (
+                "after its held-out figures (test split and external sets) were read, by its "
+                "rule's validation part and a held-out release gate both stated before the run "
+                "was made: the held-out set is used as a release gate, so held-out figures of a "
+                "candidate released through it are no longer a clean estimate"
+            )
         lines += [
             f"- `{name}` (version {version}): **{r['decision']}** ({r['date']}), decided {when}.",
             f"  - Why: {r['reason']}",

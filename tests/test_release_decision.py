@@ -103,3 +103,26 @@ def test_a_decision_needs_a_known_word_a_reason_and_a_marker_that_is_there(
             cand, "withheld", after_held_out=False, reason="x", verdict_marker="Verdict:"
         )
     assert "release" not in json.loads((cand / "run.json").read_text())["comparison"]
+
+
+def test_a_held_out_gate_stated_in_advance_is_called_a_gate(tmp_path: Path) -> None:
+    """A candidate judged by a rule whose held-out release gate was written before the run:
+    the card says the held-out set was used as a gate, not that a veto came after the fact."""
+    run, cand = _runs(tmp_path)
+    with pytest.raises(ValueError, match="after the held-out figures are read"):
+        record_decision(cand, "withheld", after_held_out=False, reason="x", gate_stated=True)
+    record_decision(
+        cand,
+        "withheld",
+        after_held_out=True,
+        gate_stated=True,
+        reason="fails the gate: 101/269 healthy adults flagged, more than 74/269",
+        date="2026-12-01 23:00 UTC",
+    )
+    rec = json.loads((cand / "run.json").read_text())["comparison"]["release"]
+    assert rec["gate_stated_in_advance"] and rec["after_held_out"]
+    text = "\n".join(_release_section(comparison_rows(run), "2.1.0"))
+    assert "held-out release gate both stated before the run was made" in text
+    assert "no longer a clean estimate" in text
+    assert "not a choice by the validation rule" not in text
+    assert "(101/269;" in text and "(74/269;" in text

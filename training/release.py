@@ -54,10 +54,15 @@ def record_decision(
     next_step: str = "",
     date: str | None = None,
     verdict_marker: str | None = None,
+    gate_stated: bool = False,
 ) -> dict[str, Any]:
-    """Write ``comparison.release`` into ``<run>/run.json`` and return it."""
+    """Write ``comparison.release`` into ``<run>/run.json`` and return it. ``gate_stated``:
+    the held-out figures decided by a release gate written into the run's rule before the run
+    was made (a gate, not a veto after the fact; it still spends the held-out set)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
+    if gate_stated and not after_held_out:
+        raise ValueError("a held-out release gate is applied after the held-out figures are read")
     if not reason.strip():
         raise ValueError("a release decision needs its reason")
     path = run / "run.json"
@@ -69,6 +74,7 @@ def record_decision(
     release = {
         "decision": decision,
         "after_held_out": after_held_out,
+        **({"gate_stated_in_advance": True} if gate_stated else {}),
         "reason": reason.strip(),
         "date": date or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -91,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the decision was taken after the test split / external figures were read",
     )
+    p.add_argument(
+        "--gate-stated-in-advance",
+        action="store_true",
+        help="with --after-held-out: the held-out figures were judged by a release gate stated "
+        "in the run's rule before the run was made",
+    )
     p.add_argument("--reason", required=True)
     p.add_argument("--cost", default="", help="what the decision spent (e.g. held-out use)")
     p.add_argument("--next", default="", help="what is to be tried next")
@@ -112,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         next_step=args.next,
         date=args.date,
         verdict_marker=args.verdict_from_selection,
+        gate_stated=args.gate_stated_in_advance,
     )
     print(json.dumps(release, indent=1))
     return 0
