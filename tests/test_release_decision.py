@@ -126,3 +126,10 @@ def test_a_held_out_gate_stated_in_advance_is_called_a_gate(tmp_path: Path) -> N
     assert "no longer a clean estimate" in text
     assert "not a choice by the validation rule" not in text
     assert "(101/269;" in text and "(74/269;" in text
+    # a run with field-of-view views says so in the comparison table's views column
+    info = json.loads((cand / "run.json").read_text())
+    info["comparison"]["fov_views"] = 2
+    (cand / "run.json").write_text(json.dumps(info))
+    comp = _comparison_section(run, "2.1.0")
+    row = next(x for x in comp if x.startswith("| pneumonia_cmp_candidate |"))
+    assert row.split(" | ")[4] == "1 + 2 FOV"
