@@ -66,7 +66,10 @@ log = logging.getLogger(__name__)
 
 #: Niceness the batch process adds to its own (POSIX; below-normal priority class on
 #: Windows): on a busy 2-core PC the window must win the CPU over screening, or it stutters.
-BACKGROUND_NICENESS = 5
+#: 10 rather than 5: with 5 the window still waited 0.5-1.9 s a 1,000-scan batch for a core
+#: and stalled up to 139 ms; with 10, 0.3-0.4 s and at most 74 ms, at the same batch speed
+#: (quiet 2-core machine, benchmarks/bench_gui_stall.py, 1 December 2026).
+BACKGROUND_NICENESS = 10
 
 #: Seconds a child may take to exit after its last message before it is killed.
 EXIT_TIMEOUT_S = 30.0
