@@ -721,11 +721,13 @@ def test_many_flagged_scans_continue_in_further_files(tmp_path, monkeypatch):
 
 @needs_poppler
 def test_pdf_from_the_store_fetches_class_maps_per_flagged_scan(scan_results, pdf_off, tmp_path):
-    """A stored batch's triage records hold no class maps or images (20,000 are held at once);
-    each flagged block fetches its scan again, so the PDF has the same heatmaps."""
+    """A stored batch's triage order holds compact keys, no scans (20,000 are ranked at once);
+    each table chunk and flagged block fetches its scans again, so the PDF has the same
+    heatmaps as from results in memory."""
     from desktop.engine.reports import StoredBatch
     from desktop.engine.reports.pdf import _rank
     from desktop.engine.store import ResultsStore
+    from desktop.engine.triage import TRIAGE_DTYPE
 
     store = ResultsStore(tmp_path / "r.sqlite3")
     batch = store.create_batch([str(DATA)], MODELS_KEY, "CPU")
@@ -734,12 +736,11 @@ def test_pdf_from_the_store_fetches_class_maps_per_flagged_scan(scan_results, pd
         store.record(batch, seq, result)
     stored = StoredBatch(store, batch)
     ranked = _rank(stored, context())
-    assert len(ranked) == len(scan_results)
-    assert all(
-        f.activation is None and line.result.thumbnail_png is None
-        for line in ranked
-        for f in line.result.findings.values()
-    )
+    assert len(ranked) == len(scan_results) and ranked.keys.dtype == TRIAGE_DTYPE
+    assert sorted(ranked.keys["row"].tolist()) == list(range(len(scan_results)))  # seqs
+    fetched = list(ranked.lines())  # rows fetched without images, a chunk at a time
+    assert [line.rank for line in fetched] == list(range(1, len(scan_results) + 1))
+    assert all(line.result.thumbnail_png is None for line in fetched)
     path = write_pdf(stored, context(), tmp_path / "stored.pdf")
 
     def images(pdf: Path) -> list[tuple[str, str, str]]:

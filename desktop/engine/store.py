@@ -922,25 +922,42 @@ class ResultsStore:
         :meth:`thumbnail`): what report writers and tables use, so a large batch is never in
         memory with its images.
         """
+        for _, result in self.batch_rows(batch_id, thumbnails=thumbnails):
+            yield result
+
+    @_guarded
+    def batch_rows(
+        self, batch_id: str, *, thumbnails: bool = True, seqs: Sequence[int] | None = None
+    ) -> Iterator[tuple[int, ScanResult]]:
+        """:meth:`batch_results` with each item's ``seq`` (its row in the batch), in seq order;
+        with ``seqs``, only those items (at most 500 at once): a report that ranked the batch
+        by compact keys fetches each page's scans again by their rows."""
         thumbnail = "r.thumbnail" if thumbnails else "NULL"
+        only = ""
+        args: tuple[object, ...] = (batch_id,)
+        if seqs is not None:
+            if len(seqs) > 500:
+                raise ValueError(f"at most 500 items at once, not {len(seqs)}")
+            only = f" AND i.seq IN ({','.join('?' * len(seqs))})"
+            args += tuple(int(seq) for seq in seqs)
         cursor = self._db().execute(
             "SELECT i.file, i.sha256, i.status, i.reason, i.error_code, r.status, r.reason,"
             f" r.modality, r.modality_score, r.ood_score, r.detail, {thumbnail}, r.screened_at,"
-            " i.done_at, COALESCE(i.models_key, b.models_key)"
+            " i.done_at, COALESCE(i.models_key, b.models_key), i.seq"
             " FROM batch_items i JOIN batches b ON b.id = i.batch_id"
             " LEFT JOIN results r"
             " ON r.sha256 = i.sha256 AND r.models_key = COALESCE(i.models_key, b.models_key)"
-            " WHERE i.batch_id = ? AND i.status IS NOT NULL ORDER BY i.seq",
-            (batch_id,),
+            f" WHERE i.batch_id = ? AND i.status IS NOT NULL{only} ORDER BY i.seq",
+            args,
         )
         for row in cursor:
             file, sha, status, reason, code = row[:5]
             file = _path_value(file)
             models_key = row[14]
             if row[5] is not None and status != ScanStatus.ERROR.value:
-                yield _result_from_row(file, sha, models_key, row[5:13])
+                yield row[15], _result_from_row(file, sha, models_key, row[5:13])
             else:
-                yield ScanResult(
+                yield row[15], ScanResult(
                     file=file,
                     sha256=sha,
                     status=ScanStatus(status),

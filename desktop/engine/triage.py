@@ -23,6 +23,8 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from desktop.engine.manifest import OperatingPoint
 from desktop.engine.results import ScanResult, ScanStatus, finding_flags, scan_points
 
@@ -134,15 +136,69 @@ def strongest(flags: Iterable[Attention]) -> Attention | None:
     return best
 
 
+#: A :class:`TriageKey` in fixed-size fields, with the scan's row id (its place in the input,
+#: or a store's row): 19 bytes a scan where a key object with its result took ~2 KB.
+TRIAGE_DTYPE = np.dtype(
+    [("group", np.int8), ("strength", np.float64), ("flagged_models", np.int16), ("row", np.int64)]
+)
+
+
+class TriageIndex:
+    """The triage keys of a whole batch in one compact array, to be ordered at once.
+
+    A report must know every scan's place before it prints the first line, so it holds one
+    key per scan: as :class:`TriageKey` objects beside their results that was ~2 KB a scan
+    (40 MB for 20,000, measured); here it is the key's three fields and a row id by which
+    the caller fetches the scan again when it prints it. The order is :class:`TriageKey`'s
+    own (group, then strength, then flagged models; equal keys keep the order they were
+    added in): the rule itself stays in :func:`triage_key`.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._keys = np.empty(max(1, capacity), TRIAGE_DTYPE)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, key: TriageKey, row: int) -> None:
+        """Append ``key`` of the scan ``row`` (grows the array by doubling)."""
+        if self._size == len(self._keys):
+            grown = np.empty(2 * len(self._keys), TRIAGE_DTYPE)
+            grown[: self._size] = self._keys
+            self._keys = grown
+        self._keys[self._size] = (int(key.group), key.strength, key.flagged_models, row)
+        self._size += 1
+
+    def ordered(self) -> np.ndarray:
+        """The keys (:data:`TRIAGE_DTYPE`) in triage order; stable, as ``sorted`` on
+        :class:`TriageKey` is (``np.lexsort`` is a stable sort; the last key is primary)."""
+        keys = self._keys[: self._size]
+        return keys[np.lexsort((keys["flagged_models"], keys["strength"], keys["group"]))]
+
+
+def key_at(keys: np.ndarray, position: int) -> TriageKey:
+    """The :class:`TriageKey` stored at ``position`` of a :data:`TRIAGE_DTYPE` array."""
+    item = keys[position]
+    return TriageKey(
+        TriageGroup(int(item["group"])), float(item["strength"]), int(item["flagged_models"])
+    )
+
+
 def triage_order(
     results: Iterable[ScanResult],
     points: Mapping[str, OperatingPoint | None],
     scope: object = None,
 ) -> list[int]:
-    """Indices of ``results`` in triage order (stable: equal keys keep their input order)."""
-    items = list(results)
-    keys = [triage_key(r, points, scope) for r in items]
-    return sorted(range(len(items)), key=keys.__getitem__)
+    """Indices of ``results`` in triage order (stable: equal keys keep their input order).
+
+    One pass over ``results`` holding one compact key per scan (:class:`TriageIndex`), so a
+    stream of results is never all in memory.
+    """
+    index = TriageIndex()
+    for row, result in enumerate(results):
+        index.add(triage_key(result, points, scope), row)
+    return [int(row) for row in index.ordered()["row"]]
 
 
 def margin_text(probability: float, threshold: float) -> str:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import os
-import sys
 import threading
 import types
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,14 +71,22 @@ from desktop.engine.reports._common import (
 )
 from desktop.engine.reports.context import ReportContext
 from desktop.engine.reports.source import (
-    DetailSource,
-    ThumbnailSource,
     detail_of,
+    iter_rows,
     reiterable,
+    results_at,
     thumbnail_of,
 )
 from desktop.engine.results import ScanResult, ScanStatus
-from desktop.engine.triage import TriageGroup, TriageKey, attention, margin, triage_key
+from desktop.engine.triage import (
+    TriageGroup,
+    TriageIndex,
+    TriageKey,
+    attention,
+    key_at,
+    margin,
+    triage_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -528,7 +535,7 @@ def _chunked_table(
 def _cover(
     ctx: ReportContext,
     counts: Counts,
-    ranked: Sequence[_Ranked],
+    ranked: _Ranking,
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
@@ -582,7 +589,7 @@ def _cover(
     if counts.outside_scope_any:
         heads.append("Outside a scope")
         values.append(str(counts.outside_scope_any))
-    decided = sum(1 for line in ranked if line.decision is not None)
+    decided = ranked.decided
     heads.append("Reader decisions")
     values.append(str(decided))
     width = PAGE[0] - 2 * MARGIN
@@ -724,7 +731,7 @@ def _sign_off(st: dict[str, ParagraphStyle], fonts: tuple[str, str]) -> list[Flo
 
 def _ranked_list(
     ctx: ReportContext,
-    ranked: Sequence[_Ranked],
+    ranked: _Ranking,
     common: str | None,
     st: dict[str, ParagraphStyle],
     fonts: tuple[str, str],
@@ -735,8 +742,8 @@ def _ranked_list(
     scans made at once held hundreds of MB of cells (20,000-scan batch, measured).
     """
     regular, bold = fonts
-    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
-    yield Paragraph(f"Scans needing attention ({len(flagged)}), in triage order", st["h2"])
+    flagged = ranked.flagged
+    yield Paragraph(f"Scans needing attention ({flagged}), in triage order", st["h2"])
     if not flagged:
         yield Paragraph(
             "No scan reached a threshold. This does not rule out disease: every scan "
@@ -758,7 +765,7 @@ def _ranked_list(
             Paragraph(_t(line.flag_text(ctx)), st["cell"]),
             Paragraph(_t(line.decision.text if line.decision else "—"), st["cell"]),
         ]
-        for line in flagged
+        for line in ranked.lines(0, flagged)
     )
     yield from _chunked_table(
         ("#", "File", "Flagged by", "Reader decision"),
@@ -772,11 +779,11 @@ def _ranked_list(
 
 @dataclass
 class _Ranked:
-    """One scan's place in the triage order, with what the report shows of it.
+    """One scan's place in the triage order, with the scan as fetched to print it.
 
-    Flagged scans keep their class maps (their pages draw heatmaps); the others drop them.
-    No record holds an image. The metadata stays: the scope rule reads the patient's age and
-    the view from it, and a scan's flags must come out the same on every page.
+    Made a chunk at a time while a table or the flagged pages are drawn
+    (:meth:`_Ranking.lines`) and let go with it: the batch's order itself is held as compact
+    keys, never as records.
     """
 
     key: TriageKey
@@ -793,46 +800,93 @@ class _Ranked:
         )
 
 
-def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> list[_Ranked]:
-    """Every scan in the engine's triage order (one pass over ``results``).
+#: Scans fetched again at once (one store query) while the report prints them in order.
+FETCH_CHUNK = TABLE_CHUNK
 
-    A record keeps what the order and the tables read (probabilities of the flagging label,
-    metadata for the scope rule), with its repeated texts shared (``sys.intern``): 20,000
-    records are held at once. A flagged scan's class maps and image stay in the store when
-    ``results`` can fetch them again (:func:`~desktop.engine.reports.source.detail_of`),
-    else the record keeps them.
-    """
-    points: dict[str, OperatingPoint | None] = dict(ctx.points())
-    fetchable = isinstance(results, ThumbnailSource)  # else a flagged scan keeps its bytes
-    refetch = isinstance(results, DetailSource)  # else a flagged scan keeps its class maps
-    lines: list[_Ranked] = []
-    for result in results:
-        key = triage_key(result, points, ctx.scope_rule)
-        keep_maps = key.group is TriageGroup.FLAGGED and not refetch
-        findings = {
-            sys.intern(m): replace(
-                f,
-                model_id=sys.intern(f.model_id),
-                model_key=sys.intern(f.model_key),
-                activation=f.activation if keep_maps else None,
-                probabilities={},
+
+class _CommonFolder:
+    """The folder all scans share (:func:`_common_folder`), gathered one file at a time."""
+
+    def __init__(self) -> None:
+        self._common: str | None = None
+        self._files = 0
+        self._mixed = False
+
+    def add(self, file: str) -> None:
+        if self._mixed:
+            return
+        parent = str(PurePath(file).parent)
+        try:
+            self._common = (
+                parent if self._common is None else os.path.commonpath([self._common, parent])
             )
-            for m, f in result.findings.items()
-        }
-        keep_image = key.group is TriageGroup.FLAGGED and not fetchable
-        kept = replace(
-            result,
-            findings=findings,
-            thumbnail_png=result.thumbnail_png if keep_image else None,
-            modality_probabilities={},
-            models_key=sys.intern(result.models_key),
-            metadata={sys.intern(k): _shared(v) for k, v in result.metadata.items()},
-        )
-        lines.append(_Ranked(key, kept, ctx.decision_of(result)))
-    lines.sort(key=lambda line: line.key)  # stable: equal keys keep the folder's order
-    for rank, line in enumerate(lines, start=1):
-        line.rank = rank
-    return lines
+        except ValueError:  # mixed absolute/relative or drives
+            self._mixed = True
+        self._files += 1
+
+    def value(self) -> str | None:
+        if self._mixed or self._files < 2 or self._common in (None, "", ".", os.sep):
+            return None
+        return self._common
+
+
+class _Ranking:
+    """Every scan's place in the engine's triage order, and its scans fetched as printed.
+
+    Held per scan: one :data:`~desktop.engine.triage.TRIAGE_DTYPE` key (group, strength,
+    flagged models, row: 19 bytes) and whether a model ran outside its scope (1 byte). The
+    scans themselves are fetched again from ``results`` by row, :data:`FETCH_CHUNK` at a
+    time, when a table or page prints them (:func:`~desktop.engine.reports.source.results_at`).
+    The records of every scan this replaced took ~2 KB a scan (40 MB for 20,000, measured).
+    """
+
+    def __init__(self, results: Iterable[ScanResult], ctx: ReportContext) -> None:
+        points: dict[str, OperatingPoint | None] = dict(ctx.points())
+        index = TriageIndex()
+        outside: list[int] = []  # rows with a model outside its scope (few, usually)
+        common = _CommonFolder()
+        decided = 0
+        for row, result in iter_rows(results):
+            index.add(triage_key(result, points, ctx.scope_rule), row)
+            if scan_scope(result, ctx):
+                outside.append(row)
+            common.add(result.file)
+            decided += ctx.decision_of(result) is not None
+        self.results = results
+        self.ctx = ctx
+        self.keys = index.ordered()
+        self.outside = np.isin(self.keys["row"], np.asarray(outside, dtype=np.int64))
+        self.common = common.value()
+        self.decided = decided
+        groups = self.keys["group"]
+        self.flagged = int(np.count_nonzero(groups == TriageGroup.FLAGGED))
+        #: Where the scans not screened (refused, errors) begin: they sort last.
+        self.screened = int(np.count_nonzero(groups <= TriageGroup.NOT_FLAGGED))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lines(self, start: int = 0, stop: int | None = None) -> Iterator[_Ranked]:
+        """The scans ranked ``start + 1`` to ``stop``, fetched a chunk at a time."""
+        stop = len(self.keys) if stop is None else min(stop, len(self.keys))
+        return self._lines(np.arange(start, max(start, stop)))
+
+    def outside_lines(self) -> Iterator[_Ranked]:
+        """The scans a model ran on outside its scope, in triage order."""
+        return self._lines(np.flatnonzero(self.outside))
+
+    def _lines(self, positions: np.ndarray) -> Iterator[_Ranked]:
+        for begin in range(0, len(positions), FETCH_CHUNK):
+            chunk = [int(p) for p in positions[begin : begin + FETCH_CHUNK]]
+            fetched = results_at(self.results, [int(self.keys["row"][p]) for p in chunk])
+            for position, result in zip(chunk, fetched, strict=True):
+                key = key_at(self.keys, position)
+                yield _Ranked(key, result, self.ctx.decision_of(result), position + 1)
+
+
+def _rank(results: Iterable[ScanResult], ctx: ReportContext) -> _Ranking:
+    """Every scan in the engine's triage order (one pass over ``results``), as compact keys."""
+    return _Ranking(results, ctx)
 
 
 def _patients_text(ctx: ReportContext) -> str:
@@ -872,7 +926,7 @@ def _scope_note(
 
 
 def _summary(
-    ranked: Sequence[_Ranked],
+    ranked: _Ranking,
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -933,7 +987,7 @@ def _summary(
     yield Spacer(1, 2 * mm)
     rows, style = header()
     header_rows = len(rows)
-    for line_item in ranked:
+    for line_item in ranked.lines():
         number, result = line_item.rank, line_item.result
         flags = scan_flags(result, ctx)
         row: list[Any] = [
@@ -1084,7 +1138,7 @@ def _flagged_section(
 
 
 def _problems(
-    ranked: Sequence[_Ranked],
+    ranked: _Ranking,
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -1100,7 +1154,7 @@ def _problems(
     width = PAGE[0] - 2 * MARGIN
 
     def rows() -> Iterator[list[Any]]:
-        for line_item in ranked:
+        for line_item in ranked.lines(ranked.screened):  # they sort last
             number, result = line_item.rank, line_item.result
             if result.status == ScanStatus.OK:
                 continue
@@ -1127,7 +1181,7 @@ def _problems(
 
 
 def _outside_scope(
-    ranked: Sequence[_Ranked],
+    ranked: _Ranking,
     total: int,
     ctx: ReportContext,
     common: str | None,
@@ -1141,7 +1195,7 @@ def _outside_scope(
     width = PAGE[0] - 2 * MARGIN
 
     def rows() -> Iterator[list[Any]]:
-        for line_item in ranked:
+        for line_item in ranked.outside_lines():
             outside = scan_scope(line_item.result, ctx)
             if not outside:
                 continue
@@ -1171,11 +1225,6 @@ def _outside_scope(
     )
 
 
-def _shared(value: object) -> object:
-    """A short text value interned (formats, modes, views repeat across 20,000 records)."""
-    return sys.intern(value) if isinstance(value, str) and len(value) <= 32 else value
-
-
 def _section(
     results: Iterable[ScanResult],
     line: _Ranked,
@@ -1200,7 +1249,7 @@ def iter_story(
     ctx: ReportContext,
     *,
     volumes: Sequence[str] = (),
-    ranked: list[_Ranked] | None = None,
+    ranked: _Ranking | None = None,
 ) -> Iterator[Flowable]:
     """The report's flowables, made as they are drawn (see :func:`write_pdf`).
 
@@ -1208,25 +1257,25 @@ def iter_story(
     list); then compact pages of the flagged scans, then every scan, then the scans outside a
     scope and those not screened, all in the engine's triage order and numbered by it.
 
-    ``results`` is read twice (counts; the triage order) and each flagged scan's thumbnail
-    is fetched when its block is made (:func:`~desktop.engine.reports.source.thumbnail_of`)
-    and released with it. The order itself needs every scan's key at once: the report holds
-    one small record per scan (a result without class probabilities or image; flagged scans
-    keep their class maps for the heatmaps), never the thumbnails.
+    ``results`` is read twice (counts; the triage order), then its scans are fetched again
+    by row, a chunk at a time, as each table and page prints them (:class:`_Ranking`), and
+    each flagged scan's thumbnail when its block is made
+    (:func:`~desktop.engine.reports.source.thumbnail_of`). The order itself needs every
+    scan's key at once: the report holds 20 bytes a scan for it, never a scan's record.
     """
     results = reiterable(results)
     fonts = register_fonts()
     st = _styles(*fonts)
     counts = count(results, ctx)
     ranked = _rank(results, ctx) if ranked is None else ranked
-    common = _common_folder([line.result.file for line in ranked])
+    common = ranked.common
     yield from _cover(ctx, counts, ranked, common, st, fonts)
     yield from _ranked_list(ctx, ranked, common, st, fonts)
-    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
-    shown = flagged[:FLAGGED_PER_FILE] if volumes else flagged
+    flagged = ranked.flagged
+    shown = min(flagged, FLAGGED_PER_FILE) if volumes else flagged
     if flagged:
         yield PageBreak()
-        yield Paragraph(f"Flagged scans ({len(flagged)}), in triage order", st["h1"])
+        yield Paragraph(f"Flagged scans ({flagged}), in triage order", st["h1"])
         yield Paragraph(
             "Each flagged scan with the heatmap of every model that flagged it. A heatmap "
             "shows which regions weighed most in the model's score; it is not an outline "
@@ -1235,11 +1284,11 @@ def iter_story(
         )
         yield _legend(st, 80 * mm)
         yield Spacer(1, 2 * mm)
-        for line in shown:
+        for line in ranked.lines(0, shown):
             yield _section(results, line, ctx, common, st, fonts)
-        if len(shown) < len(flagged):
+        if shown < flagged:
             yield Paragraph(
-                f"Flagged scans #{len(shown) + 1}–#{len(flagged)} continue in "
+                f"Flagged scans #{shown + 1}–#{flagged} continue in "
                 + ", ".join(_t(name) for name in volumes)
                 + f" ({FLAGGED_PER_FILE:,} a file), in the same folder.",
                 st["h2"],
@@ -1275,7 +1324,8 @@ def _iter_volume(
     main: str,
     total: int,
 ) -> Iterator[Flowable]:
-    """A continuation file: flagged scans ``lines`` (their triage numbers kept)."""
+    """A continuation file: flagged scans ``lines`` (their triage numbers kept; at most
+    :data:`FLAGGED_PER_FILE` of them, fetched for this file only)."""
     fonts = register_fonts()
     st = _styles(*fonts)
     common = _common_folder([line.result.file for line in lines])
@@ -1346,17 +1396,19 @@ def write_pdf_files(results: Iterable[ScanResult], ctx: ReportContext, path: Pat
     path = Path(path)
     results = reiterable(results)
     ranked = _rank(results, ctx)
-    flagged = [line for line in ranked if line.key.group is TriageGroup.FLAGGED]
-    chunks = [flagged[i : i + FLAGGED_PER_FILE] for i in range(0, len(flagged), FLAGGED_PER_FILE)]
-    paths = [_volume_name(path, n) for n in range(1, max(1, len(chunks)) + 1)]
+    flagged = ranked.flagged
+    starts = range(0, flagged, FLAGGED_PER_FILE)
+    paths = [_volume_name(path, n) for n in range(1, max(1, len(starts)) + 1)]
     names = [p.name for p in paths[1:]]
     main = iter_story(results, ctx, volumes=names, ranked=ranked)
     _write_story(main, ctx, paths[0])
     del main
     _let_go()
-    for number, lines in enumerate(chunks[1:], start=2):
-        story = _iter_volume(results, ctx, lines, number, len(paths), path.name, len(flagged))
+    for number, start in enumerate(starts[1:], start=2):
+        lines = list(ranked.lines(start, start + FLAGGED_PER_FILE))
+        story = _iter_volume(results, ctx, lines, number, len(paths), path.name, flagged)
         _write_story(story, ctx, paths[number - 1])
+        del lines, story
         _let_go()
     for stale in path.parent.glob(f"{path.stem}-*{path.suffix}"):  # an earlier, longer run's
         if stale.stem[len(path.stem) + 1 :].isdigit() and stale not in paths:

@@ -25,10 +25,25 @@ class ThumbnailSource(Protocol):
 
 
 @runtime_checkable
+class RowSource(Protocol):
+    """Results that name each result's row and fetch results again by their rows: the PDF
+    ranks a batch by compact keys (:class:`~desktop.engine.triage.TriageIndex`) and fetches
+    each page's scans when it prints them, so it never holds the whole batch."""
+
+    def rows(self) -> Iterator[tuple[int, ScanResult]]: ...
+
+    def at(self, rows: Sequence[int]) -> list[ScanResult]: ...
+
+
+@runtime_checkable
 class DetailSource(Protocol):
     """Results that can fetch a result again in full (class maps and thumbnail) on demand."""
 
     def detail(self, result: ScanResult) -> ScanResult | None: ...
+
+
+#: Results fetched again by row in one query (SQLite allows 999 parameters on old builds).
+FETCH_ROWS = 500
 
 
 class StoredBatch:
@@ -44,6 +59,21 @@ class StoredBatch:
 
     def __iter__(self) -> Iterator[ScanResult]:
         return self.store.batch_results(self.batch_id, thumbnails=False)
+
+    def rows(self) -> Iterator[tuple[int, ScanResult]]:
+        """Each result with its row: the item's ``seq`` in the batch."""
+        return self.store.batch_rows(self.batch_id, thumbnails=False)
+
+    def at(self, rows: Sequence[int]) -> list[ScanResult]:
+        """The results of items ``rows``, in the order asked (one query per 500 rows)."""
+        found: dict[int, ScanResult] = {}
+        for start in range(0, len(rows), FETCH_ROWS):
+            wanted = rows[start : start + FETCH_ROWS]
+            found.update(self.store.batch_rows(self.batch_id, thumbnails=False, seqs=wanted))
+        missing = [row for row in rows if row not in found]
+        if missing:  # the batch changed under the report (deleted meanwhile)
+            raise LookupError(f"batch {self.batch_id} no longer holds items {missing[:5]}")
+        return [found[row] for row in rows]
 
     def thumbnail(self, result: ScanResult) -> bytes | None:
         if result.thumbnail_png is not None:
@@ -79,6 +109,12 @@ class WithThumbnails:
     def __len__(self) -> int:
         return len(self._results)
 
+    def rows(self) -> Iterator[tuple[int, ScanResult]]:
+        return enumerate(self._results)
+
+    def at(self, rows: Sequence[int]) -> list[ScanResult]:
+        return [self._results[row] for row in rows]
+
     def thumbnail(self, result: ScanResult) -> bytes | None:
         return result.thumbnail_png if result.thumbnail_png is not None else self._lookup(result)
 
@@ -92,6 +128,34 @@ def reiterable(results: Iterable[ScanResult]) -> Iterable[ScanResult]:
     if iter(results) is results:  # an iterator: iterating it again would find it empty
         return list(results)
     return results
+
+
+def iter_rows(results: Iterable[ScanResult]) -> Iterator[tuple[int, ScanResult]]:
+    """``results`` with each one's row: a :class:`RowSource`'s own, else its position."""
+    if isinstance(results, RowSource):
+        return results.rows()
+    return enumerate(results)
+
+
+def results_at(results: Iterable[ScanResult], rows: Sequence[int]) -> list[ScanResult]:
+    """The results of ``rows`` (from :func:`iter_rows`), in the order asked.
+
+    A :class:`RowSource` fetches them; a sequence is indexed; any other re-iterable is read
+    once more, keeping only the rows asked for.
+    """
+    if isinstance(results, RowSource):
+        return results.at(rows)
+    if isinstance(results, Sequence):
+        return [results[row] for row in rows]
+    wanted = {row: n for n, row in enumerate(rows)}
+    out: list[ScanResult | None] = [None] * len(rows)
+    for row, result in enumerate(results):
+        n = wanted.get(row)
+        if n is not None:
+            out[n] = result
+    if any(item is None for item in out):
+        raise LookupError("the results changed between two passes of the report")
+    return out  # type: ignore[return-value]
 
 
 def detail_of(results: Iterable[ScanResult], result: ScanResult) -> ScanResult:
