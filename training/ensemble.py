@@ -61,6 +61,7 @@ from training.features import (
     select,
 )
 from training.heads import LinearHead
+from training.runs import save_scores
 from training.transfer import (
     L2_GRID,
     MIN_SENSITIVITY,
@@ -68,16 +69,17 @@ from training.transfer import (
     _fit_head,
     _healthy,
     _json,
-    _log_summary,
     _plots,
     _pretrained,
     _subgroups,
     _two,
     _write_split,
+    cross_source_mean,
     finding_info,
     operating_rule,
     rate,
     training_record,
+    write_run_record,
 )
 
 log = logging.getLogger(__name__)
@@ -366,20 +368,11 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
-    np.savez(
-        run / "scores.npz",
-        val=v_probs[:, 1],
-        test=t_probs[:, 1],
-        y_val=y_val,
-        y_test=y_test,
-        **{f"external_{k}": v for k, v in ext_scores.items()},
-    )
+    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
     _plots(run, task, val, test, y_val, y_test, v_probs, t_probs, head, x_test, points, loso)
     if not args.no_model:
         save_model(run, branches, crops, spec, head, test, t_probs[:, 1])
-    info["training"]["duration_s"] = round(time.time() - started, 1)
-    (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
-    _log_summary(info)
+    write_run_record(run, info, started)
     print(f"  cross-source validation: {json.dumps(cross)}", flush=True)
     return info
 
@@ -502,10 +495,7 @@ def _loso(
             "auc_linear_probe": ev.roc_auc(y_all[ov], ref_head.logit(ref[1][ov])),
         }
     if cross:
-        cross["mean"] = {
-            "auc": float(np.mean([v["auc"] for v in cross.values()])),
-            "auc_linear_probe": float(np.mean([v["auc_linear_probe"] for v in cross.values()])),
-        }
+        cross["mean"] = cross_source_mean(cross)
     return {"figures": figures, "curves": curves}, cross
 
 

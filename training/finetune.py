@@ -49,21 +49,22 @@ from training import evaluate as ev
 from training.augment import ScanAugment, augment_scan
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights
+from training.runs import save_scores
 from training.transfer import (
     MIN_SENSITIVITY,
     OPERATING_RULE,
     Task,
     _fit_head,
     _healthy,
-    _json,
-    _log_summary,
     _pretrained,
     _subgroups,
     _two,
     _write_split,
+    cross_source_mean,
     finding_info,
     rate,
     training_record,
+    write_run_record,
 )
 
 log = logging.getLogger(__name__)
@@ -482,23 +483,14 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
 
     info["training"]["machine"] = f"{platform.machine()} CPU, {platform.system()}"
     (run / "history_finetune.json").write_text(json.dumps(ft["history"]))
-    np.savez(
-        run / "scores.npz",
-        val=v_probs[:, 1],
-        test=t_probs[:, 1],
-        y_val=y_val,
-        y_test=y_test,
-        **{f"external_{k}": v for k, v in ext_scores.items()},
-    )
+    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
     _plots(run, task, s_test, y_val, y_test, v_probs, t_probs, z_test, loso)
     if not args.no_model:
         model.save(run / "model.keras")
         pick = np.r_[np.where(y_test == 0)[0][:8], np.where(y_test == 1)[0][:8]]
         np.save(run / "parity_inputs.npy", _rgb(g_test[pick]))
         np.save(run / "parity_scores.npy", t_probs[pick, 1])
-    info["training"]["duration_s"] = round(time.time() - started, 1)
-    (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
-    _log_summary(info)
+    write_run_record(run, info, started)
     print(f"  cross-source validation: {json.dumps(cross)}", flush=True)
     return info
 
@@ -570,10 +562,7 @@ def _loso(
             "auc_linear_probe": lp_auc,
         }
     if cross:
-        cross["mean"] = {
-            "auc": float(np.mean([v["auc"] for v in cross.values()])),
-            "auc_linear_probe": float(np.mean([v["auc_linear_probe"] for v in cross.values()])),
-        }
+        cross["mean"] = cross_source_mean(cross)
     return {"figures": figures, "curves": curves}, cross
 
 

@@ -106,9 +106,7 @@ def finish_binary(
         ev.softmax(t_logits), test[1]
     )
     _plots(run, name, labels, val, test, test_sources, v_probs, t_probs, t_logits, points)
-    np.savez(
-        run / "scores.npz", val=v_probs[:, 1], test=t_probs[:, 1], y_val=val[1], y_test=test[1]
-    )
+    save_scores(run, v_probs[:, 1], t_probs[:, 1], val[1], test[1])
     info = {
         "id": model_id,
         "name": name,
@@ -129,6 +127,27 @@ def finish_binary(
     (run / "run.json").write_text(json.dumps(info, indent=1))
     _log_summary(info)
     return info
+
+
+def save_scores(
+    run: Path,
+    val: np.ndarray,
+    test: np.ndarray,
+    y_val: np.ndarray,
+    y_test: np.ndarray,
+    external: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write ``scores.npz``: the calibrated positive-class scores and labels of validation and
+    test (``external_<name>`` for each external set). One writer, so every recipe leaves the
+    layout that ``evaluate.reselect_operating_points`` reads back without retraining."""
+    np.savez(
+        run / "scores.npz",
+        val=val,
+        test=test,
+        y_val=y_val,
+        y_test=y_test,
+        **{f"external_{k}": v for k, v in (external or {}).items()},
+    )
 
 
 def _plots(

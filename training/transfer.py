@@ -44,6 +44,7 @@ from training import evaluate as ev
 from training.augment import FieldOfView, ScanAugment
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights, fit_logistic
+from training.runs import save_scores
 
 if TYPE_CHECKING:
     from desktop.engine.preprocess import PreprocessSpec
@@ -282,20 +283,11 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
-    np.savez(
-        run / "scores.npz",
-        val=v_probs[:, 1],
-        test=t_probs[:, 1],
-        y_val=y_val,
-        y_test=y_test,
-        **{f"external_{k}": v for k, v in ext_scores.items()},
-    )
+    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
     _plots(run, task, val, test, y_val, y_test, v_probs, t_probs, head, x_test, points, loso)
     if not args.no_model:
         _save_model(run, bb, head, spec, test, t_probs[:, 1], args.pool)
-    info["training"]["duration_s"] = round(time.time() - started, 1)
-    (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
-    _log_summary(info)
+    write_run_record(run, info, started)
     return info
 
 
@@ -612,6 +604,24 @@ def _framework() -> str:
         )
     except ImportError:  # pragma: no cover
         return f"onnxruntime {onnxruntime.__version__}"
+
+
+def write_run_record(run: Path, info: dict[str, Any], started: float) -> None:
+    """The last step of every frozen-feature and fine-tune run: the wall time since
+    ``started``, ``run.json`` (the record export and the model card read) and its summary in the
+    log. One writer, so the record's keys stay in the same order whichever recipe made it."""
+    info["training"]["duration_s"] = round(time.time() - started, 1)
+    (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
+    _log_summary(info)
+
+
+def cross_source_mean(cross: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The mean over the held-out sources of ``auc`` and ``auc_linear_probe`` — the one
+    cross-source figure candidates are ranked by and the card reports."""
+    return {
+        "auc": float(np.mean([v["auc"] for v in cross.values()])),
+        "auc_linear_probe": float(np.mean([v["auc_linear_probe"] for v in cross.values()])),
+    }
 
 
 def _json(v: Any) -> Any:
