@@ -720,6 +720,20 @@ def test_many_flagged_scans_continue_in_further_files(tmp_path, monkeypatch):
 
 
 @needs_poppler
+def test_the_last_continuation_file_holds_only_the_remaining_flagged_scans(tmp_path, monkeypatch):
+    """12 flagged scans at 5 a file: the third file has #11-#12, not the next unflagged scans."""
+    from desktop.engine.reports import pdf as pdf_module
+
+    monkeypatch.setattr(pdf_module, "FLAGGED_PER_FILE", 5)
+    many = [replace(r, file=f"{r.file}.{i}") for i in range(3) for r in results()]
+    paths = write_reports(many, context(), tmp_path, ["pdf"], "report")
+    assert [p.name for p in paths] == ["report.pdf", "report-2.pdf", "report-3.pdf"]
+    last = " ".join(_pdf_text(paths[2]).split())
+    assert "Flagged scans #11–#12 of 12 (file 3 of 3" in last
+    assert "CHNCXR_0001_0" not in last and "IM-0115-0001" not in last  # the unflagged scans
+
+
+@needs_poppler
 def test_pdf_from_the_store_fetches_class_maps_per_flagged_scan(scan_results, pdf_off, tmp_path):
     """A stored batch's triage order holds compact keys, no scans (20,000 are ranked at once);
     each table chunk and flagged block fetches its scans again, so the PDF has the same

@@ -1405,7 +1405,7 @@ def write_pdf_files(results: Iterable[ScanResult], ctx: ReportContext, path: Pat
     del main
     _let_go()
     for number, start in enumerate(starts[1:], start=2):
-        lines = list(ranked.lines(start, start + FLAGGED_PER_FILE))
+        lines = list(ranked.lines(start, min(start + FLAGGED_PER_FILE, flagged)))
         story = _iter_volume(results, ctx, lines, number, len(paths), path.name, flagged)
         _write_story(story, ctx, paths[number - 1])
         del lines, story
