@@ -957,14 +957,17 @@ class ResultsStore:
             if row[5] is not None and status != ScanStatus.ERROR.value:
                 yield row[15], _result_from_row(file, sha, models_key, row[5:13])
             else:
-                yield row[15], ScanResult(
-                    file=file,
-                    sha256=sha,
-                    status=ScanStatus(status),
-                    reason=reason,
-                    error_code=code,
-                    models_key=models_key,
-                    screened_at=row[13] or "",
+                yield (
+                    row[15],
+                    ScanResult(
+                        file=file,
+                        sha256=sha,
+                        status=ScanStatus(status),
+                        reason=reason,
+                        error_code=code,
+                        models_key=models_key,
+                        screened_at=row[13] or "",
+                    ),
                 )
 
 
