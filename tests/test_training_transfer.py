@@ -288,3 +288,25 @@ def test_l2_by_groups_scores_each_group_with_both_classes() -> None:
     a = groups == "adult"
     assert by_source[f"{l2:g}"] != pytest.approx(want)  # site c's films change the adult AUC
     assert ev.roc_auc(yv[a], z[a]) != pytest.approx(ev.roc_auc(yv[40:80], z[40:80]))
+
+
+def test_external_figures_is_the_one_summary_of_external_sets() -> None:
+    """Frozen, ensemble and fine-tuned recipes share it; only how logits are made differs."""
+    from types import SimpleNamespace
+
+    from training.transfer import external_figures
+
+    task = SimpleNamespace(
+        external={"nih_no_finding": (["a", "b", "c"], "healthy")}, healthy_test=None
+    )
+    points = {"screening": {"threshold": 0.5}, "balanced": {"threshold": 0.7}}
+    external, scores, healthy = external_figures(
+        task, [], np.zeros(0), points, 1.0, lambda rows: np.array([-1.0, 0.5, 2.0])[: len(rows)]
+    )
+    np.testing.assert_allclose(scores["nih_no_finding"], [0.268941, 0.622459, 0.880797], atol=1e-6)
+    figures = external["nih_no_finding"]
+    assert figures["n"] == 3 and figures["description"] == "healthy"
+    assert figures["flag_rate"]["screening"]["k"] == 2
+    assert figures["flag_rate"]["balanced"]["k"] == 1
+    assert figures["median_score"] == pytest.approx(0.622459, abs=1e-6)
+    assert healthy is None

@@ -67,7 +67,6 @@ from training.transfer import (
     MIN_SENSITIVITY,
     Task,
     _fit_head,
-    _healthy,
     _json,
     _plots,
     _pretrained,
@@ -75,9 +74,9 @@ from training.transfer import (
     _two,
     _write_split,
     cross_source_mean,
+    external_figures,
     finding_info,
     operating_rule,
-    rate,
     training_record,
     write_run_record,
 )
@@ -306,21 +305,17 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
     metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
 
-    external: dict[str, Any] = {}
-    ext_scores: dict[str, np.ndarray] = {}
-    for name, (rows, what) in task.external.items():
-        x = np.concatenate([eval_feats(b, rows) for b in branches], axis=1)
-        p = ev.softmax(_two(head.logit(x)), temperature)[:, 1]
-        ext_scores[name] = p
-        external[name] = {
-            "description": what,
-            "n": len(rows),
-            "flag_rate": {k: rate(p >= v["threshold"]) for k, v in points.items()},
-            "median_score": float(np.median(p)),
-        }
+    external, ext_scores, healthy = external_figures(
+        task,
+        test,
+        t_probs[:, 1],
+        points,
+        temperature,
+        lambda rows: head.logit(np.concatenate([eval_feats(b, rows) for b in branches], axis=1)),
+    )
     metrics["external"] = external
-    if task.healthy_test is not None:
-        metrics["healthy_adults"] = _healthy(task, test, t_probs[:, 1], ext_scores, points)
+    if healthy is not None:
+        metrics["healthy_adults"] = healthy
 
     ref = _reference(args, train, every, aug, cache)
     loso, cross = _loso(tr, ev_all, ref, train, val, test, args.seed)

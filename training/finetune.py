@@ -55,14 +55,13 @@ from training.transfer import (
     OPERATING_RULE,
     Task,
     _fit_head,
-    _healthy,
     _pretrained,
     _subgroups,
     _two,
     _write_split,
     cross_source_mean,
+    external_figures,
     finding_info,
-    rate,
     training_record,
     write_run_record,
 )
@@ -383,22 +382,17 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     )
     metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
     metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
-    external: dict[str, Any] = {}
-    ext_scores: dict[str, np.ndarray] = {}
-    for name, (rows, what) in task.external.items():
-        p = ev.softmax(
-            _two(_predict(logits, engine_grey([r.path for r in rows], spec, cache))), temperature
-        )[:, 1]
-        ext_scores[name] = p
-        external[name] = {
-            "description": what,
-            "n": len(rows),
-            "flag_rate": {k: rate(p >= v["threshold"]) for k, v in points.items()},
-            "median_score": float(np.median(p)),
-        }
+    external, ext_scores, healthy = external_figures(
+        task,
+        test,
+        t_probs[:, 1],
+        points,
+        temperature,
+        lambda rows: _predict(logits, engine_grey([r.path for r in rows], spec, cache)),
+    )
     metrics["external"] = external
-    if task.healthy_test is not None:
-        metrics["healthy_adults"] = _healthy(task, test, t_probs[:, 1], ext_scores, points)
+    if healthy is not None:
+        metrics["healthy_adults"] = healthy
 
     loso, cross = _loso(
         args,

@@ -208,21 +208,12 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         ):
             metrics[part]["by_group"] = _by_group(task.point_group, rows, y, pr, points, args.seed)
 
-    external: dict[str, Any] = {}
-    ext_scores: dict[str, np.ndarray] = {}
-    for name, (rows, what) in task.external.items():
-        x = feats(rows)[:, 0]
-        p = ev.softmax(_two(head.logit(x)), temperature)[:, 1]
-        ext_scores[name] = p
-        external[name] = {
-            "description": what,
-            "n": len(rows),
-            "flag_rate": {k: rate(p >= v["threshold"]) for k, v in points.items()},
-            "median_score": float(np.median(p)),
-        }
+    external, ext_scores, healthy = external_figures(
+        task, test, t_probs[:, 1], points, temperature, lambda rows: head.logit(feats(rows)[:, 0])
+    )
     metrics["external"] = external
-    if task.healthy_test is not None:
-        metrics["healthy_adults"] = _healthy(task, test, t_probs[:, 1], ext_scores, points)
+    if healthy is not None:
+        metrics["healthy_adults"] = healthy
     loso = _loso(x_train, y_train, train, val, test, x_val, x_test, args.seed) if task.loso else {}
     if loso:
         metrics["leave_one_source_out"] = loso["figures"]
@@ -613,6 +604,37 @@ def write_run_record(run: Path, info: dict[str, Any], started: float) -> None:
     info["training"]["duration_s"] = round(time.time() - started, 1)
     (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
     _log_summary(info)
+
+
+def external_figures(
+    task: Task,
+    test: Sequence[D.Record],
+    t_score: np.ndarray,
+    points: dict[str, Any],
+    temperature: float,
+    logits_of: Callable[[Sequence[D.Record]], np.ndarray],
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None]:
+    """Each external set's flag rates and median score, and the healthy-adult figures.
+
+    One definition for every recipe (frozen, ensemble, fine-tuned), which differ only in how
+    a set's logits are computed (``logits_of``). Returns the ``external`` block, the scores per
+    set (saved in ``scores.npz``) and the ``healthy_adults`` block (None without healthy sets).
+    """
+    external: dict[str, Any] = {}
+    ext_scores: dict[str, np.ndarray] = {}
+    for name, (rows, what) in task.external.items():
+        p = ev.softmax(_two(logits_of(rows)), temperature)[:, 1]
+        ext_scores[name] = p
+        external[name] = {
+            "description": what,
+            "n": len(rows),
+            "flag_rate": {k: rate(p >= v["threshold"]) for k, v in points.items()},
+            "median_score": float(np.median(p)),
+        }
+    healthy = (
+        _healthy(task, test, t_score, ext_scores, points) if task.healthy_test is not None else None
+    )
+    return external, ext_scores, healthy
 
 
 def cross_source_mean(cross: dict[str, dict[str, Any]]) -> dict[str, float]:
