@@ -70,13 +70,13 @@ from training.transfer import (
     _json,
     _plots,
     _pretrained,
-    _subgroups,
     _two,
     _write_split,
     cross_source_mean,
     external_figures,
     finding_info,
     operating_rule,
+    split_metrics,
     training_record,
     write_run_record,
 )
@@ -291,19 +291,9 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     points: dict[str, Any] = ev.operating_points(
         y_val, v_probs[:, 1], MIN_SENSITIVITY, task.min_specificity
     )
-    metrics: dict[str, Any] = {
-        "validation": ev.evaluate_binary(
-            y_val, v_probs, points, groups=[r.source for r in val], seed=args.seed
-        ),
-        "test": ev.evaluate_binary(
-            y_test, t_probs, points, groups=[r.source for r in test], seed=args.seed
-        ),
-    }
-    metrics["test"]["ece_uncalibrated"] = ev.expected_calibration_error(
-        ev.softmax(_two(head.logit(x_test))), y_test
+    metrics = split_metrics(
+        task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
     )
-    metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
-    metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
 
     external, ext_scores, healthy = external_figures(
         task,

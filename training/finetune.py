@@ -56,12 +56,12 @@ from training.transfer import (
     Task,
     _fit_head,
     _pretrained,
-    _subgroups,
     _two,
     _write_split,
     cross_source_mean,
     external_figures,
     finding_info,
+    split_metrics,
     training_record,
     write_run_record,
 )
@@ -371,17 +371,9 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     temperature = ev.fit_temperature(_two(z_val), y_val)
     v_probs, t_probs = ev.softmax(_two(z_val), temperature), ev.softmax(_two(z_test), temperature)
     points = ev.operating_points(y_val, v_probs[:, 1], min_sensitivity=MIN_SENSITIVITY)
-    metrics: dict[str, Any] = {
-        "validation": ev.evaluate_binary(
-            y_val, v_probs, points, groups=list(s_val), seed=args.seed
-        ),
-        "test": ev.evaluate_binary(y_test, t_probs, points, groups=list(s_test), seed=args.seed),
-    }
-    metrics["test"]["ece_uncalibrated"] = ev.expected_calibration_error(
-        ev.softmax(_two(z_test)), y_test
+    metrics = split_metrics(
+        task, val, test, y_val, y_test, v_probs, t_probs, z_test, points, args.seed
     )
-    metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
-    metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
     external, ext_scores, healthy = external_figures(
         task,
         test,

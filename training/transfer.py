@@ -192,15 +192,9 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     )
     if task.point_group is not None:
         _add_group_points(points, val, y_val, v_probs[:, 1], task)
-    metrics: dict[str, Any] = {
-        "validation": ev.evaluate_binary(y_val, v_probs, points, groups=_src(val), seed=args.seed),
-        "test": ev.evaluate_binary(y_test, t_probs, points, groups=_src(test), seed=args.seed),
-    }
-    metrics["test"]["ece_uncalibrated"] = ev.expected_calibration_error(
-        ev.softmax(_two(head.logit(x_test))), y_test
+    metrics = split_metrics(
+        task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
     )
-    metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, args.seed)
-    metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, args.seed)
     if task.point_group is not None:
         for part, rows, y, pr in (
             ("validation", val, y_val, v_probs),
@@ -604,6 +598,33 @@ def write_run_record(run: Path, info: dict[str, Any], started: float) -> None:
     info["training"]["duration_s"] = round(time.time() - started, 1)
     (run / "run.json").write_text(json.dumps(info, indent=1, default=_json))
     _log_summary(info)
+
+
+def split_metrics(
+    task: Task,
+    val: Sequence[D.Record],
+    test: Sequence[D.Record],
+    y_val: np.ndarray,
+    y_test: np.ndarray,
+    v_probs: np.ndarray,
+    t_probs: np.ndarray,
+    test_logit: np.ndarray,
+    points: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """Validation and test figures per source, the uncalibrated test ECE and the subgroups:
+    one definition for the frozen, ensemble and fine-tuned recipes (``test_logit`` is the
+    head's logit before temperature scaling)."""
+    metrics: dict[str, Any] = {
+        "validation": ev.evaluate_binary(y_val, v_probs, points, groups=_src(val), seed=seed),
+        "test": ev.evaluate_binary(y_test, t_probs, points, groups=_src(test), seed=seed),
+    }
+    metrics["test"]["ece_uncalibrated"] = ev.expected_calibration_error(
+        ev.softmax(_two(test_logit)), y_test
+    )
+    metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, seed)
+    metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, seed)
+    return metrics
 
 
 def external_figures(
