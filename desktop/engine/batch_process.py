@@ -36,6 +36,14 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
   (:data:`BACKGROUND_NICENESS`, every thread), so on a busy PC the window wins the CPU over
   screening, as it did over the batch threads before.
 
+**What the child runs** is a :class:`ProcessTask`: a small picklable object, importable
+without Qt, whose ``run(runner)`` is a generator of the runner's Progress events ending in a
+value, and whose ``reply(value)`` is what of that value travels back. A plain batch is
+:class:`ScreeningTask`; the site-calibration dialog sends
+:class:`desktop.engine.labelled.CalibrationTask` (read the labels, screen them as a
+calibration batch, calibrate), so its long work leaves the window's process the same way,
+with the same cancel, error and death handling, defined here once.
+
 Spawning imports the parent's main module in the child: a script that runs a batch this way
 keeps its top-level work under ``if __name__ == "__main__":`` (the sandbox's rule too).
 """
@@ -53,7 +61,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from desktop.engine.errors import BatchError
 from desktop.engine.registry import ModelSet, ModelSetPlan
@@ -77,15 +85,44 @@ EXIT_TIMEOUT_S = 30.0
 _CANCEL = "cancel"
 
 
+class ProcessTask(Protocol):
+    """Work for the batch process: picklable, and importable in a process without Qt.
+
+    ``run`` drives the child's :class:`~desktop.engine.runner.BatchRunner` (it may read
+    files and compute around the batch) as a generator of the runner's Progress events that
+    returns the task's value; ``reply`` is the part of that value sent back to the window
+    (drop what the store already has, so little is unpickled on the window's side).
+    """
+
+    def run(self, runner: BatchRunner) -> Generator[Progress, None, Any]: ...
+
+    def reply(self, value: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ScreeningTask:
+    """A plain batch: screen ``inputs`` (or continue the batch ``resume``) as ``kind``."""
+
+    inputs: tuple[str, ...] = ()
+    resume: str | None = None
+    kind: str = BatchKind.SCREENING
+
+    def run(self, runner: BatchRunner) -> Generator[Progress, None, BatchSummary]:
+        return runner.run(list(self.inputs), resume=self.resume, kind=self.kind)
+
+    def reply(self, value: BatchSummary) -> BatchSummary:
+        """The summary without the discovered file list (the store has it; a 100,000-path
+        list unpickled at the end would hold the window's GIL for a while)."""
+        return replace(value, discovered=replace(value.discovered, files=[]))
+
+
 @dataclass(frozen=True)
 class _Job:
     """Everything the child needs, picklable: no sessions, no open connections."""
 
     models: ModelSetPlan
     store_path: str
-    inputs: tuple[str, ...]
-    resume: str | None
-    kind: str
+    task: ProcessTask
     niceness: int
 
 
@@ -118,7 +155,9 @@ class BatchProcess:
     """One batch in a child process; :meth:`run` is the runner's generator, read from a pipe.
 
     Use once: create, drain :meth:`run` (in a worker thread: it blocks between events), and
-    call :meth:`cancel` from any thread to stop at a clean point.
+    call :meth:`cancel` from any thread to stop at a clean point. ``task`` replaces the
+    plain batch of ``inputs``/``resume``/``kind`` by other runner work (a
+    :class:`ProcessTask`); :meth:`run` then returns the task's reply.
     """
 
     def __init__(
@@ -130,15 +169,13 @@ class BatchProcess:
         resume: str | None = None,
         kind: str = BatchKind.SCREENING,
         niceness: int = BACKGROUND_NICENESS,
+        task: ProcessTask | None = None,
     ) -> None:
-        self._job = _Job(
-            ModelSetPlan.of(models),
-            str(store_path),
-            tuple(str(p) for p in inputs),
-            resume,
-            str(kind),
-            niceness,
-        )
+        if task is None:
+            task = ScreeningTask(tuple(str(p) for p in inputs), resume, str(kind))
+        elif inputs or resume is not None:
+            raise ValueError("give the inputs to the task, not to BatchProcess")
+        self._job = _Job(ModelSetPlan.of(models), str(store_path), task, niceness)
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None  # multiprocessing's SpawnProcess
         self._control: Connection | None = None
@@ -166,8 +203,9 @@ class BatchProcess:
             log.warning("the batch process %s did not stop; killing it", process.pid)
             process.kill()
 
-    def run(self) -> Generator[Progress, None, BatchSummary]:
-        """Start the child and yield its progress events; return its summary.
+    def run(self) -> Generator[Progress, None, Any]:
+        """Start the child and yield its progress events; return its summary (the task's
+        reply).
 
         Raises :class:`BatchProcessError` when the batch fails in the child or the child
         ends without finishing. The child is always joined (or killed) before this returns.
@@ -280,8 +318,8 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
             name="medscreen-batch-control",
             daemon=True,
         ).start()
-        summary = _screen(runner, job, results)
-        results.send(("done", replace(summary, discovered=_without_files(summary))))
+        value = _drive(runner, job.task, results)
+        results.send(("done", job.task.reply(value)))
     except BaseException as exc:  # every failure goes to the window, with its traceback
         failure = _Failure(
             type(exc).__name__,
@@ -299,9 +337,9 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         results.close()
 
 
-def _screen(runner: BatchRunner, job: _Job, results: Connection) -> BatchSummary:
-    """Drain the runner's generator, sending each event; a window gone means cancel."""
-    gen = runner.run(list(job.inputs), resume=job.resume, kind=job.kind)
+def _drive(runner: BatchRunner, task: ProcessTask, results: Connection) -> Any:
+    """Drain the task's generator, sending each event; a window gone means cancel."""
+    gen = task.run(runner)
     window_gone = False
     while True:
         try:
@@ -324,10 +362,6 @@ def _slim(progress: Progress) -> Progress:
     if result is None or not result.thumbnail_png or not result.sha256:
         return progress
     return replace(progress, result=replace(result, thumbnail_png=None))
-
-
-def _without_files(summary: BatchSummary) -> Any:
-    return replace(summary.discovered, files=[])
 
 
 def _watch_control(control: Connection, runner: BatchRunner) -> None:
@@ -376,4 +410,10 @@ def _lower_priority(niceness: int) -> None:
         log.debug("cannot lower the batch process's priority: %s", exc)
 
 
-__all__ = ["BACKGROUND_NICENESS", "BatchProcess", "BatchProcessError"]
+__all__ = [
+    "BACKGROUND_NICENESS",
+    "BatchProcess",
+    "BatchProcessError",
+    "ProcessTask",
+    "ScreeningTask",
+]
