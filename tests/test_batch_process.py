@@ -198,3 +198,17 @@ def test_the_child_cancels_when_the_window_end_of_the_control_pipe_closes(
     _watch_control(child_end, runner)
     assert runner.cancelled
     child_end.close()
+
+
+def test_a_cancel_that_comes_before_the_batch_begins_is_not_lost(
+    models: ModelSet, store: ResultsStore, many_scans: Path
+):
+    """Cancel while the child still starts (or while a calibration still reads its labels):
+    the runner's ``run`` clears its cancel flag as it begins, so the child asserts a cancel
+    it was sent earlier again at the batch's first event; the batch stops at once."""
+    process = BatchProcess(models, store.path, [many_scans])
+    process.cancel()
+    events, summary = _drain(process.run())
+    assert summary.cancelled and summary.total == 400
+    assert events[-1].done < 400
+    assert store.batch(summary.batch_id).status == BatchStatus.CANCELLED

@@ -312,13 +312,14 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         # threads, all started from here on, inherit the lowered priority.
         _lower_priority(job.niceness)
         runner = BatchRunner(models, store)
+        asked = threading.Event()
         threading.Thread(
             target=_watch_control,
-            args=(control, runner),
+            args=(control, runner, asked),
             name="medscreen-batch-control",
             daemon=True,
         ).start()
-        value = _drive(runner, job.task, results)
+        value = _drive(runner, job.task, results, asked)
         results.send(("done", job.task.reply(value)))
     except BaseException as exc:  # every failure goes to the window, with its traceback
         failure = _Failure(
@@ -337,8 +338,17 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         results.close()
 
 
-def _drive(runner: BatchRunner, task: ProcessTask, results: Connection) -> Any:
-    """Drain the task's generator, sending each event; a window gone means cancel."""
+def _drive(
+    runner: BatchRunner, task: ProcessTask, results: Connection, asked: threading.Event
+) -> Any:
+    """Drain the task's generator, sending each event; a window gone means cancel.
+
+    ``asked`` is set once the window has asked for a cancel. ``BatchRunner.run`` clears the
+    runner's cancel flag as it begins, so a cancel that came before that (the window's
+    Cancel while this process still started, or while a calibration read its labels) was
+    lost and the whole batch ran; it is asserted again here at every event until the runner
+    has it (its first event comes before any scan is started).
+    """
     gen = task.run(runner)
     window_gone = False
     while True:
@@ -346,6 +356,8 @@ def _drive(runner: BatchRunner, task: ProcessTask, results: Connection) -> Any:
             progress = next(gen)
         except StopIteration as stop:
             return stop.value
+        if asked.is_set() and not runner.cancelled:
+            runner.cancel()
         if window_gone:
             continue
         try:
@@ -364,7 +376,9 @@ def _slim(progress: Progress) -> Progress:
     return replace(progress, result=replace(result, thumbnail_png=None))
 
 
-def _watch_control(control: Connection, runner: BatchRunner) -> None:
+def _watch_control(
+    control: Connection, runner: BatchRunner, asked: threading.Event | None = None
+) -> None:
     """Cancel the batch on the window's word, or when the window's end of the pipe closes
     (the window closed or died: nobody would see the rest)."""
     try:
@@ -372,6 +386,8 @@ def _watch_control(control: Connection, runner: BatchRunner) -> None:
             pass
     except (EOFError, OSError):
         pass
+    if asked is not None:
+        asked.set()
     runner.cancel()
 
 
