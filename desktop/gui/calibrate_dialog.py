@@ -6,8 +6,9 @@ through it without a command line:
 
 1. choose a folder with one sub-folder per label (or a CSV ``file,label``), the model and a
    target sensitivity;
-2. the scans are screened in a worker (stored results are reused) and the ROC curve appears
-   with the threshold that reaches the target with the best specificity;
+2. the scans are screened in the batch process, as the main window's batches are (stored
+   results are reused), and the ROC curve appears with the threshold that reaches the target
+   with the best specificity;
 3. the point can be moved along the curve (slider or click), and the figures follow:
    sensitivity and specificity with their 95% CIs, and what the threshold means per 1,000
    screened — at the labelled set's prevalence unless the clinic enters its own;
@@ -16,6 +17,16 @@ through it without a command line:
 
 Everything computed comes from the engine (:mod:`desktop.engine.labelled`,
 :mod:`desktop.engine.calibration`, :mod:`desktop.engine.site_points`); this is its face.
+
+The run (reading the labels, screening, the bootstrap) is one
+:class:`~desktop.engine.labelled.CalibrationTask` sent to a
+:class:`~desktop.engine.batch_process.BatchProcess`: with the batch's decoder and inference
+threads in the window's process the GUI thread waited for the GIL they held, and the dialog
+(and the window behind it) froze for a moment several times a run. A worker thread here only
+blocks on that process's pipe; progress reaches the dialog at most every
+:data:`PROGRESS_INTERVAL_MS`. Cancel, an error in the child (message here, traceback in the
+log and the status tooltip) and a child that dies are handled by ``BatchProcess`` as for the
+window's batches; the scans finished are in the store and are reused by the next run.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QPointF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -65,32 +76,22 @@ from desktop.gui.results_model import short_name
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
-
+    from desktop.engine.batch_process import BatchProcess
     from desktop.engine.labelled import CalibrationOutcome
     from desktop.engine.registry import ModelSet
-    from desktop.engine.runner import BatchRunner, Progress
+    from desktop.engine.runner import Progress
     from desktop.engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
+#: How often the progress bar and status follow the run: one update per scan would post
+#: ~100 events a second to the GUI thread, each relaying out the status label.
+PROGRESS_INTERVAL_MS = 100
+#: How long closing the dialog waits for a cancelled run before its process is killed.
+CLOSE_WAIT_MS = 30_000
+
 _CURVE = QColor(31, 94, 168)
 _POINT = QColor(214, 69, 30)
-
-
-def _calibration_job(
-    runner: BatchRunner,
-    model_id: str,
-    folder: Path | None,
-    csv_file: Path | None,
-    target: float,
-) -> Generator[Progress, None, CalibrationOutcome]:
-    """Worker side: read the labels, screen, join and calibrate (all engine work)."""
-    from desktop.engine.labelled import collect_labels, run_calibration
-
-    manifest = runner.models.findings[model_id].manifest
-    labelled = collect_labels(manifest, [folder] if folder else [], [csv_file] if csv_file else [])
-    return (yield from run_calibration(runner, labelled, target))
 
 
 def _write_record(
@@ -248,7 +249,17 @@ class CalibrateDialog(QDialog):
         self._start_folder = start_folder
         self._worker: Worker | None = None
         self._record_worker: Worker | None = None
-        self._runner: BatchRunner | None = None
+        self._process: BatchProcess | None = None
+        #: Run the calibration in a thread of this process instead of the batch process:
+        #: for tests that patch the engine here; the window stalls this way.
+        self.in_process = False
+        #: The newest progress event, set by the worker thread, shown by :attr:`_ticker`.
+        self._latest: Progress | None = None
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(PROGRESS_INTERVAL_MS)
+        self._ticker.timeout.connect(self._show_progress)
+        #: The last failure (a WorkerError), its traceback included, for the log and tests.
+        self.last_error: WorkerError | None = None
         self.outcome: CalibrationOutcome | None = None
         self._model_id: str | None = None
         self._build(operator)
@@ -470,31 +481,47 @@ class CalibrateDialog(QDialog):
     def is_running(self) -> bool:
         return self._worker is not None
 
+    @property
+    def process_id(self) -> int | None:
+        """The running calibration's process id (None in-process or between runs)."""
+        process = self._process
+        return process.pid if process is not None and self._worker is not None else None
+
     def start(self) -> Worker | None:
-        """Screen the labelled scans and calibrate, in a worker thread."""
+        """Screen the labelled scans and calibrate in the batch process, read by a worker
+        thread (in that thread itself when :attr:`in_process`)."""
         text = self.path_edit.text().strip()
         if not text or self.is_running():
             return None
-        from desktop.engine.runner import BatchRunner
+        from desktop.engine.labelled import CalibrationTask
 
-        path = Path(text)
+        path = str(Path(text).expanduser().absolute())  # the child resolves nothing itself
         model_id = self.model_combo.currentData()
         self._model_id = model_id
         self._set_result(None)
-        self._runner = BatchRunner(self.models, self.store)
-        csv_file = path if self.csv_radio.isChecked() else None
-        folder = None if csv_file else path
-        worker = Worker(
-            _calibration_job,
-            self._runner,
+        self.last_error = None
+        self.status.setStyleSheet("")
+        self.status.setToolTip("")
+        csv = self.csv_radio.isChecked()
+        task = CalibrationTask(
             model_id,
-            folder,
-            csv_file,
-            round(self.target_spin.value(), 4),
-            on_quit=self._runner.cancel,
-            name="medscreen-calibrate",
+            folders=() if csv else (path,),
+            csv_files=(path,) if csv else (),
+            target_sensitivity=round(self.target_spin.value(), 4),
         )
-        worker.yielded.connect(self._progress)
+        if self.in_process:
+            from desktop.engine.runner import BatchRunner  # onnxruntime: not at start-up
+
+            runner = BatchRunner(self.models, self.store)
+            worker = Worker(task.run, runner, on_quit=runner.cancel, name="medscreen-calibrate")
+        else:
+            from desktop.engine.batch_process import BatchProcess
+
+            process = BatchProcess(self.models, self.store.path, task=task)
+            self._process = process
+            worker = Worker(process.run, on_quit=process.cancel, name="medscreen-calibrate")
+        self._latest = None
+        worker.yielded.connect(self._progress_arrived, type=Qt.ConnectionType.DirectConnection)
         worker.returned.connect(self._finished)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._worker_done)
@@ -503,13 +530,26 @@ class CalibrateDialog(QDialog):
         self.progress.setVisible(True)
         self.status.setText("Reading the labels and screening the scans…")
         self._update_buttons()
+        self._ticker.start()
         worker.start()
         return worker
 
     def cancel(self) -> None:
         if self._worker is not None:
+            self._ticker.stop()  # the last figures must not overwrite "Cancelling…"
             self.status.setText("Cancelling…")
+            self.cancel_button.setEnabled(False)
             self._worker.quit()
+
+    def _progress_arrived(self, event: Progress) -> None:
+        """Worker thread: keep the newest event; the GUI thread shows it on its next tick
+        (an attribute set is atomic, and no event per scan is posted to the GUI thread)."""
+        self._latest = event
+
+    def _show_progress(self) -> None:
+        event, self._latest = self._latest, None
+        if event is not None:
+            self._progress(event)
 
     def _progress(self, event: Progress) -> None:
         self.progress.setRange(0, max(event.total, 1))
@@ -527,7 +567,13 @@ class CalibrateDialog(QDialog):
             f"({scores.n_positive} {scores.manifest.positive_label}, {scores.n_negative} "
             f"without); {len(scores.excluded)} left out."
         )
-        if outcome.calibration is None:
+        if scores.cancelled:
+            self.status.setText(
+                "Cancelled: no calibration was made. The scans screened so far are kept and "
+                "are reused when you run it again."
+            )
+            self.status.setStyleSheet("")
+        elif outcome.calibration is None:
             self.status.setText(f"{used} No calibration: {outcome.error}.")
             self.status.setStyleSheet("color: #b3261e;")
         else:
@@ -537,13 +583,30 @@ class CalibrateDialog(QDialog):
         emit(self.calibrated, outcome)
 
     def _failed(self, error: WorkerError) -> None:
-        reason = getattr(error.exception, "message", None) or str(error.exception)
-        self.status.setText(f"The calibration could not run: {reason}")
+        """A run or a record that failed: the reason here, the traceback (the child's too:
+        it is in the error's notes) in the log and in the status's tooltip."""
+        from desktop.engine.batch_process import BatchProcessError
+
+        self.last_error = error
+        exc = error.exception
+        reason = (getattr(exc, "message", None) or str(exc)).rstrip(".")
+        if isinstance(exc, BatchProcessError) and not exc.child_type:
+            # the batch process died mid-run; every scan it finished was committed first
+            text = (
+                f"The calibration stopped: {reason}. The scans screened so far are kept "
+                "and are reused when you run it again."
+            )
+        else:
+            text = f"The calibration could not run: {reason}."
+        self.status.setText(text + " The log file has the details.")
+        self.status.setToolTip(error.traceback)
         self.status.setStyleSheet("color: #b3261e;")
 
     def _worker_done(self) -> None:
+        self._ticker.stop()
         self._worker = None
-        self._runner = None
+        self._process = None
+        self._latest = None
         self.progress.setVisible(False)
         self._update_buttons()
 
@@ -790,9 +853,13 @@ class CalibrateDialog(QDialog):
 
     # -- closing -------------------------------------------------------------------------------
     def done(self, result: int) -> None:
-        """Stop a running calibration before closing (screened scans are kept in the store)."""
+        """Stop a running calibration before closing (screened scans are kept in the store);
+        a batch process that does not stop in time is killed, so none is left behind."""
+        process = self._process
         for worker in (self._worker, self._record_worker):
             if worker is not None:
                 worker.quit()
-                worker.wait(60_000)
+                if not worker.wait(CLOSE_WAIT_MS) and worker is self._worker and process:
+                    process.kill()
+                    worker.wait(CLOSE_WAIT_MS)
         super().done(result)
