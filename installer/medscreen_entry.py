@@ -6,9 +6,17 @@ windowed Windows exe (where they are ``None``), and the system-library check bef
 (a double-clicked app that aborts silently is the worst failure for a clinic).
 
 It also answers ``medscreen --self-test [FILE...]``: a support and CI check of the *installed*
-bundle that needs no trained model and no GUI code — version, bundled assets, ONNX Runtime
-providers, no TensorFlow inside, decoding of the given scans (DICOM plugins are found through
-entry points, the classic thing a frozen app loses) and a Qt window shown and closed.
+bundle that needs no GUI code — version, bundled assets, ONNX Runtime providers, no
+TensorFlow inside, decoding of the given scans (DICOM plugins are found through entry points,
+the classic thing a frozen app loses), the given scans screened in the batch process the
+window uses (:func:`check_batch_process`; skipped when no model is installed) and a Qt
+window shown and closed.
+
+Why ``freeze_support()`` comes first in :func:`main`: the window's batch runs in a child
+started with ``spawn``, which in a frozen app re-executes *this* executable with
+multiprocessing's arguments (and so does the resource tracker multiprocessing starts, and the
+batch's DICOM decoder workers). ``freeze_support()`` recognises those arguments, runs the child
+and exits; anything before it (the GUI's library check, Qt) would run again in every child.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import importlib.util
 import multiprocessing
 import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 #: Arguments that mean "no window": everything else goes to the GUI.
@@ -31,6 +41,67 @@ def _ensure_streams() -> None:
             sys.stdout = sink
         if sys.stderr is None:
             sys.stderr = sink
+
+
+def check_batch_process(
+    files: list[str],
+    report: Callable[[bool, str], None],
+    model_dirs: list[Path] | None = None,
+) -> None:
+    """Screen ``files`` in the window's batch process, with the installed models, into a
+    throw-away store, and report what came back.
+
+    Why a self-test needs this: in a frozen app the batch child is this executable started
+    again by ``spawn``; a missing ``freeze_support()``, a module PyInstaller did not collect or
+    models the child cannot find all break the window's batch, and nothing else shows it
+    before a clinic drops a folder. ``model_dirs`` defaults to where the app looks (the
+    bundled models, then the user's). The checks: the batch ran in another process (its pid is
+    the one the store recorded for the batch, not this process's), every scan was screened
+    and committed there, the batch completed, and the child exited with status 0.
+    """
+    from desktop.engine.batch_process import BatchProcess
+    from desktop.engine.errors import BatchError
+    from desktop.engine.registry import default_model_dirs, discover_manifests, load_model_set
+    from desktop.engine.runner import run_to_end
+    from desktop.engine.store import BatchStatus, ResultsStore
+
+    dirs = model_dirs if model_dirs is not None else default_model_dirs()
+    if not discover_manifests(dirs).manifests:
+        print("info batch process: not checked, no models installed")
+        return
+    try:
+        models = load_model_set(dirs)
+    except BatchError as exc:
+        report(False, f"batch process: the models do not load: {exc}")
+        return
+    with tempfile.TemporaryDirectory(prefix="medscreen-self-test-") as folder:
+        store = ResultsStore(Path(folder) / "results.sqlite3")
+        try:
+            process = BatchProcess(models, store.path, files)
+            summary = run_to_end(process.run())
+            info = store.batch(summary.batch_id)
+            rows = sum(1 for _ in store.batch_results(summary.batch_id, thumbnails=False))
+        except BatchError as exc:
+            report(False, f"batch process: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            store.close()
+    me = os.getpid()
+    child = process.pid
+    report(
+        child is not None and child != me and info is not None and info.pid == child,
+        f"batch process: pid {child}, this process {me}, batch recorded by pid "
+        f"{info.pid if info else None}",
+    )
+    report(
+        rows == summary.total == len(files)
+        and info is not None
+        and info.status == BatchStatus.COMPLETED,
+        f"batch process: screened={summary.total} ok={summary.ok} "
+        f"not_chest_xray={summary.not_chest_xray} errors={summary.errors} rows={rows} "
+        f"status={info.status if info else None}; {summary.device}",
+    )
+    report(process.exitcode == 0, f"batch process: exit status {process.exitcode}")
 
 
 def self_test(files: list[str]) -> int:
@@ -76,6 +147,8 @@ def self_test(files: list[str]) -> int:
             report(False, f"decode {name}: {type(exc).__name__}: {exc}")
         else:
             report(True, f"decode {name}: {scan.pixels.shape[1]}x{scan.pixels.shape[0]}")
+    if files:
+        check_batch_process(files, report)
 
     from desktop.startup_check import check_gui_environment
 
@@ -103,8 +176,11 @@ def self_test(files: list[str]) -> int:
 def main() -> int:
     """Run the ``medscreen`` command; check the GUI's system libraries first if a window
     is going to open."""
-    multiprocessing.freeze_support()
+    # Streams first (a spawned child of a windowed Windows exe has none either; it cannot
+    # print a traceback without them), then a spawned child (batch process, decoder worker,
+    # resource tracker) runs and exits in freeze_support(), before any GUI code.
     _ensure_streams()
+    multiprocessing.freeze_support()
     args = sys.argv[1:]
     if args[:1] == ["--self-test"]:
         return self_test(args[1:])

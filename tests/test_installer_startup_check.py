@@ -4,6 +4,8 @@ Debian dependency list and the desktop entry (the slow end-to-end test is test_i
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +161,112 @@ def test_desktop_entry() -> None:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout
+
+
+# -- the frozen entry's batch-process self-test (run from source here; test_installer.py runs
+# it in the installed, frozen app) ------------------------------------------------------------
+
+
+def _entry_module():
+    """installer/medscreen_entry.py, imported by path (it is a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "medscreen_entry", REPO / "installer" / "medscreen_entry.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _batch_self_test(files: list[Path], model_dirs: list[Path]) -> list[tuple[bool, str]]:
+    lines: list[tuple[bool, str]] = []
+    _entry_module().check_batch_process(
+        [str(f) for f in files], lambda ok, what: lines.append((ok, what)), model_dirs
+    )
+    return lines
+
+
+def test_self_test_screens_real_scans_in_the_batch_process(stand_in_models: Path) -> None:
+    """The check the installed app runs (``medscreen --self-test SCAN...``), from source:
+    real scans screened in a spawned child, committed to the store by that child."""
+    data = REPO / "tests" / "data"
+    files = [
+        *sorted((data / "tb" / "normal").glob("*.png"))[:2],
+        *sorted((data / "mednist" / "HeadCT").glob("*"))[:1],
+        data / "dicom" / "RG3_J2KI.dcm",  # JPEG 2000: decoded by a worker the child spawns
+        data / "dicom" / "CR-MONO1-10-chest.dcm",
+    ]
+    lines = _batch_self_test(files, [stand_in_models])
+    assert [ok for ok, _ in lines] == [True, True, True], lines
+    pids = re.fullmatch(
+        r"batch process: pid (\d+), this process (\d+), batch recorded by pid (\d+)", lines[0][1]
+    )
+    assert pids is not None, lines[0]
+    child, me, recorded = (int(g) for g in pids.groups())
+    assert me == os.getpid() and child != me and recorded == child
+    counts_text, device = lines[1][1].removeprefix("batch process: ").split("; ", 1)
+    counts = dict(kv.split("=") for kv in counts_text.split())
+    assert device.startswith(("CPU", "GPU")), device
+    assert counts["screened"] == counts["rows"] == "5" and counts["status"] == "completed"
+    assert int(counts["ok"]) + int(counts["not_chest_xray"]) == 5 and counts["errors"] == "0"
+    assert int(counts["not_chest_xray"]) >= 1  # the dark head CT, by the stand-in gate
+    assert lines[2] == (True, "batch process: exit status 0")
+
+
+def test_self_test_reports_a_batch_process_that_fails(stand_in_models: Path, tmp_path: Path):
+    """A model file changed after loading is refused in the child: the check fails and says
+    why (it is not a check that can only pass)."""
+    import shutil
+
+    from desktop.engine import registry
+
+    folder = tmp_path / "models"
+    shutil.copytree(stand_in_models, folder)
+    real_load = registry.load_model_set
+
+    def load_then_damage(dirs):  # the window verified the set, then the file changed
+        models = real_load(dirs)
+        onnx = folder / models.modality.manifest.file
+        onnx.write_bytes(onnx.read_bytes() + b"\0")
+        return models
+
+    scan = sorted((REPO / "tests" / "data" / "tb" / "normal").glob("*.png"))[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "load_model_set", load_then_damage)
+        lines = _batch_self_test([scan], [folder])
+    assert len(lines) == 1 and lines[0][0] is False
+    assert lines[0][1].startswith("batch process: BatchProcessError:")
+    assert "modality" in lines[0][1] or ".onnx" in lines[0][1]
+
+
+def test_self_test_without_models_skips_the_batch_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _batch_self_test([REPO / "tests" / "data" / "dicom" / "RG3_J2KI.dcm"], [tmp_path])
+    assert lines == []
+    assert "info batch process: not checked, no models installed" in capsys.readouterr().out
+
+
+def test_frozen_entry_hands_spawned_children_over_before_anything_else() -> None:
+    """In the frozen app, spawn re-executes the entry; freeze_support() must run before the
+    GUI's library check and before any import of the app, or every batch child would redo
+    them (or open a window). Checked on the source: the first calls in main()."""
+    import ast
+
+    tree = ast.parse((REPO / "installer" / "medscreen_entry.py").read_text(encoding="utf-8"))
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    body = [
+        s for s in main.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+    ]
+    first = [ast.unparse(stmt) for stmt in body[:2]]
+    assert first == ["_ensure_streams()", "multiprocessing.freeze_support()"]
+    top_imports = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_imports |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_imports.add(node.module or "")
+    assert "multiprocessing" in top_imports
+    assert not any(name.startswith(("desktop", "PySide6")) for name in top_imports)

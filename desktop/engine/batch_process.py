@@ -188,6 +188,13 @@ class BatchProcess:
         process = self._process
         return process.pid if process is not None else None
 
+    @property
+    def exitcode(self) -> int | None:
+        """The child's exit status once :meth:`run` has ended (None before; negative: the
+        signal that ended it). The frozen app's self-test checks it is 0."""
+        process = self._process
+        return process.exitcode if process is not None else None
+
     def cancel(self) -> None:
         """Ask the batch to stop after the scans in flight (thread-safe, returns at once)."""
         with self._lock:
