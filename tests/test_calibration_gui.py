@@ -263,3 +263,175 @@ def test_closing_the_dialog_while_it_runs_stops_the_worker(
     assert worker is not None and dialog.is_running() and dialog.cancel_button.isEnabled()
     dialog.close()  # cancels the runner and waits for the thread: nothing left running
     assert not worker.is_running()
+
+
+# -- the run in the batch process ------------------------------------------------------------
+REFERENCE_AT = "2026-12-02T00:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def reference(shipped, tmp_path_factory: pytest.TempPathFactory):
+    """The labelled Kermany set calibrated the way the dialog did before the batch process:
+    labels read, scans screened and calibrated by the engine in this process (own store)."""
+    from desktop.engine.labelled import collect_labels, run_calibration
+    from desktop.engine.runner import BatchRunner, run_to_end
+
+    db = ResultsStore(tmp_path_factory.mktemp("reference") / "results.sqlite3")
+    try:
+        manifest = shipped.findings["pneumonia"].manifest
+        labelled = collect_labels(manifest, [LABELLED])
+        outcome = run_to_end(run_calibration(BatchRunner(shipped, db), labelled, 0.9))
+    finally:
+        db.close()
+    assert outcome.calibration is not None, outcome.error
+    return outcome
+
+
+def _assert_same_calibration(outcome, reference) -> None:
+    """Same scans, bit-identical scores, so the same curve, point and site point."""
+    got, want = outcome.scores, reference.scores
+    assert got.files == want.files and len(got.files) == 100
+    assert np.array_equal(got.scores, want.scores)  # exact, not approximately
+    assert np.array_equal(got.positive, want.positive)
+    assert got.excluded == want.excluded
+    cal, ref = outcome.calibration, reference.calibration
+    assert cal is not None
+    for name in ("thresholds", "values", "tpr", "fpr"):
+        assert np.array_equal(getattr(cal.roc, name), getattr(ref.roc, name)), name
+    assert (cal.auc, cal.auc_ci, cal.chosen_index) == (ref.auc, ref.auc_ci, ref.chosen_index)
+    assert cal.chosen == ref.chosen
+    manifest = reference.scores.manifest
+    assert site_calibration(manifest, cal, calibrated_at=REFERENCE_AT) == site_calibration(
+        manifest, ref, calibrated_at=REFERENCE_AT
+    )
+
+
+def _run(qtbot, dialog: CalibrateDialog, on_event=None):
+    """Start the dialog's run and wait for its end; ``on_event(progress)`` is called in the
+    worker thread for every event (to act at an exact point of the run)."""
+    from PySide6.QtCore import Qt as QtNs
+
+    with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS) as blocker:
+        worker = dialog.start()
+        assert worker is not None
+        if on_event is not None:
+            worker.yielded.connect(on_event, type=QtNs.ConnectionType.DirectConnection)
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    return blocker.args[0]
+
+
+def test_the_run_is_screened_in_the_batch_process_with_the_same_site_point(
+    qtbot, shipped, store, tmp_path: Path, reference
+) -> None:
+    import os
+
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+    seen: dict[str, object] = {}
+
+    def during(event) -> None:
+        if "pid" not in seen:  # worker thread, the run going on
+            seen["pid"] = dialog.process_id
+            seen["threads"] = sorted(t.name for t in threading.enumerate())
+
+    outcome = _run(qtbot, dialog, during)
+    # screened in a child process: no decoder or inference thread in this one
+    assert isinstance(seen["pid"], int) and seen["pid"] != os.getpid()
+    assert not [n for n in seen["threads"] if n.startswith(("medscreen-decode", "medscreen-inf"))]
+    assert dialog.process_id is None
+    (batch,) = store.batches()
+    assert batch.kind == "calibration" and batch.status == "completed"
+    _assert_same_calibration(outcome, reference)
+    assert dialog.slider.value() == reference.calibration.chosen_index
+
+
+def test_cancel_keeps_the_dialog_usable_and_a_second_run_finishes_the_same(
+    qtbot, shipped, store, tmp_path: Path, reference
+) -> None:
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+
+    def cancel_early(event) -> None:  # what the Cancel button asks, at an exact point
+        if event.done == 2:
+            dialog._worker.quit()
+
+    outcome = _run(qtbot, dialog, cancel_early)
+    assert outcome.scores.cancelled and outcome.calibration is None
+    assert 2 <= len(outcome.scores.files) < 100
+    assert dialog.status.text().startswith("Cancelled: no calibration was made.")
+    assert dialog.run_button.isEnabled() and not dialog.cancel_button.isEnabled()
+    assert not dialog.save_button.isEnabled() and not dialog.progress.isVisible()
+    (batch,) = store.batches()
+    assert batch.status == "cancelled" and batch.done == len(outcome.scores.files)
+    # The dialog runs again; the scans screened before are reused; same result as unbroken.
+    again = _run(qtbot, dialog)
+    _assert_same_calibration(again, reference)
+    assert dialog.save_button.isEnabled()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="SIGKILL is POSIX")
+def test_a_killed_calibration_process_is_shown_and_a_new_run_finishes(
+    qtbot, shipped, store, tmp_path: Path, reference
+) -> None:
+    import os
+    import signal
+
+    from desktop.engine.batch_process import BatchProcessError
+    from desktop.engine.store import BatchKind
+
+    dialog = _dialog(qtbot, shipped, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+    killed: list[int] = []
+
+    def kill_early(event) -> None:
+        if event.done == 2 and not killed:
+            killed.append(dialog.process_id)
+            os.kill(killed[0], signal.SIGKILL)
+
+    worker = dialog.start()
+    worker.yielded.connect(kill_early, type=Qt.ConnectionType.DirectConnection)
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    assert killed and dialog.outcome is None
+    error = dialog.last_error
+    assert isinstance(error.exception, BatchProcessError) and "SIGKILL" in str(error.exception)
+    text = dialog.status.text()
+    assert text.startswith("The calibration stopped: the screening process ended unexpectedly")
+    assert "The scans screened so far are kept and are reused when you run it again" in text
+    assert dialog.run_button.isEnabled() and not dialog.progress.isVisible()
+    (batch,) = store.batches()
+    assert len(list(store.batch_results(batch.id))) >= 2  # committed before reported
+    # not offered to the main window's Resume (a calibration batch), run again instead
+    assert store.interrupted_batches(BatchKind.SCREENING) == []
+    _assert_same_calibration(_run(qtbot, dialog), reference)
+
+
+def test_an_error_in_the_calibration_process_shows_its_message_and_traceback(
+    qtbot, stand_in_models: Path, store, tmp_path: Path
+) -> None:
+    import shutil
+
+    from desktop.engine.batch_process import BatchProcessError
+
+    folder = tmp_path / "models"
+    shutil.copytree(stand_in_models, folder)
+    models = load_model_set([folder], Device.CPU)
+    onnx = folder / models.findings["pneumonia"].manifest.file
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # changed after the window verified it
+    dialog = _dialog(qtbot, models, store, tmp_path)
+    dialog.set_model("pneumonia")
+    dialog.set_source(LABELLED)
+    assert dialog.start() is not None
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
+    error = dialog.last_error
+    assert isinstance(error.exception, BatchProcessError)
+    assert error.exception.child_type == "ModelError" and onnx.name in error.exception.message
+    assert "In the batch process" in error.traceback and "registry.py" in error.traceback
+    text = dialog.status.text()
+    assert text.startswith("The calibration could not run: ") and onnx.name in text
+    assert text.endswith("The log file has the details.") and ".." not in text
+    assert dialog.status.toolTip() == error.traceback
+    assert dialog.outcome is None and dialog.run_button.isEnabled()
+    assert store.batches() == []  # refused before any batch was made
