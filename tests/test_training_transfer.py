@@ -310,3 +310,52 @@ def test_external_figures_is_the_one_summary_of_external_sets() -> None:
     assert figures["flag_rate"]["balanced"]["k"] == 1
     assert figures["median_score"] == pytest.approx(0.622459, abs=1e-6)
     assert healthy is None
+
+
+def test_loso_folds_hold_one_source_out_of_everything_but_its_own_fit() -> None:
+    """The one leave-one-source-out set-up of the frozen, ensemble and fine-tuned recipes, on
+    the real TB fixture records split as training splits them."""
+    from training import data as D
+    from training.transfer import loso_folds
+
+    records = D.split_records(D.list_tb(DATA / "tb"), (0.34, 0.33, 0.33))
+    train, val, test = ([r for r in records if r.split == s] for s in ("train", "val", "test"))
+    every = [*train, *val, *test]
+    y_all, folds = loso_folds(train, val, test)
+    assert y_all.tolist() == [r.label for r in every]
+    assert [f.source for f in folds] == ["montgomery", "shenzhen"]
+    assert [f.key for f in folds] == [
+        "train montgomery → test shenzhen",
+        "train shenzhen → test montgomery",
+    ]
+    for f in folds:
+        fit = [r for r, m in zip(train, f.train, strict=True) if m]
+        assert fit and {r.source for r in fit} == {f.source}
+        assert f.val_rows == [r for r in val if r.source == f.source]
+        tested = [r for r, m in zip(every, f.other, strict=True) if m]
+        assert tested == [r for r in every if r.source != f.source]  # all parts of the other
+        assert not set(map(id, fit)) & set(map(id, tested))
+        assert [r for r, m in zip(every, f.other_val, strict=True) if m] == [
+            r for r in val if r.source != f.source
+        ]
+    assert sum(int(f.train.sum()) for f in folds) == len(train)
+
+
+def test_loso_fold_figures_calibrate_on_the_source_and_test_on_the_other() -> None:
+    from training import data as D
+    from training import evaluate as ev
+    from training.transfer import loso_fold_figures, loso_folds
+
+    records = D.split_records(D.list_tb(DATA / "tb"), (0.34, 0.33, 0.33))
+    train, val, test = ([r for r in records if r.split == s] for s in ("train", "val", "test"))
+    y_all, folds = loso_folds(train, val, test)
+    f = folds[1]
+    # a logit that ranks by the label with one error on each side, so AUC < 1 is checkable
+    z = np.where(y_all == 1, 1.0, -1.0)
+    z[np.flatnonzero(y_all == 1)[0]] = -2.0
+    res, (y_curve, p_curve) = loso_fold_figures(f, y_all, z[f.val], z[f.other], 7, {"l2": 0.1})
+    assert list(res)[-3:] == ["l2", "n_train_images", "median_score_positive"]
+    assert res["n"] == int(f.other.sum()) and res["n_train_images"] == int(f.train.sum())
+    np.testing.assert_array_equal(y_curve, y_all[f.other])
+    assert res["auc"] == pytest.approx(ev.roc_auc(y_curve, p_curve))
+    assert res["median_score_positive"] == pytest.approx(float(np.median(p_curve[y_curve == 1])))

@@ -75,6 +75,8 @@ from training.transfer import (
     cross_source_mean,
     external_figures,
     finding_info,
+    loso_fold_figures,
+    loso_folds,
     operating_rule,
     split_metrics,
     training_record,
@@ -435,45 +437,33 @@ def _loso(
     """Per source: every branch fitted on its training part (L2, temperatures, thresholds from
     its own validation part), tested on every image of the other source; the cross-source
     validation AUC on the other source's validation part alone, with the 2.0.0 recipe's."""
-    every = [*train, *val, *test]
-    y_all = np.array([r.label for r in every])
-    s_all = np.array([r.source for r in every])
-    part = np.array(["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test))
+    y_all, folds = loso_folds(train, val, test)
     y_train = y_all[: len(train)]
+    x_all = np.concatenate(ev_all, axis=1)
     figures, curves, cross = {}, {}, {}
-    for src in sorted(set(s_all.tolist())):
-        trm = s_all[: len(train)] == src
-        vam = (s_all == src) & (part == "val")
-        va_rows = [r for r, m in zip(every, vam, strict=True) if m]
-        s_src = np.array([src] * int(trm.sum()))
+    for f in folds:
+        s_src = np.array([f.source] * int(f.train.sum()))
         head, l2s, _, _ = fit_branches(
-            [x[trm] for x in tr],
-            y_train[trm],
+            [x[f.train] for x in tr],
+            y_train[f.train],
             s_src,
-            [x[vam] for x in ev_all],
-            y_all[vam],
-            va_rows,
+            [x[f.val] for x in ev_all],
+            y_all[f.val],
+            f.val_rows,
         )
-        x_all = np.concatenate(ev_all, axis=1)
-        other = s_all != src
-        ov = other & (part == "val")
-        key = f"train {src} → test {'+'.join(sorted(set(s_all[other].tolist())))}"
-        z_va = head.logit(x_all[vam])
-        t = ev.fit_temperature(_two(z_va), y_all[vam])
-        p_val = ev.softmax(_two(z_va), t)
-        p_other = ev.softmax(_two(head.logit(x_all[other])), t)
-        pts = ev.operating_points(y_all[vam], p_val[:, 1])
-        res = ev.evaluate_binary(y_all[other], p_other, pts, seed=seed)
-        res["l2"] = l2s[0]
-        res["l2_branches"] = l2s
-        res["n_train_images"] = int(trm.sum())
-        res["median_score_positive"] = float(np.median(p_other[y_all[other] == 1, 1]))
-        figures[key] = res
-        curves[key] = (y_all[other], p_other[:, 1])
+        figures[f.key], curves[f.key] = loso_fold_figures(
+            f,
+            y_all,
+            head.logit(x_all[f.val]),
+            head.logit(x_all[f.other]),
+            seed,
+            {"l2": l2s[0], "l2_branches": l2s},
+        )
         ref_head, _, _ = _fit_head(
-            ref[0][trm], y_train[trm], s_src, ref[1][vam], y_all[vam], va_rows
+            ref[0][f.train], y_train[f.train], s_src, ref[1][f.val], y_all[f.val], f.val_rows
         )
-        cross[key] = {
+        ov = f.other_val
+        cross[f.key] = {
             "n": int(ov.sum()),
             "n_positive": int(y_all[ov].sum()),
             "auc": ev.roc_auc(y_all[ov], head.logit(x_all[ov])),

@@ -61,6 +61,8 @@ from training.transfer import (
     cross_source_mean,
     external_figures,
     finding_info,
+    loso_fold_figures,
+    loso_folds,
     split_metrics,
     training_record,
     write_run_record,
@@ -496,24 +498,22 @@ def _loso(
     and for its linear probe (the frozen recipe)."""
     train, val, test = rows
     f_train, f_val, f_test = feats
-    every = [*train, *val, *test]
     f0 = np.concatenate([f_train[:, 0], f_val, f_test])
     g0 = np.concatenate(greys)
-    y_all = np.array([r.label for r in every])
-    s_all = np.array([r.source for r in every])
-    part = np.array(["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test))
+    y_all, folds = loso_folds(train, val, test)
+    s_all = np.array([r.source for r in [*train, *val, *test]])
     y_train = y_all[: len(train)]
     figures, curves, cross = {}, {}, {}
-    for src in sorted(set(s_all.tolist())):
-        tr = s_all[: len(train)] == src
-        va = (s_all == src) & (part == "val")
-        va_rows = [r for r, m in zip(every, va, strict=True) if m]
+    for f in folds:
+        tr, va, ov = f.train, f.val, f.other_val
         lp, l2, _ = _fit_head(
-            f_train[tr], y_train[tr], np.array([src] * int(tr.sum())), f0[va], y_all[va], va_rows
+            f_train[tr],
+            y_train[tr],
+            np.array([f.source] * int(tr.sum())),
+            f0[va],
+            y_all[va],
+            f.val_rows,
         )
-        other = s_all != src
-        ov = other & (part == "val")
-        key = f"train {src} → test {'+'.join(sorted(set(s_all[other].tolist())))}"
         lp_auc = ev.roc_auc(y_all[ov], lp.logit(f0[ov]))
         if not task.loso:
             continue
@@ -528,20 +528,17 @@ def _loso(
             y_all[va],
             s_all[va],
             args,
-            f"loso {src}",
+            f"loso {f.source}",
         )
-        z_va, z_other = _predict(logits, g0[va]), _predict(logits, g0[other])
-        t = ev.fit_temperature(_two(z_va), y_all[va])
-        p_val, p_other = ev.softmax(_two(z_va), t), ev.softmax(_two(z_other), t)
-        pts = ev.operating_points(y_all[va], p_val[:, 1])
-        res = ev.evaluate_binary(y_all[other], p_other, pts, seed=args.seed)
-        res["l2"] = l2
-        res["best_epoch"] = ft["best_epoch"]
-        res["n_train_images"] = int(tr.sum())
-        res["median_score_positive"] = float(np.median(p_other[y_all[other] == 1, 1]))
-        figures[key] = res
-        curves[key] = (y_all[other], p_other[:, 1])
-        cross[key] = {
+        figures[f.key], curves[f.key] = loso_fold_figures(
+            f,
+            y_all,
+            _predict(logits, g0[va]),
+            _predict(logits, g0[f.other]),
+            args.seed,
+            {"l2": l2, "best_epoch": ft["best_epoch"]},
+        )
+        cross[f.key] = {
             "n": int(ov.sum()),
             "n_positive": int(y_all[ov].sum()),
             "auc": ev.roc_auc(y_all[ov], _predict(logits, g0[ov])),

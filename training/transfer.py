@@ -336,37 +336,87 @@ def _loso(
 ) -> dict[str, Any]:
     """Leave one source out: fit on one source's train part (L2 from its validation part),
     test on *every* image of the other source (train, val and test parts alike)."""
-    rows = [*train, *val, *test]
     x0 = np.concatenate([x_train[:, 0], x_val, x_test])
-    y_all = np.array([r.label for r in rows])
-    s_all = np.array([r.source for r in rows])
-    part = np.array(["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test))
+    y_all, folds = loso_folds(train, val, test)
     figures, curves = {}, {}
-    for src in sorted(set(s_all.tolist())):
-        tr = np.array([r.source == src for r in train])
-        va = (s_all == src) & (part == "val")
+    for f in folds:
         head, l2, _ = _fit_head(
-            x_train[tr],
-            y_train[tr],
-            np.array([src] * int(tr.sum())),
-            x0[va],
-            y_all[va],
-            [r for r, m in zip(rows, va, strict=True) if m],
+            x_train[f.train],
+            y_train[f.train],
+            np.array([f.source] * int(f.train.sum())),
+            x0[f.val],
+            y_all[f.val],
+            f.val_rows,
         )
-        other = s_all != src
-        z_val = head.logit(x0[va])
-        t = ev.fit_temperature(_two(z_val), y_all[va])
-        p_val = ev.softmax(_two(z_val), t)
-        p_other = ev.softmax(_two(head.logit(x0[other])), t)
-        pts = ev.operating_points(y_all[va], p_val[:, 1])
-        key = f"train {src} → test {'+'.join(sorted(set(s_all[other].tolist())))}"
-        res = ev.evaluate_binary(y_all[other], p_other, pts, seed=seed)
-        res["l2"] = l2
-        res["n_train_images"] = int(tr.sum())
-        res["median_score_positive"] = float(np.median(p_other[y_all[other] == 1, 1]))
-        figures[key] = res
-        curves[key] = (y_all[other], p_other[:, 1])
+        figures[f.key], curves[f.key] = loso_fold_figures(
+            f, y_all, head.logit(x0[f.val]), head.logit(x0[f.other]), seed, {"l2": l2}
+        )
     return {"figures": figures, "curves": curves}
+
+
+@dataclass(frozen=True)
+class LosoFold:
+    """One leave-one-source-out fold over the rows ``[*train, *val, *test]``: fit on one
+    source's training part (choices from its own validation part), test on every image of
+    the other sources. Masks over the training rows or over all rows, as named."""
+
+    source: str
+    key: str
+    train: np.ndarray  # over the training rows: this source's
+    val: np.ndarray  # over all rows: this source's validation part
+    other: np.ndarray  # over all rows: every image of the other sources
+    other_val: np.ndarray  # over all rows: the other sources' validation part
+    val_rows: list[D.Record]
+
+
+def loso_folds(
+    train: Sequence[D.Record], val: Sequence[D.Record], test: Sequence[D.Record]
+) -> tuple[np.ndarray, list[LosoFold]]:
+    """The labels of all rows and one fold per source, in source order — the one set-up of
+    the frozen, ensemble and fine-tuned recipes' leave-one-source-out designs."""
+    every = [*train, *val, *test]
+    y_all = np.array([r.label for r in every])
+    s_all = np.array([r.source for r in every])
+    part = np.array(["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test))
+    folds = []
+    for src in sorted(set(s_all.tolist())):
+        va = (s_all == src) & (part == "val")
+        other = s_all != src
+        folds.append(
+            LosoFold(
+                source=src,
+                key=f"train {src} → test {'+'.join(sorted(set(s_all[other].tolist())))}",
+                train=s_all[: len(train)] == src,
+                val=va,
+                other=other,
+                other_val=other & (part == "val"),
+                val_rows=[r for r, m in zip(every, va, strict=True) if m],
+            )
+        )
+    return y_all, folds
+
+
+def loso_fold_figures(
+    fold: LosoFold,
+    y_all: np.ndarray,
+    z_val: np.ndarray,
+    z_other: np.ndarray,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """A fold's test figures from binary logits: temperature and operating points from the
+    source's own validation part (``z_val``), applied to the other sources (``z_other``).
+    Returns the figures (``extra`` recorded first) and the (labels, scores) curve."""
+    y_val, y_other = y_all[fold.val], y_all[fold.other]
+    t = ev.fit_temperature(_two(z_val), y_val)
+    p_val = ev.softmax(_two(z_val), t)
+    p_other = ev.softmax(_two(z_other), t)
+    pts = ev.operating_points(y_val, p_val[:, 1])
+    res = ev.evaluate_binary(y_other, p_other, pts, seed=seed)
+    res.update(extra or {})
+    res["n_train_images"] = int(fold.train.sum())
+    res["median_score_positive"] = float(np.median(p_other[y_other == 1, 1]))
+    return res, (y_other, p_other[:, 1])
 
 
 def rate(mask: np.ndarray, z: float = 1.959964) -> dict[str, Any]:
