@@ -40,7 +40,7 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
 without Qt, whose ``run(runner)`` is a generator of the runner's Progress events ending in a
 value, and whose ``reply(value)`` is what of that value travels back. A plain batch is
 :class:`ScreeningTask`; the site-calibration dialog sends
-:class:`desktop.engine.labelled.CalibrationTask` (read the labels, screen them as a
+:class:`desktop.engine.calibration.CalibrationTask` (read the labels, screen them as a
 calibration batch, calibrate), so its long work leaves the window's process the same way,
 with the same cancel, error and death handling, defined here once.
 

@@ -344,38 +344,6 @@ def run_calibration(
     return CalibrationOutcome(scores, calibration, "", sources)
 
 
-@dataclass(frozen=True)
-class CalibrationTask:
-    """A whole calibration run as one picklable task: read the labels, screen, calibrate.
-
-    The calibration dialog sends it to the batch process
-    (:class:`desktop.engine.batch_process.BatchProcess` ``task=``), so the labels are read,
-    the scans screened and the bootstrap computed away from the window's process; it can run
-    in this process too (``run`` with a runner here): the same code either way, so the same
-    scores and the same calibration.
-    """
-
-    model_id: str
-    folders: tuple[str, ...] = ()
-    csv_files: tuple[str, ...] = ()
-    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
-
-    def run(self, runner: BatchRunner) -> Generator[Progress, None, CalibrationOutcome]:
-        if self.model_id not in runner.models.findings:
-            known = ", ".join(runner.models.findings) or "none"
-            raise CalibrationError(
-                f"no finding model {self.model_id!r} is loaded (loaded: {known})"
-            )
-        manifest = runner.models.findings[self.model_id].manifest
-        labelled = collect_labels(
-            manifest, [Path(f) for f in self.folders], [Path(c) for c in self.csv_files]
-        )
-        return (yield from run_calibration(runner, labelled, self.target_sensitivity))
-
-    def reply(self, value: CalibrationOutcome) -> CalibrationOutcome:
-        return value  # scores, labels and exclusions of the labelled set: all of it is shown
-
-
 def exclusion_summary(excluded: Sequence[Excluded]) -> dict[str, int]:
     """Counts per kind of reason (the text before the first colon), for a short summary."""
     out: dict[str, int] = {}
