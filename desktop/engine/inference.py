@@ -169,6 +169,11 @@ class OnnxModel:
         self._input = input_name
         self._outputs = outputs
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session (joint.py opens a joint one on the same device)."""
+        return self._session
+
     def run(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
         values = self._session.run(self._outputs, {self._input: batch})
         return dict(zip(self._outputs, values, strict=True))

@@ -15,12 +15,13 @@ report time from the manifests, the stored metadata and estimate, and the staff'
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from desktop.engine.clock import now_iso
+from desktop.engine.joint import JointModel, open_joint
 from desktop.engine.loading import make_thumbnail
 from desktop.engine.patients import GroupEstimate
 from desktop.engine.patients import patient_age_years as patient_age_years  # re-exported
@@ -65,6 +66,28 @@ class Screener:
         if models.patient_group is not None:
             specs.append(models.patient_group.manifest.preprocessing)
         self.specs: tuple[PreprocessSpec, ...] = tuple(dict.fromkeys(specs))
+        #: The chest models (findings, then the patient group) by id, and the groups of them
+        #: that read one input and run as one session (joint.py: the shipped TB and
+        #: patient-group models share their backbone, which then runs once).
+        self._chest_models: dict[str, LoadedModel] = dict(models.findings)
+        if models.patient_group is not None:
+            self._chest_models[models.patient_group.manifest.id] = models.patient_group
+        self._joints: list[tuple[tuple[str, ...], LoadedModel, JointModel]] = []
+        by_spec: dict[PreprocessSpec, list[str]] = {}
+        for model_id, loaded in self._chest_models.items():
+            by_spec.setdefault(loaded.manifest.preprocessing, []).append(model_id)
+        for spec, ids in by_spec.items():
+            if len(ids) < 2:
+                continue
+            members = [self._chest_models[i] for i in ids]
+            joint = open_joint(
+                [m.manifest for m in members],
+                [_wanted_outputs(m) for m in members],
+                [m.model.session for m in members],
+                _probe(spec),
+            )
+            if joint is not None:
+                self._joints.append((tuple(ids), members[0], joint))
 
     def prepare(self, scan: Scan) -> PreparedScan:
         """Every model input and the thumbnail, from one decoded working image.
@@ -120,16 +143,18 @@ class Screener:
         # The chests' model inputs, stacked once per spec: models that share a spec (the
         # shipped TB and patient-group models do) share one input array (~0.3 ms a scan).
         chests = _Inputs([batch[i] for i in chest_rows])
-        if chest_rows:
-            for model_id, loaded in self.models.findings.items():
-                for row, finding in zip(chest_rows, _run_finding(loaded, chests), strict=True):
-                    findings[row][model_id] = finding
         estimates: dict[int, GroupEstimate] = {}
-        if chest_rows and self.models.patient_group is not None:
-            for row, estimate in zip(
-                chest_rows, _run_group(self.models.patient_group, chests), strict=True
-            ):
-                estimates[row] = estimate
+        if chest_rows:
+            outputs = self._run_chest_models(chests)
+            for model_id, loaded in self.models.findings.items():
+                found = _findings(loaded, outputs[model_id], len(chests))
+                for row, finding in zip(chest_rows, found, strict=True):
+                    findings[row][model_id] = finding
+            group = self.models.patient_group
+            if group is not None:
+                found = _estimates(group, outputs[group.manifest.id], len(chests))
+                for row, estimate in zip(chest_rows, found, strict=True):
+                    estimates[row] = estimate
 
         stamp = now_iso()
         results = []
@@ -158,6 +183,34 @@ class Screener:
             )
         return results
 
+    def _run_chest_models(self, chests: _Inputs) -> dict[str, Mapping[str, np.ndarray]]:
+        """Every chest model's outputs for a batch: joint sessions once, the others alone."""
+        outputs: dict[str, Mapping[str, np.ndarray]] = {}
+        for ids, first, joint in self._joints:
+            outputs.update(zip(ids, joint.run(chests.of(first)), strict=True))
+        for model_id, loaded in self._chest_models.items():
+            if model_id not in outputs:
+                outputs[model_id] = loaded.model.run(chests.of(loaded))
+        return outputs
+
+
+def _wanted_outputs(loaded: LoadedModel) -> list[str]:
+    """What screening reads of a chest model: probabilities, and a finding's activation map
+    (stored for the viewer's heatmap). The patient-group model's map is never read."""
+    manifest = loaded.manifest
+    names = [manifest.probabilities_output]
+    if manifest.role == "finding" and manifest.activation_output:
+        names.append(manifest.activation_output)
+    return names
+
+
+def _probe(spec: PreprocessSpec, count: int = 2) -> np.ndarray:
+    """A fixed batch of model inputs of ``spec`` (grey noise in the spec's value range), on
+    which a joint session must equal the separate ones (joint.open_joint)."""
+    grey = np.random.default_rng(20261202).random((count, spec.height, spec.width))
+    planes = (grey * spec.scale + spec.offset).astype(np.float32)
+    return expand_channels(planes, spec.channels)
+
 
 def _stack(batch: Sequence[PreparedScan], loaded: LoadedModel) -> np.ndarray:
     spec = loaded.manifest.preprocessing
@@ -182,14 +235,16 @@ class _Inputs:
         return self._stacked[spec]
 
 
-def _run_finding(loaded: LoadedModel, chests: _Inputs) -> list[FindingResult]:
+def _findings(
+    loaded: LoadedModel, out: Mapping[str, np.ndarray], count: int
+) -> list[FindingResult]:
+    """A finding model's results for ``count`` chest X-rays from its outputs."""
     manifest = loaded.manifest
-    out = loaded.model.run(chests.of(loaded))
     probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
     maps = out.get(manifest.activation_output) if manifest.activation_output else None
     positive = manifest.positive_index
     results = []
-    for i in range(len(chests)):
+    for i in range(count):
         activation = None
         if maps is not None:
             activation = np.asarray(maps[i], dtype=np.float32).reshape(maps.shape[1:3])
@@ -207,16 +262,17 @@ def _run_finding(loaded: LoadedModel, chests: _Inputs) -> list[FindingResult]:
     return results
 
 
-def _run_group(loaded: LoadedModel, chests: _Inputs) -> list[GroupEstimate]:
+def _estimates(
+    loaded: LoadedModel, out: Mapping[str, np.ndarray], count: int
+) -> list[GroupEstimate]:
     """p(child) of each chest X-ray, with the model's default operating point as threshold."""
     manifest = loaded.manifest
-    out = loaded.model.run(chests.of(loaded))
     probs = np.asarray(out[manifest.probabilities_output], dtype=np.float64)
     child = manifest.positive_index
     threshold = manifest.operating_point(None).threshold
     return [
         GroupEstimate(model_key=manifest.key, p_child=float(probs[i, child]), threshold=threshold)
-        for i in range(len(chests))
+        for i in range(count)
     ]
 
 

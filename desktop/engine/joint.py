@@ -1,0 +1,321 @@
+"""One ONNX Runtime session for models that read the same input: what they compute alike is
+computed once.
+
+Why: the shipped TB and patient-group models are two heads on one frozen backbone (MobileNet
+v1 α 0.25 with its ImageNet weights, at 224², on the same preprocessed input), so running them
+as two sessions computed the same backbone twice for every chest X-ray: ~1.8 of a JPEG scan's
+~19 ms of CPU in the batch (measured, 2-core VM). Merged, the backbone runs once and feeds
+both heads.
+
+How: :func:`merge_models` joins the models' graphs into one and removes what is computed
+twice, exactly: initializers with the same bytes become one, and a node whose operator,
+domain, attributes and (already merged) inputs equal an earlier node's is dropped for it, in
+each graph's topological order; nodes that no wanted output needs are pruned. Nothing is
+approximated or re-fused by hand: the same operators run on the same values, so the outputs
+are the separate sessions' outputs bit for bit (tests/test_joint.py, on real scans; and
+:func:`open_joint` checks it again on a probe batch before the joint session is used, falling
+back to the separate sessions if they ever differ).
+
+The ONNX files are read with protobuf's own runtime (a dependency of ONNX Runtime) through a
+schema of only the fields the merge reads; every other field is kept as it was read (protobuf
+keeps unknown fields), so the ``onnx`` package, ~1-2 s to import, is not needed at run time.
+Graphs the merge does not understand (subgraphs, functions, sparse or external initializers,
+several inputs, different opsets, random operators) are refused with :class:`MergeError`,
+and the models then run as separate sessions, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from desktop.engine.errors import ModelError
+from desktop.engine.inference import CUDA, Device, create_session
+from desktop.engine.manifest import ModelManifest, load_verified_model
+
+log = logging.getLogger(__name__)
+
+#: Operators whose two calls on the same inputs may differ: never merged (the merge refuses).
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "Dropout"}
+)  # fmt: skip
+
+
+class MergeError(ValueError):
+    """The models cannot be merged safely (the reason says why); run them separately."""
+
+
+# -- a schema of the ONNX fields the merge reads (field numbers from onnx/onnx.proto) ----------
+_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+_INT64 = descriptor_pb2.FieldDescriptorProto.TYPE_INT64
+_INT32 = descriptor_pb2.FieldDescriptorProto.TYPE_INT32
+_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+_ONE = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+_MANY = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+
+_SCHEMA: dict[str, list[tuple[str, int, int, int, str | None]]] = {
+    "Model": [
+        ("ir_version", 1, _ONE, _INT64, None),
+        ("graph", 7, _ONE, _MESSAGE, "Graph"),
+        ("opset_import", 8, _MANY, _MESSAGE, "OpsetId"),
+        ("functions", 25, _MANY, _BYTES, None),
+    ],
+    "OpsetId": [("domain", 1, _ONE, _STRING, None), ("version", 2, _ONE, _INT64, None)],
+    "Graph": [
+        ("node", 1, _MANY, _MESSAGE, "Node"),
+        ("name", 2, _ONE, _STRING, None),
+        ("initializer", 5, _MANY, _MESSAGE, "Tensor"),
+        ("input", 11, _MANY, _MESSAGE, "ValueInfo"),
+        ("output", 12, _MANY, _MESSAGE, "ValueInfo"),
+        ("value_info", 13, _MANY, _MESSAGE, "ValueInfo"),
+        ("sparse_initializer", 15, _MANY, _BYTES, None),
+    ],
+    "Node": [
+        ("input", 1, _MANY, _STRING, None),
+        ("output", 2, _MANY, _STRING, None),
+        ("name", 3, _ONE, _STRING, None),
+        ("op_type", 4, _ONE, _STRING, None),
+        ("attribute", 5, _MANY, _MESSAGE, "Attribute"),
+        ("domain", 7, _ONE, _STRING, None),
+    ],
+    "Attribute": [
+        ("name", 1, _ONE, _STRING, None),
+        ("g", 6, _ONE, _BYTES, None),
+        ("graphs", 11, _MANY, _BYTES, None),
+    ],
+    "Tensor": [("name", 8, _ONE, _STRING, None), ("data_location", 14, _ONE, _INT32, None)],
+    "ValueInfo": [("name", 1, _ONE, _STRING, None), ("type", 2, _ONE, _BYTES, None)],
+}
+
+
+@cache
+def _messages() -> dict[str, Any]:
+    """The schema's message classes, built once in a private descriptor pool."""
+    package = "medscreen_onnx_subset"
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package}.proto", package=package, syntax="proto2"
+    )
+    for name, fields in _SCHEMA.items():
+        message = file.message_type.add(name=name)
+        for field_name, number, label, kind, type_name in fields:
+            field = message.field.add(name=field_name, number=number, label=label, type=kind)
+            if type_name is not None:
+                field.type_name = f".{package}.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in _SCHEMA
+    }
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A merged model: its bytes, and for each source model its wanted outputs' names in it."""
+
+    model: bytes
+    outputs: tuple[Mapping[str, str], ...]
+    shared: int  # nodes computed once for several models (0: nothing to gain)
+
+
+def merge_models(models: Sequence[tuple[bytes, Sequence[str]]]) -> Merged:
+    """One ONNX model computing every wanted output of ``models`` (each: model bytes and the
+    names of the outputs wanted from it), with what they compute alike computed once.
+
+    All models must read one input of the same type and shape and use the same IR version
+    and opsets. Raises :class:`MergeError` when a graph is outside what the merge handles.
+    """
+    if len(models) < 2:
+        raise MergeError("nothing to merge: fewer than two models")
+    classes = _messages()
+    parsed = []
+    for data, _wanted in models:
+        model = classes["Model"]()
+        model.ParseFromString(data)
+        parsed.append(model)
+    first = parsed[0]
+    opsets = sorted((o.domain, o.version) for o in first.opset_import)
+    input_type: bytes | None = None
+    input_name = ""
+    for model in parsed:
+        if sorted((o.domain, o.version) for o in model.opset_import) != opsets:
+            raise MergeError("the models use different opsets")
+        if model.ir_version != first.ir_version:
+            raise MergeError("the models have different IR versions")
+        if model.functions or model.graph.sparse_initializer:
+            raise MergeError("model functions or sparse initializers are not merged")
+        inputs = model.graph.input
+        if len(inputs) != 1 or inputs[0].name in {t.name for t in model.graph.initializer}:
+            raise MergeError("each model must have exactly one input, not an initializer")
+        if input_type is None:
+            input_type, input_name = inputs[0].type, inputs[0].name
+        elif inputs[0].type != input_type:
+            raise MergeError("the models' inputs differ in type or shape")
+
+    out = classes["Model"]()
+    out.CopyFrom(first)
+    graph = out.graph
+    for name in ("node", "initializer", "output", "value_info"):
+        graph.ClearField(name)
+    graph.name = "+".join(m.graph.name for m in parsed)[:200]
+    Node, Tensor, ValueInfo = classes["Node"], classes["Tensor"], classes["ValueInfo"]
+    tensors: dict[bytes, str] = {}  # an initializer's bytes without its name -> merged name
+    computed: dict[tuple[Any, ...], list[str]] = {}  # a node's key -> its merged outputs
+    shared = 0
+    producers: dict[str, Any] = {}  # merged tensor name -> the merged node that makes it
+    initial: dict[str, Any] = {}  # merged initializer name -> the initializer
+    wanted_by_model: list[dict[str, str]] = []
+    graph_outputs: dict[str, bytes] = {}  # merged output name -> its type
+    for k, (model, (_data, wanted)) in enumerate(zip(parsed, models, strict=True)):
+        prefix = f"m{k}/"
+        merged: dict[str, str] = {model.graph.input[0].name: input_name}
+        for tensor in model.graph.initializer:
+            if tensor.data_location == 1:  # EXTERNAL
+                raise MergeError("initializers stored outside the model are not merged")
+            key = Tensor()
+            key.CopyFrom(tensor)
+            key.ClearField("name")
+            content = key.SerializeToString(deterministic=True)
+            if content not in tensors:
+                key.name = prefix + tensor.name
+                tensors[content] = key.name
+                initial[key.name] = key
+            merged[tensor.name] = tensors[content]
+        for node in model.graph.node:
+            if node.op_type in _NONDETERMINISTIC:
+                raise MergeError(f"operator {node.op_type} is not deterministic")
+            for attribute in node.attribute:
+                if attribute.HasField("g") or attribute.graphs:
+                    raise MergeError(f"operator {node.op_type} has a subgraph")
+            try:
+                inputs = tuple(merged[name] if name else "" for name in node.input)
+            except KeyError as exc:
+                raise MergeError(f"graph is not in topological order ({exc})") from None
+            key = (
+                node.domain,
+                node.op_type,
+                inputs,
+                tuple(a.SerializeToString(deterministic=True) for a in node.attribute),
+                len(node.output),
+            )
+            if key in computed:
+                for name, same in zip(node.output, computed[key], strict=True):
+                    if name:
+                        merged[name] = same
+                shared += 1
+                continue
+            copy = Node()
+            copy.CopyFrom(node)
+            copy.name = prefix + node.name
+            copy.ClearField("input")
+            copy.input.extend(inputs)
+            outputs = [prefix + name if name else "" for name in node.output]
+            copy.ClearField("output")
+            copy.output.extend(outputs)
+            for name, new in zip(node.output, outputs, strict=True):
+                if name:
+                    merged[name] = new
+                    producers[new] = copy
+            computed[key] = outputs
+        types = {o.name: o.type for o in model.graph.output}
+        names: dict[str, str] = {}
+        for name in wanted:
+            if name not in types:
+                raise MergeError(f"model {k} has no output {name!r}")
+            new = merged[name]
+            if new not in producers:
+                raise MergeError(f"output {name!r} is an input or a constant")
+            graph_outputs.setdefault(new, types[name])
+            names[name] = new
+        wanted_by_model.append(names)
+
+    # Keep only what the wanted outputs need, in the merged (topological) order.
+    needed: set[str] = set()
+    stack = list(graph_outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+    kept = {id(n) for name, n in producers.items() if name in needed}
+    seen: set[int] = set()
+    for node in producers.values():
+        if id(node) in kept and id(node) not in seen:
+            seen.add(id(node))
+            graph.node.append(node)
+    graph.initializer.extend(t for name, t in initial.items() if name in needed)
+    for name, kind in graph_outputs.items():
+        graph.output.append(ValueInfo(name=name, type=kind))
+    return Merged(out.SerializeToString(), tuple(wanted_by_model), shared)
+
+
+class JointModel:
+    """Several models in one session (:func:`merge_models`): one run gives each its outputs."""
+
+    def __init__(self, session: ort.InferenceSession, merged: Merged) -> None:
+        self._session = session
+        self._input = session.get_inputs()[0].name
+        self._names = list(dict.fromkeys(n for m in merged.outputs for n in m.values()))
+        self._outputs = merged.outputs
+
+    def run(self, batch: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Each model's wanted outputs (by its own output names), in the models' order."""
+        found = self._session.run(self._names, {self._input: batch})
+        values = dict(zip(self._names, found, strict=True))
+        return [{name: values[new] for name, new in m.items()} for m in self._outputs]
+
+
+def open_joint(
+    manifests: Sequence[ModelManifest],
+    outputs: Sequence[Sequence[str]],
+    sessions: Sequence[ort.InferenceSession],
+    probe: np.ndarray,
+) -> JointModel | None:
+    """A joint session for models already loaded as ``sessions``, or None to keep those.
+
+    The model bytes are read again through :func:`load_verified_model` (the manifest's
+    sha256 is checked again: a file changed since it was loaded is not merged). The joint
+    session runs on the device and with the threads of the first session, and is used only
+    if it gives the separate sessions' outputs bit for bit on ``probe`` (a batch in the
+    models' input layout); otherwise None, with the reason logged.
+    """
+    ids = "+".join(m.id for m in manifests)
+    try:
+        merged = merge_models(
+            [(load_verified_model(m), names) for m, names in zip(manifests, outputs, strict=True)]
+        )
+        if not merged.shared:
+            log.debug("%s share no computation: kept separate", ids)
+            return None
+        first = sessions[0]
+        device = Device.CUDA if first.get_providers()[0] == CUDA else Device.CPU
+        threads = first.get_session_options().intra_op_num_threads or None
+        session, _report = create_session(merged.model, ids, device, threads)
+        joint = JointModel(session, merged)
+        together = joint.run(probe)
+        for session, names, got in zip(sessions, outputs, together, strict=True):
+            alone = session.run(list(names), {session.get_inputs()[0].name: probe})
+            for name, value in zip(names, alone, strict=True):
+                if not np.array_equal(value, got[name]):
+                    log.warning("%s: the joint session differs on %s; kept separate", ids, name)
+                    return None
+    except (MergeError, ModelError) as exc:
+        log.info("%s run as separate sessions: %s", ids, exc)
+        return None
+    except Exception as exc:  # an ONNX Runtime refusal: the separate sessions still work
+        log.warning("%s run as separate sessions (%s)", ids, type(exc).__name__)
+        return None
+    log.debug("%s run as one session (%d nodes computed once)", ids, merged.shared)
+    return joint
