@@ -363,12 +363,15 @@ def test_cancel_keeps_the_dialog_usable_and_a_second_run_finishes_the_same(
     assert dialog.status.text().startswith("Cancelled: no calibration was made.")
     assert dialog.run_button.isEnabled() and not dialog.cancel_button.isEnabled()
     assert not dialog.save_button.isEnabled() and not dialog.progress.isVisible()
+    assert dialog.prevalence.text() == "—"  # no set, no prevalence figure
     (batch,) = store.batches()
     assert batch.status == "cancelled" and batch.done == len(outcome.scores.files)
     # The dialog runs again; the scans screened before are reused; same result as unbroken.
     again = _run(qtbot, dialog)
     _assert_same_calibration(again, reference)
     assert dialog.save_button.isEnabled()
+    prevalence = 100 * reference.calibration.prevalence
+    assert dialog.prevalence.text() == f"{prevalence:.1f} %" and prevalence > 0.1
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="SIGKILL is POSIX")

@@ -268,6 +268,7 @@ class CalibrateDialog(QDialog):
         self.outcome: CalibrationOutcome | None = None
         self._model_id: str | None = None
         self._build(operator)
+        self._set_result(None)
         self._refresh_saved()
         self.resize(980, 720)
 
@@ -355,9 +356,11 @@ class CalibrateDialog(QDialog):
         self.reset_button.setEnabled(False)
         self.reset_button.clicked.connect(self._reset_point)
         self.prevalence = QDoubleSpinBox(choose)
-        self.prevalence.setRange(0.1, 99.9)
+        self.prevalence.setRange(0.1, 99.9)  # "—" until a calibration sets it (_set_result)
         self.prevalence.setDecimals(1)
         self.prevalence.setSuffix(" %")
+        # as wide with "—" as with "99.9 %": the row does not jump when a result arrives
+        self.prevalence.setMinimumWidth(self.prevalence.sizeHint().width())
         self.prevalence.setEnabled(False)
         self.prevalence.setToolTip(
             "The share of screened people with the disease, for the per-1,000 figures. It "
@@ -621,19 +624,25 @@ class CalibrateDialog(QDialog):
     def _set_result(self, calibration: Calibration | None) -> None:
         self.roc.set_curve(calibration)
         self.slider.blockSignals(True)
+        self.prevalence.blockSignals(True)
         if calibration is None:
             self.slider.setRange(0, 0)
             self.warnings.setText("")
+            # No set, no prevalence: a dash, not the spin box's minimum ("0.1 %" read as a
+            # figure while the scans were screened).
+            self.prevalence.setRange(0.0, 0.0)
+            self.prevalence.setSpecialValueText("—")
         else:
             self.slider.setRange(0, len(calibration.roc.thresholds) - 1)
             self.slider.setValue(calibration.chosen_index)
-            self.prevalence.blockSignals(True)
+            self.prevalence.setSpecialValueText("")
+            self.prevalence.setRange(0.1, 99.9)
             self.prevalence.setValue(round(100 * calibration.prevalence, 1))
-            self.prevalence.blockSignals(False)
             self.warnings.setText(
                 "".join(f"⚠ {w[0].upper()}{w[1:]}.\n" for w in calibration.warnings).strip()
             )
         self.slider.blockSignals(False)
+        self.prevalence.blockSignals(False)
         self.slider.setEnabled(calibration is not None)
         self.prevalence.setEnabled(calibration is not None)
         self._show_point()
