@@ -1,7 +1,9 @@
 """Screenshot of the Calibrate dialog for the README (``docs/screenshots/calibrate_dialog.png``).
 
 Runs the real dialog with the bundled models on a labelled folder (one sub-folder per label),
-waits for the calibration, moves nothing, and grabs the window. Run under Xvfb::
+waits for the calibration, moves nothing, and grabs the window; ``--during`` also grabs it
+while the scans are being screened (in the batch process), as ``calibrate_dialog_running.png``.
+Run under Xvfb::
 
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_calibrate.py \\
         LABELLED_FOLDER --model tb
@@ -28,6 +30,9 @@ def main() -> int:
     parser.add_argument("--model", default="tb")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--name", default="Shenzhen-Montgomery-2026-12")
+    parser.add_argument(
+        "--during", action="store_true", help="also grab the dialog halfway through the run"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -56,16 +61,25 @@ def main() -> int:
         dialog.name_edit.setText(args.name)
         dialog.resize(1180, 760)
         dialog.show()
+        args.out.mkdir(parents=True, exist_ok=True)
         loop = QEventLoop()
         dialog.calibrated.connect(lambda _o: QTimer.singleShot(500, loop.quit))
         QTimer.singleShot(120_000, loop.quit)
+        grabbed: list[Path] = []
+
+        def grab_halfway(value: int) -> None:
+            if args.during and not grabbed and value * 2 >= dialog.progress.maximum() > 1:
+                grabbed.append(args.out / "calibrate_dialog_running.png")
+                dialog.grab().save(str(grabbed[0]))
+                log.info("wrote %s", grabbed[0])
+
+        dialog.progress.valueChanged.connect(grab_halfway)
         dialog.start()
         loop.exec()
         if dialog.calibration is None:
             log.error("no calibration: %s", dialog.status.text())
             return 1
         app.processEvents()
-        args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "calibrate_dialog.png"
         dialog.grab().save(str(path))
         log.info("wrote %s", path)
