@@ -13,7 +13,7 @@ could not run: a stall a user would feel.
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/bench_calibrate_stall.py --in-process
 
 The run goes to the batch process, as in the app (desktop/engine/batch_process.py with a
-calibration.CalibrationTask); ``--in-process`` runs the same task in a thread of the dialog's
+batch_process.CalibrationTask); ``--in-process`` runs the same task in a thread of the dialog's
 process, as before that change, so the two can be alternated on the same machine (A/B
 pairs, same load). Prints the same figures as ``bench_gui_stall.py`` (longest stall, p99,
 gaps over 100 ms, the gaps less the GUI thread's waits for a core, the load average) and

@@ -39,10 +39,10 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
 **What the child runs** is a :class:`ProcessTask`: a small picklable object, importable
 without Qt, whose ``run(runner)`` is a generator of the runner's Progress events ending in a
 value, and whose ``reply(value)`` is what of that value travels back. A plain batch is
-:class:`ScreeningTask`; the site-calibration dialog sends
-:class:`desktop.engine.calibration.CalibrationTask` (read the labels, screen them as a
-calibration batch, calibrate), so its long work leaves the window's process the same way,
-with the same cancel, error and death handling, defined here once.
+:class:`ScreeningTask`; the site-calibration dialog sends a :class:`CalibrationTask` (read
+the labels, screen them as a calibration batch, calibrate), so its long work leaves the
+window's process the same way, with the same cancel, error and death handling, defined here
+once.
 
 Spawning imports the parent's main module in the child: a script that runs a batch this way
 keeps its top-level work under ``if __name__ == "__main__":`` (the sandbox's rule too).
@@ -63,11 +63,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from desktop.engine.calibration import DEFAULT_TARGET_SENSITIVITY, CalibrationError
 from desktop.engine.errors import BatchError
 from desktop.engine.registry import ModelSet, ModelSetPlan
 from desktop.engine.store import BatchKind
 
 if TYPE_CHECKING:
+    from desktop.engine.labelled import CalibrationOutcome
     from desktop.engine.runner import BatchRunner, BatchSummary, Progress
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,43 @@ class ScreeningTask:
         """The summary without the discovered file list (the store has it; a 100,000-path
         list unpickled at the end would hold the window's GIL for a while)."""
         return replace(value, discovered=replace(value.discovered, files=[]))
+
+
+@dataclass(frozen=True)
+class CalibrationTask:
+    """A whole site-calibration run: read the labels, screen them as a calibration batch,
+    join and calibrate (:func:`desktop.engine.labelled.run_calibration`).
+
+    The calibration dialog sends it here, so the labels are read, the scans screened and the
+    bootstrap computed away from the window's process. It runs in this process as well
+    (``run`` with a runner here): the same code either way, so the same scores and the same
+    calibration. It is defined in this module, not in :mod:`desktop.engine.labelled`,
+    because the dialog builds it on the GUI thread: ``labelled`` pulls in the runner, the
+    decoders and pydicom (0.1-0.9 s of imports that froze the dialog as the run began);
+    ``run`` imports them in the process that runs it.
+    """
+
+    model_id: str
+    folders: tuple[str, ...] = ()
+    csv_files: tuple[str, ...] = ()
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+
+    def run(self, runner: BatchRunner) -> Generator[Progress, None, CalibrationOutcome]:
+        from desktop.engine.labelled import collect_labels, run_calibration
+
+        if self.model_id not in runner.models.findings:
+            known = ", ".join(runner.models.findings) or "none"
+            raise CalibrationError(
+                f"no finding model {self.model_id!r} is loaded (loaded: {known})"
+            )
+        manifest = runner.models.findings[self.model_id].manifest
+        labelled = collect_labels(
+            manifest, [Path(f) for f in self.folders], [Path(c) for c in self.csv_files]
+        )
+        return (yield from run_calibration(runner, labelled, self.target_sensitivity))
+
+    def reply(self, value: CalibrationOutcome) -> CalibrationOutcome:
+        return value  # the labelled set's scores, labels and exclusions: the dialog shows all
 
 
 @dataclass(frozen=True)
@@ -437,6 +476,7 @@ __all__ = [
     "BACKGROUND_NICENESS",
     "BatchProcess",
     "BatchProcessError",
+    "CalibrationTask",
     "ProcessTask",
     "ScreeningTask",
 ]

@@ -29,18 +29,12 @@ often as above it. The interval says how far.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from desktop.engine.errors import MedScreenError
-
-if TYPE_CHECKING:
-    from desktop.engine.labelled import CalibrationOutcome
-    from desktop.engine.runner import BatchRunner, Progress
 
 #: WHO's minimum sensitivity for a TB triage test, the default target.
 DEFAULT_TARGET_SENSITIVITY = 0.90
@@ -390,41 +384,3 @@ def ci_warnings(auc: float, auc_ci: tuple[float, float], point: PointStats) -> l
             f"{auc_ci[0]:.2f}–{auc_ci[1]:.2f} includes 0.5): no threshold will make it useful here"
         )
     return out
-
-
-@dataclass(frozen=True)
-class CalibrationTask:
-    """A whole site-calibration run as one picklable task: read the labels, screen them as
-    a calibration batch, join and calibrate (:func:`desktop.engine.labelled.run_calibration`).
-
-    The calibration dialog sends it to the batch process
-    (:class:`desktop.engine.batch_process.BatchProcess` ``task=``), so the labels are read,
-    the scans screened and the bootstrap computed away from the window's process. It can
-    also run in this process (``run`` with a runner here): the same code either way, so the
-    same scores and the same calibration. It lives here, not in :mod:`desktop.engine.labelled`,
-    because the dialog builds it on the GUI thread: this module is already imported there,
-    while ``labelled`` pulls in the runner, the decoders and pydicom (0.1-0.9 s of imports
-    that froze the dialog as the run began); ``run`` imports them in the process that runs it.
-    """
-
-    model_id: str
-    folders: tuple[str, ...] = ()
-    csv_files: tuple[str, ...] = ()
-    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
-
-    def run(self, runner: BatchRunner) -> Generator[Progress, None, CalibrationOutcome]:
-        from desktop.engine.labelled import collect_labels, run_calibration
-
-        if self.model_id not in runner.models.findings:
-            known = ", ".join(runner.models.findings) or "none"
-            raise CalibrationError(
-                f"no finding model {self.model_id!r} is loaded (loaded: {known})"
-            )
-        manifest = runner.models.findings[self.model_id].manifest
-        labelled = collect_labels(
-            manifest, [Path(f) for f in self.folders], [Path(c) for c in self.csv_files]
-        )
-        return (yield from run_calibration(runner, labelled, self.target_sensitivity))
-
-    def reply(self, value: CalibrationOutcome) -> CalibrationOutcome:
-        return value  # the labelled set's scores, labels and exclusions: the dialog shows all

@@ -19,7 +19,7 @@ Everything computed comes from the engine (:mod:`desktop.engine.labelled`,
 :mod:`desktop.engine.calibration`, :mod:`desktop.engine.site_points`); this is its face.
 
 The run (reading the labels, screening, the bootstrap) is one
-:class:`~desktop.engine.calibration.CalibrationTask` sent to a
+:class:`~desktop.engine.batch_process.CalibrationTask` sent to a
 :class:`~desktop.engine.batch_process.BatchProcess`: with the batch's decoder and inference
 threads in the window's process the GUI thread waited for the GIL they held, and the dialog
 (and the window behind it) froze for a moment several times a run. A worker thread here only
@@ -63,12 +63,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import __version__
-from desktop.engine.calibration import (
-    DEFAULT_TARGET_SENSITIVITY,
-    Calibration,
-    CalibrationTask,
-    PointStats,
-)
+from desktop.engine.calibration import DEFAULT_TARGET_SENSITIVITY, Calibration, PointStats
 from desktop.engine.site_points import (
     SiteCalibration,
     SitePoint,
@@ -501,6 +496,8 @@ class CalibrateDialog(QDialog):
         text = self.path_edit.text().strip()
         if not text or self.is_running():
             return None
+        from desktop.engine.batch_process import BatchProcess, CalibrationTask
+
         path = str(Path(text).expanduser().absolute())  # the child resolves nothing itself
         model_id = self.model_combo.currentData()
         self._model_id = model_id
@@ -521,8 +518,6 @@ class CalibrateDialog(QDialog):
             runner = BatchRunner(self.models, self.store)
             worker = Worker(task.run, runner, on_quit=runner.cancel, name="medscreen-calibrate")
         else:
-            from desktop.engine.batch_process import BatchProcess
-
             process = BatchProcess(self.models, self.store.path, task=task)
             self._process = process
             worker = Worker(process.run, on_quit=process.cancel, name="medscreen-calibrate")
