@@ -8,6 +8,7 @@ figures for the same scans, so the test holds for any replacement model.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import replace
@@ -261,8 +262,12 @@ def test_closing_the_dialog_while_it_runs_stops_the_worker(
     dialog.set_source(LABELLED)
     worker = dialog.start()
     assert worker is not None and dialog.is_running() and dialog.cancel_button.isEnabled()
-    dialog.close()  # cancels the runner and waits for the thread: nothing left running
+    qtbot.waitUntil(lambda: dialog.process_id is not None, timeout=WAIT_MS)
+    pid = dialog.process_id
+    dialog.close()  # cancels the batch process and waits for it: nothing left running
     assert not worker.is_running()
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(pid, 0)
 
 
 # -- the run in the batch process ------------------------------------------------------------
@@ -323,8 +328,6 @@ def _run(qtbot, dialog: CalibrateDialog, on_event=None):
 def test_the_run_is_screened_in_the_batch_process_with_the_same_site_point(
     qtbot, shipped, store, tmp_path: Path, reference
 ) -> None:
-    import os
-
     dialog = _dialog(qtbot, shipped, store, tmp_path)
     dialog.set_model("pneumonia")
     dialog.set_source(LABELLED)
@@ -344,6 +347,16 @@ def test_the_run_is_screened_in_the_batch_process_with_the_same_site_point(
     assert batch.kind == "calibration" and batch.status == "completed"
     _assert_same_calibration(outcome, reference)
     assert dialog.slider.value() == reference.calibration.chosen_index
+    # Saving works; a record that cannot be written is reported by its worker, not lost.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the records folder should be", encoding="utf-8")
+    dialog.record_dir = blocked
+    dialog.name_edit.setText("Kermany-Test")
+    assert dialog.save() is not None
+    qtbot.waitUntil(lambda: dialog.last_error is not None, timeout=WAIT_MS)
+    text = dialog.status.text()
+    assert text.startswith("Saved site:Kermany-Test.") and "could not be written" in text
+    assert "not-a-folder" in text and dialog.status.toolTip() == dialog.last_error.traceback
 
 
 def test_cancel_keeps_the_dialog_usable_and_a_second_run_finishes_the_same(
@@ -378,7 +391,6 @@ def test_cancel_keeps_the_dialog_usable_and_a_second_run_finishes_the_same(
 def test_a_killed_calibration_process_is_shown_and_a_new_run_finishes(
     qtbot, shipped, store, tmp_path: Path, reference
 ) -> None:
-    import os
     import signal
 
     from desktop.engine.batch_process import BatchProcessError

@@ -584,7 +584,7 @@ class CalibrateDialog(QDialog):
         emit(self.calibrated, outcome)
 
     def _failed(self, error: WorkerError) -> None:
-        """A run or a record that failed: the reason here, the traceback (the child's too:
+        """A run that failed: the reason here, the traceback (the child's too:
         it is in the error's notes) in the log and in the status's tooltip."""
         from desktop.engine.batch_process import BatchProcessError
 
@@ -785,10 +785,20 @@ class CalibrateDialog(QDialog):
             name="medscreen-calibration-record",
         )
         worker.returned.connect(self._record_done)
-        worker.errored.connect(self._failed)
+        worker.errored.connect(self._record_failed)
         worker.finished.connect(lambda: setattr(self, "_record_worker", None))
         self._record_worker = worker
         worker.start()
+
+    def _record_failed(self, error: WorkerError) -> None:
+        """The site point is saved; only its record (ROC, PDF, JSON) could not be written."""
+        self.last_error = error
+        reason = (getattr(error.exception, "message", None) or str(error.exception)).rstrip(".")
+        self.status.setText(
+            self.status.text() + f" The record (ROC, PDF, JSON) could not be written: {reason}."
+        )
+        self.status.setToolTip(error.traceback)
+        self.status.setStyleSheet("color: #b3261e;")
 
     def _record_done(self, paths: list[Path]) -> None:
         self.status.setText(
