@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,10 +44,16 @@ def _ensure_streams() -> None:
             sys.stderr = sink
 
 
+#: Seconds the self-test's batch (a few scans) may take, child start-up included, before the
+#: child is killed and the check fails (a few seconds on a quiet 2-core PC).
+BATCH_CHECK_TIMEOUT_S = 180.0
+
+
 def check_batch_process(
     files: list[str],
     report: Callable[[bool, str], None],
     model_dirs: list[Path] | None = None,
+    timeout_s: float = BATCH_CHECK_TIMEOUT_S,
 ) -> None:
     """Screen ``files`` in the window's batch process, with the installed models, into a
     throw-away store, and report what came back.
@@ -55,9 +62,12 @@ def check_batch_process(
     again by ``spawn``; a missing ``freeze_support()``, a module PyInstaller did not collect or
     models the child cannot find all break the window's batch, and nothing else shows it
     before a clinic drops a folder. ``model_dirs`` defaults to where the app looks (the
-    bundled models, then the user's). The checks: the batch ran in another process (its pid is
-    the one the store recorded for the batch, not this process's), every scan was screened
-    and committed there, the batch completed, and the child exited with status 0.
+    bundled models, then the user's). A child that has not finished after ``timeout_s`` is
+    killed and the check fails (a build without ``freeze_support()`` first hangs there: the
+    child runs the app's ``main`` instead of the batch). The checks: the batch ran in another
+    process (its pid is the one the store recorded for the batch, not this process's), every
+    scan was screened and committed there, the batch completed, and the child exited with
+    status 0.
     """
     from desktop.engine.batch_process import BatchProcess
     from desktop.engine.errors import BatchError
@@ -78,11 +88,25 @@ def check_batch_process(
         store = ResultsStore(Path(folder) / "results.sqlite3")
         try:
             process = BatchProcess(models, store.path, files)
-            summary = run_to_end(process.run())
+            ended, late = threading.Event(), threading.Event()
+
+            def watchdog() -> None:
+                if ended.wait(timeout_s):
+                    return
+                late.set()
+                while not ended.wait(0.1):  # until the child exists and is gone
+                    process.kill()
+
+            threading.Thread(target=watchdog, name="self-test-watchdog", daemon=True).start()
+            try:
+                summary = run_to_end(process.run())
+            finally:
+                ended.set()
             info = store.batch(summary.batch_id)
             rows = sum(1 for _ in store.batch_results(summary.batch_id, thumbnails=False))
         except BatchError as exc:
-            report(False, f"batch process: {type(exc).__name__}: {exc}")
+            why = f" (not finished after {timeout_s:g} s)" if late.is_set() else ""
+            report(False, f"batch process: {type(exc).__name__}: {exc}{why}")
             return
         finally:
             store.close()

@@ -270,3 +270,19 @@ def test_frozen_entry_hands_spawned_children_over_before_anything_else() -> None
             top_imports.add(node.module or "")
     assert "multiprocessing" in top_imports
     assert not any(name.startswith(("desktop", "PySide6")) for name in top_imports)
+
+
+def test_self_test_kills_a_batch_process_that_does_not_finish(stand_in_models: Path) -> None:
+    """A child that never answers (a frozen build without freeze_support() first runs the
+    app's main instead) must fail the check within its time, not hang the self-test. Here the
+    time is shorter than any interpreter's start-up, so the child is killed while starting."""
+    scan = sorted((REPO / "tests" / "data" / "tb" / "normal").glob("*.png"))[0]
+    lines: list[tuple[bool, str]] = []
+    _entry_module().check_batch_process(
+        [str(scan)], lambda ok, what: lines.append((ok, what)), [stand_in_models], timeout_s=0.05
+    )
+    assert len(lines) == 1 and lines[0][0] is False, lines
+    assert lines[0][1].startswith("batch process: BatchProcessError: the screening process")
+    assert "killed by SIGKILL" in lines[0][1] and lines[0][1].endswith(
+        "(not finished after 0.05 s)"
+    )
