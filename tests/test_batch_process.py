@@ -212,3 +212,44 @@ def test_a_cancel_that_comes_before_the_batch_begins_is_not_lost(
     assert summary.cancelled and summary.total == 400
     assert events[-1].done < 400
     assert store.batch(summary.batch_id).status == BatchStatus.CANCELLED
+
+
+def test_a_calibration_task_runs_in_the_child_as_here(
+    models: ModelSet, store: ResultsStore, tmp_path: Path
+):
+    """The dialog's whole calibration run as a task: labels read, scans screened as a
+    calibration batch, joined and calibrated in the child; the same scores as here."""
+    from desktop.engine.batch_process import CalibrationTask
+    from desktop.engine.store import BatchKind
+
+    task = CalibrationTask("tb", folders=(str(DATA / "tb"),), target_sensitivity=0.9)
+    events, outcome = _drain(BatchProcess(models, store.path, task=task).run())
+    assert events[-1].done == events[-1].total == 12
+    (batch,) = store.batches()
+    assert batch.kind == BatchKind.CALIBRATION and batch.id == outcome.scores.batch_id
+    here = ResultsStore(tmp_path / "here.sqlite3")
+    try:
+        _, mine = _drain(task.run(BatchRunner(models, here)))
+    finally:
+        here.close()
+    assert outcome.scores.files == mine.scores.files and len(mine.scores.files) == 12
+    assert outcome.scores.scores.tolist() == mine.scores.scores.tolist()  # exactly
+    assert outcome.scores.positive.tolist() == mine.scores.positive.tolist()
+    # 6 + 6 labelled scans: refused, with the same reason, in both
+    assert outcome.calibration is None and outcome.error == mine.error
+    assert "too few labelled scans" in outcome.error
+
+
+def test_a_calibration_task_for_a_model_not_loaded_fails_with_its_traceback(
+    models: ModelSet, store: ResultsStore
+):
+    from desktop.engine.batch_process import CalibrationTask
+
+    task = CalibrationTask("no-such-model", folders=(str(DATA / "tb"),))
+    with pytest.raises(BatchProcessError) as caught:
+        _drain(BatchProcess(models, store.path, task=task).run())
+    err = caught.value
+    assert err.child_type == "CalibrationError"
+    assert err.message.startswith("no finding model 'no-such-model' is loaded (loaded: ")
+    assert "batch_process.py" in err.child_traceback and "in run" in err.child_traceback
+    assert store.batches() == []
