@@ -18,30 +18,28 @@ from desktop.engine.inference import Device
 from desktop.engine.joint import MergeError, merge_models, open_joint
 from desktop.engine.loading import read_file
 from desktop.engine.manifest import load_verified_model, read_manifest
-from desktop.engine.preprocess import decode_working
+from desktop.engine.preprocess import decode_working, expand_channels
 from desktop.engine.registry import load_model_set
 from desktop.engine.screening import Screener
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "assets" / "models"
 DATA = REPO / "tests" / "data"
-#: Real chest X-rays: TB-positive and normal (NLM), Kermany normal and pneumonia (children).
-FILES = sorted(
-    p
-    for sub in ("tb/normal", "tb/tuberculosis", "pneumonia/normal", "pneumonia/pneumonia")
-    for p in (DATA / sub).iterdir()
-    if p.is_file()
-)[:8]
+#: Real chest X-rays, two of each: NLM normal and TB-positive adults (PNG), Kermany normal
+#: and pneumonia children (JPEG).
+FOLDERS = ("tb/normal", "tb/tuberculosis", "pneumonia/normal", "pneumonia/pneumonia")
+FILES = [p for sub in FOLDERS for p in sorted((DATA / sub).iterdir())[:2]]
 
 
 def _session(data: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
-def _inputs(spec) -> np.ndarray:
+def _planes(spec) -> np.ndarray:
+    """The real scans' grey planes of ``spec``, as the app prepares them: (N, H, W)."""
     screener = Screener(load_model_set([MODELS], Device.CPU))
     prepared = [screener.prepare(decode_working(f, *read_file(f))) for f in FILES]
-    return np.stack([np.repeat(p.planes[spec][..., None], spec.channels, -1) for p in prepared])
+    return np.stack([p.planes[spec] for p in prepared])
 
 
 def test_shipped_tb_and_patient_group_share_their_backbone_bit_for_bit():
@@ -56,7 +54,8 @@ def test_shipped_tb_and_patient_group_share_their_backbone_bit_for_bit():
     # and the patient group's unread activation map is not computed at all.
     assert merged.shared >= 90 and joint_nodes < 0.6 * sum(nodes)
     joint, alone = _session(merged.model), [_session(m) for m in models]
-    x = _inputs(tb.preprocessing)
+    assert not merged.takes_planes
+    x = expand_channels(_planes(tb.preprocessing), 3)
     for start, size in ((0, 1), (1, 2), (3, 5)):
         batch = x[start : start + size]
         names = [n for m in merged.outputs for n in m.values()]
@@ -64,15 +63,18 @@ def test_shipped_tb_and_patient_group_share_their_backbone_bit_for_bit():
         for session, outputs, mapping in zip(alone, wanted, merged.outputs, strict=True):
             for name, value in zip(outputs, session.run(outputs, {"image": batch}), strict=True):
                 assert np.array_equal(value, together[mapping[name]]), name
-    # Real scores, not zeros: the TB-positive fixtures score above the normals.
+    # Real scores, not noise: the two TB-positive adults score above the two normal adults.
     scores = alone[0].run(["probabilities"], {"image": x})[0][:, 1]
-    assert scores.std() > 0.05
+    assert min(scores[2:4]) > max(scores[0:2])
 
 
 def test_screener_results_are_the_same_with_and_without_the_joint_session(monkeypatch):
     models = load_model_set([MODELS], Device.CPU)
     joint = Screener(models)
-    assert [ids for ids, _, _ in joint._joints] == [("tb", "agegroup")]
+    assert [(ids, j.takes_planes) for ids, _, j in joint._joints] == [
+        (("tb", "agegroup"), True),
+        (("pneumonia",), True),
+    ]
     monkeypatch.setattr(screening, "open_joint", lambda *args: None)
     separate = Screener(models)
     assert separate._joints == []
@@ -145,11 +147,41 @@ def test_a_joint_session_that_differs_or_a_changed_file_is_not_used(caplog):
     wanted = [["probabilities"], ["probabilities"]]
     sessions = [tb.model.session, group.model.session]
     manifests = [tb.manifest, group.manifest]
-    assert open_joint(manifests, wanted, sessions, probe) is not None
+    assert open_joint(manifests, wanted, sessions, probe, 3) is not None
     # The probe's comparison really compares: the sessions swapped give other scores.
     with caplog.at_level(logging.WARNING, logger="desktop.engine.joint"):
-        assert open_joint(manifests, wanted, sessions[::-1], probe) is None
+        assert open_joint(manifests, wanted, sessions[::-1], probe, 3) is None
     assert "differs" in caplog.text
     # A model file that no longer matches its manifest is not read into a joint session.
     changed = [replace(tb.manifest, sha256="0" * 64), group.manifest]
-    assert open_joint(changed, wanted, sessions, probe) is None
+    assert open_joint(changed, wanted, sessions, probe, 3) is None
+
+
+def test_a_model_takes_grey_planes_with_the_same_outputs():
+    """The shipped 3-channel models read one plane repeated: fed the plane itself (repeated
+    inside the graph, in NCHW), the outputs are the same bit for bit on real scans."""
+    pneumonia = read_manifest(MODELS / "pneumonia.json")
+    data = load_verified_model(pneumonia)
+    wanted = ["probabilities", "activation_map"]
+    merged = merge_models([(data, wanted)], grey_channels=3)
+    assert merged.takes_planes and merged.shared == 0
+    planes = _planes(pneumonia.preprocessing)
+    assert planes.shape == (len(FILES), 320, 320)
+    joint, alone = _session(merged.model), _session(data)
+    assert joint.get_inputs()[0].shape[1:] == [320, 320]
+    names = [merged.outputs[0][n] for n in wanted]
+    for start, size in ((0, 1), (1, 2), (3, 5)):
+        batch = planes[start : start + size]
+        together = joint.run(names, {"image": batch})
+        separate = alone.run(wanted, {"image": expand_channels(batch, 3)})
+        for a, b in zip(together, separate, strict=True):
+            assert np.array_equal(a, b)
+    # Real scores: the two Kermany pneumonia scans above the two Kermany normals.
+    scores = alone.run(["probabilities"], {"image": expand_channels(planes, 3)})[0][:, 1]
+    assert min(scores[6:8]) > max(scores[4:6])
+    # A model whose input is not a repeated plane behind a transpose keeps its input.
+    gate = read_manifest(MODELS / "modality.json")
+    kept = merge_models([(load_verified_model(gate), ["probabilities"])], grey_channels=1)
+    assert not kept.takes_planes
+    one_channel = merge_models([(data, wanted)], grey_channels=1)
+    assert not one_channel.takes_planes

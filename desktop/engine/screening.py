@@ -66,28 +66,30 @@ class Screener:
         if models.patient_group is not None:
             specs.append(models.patient_group.manifest.preprocessing)
         self.specs: tuple[PreprocessSpec, ...] = tuple(dict.fromkeys(specs))
-        #: The chest models (findings, then the patient group) by id, and the groups of them
-        #: that read one input and run as one session (joint.py: the shipped TB and
-        #: patient-group models share their backbone, which then runs once).
+        #: The chest models (findings, then the patient group) by id, and the sessions that
+        #: run them per input spec (joint.py): the models that read one input in one session
+        #: (the shipped TB and patient-group models share their backbone, which then runs
+        #: once), taking the grey planes where the input is a plane repeated over channels.
         self._chest_models: dict[str, LoadedModel] = dict(models.findings)
         if models.patient_group is not None:
             self._chest_models[models.patient_group.manifest.id] = models.patient_group
-        self._joints: list[tuple[tuple[str, ...], LoadedModel, JointModel]] = []
+        self._joints: list[tuple[tuple[str, ...], PreprocessSpec, JointModel]] = []
         by_spec: dict[PreprocessSpec, list[str]] = {}
         for model_id, loaded in self._chest_models.items():
             by_spec.setdefault(loaded.manifest.preprocessing, []).append(model_id)
         for spec, ids in by_spec.items():
-            if len(ids) < 2:
-                continue
+            if len(ids) < 2 and spec.channels == 1:
+                continue  # one model reading one plane: nothing to gain
             members = [self._chest_models[i] for i in ids]
             joint = open_joint(
                 [m.manifest for m in members],
                 [_wanted_outputs(m) for m in members],
                 [m.model.session for m in members],
                 _probe(spec),
+                spec.channels,
             )
             if joint is not None:
-                self._joints.append((tuple(ids), members[0], joint))
+                self._joints.append((tuple(ids), spec, joint))
 
     def prepare(self, scan: Scan) -> PreparedScan:
         """Every model input and the thumbnail, from one decoded working image.
@@ -186,11 +188,12 @@ class Screener:
     def _run_chest_models(self, chests: _Inputs) -> dict[str, Mapping[str, np.ndarray]]:
         """Every chest model's outputs for a batch: joint sessions once, the others alone."""
         outputs: dict[str, Mapping[str, np.ndarray]] = {}
-        for ids, first, joint in self._joints:
-            outputs.update(zip(ids, joint.run(chests.of(first)), strict=True))
+        for ids, spec, joint in self._joints:
+            batch = chests.planes(spec) if joint.takes_planes else chests.inputs(spec)
+            outputs.update(zip(ids, joint.run(batch), strict=True))
         for model_id, loaded in self._chest_models.items():
             if model_id not in outputs:
-                outputs[model_id] = loaded.model.run(chests.of(loaded))
+                outputs[model_id] = loaded.model.run(chests.inputs(loaded.manifest.preprocessing))
         return outputs
 
 
@@ -205,11 +208,10 @@ def _wanted_outputs(loaded: LoadedModel) -> list[str]:
 
 
 def _probe(spec: PreprocessSpec, count: int = 2) -> np.ndarray:
-    """A fixed batch of model inputs of ``spec`` (grey noise in the spec's value range), on
-    which a joint session must equal the separate ones (joint.open_joint)."""
+    """A fixed batch of grey planes of ``spec`` (noise in the spec's value range), on which a
+    joint session must equal the loaded ones (joint.open_joint)."""
     grey = np.random.default_rng(20261202).random((count, spec.height, spec.width))
-    planes = (grey * spec.scale + spec.offset).astype(np.float32)
-    return expand_channels(planes, spec.channels)
+    return (grey * spec.scale + spec.offset).astype(np.float32)
 
 
 def _stack(batch: Sequence[PreparedScan], loaded: LoadedModel) -> np.ndarray:
@@ -223,16 +225,23 @@ class _Inputs:
 
     def __init__(self, scans: Sequence[PreparedScan]) -> None:
         self.scans = scans
-        self._stacked: dict[PreprocessSpec, np.ndarray] = {}
+        self._planes: dict[PreprocessSpec, np.ndarray] = {}
+        self._inputs: dict[PreprocessSpec, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.scans)
 
-    def of(self, loaded: LoadedModel) -> np.ndarray:
-        spec = loaded.manifest.preprocessing
-        if spec not in self._stacked:
-            self._stacked[spec] = _stack(self.scans, loaded)
-        return self._stacked[spec]
+    def planes(self, spec: PreprocessSpec) -> np.ndarray:
+        """The scans' grey planes of ``spec``, stacked: (N, H, W)."""
+        if spec not in self._planes:
+            self._planes[spec] = np.stack([p.planes[spec] for p in self.scans])
+        return self._planes[spec]
+
+    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
+        """The model inputs of ``spec``: (N, H, W, C), the planes repeated over channels."""
+        if spec not in self._inputs:
+            self._inputs[spec] = expand_channels(self.planes(spec), spec.channels)
+        return self._inputs[spec]
 
 
 def _findings(
