@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from desktop.engine.clock import now_iso
+from desktop.engine.cores import release_free_memory
 from desktop.engine.joint import JointModel, open_joint
 from desktop.engine.loading import make_thumbnail
 from desktop.engine.patients import GroupEstimate
@@ -90,6 +91,10 @@ class Screener:
             )
             if joint is not None:
                 self._joints.append((tuple(ids), spec, joint))
+        if self._joints:
+            # The probe runs' freed buffers sit in this thread's heap arena, which the batch's
+            # inference threads do not reuse: ~20 MB more resident memory for the whole batch.
+            release_free_memory()
 
     def prepare(self, scan: Scan) -> PreparedScan:
         """Every model input and the thumbnail, from one decoded working image.
