@@ -48,6 +48,9 @@ def _ensure_streams() -> None:
 #: child is killed and the check fails (a few seconds on a quiet 2-core PC).
 BATCH_CHECK_TIMEOUT_S = 180.0
 
+#: Seconds more for a child that never started: then the self-test ends itself (exit 1).
+STUCK_GRACE_S = 10.0
+
 
 def check_batch_process(
     files: list[str],
@@ -63,11 +66,12 @@ def check_batch_process(
     models the child cannot find all break the window's batch, and nothing else shows it
     before a clinic drops a folder. ``model_dirs`` defaults to where the app looks (the
     bundled models, then the user's). A child that has not finished after ``timeout_s`` is
-    killed and the check fails (a build without ``freeze_support()`` first hangs there: the
-    child runs the app's ``main`` instead of the batch). The checks: the batch ran in another
-    process (its pid is the one the store recorded for the batch, not this process's), every
-    scan was screened and committed there, the batch completed, and the child exited with
-    status 0.
+    killed and the check fails; one that never took its job (a frozen build without
+    ``freeze_support()`` first: the child runs the app's ``main`` instead, and this process
+    blocks handing it the job) ends the self-test with status 1. The checks: the batch ran in
+    another process (its pid is the one the store recorded for the batch, not this
+    process's), every scan was screened and committed there, the batch completed, and the
+    child exited with status 0.
     """
     from desktop.engine.batch_process import BatchProcess
     from desktop.engine.errors import BatchError
@@ -96,6 +100,14 @@ def check_batch_process(
                 late.set()
                 while not ended.wait(0.1):  # until the child exists and is gone
                     process.kill()
+                    if process.pid is None and not ended.wait(STUCK_GRACE_S):
+                        # Still handing the child its job: multiprocessing writes it into a
+                        # pipe whose reader never came (a child that did not start the
+                        # batch); that write cannot be interrupted, so say so and stop.
+                        report(False, f"batch process: did not start in {timeout_s:g} s")
+                        print("self-test stopped: the batch process never took its job")
+                        sys.stdout.flush()
+                        os._exit(1)
 
             threading.Thread(target=watchdog, name="self-test-watchdog", daemon=True).start()
             try:
@@ -104,7 +116,7 @@ def check_batch_process(
                 ended.set()
             info = store.batch(summary.batch_id)
             rows = sum(1 for _ in store.batch_results(summary.batch_id, thumbnails=False))
-        except BatchError as exc:
+        except (BatchError, OSError) as exc:
             why = f" (not finished after {timeout_s:g} s)" if late.is_set() else ""
             report(False, f"batch process: {type(exc).__name__}: {exc}{why}")
             return
