@@ -251,7 +251,8 @@ class CalibrateDialog(QDialog):
         self._record_worker: Worker | None = None
         self._process: BatchProcess | None = None
         #: Run the calibration in a thread of this process instead of the batch process:
-        #: for tests that patch the engine here; the window stalls this way.
+        #: the way before, kept for benchmarks/bench_calibrate_stall.py --in-process (A/B on
+        #: one machine) and for tests that patch the engine here; the window stalls this way.
         self.in_process = False
         #: The newest progress event, set by the worker thread, shown by :attr:`_ticker`.
         self._latest: Progress | None = None
