@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +173,108 @@ def test_self_test_decodes_dicom_and_opens_qt(installed: Path) -> None:
     assert "self-test passed" in result.stdout
     assert re.search(r"ok\s+decode .*RG3_J2KI\.dcm: \d+x\d+", result.stdout)
     assert "ok   no tensorflow in the bundle" in result.stdout
+
+
+def test_self_test_screens_in_the_batch_process(installed: Path, tmp_path: Path) -> None:
+    """The window's batch runs in a child that ``spawn`` starts by re-executing the frozen
+    program (freeze_support in the entry, the bundled modules, the bundled models found from
+    the child). ``--self-test SCAN...`` screens the scans that way with the shipped models;
+    the JPEG 2000 DICOM is decoded by a worker that the batch child itself spawns."""
+    files = [*_sample_scans(), DICOM / "RG3_J2KI.dcm"]
+    result = _run(
+        [str(installed), "--self-test", *map(str, files)],
+        timeout=300,
+        env={"QT_QPA_PLATFORM": "offscreen", "MEDSCREEN_HOME": str(tmp_path / "home")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    pids = re.search(
+        r"ok   batch process: pid (\d+), this process (\d+), batch recorded by pid (\d+)", out
+    )
+    assert pids is not None, out
+    child, parent, recorded = (int(g) for g in pids.groups())
+    assert child != parent and recorded == child, out
+    counts = re.search(r"ok   batch process: (screened=.*); CPU via", out)
+    assert counts is not None, out
+    if {"modality", "finding"} <= _shipped_model_roles():
+        # 4 chest X-rays (one a DICOM); the MedNIST hand and head CT and the J2K DICOM, which
+        # is not a chest X-ray, refused by the gate
+        assert counts.group(1) == (
+            "screened=7 ok=4 not_chest_xray=3 errors=0 rows=7 status=completed"
+        ), out
+    assert "ok   batch process: exit status 0" in out
+
+
+def test_window_screens_a_dropped_folder_in_its_batch_process(
+    installed: Path, tmp_path: Path
+) -> None:
+    """What a clinic does: open the installed app with a folder (the same path as a drop),
+    offscreen. The window screens it in its batch process; the rows are in the user's
+    store, committed by that child (the store records the pid of the process that ran the
+    batch), and the window reports the batch finished. Nothing in the app is test-only:
+    the test watches the store and the log, then ends the window."""
+    from desktop.engine.processes import pid_alive
+    from desktop.engine.store import BatchStatus, ResultsStore
+
+    if not {"modality", "finding"} <= _shipped_model_roles():
+        pytest.skip("assets/models does not yet hold a modality and a finding model")
+    home = tmp_path / "home"
+    folder = tmp_path / "dropped"
+    shutil.copytree(SAMPLES, folder, ignore=shutil.ignore_patterns("*.md"))
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "MEDSCREEN_HOME": str(home),
+        "MEDSCREEN_NO_OPEN": "1",  # never hand a file to another program
+    }
+    console = (tmp_path / "console.txt").open("w", encoding="utf-8")  # not a pipe: never full
+    window = subprocess.Popen(
+        [str(installed), str(folder)], stdout=console, stderr=subprocess.STDOUT, env=env
+    )
+    db = home / "results.sqlite3"
+    finished = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and window.poll() is None:
+            time.sleep(1.0)
+            if not db.exists():
+                continue
+            store = ResultsStore(db)
+            try:
+                done = [b for b in store.batches() if b.status == BatchStatus.COMPLETED]
+                if done:
+                    finished = done[0]
+                    results = list(store.batch_results(finished.id, thumbnails=False))
+                    break
+            finally:
+                store.close()
+        console.flush()
+        said = (tmp_path / "console.txt").read_text(encoding="utf-8")[-3000:]
+        assert window.poll() is None, f"the window exited early:\n{said}"
+        assert finished is not None, "no batch finished in 240 s"
+        log_text = (home / "logs" / "medscreen.log").read_text(encoding="utf-8")
+        started = re.search(r"batch process (\d+) started", log_text)
+        assert started is not None, log_text[-3000:]
+        assert finished.pid == int(started.group(1)) != window.pid
+        assert not pid_alive(finished.pid)  # the child ended with its batch
+        statuses = sorted((Path(r.file).name, r.status.value) for r in results)
+        assert statuses == sorted(
+            (p.name, "not_chest_xray" if p.name.startswith("not_chest") else "ok")
+            for p in _sample_scans()
+        )
+        deadline = time.monotonic() + 30  # the window logs the end after the last row
+        while "Finished: 4 screened, 2 not chest X-rays, 0 errors" not in log_text:
+            assert time.monotonic() < deadline, log_text[-3000:]
+            time.sleep(0.5)
+            log_text = (home / "logs" / "medscreen.log").read_text(encoding="utf-8")
+    finally:
+        window.terminate()
+        try:
+            window.wait(30)
+        except subprocess.TimeoutExpired:
+            window.kill()
+            window.wait(10)
+        console.close()
 
 
 def _sample_scans() -> list[Path]:
