@@ -180,6 +180,8 @@ def test_self_test_screens_in_the_batch_process(installed: Path, tmp_path: Path)
     program (freeze_support in the entry, the bundled modules, the bundled models found from
     the child). ``--self-test SCAN...`` screens the scans that way with the shipped models;
     the JPEG 2000 DICOM is decoded by a worker that the batch child itself spawns."""
+    if not {"modality", "finding"} <= _shipped_model_roles():
+        pytest.skip("assets/models does not yet hold a modality and a finding model")
     files = [*_sample_scans(), DICOM / "RG3_J2KI.dcm"]
     result = _run(
         [str(installed), "--self-test", *map(str, files)],
@@ -194,14 +196,11 @@ def test_self_test_screens_in_the_batch_process(installed: Path, tmp_path: Path)
     assert pids is not None, out
     child, parent, recorded = (int(g) for g in pids.groups())
     assert child != parent and recorded == child, out
-    counts = re.search(r"ok   batch process: (screened=.*); CPU via", out)
+    counts = re.search(r"ok   batch process: (screened=[^;\n]*); (CPU|GPU) ", out)
     assert counts is not None, out
-    if {"modality", "finding"} <= _shipped_model_roles():
-        # 4 chest X-rays (one a DICOM); the MedNIST hand and head CT and the J2K DICOM, which
-        # is not a chest X-ray, refused by the gate
-        assert counts.group(1) == (
-            "screened=7 ok=4 not_chest_xray=3 errors=0 rows=7 status=completed"
-        ), out
+    # 4 chest X-rays (one a DICOM); the MedNIST hand and head CT and the J2K DICOM, which
+    # is not a chest X-ray, refused by the gate
+    assert counts.group(1) == "screened=7 ok=4 not_chest_xray=3 errors=0 rows=7 status=completed"
     assert "ok   batch process: exit status 0" in out
 
 
