@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from ctypes import wintypes
 
 import pytest
 
@@ -30,19 +31,27 @@ BELOW_NORMAL_PRIORITY_CLASS = 0x00004000  # processthreadsapi.h
 PSEUDO_HANDLE = -1  # what GetCurrentProcess() returns: (HANDLE)-1, "the current process"
 
 
+class FakeFunction:
+    """A kernel32 export as ctypes gives it: callable, with settable argtypes/restype."""
+
+    def __init__(self, name: str, calls: list[tuple[object, ...]], result: int) -> None:
+        self.name, self.calls, self.result = name, calls, result
+        self.argtypes: list[object] | None = None
+        self.restype: object = None
+
+    def __call__(self, *args: object) -> int:
+        self.calls.append((self.name, *args))
+        return self.result
+
+
 class FakeKernel32:
     """kernel32 as the priority code uses it; records the calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, set_result: int = 1) -> None:
         self.calls: list[tuple[object, ...]] = []
-
-    def GetCurrentProcess(self) -> int:
-        self.calls.append(("GetCurrentProcess",))
-        return PSEUDO_HANDLE
-
-    def SetPriorityClass(self, handle: int, priority_class: int) -> int:
-        self.calls.append(("SetPriorityClass", handle, priority_class))
-        return 1  # BOOL: nonzero on success
+        self.GetCurrentProcess = FakeFunction("GetCurrentProcess", self.calls, PSEUDO_HANDLE)
+        # BOOL: nonzero on success
+        self.SetPriorityClass = FakeFunction("SetPriorityClass", self.calls, set_result)
 
 
 @pytest.fixture
@@ -53,6 +62,7 @@ def windows(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeKernel32, list[str]]:
 
     def win_dll(name: str, *args: object, **kwargs: object) -> FakeKernel32:
         loaded.append(name)
+        assert kwargs == {"use_last_error": True}
         return kernel32
 
     monkeypatch.setattr(ctypes, "WinDLL", win_dll, raising=False)
@@ -69,6 +79,22 @@ def test_windows_puts_the_process_in_the_below_normal_class(windows) -> None:
         ("GetCurrentProcess",),
         ("SetPriorityClass", PSEUDO_HANDLE, BELOW_NORMAL_PRIORITY_CLASS),
     ]
+    # declared as in processthreadsapi.h: a pointer-wide HANDLE in, a BOOL out
+    assert kernel32.GetCurrentProcess.argtypes == []
+    assert kernel32.GetCurrentProcess.restype is wintypes.HANDLE
+    assert kernel32.SetPriorityClass.argtypes == [wintypes.HANDLE, wintypes.DWORD]
+    assert kernel32.SetPriorityClass.restype is wintypes.BOOL
+
+
+def test_windows_refusal_is_logged_with_its_error(
+    monkeypatch: pytest.MonkeyPatch, windows, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel32, _ = windows
+    kernel32.SetPriorityClass.result = 0  # FALSE: the call failed
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: 5, raising=False)  # ACCESS_DENIED
+    with caplog.at_level(logging.DEBUG, logger=batch_process.log.name):
+        _lower_priority(BACKGROUND_NICENESS)
+    assert "cannot lower the batch process's priority: Windows error 5" in caplog.text
 
 
 def test_windows_without_kernel32_screens_on_at_normal_priority(

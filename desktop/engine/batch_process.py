@@ -459,10 +459,19 @@ def _lower_priority(niceness: int) -> None:
     if os.name == "nt":  # pragma: no cover - Windows only
         try:
             import ctypes
+            from ctypes import wintypes
 
-            below_normal = 0x4000
-            kernel32 = ctypes.WinDLL("kernel32")
-            kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), below_normal)
+            below_normal = 0x4000  # BELOW_NORMAL_PRIORITY_CLASS, processthreadsapi.h
+            kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+            # Declared, so the HANDLE travels at pointer width and the BOOL result is read.
+            current = kernel32.GetCurrentProcess
+            current.argtypes, current.restype = [], wintypes.HANDLE
+            set_class = kernel32.SetPriorityClass
+            set_class.argtypes = [wintypes.HANDLE, wintypes.DWORD]
+            set_class.restype = wintypes.BOOL
+            if not set_class(current(), below_normal):
+                error = ctypes.get_last_error()  # type: ignore[attr-defined]
+                log.debug("cannot lower the batch process's priority: Windows error %s", error)
         except (OSError, AttributeError) as exc:
             log.debug("cannot lower the batch process's priority: %s", exc)
         return
