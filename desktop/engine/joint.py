@@ -16,6 +16,12 @@ are the separate sessions' outputs bit for bit (tests/test_joint.py, on real sca
 :func:`open_joint` checks it again on a probe batch before the joint session is used, falling
 back to the separate sessions if they ever differ).
 
+Also, since every 3-channel input of the app is one grey plane repeated, a merged model (of
+one model or several) whose input goes straight to tf2onnx's NHWC -> NCHW transpose takes the
+planes themselves and repeats them in NCHW (:func:`_take_planes`): the first convolution reads
+the same tensor, without NumPy interleaving the planes into channels and ONNX Runtime
+transposing them back (~0.65 ms a scan for the shipped pneumonia and TB inputs).
+
 The ONNX files are read with protobuf's own runtime (a dependency of ONNX Runtime) through a
 schema of only the fields the merge reads; every other field is kept as it was read (protobuf
 keeps unknown fields), so the ``onnx`` package, ~1-2 s to import, is not needed at run time.
