@@ -31,13 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED_TB = REPO.parent / "shared" / "data" / "tb" / "nlm_299"
 
-from bench_gui_stall import _report, _run_queue_wait_s  # noqa: E402
+from bench_gui_stall import StallMeter, _report  # noqa: E402
 
 log = logging.getLogger("bench_calibrate_stall")
 
@@ -67,7 +65,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="medscreen-calstall-"))
     os.environ["MEDSCREEN_HOME"] = str(work / "home")
 
-    from PySide6.QtCore import QEventLoop, Qt, QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
 
     from desktop.engine.registry import load_model_set
     from desktop.engine.site_points import SitePointStore
@@ -87,35 +85,13 @@ def main() -> int:
     dialog.show()
     app.processEvents()
 
-    gaps: list[float] = []
-    when: list[float] = []
-    waited: list[float] = []
-    t0 = time.perf_counter()
-    last = [t0]
-    last_wait = [_run_queue_wait_s()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        wait_s = _run_queue_wait_s()
-        gaps.append(now - last[0])
-        when.append(now - t0)
-        waited.append(wait_s - last_wait[0])
-        last[0] = now
-        last_wait[0] = wait_s
-
-    ticker = QTimer()
-    ticker.setTimerType(Qt.TimerType.PreciseTimer)
-    ticker.setInterval(10)
-    ticker.timeout.connect(tick)
+    meter = StallMeter()
     outcomes: list[object] = []
     done = QEventLoop()
     dialog.calibrated.connect(lambda outcome: (outcomes.append(outcome), done.quit()))
     failed: list[str] = []
     cpu0 = time.thread_time()
-    t0 = time.perf_counter()
-    last[0] = t0
-    last_wait[0] = _run_queue_wait_s()
-    ticker.start()
+    t0 = meter.start()
     started = time.perf_counter()
     worker = dialog.start()
     start_ms = (time.perf_counter() - started) * 1000
@@ -129,7 +105,7 @@ def main() -> int:
     settle = QEventLoop()
     QTimer.singleShot(500, settle.quit)  # the curve's and the figures' repaint
     settle.exec()
-    ticker.stop()
+    meter.stop()
     gui_cpu = time.thread_time() - cpu0
     while dialog.is_running():
         app.processEvents()
@@ -142,11 +118,9 @@ def main() -> int:
     scores = outcome.scores  # type: ignore[attr-defined]
     n = scores.n_positive + scores.n_negative
     mode = "calibration in this process" if args.in_process else "calibration in batch process"
-    _report(f"dialog, {mode}", n, shown, gaps, when)
-    own_ms = (np.array(gaps) - np.nan_to_num(np.array(waited))) * 1000
+    _report(f"dialog, {mode}", n, shown, meter.gaps, meter.when)
+    meter.write_less_core_waits()
     sys.stdout.write(
-        f"less_core_waits: longest_ms={own_ms.max():.1f} "
-        f"p99_ms={np.percentile(own_ms, 99):.1f} over_100ms={int((own_ms > 100).sum())}\n"
         f"start_call_ms={start_ms:.1f} gui_thread_cpu_s={gui_cpu:.1f}\n"
         f"labelled={labelled} model={model} used={n} excluded={len(scores.excluded)}\n"
     )

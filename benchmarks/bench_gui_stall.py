@@ -93,7 +93,7 @@ def main() -> int:
     scans = make_scans(work / "scans", args.scans)
     log.warning("made %d scans in %.1f s", args.scans, time.perf_counter() - started)
 
-    from PySide6.QtCore import QEventLoop, Qt, QTimer
+    from PySide6.QtCore import QEventLoop, Qt
 
     from desktop.engine.store import ResultsStore
     from desktop.gui.app import create_app
@@ -128,25 +128,7 @@ def main() -> int:
 
         type(window.model).data = counted  # type: ignore[method-assign]
 
-    gaps: list[float] = []
-    when: list[float] = []
-    waited: list[float] = []  # of each gap, the time the GUI thread waited for a core
-    last = [time.perf_counter()]
-    last_wait = [_run_queue_wait_s()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        wait_s = _run_queue_wait_s()
-        gaps.append(now - last[0])
-        when.append(now - t0)
-        waited.append(wait_s - last_wait[0])
-        last[0] = now
-        last_wait[0] = wait_s
-
-    ticker = QTimer()
-    ticker.setTimerType(Qt.TimerType.PreciseTimer)
-    ticker.setInterval(10)
-    ticker.timeout.connect(tick)
+    meter = StallMeter()
 
     first_row: list[float] = []
     window.batch.rows_ready.connect(
@@ -155,14 +137,11 @@ def main() -> int:
     done = QEventLoop()
     window.batch.batch_finished.connect(lambda *_a: done.quit())
     window.batch.batch_failed.connect(lambda *_a: done.quit())
-    t0 = time.perf_counter()
     usage0 = _cpu_s(resource_self=True), _cpu_s(resource_self=False)
     cpu0 = time.thread_time()
     queued0 = _run_queue_wait_s()
     sleeps0 = _voluntary_switches()
-    last[0] = t0
-    last_wait[0] = _run_queue_wait_s()
-    ticker.start()
+    t0 = meter.start()
     window.open_paths([scans])
     done.exec()
     elapsed = time.perf_counter() - t0
@@ -172,7 +151,7 @@ def main() -> int:
     children = _cpu_s(resource_self=False) - usage0[1]
     gui_queued = _run_queue_wait_s() - queued0
     gui_sleeps = _voluntary_switches() - sleeps0
-    ticker.stop()
+    meter.stop()
 
     rows = window.model.rowCount()
     window.close()
@@ -182,15 +161,8 @@ def main() -> int:
         return 1
     mode = "batch in this process" if args.in_process else "batch process"
     label = f"window, {mode}" + (", table sorted by TB score" if args.sort else "")
-    _report(label, rows, elapsed, gaps, when)
-    # The same gaps less the time the GUI thread was runnable but had no core (the machine's
-    # load, not the window's doing: other jobs, or the batch the scheduler let run first).
-    # What is left is the window's own work and its waits for the GIL or a lock.
-    own_ms = (np.array(gaps) - np.nan_to_num(np.array(waited))) * 1000
-    sys.stdout.write(
-        f"less_core_waits: longest_ms={own_ms.max():.1f} "
-        f"p99_ms={np.percentile(own_ms, 99):.1f} over_100ms={int((own_ms > 100).sum())}\n"
-    )
+    _report(label, rows, elapsed, meter.gaps, meter.when)
+    meter.write_less_core_waits()
     if first_row:
         after = t0 + elapsed - first_row[0]
         sys.stdout.write(
@@ -200,7 +172,7 @@ def main() -> int:
     sys.stdout.write(
         f"gui_thread_cpu_s={gui_cpu:.1f} ({1000 * gui_cpu / rows:.1f} ms a scan) "
         f"gui_thread_waiting_for_a_core_s={gui_queued:.1f} "
-        f"gui_thread_sleeps={gui_sleeps} ({gui_sleeps / max(1, len(gaps)):.1f} a tick)\n"
+        f"gui_thread_sleeps={gui_sleeps} ({gui_sleeps / max(1, len(meter.gaps)):.1f} a tick)\n"
     )
     # CPU the batch itself used (the child's, or this process's less the GUI thread's):
     # scans per CPU-second is the batch's speed whatever the load around it.
@@ -213,6 +185,55 @@ def main() -> int:
         sys.stdout.write(f"data_calls={calls[0]} ({calls[0] / elapsed:.0f}/s)\n")
     sys.stdout.write(f"models={args.models} switch_interval_s={sys.getswitchinterval()}\n")
     return 0
+
+
+class StallMeter:
+    """A 10 ms precise timer on the GUI thread: each gap between its ticks (a stall is a long
+    gap), when the gap ended (seconds after :meth:`start`) and, of each gap, the time the GUI
+    thread was runnable but waited for a core (the machine's load, not the window's doing)."""
+
+    def __init__(self) -> None:
+        from PySide6.QtCore import Qt, QTimer
+
+        self.gaps: list[float] = []
+        self.when: list[float] = []
+        self.waited: list[float] = []
+        self.t0 = self._last = time.perf_counter()
+        self._last_wait = _run_queue_wait_s()
+        self._timer = QTimer()
+        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def start(self) -> float:
+        """Start ticking now; returns the start time (``time.perf_counter``)."""
+        self.t0 = self._last = time.perf_counter()
+        self._last_wait = _run_queue_wait_s()
+        self._timer.start()
+        return self.t0
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        wait_s = _run_queue_wait_s()
+        self.gaps.append(now - self._last)
+        self.when.append(now - self.t0)
+        self.waited.append(wait_s - self._last_wait)
+        self._last, self._last_wait = now, wait_s
+
+    def own_ms(self) -> np.ndarray:
+        """The gaps less the GUI thread's waits for a core: what is left is the window's own
+        work and its waits for the GIL or a lock."""
+        return (np.array(self.gaps) - np.nan_to_num(np.array(self.waited))) * 1000
+
+    def write_less_core_waits(self) -> None:
+        own_ms = self.own_ms()
+        sys.stdout.write(
+            f"less_core_waits: longest_ms={own_ms.max():.1f} "
+            f"p99_ms={np.percentile(own_ms, 99):.1f} over_100ms={int((own_ms > 100).sum())}\n"
+        )
 
 
 def _cpu_s(resource_self: bool) -> float:
