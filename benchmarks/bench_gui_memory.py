@@ -1,0 +1,296 @@
+"""Peak memory of the window, and of its batch process, when a clinic screens a big folder.
+
+``bench_memory.py`` measures ``medscreen classify``; this measures what a user of the window
+does with the same corpus (unique copies of the small real NLM chest X-ray PNGs, built by
+``bench_memory.build``): drop the folder on the window (the real MainWindow, offscreen, the
+shipped models), wait for the batch to finish, export the PDF and CSV report from the window
+(``MainWindow.export_report``, what *Export report…* runs), then browse the table: sort it
+by several columns both ways, scroll it from top to bottom a page at a time (every row's
+thumbnail is painted once) and press F3 through flagged scans.
+
+Each size runs in a fresh process. This script samples, every 0.1 s, the resident memory of
+that window process and of its descendants (the batch process) from ``/proc``, and prints the
+peaks per phase: the window's, the batch process's and their sum. The window process also
+prints its own kernel high-water mark (``VmHWM``) after each phase and its joined children's
+(``RUSAGE_CHILDREN`` ``ru_maxrss``: the batch process's exact peak), which the 0.1 s samples
+can miss by a little.
+
+``--trace`` also starts tracemalloc in the window process before the drop and prints the
+Python heap it holds after the batch per scan (and its largest allocation sites): a heap that
+grows with the scans is what the window keeps per row.
+
+Usage: ``python benchmarks/bench_gui_memory.py [--sizes 1000,20000] [--keep DIR] [--trace]``.
+Linux only (``/proc``). It prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_memory import build, sources  # noqa: E402
+
+PHASES = ("start", "screen", "report", "browse")
+
+
+# -- the sampler (this process) --------------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for kid in kids:
+            out.append(kid)
+            out.extend(_descendants(kid))
+    return out
+
+
+def measure(folder: Path, work: Path, trace: bool) -> None:
+    """Run the window on ``folder`` in a fresh process and print the peaks per phase."""
+    cmd = [sys.executable, __file__, "--window", str(folder), "--work", str(work)]
+    cmd += ["--trace"] if trace else []
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    phase = ["start"]
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            match = re.match(r"PHASE (\w+)", line)
+            if match:
+                phase[0] = match.group(1)
+            elif not line.startswith("PHASE"):
+                print("   |", line.rstrip(), flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peaks = {p: [0.0, 0.0, 0.0] for p in PHASES}  # window, batch process, sum
+    load_max = 0.0
+    while proc.poll() is None:
+        window = _rss_mb(proc.pid)
+        kids = sum(_rss_mb(k) for k in _descendants(proc.pid))
+        peak = peaks.setdefault(phase[0], [0.0, 0.0, 0.0])
+        peak[0], peak[1], peak[2] = (
+            max(peak[0], window),
+            max(peak[1], kids),
+            max(peak[2], window + kids),
+        )
+        load_max = max(load_max, os.getloadavg()[0])
+        time.sleep(0.1)
+    reader.join()
+    if proc.returncode != 0:
+        print("\n".join(lines[-40:]))
+        raise RuntimeError(f"the window run failed with status {proc.returncode}")
+    print(
+        f"  sampled peaks (MB: window / batch process / sum), {time.perf_counter() - started:.0f}"
+        f" s in all, load average up to {load_max:.1f}:"
+    )
+    for name in PHASES:
+        w, k, s = peaks[name]
+        print(f"    {name:<7} {w:6.0f} / {k:6.0f} / {s:6.0f}")
+
+
+# -- the window (a fresh process) -----------------------------------------------------------
+def _hwm_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _phase(name: str) -> None:
+    print(f"PHASE {name}", flush=True)
+
+
+def window_run(folder: Path, work: Path, trace: bool) -> int:
+    """Screen ``folder`` in the real window, export its report, browse the table."""
+    import resource
+    import tracemalloc
+
+    os.environ["MEDSCREEN_HOME"] = str(work / "home")
+    from PySide6.QtCore import QEventLoop, Qt, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.app import create_app
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.results_model import Column
+    from desktop.gui.settings import AppSettings
+
+    app = create_app(["bench"])
+    assert isinstance(app, QApplication)
+    window = MainWindow(
+        settings=AppSettings(work / "settings.ini"),
+        store=ResultsStore(work / "results.sqlite3"),
+        model_dirs=[REPO / "assets" / "models"],
+    )
+    window.resize(1366, 768)
+    window.show()
+
+    def wait_for(signal: object, seconds: float) -> None:
+        loop = QEventLoop()
+        signal.connect(lambda *_a: loop.quit())  # type: ignore[attr-defined]
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
+
+    loop = QEventLoop()
+    window.models_changed.connect(lambda _m: loop.quit())
+    window.start()
+    loop.exec()
+    if window.models is None:
+        print("the shipped models did not load", flush=True)
+        return 1
+    print(f"window ready (models loaded): VmHWM {_hwm_mb():.0f} MB", flush=True)
+
+    _phase("screen")
+    if trace:
+        tracemalloc.start(8)
+    t0 = time.perf_counter()
+    done = QEventLoop()
+    window.batch.batch_finished.connect(lambda *_a: done.quit())
+    window.batch.batch_failed.connect(lambda *_a: done.quit())
+    window.open_paths([folder])
+    QTimer.singleShot(3_600_000, done.quit)  # never wait forever
+    done.exec()
+    window.batch.wait()
+    app.processEvents()
+    rows = window.model.rowCount()
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        f"screened {rows} rows in {time.perf_counter() - t0:.0f} s; window VmHWM "
+        f"{_hwm_mb():.0f} MB, batch process peak (ru_maxrss) {child:.0f} MB; "
+        f"{window.model.counts().flagged_any} flagged",
+        flush=True,
+    )
+    if trace:
+        current, peak = tracemalloc.get_traced_memory()
+        print(
+            f"tracemalloc after the batch: {current / 2**20:.1f} MB held "
+            f"({current / max(1, rows):.0f} B a scan), traced peak {peak / 2**20:.1f} MB",
+            flush=True,
+        )
+        for stat in tracemalloc.take_snapshot().statistics("lineno")[:8]:
+            print(f"  {stat.size / 2**20:7.2f} MB {stat.count:8d}  {stat.traceback[0]}")
+        tracemalloc.stop()
+
+    _phase("report")
+    t0 = time.perf_counter()
+    out = work / "reports"
+    out.mkdir(exist_ok=True)
+    worker = window.export_report(out / "report.pdf")
+    if worker is None:
+        print("export refused", flush=True)
+        return 1
+    wait_for(window.export_done, 1800)
+    written = sorted(out.iterdir())
+    size = sum(p.stat().st_size for p in written) / 2**20
+    print(
+        f"report: {len(written)} files, {size:.1f} MB in {time.perf_counter() - t0:.0f} s; "
+        f"window VmHWM {_hwm_mb():.0f} MB",
+        flush=True,
+    )
+
+    _phase("browse")
+    t0 = time.perf_counter()
+    view = window.view
+    model = window.model
+    for column in (
+        model.column_of(Column.SCORE, model.finding_ids()[0]),
+        model.column_of(Column.FILE),
+        model.column_of(Column.STATUS),
+        model.column_of(Column.TRIAGE),
+    ):
+        for order in (Qt.SortOrder.DescendingOrder, Qt.SortOrder.AscendingOrder):
+            view.sortByColumn(column, order)
+            app.processEvents()
+    bar = view.verticalScrollBar()
+    bar.setValue(0)
+    pages = 0
+    while True:  # every row painted once, a page at a time, as a user dragging down would
+        view.viewport().repaint()
+        app.processEvents()
+        pages += 1
+        if bar.value() >= bar.maximum():
+            break
+        bar.setValue(bar.value() + bar.pageStep())
+    for _ in range(50):
+        window.goto_flagged(1)
+        app.processEvents()
+    print(
+        f"browsed: 8 sorts, {pages} pages scrolled, 50 x F3 in {time.perf_counter() - t0:.0f}"
+        f" s; window VmHWM {_hwm_mb():.0f} MB",
+        flush=True,
+    )
+    window.close()
+    app.processEvents()
+    return 0
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,20000")
+    parser.add_argument("--keep", type=Path, default=None, help="build/reuse folders here")
+    parser.add_argument("--trace", action="store_true", help="tracemalloc in the window")
+    parser.add_argument("--window", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.window is not None:
+        return window_run(args.window, args.work, args.trace)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="medscreen-guimem-"))
+    print(
+        f"cores: {len(os.sched_getaffinity(0))}; scans: {len(sources())} real 299x299 chest "
+        f"X-ray PNGs, copied; window offscreen, shipped models; uptime: {_uptime()}",
+        flush=True,
+    )
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        folder = root / f"scans_{size}"
+        if not folder.is_dir():
+            build(folder, size)
+        work = Path(tempfile.mkdtemp(prefix=f"run_{size}_", dir=root))
+        print(f"{size:,} scans:", flush=True)
+        measure(folder, work, args.trace)
+        print(f"  uptime: {_uptime()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
