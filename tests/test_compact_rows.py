@@ -50,14 +50,14 @@ def screened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ScanResu
     summary = run_to_end(BatchRunner(models, store).run([root]))
     # each row as the window receives it: a pickled copy, strings of its own
     rows = [pickle.loads(pickle.dumps(r)) for r in store.batch_results(summary.batch_id)]
-    yield rows, models
+    yield rows, models, store
     store.close()
 
 
 def test_compact_rows_equal_the_screened_ones_and_share_their_strings(screened) -> None:
     from desktop.gui.results_model import compact_row
 
-    rows, models = screened
+    rows, models, _ = screened
     assert (
         len(rows) > 20
         and any(r.findings for r in rows)
@@ -87,7 +87,7 @@ def test_compact_rows_equal_the_screened_ones_and_share_their_strings(screened) 
 def test_compact_rows_take_less_memory(screened) -> None:
     from desktop.gui.results_model import compact_row
 
-    rows, _ = screened
+    rows, _, _ = screened
     # as the batch process sends them: no thumbnail (the store has it); a few hundred rows
     blobs = [pickle.dumps(replace(r, thumbnail_png=None)) for r in rows if r.findings] * 10
 
@@ -109,7 +109,7 @@ def test_window_table_keeps_compact_rows(qtbot, screened, tmp_path: Path) -> Non
     """Rows appended to the window's model are compact and still read the same."""
     from desktop.gui.results_model import Column, ResultsModel
 
-    rows, models = screened
+    rows, models, _ = screened
     model = ResultsModel(thumbnail_loader=lambda r: None)
     model.set_manifests(models.manifests)
     model.append(rows)
@@ -129,7 +129,7 @@ def test_table_triage_columns_keep_the_engine_order(qtbot, screened) -> None:
     and the viewer's order, and the Attention column's sort (ties: the folder's order)."""
     from desktop.gui.results_model import ResultsModel, ResultsProxy
 
-    rows, models = screened
+    rows, models, _ = screened
     rows = rows + rows[:5]  # exact ties: the same scans again, later rows
     model = ResultsModel(thumbnail_loader=lambda r: None)
     model.set_manifests(models.manifests)
@@ -159,3 +159,48 @@ def test_table_triage_columns_keep_the_engine_order(qtbot, screened) -> None:
     assert model.triage_rows() == sorted(range(len(rows)), key=lambda i: (keys[i], i))
     model.clear()
     assert model.triage_rows() == []
+
+
+def test_rows_drop_class_maps_and_fetch_them_from_the_store(qtbot, screened) -> None:
+    """With the store as detail loader (the window), rows hold no class activation maps; the
+    viewer's and the PDF's copy (``with_thumbnail``, ``TableRows.detail``) has them again,
+    equal to what was screened, with the thumbnail."""
+    import numpy as np
+
+    from desktop.engine.reports.source import DetailSource, ThumbnailSource, detail_of
+    from desktop.gui.results_model import ResultsModel, TableRows
+
+    rows, models, store = screened
+    model = ResultsModel(
+        thumbnail_loader=lambda r: store.thumbnail(r.sha256, r.models_key),
+        detail_loader=lambda r: store.cached_result(r.sha256, r.models_key, r.file),
+    )
+    model.set_manifests(models.manifests)
+    model.append(rows)
+    chest = [i for i, r in enumerate(rows) if r.findings]
+    assert len(chest) > 10
+    for i in chest:
+        kept = model.result(i)
+        assert all(f.activation is None for f in kept.findings.values())
+        assert kept.thumbnail_png is None
+        assert {k: f.probability for k, f in kept.findings.items()} == {
+            k: f.probability for k, f in rows[i].findings.items()
+        }
+        full = model.with_thumbnail(kept)
+        assert full.thumbnail_png == rows[i].thumbnail_png and full.thumbnail_png
+        for k, finding in rows[i].findings.items():
+            assert finding.activation is not None
+            np.testing.assert_array_equal(full.findings[k].activation, finding.activation)
+        assert full.file == rows[i].file and full.status is rows[i].status
+
+    source = TableRows(model.results(), model)
+    assert isinstance(source, DetailSource) and isinstance(source, ThumbnailSource)
+    first = source.at([chest[0]])[0]
+    np.testing.assert_array_equal(
+        detail_of(source, first).findings["tb"].activation,
+        rows[chest[0]].findings["tb"].activation,
+    )
+    assert source.thumbnail(first) == rows[chest[0]].thumbnail_png
+    # a row whose stored result is gone keeps what it has, and the table still reads it
+    gone = replace(model.result(chest[0]), sha256="0" * 64)
+    assert model.with_thumbnail(gone).findings == gone.findings

@@ -47,7 +47,7 @@ from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy
+from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy, TableRows
 from desktop.gui.results_view import ResultsView
 from desktop.gui.screen_fit import fit_to_screen
 from desktop.gui.settings import AppSettings
@@ -149,7 +149,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1280, 800)
 
-        self.model = ResultsModel(self, thumbnail_loader=self._stored_thumbnail)
+        self.model = ResultsModel(
+            self, thumbnail_loader=self._stored_thumbnail, detail_loader=self._stored_detail
+        )
         self.proxy = ResultsProxy(self)
         self.proxy.setSourceModel(self.model)
         self.batch = BatchController(self)
@@ -796,6 +798,12 @@ class MainWindow(FileDropTarget, QMainWindow):
             return None
         return self.store.thumbnail(result.sha256, result.models_key)
 
+    def _stored_detail(self, result: ScanResult) -> ScanResult | None:
+        """The stored whole result (class maps, thumbnail): the table's rows drop them."""
+        if not result.sha256:
+            return None
+        return self.store.cached_result(result.sha256, result.models_key, result.file)
+
     def open_viewer(self, result: ScanResult) -> ScanViewer:
         from desktop.gui.viewer import ScanViewer  # reads scans: imported when first needed
 
@@ -1063,12 +1071,11 @@ class MainWindow(FileDropTarget, QMainWindow):
             self.messages.show_message("Nothing to export yet.", "warning")
             return None
         from desktop.engine.reports import ReportContext, write_reports
-        from desktop.engine.reports.source import WithThumbnails
 
-        # Only flagged scans show images in the PDF: it fetches each one's thumbnail from the
-        # store while drawing it, so a large batch's images are never all in memory.
-        model = self.model
-        results = WithThumbnails(rows, lambda r: model.with_thumbnail(r).thumbnail_png)
+        # Only flagged scans show images in the PDF: it fetches each one's thumbnail and class
+        # maps from the store while drawing it, so a large batch's images are never all in
+        # memory.
+        results = TableRows(rows, self.model)
 
         ctx = ReportContext.for_batch(
             self.batch.batch_id,

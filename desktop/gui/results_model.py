@@ -27,7 +27,7 @@ import logging
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -143,8 +143,13 @@ class ResultsModel(QAbstractTableModel):
         self,
         parent: QObject | None = None,
         thumbnail_loader: Callable[[ScanResult], bytes | None] | None = None,
+        detail_loader: Callable[[ScanResult], ScanResult | None] | None = None,
     ) -> None:
         super().__init__(parent)
+        #: With a detail loader (the store's whole result), rows also drop their findings'
+        #: class activation maps (~1 kB a row, only the viewer and the PDF draw them):
+        #: :meth:`with_thumbnail` fetches them with the thumbnail.
+        self._detail_loader = detail_loader
         #: With a loader (the results store), rows drop their thumbnail bytes on arrival and
         #: fetch them when painted: ~50 kB a row otherwise, 500 MB for a 10,000-scan batch.
         self._thumbnail_loader = thumbnail_loader
@@ -276,7 +281,8 @@ class ResultsModel(QAbstractTableModel):
             return
         start = len(self._results)
         strip = self._thumbnail_loader is not None
-        results = [compact_row(r, strip_thumbnail=strip) for r in results]
+        maps = self._detail_loader is not None
+        results = [compact_row(r, strip_thumbnail=strip, strip_maps=maps) for r in results]
         self.beginInsertRows(QModelIndex(), start, start + len(results) - 1)
         self._results.extend(results)
         self._triage.extend(triage_key(r, self._points, self._scope) for r in results)
@@ -325,7 +331,12 @@ class ResultsModel(QAbstractTableModel):
         return self._results[row]
 
     def with_thumbnail(self, result: ScanResult) -> ScanResult:
-        """``result`` with its thumbnail bytes (for the viewer and reports)."""
+        """``result`` with its thumbnail bytes and class activation maps (for the viewer and
+        reports), fetched from the store when the row dropped them."""
+        if self._detail_loader is not None and result.sha256 and result.findings:
+            full = self._detail_loader(result)
+            if full is not None and full.findings.keys() == result.findings.keys():
+                return replace(result, findings=full.findings, thumbnail_png=full.thumbnail_png)
         if result.thumbnail_png or self._thumbnail_loader is None:
             return result
         return replace(result, thumbnail_png=self._thumbnail_loader(result))
@@ -603,6 +614,36 @@ class _TriageColumns:
         return np.lexsort((flagged, strength, group)).tolist()
 
 
+class TableRows:
+    """The table's rows for the report writers (the engine's row, thumbnail and detail
+    sources, :mod:`desktop.engine.reports.source`): the PDF fetches each flagged scan's
+    thumbnail and class maps from the store as it draws it; the rows hold neither. Not a
+    subclass of its ``WithThumbnails``: importing the reports package at start-up (reportlab)
+    cost the window ~0.3 s."""
+
+    def __init__(self, rows: Sequence[ScanResult], model: ResultsModel) -> None:
+        self._rows = rows
+        self._model = model
+
+    def __iter__(self) -> Iterator[ScanResult]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self) -> Iterator[tuple[int, ScanResult]]:
+        return enumerate(self._rows)
+
+    def at(self, rows: Sequence[int]) -> list[ScanResult]:
+        return [self._rows[row] for row in rows]
+
+    def thumbnail(self, result: ScanResult) -> bytes | None:
+        return self._model.with_thumbnail(result).thumbnail_png
+
+    def detail(self, result: ScanResult) -> ScanResult | None:
+        return self._model.with_thumbnail(result)
+
+
 def _interned(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """``mapping`` with its keys (and short text values) interned: one string object for all
     rows."""
@@ -612,7 +653,9 @@ def _interned(mapping: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def compact_row(result: ScanResult, *, strip_thumbnail: bool = False) -> ScanResult:
+def compact_row(
+    result: ScanResult, *, strip_thumbnail: bool = False, strip_maps: bool = False
+) -> ScanResult:
     """``result`` as the table keeps it: equal to it, but its repeated strings shared.
 
     Every row arrives unpickled from the batch process (or read from the store) with its own
@@ -621,8 +664,11 @@ def compact_row(result: ScanResult, *, strip_thumbnail: bool = False) -> ScanRes
     field names). Measured with tracemalloc on a real stored batch, a row held ~5.0 kB and
     ~3.4 kB with them interned: 30 MB less at 20,000 rows (benchmarks/bench_gui_memory.py).
     With ``strip_thumbnail`` (the table has a thumbnail loader: the store) the thumbnail
-    bytes go too; the row fetches them when painted.
+    bytes go too; the row fetches them when painted. With ``strip_maps`` (and a sha256: the
+    store has the whole result) the findings' class activation maps go too (~1 kB a row);
+    :meth:`ResultsModel.with_thumbnail` fetches them for the viewer and the PDF.
     """
+    maps = strip_maps and bool(result.sha256)
     intern = sys.intern
     estimate = result.group_estimate
     if estimate is not None:
@@ -633,6 +679,7 @@ def compact_row(result: ScanResult, *, strip_thumbnail: bool = False) -> ScanRes
             model_id=intern(f.model_id),
             model_key=intern(f.model_key),
             probabilities=_interned(f.probabilities),
+            activation=None if maps else f.activation,
         )
         for k, f in result.findings.items()
     }
