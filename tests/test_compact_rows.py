@@ -204,3 +204,36 @@ def test_rows_drop_class_maps_and_fetch_them_from_the_store(qtbot, screened) -> 
     # a row whose stored result is gone keeps what it has, and the table still reads it
     gone = replace(model.result(chest[0]), sha256="0" * 64)
     assert model.with_thumbnail(gone).findings == gone.findings
+
+
+def test_window_report_draws_the_heatmaps_its_rows_dropped(
+    qtbot, screened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PDF the window writes from its compact rows (``TableRows``) draws every flagged
+    scan's heatmap, as one written from rows that kept their maps: none says 'no heatmap'."""
+    from desktop.engine.reports import ReportContext, write_reports
+    from desktop.engine.reports import pdf as pdf_report
+    from desktop.gui.results_model import ResultsModel, TableRows
+
+    rows, models, store = screened
+    drawn: list[tuple[int, ...]] = []
+    real = pdf_report.activation_to_image
+
+    def counted(activation, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(activation.shape)
+        return real(activation, *args, **kwargs)
+
+    monkeypatch.setattr(pdf_report, "activation_to_image", counted)
+    model = ResultsModel(
+        thumbnail_loader=lambda r: store.thumbnail(r.sha256, r.models_key),
+        detail_loader=lambda r: store.cached_result(r.sha256, r.models_key, r.file),
+    )
+    model.set_manifests(models.manifests)
+    model.append(rows)
+    ctx = ReportContext.for_batch(None, models, ThresholdChoice())
+    write_reports(TableRows(model.results(), model), ctx, tmp_path / "a", ["pdf"], "r")
+    from_table = list(drawn)
+    drawn.clear()
+    write_reports(list(rows), ctx, tmp_path / "b", ["pdf"], "r")
+    assert len(from_table) >= 5  # flagged scans' heatmaps drawn
+    assert from_table == drawn
