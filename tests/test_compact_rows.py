@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 
 from desktop.engine.results import (
     ScanResult,
@@ -237,3 +238,30 @@ def test_window_report_draws_the_heatmaps_its_rows_dropped(
     write_reports(list(rows), ctx, tmp_path / "b", ["pdf"], "r")
     assert len(from_table) >= 5  # flagged scans' heatmaps drawn
     assert from_table == drawn
+
+
+def test_table_icons_fetch_the_thumbnail_alone(qtbot, screened) -> None:
+    """A painted row's icon asks the store for its thumbnail only, never the whole result
+    (class maps, JSON): scrolling 20,000 rows fetches one small blob a row."""
+    from desktop.gui.results_model import Column, ResultsModel
+
+    rows, models, store = screened
+    asked: list[str] = []
+
+    def thumbnail(r: ScanResult) -> bytes | None:
+        asked.append("thumbnail")
+        return store.thumbnail(r.sha256, r.models_key)
+
+    def detail(r: ScanResult) -> ScanResult | None:
+        asked.append("detail")
+        return store.cached_result(r.sha256, r.models_key, r.file)
+
+    model = ResultsModel(thumbnail_loader=thumbnail, detail_loader=detail)
+    model.set_manifests(models.manifests)
+    model.append(rows)
+    col = model.column_of(Column.THUMB)
+    shown = [i for i, r in enumerate(rows) if r.thumbnail_png][:10]
+    assert len(shown) == 10
+    icons = [model.data(model.index(i, col), Qt.ItemDataRole.DecorationRole) for i in shown]
+    assert all(icon is not None and not icon.isNull() for icon in icons)
+    assert asked == ["thumbnail"] * 10

@@ -568,7 +568,9 @@ class ResultsModel(QAbstractTableModel):
         if pixmap is not None:
             self._thumbs.move_to_end(row)
             return pixmap
-        data = self.with_thumbnail(result).thumbnail_png
+        data = result.thumbnail_png
+        if not data and self._thumbnail_loader is not None:
+            data = self._thumbnail_loader(result)  # the thumbnail alone, not the whole result
         if not data:
             return None
         pixmap = icon_pixmap(data, THUMB_HEIGHT)
