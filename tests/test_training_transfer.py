@@ -359,3 +359,33 @@ def test_loso_fold_figures_calibrate_on_the_source_and_test_on_the_other() -> No
     np.testing.assert_array_equal(y_curve, y_all[f.other])
     assert res["auc"] == pytest.approx(ev.roc_auc(y_curve, p_curve))
     assert res["median_score_positive"] == pytest.approx(float(np.median(p_curve[y_curve == 1])))
+
+
+def test_screening_points_apply_the_tasks_whole_rule() -> None:
+    """One definition of the points for every recipe: the task's specificity floor and its
+    patient groups' own points (the fine-tuned recipe once applied neither)."""
+    from types import SimpleNamespace
+
+    from training import data as D
+    from training import evaluate as ev
+    from training.transfer import MIN_SENSITIVITY, screening_points
+
+    val = D.list_tb(DATA / "tb")
+    y = np.array([r.label for r in val])
+    score = np.linspace(0.05, 0.95, len(val))[np.argsort(np.argsort(y + 0.3 * (y == 0)))]
+    score[np.flatnonzero(y == 0)[:3]] = 0.99  # three confident false alarms
+    group = {r.group: ("a" if i % 2 else "b") for i, r in enumerate(val)}
+    plain = SimpleNamespace(min_specificity=None, point_group=None)
+    assert screening_points(plain, val, y, score) == ev.operating_points(y, score)
+    floor = SimpleNamespace(min_specificity=0.9, point_group=None)
+    points = screening_points(floor, val, y, score)
+    assert points == ev.operating_points(y, score, MIN_SENSITIVITY, 0.9)
+    assert (
+        points["screening"]["threshold"] != ev.operating_points(y, score)["screening"]["threshold"]
+    )
+    grouped = SimpleNamespace(min_specificity=None, point_group=lambda r: group[r.group])
+    by_group = screening_points(grouped, val, y, score)["screening"]["by_group"]
+    for g in ("a", "b"):
+        m = np.array([group[r.group] == g for r in val])
+        own = ev.operating_points(y[m], score[m])["screening"]
+        assert by_group[g]["threshold"] == own["threshold"] and by_group[g]["n"] == int(m.sum())

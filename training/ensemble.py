@@ -64,7 +64,6 @@ from training.heads import LinearHead
 from training.runs import save_scores
 from training.transfer import (
     L2_GRID,
-    MIN_SENSITIVITY,
     Task,
     _fit_head,
     _json,
@@ -78,6 +77,7 @@ from training.transfer import (
     loso_fold_figures,
     loso_folds,
     operating_rule,
+    screening_points,
     split_metrics,
     training_record,
     write_run_record,
@@ -290,9 +290,7 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
     v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
     t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
-    points: dict[str, Any] = ev.operating_points(
-        y_val, v_probs[:, 1], MIN_SENSITIVITY, task.min_specificity
-    )
+    points = screening_points(task, val, y_val, v_probs[:, 1])
     metrics = split_metrics(
         task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
     )

@@ -51,8 +51,6 @@ from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights
 from training.runs import save_scores
 from training.transfer import (
-    MIN_SENSITIVITY,
-    OPERATING_RULE,
     Task,
     _fit_head,
     _pretrained,
@@ -63,6 +61,8 @@ from training.transfer import (
     finding_info,
     loso_fold_figures,
     loso_folds,
+    operating_rule,
+    screening_points,
     split_metrics,
     training_record,
     write_run_record,
@@ -372,7 +372,7 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     z_val, z_test = _predict(logits, g_val), _predict(logits, g_test)
     temperature = ev.fit_temperature(_two(z_val), y_val)
     v_probs, t_probs = ev.softmax(_two(z_val), temperature), ev.softmax(_two(z_test), temperature)
-    points = ev.operating_points(y_val, v_probs[:, 1], min_sensitivity=MIN_SENSITIVITY)
+    points = screening_points(task, val, y_val, v_probs[:, 1])
     metrics = split_metrics(
         task, val, test, y_val, y_test, v_probs, t_probs, z_test, points, args.seed
     )
@@ -439,7 +439,7 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         temperature,
         points,
         metrics,
-        rule=OPERATING_RULE,
+        rule=operating_rule(task),
         comparison={
             "backbone": bb.key,
             "recipe_id": recipe_id,

@@ -187,20 +187,10 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
     v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
     t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
-    points: dict[str, Any] = ev.operating_points(
-        y_val, v_probs[:, 1], MIN_SENSITIVITY, task.min_specificity
-    )
-    if task.point_group is not None:
-        _add_group_points(points, val, y_val, v_probs[:, 1], task)
+    points = screening_points(task, val, y_val, v_probs[:, 1])
     metrics = split_metrics(
         task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
     )
-    if task.point_group is not None:
-        for part, rows, y, pr in (
-            ("validation", val, y_val, v_probs),
-            ("test", test, y_test, t_probs),
-        ):
-            metrics[part]["by_group"] = _by_group(task.point_group, rows, y, pr, points, args.seed)
 
     external, ext_scores, healthy = external_figures(
         task, test, t_probs[:, 1], points, temperature, lambda rows: head.logit(feats(rows)[:, 0])
@@ -674,7 +664,29 @@ def split_metrics(
     )
     metrics["test"]["subgroups"] = _subgroups(task, test, y_test, t_probs, points, seed)
     metrics["validation"]["subgroups"] = _subgroups(task, val, y_val, v_probs, points, seed)
+    if task.point_group is not None:
+        for part, rows, y, pr in (
+            ("validation", val, y_val, v_probs),
+            ("test", test, y_test, t_probs),
+        ):
+            metrics[part]["by_group"] = _by_group(task.point_group, rows, y, pr, points, seed)
     return metrics
+
+
+def screening_points(
+    task: Task, val: Sequence[D.Record], y_val: np.ndarray, v_score: np.ndarray
+) -> dict[str, Any]:
+    """The run's operating points from its validation scores, by the task's rule
+    (:func:`operating_rule`): the sensitivity floor, the task's specificity floor if it has
+    one, and each patient group's own points if it has groups — one definition for the
+    frozen, ensemble and fine-tuned recipes, so a candidate is judged at the points the card
+    says."""
+    points: dict[str, Any] = ev.operating_points(
+        y_val, v_score, MIN_SENSITIVITY, task.min_specificity
+    )
+    if task.point_group is not None:
+        _add_group_points(points, val, y_val, v_score, task)
+    return points
 
 
 def external_figures(
