@@ -164,12 +164,12 @@ def test_table_triage_columns_keep_the_engine_order(qtbot, screened) -> None:
 
 def test_rows_drop_class_maps_and_fetch_them_from_the_store(qtbot, screened) -> None:
     """With the store as detail loader (the window), rows hold no class activation maps; the
-    viewer's and the PDF's copy (``with_thumbnail``, ``TableRows.detail``) has them again,
+    viewer's and the PDF's copy (``with_thumbnail``, ``report_source(...).detail``) has them again,
     equal to what was screened, with the thumbnail."""
     import numpy as np
 
     from desktop.engine.reports.source import DetailSource, ThumbnailSource, detail_of
-    from desktop.gui.results_model import ResultsModel, TableRows
+    from desktop.gui.results_model import ResultsModel
 
     rows, models, store = screened
     model = ResultsModel(
@@ -194,7 +194,7 @@ def test_rows_drop_class_maps_and_fetch_them_from_the_store(qtbot, screened) -> 
             np.testing.assert_array_equal(full.findings[k].activation, finding.activation)
         assert full.file == rows[i].file and full.status is rows[i].status
 
-    source = TableRows(model.results(), model)
+    source = model.report_source(model.results())
     assert isinstance(source, DetailSource) and isinstance(source, ThumbnailSource)
     first = source.at([chest[0]])[0]
     np.testing.assert_array_equal(
@@ -210,11 +210,11 @@ def test_rows_drop_class_maps_and_fetch_them_from_the_store(qtbot, screened) -> 
 def test_window_report_draws_the_heatmaps_its_rows_dropped(
     qtbot, screened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The PDF the window writes from its compact rows (``TableRows``) draws every flagged
+    """The PDF the window writes from its compact rows (``report_source``) draws every flagged
     scan's heatmap, as one written from rows that kept their maps: none says 'no heatmap'."""
     from desktop.engine.reports import ReportContext, write_reports
     from desktop.engine.reports import pdf as pdf_report
-    from desktop.gui.results_model import ResultsModel, TableRows
+    from desktop.gui.results_model import ResultsModel
 
     rows, models, store = screened
     drawn: list[tuple[int, ...]] = []
@@ -232,7 +232,7 @@ def test_window_report_draws_the_heatmaps_its_rows_dropped(
     model.set_manifests(models.manifests)
     model.append(rows)
     ctx = ReportContext.for_batch(None, models, ThresholdChoice())
-    write_reports(TableRows(model.results(), model), ctx, tmp_path / "a", ["pdf"], "r")
+    write_reports(model.report_source(model.results()), ctx, tmp_path / "a", ["pdf"], "r")
     from_table = list(drawn)
     drawn.clear()
     write_reports(list(rows), ctx, tmp_path / "b", ["pdf"], "r")

@@ -47,7 +47,7 @@ from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy, TableRows
+from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy
 from desktop.gui.results_view import ResultsView
 from desktop.gui.screen_fit import fit_to_screen
 from desktop.gui.settings import AppSettings
@@ -1075,7 +1075,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         # Only flagged scans show images in the PDF: it fetches each one's thumbnail and class
         # maps from the store while drawing it, so a large batch's images are never all in
         # memory.
-        results = TableRows(rows, self.model)
+        results = self.model.report_source(rows)
 
         ctx = ReportContext.for_batch(
             self.batch.batch_id,

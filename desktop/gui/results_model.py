@@ -27,10 +27,10 @@ import logging
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import (
@@ -67,6 +67,9 @@ from desktop.engine.triage import TriageGroup, TriageKey, attention, strongest, 
 from desktop.gui.elide import warning_pixmap
 from desktop.gui.flags import FLAGGED_TEXT, NOT_FLAGGED_TEXT, flag_pixmap
 from desktop.gui.qt_compat import emit
+
+if TYPE_CHECKING:
+    from desktop.engine.reports.source import WithThumbnails
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +344,16 @@ class ResultsModel(QAbstractTableModel):
             return result
         return replace(result, thumbnail_png=self._thumbnail_loader(result))
 
+    def report_source(self, rows: Sequence[ScanResult]) -> WithThumbnails:
+        """``rows`` for the report writers: the PDF fetches each flagged scan's thumbnail and
+        class maps (:meth:`with_thumbnail`) as it draws it; the rows hold neither. The reports
+        package is imported here, at export: at start-up reportlab cost the window ~0.3 s."""
+        from desktop.engine.reports.source import WithThumbnails
+
+        return WithThumbnails(
+            rows, lambda r: self.with_thumbnail(r).thumbnail_png, detail=self.with_thumbnail
+        )
+
     def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
         """Each finding model's flag at the current point and patient choice (the engine's rule)."""
         return dict(self._derive(result)[1])
@@ -614,36 +627,6 @@ class _TriageColumns:
         strength = np.frombuffer(self._strength, np.float64)
         flagged = np.frombuffer(self._flagged, np.int16)
         return np.lexsort((flagged, strength, group)).tolist()
-
-
-class TableRows:
-    """The table's rows for the report writers (the engine's row, thumbnail and detail
-    sources, :mod:`desktop.engine.reports.source`): the PDF fetches each flagged scan's
-    thumbnail and class maps from the store as it draws it; the rows hold neither. Not a
-    subclass of its ``WithThumbnails``: importing the reports package at start-up (reportlab)
-    cost the window ~0.3 s."""
-
-    def __init__(self, rows: Sequence[ScanResult], model: ResultsModel) -> None:
-        self._rows = rows
-        self._model = model
-
-    def __iter__(self) -> Iterator[ScanResult]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def rows(self) -> Iterator[tuple[int, ScanResult]]:
-        return enumerate(self._rows)
-
-    def at(self, rows: Sequence[int]) -> list[ScanResult]:
-        return [self._rows[row] for row in rows]
-
-    def thumbnail(self, result: ScanResult) -> bytes | None:
-        return self._model.with_thumbnail(result).thumbnail_png
-
-    def detail(self, result: ScanResult) -> ScanResult | None:
-        return self._model.with_thumbnail(result)
 
 
 def _interned(mapping: Mapping[str, Any]) -> dict[str, Any]:

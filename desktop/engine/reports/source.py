@@ -91,17 +91,26 @@ class StoredBatch:
 
 
 class WithThumbnails:
-    """Results already in memory (a table's rows, without images) and a thumbnail lookup.
+    """Results already in memory (a table's rows, without images) and a thumbnail lookup,
+    and optionally a lookup of a result in full (class maps too).
 
     What the window hands the report writers: the PDF then fetches each flagged scan's
-    thumbnail while drawing its section, instead of all of them being loaded first.
+    thumbnail (and class maps, which the table's rows drop) while drawing its section,
+    instead of all of them being loaded first.
     """
 
     def __init__(
-        self, results: Sequence[ScanResult], lookup: Callable[[ScanResult], bytes | None]
+        self,
+        results: Sequence[ScanResult],
+        lookup: Callable[[ScanResult], bytes | None],
+        detail: Callable[[ScanResult], ScanResult | None] | None = None,
     ) -> None:
         self._results = results
         self._lookup = lookup
+        self._detail = detail
+
+    def detail(self, result: ScanResult) -> ScanResult | None:
+        return self._detail(result) if self._detail is not None else None
 
     def __iter__(self) -> Iterator[ScanResult]:
         return iter(self._results)
