@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from export.model_card import copy_figures, data_section, fmt
+from export.model_card import copy_figures, data_section, fmt, limitations
 
 
 def _ci(pair: list[float | None] | None, nd: int = 3) -> str:
@@ -470,7 +470,7 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         "## Limitations",
         "",
-        *[f"- {x}" for x in manifest.get("limitations", [])],
+        *[f"- {x}" for x in limitations(manifest, run)],
         "",
     ]
     if figs:

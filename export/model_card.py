@@ -1,8 +1,10 @@
 """Model cards: ``assets/models/<id>.md``, written from the manifest and the run folder.
 
 Generated rather than hand-written so the figures in the card are always the figures in the
-manifest (a card that drifts from its model is worse than none). Limitations that numbers
-cannot show are kept here per model id.
+manifest (a card that drifts from its model is worse than none). The limitations that numbers
+cannot show are written by the training script into the run record, from that run's own
+figures, and travel into the manifest at export: this module holds no sentence about any one
+model, machine or threshold, so nothing here can go stale when a model is retrained.
 """
 
 from __future__ import annotations
@@ -11,90 +13,6 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
-
-LIMITS: dict[str, list[str]] = {
-    "tb": [
-        "Small training set: 668 images (Shenzhen 530, Montgomery 138) split 70/15/15, so the "
-        "validation split that sets the thresholds has only ~100 images and the test split "
-        "~100: every figure here has a wide confidence interval (see the AUC CI); the "
-        "operating-point sensitivities on new data may differ by ±0.1.",
-        "Two sources with different scanners, populations and TB prevalence (Shenzhen "
-        '~51% TB, Montgomery ~42%). Montgomery images carry burnt-in "PA/ERECT" style '
-        "markers and look different from Shenzhen: a model can learn the source instead of "
-        "the disease. Figures are reported per source; Montgomery's test split is tiny "
-        "(~21 images).",
-        "Resolution: the 299x299 NLM images are resized to 224x224; small lesions (miliary "
-        "TB, small cavities) may be below what the model can see.",
-        "Adult PA radiographs only; not validated on children, AP/portable films, or "
-        "post-treatment follow-up. It does not distinguish active from healed TB.",
-        "Part of Shenzhen is withheld by the data providers for independent evaluation; our "
-        "test split is carved from what we received.",
-        "Model selection: the 299x299 variant listed under comparison runs scored a slightly "
-        "higher validation AUC, a difference well inside the noise of a 100-image validation "
-        "split; the 224x224 model was kept because it was already integrated and costs 1.8x "
-        "less compute. Neither meets the WHO target on our test split.",
-    ],
-    "pneumonia": [
-        "Pediatric data (1-5 year-olds, one centre in Guangzhou). Adult chest X-rays are "
-        "outside the training distribution: expect lower and unmeasured performance on them. "
-        "Example: the one adult PA chest CR we have (the unlabelled fo-dicom test file "
-        "CR-MONO1-10-chest.dcm) scores p(pneumonia) = 0.999 and would be flagged; the "
-        "thresholds mean nothing on adult images.",
-        "The official Kermany test split is withheld from us: the test figures come from a "
-        "patient-disjoint held-out split of the official training set (same centre, same "
-        "period) and overstate how well the model generalises to other hospitals.",
-        "The labels mix bacterial and viral pneumonia; the model does not tell them apart.",
-        "Images were resized to 224x224 without keeping the aspect ratio (as distributed); "
-        "the app does the same (fit = stretch).",
-        "Exact duplicate files (26 dropped) and patient ids were handled, but near-duplicates "
-        "(same child, different id) cannot be excluded.",
-    ],
-    "modality": [
-        "Recognises six classes only. Anything else (other body parts, lateral views, "
-        "photographs of screens) must be caught by the OOD check, which is a heuristic: it "
-        "was measured on the synthetic and photographic images listed below, not on every "
-        "kind of image a clinic may hold.",
-        "64x64 input: it decides the *kind* of image, not its quality.",
-        "MedNIST has no patient ids, so slices of one CT volume can sit in both the training "
-        "and test splits: the MedNIST accuracy is optimistic for new patients.",
-        "CXR training images are NIH (adult; MedNIST's 64x64 copies and the 512x512 NIH "
-        "set), NLM TB (adult; Shenzhen, Montgomery) and Kermany (pediatric) frontal films; "
-        "lateral views and other chest modalities were not in training. A frontal chest "
-        "X-ray from another hospital may sit outside every chest component of the OOD "
-        "check and be refused as not recognised: the per-source acceptance below is what "
-        "was measured, not a promise for other sites.",
-        "The OOD threshold and the per-component radii are set on validation images only "
-        "(validation chest X-rays and the validation OOD set); the test OOD set "
-        "(scikit-image's photographs and document scans, seed-7 noise and text pages) was "
-        "never used to set anything. Montgomery's validation split is small (20 images), so "
-        "its radius rests on few images.",
-        "A frontal chest X-ray is refused when the 64x64 classifier calls it something else "
-        "(the table of refused chest X-rays names each one and the check that refused it). "
-        "Such a scan needs a person to confirm it and screen it.",
-    ],
-    "agegroup": [
-        "All children but NIH's few come from one hospital (Kermany, Guangzhou, ages 1-5): "
-        "child and hospital are confounded, and the source-shift augmentation does not undo "
-        "it. Trained without NIH's children the estimate calls few of them a child "
-        "(leave-out designs above), including the youngest; NIH's children in training are "
-        "what lets it place NIH's children, not a notion of age that carries to a hospital "
-        "whose children it has never seen. Children aged 6-11 and infants from a new "
-        "hospital are untested: we have almost none.",
-        "Why the target is missed at NIH: three quarters of NIH's under-18s are 12-17 and its "
-        "adults include young adults; around 18 a chest X-ray changes little, so at any "
-        "threshold adolescents and young adults trade places (NIH age bands above: under 12 "
-        "all placed right, 16-17 and 18-25 near a coin toss). No threshold places both NIH "
-        "groups at the target: the threshold rule (Performance) says which side of the trade "
-        "the default takes, and the other rule's figures show the other side.",
-        "NLM images (Shenzhen, Montgomery) have no ages in our copy and are all counted as "
-        "adults; any child among them is counted as an error of the model.",
-        "Frontal chest X-rays only. p(child) assumes as many children as adults; the "
-        "threshold was chosen per (source, group) cell by the threshold rule, not for any "
-        "clinic's mix. For a batch known to be adults or children, the staff's choice "
-        "(Patients: adults/children) replaces the estimate.",
-    ],
-}
-
 
 REPRODUCE = {
     "tb": "python -m training.train_tb --data <data>/tb/nlm_299 --out runs/tb",
@@ -634,6 +552,26 @@ def _seed_section(run: Path, model_id: str) -> list[str]:
     return lines
 
 
+class CardError(ValueError):
+    """A model card cannot be written honestly from what the manifest and run record hold."""
+
+
+def limitations(manifest: dict[str, Any], run: Path) -> list[str]:
+    """The model's limitations: the manifest's (copied from the run record at export), else
+    the run record's own (a run exported before manifests carried them). A card without any
+    is refused: a model card that states no limitation misleads."""
+    found = manifest.get("limitations")
+    record = run / "run.json"
+    if not found and record.exists():
+        found = json.loads(record.read_text(encoding="utf-8")).get("limitations")
+    if not found:
+        raise CardError(
+            f"{manifest['id']} {manifest['version']}: neither the manifest nor {record} "
+            "states the model's limitations (the training script writes them into run.json)"
+        )
+    return [str(x) for x in found]
+
+
 def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
     """Write ``<out>/<id>.md`` for an exported model."""
     if manifest.get("role") == "finding" and "comparison" in manifest:
@@ -726,7 +664,7 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         f"- Pretrained weights: {tr.get('pretrained', '–')}",
         f"- Epochs run: {tr.get('epochs_run') or _epochs(run)}; "
         f"duration {tr['duration_s']:.0f} s on "
-        f"{tr.get('machine', 'CPU')} (2 cores); {tr.get('framework', '')}",
+        f"{tr.get('machine', 'CPU')}; {tr.get('framework', '')}",
         f"- Date {tr['date']}, seed {tr['seed']}",
         f"- Reproduce: `{tr.get('command') or REPRODUCE.get(mid, '')}` then "
         f"`python -m export.export_model --run runs/{mid} --out assets/models`",
@@ -735,7 +673,7 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         "## Limitations",
         "",
-        *[f"- {x}" for x in LIMITS.get(mid, [])],
+        *[f"- {x}" for x in limitations(manifest, run)],
         "",
     ]
     if figs:

@@ -47,6 +47,7 @@ def run_binary(
     citation: str,
     split_method: str,
     intended_use: str,
+    limitations: Callable[[dict[str, Any]], list[str]],
     e1: int = 8,
     e2: int = 25,
     lr2: float = 2e-4,
@@ -167,6 +168,7 @@ def run_binary(
         test_sources=[r.source for r in D.by_split(recs, "test")],
         provenance=provenance,
         intended_use=intended_use,
+        limitations=limitations,
         started=started,
         seed=args.seed,
     )

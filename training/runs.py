@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,12 @@ def finish_binary(
     test_sources: Sequence[str],
     provenance: dict[str, Any],
     intended_use: str,
+    limitations: Callable[[dict[str, Any]], list[str]],
     started: float,
     seed: int,
 ) -> dict[str, Any]:
-    """Temperature on validation, operating points on validation, figures on test."""
+    """Temperature on validation, operating points on validation, figures on test;
+    ``limitations`` turns the figures into the card's limitations (run record → manifest)."""
     from training.fit import predict_heads
 
     v_logits = predict_heads(model, val[0])["logits"]
@@ -119,6 +122,7 @@ def finish_binary(
         "operating_points": points,
         "metrics": metrics,
         "intended_use": intended_use,
+        "limitations": limitations(metrics),
         "training": _training_info(provenance, started, seed),
     }
     pick = np.r_[np.where(test[1] == 0)[0][:8], np.where(test[1] == 1)[0][:8]]
@@ -191,8 +195,19 @@ def _training_info(provenance: dict[str, Any], started: float, seed: int) -> dic
         "duration_s": round(time.time() - started, 1),
         "seed": seed,
         "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
-        "machine": f"{platform.machine()} CPU, {platform.system()}",
+        "machine": _machine(tf),
     }
+
+
+def _machine(tf: Any) -> str:
+    """Where the run trained, as the model card prints it: the CPU's architecture and cores,
+    the GPUs TensorFlow used, the OS (recorded, so no card states a machine of its own)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return (
+        f"{platform.machine()} CPU ({os.cpu_count()} cores)"
+        + (f", {len(gpus)} GPU" if gpus else ", no GPU")
+        + f", {platform.system()}"
+    )
 
 
 def _log_summary(info: dict[str, Any]) -> None:

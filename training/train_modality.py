@@ -62,6 +62,42 @@ CITATIONS = [
 ]
 
 
+def limitations(metrics: dict[str, Any]) -> list[str]:
+    """What the figures cannot show, written into the run record (and from there the manifest
+    and the card) by training, from this run's own metrics: the card generator holds no
+    sentence about any model."""
+    val = metrics.get("gate_acceptance", {}).get("validation", {})
+    smallest = min(val.items(), key=lambda kv: kv[1]["n"], default=None)
+    small = (
+        f" {smallest[0].capitalize()}'s validation split is small ({smallest[1]['n']} images), "
+        "so its radius rests on few images."
+        if smallest is not None and smallest[1]["n"] < 50
+        else ""
+    )
+    return [
+        "Recognises six classes only. Anything else (other body parts, lateral views, "
+        "photographs of screens) must be caught by the OOD check, which is a heuristic: it "
+        "was measured on the synthetic and photographic images listed below, not on every "
+        "kind of image a clinic may hold.",
+        f"{SPEC.width}x{SPEC.height} input: it decides the *kind* of image, not its quality.",
+        "MedNIST has no patient ids, so slices of one CT volume can sit in both the training "
+        "and test splits: the MedNIST accuracy is optimistic for new patients.",
+        "CXR training images are NIH (adult; MedNIST's 64x64 copies and the 512x512 NIH "
+        "set), NLM TB (adult; Shenzhen, Montgomery) and Kermany (pediatric) frontal films; "
+        "lateral views and other chest modalities were not in training. A frontal chest "
+        "X-ray from another hospital may sit outside every chest component of the OOD "
+        "check and be refused as not recognised: the per-source acceptance below is what "
+        "was measured, not a promise for other sites.",
+        "The OOD threshold and the per-component radii are set on validation images only "
+        "(validation chest X-rays and the validation OOD set); the test OOD set "
+        "(scikit-image's photographs and document scans, seed-7 noise and text pages) was "
+        "never used to set anything." + small,
+        "A frontal chest X-ray is refused when the 64x64 classifier calls it something else "
+        "(the table of refused chest X-rays names each one and the check that refused it). "
+        "Such a scan needs a person to confirm it and screen it.",
+    ]
+
+
 #: The finding label (0 normal, 1 TB/pneumonia) of each extra chest X-ray, by path: the gate
 #: only learns "CXR", but its OOD components may be split by it (``--cxr-components``).
 FINDING_LABEL: dict[Path, int] = {}
@@ -660,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "metrics": metrics,
         "intended_use": INTENDED_USE,
+        "limitations": limitations(metrics),
         "training": _training_info(
             {
                 "data": CITATIONS,

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         split_method="70/15/15 by patient (personN / IM-#### ids; NORMAL2-IM-#### grouped "
         "with IM-####), stratified by majority class, exact duplicates dropped, fixed seed",
         intended_use=INTENDED_USE,
+        limitations=kermany_limitations,
         e1=3,
         e2=6,
         lr2=2e-4,
@@ -167,6 +168,24 @@ def limitations(m: dict) -> list[str]:
         "distributed); the app stretches every scan the same way.",
     ]
     return out
+
+
+def kermany_limitations(m: dict) -> list[str]:
+    """Limitations of the 1.x recipe, trained on Kermany's children only (``--recipe
+    mobilenet`` or the seed recipe): what its figures cannot show."""
+    return [
+        "Paediatric data only (Kermany's 1-5 year-olds, one hospital in Guangzhou): adult "
+        "chest X-rays are outside what it saw, its figures say nothing about them and its "
+        "thresholds mean nothing on them.",
+        "The official Kermany test split is withheld from us: the test figures come from a "
+        "patient-disjoint split of the official training set (same hospital, same period) and "
+        "overstate how well the model carries to another children's hospital.",
+        "Bacterial and viral pneumonia are not told apart.",
+        "Kermany images were resized to 224x224 without keeping the aspect ratio (as "
+        "distributed); the app stretches every scan the same way.",
+        f"Exact duplicate files were dropped and patient ids kept apart ({m['test']['n']} test "
+        "images), but near-duplicates (the same child under another id) cannot be excluded.",
+    ]
 
 
 def validation_only(records: list[D.Record], seed: int) -> list[D.Record]:

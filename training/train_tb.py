@@ -112,8 +112,9 @@ def targets(m: dict) -> list[dict]:
     return out
 
 
-def limitations(m: dict) -> list[str]:
-    """Limitations that follow from this run's data and figures."""
+def limitations(m: dict, frozen: bool = True) -> list[str]:
+    """Limitations that follow from this run's data and figures (``frozen``: a frozen
+    ImageNet backbone, the 2.x recipes; otherwise the 1.x network trained on these images)."""
     v, t = m["validation"], m["test"]
     out = [
         f"Small data: the thresholds rest on a validation split of {v['n']} images "
@@ -123,8 +124,13 @@ def limitations(m: dict) -> list[str]:
         "Two sources with different scanners, populations and TB prevalence; Montgomery "
         'films carry burnt-in "PA/ERECT" style markers. Per-source test figures are above; '
         f"Montgomery's test part is {t['by_source'].get('montgomery', {}).get('n', 0)} images.",
-        "The backbone is frozen (ImageNet features) and the NLM images are 299x299: small "
-        "lesions (miliary TB, small cavities) may be below what the model sees.",
+        (
+            "The backbone is frozen (ImageNet features)"
+            if frozen
+            else "The network learnt from these few hundred images only"
+        )
+        + " and the NLM images are 299x299: small lesions (miliary TB, small cavities) may be "
+        "below what the model sees.",
         "Part of Shenzhen is withheld by the data providers for independent evaluation; our "
         "test split is carved from what we received.",
     ]
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         citation=CITATION,
         split_method=SPLIT_METHOD,
         intended_use=INTENDED_USE,
+        limitations=lambda m: limitations(m, frozen=False),
     )
     return 0
 
