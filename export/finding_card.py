@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from export.model_card import copy_figures, data_section, fmt, limitations
+from export.model_card import copy_figures, data_section, finish_card, fmt
 
 
 def _ci(pair: list[float | None] | None, nd: int = 3) -> str:
@@ -468,13 +468,5 @@ def write_finding_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         *_release_section(comparison_rows(run), manifest["version"]),
         *_comparison_section(run, manifest["version"]),
         "",
-        "## Limitations",
-        "",
-        *[f"- {x}" for x in limitations(manifest, run)],
-        "",
     ]
-    if figs:
-        lines += ["## Figures", "", *[f"![{title}]({path})" for title, path in figs], ""]
-    path = out / manifest["card"]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return finish_card(lines, manifest, run, out, figs)

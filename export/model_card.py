@@ -671,15 +671,21 @@ def write_card(manifest: dict[str, Any], run: Path, out: Path) -> Path:
         "",
         *(_seed_section(run, mid) if manifest["role"] != "patient_group" else []),
         "",
-        "## Limitations",
-        "",
-        *[f"- {x}" for x in limitations(manifest, run)],
-        "",
     ]
+    return finish_card(lines, manifest, run, out, figs)
+
+
+def finish_card(
+    lines: list[str],
+    manifest: dict[str, Any],
+    run: Path,
+    out: Path,
+    figs: list[tuple[str, str]],
+) -> Path:
+    """End every card the same way (its limitations, then its figures) and write it."""
+    lines = [*lines, "## Limitations", "", *[f"- {x}" for x in limitations(manifest, run)], ""]
     if figs:
-        lines += ["## Figures", ""]
-        lines += [f"![{title}]({path})" for title, path in figs]
-        lines.append("")
+        lines += ["## Figures", "", *[f"![{title}]({path})" for title, path in figs], ""]
     path = out / manifest["card"]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
