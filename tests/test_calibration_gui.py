@@ -68,7 +68,17 @@ def store(tmp_path: Path):
     db.close()
 
 
-def _dialog(qtbot, shipped, store, tmp_path: Path) -> CalibrateDialog:
+def _dialog(
+    qtbot,
+    shipped,
+    store,
+    tmp_path: Path,
+    model: str = "pneumonia",
+    source: Path = LABELLED,
+    csv: bool = False,
+) -> CalibrateDialog:
+    """The dialog shown, with ``model`` chosen and ``source`` (a labelled folder, or a CSV
+    table with ``csv``) set, ready to start."""
     dialog = CalibrateDialog(
         shipped,
         store,
@@ -78,6 +88,8 @@ def _dialog(qtbot, shipped, store, tmp_path: Path) -> CalibrateDialog:
     )
     qtbot.addWidget(dialog)
     dialog.show()
+    dialog.set_model(model)
+    dialog.set_source(source, csv=csv)
     return dialog
 
 
@@ -85,8 +97,6 @@ def test_dialog_calibrates_moves_the_point_and_saves_a_site_point(
     qtbot, shipped, store, tmp_path: Path
 ) -> None:
     dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
     assert dialog.run_button.isEnabled() and not dialog.save_button.isEnabled()
     with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS) as blocker:
         dialog.start()
@@ -158,9 +168,7 @@ def test_dialog_calibrates_moves_the_point_and_saves_a_site_point(
 def test_dialog_refuses_a_set_too_small_and_lists_what_was_left_out(
     qtbot, shipped, store, tmp_path: Path
 ) -> None:
-    dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("tb")
-    dialog.set_source(DATA / "tb")  # 6 normal + 6 TB
+    dialog = _dialog(qtbot, shipped, store, tmp_path, "tb", DATA / "tb")  # 6 normal + 6 TB
     with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS) as blocker:
         dialog.start()
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
@@ -179,9 +187,7 @@ def test_dialog_csv_source_and_errors_reach_the_status(
         f"file,label\n{DATA / 'tb' / 'normal' / 'CHNCXR_0001_0.png'},normal\nmissing.png,normal\n",
         encoding="utf-8",
     )
-    dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("tb")
-    dialog.set_source(table, csv=True)
+    dialog = _dialog(qtbot, shipped, store, tmp_path, "tb", table, csv=True)
     with qtbot.waitSignal(dialog.calibrated, timeout=WAIT_MS):
         dialog.start()
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
@@ -258,8 +264,6 @@ def test_closing_the_dialog_while_it_runs_stops_the_worker(
     qtbot, shipped, store, tmp_path: Path
 ) -> None:
     dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
     worker = dialog.start()
     assert worker is not None and dialog.is_running() and dialog.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.process_id is not None, timeout=WAIT_MS)
@@ -329,8 +333,6 @@ def test_the_run_is_screened_in_the_batch_process_with_the_same_site_point(
     qtbot, shipped, store, tmp_path: Path, reference
 ) -> None:
     dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
     seen: dict[str, object] = {}
 
     def during(event) -> None:
@@ -363,8 +365,6 @@ def test_cancel_keeps_the_dialog_usable_and_a_second_run_finishes_the_same(
     qtbot, shipped, store, tmp_path: Path, reference
 ) -> None:
     dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
 
     def cancel_early(event) -> None:  # what the Cancel button asks, at an exact point
         if event.done == 2:
@@ -397,8 +397,6 @@ def test_a_killed_calibration_process_is_shown_and_a_new_run_finishes(
     from desktop.engine.store import BatchKind
 
     dialog = _dialog(qtbot, shipped, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
     killed: list[int] = []
 
     def kill_early(event) -> None:
@@ -436,8 +434,6 @@ def test_an_error_in_the_calibration_process_shows_its_message_and_traceback(
     onnx = folder / models.findings["pneumonia"].manifest.file
     onnx.write_bytes(onnx.read_bytes() + b"\0")  # changed after the window verified it
     dialog = _dialog(qtbot, models, store, tmp_path)
-    dialog.set_model("pneumonia")
-    dialog.set_source(LABELLED)
     assert dialog.start() is not None
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=WAIT_MS)
     error = dialog.last_error
