@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -396,18 +397,44 @@ def _classify(args: argparse.Namespace) -> int:
         patients=_patients(args, store, batch_id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
+        files_not_screened=_not_screened(store, batch_id),
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name)
     _print_summary(summary, results, ctx, written, stream)
     if interrupted:
         print(
-            f"interrupted: finished scans are kept; continue with "
-            f"'medscreen resume {batch_id} --out {out}'",
+            f"interrupted: finished scans are kept; {ctx.files_not_screened} not screened yet; "
+            f"continue with '{_resume_command(args, batch_id)}'",
             file=stream,
         )
         return 130
     return 0
+
+
+def _not_screened(store: ResultsStore, batch_id: str) -> int:
+    """How many files of the batch are still to screen (0 once it has completed)."""
+    info = store.batch(batch_id)
+    if info is None or info.status == BatchStatus.COMPLETED:
+        return 0
+    return len(store.pending_items(batch_id))
+
+
+def _resume_command(args: argparse.Namespace, batch_id: str) -> str:
+    """The command that continues this batch with the same outputs: the reports asked for
+    (``--report``, ``--name``), where they go and what they state, the same store and models.
+    Without them a resume rewrites results.csv/json only and leaves the reports of the
+    stopped run, which count only the scans done before Ctrl-C, beside them."""
+    words = ["medscreen", "resume", batch_id, "--out", os.fsdecode(args.out)]
+    for option in ("db", "report", "name", "clinic", "operator", "operating_point"):
+        value = getattr(args, option, None)
+        if value:
+            words += ["--" + option.replace("_", "-"), os.fsdecode(value)]
+    for folder in getattr(args, "models", None) or ():
+        words += ["--models", os.fsdecode(folder)]
+    if getattr(args, "include_identifiers", False):
+        words.append("--include-identifiers")
+    return shlex.join(words)
 
 
 def _patients(args: argparse.Namespace, store: ResultsStore, batch_id: str) -> PatientChoice:
@@ -507,6 +534,7 @@ def _export(args: argparse.Namespace) -> int:
         patients=_patients(args, store, info.id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
+        files_not_screened=_not_screened(store, info.id),
     )
     if info.device:  # the device the batch ran on, not the one this command would use
         ctx = dataclasses.replace(ctx, device=info.device)

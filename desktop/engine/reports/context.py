@@ -45,6 +45,10 @@ class ReportContext:
     decisions: Mapping[str, ReaderDecision] = field(default_factory=dict)
     #: Patient IDs typed for files that carry none (shown only with ``include_identifiers``).
     typed_patient_ids: Mapping[str, str] = field(default_factory=dict)
+    #: Files of the batch never screened because it was stopped before the end (Ctrl-C, a
+    #: crash, a power cut); 0 for a finished batch. Its report says so on page 1 and in the
+    #: JSON: otherwise a filed report of 48 scans reads as the whole folder of 201.
+    files_not_screened: int = 0
 
     @classmethod
     def for_batch(
@@ -59,6 +63,7 @@ class ReportContext:
         patients: PatientChoice | None = None,
         decisions: Mapping[str, ReaderDecision] | None = None,
         typed_patient_ids: Mapping[str, str] | None = None,
+        files_not_screened: int = 0,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -80,6 +85,7 @@ class ReportContext:
             patients=patients or PatientChoice(),
             decisions=dict(decisions or {}),
             typed_patient_ids=dict(typed_patient_ids or {}),
+            files_not_screened=files_not_screened,
         )
 
     def __post_init__(self) -> None:

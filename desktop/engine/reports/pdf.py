@@ -573,6 +573,16 @@ def _cover(
                 f"not for clinical use",
             )
         )
+    if ctx.files_not_screened:
+        details.append(
+            (
+                "INCOMPLETE BATCH",
+                f"stopped before the end: {ctx.files_not_screened:,} more "
+                f"file{'s' if ctx.files_not_screened != 1 else ''} of this batch "
+                "were not screened and are not in this report. Resume the batch (History, or "
+                f"'medscreen resume {ctx.batch_id or 'BATCH'}') and export the report again",
+            )
+        )
     story += [_kv_table(details, st), Spacer(1, 2 * mm)]
 
     # Counts in one row: the totals a programme adds up across clinics.
@@ -1307,10 +1317,13 @@ def _model_details(
 ) -> list[Flowable]:
     """The exact models (ids, versions, hashes) that produced this report."""
     regular, bold = fonts
-    rows: list[list[str]] = [["Id", "Model", "Version", "Role", "SHA-256 (first 16)"]]
+    rows: list[list[Any]] = [["Id", "Model", "Version", "Role", "SHA-256 (first 16)"]]
     for mid, manifest in ctx.manifests.items():
-        rows.append([mid, manifest.name, manifest.version, manifest.role, manifest.sha256[:16]])
-    table = Table(rows, colWidths=[22 * mm, 50 * mm, 22 * mm, 22 * mm, 40 * mm], hAlign="LEFT")
+        # The name wraps in its cell: a plain string is drawn on one line whatever its
+        # length and ran over the next columns ("Patient group (child/adult) from the image").
+        name = Paragraph(_t(manifest.name), st["cell"])
+        rows.append([mid, name, manifest.version, manifest.role, manifest.sha256[:16]])
+    table = Table(rows, colWidths=[22 * mm, 60 * mm, 18 * mm, 24 * mm, 40 * mm], hAlign="LEFT")
     table.setStyle(TableStyle(_grid_style(regular, bold)))
     return [Spacer(1, 4 * mm), Paragraph("Models used", st["h2"]), table]
 

@@ -317,6 +317,8 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
             "operator": ctx.operator,
             "include_identifiers": ctx.include_identifiers,
             "unsigned_models": list(ctx.unsigned_models),
+            # a batch stopped before the end: these files are in no row of this report
+            "files_not_screened": ctx.files_not_screened,
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
