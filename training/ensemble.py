@@ -72,13 +72,11 @@ from training.transfer import (
     _two,
     _write_split,
     cross_source_mean,
-    external_figures,
+    evaluate_head,
     finding_info,
     loso_fold_figures,
     loso_folds,
     operating_rule,
-    screening_points,
-    split_metrics,
     training_record,
     write_run_record,
 )
@@ -287,25 +285,15 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
 
     head, l2s, temps, l2_tables = fit_branches(tr, y_train, s_train, va, y_val, val)
     x_val, x_test = np.concatenate(va, axis=1), np.concatenate(te, axis=1)
-    temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
-    v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
-    t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
-    points = screening_points(task, val, y_val, v_probs[:, 1])
-    metrics = split_metrics(
-        task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
-    )
-
-    external, ext_scores, healthy = external_figures(
+    judged = evaluate_head(
         task,
-        test,
-        t_probs[:, 1],
-        points,
-        temperature,
+        (val, test),
+        (y_val, y_test),
+        (head.logit(x_val), head.logit(x_test)),
         lambda rows: head.logit(np.concatenate([eval_feats(b, rows) for b in branches], axis=1)),
+        args.seed,
     )
-    metrics["external"] = external
-    if healthy is not None:
-        metrics["healthy_adults"] = healthy
+    metrics = judged.metrics
 
     ref = _reference(args, train, every, aug, cache)
     loso, cross = _loso(tr, ev_all, ref, train, val, test, args.seed)
@@ -324,8 +312,8 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         task,
         args,
         spec,
-        temperature,
-        points,
+        judged.temperature,
+        judged.points,
         metrics,
         rule=operating_rule(task),
         comparison={
@@ -353,10 +341,23 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
-    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
-    _plots(run, task, val, test, y_val, y_test, v_probs, t_probs, head, x_test, points, loso)
+    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
+    _plots(
+        run,
+        task,
+        val,
+        test,
+        y_val,
+        y_test,
+        judged.v_probs,
+        judged.t_probs,
+        head,
+        x_test,
+        judged.points,
+        loso,
+    )
     if not args.no_model:
-        save_model(run, branches, crops, spec, head, test, t_probs[:, 1])
+        save_model(run, branches, crops, spec, head, test, judged.t_probs[:, 1])
     write_run_record(run, info, started)
     print(f"  cross-source validation: {json.dumps(cross)}", flush=True)
     return info

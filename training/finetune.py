@@ -57,13 +57,11 @@ from training.transfer import (
     _two,
     _write_split,
     cross_source_mean,
-    external_figures,
+    evaluate_head,
     finding_info,
     loso_fold_figures,
     loso_folds,
     operating_rule,
-    screening_points,
-    split_metrics,
     training_record,
     write_run_record,
 )
@@ -370,23 +368,15 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         bb, start, g_train, a_train, y_train, s_train, g_val, y_val, s_val, args, "pooled"
     )
     z_val, z_test = _predict(logits, g_val), _predict(logits, g_test)
-    temperature = ev.fit_temperature(_two(z_val), y_val)
-    v_probs, t_probs = ev.softmax(_two(z_val), temperature), ev.softmax(_two(z_test), temperature)
-    points = screening_points(task, val, y_val, v_probs[:, 1])
-    metrics = split_metrics(
-        task, val, test, y_val, y_test, v_probs, t_probs, z_test, points, args.seed
-    )
-    external, ext_scores, healthy = external_figures(
+    judged = evaluate_head(
         task,
-        test,
-        t_probs[:, 1],
-        points,
-        temperature,
+        (val, test),
+        (y_val, y_test),
+        (z_val, z_test),
         lambda rows: _predict(logits, engine_grey([r.path for r in rows], spec, cache)),
+        args.seed,
     )
-    metrics["external"] = external
-    if healthy is not None:
-        metrics["healthy_adults"] = healthy
+    metrics = judged.metrics
 
     loso, cross = _loso(
         args,
@@ -436,8 +426,8 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         task,
         args,
         spec,
-        temperature,
-        points,
+        judged.temperature,
+        judged.points,
         metrics,
         rule=operating_rule(task),
         comparison={
@@ -471,13 +461,13 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
 
     info["training"]["machine"] = f"{platform.machine()} CPU, {platform.system()}"
     (run / "history_finetune.json").write_text(json.dumps(ft["history"]))
-    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
-    _plots(run, task, s_test, y_val, y_test, v_probs, t_probs, z_test, loso)
+    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
+    _plots(run, task, s_test, y_val, y_test, judged.v_probs, judged.t_probs, z_test, loso)
     if not args.no_model:
         model.save(run / "model.keras")
         pick = np.r_[np.where(y_test == 0)[0][:8], np.where(y_test == 1)[0][:8]]
         np.save(run / "parity_inputs.npy", _rgb(g_test[pick]))
-        np.save(run / "parity_scores.npy", t_probs[pick, 1])
+        np.save(run / "parity_scores.npy", judged.t_probs[pick, 1])
     write_run_record(run, info, started)
     print(f"  cross-source validation: {json.dumps(cross)}", flush=True)
     return info

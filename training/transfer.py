@@ -184,20 +184,15 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         val,
         val_groups=np.array([task.point_group(r) or "" for r in val]) if by_group else None,
     )
-    temperature = ev.fit_temperature(_two(head.logit(x_val)), y_val)
-    v_probs = ev.softmax(_two(head.logit(x_val)), temperature)
-    t_probs = ev.softmax(_two(head.logit(x_test)), temperature)
-    points = screening_points(task, val, y_val, v_probs[:, 1])
-    metrics = split_metrics(
-        task, val, test, y_val, y_test, v_probs, t_probs, head.logit(x_test), points, args.seed
+    judged = evaluate_head(
+        task,
+        (val, test),
+        (y_val, y_test),
+        (head.logit(x_val), head.logit(x_test)),
+        lambda rows: head.logit(feats(rows)[:, 0]),
+        args.seed,
     )
-
-    external, ext_scores, healthy = external_figures(
-        task, test, t_probs[:, 1], points, temperature, lambda rows: head.logit(feats(rows)[:, 0])
-    )
-    metrics["external"] = external
-    if healthy is not None:
-        metrics["healthy_adults"] = healthy
+    metrics = judged.metrics
     loso = _loso(x_train, y_train, train, val, test, x_val, x_test, args.seed) if task.loso else {}
     if loso:
         metrics["leave_one_source_out"] = loso["figures"]
@@ -227,8 +222,8 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         task,
         args,
         spec,
-        temperature,
-        points,
+        judged.temperature,
+        judged.points,
         metrics,
         rule=operating_rule(task),
         comparison={
@@ -258,10 +253,23 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
-    save_scores(run, v_probs[:, 1], t_probs[:, 1], y_val, y_test, ext_scores)
-    _plots(run, task, val, test, y_val, y_test, v_probs, t_probs, head, x_test, points, loso)
+    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
+    _plots(
+        run,
+        task,
+        val,
+        test,
+        y_val,
+        y_test,
+        judged.v_probs,
+        judged.t_probs,
+        head,
+        x_test,
+        judged.points,
+        loso,
+    )
     if not args.no_model:
-        _save_model(run, bb, head, spec, test, t_probs[:, 1], args.pool)
+        _save_model(run, bb, head, spec, test, judged.t_probs[:, 1], args.pool)
     write_run_record(run, info, started)
     return info
 
@@ -671,6 +679,47 @@ def split_metrics(
         ):
             metrics[part]["by_group"] = _by_group(task.point_group, rows, y, pr, points, seed)
     return metrics
+
+
+@dataclass(frozen=True)
+class HeadEvaluation:
+    """A trained head judged the one way every recipe is: its temperature fitted on the
+    validation split, the operating points from the validation scores, the split figures and
+    the external sets' figures (``metrics`` holds them all, as the run record stores them)."""
+
+    temperature: float
+    v_probs: np.ndarray  # validation, calibrated, (n, 2)
+    t_probs: np.ndarray  # test, calibrated, (n, 2)
+    points: dict[str, Any]
+    metrics: dict[str, Any]
+    ext_scores: dict[str, np.ndarray]  # each external set's calibrated scores
+
+
+def evaluate_head(
+    task: Task,
+    splits: tuple[Sequence[D.Record], Sequence[D.Record]],
+    labels: tuple[np.ndarray, np.ndarray],
+    logits: tuple[np.ndarray, np.ndarray],
+    logits_of: Callable[[Sequence[D.Record]], np.ndarray],
+    seed: int,
+) -> HeadEvaluation:
+    """Calibrate, choose the points and measure a head from its validation and test logits
+    (``logits_of`` computes an external set's): one definition for the frozen, ensemble and
+    fine-tuned recipes, which differ only in how they produce logits, so no recipe can be
+    judged by a rule of its own."""
+    (val, test), (y_val, y_test), (z_val, z_test) = splits, labels, logits
+    temperature = ev.fit_temperature(_two(z_val), y_val)
+    v_probs = ev.softmax(_two(z_val), temperature)
+    t_probs = ev.softmax(_two(z_test), temperature)
+    points = screening_points(task, val, y_val, v_probs[:, 1])
+    metrics = split_metrics(task, val, test, y_val, y_test, v_probs, t_probs, z_test, points, seed)
+    external, ext_scores, healthy = external_figures(
+        task, test, t_probs[:, 1], points, temperature, logits_of
+    )
+    metrics["external"] = external
+    if healthy is not None:
+        metrics["healthy_adults"] = healthy
+    return HeadEvaluation(temperature, v_probs, t_probs, points, metrics, ext_scores)
 
 
 def screening_points(
