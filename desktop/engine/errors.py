@@ -28,6 +28,9 @@ class ScanErrorCode(StrEnum):
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"
     TOO_LARGE = "too_large"
+    #: Fewer pixels than any image the models were developed on (an icon or a thumbnail):
+    #: refused rather than given a score that cannot mean anything.
+    TOO_SMALL = "too_small"
     UNSUPPORTED_IMAGE = "unsupported_image"
     NO_PIXEL_DATA = "no_pixel_data"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"

@@ -45,6 +45,7 @@ class QualityCode(Vocabulary):
     NOT_AN_IMAGE = "not_an_image", "not an image file"
     DAMAGED = "damaged", "damaged file"
     TOO_LARGE = "too_large", "image too large"
+    TOO_SMALL = "too_small", "image too small to screen"
     UNSUPPORTED_IMAGE = "unsupported_image", "unsupported image format"
     UNSUPPORTED_DICOM = "unsupported_dicom", "unsupported DICOM"
     NO_IMAGE_IN_DICOM = "no_image_in_dicom", "DICOM without an image"
@@ -64,6 +65,7 @@ _ERROR_CODES: dict[str, QualityCode] = {
     ScanErrorCode.DECODER_CRASHED: QualityCode.DAMAGED,
     ScanErrorCode.DECODER_TIMEOUT: QualityCode.DAMAGED,
     ScanErrorCode.TOO_LARGE: QualityCode.TOO_LARGE,
+    ScanErrorCode.TOO_SMALL: QualityCode.TOO_SMALL,
     ScanErrorCode.UNSUPPORTED_IMAGE: QualityCode.UNSUPPORTED_IMAGE,
     ScanErrorCode.UNSUPPORTED_TRANSFER_SYNTAX: QualityCode.UNSUPPORTED_DICOM,
     ScanErrorCode.NO_PIXEL_DATA: QualityCode.NO_IMAGE_IN_DICOM,

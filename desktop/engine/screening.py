@@ -22,6 +22,7 @@ import numpy as np
 
 from desktop.engine.clock import now_iso
 from desktop.engine.cores import release_free_memory
+from desktop.engine.errors import ScanError, ScanErrorCode
 from desktop.engine.joint import JointModel, open_joint
 from desktop.engine.loading import make_thumbnail
 from desktop.engine.patients import GroupEstimate
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 #: DICOM modalities that can hold a plain radiograph.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "PX"})
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "THX"})
+
+#: The shortest side, in the file's own pixels, of an image that is screened: the smallest
+#: images any model here was trained or tested on (MedNIST's 64×64). Below it a file is an
+#: icon or a thumbnail: the gate took 8×8 random noise for a chest X-ray (101 of 3,000) and
+#: every 16×16 copy of a real chest X-ray, and their finding scores mean nothing, while "not
+#: flagged" on such a file would read as reassurance.
+MIN_SCREEN_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,16 @@ class Screener:
 
         ``scan`` must come from a decode with ``working_side=WORKING_SIDE`` (what the runner
         and :func:`~desktop.engine.preprocess.prepare_file` do), so the inputs equal training's.
+        Raises :class:`ScanError` (``too_small``) for an image under :data:`MIN_SCREEN_SIDE`.
         """
+        width, height = scan.metadata.width, scan.metadata.height  # the file's, not reduced
+        if min(width, height) < MIN_SCREEN_SIDE:
+            raise ScanError(
+                ScanErrorCode.TOO_SMALL,
+                f"image is {width}×{height} pixels, too small to screen (at least "
+                f"{MIN_SCREEN_SIDE}×{MIN_SCREEN_SIDE}; an icon or a thumbnail cannot show the "
+                "lungs' detail)",
+            )
         planes = preprocess_planes(scan.pixels, self.specs, in_unit_range=scan.grey8 is not None)
         return PreparedScan(
             file=str(scan.path),
