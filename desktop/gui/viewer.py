@@ -577,6 +577,8 @@ class ScanViewer(QDialog):
     def _load_full(self) -> None:
         if self.result.status is ScanStatus.ERROR and not Path(self.result.file).is_file():
             self.source_label.setText("file not available")
+            # Nothing will load: the thumbnail's "(loading…)" note would stay for good.
+            self._set_window_enabled(False, "Window/level needs the original file: not found.")
             QTimer.singleShot(0, lambda: emit(self.image_ready))
             return
         worker = Worker(load_scan, Path(self.result.file), keep_raw=True, name="medscreen-view")
