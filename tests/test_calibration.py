@@ -14,6 +14,7 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,6 +267,31 @@ def test_site_point_export_import_round_trip(tmp_path: Path) -> None:
         other.import_file(tmp_path / "notjson.json")
     other.delete("Region-7b")
     assert [p.name for p in other.points()] == ["Region-7"]
+
+
+def test_a_site_point_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """The store writes through the engine's one atomic writer: a write that fails midway (a
+    full disk) leaves the saved point as it was and no temporary file, and the next write
+    removes a temporary file a killed writer left."""
+    _, _, cal = _calibrated()
+    store = SitePointStore(tmp_path / "points")
+    saved = store.add_calibration("Clinic-A", cal)
+    assert saved.path is not None
+    before = saved.path.read_bytes()
+    killed = saved.path.with_name(f".{saved.path.name}.999999999.abcdef.part")
+    killed.write_text('{"half": ')
+
+    def full_disk(data: object, handle: Any, **kwargs: object) -> None:
+        handle.write('{"schema": "medscreen-site-operating-point", ')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.save(replace(saved, note="changed"))
+    monkeypatch.undo()
+    assert saved.path.read_bytes() == before
+    assert sorted(p.name for p in saved.path.parent.iterdir()) == [saved.path.name]
+    assert store.require("Clinic-A").calibrations == (cal,)
 
 
 # --- labels in --------------------------------------------------------------------------

@@ -369,7 +369,7 @@ def test_kill_9_of_medscreen_classify_then_resume_from_the_command_line(
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from desktop.engine.reports._common import atomic_open
+from desktop.engine.atomic import atomic_open
 with atomic_open(Path(sys.argv[1]), "w") as handle:
     handle.write("half a report")
     handle.flush()

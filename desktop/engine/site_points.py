@@ -15,18 +15,16 @@ its clinics (``medscreen site export`` / ``import``, or the buttons in the Calib
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from desktop.engine.atomic import atomic_open
 from desktop.engine.errors import MedScreenError, ModelError
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import user_data_dir
@@ -373,18 +371,9 @@ def site_calibration(
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically: a power cut leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
 
 
 def read_site_point(path: Path) -> SitePoint:

@@ -1,4 +1,5 @@
-"""Helpers shared by the report writers: atomic files, number formatting.
+"""Helpers shared by the report writers: number formatting, text limits (atomic files are
+:mod:`desktop.engine.atomic`'s, re-exported here).
 
 The status words, the flag rule and the counts are the engine's (``desktop.engine.results``);
 the names below hand them to the writers, they define nothing of their own.
@@ -6,18 +7,12 @@ the names below hand them to the writers, they define nothing of their own.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import os
-import secrets
-import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Iterable
 
+from desktop.engine.atomic import atomic_open as atomic_open  # the writers' name for it
+from desktop.engine.atomic import write_atomic as write_atomic
 from desktop.engine.patients import GroupDecision, ScopeVerdict
-from desktop.engine.processes import pid_alive
 from desktop.engine.reports.context import ReportContext
 from desktop.engine.results import STATUS_TEXT as STATUS_TEXT  # the one wording
 from desktop.engine.results import BatchCounts, ScanResult, finding_flags, operating_points
@@ -25,11 +20,6 @@ from desktop.engine.results import BatchCounts, ScanResult, finding_flags, opera
 #: The engine's batch totals under the name the writers use.
 Counts = BatchCounts
 
-
-logger = logging.getLogger(__name__)
-
-#: Age after which a temporary report file whose writer cannot be identified is removed.
-STALE_PART_S = 24 * 3600
 
 #: Excel's (and LibreOffice's) limit on the characters of one cell: longer cells are cut
 #: or spill into the next row, shifting every column after them.
@@ -50,69 +40,6 @@ def clip_text(text: str, limit: int) -> str:
         return text
     marker = f"… [cut: {len(text):,} characters in all]"
     return text[: max(0, limit - len(marker))] + marker
-
-
-def _remove_stale_parts(path: Path) -> None:
-    """Delete temporary files a killed writer left beside ``path`` (see :func:`atomic_open`).
-
-    A ``.part`` file is stale when the process that made it is gone (its pid is in the name)
-    or, for one from another machine or an older version, when it is a day old: a live
-    writer on this machine is never disturbed.
-    """
-    prefix = f".{path.name}."
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return
-    for entry in entries:
-        name = entry.name
-        if not (name.startswith(prefix) and name.endswith(".part")):
-            continue
-        middle = name[len(prefix) : -len(".part")].split(".")
-        pid = int(middle[0]) if len(middle) == 2 and middle[0].isdigit() else None
-        try:
-            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-            if (pid is not None and pid != os.getpid() and not pid_alive(pid)) or (
-                age > STALE_PART_S
-            ):
-                os.unlink(entry.path)
-                logger.info("removed a temporary file left by an interrupted write: %s", name)
-        except OSError:
-            continue
-
-
-@contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success move it over ``path`` in one step.
-
-    A clinic PC can lose power mid-write: ``os.replace`` within one folder is atomic, so the
-    report is either the old one, the complete new one, or absent — never half written. On
-    any error the temporary file is removed and ``path`` is left untouched; one left by a
-    writer that was killed (its pid is in the name) is removed by the next write. The temporary
-    file is created with the user's umask (not ``mkstemp``'s owner-only mode), so the report
-    gets the permissions any other file the user saves there would get.
-    """
-    path = Path(path)
-    _remove_stale_parts(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_atomic(path: Path, produce: Callable[[IO[bytes]], None]) -> Path:
-    """Let ``produce`` write binary content, atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, "wb") as handle:
-        produce(handle)
-    return Path(path)
 
 
 def fmt_score(value: float | None) -> str:
