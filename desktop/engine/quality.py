@@ -113,6 +113,13 @@ def quality_of(result: ScanResult) -> Quality | None:
         return Quality(code, QUALITY_TEXT[code], detail)
     if is_not_medical(result):
         blank = result.ood_score is not None and result.ood_score >= BLANK_OOD_SCORE
+        if not blank and result.metadata.get("source_format") == "dicom":
+            # A DICOM file is a medical image whatever the gate made of it: a CT slice called
+            # "photo or document" reads as a fault. Its header's modality says what it is.
+            kind = str(result.metadata.get("modality") or "").strip()
+            words = f"DICOM {kind}" if kind else "DICOM image"
+            return Quality(QualityCode.NOT_CHEST,
+                           f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: {words}", detail)  # fmt: skip
         code = QualityCode.BLANK if blank else QualityCode.NOT_MEDICAL
         return Quality(code, QUALITY_TEXT[code], detail)
     if result.modality and not detail.startswith("not confidently"):
