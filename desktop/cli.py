@@ -316,6 +316,11 @@ def _models(args: argparse.Namespace) -> int:
 
 def check_writable(folder: Path) -> None:
     """Fail before screening, not after, when results could not be written."""
+    if folder.exists() and not folder.is_dir():  # mkdir would say "File exists"
+        raise BatchError(
+            f"the output folder {display_path(os.fspath(folder))} is a file, not a folder; "
+            "choose another with --out"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".medscreen-write-test-"):

@@ -1,0 +1,22 @@
+"""``--out`` naming an existing file (found trying the CLI as a clinic would): the message
+said the folder "is not writable (File exists)", which reads as a permissions problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desktop.cli import main
+from tests.conftest import DATA
+
+
+def test_out_that_is_a_file_is_named_as_a_file_before_screening(tmp_path: Path, capsys):
+    target = tmp_path / "results.pdf"
+    target.write_bytes(b"%PDF-1.4 a report filed earlier")
+    scan = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+    code = main(["classify", str(scan), "--out", str(target), "--db", str(tmp_path / "r.db"),
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"the output folder {target} is a file, not a folder; choose another with --out" in err
+    assert target.read_bytes() == b"%PDF-1.4 a report filed earlier"  # left as it was
+    assert not (tmp_path / "r.db").exists()  # refused before the store was opened
