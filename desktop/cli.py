@@ -281,12 +281,16 @@ def _load_models(args: argparse.Namespace) -> ModelSet:
 
 def _history(args: argparse.Namespace) -> int:
     store = _store(args)
+    # A batch whose process died (crash, kill, power cut) is still marked running in the
+    # store: say what 'medscreen resume' (no id) will pick up, not "running".
+    dead = {info.id for info in store.interrupted_batches()}
     for info in store.batches():
         if args.kind not in ("all", info.kind):
             continue
         total = info.total if info.total is not None else "?"
+        status = "interrupted" if info.id in dead else info.status
         print(
-            f"{info.id}  {info.kind:<11}  {info.status:<9}  {info.done}/{total} done, "
+            f"{info.id}  {info.kind:<11}  {status:<11}  {info.done}/{total} done, "
             f"{info.errors} errors  {info.label}"
         )
     return 0
@@ -366,8 +370,9 @@ def _classify(args: argparse.Namespace) -> int:
             interrupted = store.interrupted_batches(BatchKind.SCREENING)
             if not interrupted:
                 raise BatchError(
-                    "there is no interrupted batch to resume; to write a finished batch's "
-                    "results again, use 'medscreen export BATCH --out DIR' "
+                    "there is no interrupted batch to resume (a batch stopped with Ctrl-C is "
+                    "continued by its id: 'medscreen resume BATCH --out DIR'); to write a "
+                    "finished batch's results again, use 'medscreen export BATCH --out DIR' "
                     "('medscreen history' lists the batches)"
                 )
             resume_id = interrupted[0].id
