@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -338,7 +337,6 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             recipe_id=recipe_id,
             pretrained="; ".join(dict.fromkeys(_pretrained(b.bb) for b in branches)),
             augmentation=aug.to_json(),
-            machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
     save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)

@@ -453,13 +453,9 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
                 "p_jpeg": P_JPEG,
                 "jpeg_quality": list(JPEG_QUALITY),
             },
-            machine="CPU",
             finetune={k: v for k, v in ft.items() if k != "history"},
         ),
     )
-    import platform
-
-    info["training"]["machine"] = f"{platform.machine()} CPU, {platform.system()}"
     (run / "history_finetune.json").write_text(json.dumps(ft["history"]))
     save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
     _plots(run, task, s_test, y_val, y_test, judged.v_probs, judged.t_probs, z_test, loso)

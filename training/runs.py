@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -195,14 +196,16 @@ def _training_info(provenance: dict[str, Any], started: float, seed: int) -> dic
         "duration_s": round(time.time() - started, 1),
         "seed": seed,
         "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
-        "machine": _machine(tf),
+        "machine": machine(),
     }
 
 
-def _machine(tf: Any) -> str:
+def machine() -> str:
     """Where the run trained, as the model card prints it: the CPU's architecture and cores,
-    the GPUs TensorFlow used, the OS (recorded, so no card states a machine of its own)."""
-    gpus = tf.config.list_physical_devices("GPU")
+    the GPUs TensorFlow sees if it is loaded, the OS. Every recipe records it this one way, so
+    no card states a machine of its own."""
+    tf = sys.modules.get("tensorflow")
+    gpus = tf.config.list_physical_devices("GPU") if tf is not None else []
     return (
         f"{platform.machine()} CPU ({os.cpu_count()} cores)"
         + (f", {len(gpus)} GPU" if gpus else ", no GPU")

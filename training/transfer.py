@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import logging
-import platform
 import shlex
 import sys
 import time
@@ -44,7 +43,7 @@ from training import evaluate as ev
 from training.augment import FieldOfView, ScanAugment
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights, fit_logistic
-from training.runs import save_scores
+from training.runs import machine, save_scores
 
 if TYPE_CHECKING:
     from desktop.engine.preprocess import PreprocessSpec
@@ -250,7 +249,6 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
                 if fov_views
                 else aug.to_json()
             ),
-            machine=f"{platform.machine()} CPU, {platform.system()}",
         ),
     )
     save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
@@ -523,7 +521,6 @@ def training_record(
     recipe_id: str,
     pretrained: Any,
     augmentation: dict[str, Any],
-    machine: str,
     **extra: Any,
 ) -> dict[str, Any]:
     """The ``training`` block of a run record: data, recipe, split (file, method, seed,
@@ -546,7 +543,7 @@ def training_record(
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "seed": args.seed,
         "framework": _framework(),
-        "machine": machine,
+        "machine": machine(),
     }
 
 
