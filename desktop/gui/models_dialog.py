@@ -40,6 +40,8 @@ def _card_path(manifest: ModelManifest) -> Path | None:
 
 
 def _num(value: object) -> str:
+    if isinstance(value, bool):  # a manifest's flag (target_met): words, not Python's False
+        return "yes" if value else "no"
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
@@ -66,7 +68,7 @@ def _split_html(values: Mapping[str, Any]) -> str:
     known = {"n", "n_positive", "auc", "auc_ci95", "operating_points", "note"}
     for key, value in values.items():
         if key not in known and not isinstance(value, Mapping | list | str):
-            parts.append(f"{html.escape(str(key))} {_num(value)}")
+            parts.append(f"{html.escape(str(key).replace('_', ' '))} {_num(value)}")
     return "<br>".join(parts)
 
 
