@@ -97,8 +97,8 @@ def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
         f"{t['ece']:.3f} after temperature scaling ({fmt(t.get('ece_uncalibrated'))} before).",
         "",
         "Thresholds were chosen on the validation split; the test figures below are what "
-        "they gave on unseen images. `screening` is the highest threshold with validation "
-        "sensitivity ≥ 0.90, but never less sensitive than `balanced` (Youden's J).",
+        "they gave on unseen images. "
+        + m.get("operating_rule", "The run record does not state the rule that chose them."),
         "",
         "| operating point | threshold | val sens | val spec | test acc | test sens | test spec "
         "| test precision | test F1 | TP/FN/FP/TN |",
@@ -108,8 +108,8 @@ def _binary_section(m: dict[str, Any], points: dict[str, Any]) -> list[str]:
     if screening and screening.get("threshold") == balanced.get("threshold"):
         lines[-3:-3] = [
             "",
-            "For this model the 0.90-sensitivity threshold lies above the balanced one, so "
-            "`screening` uses the balanced threshold: the two points are the same.",
+            "For this model the sensitivity floor's threshold lies above the balanced one, "
+            "so `screening` uses the balanced threshold: the two points are the same.",
         ]
     rows = [*t["operating_points"].items(), ("p ≥ 0.5", t["at_0.5"])]
     for name, r in rows:

@@ -72,6 +72,13 @@ def test_tb_smoke(tmp_path: Path, cache: Path) -> None:
     assert (run / "split.csv").exists()
     outs = _check_export(run, tmp_path / "models", "tb")
     assert outs["activation_map"].shape == (3, 7, 7)
+    # the card states the rule and the limitations the run recorded, no sentence of its own
+    from training.evaluate import OPERATING_RULE
+
+    card = (tmp_path / "models" / "tb.md").read_text()
+    assert info["operating_rule"] == OPERATING_RULE and OPERATING_RULE in card
+    assert all(f"- {x}" in card for x in info["limitations"])
+    assert "The network learnt from these few hundred images only" in card
 
 
 def test_pneumonia_smoke(tmp_path: Path, cache: Path) -> None:

@@ -368,7 +368,8 @@ def test_screening_points_apply_the_tasks_whole_rule() -> None:
 
     from training import data as D
     from training import evaluate as ev
-    from training.transfer import MIN_SENSITIVITY, screening_points
+    from training.evaluate import MIN_SENSITIVITY
+    from training.transfer import screening_points
 
     val = D.list_tb(DATA / "tb")
     y = np.array([r.label for r in val])

@@ -130,10 +130,19 @@ def bootstrap_auc_ci(
 # --------------------------------------------------------------------------- operating points
 
 
+MIN_SENSITIVITY = 0.90  # the screening point's validation sensitivity floor
+#: :func:`operating_points`' rule in words: run records carry it, model cards print it.
+OPERATING_RULE = (
+    f"`screening` is the highest threshold with validation sensitivity ≥ {MIN_SENSITIVITY:.2f} "
+    "(the best specificity under that floor), but never less sensitive than `balanced`; "
+    "`balanced` maximises Youden's J (sensitivity + specificity - 1) on validation."
+)
+
+
 def operating_points(
     y: np.ndarray,
     score: np.ndarray,
-    min_sensitivity: float = 0.90,
+    min_sensitivity: float = MIN_SENSITIVITY,
     min_specificity: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """``screening``: the highest threshold with validation sensitivity >= ``min_sensitivity``

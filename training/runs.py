@@ -121,6 +121,7 @@ def finish_binary(
         "preprocessing": spec.to_manifest(),
         "temperature": temperature,
         "operating_points": points,
+        "operating_rule": ev.OPERATING_RULE,
         "metrics": metrics,
         "intended_use": intended_use,
         "limitations": limitations(metrics),

@@ -41,6 +41,7 @@ import numpy as np
 from training import data as D
 from training import evaluate as ev
 from training.augment import FieldOfView, ScanAugment
+from training.evaluate import MIN_SENSITIVITY, OPERATING_RULE
 from training.features import Backbone, extract, parse_backbone, select
 from training.heads import LinearHead, balanced_weights, fit_logistic
 from training.runs import machine, save_scores
@@ -54,12 +55,6 @@ L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SELECTION = (
     "validation split only (AUC); test, leave-one-source-out and external figures are "
     "reported, never used to fit or choose"
-)
-MIN_SENSITIVITY = 0.90  # the screening point's validation sensitivity floor
-OPERATING_RULE = (
-    f"`screening` is the highest threshold with validation sensitivity ≥ {MIN_SENSITIVITY:.2f} "
-    "(the best specificity under that floor), but never less sensitive than `balanced`; "
-    "`balanced` maximises Youden's J (sensitivity + specificity - 1) on validation."
 )
 
 
