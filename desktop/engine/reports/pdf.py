@@ -105,9 +105,14 @@ MAX_NAME_CHARS = 90
 
 _FONT = "DejaVuSans"
 _FONT_BOLD = "DejaVuSans-Bold"
+#: For what DejaVu Sans lacks (Chinese, Japanese, Korean): see :func:`_with_fallback_font`.
+_FALLBACK_FONT = "DroidSansFallback"
 _font_lock = threading.Lock()
 _build_lock = threading.Lock()
 _fonts: tuple[str, str] | None = None
+#: The code points DejaVu Sans and the fallback draw, each read when first needed.
+_primary: frozenset[int] | None = None
+_fallback: frozenset[int] | None = None
 
 _FLAG_BG = colors.HexColor("#FDE2CF")
 _HEAD_BG = colors.HexColor("#E6EAF0")
@@ -214,9 +219,66 @@ def _t(text: object) -> str:
 
     Also cut to :data:`PDF_TEXT_CHARS` and shown readably when it is a file name that is not
     valid Unicode: no text from a result can make a paragraph taller than a page (reportlab's
-    ``LayoutError`` loses the whole report) or fail to encode.
+    ``LayoutError`` loses the whole report) or fail to encode. Characters DejaVu Sans lacks
+    are drawn in the fallback font (:func:`_with_fallback_font`).
     """
-    return escape(clip_text(display_path(str(text)), PDF_TEXT_CHARS))
+    safe = escape(clip_text(display_path(str(text)), PDF_TEXT_CHARS))
+    return safe if safe.isascii() else _with_fallback_font(safe)
+
+
+def _primary_coverage() -> frozenset[int]:
+    """The code points the report font draws (empty when it is Helvetica: nothing known)."""
+    global _primary
+    with _font_lock:
+        if _primary is None:
+            try:
+                font = pdfmetrics.getFont(_FONT)
+                _primary = frozenset(font.face.charToGlyph)  # type: ignore[attr-defined]
+            except Exception:  # DejaVu not registered (a damaged install): Helvetica
+                _primary = frozenset()
+        return _primary
+
+
+def _fallback_coverage() -> frozenset[int]:
+    """The code points the fallback font draws; registers it on first use (3.4 MB: read
+    only for a report with a character DejaVu Sans lacks). Empty when it is missing."""
+    global _fallback
+    with _font_lock:
+        if _fallback is None:
+            try:
+                font = TTFont(_FALLBACK_FONT, str(fonts_dir() / f"{_FALLBACK_FONT}.ttf"))
+                pdfmetrics.registerFont(font)
+                _fallback = frozenset(font.face.charToGlyph)
+            except Exception as exc:  # reportlab raises TTFError or OSError variants
+                logger.warning(
+                    "no fallback font for the report (%s): some names may not print", exc
+                )
+                _fallback = frozenset()
+        return _fallback
+
+
+def _with_fallback_font(text: str) -> str:
+    """``text`` (already escaped) with each run of characters DejaVu Sans lacks, but the
+    fallback font has, put in the fallback font: a Chinese, Japanese or Korean file, clinic or
+    patient name printed as empty boxes, which a reader cannot match to the scan."""
+    primary = _primary_coverage()
+    if not primary or all(ord(char) in primary for char in text):
+        return text
+    fallback = _fallback_coverage()
+    out: list[str] = []
+    run: list[str] = []
+    for char in text:
+        code = ord(char)
+        if code not in primary and code in fallback:
+            run.append(char)
+            continue
+        if run:
+            out.append(f'<font name="{_FALLBACK_FONT}">{"".join(run)}</font>')
+            run = []
+        out.append(char)
+    if run:
+        out.append(f'<font name="{_FALLBACK_FONT}">{"".join(run)}</font>')
+    return "".join(out)
 
 
 def shorten(name: str, limit: int = MAX_NAME_CHARS) -> str:
