@@ -169,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that screens a batch (classify, resume, export, calibrate)."""
-    p.add_argument("--workers", type=int, default=None, help="decoder threads")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="decoder threads (default: one per available core)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -457,6 +462,18 @@ def _patients(args: argparse.Namespace, store: ResultsStore, batch_id: str) -> P
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _workers(value: str) -> int | None:
+    """``--workers``: a whole number of decoder threads, 1 or more (0: the default). A
+    negative number reached the thread pool and ended the batch in a traceback."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more (0: one per core)")
+    return number or None
 
 
 def _report_name(value: str) -> str:

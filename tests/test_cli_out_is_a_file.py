@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from desktop.cli import main
 from tests.conftest import DATA
 
@@ -20,3 +22,20 @@ def test_out_that_is_a_file_is_named_as_a_file_before_screening(tmp_path: Path, 
     assert f"the output folder {target} is a file, not a folder; choose another with --out" in err
     assert target.read_bytes() == b"%PDF-1.4 a report filed earlier"  # left as it was
     assert not (tmp_path / "r.db").exists()  # refused before the store was opened
+
+
+@pytest.mark.parametrize("value", ["-3", "two"])
+def test_a_bad_workers_count_is_refused_by_the_parser_not_a_traceback(
+    tmp_path: Path, value, capsys
+):
+    """``--workers -3`` reached the thread pool: 'ValueError: max_workers must be greater
+    than 0' as a traceback, after the batch had been created in the store."""
+    scan = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+    db = tmp_path / "r.db"
+    with pytest.raises(SystemExit) as stop:
+        main(["classify", str(scan), "--out", str(tmp_path / "o"), "--db", str(db),
+              "--workers", value])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --workers" in err and "Traceback" not in err
+    assert not db.exists()
