@@ -209,6 +209,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _check_named_models(choice: ThresholdChoice, models: ModelSet, given: str | None) -> None:
+    """A per-model operating point must name finding models that are loaded: a typo
+    ('pneumoina=0.6') left that model at its default, silently, while the user believed it
+    set. Refused when the command line gave it; only a warning for a policy file's (a
+    programme's typo must not stop a clinic's screening)."""
+    unknown = [mid for mid in choice.per_model if mid not in models.findings]
+    if not unknown:
+        return
+    text = (
+        f"the operating point names {', '.join(unknown)}, which is not a finding model here "
+        f"(the models are {', '.join(models.findings)})"
+    )
+    if given is not None:
+        raise BatchError(text)
+    print(f"medscreen: warning: {text}; the policy file's point for it is ignored", file=sys.stderr)
+
+
 def _policy_point(requested: str | None) -> str | None:
     """The operating point to use under the programme's policy file (``policy.py``).
 
@@ -356,6 +373,7 @@ def _classify(args: argparse.Namespace) -> int:
     check_writable(out)
     store = _store(args)
     models = _load_models(args)
+    _check_named_models(choice, models, args.operating_point)
     for manifest in models.manifests.values():
         if manifest.role == "finding":
             point = choice.resolve(manifest)  # an unknown operating point fails now, not at the end
@@ -548,6 +566,7 @@ def _export(args: argparse.Namespace) -> int:
         )
     check_writable(out)
     models = _load_models(args)
+    _check_named_models(choice, models, args.operating_point)
     for manifest in models.manifests.values():
         if manifest.role == "finding":
             choice.resolve(manifest)

@@ -146,6 +146,8 @@ class ThresholdChoice:
                 model_id, sep, spec = (x.strip() for x in part.partition("="))
                 if not sep or not model_id or not spec or "=" in spec:
                     raise ValueError(f"expected MODEL=POINT in {text!r}, got {part.strip()!r}")
+                if model_id in per_model:  # which one was meant? (the last silently won)
+                    raise ValueError(f"{model_id} is given two operating points in {text!r}")
                 per_model[model_id] = cls.parse(spec, sites)
             return cls(per_model=per_model)
         if is_site_choice(text):

@@ -1,5 +1,5 @@
-"""``--out`` naming an existing file (found trying the CLI as a clinic would): the message
-said the folder "is not writable (File exists)", which reads as a permissions problem."""
+"""Command-line input a clinic can get wrong, each refused with a message that says what is
+wrong (found trying the CLI as a clinic would)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def test_a_bad_workers_count_is_refused_by_the_parser_not_a_traceback(
     err = capsys.readouterr().err
     assert "argument --workers" in err and "Traceback" not in err
     assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        ("tb=0.5,pneumoina=0.3", "the operating point names pneumoina, which is not a finding "
+         "model here (the models are tb, pneumonia)"),
+        ("tb=balanced,tb=0.2", "tb is given two operating points in 'tb=balanced,tb=0.2'"),
+    ],
+)  # fmt: skip
+def test_a_per_model_point_naming_no_model_or_one_twice_is_refused(
+    tmp_path: Path, point, message, capsys
+):
+    """A typo in a model id left that model at its default threshold, silently; a model
+    named twice took the last point, silently."""
+    scan = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+    db = tmp_path / "r.db"
+    code = main(["classify", str(scan), "--out", str(tmp_path / "o"), "--db", str(db),
+                 "--operating-point", point, "--quiet"])  # fmt: skip
+    assert code == 1
+    assert f"medscreen: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.csv").exists()
