@@ -75,7 +75,7 @@ def check_batch_process(
     """
     from desktop.engine.batch_process import BatchProcess
     from desktop.engine.errors import BatchError
-    from desktop.engine.registry import default_model_dirs, discover_manifests, load_model_set
+    from desktop.engine.registry import default_model_dirs, discover_manifests, plan_model_set
     from desktop.engine.runner import run_to_end
     from desktop.engine.store import BatchStatus, ResultsStore
 
@@ -84,7 +84,7 @@ def check_batch_process(
         print("info batch process: not checked, no models installed")
         return
     try:
-        models = load_model_set(dirs)
+        models = plan_model_set(dirs)  # as the window does: verified here, opened in the child
     except BatchError as exc:
         report(False, f"batch process: the models do not load: {exc}")
         return

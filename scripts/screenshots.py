@@ -37,10 +37,10 @@ log = logging.getLogger("screenshots")
 
 def _model_dirs(work: Path) -> tuple[list[Path], str]:
     from desktop.engine.errors import MedScreenError
-    from desktop.engine.registry import default_model_dirs, load_model_set
+    from desktop.engine.registry import default_model_dirs, plan_model_set
 
     try:
-        load_model_set(default_model_dirs())
+        plan_model_set(default_model_dirs())  # the window's own check: verified, not opened
         return default_model_dirs(), "bundled models"
     except MedScreenError as exc:
         log.warning("bundled models not usable (%s); using the stand-in test models", exc)
@@ -170,7 +170,7 @@ def main() -> int:
         viewer.close()
 
     assert window.models is not None
-    dialog = ModelsDialog(window.models.manifests, window.models.device.describe(), [], window)
+    dialog = ModelsDialog(window.models.manifests, window.device_text(), [], window)
     dialog.resize(1100, 780)
     dialog.show()
     settle()

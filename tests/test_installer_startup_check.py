@@ -224,17 +224,17 @@ def test_self_test_reports_a_batch_process_that_fails(stand_in_models: Path, tmp
 
     folder = tmp_path / "models"
     shutil.copytree(stand_in_models, folder)
-    real_load = registry.load_model_set
+    real_plan = registry.plan_model_set
 
-    def load_then_damage(dirs):  # the window verified the set, then the file changed
-        models = real_load(dirs)
+    def plan_then_damage(dirs):  # the window verified the set, then the file changed
+        models = real_plan(dirs)
         onnx = folder / models.modality.manifest.file
         onnx.write_bytes(onnx.read_bytes() + b"\0")
         return models
 
     scan = sorted((REPO / "tests" / "data" / "tb" / "normal").glob("*.png"))[0]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "load_model_set", load_then_damage)
+        patch.setattr(registry, "plan_model_set", plan_then_damage)
         lines = _batch_self_test([scan], [folder])
     assert len(lines) == 1 and lines[0][0] is False
     assert lines[0][1].startswith("batch process: BatchProcessError:")

@@ -68,3 +68,61 @@ def test_the_store_imports_no_inference():
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+_LOADED_PROBE = """
+import json, sys, tempfile, time
+from pathlib import Path
+from PySide6.QtWidgets import QApplication
+import desktop.gui.app
+app = QApplication([])
+from desktop.engine.store import ResultsStore
+from desktop.gui.main_window import MainWindow
+from desktop.gui.settings import AppSettings
+tmp = Path(tempfile.mkdtemp())
+window = MainWindow(settings=AppSettings(tmp / "settings.ini"),
+                    store=ResultsStore(tmp / "results.sqlite3"),
+                    model_dirs=[Path("assets/models"), tmp / "user-models"])
+window.show()
+got = []
+window.models_changed.connect(got.append)
+window.start()
+deadline = time.monotonic() + 90
+while not got and time.monotonic() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+models = got[0] if got else None
+print(json.dumps({
+    "loaded": sorted(models.manifests) if models is not None else None,
+    "problems": list(models.problems) if models is not None else None,
+    "label": window.models_label.text(),
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] == "onnxruntime"
+                      or m == "desktop.engine.inference"),
+}))
+window.close()
+"""
+
+
+@pytest.mark.gui
+def test_window_with_its_models_loaded_holds_no_onnxruntime(tmp_path):
+    """Issue 10 (window memory): the window verifies the shipped models (signatures, pins,
+    hashes) and offers them, but its batches run in a process of their own, which opens
+    the sessions. ONNX Runtime and four sessions (~37 MB of the window at rest, measured
+    in the README) were held for nothing; the window also claims no device it did not
+    observe. Before the change this probe listed onnxruntime and the session module."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MEDSCREEN_HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED_PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["loaded"] == ["agegroup", "modality", "pneumonia", "tb"]
+    assert seen["problems"] == []
+    assert seen["modules"] == [], f"the window imported ONNX Runtime: {seen['modules']}"
+    assert "CPUExecutionProvider" not in seen["label"]
+    assert seen["label"].endswith("reported by the batch process when it runs (asked for: auto)")

@@ -15,13 +15,18 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
 :class:`~desktop.engine.runner.BatchSummary`), so a caller drains it exactly as it drained
 ``BatchRunner.run``, blocked on the pipe between events:
 
-* **What travels.** The child opens the window's verified models again
-  (:func:`~desktop.engine.registry.reopen_model_set`: same manifests, model bytes checked
-  against them) and its own connection to the same results store, and commits every scan
+* **What travels.** The child opens the models the window verified
+  (:func:`~desktop.engine.registry.open_model_set` of the window's
+  :class:`~desktop.engine.registry.ModelSetPlan`: same manifests, model bytes checked
+  against them; the window itself opens no session and imports no ONNX Runtime) and its
+  own connection to the same results store, and commits every scan
   there before reporting it, so durability is the runner's (contract 5). Back come small
   pickles: a Progress whose result has no thumbnail (the store has it; the table fetches it
   when a row is drawn), and the summary without the discovered file list (the store has that
   too; a 100,000-path list unpickled at the end would hold the window's GIL for a while).
+  Before its first event the child sends the :class:`~desktop.engine.devices.DeviceReport`
+  of the sessions it opened (:attr:`BatchProcess.device`): the only device the window may
+  state is one a process that runs inference observed.
 * **Cancel** is cooperative: a control pipe carries "cancel" to a thread in the child that
   calls :meth:`BatchRunner.cancel`; what is committed stays, the batch ends ``cancelled``.
 * **Errors.** Anything the child raises comes back as its type, message and traceback text,
@@ -69,6 +74,7 @@ from desktop.engine.registry import ModelSet, ModelSetPlan
 from desktop.engine.store import BatchKind
 
 if TYPE_CHECKING:
+    from desktop.engine.devices import DeviceReport
     from desktop.engine.labelled import CalibrationOutcome
     from desktop.engine.runner import BatchRunner, BatchSummary, Progress
 
@@ -201,7 +207,7 @@ class BatchProcess:
 
     def __init__(
         self,
-        models: ModelSet,
+        models: ModelSet | ModelSetPlan,
         store_path: str | Path,
         inputs: Sequence[str | Path] = (),
         *,
@@ -220,6 +226,9 @@ class BatchProcess:
         self._control: Connection | None = None
         self._lock = threading.Lock()
         self._cancelled = False
+        #: What the child's sessions run on, as it reported once they were open (None
+        #: before that; set by the thread that drains :meth:`run`).
+        self.device: DeviceReport | None = None
 
     @property
     def pid(self) -> int | None:
@@ -290,6 +299,8 @@ class BatchProcess:
                     raise _died(process) from None
                 if kind == "progress":
                     yield payload
+                elif kind == "device":
+                    self.device = payload
                 elif kind == "done":
                     return payload
                 else:
@@ -315,6 +326,50 @@ class BatchProcess:
             if process.is_alive():
                 self.kill()
                 process.join(5.0)
+
+
+class InProcessRun:
+    """A :class:`ProcessTask` run in a thread of this process, with :class:`BatchProcess`'s
+    interface (``run``, ``cancel``, ``device``): the A/B benchmarks' ``--in-process`` way
+    and tests that patch the engine here. The window stalls this way (module docstring).
+
+    Given a :class:`ModelSetPlan` (the window's), the sessions are opened by :meth:`run`,
+    in the thread that drains it, not in the caller's (the GUI thread), and only for this
+    run; a :class:`ModelSet` already open is used as it is.
+    """
+
+    def __init__(self, models: ModelSet | ModelSetPlan, store: Any, task: ProcessTask) -> None:
+        self._models = models
+        self._store = store
+        self._task = task
+        self._asked = threading.Event()
+        self._runner: BatchRunner | None = None
+        self.device: DeviceReport | None = None
+
+    def cancel(self) -> None:
+        """Stop at a clean point (thread-safe); a cancel before the runner exists holds."""
+        self._asked.set()
+        runner = self._runner
+        if runner is not None:
+            runner.cancel()
+
+    def run(self) -> Generator[Progress, None, Any]:
+        from desktop.engine.registry import open_model_set
+        from desktop.engine.runner import BatchRunner
+
+        models = open_model_set(self._models)
+        self.device = models.device
+        runner = BatchRunner(models, self._store)
+        self._runner = runner
+        gen = self._task.run(runner)
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if self._asked.is_set() and not runner.cancelled:
+                runner.cancel()  # the runner clears its flag as it begins (see _drive)
+            yield progress
 
 
 def _died(process: Any) -> BatchProcessError:
@@ -347,11 +402,12 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = None
     try:
-        from desktop.engine.registry import reopen_model_set
+        from desktop.engine.registry import open_model_set
         from desktop.engine.runner import BatchRunner
         from desktop.engine.store import ResultsStore
 
-        models = reopen_model_set(job.models)
+        models = open_model_set(job.models)
+        results.send(("device", models.device))  # before any event: the window shows it
         store = ResultsStore(Path(job.store_path))
         # Start-up (imports, sessions) at the window's priority: the window waits for the
         # first rows then, and under load a lowered start took seconds longer. The batch's
@@ -486,6 +542,7 @@ __all__ = [
     "BatchProcess",
     "BatchProcessError",
     "CalibrationTask",
+    "InProcessRun",
     "ProcessTask",
     "ScreeningTask",
 ]

@@ -6,6 +6,8 @@ decides itself: ``auto`` tries CUDA only when an NVIDIA driver is present, then 
 provider the session *really* uses, and reports that. ``cuda`` asked for explicitly and not
 usable is an error the user sees, never a silent fallback.
 
+The device words (:class:`Device`, :class:`DeviceReport`, :func:`choose_device`) live in
+:mod:`desktop.engine.devices`, which needs no ONNX Runtime; they are re-exported here.
 The device is chosen in layers — an explicit choice (command line, GUI) over the
 ``MEDSCREEN_DEVICE`` environment variable over ``auto`` — as X-AnyLabeling's device manager does.
 """
@@ -14,44 +16,18 @@ from __future__ import annotations
 
 import ctypes.util
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import onnxruntime as ort
 
 from desktop.engine.cores import available_cores
+from desktop.engine.devices import CPU, CUDA, Device, DeviceReport
+from desktop.engine.devices import choose_device as choose_device  # re-exported
 from desktop.engine.errors import BatchError, ModelError
+from desktop.engine.onnx_io import check_model_io
 
 log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-
-class Device(StrEnum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-def choose_device(explicit: str | None = None, configured: str | None = None) -> Device:
-    """Layered choice: explicit > ``MEDSCREEN_DEVICE`` > configured (settings) > auto."""
-    for source, value in (
-        ("explicit choice", explicit),
-        ("MEDSCREEN_DEVICE", os.environ.get("MEDSCREEN_DEVICE")),
-        ("settings", configured),
-    ):
-        if value:
-            try:
-                return Device(value.strip().lower())
-            except ValueError:
-                raise BatchError(
-                    f"unknown device {value!r} from {source}: use auto, cpu or cuda"
-                ) from None
-    return Device.AUTO
 
 
 def nvidia_driver_present() -> bool:
@@ -90,18 +66,6 @@ def default_threads(cores: int | None = None) -> int:
     """
     cores = cores or available_cores()
     return max(1, cores // inference_slots(cores))
-
-
-@dataclass(frozen=True)
-class DeviceReport:
-    requested: Device
-    provider: str  # the provider the sessions really run on
-    note: str = ""  # why CUDA was not used, when it was not
-
-    def describe(self) -> str:
-        name = "GPU (CUDA)" if self.provider == CUDA else "CPU"
-        text = f"{name} via {self.provider}"
-        return f"{text} — {self.note}" if self.note else text
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -158,13 +122,12 @@ class OnnxModel:
     """One verified model with its session; runs NHWC float32 batches."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, outputs: list[str]) -> None:
-        inputs = [i.name for i in session.get_inputs()]
-        if input_name not in inputs:
-            raise ModelError(f"model has no input {input_name!r} (it has {inputs})")
-        available = {o.name for o in session.get_outputs()}
-        missing = [name for name in outputs if name not in available]
-        if missing:
-            raise ModelError(f"model lacks outputs {missing} (it has {sorted(available)})")
+        check_model_io(
+            [i.name for i in session.get_inputs()],
+            [o.name for o in session.get_outputs()],
+            input_name,
+            outputs,
+        )
         self._session = session
         self._input = input_name
         self._outputs = outputs

@@ -9,6 +9,13 @@ id unless it is older; anything unsigned, altered or damaged is refused with a m
 names the file (kept in :attr:`ModelSet.problems` for the CLI and GUI) and the bundled model
 is used instead. ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only) lets a package that
 fails verification load, marked ``unsigned`` on every report.
+
+Two steps, one path: :func:`plan_model_set` makes every check and decides the set (roles,
+display order, refusals and their messages) without ONNX Runtime, and
+:func:`open_model_set` opens a session per model of that plan. The CLI does both
+(:func:`load_model_set`); the window only plans, at start-up and on a folder or device
+change, and its batch process opens the plan it is sent, so the window's process holds no
+ONNX Runtime and never states a device it did not observe.
 """
 
 from __future__ import annotations
@@ -18,12 +25,17 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from desktop.engine.devices import Device, DeviceReport, device_not_observed
 from desktop.engine.errors import BatchError, ModelError
-from desktop.engine.inference import Device, DeviceReport, OnnxModel, create_session
 from desktop.engine.manifest import ModelManifest, load_verified_model, read_manifest
+from desktop.engine.onnx_io import check_model_bytes
 from desktop.engine.paths import bundled_models_dir, user_models_dir
 from desktop.engine.trust import ALLOW_UNSIGNED_ENV, allow_unsigned, check_pin, verify_signature
+
+if TYPE_CHECKING:
+    from desktop.engine.inference import OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +68,27 @@ def discover_manifests(dirs: Iterable[Path]) -> Discovery:
     return found
 
 
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A package that passed every check (:func:`verify_model`), not opened: no session."""
+
+    manifest: ModelManifest
+
+
 @dataclass
 class LoadedModel:
+    """A verified package with its ONNX Runtime session (:func:`open_model_set`)."""
+
     manifest: ModelManifest
     model: OnnxModel
 
 
-@dataclass
-class ModelSet:
-    """The modality gate, the finding models and the optional patient-group model, verified.
+class _Roles:
+    """What a model set and its plan both say about their models (same ids, same key)."""
 
-    ``findings`` are in display order (each manifest's ``display.order``, then id): the
-    order of the table's columns and the reports'. ``patient_group`` estimates child/adult
-    from the image when neither the staff nor the file says it; without it such scans have
-    no known group.
-    """
-
-    modality: LoadedModel
-    findings: dict[str, LoadedModel]
-    device: DeviceReport
-    problems: list[str] = field(default_factory=list)
-    patient_group: LoadedModel | None = None
+    modality: VerifiedModel | LoadedModel
+    findings: Mapping[str, VerifiedModel | LoadedModel]
+    patient_group: VerifiedModel | LoadedModel | None
 
     @property
     def manifests(self) -> dict[str, ModelManifest]:
@@ -95,6 +107,70 @@ class ModelSet:
     def unsigned(self) -> tuple[str, ...]:
         """Ids of models loaded without verification (developer option): reports say so."""
         return tuple(mid for mid, m in self.manifests.items() if m.unsigned)
+
+
+@dataclass(frozen=True)
+class ModelSetPlan(_Roles):
+    """A verified model set before any session is opened (:func:`plan_model_set`).
+
+    Every check of a package happens when the plan is made (signature, pin, sha256, the
+    graph's input and output names, downgrade refusal, the roles), so a process that only
+    needs to know *which* models it offers — the window — holds the same verdicts and
+    problems as one that runs them, without ONNX Runtime. Small and picklable: the batch
+    process opens it (:func:`open_model_set`). ``device`` is what was asked for; where
+    inference really runs only the process that opens the sessions can tell
+    (:attr:`ModelSet.device`).
+    """
+
+    modality: VerifiedModel
+    findings: dict[str, VerifiedModel]  # display order
+    device: Device
+    problems: tuple[str, ...] = ()
+    patient_group: VerifiedModel | None = None
+
+    @classmethod
+    def of(cls, models: ModelSet | ModelSetPlan) -> ModelSetPlan:
+        """The plan of ``models`` (itself when it is one)."""
+        if isinstance(models, ModelSetPlan):
+            return models
+        return models.plan
+
+    def describe_device(self) -> str:
+        """No claim about the device: the plan has opened nothing."""
+        return device_not_observed(self.device)
+
+
+@dataclass
+class ModelSet(_Roles):
+    """The modality gate, the finding models and the optional patient-group model, verified
+    and opened: the plan (:func:`plan_model_set`) with a session per model.
+
+    ``findings`` are in display order (each manifest's ``display.order``, then id): the
+    order of the table's columns and the reports'. ``patient_group`` estimates child/adult
+    from the image when neither the staff nor the file says it; without it such scans have
+    no known group. ``device`` is what these sessions really run on.
+    """
+
+    modality: LoadedModel
+    findings: dict[str, LoadedModel]
+    device: DeviceReport
+    problems: list[str] = field(default_factory=list)
+    patient_group: LoadedModel | None = None
+
+    @property
+    def plan(self) -> ModelSetPlan:
+        """The verified set without its sessions (what the batch process is sent)."""
+        group = self.patient_group
+        return ModelSetPlan(
+            VerifiedModel(self.modality.manifest),
+            {k: VerifiedModel(v.manifest) for k, v in self.findings.items()},
+            self.device.requested,
+            tuple(self.problems),
+            VerifiedModel(group.manifest) if group is not None else None,
+        )
+
+    def describe_device(self) -> str:
+        return self.device.describe()
 
 
 def _outputs_of(manifest: ModelManifest) -> list[str]:
@@ -131,24 +207,41 @@ def verify_package(manifest: ModelManifest, bundled: bool) -> tuple[ModelManifes
     return replace(manifest, signed_by=signer), None
 
 
-def load_model(
-    manifest: ModelManifest,
-    device: Device,
-    threads: int | None = None,
-    *,
-    bundled: bool = False,
-    problems: list[str] | None = None,
-) -> tuple[LoadedModel, DeviceReport]:
-    """Verify a package (model bytes, signature, pin when ``bundled``) and open a session.
+def verify_model(
+    manifest: ModelManifest, *, bundled: bool = False, problems: list[str] | None = None
+) -> VerifiedModel:
+    """Every check of one package, without opening it: the model bytes against the
+    manifest's sha256, the signature (and the pin when ``bundled``), and the graph's input
+    and output names against the manifest's. Raises :class:`ModelError` naming the file.
 
     Notes about packages accepted only through the developer option go to ``problems``.
     """
     data = load_verified_model(manifest)
     manifest, note = verify_package(manifest, bundled)
+    try:
+        check_model_bytes(data, manifest.input_name, _outputs_of(manifest))
+    except ModelError as exc:
+        raise ModelError(f"model {manifest.id} ({manifest.file}) {exc}") from exc
     if note is not None:
         log.warning("unsigned model: %s", note)
         if problems is not None:
             problems.append(note)
+    return VerifiedModel(manifest)
+
+
+def open_model(
+    verified: VerifiedModel, device: Device, threads: int | None = None
+) -> tuple[LoadedModel, DeviceReport]:
+    """Open a verified package's ONNX Runtime session on ``device``.
+
+    The model file is read again and must still match the manifest's sha256 (the session is
+    built from the very bytes checked: a file replaced since it was verified — in another
+    process, or minutes ago — is refused, never run).
+    """
+    from desktop.engine.inference import OnnxModel, create_session  # ONNX Runtime: here only
+
+    manifest = verified.manifest
+    data = load_verified_model(manifest)
     session, report = create_session(data, manifest.id, device, threads)
     try:
         model = OnnxModel(session, manifest.input_name, _outputs_of(manifest))
@@ -157,17 +250,18 @@ def load_model(
     return LoadedModel(manifest, model), report
 
 
-def load_model_set(
-    dirs: Iterable[Path] | None = None,
-    device: Device = Device.AUTO,
-    threads: int | None = None,
-) -> ModelSet:
-    """Load the gate and every finding model, verified. Raises BatchError when unusable.
+def plan_model_set(
+    dirs: Iterable[Path] | None = None, device: Device = Device.AUTO
+) -> ModelSetPlan:
+    """Find and verify the gate and every finding model; open nothing. Raises BatchError
+    when the set is unusable.
 
-    A user model that fails verification (unsigned, altered, damaged, or older than the
-    bundled one) is refused with a warning and the bundled model of the same id, if any, is
-    used instead, so one bad download does not stop a clinic and none changes a result
-    silently. Packages in the bundled folder must also match their pinned digests.
+    A user model that fails verification (unsigned, altered, damaged, a graph that lacks
+    what its manifest names, or older than the bundled one) is refused with a warning and
+    the bundled model of the same id, if any, is used instead, so one bad download does not
+    stop a clinic and none changes a result silently. Packages in the bundled folder must
+    also match their pinned digests. The window calls this (its batches run elsewhere);
+    :func:`load_model_set` is this, then :func:`open_model_set`.
     """
     folders = list(dirs) if dirs is not None else default_model_dirs()
     bundled_dir = bundled_models_dir().resolve()
@@ -181,26 +275,22 @@ def load_model_set(
             # later folders first
             candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
-    loaded: dict[str, LoadedModel] = {}
-    reports: list[DeviceReport] = []
+    verified: dict[str, VerifiedModel] = {}
     for model_id, options in candidates.items():
         for index, (manifest, bundled) in enumerate(options):
             try:
                 _refuse_downgrade(manifest, [m for m, _ in options[index + 1 :]])
-                model, report = load_model(
-                    manifest, device, threads, bundled=bundled, problems=problems
-                )
+                model = verify_model(manifest, bundled=bundled, problems=problems)
             except ModelError as exc:
                 problems.append(str(exc))
                 log.warning("model refused: %s", exc)
                 continue
-            loaded[model_id] = model
-            reports.append(report)
+            verified[model_id] = model
             break
 
-    gates = [m for m in loaded.values() if m.manifest.role == "modality"]
-    findings = {k: m for k, m in loaded.items() if m.manifest.role == "finding"}
-    groups = [m for m in loaded.values() if m.manifest.role == "patient_group"]
+    gates = [m for m in verified.values() if m.manifest.role == "modality"]
+    findings = {k: m for k, m in verified.items() if m.manifest.role == "finding"}
+    groups = [m for m in verified.values() if m.manifest.role == "patient_group"]
     if len(groups) > 1:
         names = ", ".join(m.manifest.id for m in groups)
         problems.append(f"more than one patient-group model ({names}); none is used")
@@ -213,66 +303,40 @@ def load_model_set(
         )
     if not findings:
         raise BatchError(f"no finding model (tuberculosis, pneumonia) could be loaded: {detail}")
-    device_report = _combine(reports, device)
     ordered = sorted(findings.items(), key=lambda item: item[1].manifest.display_order)
-    return ModelSet(
+    return ModelSetPlan(
         gates[0],
         dict(ordered),
-        device_report,
-        problems,
+        device,
+        tuple(problems),
         patient_group=groups[0] if groups else None,
     )
 
 
-@dataclass(frozen=True)
-class ModelSetPlan:
-    """What a :class:`ModelSet` is made of, without its ONNX Runtime sessions: the verified
-    manifests in their roles and order, the device asked for and the load's notes. Small and
-    picklable, so the batch's own process can open the same set (:func:`reopen_model_set`)."""
+def open_model_set(models: ModelSetPlan | ModelSet, threads: int | None = None) -> ModelSet:
+    """The plan's models with their ONNX Runtime sessions, on the plan's device: same
+    manifests, order, problems and :attr:`ModelSet.key`. A set already open is returned
+    as it is.
 
-    modality: ModelManifest
-    findings: tuple[ModelManifest, ...]
-    patient_group: ModelManifest | None
-    device: Device
-    problems: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, models: ModelSet) -> ModelSetPlan:
-        group = models.patient_group
-        return cls(
-            models.modality.manifest,
-            tuple(m.manifest for m in models.findings.values()),
-            group.manifest if group is not None else None,
-            models.device.requested,
-            tuple(models.problems),
-        )
-
-
-def reopen_model_set(plan: ModelSetPlan, threads: int | None = None) -> ModelSet:
-    """The model set of ``plan`` opened again, in the batch's own process.
-
-    The window loaded the set and checked each package's signature and pin; the manifests it
-    verified travel here in memory, so what is re-checked is what could have changed on disk
-    since: each model file is read once and must still match its manifest's sha256 (else
-    :class:`ModelError` naming the file). Same device asked for, same order, same
-    :attr:`ModelSet.key`.
+    Run in the process that screens (the CLI; the window's batch process, which receives
+    the plan the window verified). What is re-checked is what could have changed on disk
+    since the plan was made: each model file is read once more and must still match its
+    manifest's sha256 (else :class:`ModelError` naming the file). ``device`` of the result
+    is what these sessions really run on.
     """
+    if isinstance(models, ModelSet):
+        return models
+    plan = models
     reports: list[DeviceReport] = []
 
-    def reopen(manifest: ModelManifest) -> LoadedModel:
-        data = load_verified_model(manifest)
-        session, report = create_session(data, manifest.id, plan.device, threads)
+    def opened(verified: VerifiedModel) -> LoadedModel:
+        loaded, report = open_model(verified, plan.device, threads)
         reports.append(report)
-        try:
-            return LoadedModel(
-                manifest, OnnxModel(session, manifest.input_name, _outputs_of(manifest))
-            )
-        except ModelError as exc:
-            raise ModelError(f"model {manifest.id} ({manifest.file}) {exc}") from exc
+        return loaded
 
-    modality = reopen(plan.modality)
-    findings = {m.id: reopen(m) for m in plan.findings}
-    group = reopen(plan.patient_group) if plan.patient_group is not None else None
+    modality = opened(plan.modality)
+    findings = {k: opened(v) for k, v in plan.findings.items()}
+    group = opened(plan.patient_group) if plan.patient_group is not None else None
     return ModelSet(
         modality,
         findings,
@@ -280,6 +344,17 @@ def reopen_model_set(plan: ModelSetPlan, threads: int | None = None) -> ModelSet
         list(plan.problems),
         patient_group=group,
     )
+
+
+def load_model_set(
+    dirs: Iterable[Path] | None = None,
+    device: Device = Device.AUTO,
+    threads: int | None = None,
+) -> ModelSet:
+    """Verify the models (:func:`plan_model_set`) and open them here
+    (:func:`open_model_set`): the CLI's way, which screens in its own process. Raises
+    BatchError when the set is unusable."""
+    return open_model_set(plan_model_set(dirs, device), threads)
 
 
 def _version_tuple(version: str) -> tuple[int, ...] | None:

@@ -32,9 +32,10 @@ from desktop.gui.qt_compat import emit
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
-    from desktop.engine.batch_process import BatchProcess
-    from desktop.engine.registry import ModelSet
-    from desktop.engine.runner import BatchRunner, BatchSummary, Progress
+    from desktop.engine.batch_process import BatchProcess, InProcessRun
+    from desktop.engine.devices import DeviceReport
+    from desktop.engine.registry import ModelSet, ModelSetPlan
+    from desktop.engine.runner import BatchSummary, Progress
     from desktop.engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,9 @@ def _lower_thread_priority() -> None:
         log.debug("cannot lower the batch thread's priority: %s", exc)
 
 
-def _run_in_background(
-    runner: BatchRunner, inputs: list[str | Path], resume: str | None
-) -> Generator[Progress, None, BatchSummary]:
+def _run_in_background(run: InProcessRun) -> Generator[Progress, None, BatchSummary]:
     _lower_thread_priority()
-    return (yield from runner.run(inputs, resume=resume))
+    return (yield from run.run())
 
 
 class BatchController(QObject):
@@ -82,12 +81,18 @@ class BatchController(QObject):
     batch_finished = Signal(object, bool)
     #: The batch could not run or failed: WorkerError.
     batch_failed = Signal(object)
+    #: Where the running batch's inference really runs (a DeviceReport), as the process
+    #: that opened its sessions reported it; once a batch, before its first rows.
+    device_reported = Signal(object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._queue: deque[Progress] = deque()
         self._worker: Worker | None = None
-        self._process: BatchProcess | None = None
+        self._process: BatchProcess | InProcessRun | None = None
+        #: The device the last batch's sessions ran on (None until a batch reported one).
+        self.last_device: DeviceReport | None = None
+        self._device_shown = False
         #: Run batches in this process (a thread), not in a batch process of their own: for
         #: tests that patch the engine in this process only. The window stalls this way.
         self.in_process = False
@@ -104,31 +109,28 @@ class BatchController(QObject):
 
     def start(
         self,
-        models: ModelSet,
+        models: ModelSet | ModelSetPlan,
         store: ResultsStore,
         inputs: Sequence[str | Path] = (),
         resume: str | None = None,
     ) -> None:
         """Start screening ``inputs`` (or continue batch ``resume``) in the batch process,
-        read by a worker thread (in that thread itself when :attr:`in_process`)."""
+        read by a worker thread (in that thread itself when :attr:`in_process`, which
+        opens the plan's sessions there)."""
         if self._worker is not None:
             raise RuntimeError("a batch is already running")
         self._summary = None
         self._error = None
         self._cancel_asked = False
+        self._device_shown = False
         self.batch_id = resume
         if self.in_process:
-            from desktop.engine.runner import BatchRunner  # onnxruntime: not at start-up
+            from desktop.engine.batch_process import InProcessRun, ScreeningTask
 
-            runner = BatchRunner(models, store)
-            worker = Worker(
-                _run_in_background,
-                runner,
-                list(inputs),
-                resume,
-                on_quit=runner.cancel,
-                name="medscreen-batch",
-            )
+            task = ScreeningTask(tuple(str(p) for p in inputs), resume)
+            run = InProcessRun(models, store, task)
+            self._process = run
+            worker = Worker(_run_in_background, run, on_quit=run.cancel, name="medscreen-batch")
         else:
             from desktop.engine.batch_process import BatchProcess
 
@@ -156,7 +158,7 @@ class BatchController(QObject):
         if worker is None or worker.wait(msecs):
             return True
         process = self._process
-        if process is None:
+        if process is None or not hasattr(process, "kill"):  # in-process: nothing to kill
             return False
         process.kill()
         return worker.wait(KILL_GRACE_MS)
@@ -165,10 +167,12 @@ class BatchController(QObject):
     def process_id(self) -> int | None:
         """The running batch process's id (None in-process or between batches)."""
         process = self._process
-        return process.pid if process is not None and self._worker is not None else None
+        pid = getattr(process, "pid", None)  # an in-process run has none
+        return pid if self._worker is not None else None
 
     # -- GUI thread --------------------------------------------------------------------------
     def _drain(self) -> None:
+        self._report_device()
         if not self._queue:
             return
         chunk: list[Progress] = []
@@ -180,6 +184,16 @@ class BatchController(QObject):
         if results:
             emit(self.rows_ready, results)
         emit(self.progress, last)
+
+    def _report_device(self) -> None:
+        """The batch's device once its process has reported it (before its first event)."""
+        process = self._process
+        device = process.device if process is not None else None
+        if device is None or self._device_shown:
+            return
+        self._device_shown = True
+        self.last_device = device
+        emit(self.device_reported, device)
 
     def _returned(self, summary: BatchSummary) -> None:
         self._summary = summary

@@ -78,7 +78,7 @@ from desktop.gui.workers import Worker, WorkerError
 if TYPE_CHECKING:
     from desktop.engine.batch_process import BatchProcess
     from desktop.engine.labelled import CalibrationOutcome
-    from desktop.engine.registry import ModelSet
+    from desktop.engine.registry import ModelSet, ModelSetPlan
     from desktop.engine.runner import Progress
     from desktop.engine.store import ResultsStore
 
@@ -229,7 +229,7 @@ class CalibrateDialog(QDialog):
 
     def __init__(
         self,
-        models: ModelSet,
+        models: ModelSet | ModelSetPlan,
         store: ResultsStore,
         *,
         site_store: SitePointStore | None = None,
@@ -514,10 +514,10 @@ class CalibrateDialog(QDialog):
             target_sensitivity=round(self.target_spin.value(), 4),
         )
         if self.in_process:
-            from desktop.engine.runner import BatchRunner  # onnxruntime: not at start-up
+            from desktop.engine.batch_process import InProcessRun  # sessions open in the thread
 
-            runner = BatchRunner(self.models, self.store)
-            worker = Worker(task.run, runner, on_quit=runner.cancel, name="medscreen-calibrate")
+            run = InProcessRun(self.models, self.store, task)
+            worker = Worker(run.run, on_quit=run.cancel, name="medscreen-calibrate")
         else:
             process = BatchProcess(self.models, self.store.path, task=task)
             self._process = process

@@ -1,9 +1,14 @@
 """The main window: drop scans, watch the batch, review and export the results.
 
 It wires small widgets together and owns the long-lived engine objects (the results store,
-the loaded model set). All long work goes through workers: loading models, checking a drop,
+the verified model set). All long work goes through workers: verifying models, checking a drop,
 screening (via :class:`BatchController`), writing reports. The window shows itself before any
-of that starts, so it is up in well under two seconds even while ONNX Runtime loads.
+of that starts, so it is up in well under two seconds while the models are checked.
+
+The window verifies the models (:func:`desktop.engine.registry.plan_model_set`: signatures,
+pins, hashes, refusals) but opens no ONNX Runtime session and never imports ONNX Runtime:
+its batches run in a process of their own, which opens the sessions and reports the device
+they really run on (:attr:`BatchController.device_reported`), the only device shown.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from desktop.gui.settings import AppSettings
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
-    from desktop.engine.registry import ModelSet
+    from desktop.engine.devices import DeviceReport
+    from desktop.engine.registry import ModelSetPlan
     from desktop.engine.runner import BatchSummary, Progress
     from desktop.gui.viewer import ScanViewer
 
@@ -69,11 +75,13 @@ PATIENT_CHOICES = (
 )
 
 
-def _load_models(dirs: list[Path] | None, device: str) -> ModelSet:
-    from desktop.engine.inference import choose_device
-    from desktop.engine.registry import load_model_set
+def _load_models(dirs: list[Path] | None, device: str) -> ModelSetPlan:
+    """Verify the models and plan the set (every check the CLI makes, the same messages);
+    no session is opened here: the batch process opens them."""
+    from desktop.engine.devices import choose_device
+    from desktop.engine.registry import plan_model_set
 
-    return load_model_set(dirs, choose_device(device))
+    return plan_model_set(dirs, choose_device(device))
 
 
 def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
@@ -116,7 +124,8 @@ def _stored_results(store: ResultsStore, batch_id: str) -> list[ScanResult]:
 
 
 class MainWindow(FileDropTarget, QMainWindow):
-    #: The model set loaded (or failed: None), for tests and the screenshot script.
+    #: The model set verified (a ModelSetPlan; or failed: None), for tests and the
+    #: screenshot script.
     models_changed = Signal(object)
     #: An export finished: list of written paths.
     export_done = Signal(list)
@@ -134,7 +143,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.settings = settings or AppSettings()
         self._store = store
         self._model_dirs = list(model_dirs) if model_dirs is not None else None
-        self.models: ModelSet | None = None
+        self.models: ModelSetPlan | None = None
         self._model_worker: Worker | None = None
         self._side_workers: set[Worker] = set()
         self._viewers: list[ScanViewer] = []
@@ -159,6 +168,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.batch.progress.connect(self._progress)
         self.batch.batch_finished.connect(self._batch_finished)
         self.batch.batch_failed.connect(self._batch_failed)
+        self.batch.device_reported.connect(self._device_reported)
 
         self._build_ui()
         self._build_actions()
@@ -420,13 +430,9 @@ class MainWindow(FileDropTarget, QMainWindow):
     def _models_worker_done(self) -> None:
         self._model_worker = None
 
-    def _models_loaded(self, models: ModelSet) -> None:
+    def _models_loaded(self, models: ModelSetPlan) -> None:
         self.models = models
-        device = models.device.describe()
-        self.models_label.setText(f"Models ready — {device}")
-        self.models_label.setToolTip(
-            f"Models ready — {device}\n" + "; ".join(m.key for m in models.manifests.values())
-        )
+        self._show_device()
         self.model.set_manifests(models.manifests)
         self.op_picker.set_manifests(self.model.manifests(), self._starting_point())
         self.apply_threshold_lock()
@@ -443,6 +449,33 @@ class MainWindow(FileDropTarget, QMainWindow):
         if self._pending_inputs:
             pending, self._pending_inputs = self._pending_inputs, []
             self._start_batch(pending)
+
+    def _show_device(self) -> None:
+        """The status bar's models and device: the device the last batch process reported
+        when it ran on the device now chosen, else that nobody has observed it yet (this
+        process opens no session, so it cannot tell)."""
+        models = self.models
+        if models is None:
+            return
+        device = self.device_text()
+        self.models_label.setText(f"Models ready — device: {device}")
+        self.models_label.setToolTip(
+            f"Models ready — device: {device}\n"
+            + "; ".join(m.key for m in models.manifests.values())
+        )
+
+    def device_text(self) -> str:
+        """Where inference runs, as the batch process observed it (or that it has not)."""
+        models = self.models
+        seen = self.batch.last_device
+        if models is not None and (seen is None or seen.requested != models.device):
+            return models.describe_device()
+        if seen is None:
+            return "models not loaded"
+        return f"{seen.describe()} (as the batch process reported)"
+
+    def _device_reported(self, _device: DeviceReport) -> None:
+        self._show_device()
 
     def _starting_point(self) -> str:
         """The policy file's operating point when there is one, else the user's last."""
@@ -477,7 +510,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.models_label.setText("Models not loaded — see the message above")
         self.messages.show_message(
             f"The screening models could not be loaded: {reason}. Reinstall MedScreen, or "
-            "choose Device → Auto or CPU if a GPU was requested.",
+            "remove the refused files from the models folder.",
             "error",
             "Try again",
             self.load_models,
@@ -934,8 +967,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         from desktop.gui.models_dialog import ModelsDialog
 
         manifests = self.models.manifests if self.models else {}
-        device = self.models.device.describe() if self.models else ""
-        problems = self.models.problems if self.models else []
+        device = self.device_text() if self.models else ""
+        problems = list(self.models.problems) if self.models else []
         dialog = ModelsDialog(manifests, device, problems, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
@@ -1087,6 +1120,7 @@ class MainWindow(FileDropTarget, QMainWindow):
             patients=self.model.patients(),
             decisions=self._stored_decisions(),
             typed_patient_ids=self._typed_ids() if self.settings.include_identifiers else {},
+            device=self._batch_device(),
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(
@@ -1104,6 +1138,16 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.statusBar().showMessage(f"Writing the report for {len(results)} scans…")
         worker.start()
         return worker
+
+    def _batch_device(self) -> str | None:
+        """The device the shown batch ran on, as its process recorded it in the store."""
+        batch_id = self.batch.batch_id
+        try:
+            info = self.store.batch(batch_id) if batch_id else None
+        except Exception as exc:  # the report says what the models say instead
+            log.warning("cannot read the results store: %s", exc)
+            return None
+        return info.device if info is not None and info.device else None
 
     def _exported(self, paths: list[Path]) -> None:
         # Zero-width spaces after separators let a long path wrap in the message strip.

@@ -111,6 +111,13 @@ def model_summary_markdown(manifest: ModelManifest) -> str:
 
 
 class ModelsDialog(QDialog):
+    """The models' figures and cards, and where inference runs.
+
+    ``device`` is the window's text for it (``MainWindow.device_text``): the device its
+    batch process reported, or that none has reported yet. The window opens no session
+    itself, so it has no other device to state.
+    """
+
     def __init__(
         self,
         manifests: Mapping[str, ModelManifest],

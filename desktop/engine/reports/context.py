@@ -15,7 +15,7 @@ from desktop.engine.results import ScanResult, ScopeRule, ThresholdChoice, scan_
 from desktop.engine.site_points import SiteCalibration, SiteOperatingPoint
 
 if TYPE_CHECKING:
-    from desktop.engine.registry import ModelSet
+    from desktop.engine.registry import ModelSet, ModelSetPlan
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ReportContext:
     def for_batch(
         cls,
         batch_id: str | None,
-        models: ModelSet,
+        models: ModelSet | ModelSetPlan,
         choice: ThresholdChoice,
         *,
         clinic_name: str = "",
@@ -64,11 +64,14 @@ class ReportContext:
         decisions: Mapping[str, ReaderDecision] | None = None,
         typed_patient_ids: Mapping[str, str] | None = None,
         files_not_screened: int = 0,
+        device: str | None = None,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
         The one way the CLI and the window build it, so both state the same facts (time in
-        UTC, app version, the device the models really ran on).
+        UTC, app version, the device the models really ran on). ``device``: the device the
+        batch ran on as its process recorded it (the store's batch row); by default the
+        device of ``models``' own sessions (a plan has none, and says so).
         """
         from desktop import __version__
 
@@ -78,7 +81,7 @@ class ReportContext:
             app_version=__version__,
             manifests=models.manifests,
             choice=choice,
-            device=models.device.describe(),
+            device=device if device else models.describe_device(),
             clinic_name=clinic_name,
             operator=operator,
             include_identifiers=include_identifiers,
