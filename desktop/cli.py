@@ -189,17 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _open_gui(list(getattr(args, "paths", None) or []))
     configure_logging(verbose=args.verbose)
     try:
-        if args.command == "history":
-            return _history(args)
-        if args.command == "models":
-            return _models(args)
-        if args.command in ("calibrate", "site"):
-            from desktop.cli_calibrate import run as run_calibration_command
-
-            return run_calibration_command(args)
-        if args.command == "export":
-            return _export(args)
-        return _classify(args)
+        code = _command(args)
+        sys.stdout.flush()  # here, not at exit, so a reader gone is handled below
+        return code
+    except BrokenPipeError:
+        # 'medscreen history | head': the reader has what it wanted. Say nothing, as other
+        # tools do (it was "medscreen: error: Broken pipe (EPIPE)", or Python's "Exception
+        # ignored" at exit), and keep the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program ended by it
     except MedScreenError as exc:
         print(f"medscreen: error: {exc}", file=sys.stderr)
         return 1
@@ -207,6 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("I/O failure", exc_info=True)
         print(f"medscreen: error: {_os_reason(exc)}", file=sys.stderr)
         return 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the headless command ``args`` names; its exit status."""
+    if args.command == "history":
+        return _history(args)
+    if args.command == "models":
+        return _models(args)
+    if args.command in ("calibrate", "site"):
+        from desktop.cli_calibrate import run as run_calibration_command
+
+        return run_calibration_command(args)
+    if args.command == "export":
+        return _export(args)
+    return _classify(args)
 
 
 def _check_named_models(choice: ThresholdChoice, models: ModelSet, given: str | None) -> None:

@@ -3,12 +3,15 @@ wrong (found trying the CLI as a clinic would)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from desktop.cli import main
-from tests.conftest import DATA
+from tests.conftest import DATA, REPO
 
 
 def test_out_that_is_a_file_is_named_as_a_file_before_screening(tmp_path: Path, capsys):
@@ -61,3 +64,25 @@ def test_a_per_model_point_naming_no_model_or_one_twice_is_refused(
     assert code == 1
     assert f"medscreen: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_history_into_a_pipe_whose_reader_has_gone_ends_quietly(
+    tmp_path: Path, stand_in_models: Path
+):
+    """'medscreen history | head -1': when head had exited, the CLI printed "medscreen:
+    error: Broken pipe (EPIPE)" (or Python's "Exception ignored" at exit)."""
+    db = tmp_path / "r.db"
+    scan = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+    assert main(["classify", str(scan), "--out", str(tmp_path / "o"), "--db", str(db),
+                 "--models", str(stand_in_models), "--quiet"]) == 0  # fmt: skip
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "desktop", "history", "--db", str(db)],
+            cwd=REPO, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
