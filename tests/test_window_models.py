@@ -101,6 +101,7 @@ def test_tampered_user_model_is_refused_in_the_window_as_in_the_cli(
     assert list(window.models.findings) == list(cli.findings) == ["tb", "pneumonia"]
 
     window.messages.hide()
+    qtbot.waitUntil(lambda: window._model_worker is None)  # its thread has ended too
     with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS) as blocker:
         window.set_device("cpu")  # a device change verifies again
     assert list(blocker.args[0].problems) == [problem]
@@ -170,6 +171,7 @@ def test_the_window_shows_the_device_its_batch_process_reported(
     assert info.device == device.describe()  # what the child recorded, the report's line
     assert window._batch_device() == device.describe()
     # asking for another device: the observed one no longer applies until a batch reports
+    qtbot.waitUntil(lambda: window._model_worker is None)
     with qtbot.waitSignal(window.models_changed, timeout=WAIT_MS):
         window.set_device("cpu")
     assert window.models_label.text() == f"Models ready — device: {NOT_OBSERVED} (asked for: cpu)"
