@@ -13,7 +13,6 @@ interrupted (what was finished is kept; ``medscreen resume`` continues it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import logging
 import os
@@ -27,11 +26,18 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from desktop import DISCLAIMER, __version__
 from desktop.app_logging import configure_logging
+from desktop.engine.devices import choose_device
 from desktop.engine.errors import BatchError, MedScreenError
-from desktop.engine.inference import choose_device
 from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, adult_age_of, describe_ages, parse_group
-from desktop.engine.registry import ModelSet, default_model_dirs, load_model_set, summarize
+from desktop.engine.registry import (
+    ModelSet,
+    ModelSetPlan,
+    default_model_dirs,
+    load_model_set,
+    plan_model_set,
+    summarize,
+)
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
 from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
@@ -222,7 +228,9 @@ def _command(args: argparse.Namespace) -> int:
     return _classify(args)
 
 
-def _check_named_models(choice: ThresholdChoice, models: ModelSet, given: str | None) -> None:
+def _check_named_models(
+    choice: ThresholdChoice, models: ModelSet | ModelSetPlan, given: str | None
+) -> None:
     """A per-model operating point must name finding models that are loaded: a typo
     ('pneumoina=0.6') left that model at its default, silently, while the user believed it
     set. Refused when the command line gave it; only a warning for a policy file's (a
@@ -578,7 +586,9 @@ def _export(args: argparse.Namespace) -> int:
             "('medscreen history' lists the batches)"
         )
     check_writable(out)
-    models = _load_models(args)
+    # Nothing is screened: the models are verified (their manifests name the columns and
+    # thresholds) but no ONNX Runtime session is opened.
+    models = plan_model_set(args.models or default_model_dirs(), choose_device(args.device))
     _check_named_models(choice, models, args.operating_point)
     for manifest in models.manifests.values():
         if manifest.role == "finding":
@@ -594,9 +604,9 @@ def _export(args: argparse.Namespace) -> int:
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
         files_not_screened=_not_screened(store, info.id),
+        # the device the batch ran on, as its process recorded it; never this command's
+        device=info.device or "not recorded for this batch",
     )
-    if info.device:  # the device the batch ran on, not the one this command would use
-        ctx = dataclasses.replace(ctx, device=info.device)
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name)
     stream = sys.stderr

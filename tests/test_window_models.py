@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,38 @@ def test_graph_names_leave_out_weights_listed_as_inputs():
 def test_bytes_that_are_not_a_model_are_refused(data: bytes):
     with pytest.raises(ModelError, match="is not a readable ONNX model"):
         check_model_bytes(data, "image", ["probabilities"])
+
+
+# -- medscreen export: nothing is screened, so nothing is opened ---------------------------
+def test_export_opens_no_session_and_states_the_batch_device(tmp_path: Path, monkeypatch):
+    """``medscreen export`` writes a stored batch's reports: it verifies the models (their
+    manifests name the columns) but screens nothing, so it opens no session; its reports
+    state the device the batch ran on as recorded, never the exporting machine's."""
+    from desktop.cli import main
+    from desktop.engine import registry
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for path in sorted((DATA / "tb" / "normal").glob("*.png"))[:3]:
+        shutil.copyfile(path, scans / path.name)
+    db = tmp_path / "r.sqlite3"
+    common = ["--models", str(SHIPPED), "--db", str(db), "--quiet"]
+    out = tmp_path / "out"
+    assert main(["classify", str(scans), "--out", str(out), "--device", "cpu", *common]) == 0
+    batch = json.loads((out / "results.json").read_text(encoding="utf-8"))["batch"]
+    assert batch["device"].startswith("CPU via CPUExecutionProvider")
+
+    def no_session(*_args, **_kwargs):
+        raise AssertionError("export opened an ONNX Runtime session")
+
+    monkeypatch.setattr(registry, "open_model", no_session)
+    again = tmp_path / "again"
+    assert main(["export", batch["id"], "--out", str(again), *common]) == 0
+    exported = json.loads((again / "results.json").read_text(encoding="utf-8"))["batch"]
+    assert exported["device"] == batch["device"]
+    with sqlite3.connect(db) as conn:  # a batch stored before devices were recorded
+        conn.execute("UPDATE batches SET device = '' WHERE id = ?", (batch["id"],))
+    conn.close()
+    assert main(["export", batch["id"], "--out", str(tmp_path / "third"), *common]) == 0
+    third = json.loads((tmp_path / "third" / "results.json").read_text(encoding="utf-8"))
+    assert third["batch"]["device"] == "not recorded for this batch"
