@@ -79,6 +79,9 @@ class Progress:
     eta_s: float | None = None
     result: ScanResult | None = None
     reused: bool = False  # the result came from the store, nothing was recomputed
+    #: The item's ``seq`` in the batch (its row in the store): the window's table keeps
+    #: only this per row and reads the result back from the store when it needs it.
+    seq: int | None = None
 
     @property
     def fraction(self) -> float:
@@ -294,7 +297,15 @@ class BatchRunner:
                     per_second = rate.value()
                     eta = (total - done) / per_second if per_second > 0 else None
                     yield Progress(
-                        batch_id, done, total, result.file, per_second, eta, result, reused
+                        batch_id,
+                        done,
+                        total,
+                        result.file,
+                        per_second,
+                        eta,
+                        result,
+                        reused,
+                        item.seq,
                     )
             finished = not self._cancel.is_set()
         finally:

@@ -75,6 +75,9 @@ def _run_in_background(run: InProcessRun) -> Generator[Progress, None, BatchSumm
 class BatchController(QObject):
     #: A chunk of finished ScanResults, in the order they finished.
     rows_ready = Signal(list)
+    #: The same chunk as ``(batch id, [(seq, ScanResult), ...])``: each row's place in the
+    #: results store, which the table reads it back from (seq None: not in the store).
+    items_ready = Signal(str, list)
     #: The newest Progress (done, total, rate, eta, current file).
     progress = Signal(object)
     #: The batch ended: (BatchSummary or None, cancelled: bool).
@@ -183,6 +186,8 @@ class BatchController(QObject):
         self.batch_id = last.batch_id
         if results:
             emit(self.rows_ready, results)
+            items = [(p.seq, p.result) for p in chunk if p.result is not None]
+            emit(self.items_ready, last.batch_id, items)
         emit(self.progress, last)
 
     def _report_device(self) -> None:

@@ -52,7 +52,7 @@ from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
-from desktop.gui.results_model import Filter, ResultsModel, ResultsProxy
+from desktop.gui.results_model import Filter, LoadedRows, ResultsModel, ResultsProxy
 from desktop.gui.results_view import ResultsView
 from desktop.gui.screen_fit import fit_to_screen
 from desktop.gui.settings import AppSettings
@@ -119,10 +119,6 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
     return accepted, problems, notes
 
 
-def _stored_results(store: ResultsStore, batch_id: str) -> list[ScanResult]:
-    return list(store.batch_results(batch_id))
-
-
 class MainWindow(FileDropTarget, QMainWindow):
     #: The model set verified (a ModelSetPlan; or failed: None), for tests and the
     #: screenshot script.
@@ -147,6 +143,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._model_worker: Worker | None = None
         self._side_workers: set[Worker] = set()
         self._viewers: list[ScanViewer] = []
+        self._viewer_rows: dict[ScanViewer, int] = {}  # the table row each viewer shows
         self._pending_inputs: list[Path] = []
         self._queued_inputs: list[Path] = []  # to screen when the running batch ends
         self.last_report: Path | None = None  # the PDF written last (Open report)
@@ -158,13 +155,18 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1280, 800)
 
+        # The table keeps each row's place in the results store and a few numbers; a row's
+        # result is read back from the store when it is shown (results_model says how).
         self.model = ResultsModel(
-            self, thumbnail_loader=self._stored_thumbnail, detail_loader=self._stored_detail
+            self,
+            thumbnail_loader=self._stored_thumbnail,
+            detail_loader=self._stored_detail,
+            store=lambda: self.store,
         )
         self.proxy = ResultsProxy(self)
         self.proxy.setSourceModel(self.model)
         self.batch = BatchController(self)
-        self.batch.rows_ready.connect(self.model.append)
+        self.batch.items_ready.connect(self.model.append_items)
         self.batch.progress.connect(self._progress)
         self.batch.batch_finished.connect(self._batch_finished)
         self.batch.batch_failed.connect(self._batch_failed)
@@ -176,6 +178,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.model.rowsInserted.connect(self._update_counts)
         self.model.modelReset.connect(self._update_counts)
         self.model.dataChanged.connect(self._update_counts)  # flags follow the operating point
+        self.model.derived.connect(self._update_counts)  # a big table's counts, when derived
+        self.model.problem.connect(lambda text: self.messages.show_message(text, "error"))
 
     # -- construction ----------------------------------------------------------------------
     @property
@@ -644,22 +648,25 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._load_stored(batch_id, then_resume=True)
 
     def _load_stored(self, batch_id: str, then_resume: bool = False) -> None:
-        """Read a batch's stored results in a worker (thousands of rows with thumbnails and
-        JSON take a while), then show them, and resume the batch if asked."""
+        """Read a batch's stored results in a worker (thousands of rows of JSON take a
+        while), then show them, and resume the batch if asked. The worker streams them
+        without thumbnails and keeps a few numbers a row (the table reads a row back when
+        it shows it), under the batch's patient group and the readers' decisions."""
         self._close_viewers()
         self.model.clear()
         self.pages.setCurrentIndex(1)
+        self._apply_patients(self.store.patient_choice(batch_id))
+        self._load_decisions()
         self.statusBar().showMessage("Reading the stored results…")
-        worker = Worker(_stored_results, self.store, batch_id, name="medscreen-history")
+        worker = Worker(self.model.stored_loader(batch_id), name="medscreen-history")
         worker.returned.connect(lambda rows: self._stored_loaded(batch_id, rows, then_resume))
         worker.errored.connect(self._side_failed)
         self._keep(worker)
         worker.start()
 
-    def _stored_loaded(self, batch_id: str, rows: list[ScanResult], then_resume: bool) -> None:
-        self._apply_patients(self.store.patient_choice(batch_id))
-        self._load_decisions()
-        self.model.append(rows)
+    def _stored_loaded(self, batch_id: str, rows: LoadedRows, then_resume: bool) -> None:
+        if not self.model.adopt(rows):  # another batch was opened or started meanwhile
+            return
         self.batch.batch_id = batch_id
         self.statusBar().showMessage(f"{len(rows)} stored results.", 4000)
         emit(self.batch_loaded, batch_id)
@@ -759,7 +766,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         is recorded in the results store with its time and the operator's name."""
         choice = self.model.patients()
         changed = 0
-        for result in self.view.selected_results():
+        for result in self.model.iter_results(self.view.selected_rows()):
             if not result.sha256 or not result.findings:
                 continue
             self.store.set_patient_group(
@@ -792,39 +799,44 @@ class MainWindow(FileDropTarget, QMainWindow):
         if counts.total and self.pages.currentIndex() == 0:
             self.pages.setCurrentIndex(1)
 
-    def triage_results(self, flagged_only: bool = False) -> list[ScanResult]:
-        """The rows the table shows (its filter applied), in the engine's triage order,
-        whatever column the table is sorted by: F3's and the viewer's order."""
-        shown = {
-            self.proxy.mapToSource(self.proxy.index(r, 0)).row()
-            for r in range(self.proxy.rowCount())
-        }
-        rows = [r for r in self.model.triage_rows() if r in shown]
+    def triage_rows(self, flagged_only: bool = False) -> list[int]:
+        """The rows the table shows (its filter applied), as source rows in the engine's
+        triage order, whatever column the table is sorted by: F3's and the viewer's order.
+        Rows are identified by their row, never by a result object (those are read back
+        from the store and come and go)."""
+        rows = [r for r in self.model.triage_rows() if self.proxy.accepts_row(r)]
         if flagged_only:
-            rows = [r for r in rows if self.model.is_row_flagged(self.model.result(r))]
-        return [self.model.result(r) for r in rows]
+            rows = [r for r in rows if self.model.row_flagged(r)]
+        return rows
+
+    def triage_results(self, flagged_only: bool = False) -> list[ScanResult]:
+        """:meth:`triage_rows`' results (each read back from the store): tests, scripts."""
+        return list(self.model.iter_results(self.triage_rows(flagged_only)))
+
+    def select_row(self, row: int) -> None:
+        """Make source row ``row`` the table's current row (and scroll to it)."""
+        index = self.proxy.mapFromSource(self.model.index(row, 2))
+        if index.isValid():
+            self.view.setCurrentIndex(index)
+            self.view.scrollTo(index)
 
     def select_result(self, result: ScanResult) -> None:
-        """Make ``result``'s row the table's current row (and scroll to it)."""
-        for r in range(self.proxy.rowCount()):
-            if self.model.result(self.proxy.mapToSource(self.proxy.index(r, 0)).row()) is result:
-                index = self.proxy.index(r, 2)
-                self.view.setCurrentIndex(index)
-                self.view.scrollTo(index)
-                return
+        """Make ``result``'s row (a result the table handed out) the current row."""
+        row = self.model.row_of(result)
+        if row is not None:
+            self.select_row(row)
 
     def goto_flagged(self, step: int) -> None:
         """F3 / Shift+F3: the next or previous flagged scan in triage order (wrapping)."""
-        order = self.triage_results(flagged_only=True)
+        order = self.triage_rows(flagged_only=True)
         if not order:
             self.statusBar().showMessage("No flagged scans at this operating point.", 4000)
             return
         index = self.view.currentIndex()
-        source = self.proxy.mapToSource(index).row() if index.isValid() else -1
-        current = self.model.result(source) if source >= 0 else None
-        here = next((i for i, r in enumerate(order) if r is current), None)
+        current = self.proxy.mapToSource(index).row() if index.isValid() else -1
+        here = order.index(current) if current in order else None
         target = order[0 if step > 0 else -1] if here is None else order[(here + step) % len(order)]
-        self.select_result(target)
+        self.select_row(target)
 
     def _stored_thumbnail(self, result: ScanResult) -> bytes | None:
         if not result.sha256:
@@ -837,8 +849,12 @@ class MainWindow(FileDropTarget, QMainWindow):
             return None
         return self.store.cached_result(result.sha256, result.models_key, result.file)
 
-    def open_viewer(self, result: ScanResult) -> ScanViewer:
+    def open_viewer(self, result: ScanResult, row: int | None = None) -> ScanViewer:
+        """Show ``result`` (the table's row ``row``; found from the result when None)."""
         from desktop.gui.viewer import ScanViewer  # reads scans: imported when first needed
+
+        if row is None:
+            row = self.model.row_of(result)
 
         manifests = self.models.manifests if self.models else self.model.manifests()
         viewer = ScanViewer(
@@ -854,17 +870,16 @@ class MainWindow(FileDropTarget, QMainWindow):
         viewer.decision_made.connect(self.record_decision)
         viewer.patient_id_typed.connect(self.record_patient_id)
         self._viewers.append(viewer)
-        self._show_reading_state(viewer, result)
+        if row is not None:
+            self._viewer_rows[viewer] = row
+        self._show_reading_state(viewer, result, row)
         viewer.show()
         return viewer
 
     # -- reading: next/previous in triage order, decisions, typed patient IDs -----------------
-    def _show_reading_state(self, viewer: ScanViewer, result: ScanResult) -> None:
-        order = self.triage_results()
-        here = next(
-            (i for i, r in enumerate(order) if r.file == result.file and r.sha256 == result.sha256),
-            None,
-        )
+    def _show_reading_state(self, viewer: ScanViewer, result: ScanResult, row: int | None) -> None:
+        order = self.triage_rows()
+        here = order.index(row) if row is not None and row in order else None
         viewer.set_position(here, len(order) if here is not None else None)
         viewer.set_decision(self.model.decision_of(result))
         key = scan_key(result.sha256, result.file)
@@ -880,18 +895,17 @@ class MainWindow(FileDropTarget, QMainWindow):
     def step_viewer(self, viewer: ScanViewer, step: int) -> None:
         """Show the next (+1) or previous (-1) scan of the table in triage order, wrapping,
         in the same viewer; the table's current row follows."""
-        order = self.triage_results()
+        order = self.triage_rows()
         if not order:
             return
-        source = viewer.result
-        here = next(
-            (i for i, r in enumerate(order) if r.file == source.file and r.sha256 == source.sha256),
-            None,
-        )
+        row = self._viewer_rows.get(viewer)
+        here = order.index(row) if row is not None and row in order else None
         target = order[0 if step > 0 else -1] if here is None else order[(here + step) % len(order)]
-        viewer.show_result(self.model.with_thumbnail(target))
-        self._show_reading_state(viewer, target)
-        self.select_result(target)
+        result = self.model.result(target)
+        viewer.show_result(self.model.with_thumbnail(result))
+        self._viewer_rows[viewer] = target
+        self._show_reading_state(viewer, result, target)
+        self.select_row(target)
 
     def record_decision(self, result: ScanResult, decision: Decision | None, note: str) -> None:
         """Store the reader's decision (with the operator as reader) and show it everywhere."""
@@ -946,6 +960,7 @@ class MainWindow(FileDropTarget, QMainWindow):
     def _forget_viewer(self, viewer: ScanViewer) -> None:
         if viewer in self._viewers:
             self._viewers.remove(viewer)
+        self._viewer_rows.pop(viewer, None)
 
     def _close_viewers(self) -> None:
         for viewer in list(self._viewers):
@@ -1099,16 +1114,15 @@ class MainWindow(FileDropTarget, QMainWindow):
         if self.models is None:
             self.messages.show_message("Reports need the models loaded.", "warning")
             return None
-        rows = self.view.selected_results() if selected_only else self.model.results()
-        if not rows:
+        # The rows stream from the store a page at a time (in the table's row order), and
+        # only flagged scans show images in the PDF: it fetches each one's thumbnail and
+        # class maps while drawing it, so neither the batch nor its images are ever all in
+        # memory.
+        results = self.model.table_report(self.view.selected_rows() if selected_only else None)
+        if not len(results):
             self.messages.show_message("Nothing to export yet.", "warning")
             return None
         from desktop.engine.reports import ReportContext, write_reports
-
-        # Only flagged scans show images in the PDF: it fetches each one's thumbnail and class
-        # maps from the store while drawing it, so a large batch's images are never all in
-        # memory.
-        results = self.model.report_source(rows)
 
         ctx = ReportContext.for_batch(
             self.batch.batch_id,

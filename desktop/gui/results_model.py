@@ -1,6 +1,6 @@
-"""The results table: a real QAbstractTableModel over ScanResults, plus its sort/filter proxy.
+"""The results table: a real QAbstractTableModel over a batch's results, and its sort/filter proxy.
 
-Flags are not stored anywhere in the model. Each ``data()`` call derives them from the stored
+Flags are not stored anywhere in the model's results. They are derived from the stored
 probabilities and the current :class:`ThresholdChoice` with the engine's flag rule
 (:func:`desktop.engine.results.finding_flags`), so changing the operating point is one
 ``dataChanged`` signal and no inference. The counts are the engine's :class:`BatchCounts` and
@@ -8,16 +8,23 @@ the status words its :data:`STATUS_TEXT`: the window, the CLI and the reports ca
 
 Scope works the same way: the engine's :class:`~desktop.engine.results.ScopeRule` (the
 manifests' scopes and the staff's :class:`~desktop.engine.patients.PatientChoice`) is applied
-in ``data()``; a score outside its model's scope is greyed with a short reason, an icon and
+to each row; a score outside its model's scope is greyed with a short reason, an icon and
 the whole reason in the tooltip, and raises no flag. Changing the batch's patient group or
 one scan's override is one ``set_patients`` call.
 
-Rows hold results without their thumbnail bytes when the model has a thumbnail loader (the
-results store): a row's thumbnail is fetched and decoded only when the row is painted, and a
-bounded cache keeps the recent pixmaps, so a 10,000-row batch holds neither 10,000 PNGs nor
-10,000 pixmaps. Each row is kept compact (:func:`compact_row`: the strings every row repeats
-shared) and its triage key as three numbers in typed arrays, not an object a row
-(``benchmarks/bench_gui_memory.py`` measures the window's memory on 20,000 scans).
+**Rows live in the results store, not in the window.** Every scan the table shows was
+committed to the store before it was reported (contract 5), so the window keeps, per row,
+only where it is (batch and ``seq``) and a few numbers (:class:`RowColumns`: status, scores,
+flags, codes of the short texts, the triage key; ~60 bytes with two finding models). A row's
+:class:`ScanResult` is read back from the store when something needs it: the painted rows
+(the view asks for the rows around the visible ones in one query), the viewer, F3, the
+selection, the reports (:class:`TableRows`, streamed in pages). A bounded cache keeps the
+rows read last, and another the recent thumbnails. Sorting compares those numbers (file names:
+ranks computed once per sort from one query of the names), filtering reads them, and a change
+of operating point or patient group re-derives them by streaming the batch from the store
+(without thumbnails or class maps) through the engine's own rules. Rows that are not in a
+store (a model without one, in tests) are held as compact results (:func:`compact_row`).
+``benchmarks/bench_gui_memory.py`` measures the window's memory on 1,000 and 20,000 scans.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from __future__ import annotations
 import enum
 import logging
 import sys
+import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +53,8 @@ from PySide6.QtCore import (
     QSize,
     QSortFilterProxyModel,
     Qt,
+    QTimer,
+    Signal,
 )
 from PySide6.QtGui import QGuiApplication, QImageReader, QPixmap
 
@@ -70,6 +81,7 @@ from desktop.gui.qt_compat import emit
 
 if TYPE_CHECKING:
     from desktop.engine.reports.source import WithThumbnails
+    from desktop.engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +90,29 @@ THUMB_CACHE = 400
 #: Rows whose flags and scope verdicts are kept (see ResultsModel._derive): a repaint asks
 #: for them once per cell and role, and the visible rows are far fewer than this.
 DERIVED_CACHE = 2000
+#: Results read back from the store and kept (least recently used first out): a few
+#: screens of the table around what was shown last; ~2 kB each.
+ROW_CACHE = 1024
+#: Rows read from the store in one query around a row that is not in the cache.
+PAGE_ROWS = 64
+#: Items one store query reads back at most (the store's own limit).
+FETCH_ROWS = 500
+#: File names kept for rows that arrived after the table was sorted by name.
+NAME_CACHE = 4096
+#: Tables with more rows in the store than this re-derive them (a new operating point or
+#: patient group) in slices of :data:`SLICE_ROWS` rows between which the GUI thread paints
+#: and takes input (a worker thread would not help: it holds the GIL the GUI thread needs
+#: for every Qt-to-Python call). Smaller tables are re-derived at once.
+ASYNC_ROWS = 5000
+SLICE_ROWS = 100
+#: Seconds of re-derivation per turn of the event loop.
+SLICE_S = 0.03
+#: Distinct short texts (modality, patient, decision, reason) a table codes; a row whose
+#: text comes after these is sorted by reading it back (never in practice: they repeat).
+TEXT_CODES = 4096
 
-#: A row's result with what the table derives from it (see ResultsModel._derive).
-_Derived = tuple[ScanResult, dict[str, bool | None], dict[str, ScopeVerdict], GroupDecision]
+#: A row's flags, scope verdicts and patient group (see ResultsModel._derive).
+_Derived = tuple[dict[str, bool | None], dict[str, ScopeVerdict], GroupDecision]
 
 SortRole = Qt.ItemDataRole.UserRole + 1
 ResultRole = Qt.ItemDataRole.UserRole + 2
@@ -92,6 +124,11 @@ _ModelIndex = QModelIndex | QPersistentModelIndex
 WARNING_MARK = "⚠"
 #: Longest short form of a warning in the table; longer ones end at a word, with "…".
 SHORT_WARNING_CHARS = 72
+
+#: Each status as a small number (RowColumns.status), and its words (the Status column).
+_STATUSES = tuple(ScanStatus)
+_STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
+_STATUS_WORDS = tuple(status_text(status) for status in _STATUSES)
 
 
 def short_name(manifest: ModelManifest) -> str:
@@ -139,40 +176,432 @@ class Column(enum.Enum):
     REASON = "reason"
 
 
+def _patient_cell(decision: GroupDecision) -> str:
+    """The Patient column's text: the group and, short, where it came from."""
+    if decision.group is None:
+        return "unknown"
+    return f"{decision.group.value} ({_SOURCE_SHORT[decision.source.value]})"
+
+
+def _reason_cell(result: ScanResult, outside: Iterable[ScopeVerdict]) -> str:
+    """The Reason column's text: the engine's plain quality words (else the reason), the
+    short scope reasons and the short warnings (the cell's warning icon is the mark)."""
+    quality = quality_of(result)
+    short = quality.text if quality is not None else result.reason
+    parts = [short] if short else []
+    parts += [v.short for v in outside]
+    parts += [short_warning(w) for w in result.warnings]
+    return "; ".join(parts)
+
+
+def _decision_cell(decisions: Mapping[str, ReaderDecision], file: str, sha256: str | None) -> str:
+    """The Decision column's text: the reader's latest decision on this scan, if any."""
+    decision = decisions.get(scan_key(sha256, file))
+    return "" if decision is None else decision.text
+
+
+@dataclass(frozen=True)
+class _ChunkScope(ScopeRule):
+    """The engine's :class:`ScopeRule`, remembering its answers for the results of one chunk.
+
+    Deriving a row asks the rule the same question several times (the counts, the flags,
+    the triage key and the row's own verdicts each ask for its verdicts and patient group:
+    five group decisions a row); this keeps each answer per result while a chunk of rows is
+    derived, so each is computed once, by the engine. Never kept beyond the chunk.
+    """
+
+    memo: dict[int, list[Any]] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def around(cls, rule: ScopeRule) -> _ChunkScope:
+        return cls(manifests=rule.manifests, patients=rule.patients, adult_age=rule.adult_age)
+
+    def _entry(self, result: ScanResult) -> list[Any]:
+        entry = self.memo.get(id(result))
+        if entry is None or entry[0] is not result:
+            entry = self.memo[id(result)] = [result, None, None]
+        return entry
+
+    def group(self, result: ScanResult) -> GroupDecision:
+        entry = self._entry(result)
+        if entry[1] is None:
+            entry[1] = super().group(result)
+        return entry[1]  # type: ignore[no-any-return]
+
+    def verdicts(self, result: ScanResult) -> dict[str, ScopeVerdict]:
+        entry = self._entry(result)
+        if entry[2] is None:
+            entry[2] = super().verdicts(result)
+        return dict(entry[2])
+
+
+class RowColumns:
+    """Every row of the table as a few numbers: where it is in the store (batch, ``seq``),
+    its status, each finding model's score and flag, its triage key and codes of its short
+    texts, and the engine's counts of all of them.
+
+    What the table sorts, filters and counts by, with no result in memory: about 60 bytes a
+    row with two finding models, where a compact :class:`ScanResult` took ~2.3 kB. Built
+    and re-derived with the engine's own rules only (:func:`finding_flags`,
+    :meth:`ScopeRule.verdicts` and ``group``, :func:`triage_key`, :meth:`BatchCounts.tally`)
+    from results streamed from the store. No Qt: a worker builds a stored batch's columns.
+    """
+
+    def __init__(self, finding_ids: Sequence[str]) -> None:
+        self.finding_ids = tuple(finding_ids)
+        self.batch = array("H")  # index into the table's batch ids
+        self.seq = array("q")  # the item's seq in its batch; -1: held in memory, no store
+        self.status = array("b")
+        self.modality = array("l")  # text codes (self.texts); -1: none; -2: not coded
+        self.patient = array("l")
+        self.reason = array("l")
+        self.decision = array("l")
+        self.flagged = array("b")
+        self.scores = {mid: array("d") for mid in self.finding_ids}  # -1.0: did not run
+        self.flags = {mid: array("b") for mid in self.finding_ids}  # -1: no flag, 0, 1
+        self.triage = _TriageColumns()
+        self.counts = BatchCounts()
+        self.texts: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def _arrays(self) -> list[tuple[array[Any], float]]:
+        out: list[tuple[array[Any], float]] = [
+            (self.batch, 0),
+            (self.seq, -1),
+            (self.status, 0),
+            (self.modality, -1),
+            (self.patient, -1),
+            (self.reason, -1),
+            (self.decision, -1),
+            (self.flagged, 0),
+        ]
+        out += [(a, -1.0) for a in self.scores.values()]
+        out += [(a, -1) for a in self.flags.values()]
+        return out
+
+    def grow(self, n: int) -> None:
+        """``n`` more rows, empty until :meth:`put`."""
+        for column, value in self._arrays():
+            column.extend(array(column.typecode, [value]) * n)
+        self.triage.grow(n)
+
+    def code(self, text: str | None) -> int:
+        """``text``'s code in :attr:`texts` (-1 for None; -2 when the table is full)."""
+        if text is None:
+            return -1
+        code = self._codes.get(text)
+        if code is None:
+            if len(self.texts) >= TEXT_CODES:
+                return -2
+            code = len(self.texts)
+            self._codes[text] = code
+            self.texts.append(text)
+        return code
+
+    def put(
+        self,
+        row: int,
+        result: ScanResult,
+        points: Mapping[str, OperatingPoint | None],
+        scope: ScopeRule,
+        decisions: Mapping[str, ReaderDecision],
+    ) -> None:
+        """Row ``row``'s numbers from ``result`` (the counts are added by :meth:`add`)."""
+        self.status[row] = _STATUS_CODE[result.status]
+        self.modality[row] = self.code(shown_modality(result))
+        flags = finding_flags(result, points, scope)
+        verdicts = scope.verdicts(result)
+        for mid in self.finding_ids:
+            finding = result.findings.get(mid)
+            self.scores[mid][row] = -1.0 if finding is None else finding.probability
+            flag = flags.get(mid)
+            self.flags[mid][row] = -1 if flag is None else int(flag)
+        self.flagged[row] = any_flagged(flags)
+        self.patient[row] = self.code(_patient_cell(scope.group(result))) if result.findings else -1
+        self.reason[row] = self.code(_reason_cell(result, verdicts.values()))
+        self.decision[row] = self.code(_decision_cell(decisions, result.file, result.sha256))
+        self.triage.put(row, triage_key(result, points, scope))
+
+    def add(
+        self,
+        items: Iterable[tuple[int, ScanResult]],
+        points: Mapping[str, OperatingPoint | None],
+        scope: ScopeRule,
+        decisions: Mapping[str, ReaderDecision],
+    ) -> None:
+        """:meth:`put` each ``(row, result)`` and count them, a chunk at a time (the
+        results themselves are not kept)."""
+        chunk: list[tuple[int, ScanResult]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= FETCH_ROWS:
+                self._add_chunk(chunk, points, scope, decisions)
+                chunk = []
+        if chunk:
+            self._add_chunk(chunk, points, scope, decisions)
+
+    def _add_chunk(
+        self,
+        chunk: list[tuple[int, ScanResult]],
+        points: Mapping[str, OperatingPoint | None],
+        scope: ScopeRule,
+        decisions: Mapping[str, ReaderDecision],
+    ) -> None:
+        memo = _ChunkScope.around(scope)  # the chunk's results are alive until it ends
+        self.counts = self.counts + BatchCounts.tally((r for _, r in chunk), points, memo)
+        for row, result in chunk:
+            self.put(row, result, points, memo, decisions)
+
+    def text(self, code: int) -> str | None:
+        return None if code < 0 else self.texts[code]
+
+    def stored_rows(self, batch: int) -> tuple[list[int], list[int]]:
+        """The rows of batch ``batch`` that are in the store, and their seqs, by seq."""
+        seqs = np.array(self.seq, dtype=np.int64)
+        batches = np.array(self.batch, dtype=np.int64)
+        rows = np.flatnonzero((batches == batch) & (seqs >= 0))
+        rows = rows[np.argsort(seqs[rows], kind="stable")]
+        return rows.tolist(), seqs[rows].tolist()
+
+
+def merge_stream(
+    rows: Sequence[int], seqs: Sequence[int], stream: Iterable[tuple[int, Any]]
+) -> Iterator[tuple[int, Any]]:
+    """``(row, item)`` for each streamed ``(seq, item)`` that is one of ``seqs`` (both in
+    seq order): a batch read once from the store, matched to the table's rows, which are in
+    arrival order and may be fewer than the batch's (a batch still running)."""
+    j, n = 0, len(seqs)
+    for seq, item in stream:
+        while j < n and seqs[j] < seq:
+            j += 1
+        if j < n and seqs[j] == seq:
+            yield rows[j], item
+            j += 1
+
+
+def read_rows(
+    store: ResultsStore, batches: Sequence[str], keys: Iterable[tuple[int, int, int]]
+) -> dict[int, ScanResult]:
+    """The results of ``keys`` (``(row, batch index, seq)``), read back from ``store``
+    without thumbnails or class maps and kept compact, by row (a query per 500)."""
+    by_batch: dict[int, dict[int, int]] = {}
+    for row, batch, seq in keys:
+        by_batch.setdefault(batch, {})[seq] = row
+    out: dict[int, ScanResult] = {}
+    for batch, rows in by_batch.items():
+        seqs = list(rows)
+        for start in range(0, len(seqs), FETCH_ROWS):
+            for seq, result in store.batch_rows(
+                batches[batch], thumbnails=False, maps=False, seqs=seqs[start : start + FETCH_ROWS]
+            ):
+                out[rows[seq]] = compact_row(result)
+    return out
+
+
+@dataclass
+class _Snapshot:
+    """Where a table's stored rows are, and the rules to derive them under: what a
+    re-derivation reads (in a worker for a big table), taken on the GUI thread."""
+
+    store: ResultsStore | None
+    batches: list[str]
+    batch: array[int]
+    seq: array[int]
+    finding_ids: tuple[str, ...]
+    points: dict[str, OperatingPoint | None]
+    scope: ScopeRule
+    decisions: dict[str, ReaderDecision]
+
+    def steps(self) -> Iterator[RowColumns | None]:
+        """Every stored row's numbers under the snapshot's rules, streaming each batch from
+        the store once (no thumbnails, no class maps; no result kept): None after each
+        :data:`SLICE_ROWS` rows (the GUI thread paints between them), the columns last."""
+        n = len(self.seq)
+        cols = RowColumns(self.finding_ids)
+        cols.grow(n)
+        cols.batch[:] = self.batch
+        cols.seq[:] = self.seq
+        for ix, batch_id in enumerate(self.batches if self.store is not None else ()):
+            rows, seqs = cols.stored_rows(ix)
+            if not rows:
+                continue
+            stream = self.store.batch_rows(  # type: ignore[union-attr]
+                batch_id, thumbnails=False, maps=False
+            )
+            items = merge_stream(rows, seqs, stream)
+            found = 0
+            while chunk := list(islice(items, SLICE_ROWS)):
+                found += len(chunk)
+                cols.add(chunk, self.points, self.scope, self.decisions)
+                yield None
+            if found != len(rows):
+                log.warning(
+                    "batch %s: %d of its %d rows are no longer in the results store",
+                    batch_id,
+                    len(rows) - found,
+                    len(rows),
+                )
+        yield cols
+
+    def derive(self) -> RowColumns:
+        """:meth:`steps` at once."""
+        for cols in self.steps():
+            if cols is not None:
+                return cols
+        raise AssertionError("steps() ends with the columns")
+
+
+def _missing(row: int) -> ScanResult:
+    """What a row shows when the store no longer has it (its batch deleted meanwhile)."""
+    log.warning("row %d is no longer in the results store", row)
+    return ScanResult(
+        file="(deleted from the results store)",
+        sha256=None,
+        status=ScanStatus.ERROR,
+        reason="this result is no longer in the results store (its batch was deleted)",
+    )
+
+
+class TableRows:
+    """The table's rows (or some of them, in the table's order) for the report writers:
+    read from the store a page at a time, each pass; the PDF fetches each flagged scan's
+    thumbnail and class maps as it draws it. A snapshot of where the rows are (a few
+    numbers a row), so a worker thread writes the report while the table goes on.
+    """
+
+    def __init__(
+        self,
+        store: ResultsStore | None,
+        batches: Sequence[str],
+        batch: array[int],
+        seq: array[int],
+        held: Mapping[int, ScanResult],
+        thumbnail: Callable[[ScanResult], bytes | None] | None,
+        detail: Callable[[ScanResult], ScanResult | None] | None,
+    ) -> None:
+        self._store = store
+        self._batches = list(batches)
+        self._batch = batch
+        self._seq = seq
+        self._held = dict(held)  # by position in this snapshot
+        self._thumbnail = thumbnail
+        self._detail = detail
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def __iter__(self) -> Iterator[ScanResult]:
+        return (result for _, result in self.rows())
+
+    def rows(self) -> Iterator[tuple[int, ScanResult]]:
+        for start in range(0, len(self), FETCH_ROWS):
+            positions = range(start, min(len(self), start + FETCH_ROWS))
+            yield from zip(positions, self.at(positions), strict=True)
+
+    def at(self, rows: Sequence[int]) -> list[ScanResult]:
+        """The results at positions ``rows``, in the order asked (a query per 500)."""
+        found: dict[int, ScanResult] = {}
+        keys = [(p, self._batch[p], self._seq[p]) for p in rows if p not in self._held]
+        if keys:
+            if self._store is None:
+                raise LookupError("these rows are in no results store")
+            for start in range(0, len(keys), FETCH_ROWS):
+                found.update(
+                    read_rows(self._store, self._batches, keys[start : start + FETCH_ROWS])
+                )
+        missing = [p for p in rows if p not in self._held and p not in found]
+        if missing:  # the batch changed under the report (deleted meanwhile)
+            raise LookupError(f"the results store no longer holds rows {missing[:5]}")
+        return [self._held[p] if p in self._held else found[p] for p in rows]
+
+    def thumbnail(self, result: ScanResult) -> bytes | None:
+        if result.thumbnail_png is not None or self._thumbnail is None:
+            return result.thumbnail_png
+        return self._thumbnail(result)
+
+    def detail(self, result: ScanResult) -> ScanResult | None:
+        return self._detail(result) if self._detail is not None else None
+
+
+@dataclass
+class LoadedRows:
+    """A stored batch's rows as a worker read them (:meth:`ResultsModel.stored_loader`),
+    with the rules they were derived under and the table generation they belong to."""
+
+    batch_id: str
+    columns: RowColumns
+    generation: int
+    points: Mapping[str, OperatingPoint | None]
+    scope: ScopeRule
+    decisions: Mapping[str, ReaderDecision]
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
 class ResultsModel(QAbstractTableModel):
-    """Rows are ScanResults in arrival order; columns follow the loaded finding models."""
+    """Rows are a batch's results in arrival order; columns follow the loaded finding models.
+
+    ``derived`` is emitted when every row has been derived again under a new operating point
+    or patient group (at once for a small table; from a worker for a big one, meanwhile the
+    painted cells already follow the new rules); ``problem`` with a message when that failed.
+
+    With a store (``store``: a function returning the results store), a row is its place in
+    the store and a few numbers (:class:`RowColumns`); its result is read back when needed
+    (:meth:`result`). Without one, or for rows that carry no place in a store, rows are held
+    in memory as compact results.
+    """
+
+    derived = Signal()
+    problem = Signal(str)
 
     def __init__(
         self,
         parent: QObject | None = None,
         thumbnail_loader: Callable[[ScanResult], bytes | None] | None = None,
         detail_loader: Callable[[ScanResult], ScanResult | None] | None = None,
+        store: Callable[[], ResultsStore] | None = None,
     ) -> None:
         super().__init__(parent)
-        #: With a detail loader (the store's whole result), rows also drop their findings'
-        #: class activation maps (~1 kB a row, only the viewer and the PDF draw them):
-        #: :meth:`with_thumbnail` fetches them with the thumbnail.
+        #: With a detail loader (the store's whole result), held rows also drop their
+        #: findings' class activation maps (~1 kB a row, only the viewer and the PDF draw
+        #: them): :meth:`with_thumbnail` fetches them with the thumbnail.
         self._detail_loader = detail_loader
-        #: With a loader (the results store), rows drop their thumbnail bytes on arrival and
-        #: fetch them when painted: ~50 kB a row otherwise, 500 MB for a 10,000-scan batch.
+        #: With a loader (the results store), held rows drop their thumbnail bytes on arrival
+        #: and fetch them when painted: ~50 kB a row otherwise.
         self._thumbnail_loader = thumbnail_loader
-        self._results: list[ScanResult] = []
+        self._store = store
         self._manifests: dict[str, ModelManifest] = {}
         self._choice = ThresholdChoice()
         self._columns: list[tuple[Column, str | None]] = []
+        self._cols = RowColumns(())
+        self._batches: list[str] = []  # the batch ids the rows come from (RowColumns.batch)
+        self._held: dict[int, ScanResult] = {}  # rows in no store, by row
+        self._cache: OrderedDict[int, ScanResult] = OrderedDict()  # rows read back, by row
         self._thumbs: OrderedDict[int, QPixmap] = OrderedDict()
-        #: id(result) -> (result, flags, scope verdicts, patient group), under the current
-        #: point and scope.
+        #: row -> (flags, scope verdicts, patient group) under the current point and scope.
         self._derived: OrderedDict[int, _Derived] = OrderedDict()
-        #: Each row's triage key under the current points, as three compact columns (11 bytes
-        #: a row; a TriageKey object a row took ~200 B, 4 MB at 20,000 rows).
-        self._triage = _TriageColumns()
+        self._file_rank: array[int] | None = None  # rows' ranks by file name (sorting)
+        self._names: OrderedDict[int, str] = OrderedDict()
+        self._search: str | None = None
+        self._search_mask = bytearray()
+        #: Bumped when the rows are cleared: a stored batch read for an older table is dropped.
+        self._generation = 0
+        #: A re-derivation under way in slices: (snapshot, its steps, roles to announce).
+        self._pending: tuple[_Snapshot, Iterator[RowColumns | None], tuple[int, ...]] | None
+        self._pending = None
+        self._stepper = QTimer(self)
+        self._stepper.setSingleShot(True)
+        self._stepper.setInterval(0)
+        self._stepper.timeout.connect(self._derive_step)
         self._decisions: dict[str, ReaderDecision] = {}  # by decisions.scan_key
         self._points: dict[str, OperatingPoint | None] = {}
         self._all_manifests: dict[str, ModelManifest] = {}
         self._patients = PatientChoice()
         self._scope = ScopeRule.of({})
-        self._counts = BatchCounts()
         self._rebuild_columns()
 
     # -- configuration ---------------------------------------------------------------------
@@ -206,9 +635,13 @@ class ResultsModel(QAbstractTableModel):
     def set_decisions(self, decisions: Mapping[str, ReaderDecision]) -> None:
         """The readers' recorded decisions (by :func:`~desktop.engine.decisions.scan_key`)."""
         self._decisions = dict(decisions)
-        if self._results:
-            col = self.column_of(Column.DECISION)
-            emit(self.dataChanged, self.index(0, col), self.index(len(self._results) - 1, col))
+        if not len(self._cols):
+            return
+        cols = self._cols
+        for row, (file, sha) in self._row_keys():
+            cols.decision[row] = cols.code(_decision_cell(self._decisions, file, sha))
+        col = self.column_of(Column.DECISION)
+        emit(self.dataChanged, self.index(0, col), self.index(self.rowCount() - 1, col))
 
     def decision_of(self, result: ScanResult) -> ReaderDecision | None:
         return self._decisions.get(scan_key(result.sha256, result.file))
@@ -218,8 +651,7 @@ class ResultsModel(QAbstractTableModel):
         triage order are re-derived from what is stored, with no re-run."""
         self._patients = patients
         self._scope = ScopeRule.of(self._all_manifests, patients)
-        self._recount()
-        self._all_rows_changed(
+        self._recount(
             Qt.ItemDataRole.DisplayRole,
             Qt.ItemDataRole.DecorationRole,
             Qt.ItemDataRole.ToolTipRole,
@@ -232,19 +664,18 @@ class ResultsModel(QAbstractTableModel):
         """Re-derive every flag from stored probabilities: no re-run, just dataChanged."""
         self._choice = choice
         self._resolve_points()
-        self._recount()
         # With SortRole: the triage order (Attention column) follows the point.
-        self._all_rows_changed(
+        self._recount(
             Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, FlaggedRole, SortRole
         )
 
     def _all_rows_changed(self, *roles: int) -> None:
         """Tell the views that ``roles`` of every row changed (a re-derivation, not a re-run)."""
-        if self._results:
+        if len(self._cols):
             emit(
                 self.dataChanged,
                 self.index(0, 0),
-                self.index(len(self._results) - 1, self.columnCount() - 1),
+                self.index(self.rowCount() - 1, self.columnCount() - 1),
                 list(roles),
             )
 
@@ -279,59 +710,351 @@ class ResultsModel(QAbstractTableModel):
 
     # -- rows ------------------------------------------------------------------------------
     def append(self, results: Sequence[ScanResult]) -> None:
-        """Add a chunk of rows in one insert (the batch view feeds chunks, not single rows)."""
-        if not results:
+        """Add a chunk of rows held in memory (no place in a store): tests, a table without
+        a store. The window's batches arrive through :meth:`append_items`."""
+        self.append_items(None, [(None, r) for r in results])
+
+    def append_items(
+        self, batch_id: str | None, items: Sequence[tuple[int | None, ScanResult]]
+    ) -> None:
+        """Add a chunk of finished items of ``batch_id`` as ``(seq, result)`` in one insert
+        (the batch view feeds chunks, not single rows). An item with a seq (and a store) is
+        kept as its place in the store and a few numbers; the result itself goes to the
+        cache of rows read last, since the views ask for new rows at once."""
+        if not items:
             return
-        start = len(self._results)
+        start = len(self._cols)
+        stored = self._store is not None and batch_id is not None
+        batch = self._batch_index(batch_id) if stored and batch_id is not None else 0
         strip = self._thumbnail_loader is not None
         maps = self._detail_loader is not None
-        results = [compact_row(r, strip_thumbnail=strip, strip_maps=maps) for r in results]
-        self.beginInsertRows(QModelIndex(), start, start + len(results) - 1)
-        self._results.extend(results)
-        self._triage.extend(triage_key(r, self._points, self._scope) for r in results)
-        self._count(results)
+        self.beginInsertRows(QModelIndex(), start, start + len(items) - 1)
+        cols = self._cols
+        cols.grow(len(items))
+        added: list[tuple[int, ScanResult]] = []
+        for row, (seq, result) in enumerate(items, start):
+            if stored and seq is not None:
+                result = compact_row(result, strip_thumbnail=True, strip_maps=True)
+                cols.batch[row] = batch
+                cols.seq[row] = seq  # type: ignore[assignment]
+                self._remember(row, result)
+            else:
+                result = compact_row(result, strip_thumbnail=strip, strip_maps=maps)
+                self._held[row] = result
+            added.append((row, result))
+        cols.add(added, self._points, self._scope, self._decisions)
         self.endInsertRows()
+
+    def _batch_index(self, batch_id: str) -> int:
+        if batch_id not in self._batches:
+            self._batches.append(batch_id)
+        return self._batches.index(batch_id)
 
     def clear(self) -> None:
         self.beginResetModel()
-        self._results.clear()
-        self._triage = _TriageColumns()
+        self._generation += 1
+        self._batches = []
+        self._held = {}
+        self._cache.clear()
         self._thumbs.clear()
+        self._names.clear()
+        self._file_rank = None
+        self._search = None
+        self._cols = RowColumns(self.finding_ids())
         self._recount()
         self.endResetModel()
 
+    def stored_loader(self, batch_id: str) -> Callable[[], LoadedRows]:
+        """A function for a worker that reads stored batch ``batch_id`` into rows (a few
+        numbers each, derived under the table's current rules, no result kept); hand what
+        it returns to :meth:`adopt`. The GUI thread neither reads nor derives 20,000 rows."""
+        if self._store is None:
+            raise RuntimeError("this table has no results store")
+        store = self._store()
+        ids = self.finding_ids()
+        points, scope, decisions = dict(self._points), self._scope, dict(self._decisions)
+        generation = self._generation
+
+        def load() -> LoadedRows:
+            cols = RowColumns(ids)
+            items: list[tuple[int, ScanResult]] = []
+            stream = store.batch_rows(batch_id, thumbnails=False, maps=False)
+            for row, (seq, result) in enumerate(stream):
+                cols.grow(1)
+                cols.seq[row] = seq
+                items.append((row, result))
+                if len(items) >= FETCH_ROWS:
+                    cols.add(items, points, scope, decisions)
+                    items = []
+            cols.add(items, points, scope, decisions)
+            return LoadedRows(batch_id, cols, generation, points, scope, decisions)
+
+        return load
+
+    def adopt(self, loaded: LoadedRows) -> bool:
+        """Show a stored batch a worker read (:meth:`stored_loader`); False (and nothing
+        shown) when the table was cleared or filled since. Rows derived under other rules
+        than the table's now (the point changed while it read) are derived again."""
+        if loaded.generation != self._generation or len(self._cols):
+            log.info("stored batch %s read for an older table: not shown", loaded.batch_id)
+            return False
+        n = len(loaded.columns)
+        if n == 0:
+            return True
+        self.beginInsertRows(QModelIndex(), 0, n - 1)
+        self._batches = [loaded.batch_id]
+        self._cols = loaded.columns
+        self.endInsertRows()
+        stale = (
+            loaded.points != self._points
+            or loaded.scope != self._scope
+            or loaded.columns.finding_ids != tuple(self._manifests)
+        )
+        if stale:  # the rules changed while it was read
+            self._recount(
+                Qt.ItemDataRole.DisplayRole,
+                Qt.ItemDataRole.DecorationRole,
+                Qt.ItemDataRole.ToolTipRole,
+                Qt.ItemDataRole.ForegroundRole,
+                FlaggedRole,
+                SortRole,
+            )
+        elif loaded.decisions != self._decisions:
+            self.set_decisions(self._decisions)
+        return True
+
     def counts(self) -> BatchCounts:
         """The engine's totals of the rows at the current point, kept up to date as rows arrive."""
-        return self._counts
+        return self._cols.counts
 
-    def _count(self, results: Iterable[ScanResult]) -> None:
-        # Counted per chunk, so the status line costs nothing per row during a big batch.
-        self._counts = self._counts + BatchCounts.tally(results, self._points, self._scope)
+    def _recount(self, *roles: int) -> None:
+        """Derive every row's flags, scope, triage key, texts and the counts again under
+        the current point and scope, then tell the views (``roles`` of every row changed;
+        none named: the caller resets the model).
 
-    def _recount(self) -> None:
+        Stored rows are streamed from the store (no thumbnails, no class maps; nothing kept
+        but the numbers), the held ones read from memory. A table of more than
+        :data:`ASYNC_ROWS` stored rows is derived in slices between turns of the event loop
+        (20,000 rows: ~1.5 s of reading and ~1 s of the engine's rules, which the GUI thread
+        spent in one block before). Meanwhile the painted cells already follow the new rules
+        (:meth:`_derive`); the counts, the order and the filters follow when it is done
+        (``derived``)."""
         self._derived.clear()  # the point, the scope or the rows changed
-        self._counts = BatchCounts.tally(self._results, self._points, self._scope)
-        self._triage = _TriageColumns()
-        self._triage.extend(triage_key(r, self._points, self._scope) for r in self._results)
+        self._drop_pending()
+        snapshot = self._snapshot()
+        if self._store is None or len(snapshot.seq) - len(self._held) <= ASYNC_ROWS:
+            self._derived_rows(snapshot, snapshot.derive())
+            if roles:
+                self._all_rows_changed(*roles)
+            emit(self.derived)
+            return
+        self._pending = (snapshot, snapshot.steps(), roles)
+        self._stepper.start()
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[1].close()  # type: ignore[attr-defined]  # a generator
+            self._pending = None
+        self._stepper.stop()
+
+    def _derive_step(self) -> None:
+        """One slice of the re-derivation under way (about :data:`SLICE_S` seconds)."""
+        if self._pending is None:
+            return
+        snapshot, steps, roles = self._pending
+        deadline = time.perf_counter() + SLICE_S
+        try:
+            while True:  # at least one step a slice
+                cols = next(steps)
+                if cols is not None:
+                    self._pending = None
+                    self._derived_rows(snapshot, cols)
+                    self._all_rows_changed(*roles)  # none named: all roles (models changed)
+                    emit(self.derived)
+                    return
+                if time.perf_counter() >= deadline:
+                    break
+        except Exception as exc:  # the store failed: say so, keep the rows as they were
+            self._pending = None
+            log.error("the table's rows could not be derived again: %s", exc)
+            emit(self.problem, f"The flags and counts could not be updated: {exc}")
+            return
+        self._stepper.start()
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(
+            self._store() if self._store is not None and self._batches else None,
+            list(self._batches),
+            array("H", self._cols.batch),
+            array("q", self._cols.seq),
+            tuple(self._manifests),
+            dict(self._points),
+            self._scope,
+            dict(self._decisions),
+        )
+
+    def derivation_pending(self) -> bool:
+        """Whether the rows are still being derived under the current rules (in slices)."""
+        return self._pending is not None
+
+    def _derived_rows(self, snapshot: _Snapshot, cols: RowColumns) -> None:
+        """Take the rows a derivation made, with the held rows and the rows that arrived
+        meanwhile derived here."""
+        n = len(snapshot.seq)
+        late = range(n, len(self._cols))
+        cols.grow(len(late))
+        cols.batch[n:] = self._cols.batch[n:]
+        cols.seq[n:] = self._cols.seq[n:]
+        wanted = [r for r in late if r not in self._held]
+        read: dict[int, ScanResult] = {}
+        if wanted and self._store is not None:
+            keys = [(r, self._cols.batch[r], self._cols.seq[r]) for r in wanted]
+            for start in range(0, len(keys), FETCH_ROWS):
+                page = keys[start : start + FETCH_ROWS]
+                read.update(read_rows(self._store(), self._batches, page))
+        cols.add([*sorted(self._held.items()), *sorted(read.items())], *self._rules())
+        self._cols = cols
+        if snapshot.decisions != self._decisions:
+            self.set_decisions(self._decisions)
+        self._derived.clear()
+
+    def _rules(
+        self,
+    ) -> tuple[dict[str, OperatingPoint | None], ScopeRule, dict[str, ReaderDecision]]:
+        return self._points, self._scope, self._decisions
 
     def triage_key(self, row: int) -> TriageKey:
         """The row's place in the engine's triage order at the current operating point."""
-        return self._triage.key(row)
+        return self._cols.triage.key(row)
 
     def triage_sort_key(self, row: int) -> tuple[int, float, int, int]:
         """The row's triage key as plain numbers, the row last (ties keep the folder's
         order): what the proxy compares, with no key object made per comparison."""
-        return self._triage.sort_key(row)
+        return self._cols.triage.sort_key(row)
 
     def triage_rows(self) -> list[int]:
         """Source rows in triage order (flagged, strongest first; errors last)."""
-        return self._triage.order()
+        return self._cols.triage.order()
+
+    def row_flagged(self, row: int) -> bool:
+        """Whether any finding model flags row ``row`` (the engine's rule, derived once)."""
+        return bool(self._cols.flagged[row])
+
+    def row_status(self, row: int) -> ScanStatus:
+        return _STATUSES[self._cols.status[row]]
+
+    # -- reading rows back -------------------------------------------------------------------
+    def result(self, row: int) -> ScanResult:
+        """Row ``row``'s result: held, read last, or read back from the store with the rows
+        around it (one query)."""
+        held = self._held.get(row)
+        if held is not None:
+            return held
+        cached = self._cache.get(row)
+        if cached is not None:
+            self._cache.move_to_end(row)
+            return cached
+        n = len(self._cols)
+        if not 0 <= row < n:
+            raise IndexError(f"row {row} of {n}")
+        first = max(0, min(row - PAGE_ROWS // 2, n - PAGE_ROWS))
+        self.prefetch(range(first, min(n, first + PAGE_ROWS)))
+        cached = self._cache.get(row)
+        if cached is None:
+            cached = _missing(row)
+            self._remember(row, cached)
+        self._cache.move_to_end(row)
+        return cached
+
+    def prefetch(self, rows: Iterable[int]) -> None:
+        """Read ``rows`` that are neither held nor cached back from the store in one query
+        (the view asks for the rows around the visible ones before it paints)."""
+        cols = self._cols
+        keys = [
+            (row, cols.batch[row], cols.seq[row])
+            for row in rows
+            if row not in self._cache and row not in self._held and 0 <= row < len(cols)
+        ]
+        if not keys or self._store is None:
+            return
+        for row, result in read_rows(self._store(), self._batches, keys[:FETCH_ROWS]).items():
+            self._remember(row, result)
+
+    def _remember(self, row: int, result: ScanResult) -> None:
+        self._cache[row] = result
+        self._cache.move_to_end(row)
+        while len(self._cache) > ROW_CACHE:
+            self._cache.popitem(last=False)
+
+    def iter_results(self, rows: Iterable[int]) -> Iterator[ScanResult]:
+        """The results of ``rows`` in that order, read a page at a time without filling the
+        cache (a selection, a report: maybe every row)."""
+        rows = list(rows)
+        for start in range(0, len(rows), FETCH_ROWS):
+            page = rows[start : start + FETCH_ROWS]
+            yield from self.table_report(page).at(range(len(page)))
 
     def results(self) -> list[ScanResult]:
-        return list(self._results)
+        """Every row's result, in row order: tests and small tables (it reads them all)."""
+        return list(self.iter_results(range(self.rowCount())))
 
-    def result(self, row: int) -> ScanResult:
-        return self._results[row]
+    def row_of(self, result: ScanResult) -> int | None:
+        """The row of ``result``: the one this table handed out (:meth:`result`), else the
+        row of the same file and content (one light query); None if it is not in the table."""
+        for rows in (self._held, self._cache):
+            for row, known in rows.items():
+                if known is result:
+                    return row
+        key = (result.file, result.sha256)
+        return next((row for row, found in self._row_keys() if found == key), None)
+
+    def _row_keys(self) -> Iterator[tuple[int, tuple[str, str | None]]]:
+        """Every row's ``(file, sha256)``: one light query per batch (nothing parsed)."""
+        cols = self._cols
+        if self._store is not None and self._batches:
+            store = self._store()
+            for ix, batch_id in enumerate(self._batches):
+                rows, seqs = cols.stored_rows(ix)
+                if rows:
+                    keys = ((s, (f, h)) for s, f, h in store.batch_keys(batch_id))
+                    yield from merge_stream(rows, seqs, keys)
+        for row, result in self._held.items():
+            yield row, (result.file, result.sha256)
+
+    def file_name(self, row: int) -> str:
+        """Row ``row``'s file path (held, read last, or one light query)."""
+        held = self._held.get(row) or self._cache.get(row)
+        if held is not None:
+            return held.file
+        name = self._names.get(row)
+        if name is None and self._store is not None:
+            cols = self._cols
+            found = list(self._store().batch_keys(self._batches[cols.batch[row]], [cols.seq[row]]))
+            name = found[0][1] if found else ""
+            self._names[row] = name
+            while len(self._names) > NAME_CACHE:
+                self._names.popitem(last=False)
+        return name or ""
+
+    def table_report(self, rows: Sequence[int] | None = None) -> TableRows:
+        """``rows`` (every row when None), in that order, for the report writers: streamed
+        from the store in pages by a worker, each flagged scan's thumbnail and class maps
+        fetched by the PDF as it draws it; the table's rows are not copied."""
+        cols = self._cols
+        if rows is None:
+            rows = range(len(cols))
+        batch = array("H", (cols.batch[r] for r in rows))
+        seq = array("q", (cols.seq[r] for r in rows))
+        held = {p: self._held[r] for p, r in enumerate(rows) if r in self._held}
+        return TableRows(
+            self._store() if self._store is not None and self._batches else None,
+            self._batches,
+            batch,
+            seq,
+            held,
+            self._thumbnail_loader,
+            self._detail_loader,
+        )
 
     def with_thumbnail(self, result: ScanResult) -> ScanResult:
         """``result`` with its thumbnail bytes and class activation maps (for the viewer and
@@ -345,9 +1068,10 @@ class ResultsModel(QAbstractTableModel):
         return replace(result, thumbnail_png=self._thumbnail_loader(result))
 
     def report_source(self, rows: Sequence[ScanResult]) -> WithThumbnails:
-        """``rows`` for the report writers: the PDF fetches each flagged scan's thumbnail and
-        class maps (:meth:`with_thumbnail`) as it draws it; the rows hold neither. The reports
-        package is imported here, at export: at start-up reportlab cost the window ~0.3 s."""
+        """Results in memory for the report writers: the PDF fetches each flagged scan's
+        thumbnail and class maps (:meth:`with_thumbnail`) as it draws it. The window's export
+        uses :meth:`table_report` (rows read from the store). The reports package is imported
+        here, at export: at start-up reportlab cost the window ~0.3 s."""
         from desktop.engine.reports.source import WithThumbnails
 
         return WithThumbnails(
@@ -356,43 +1080,125 @@ class ResultsModel(QAbstractTableModel):
 
     def flags_of(self, result: ScanResult) -> dict[str, bool | None]:
         """Each finding model's flag at the current point and patient choice (the engine's rule)."""
-        return dict(self._derive(result)[1])
+        return finding_flags(result, self._points, self._scope)
 
     def outside_scope(self, result: ScanResult) -> dict[str, ScopeVerdict]:
         """The models ``result`` is outside the scope of, with the reasons (the engine's rule)."""
-        return dict(self._derive(result)[2])
+        return self._scope.verdicts(result)
 
-    def _derive(self, result: ScanResult) -> _Derived:
-        """The engine's flags, scope verdicts and patient group for ``result``, computed once
-        per operating point and scope.
+    def is_row_flagged(self, result: ScanResult) -> bool:
+        return any_flagged(self.flags_of(result))
+
+    def _derive(self, row: int, result: ScanResult) -> _Derived:
+        """The engine's flags, scope verdicts and patient group for row ``row``, computed
+        once per operating point and scope.
 
         A repaint asks for them in every cell and role of a row (the flag, score, reason and
-        attention cells, FlaggedRole): re-deriving each time kept the GUI thread in Python
-        for most of a repaint, and every Qt-to-Python call then waits for the GIL that the
-        batch's threads hold. Entries keep their result, so an id is never reused while cached.
+        attention cells): re-deriving each time kept the GUI thread in Python for most of a
+        repaint, and every Qt-to-Python call then waits for the GIL.
         """
-        key = id(result)
-        entry = self._derived.get(key)
-        if entry is not None and entry[0] is result:
-            self._derived.move_to_end(key)
+        entry = self._derived.get(row)
+        if entry is not None:
+            self._derived.move_to_end(row)
             return entry
         entry = (
-            result,
             finding_flags(result, self._points, self._scope),
             self._scope.verdicts(result),
             self._scope.group(result),
         )
-        self._derived[key] = entry
+        self._derived[row] = entry
         if len(self._derived) > DERIVED_CACHE:
             self._derived.popitem(last=False)
         return entry
 
-    def is_row_flagged(self, result: ScanResult) -> bool:
-        return any_flagged(self._derive(result)[1])
+    # -- sorting and filtering (the proxy asks; no result is read for most) ------------------
+    def less(self, column: int, left: int, right: int) -> bool:
+        """Whether row ``left`` sorts before row ``right`` by ``column``: from the rows'
+        numbers (file names by their ranks), the same order as their SortRole values."""
+        kind, model_id = self._columns[column]
+        cols = self._cols
+        if kind is Column.TRIAGE:
+            return cols.triage.sort_key(left) < cols.triage.sort_key(right)
+        if kind is Column.SCORE:
+            scores = cols.scores.get(model_id or "")  # None while new models are derived
+            return scores is not None and scores[left] < scores[right]
+        if kind is Column.FLAG:
+            flags = cols.flags.get(model_id or "")
+            return flags is not None and flags[left] < flags[right]
+        if kind is Column.STATUS:
+            return _STATUS_WORDS[cols.status[left]] < _STATUS_WORDS[cols.status[right]]
+        if kind is Column.FILE:
+            rank = self._file_rank
+            if rank is None:
+                rank = self._file_rank = self._rank_files()
+            if left < len(rank) and right < len(rank):
+                return rank[left] < rank[right]
+            return self._file_key(left) < self._file_key(right)
+        if kind is Column.THUMB:
+            return left < right
+        return self._text_key(column, left) < self._text_key(column, right)
+
+    def _text_key(self, column: int, row: int) -> tuple[int, str]:
+        """A coded text column's sort key: its text (None, Qt's invalid value, sorts last)."""
+        kind = self._columns[column][0]
+        cols = self._cols
+        codes = {
+            Column.MODALITY: cols.modality,
+            Column.PATIENT: cols.patient,
+            Column.DECISION: cols.decision,
+            Column.REASON: cols.reason,
+        }[kind]
+        code = codes[row]
+        if code == -2:  # past the coded texts: read the row
+            value = self.data(self.index(row, column), SortRole)
+            return (0, str(value)) if value is not None else (1, "")
+        text = cols.text(code)
+        return (1, "") if text is None else (0, text)
+
+    def _file_key(self, row: int) -> str:
+        return display_path(Path(self.file_name(row)).name)
+
+    def _rank_files(self) -> array[int]:
+        """Each row's rank by the File column's text (equal names, equal ranks), from one
+        light query per batch: the names are dropped once ranked."""
+        names = [""] * len(self._cols)
+        for row, (file, _sha) in self._row_keys():
+            names[row] = display_path(Path(file).name)
+        ranks = {name: i for i, name in enumerate(sorted(set(names)))}
+        return array("l", (ranks[name] for name in names))
+
+    def prepare_sort(self) -> None:
+        """Forget the file-name ranks: the next sort by name ranks every row again."""
+        self._file_rank = None
+
+    def accepts(self, row: int, kind: Filter, search: str) -> bool:
+        """Whether the proxy shows row ``row`` under the filter ``kind`` and the file-name
+        ``search`` (lower case): from the rows' numbers; the names searched in one query."""
+        cols = self._cols
+        if search and not self._matches(row, search):
+            return False
+        if kind is Filter.FLAGGED:
+            return bool(cols.flagged[row])
+        if kind is Filter.NOT_SCREENED:
+            return _STATUSES[cols.status[row]] is ScanStatus.NOT_CHEST_XRAY
+        if kind is Filter.ERRORS:
+            return _STATUSES[cols.status[row]] is ScanStatus.ERROR
+        return True
+
+    def _matches(self, row: int, search: str) -> bool:
+        if search != self._search:
+            self._search = search
+            mask = bytearray(len(self._cols))
+            for r, (file, _sha) in self._row_keys():
+                mask[r] = search in display_path(Path(file).name).lower()
+            self._search_mask = mask
+        if row < len(self._search_mask):
+            return bool(self._search_mask[row])
+        return search in display_path(Path(self.file_name(row)).name).lower()
 
     # -- QAbstractTableModel -------------------------------------------------------------
     def rowCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._results)
+        return 0 if parent.isValid() else len(self._cols)
 
     def columnCount(self, parent: _ModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._columns)
@@ -440,27 +1246,28 @@ class ResultsModel(QAbstractTableModel):
         return None
 
     def data(self, index: _ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or index.row() >= len(self._results):
+        row = index.row()
+        if not index.isValid() or row >= len(self._cols):
             return None
-        result = self._results[index.row()]
+        if role == FlaggedRole:
+            return self.row_flagged(row)
+        result = self.result(row)
         if role == ResultRole:
             return result
-        if role == FlaggedRole:
-            return self.is_row_flagged(result)
         kind, model_id = self._columns[index.column()]
         if kind is Column.TRIAGE:
             if role == SortRole:
-                return index.row()  # the proxy compares triage keys (ResultsProxy.lessThan)
+                return row  # the proxy compares triage keys (ResultsProxy.lessThan)
             if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
                 return self._attention_text(result, role == Qt.ItemDataRole.ToolTipRole)
             return None
         if kind is Column.THUMB:
             if role == Qt.ItemDataRole.DecorationRole:
-                return self._thumbnail(index.row(), result)
+                return self._thumbnail(row, result)
             if role == Qt.ItemDataRole.SizeHintRole:
                 return QSize(THUMB_HEIGHT + 8, THUMB_HEIGHT + 4)
             if role == SortRole:
-                return index.row()
+                return row
             return None
         if kind is Column.FILE:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
@@ -481,17 +1288,15 @@ class ResultsModel(QAbstractTableModel):
         if kind is Column.PATIENT:
             if not result.findings:
                 return None
-            decision = self._derive(result)[3]
+            decision = self._derive(row, result)[2]
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
-                if decision.group is None:
-                    return "unknown"
-                return f"{decision.group.value} ({_SOURCE_SHORT[decision.source.value]})"
+                return _patient_cell(decision)
             if role == Qt.ItemDataRole.ToolTipRole:
                 return decision.describe()
             return None
         if kind is Column.SCORE:
             finding = result.findings.get(model_id or "")
-            outside = self._derive(result)[2].get(model_id or "") if finding else None
+            outside = self._derive(row, result)[1].get(model_id or "") if finding else None
             if role == Qt.ItemDataRole.DisplayRole:
                 return "" if finding is None else f"{finding.probability:.2f}"
             if role == SortRole:
@@ -504,9 +1309,9 @@ class ResultsModel(QAbstractTableModel):
                 return f"{outside.reason}. The score is shown but raises no flag."
             return None
         if kind is Column.FLAG:
-            flag = self._derive(result)[1].get(model_id or "")
+            flag = self._derive(row, result)[0].get(model_id or "")
             name = short_name(self._manifests[model_id]) if model_id else ""
-            outside = self._derive(result)[2].get(model_id or "") if flag is not None else None
+            outside = self._derive(row, result)[1].get(model_id or "") if flag is not None else None
             if role == Qt.ItemDataRole.DisplayRole:
                 if flag is None:
                     return ""
@@ -542,15 +1347,10 @@ class ResultsModel(QAbstractTableModel):
         if kind is Column.REASON:
             # The engine's plain quality words in the cell, the technical reason in the tooltip.
             # Scope reasons and warnings: a short form in the cell, the whole text in the tooltip.
-            quality = quality_of(result)
-            short = quality.text if quality is not None else result.reason
-            outside = list(self._derive(result)[2].values())
+            outside = list(self._derive(row, result)[1].values())
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
                 # The cell's warning icon is the mark; a second "⚠" glyph beside it said it twice.
-                parts = [short] if short else []
-                parts += [v.short for v in outside]
-                parts += [short_warning(w) for w in result.warnings]
-                return "; ".join(parts)
+                return _reason_cell(result, outside)
             if role == Qt.ItemDataRole.ToolTipRole:
                 lines = [result.reason] if result.reason else []
                 lines += [f"{WARNING_MARK} {v.reason}" for v in outside]
@@ -612,6 +1412,17 @@ class _TriageColumns:
             self._group.append(int(key.group))
             self._strength.append(key.strength)
             self._flagged.append(key.flagged_models)
+
+    def grow(self, n: int) -> None:
+        """``n`` more rows, set by :meth:`put`."""
+        self._group.extend(array("b", [0]) * n)
+        self._strength.extend(array("d", [0.0]) * n)
+        self._flagged.extend(array("h", [0]) * n)
+
+    def put(self, row: int, key: TriageKey) -> None:
+        self._group[row] = int(key.group)
+        self._strength[row] = key.strength
+        self._flagged[row] = key.flagged_models
 
     def key(self, row: int) -> TriageKey:
         return TriageKey(TriageGroup(self._group[row]), self._strength[row], self._flagged[row])
@@ -719,7 +1530,9 @@ class Filter(enum.Enum):
 
 
 class ResultsProxy(QSortFilterProxyModel):
-    """Sort by any column (on typed SortRole values) and filter by kind and by file name."""
+    """Sort by any column and filter by kind and by file name, from the rows' numbers
+    (:meth:`ResultsModel.less`, :meth:`ResultsModel.accepts`): no row is read back from the
+    store to sort or filter 20,000 of them."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -728,12 +1541,20 @@ class ResultsProxy(QSortFilterProxyModel):
         self.setSortRole(SortRole)
         self.setDynamicSortFilter(True)
 
-    def lessThan(self, left: _ModelIndex, right: _ModelIndex) -> bool:
-        """The Attention column sorts by the engine's triage key; others by SortRole."""
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """A sort the user asks for ranks the file names afresh (rows came since)."""
         model = self.sourceModel()
-        if isinstance(model, ResultsModel) and model.column_kind(left.column()) is Column.TRIAGE:
-            # the row breaks ties, so equal keys keep the folder's order however rows arrive
-            return model.triage_sort_key(left.row()) < model.triage_sort_key(right.row())
+        if isinstance(model, ResultsModel):
+            model.prepare_sort()
+        super().sort(column, order)
+
+    def lessThan(self, left: _ModelIndex, right: _ModelIndex) -> bool:
+        """The Attention column sorts by the engine's triage key; others by their values."""
+        model = self.sourceModel()
+        if isinstance(model, ResultsModel):
+            # triage: the row breaks ties, so equal keys keep the folder's order however
+            # rows arrive
+            return model.less(left.column(), left.row(), right.row())
         return super().lessThan(left, right)
 
     def set_filter(self, value: Filter) -> None:
@@ -752,29 +1573,27 @@ class ResultsProxy(QSortFilterProxyModel):
             change()
             self.invalidateFilter()
 
-    def filterAcceptsRow(self, source_row: int, source_parent: _ModelIndex) -> bool:
+    def accepts_row(self, source_row: int) -> bool:
+        """:meth:`filterAcceptsRow` for one source row, without a Qt index."""
         model = self.sourceModel()
         if not isinstance(model, ResultsModel):
             return True
-        result = model.result(source_row)
-        if self._search and self._search not in display_path(Path(result.file).name).lower():
-            return False
-        if self._filter is Filter.FLAGGED:
-            return model.is_row_flagged(result)
-        if self._filter is Filter.NOT_SCREENED:
-            return result.status is ScanStatus.NOT_CHEST_XRAY
-        if self._filter is Filter.ERRORS:
-            return result.status is ScanStatus.ERROR
-        return True
+        return model.accepts(source_row, self._filter, self._search)
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _ModelIndex) -> bool:
+        return self.accepts_row(source_row)
 
 
 __all__ = [
     "Column",
     "Filter",
     "FlaggedRole",
+    "LoadedRows",
     "ResultRole",
     "ResultsModel",
     "ResultsProxy",
+    "RowColumns",
     "SortRole",
+    "TableRows",
     "short_name",
 ]

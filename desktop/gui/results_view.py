@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QKeyEvent, QPaintEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from desktop.engine.results import STATUS_TEXT, ScanResult
@@ -97,10 +97,40 @@ class ResultsView(FileDropTarget, QTableView):
         value = index.data(ResultRole) if index.isValid() else None
         return value if isinstance(value, ScanResult) else None
 
-    def selected_results(self) -> list[ScanResult]:
+    def selected_rows(self) -> list[int]:
+        """The selected rows as the source model's rows, in the table's order (numbers: a
+        selection of 20,000 rows reads none of them back)."""
+        proxy = self.model()
         rows = sorted({i.row() for i in self.selectionModel().selectedRows()})
-        out = [self.result_at(self.model().index(r, 0)) for r in rows]
-        return [r for r in out if r is not None]
+        if not isinstance(proxy, ResultsProxy):
+            return rows
+        return [proxy.mapToSource(proxy.index(r, 0)).row() for r in rows]
+
+    def selected_results(self) -> list[ScanResult]:
+        """The selected rows' results (each read back from the store): small selections."""
+        model = self._source()
+        if model is None:
+            return []
+        return list(model.iter_results(self.selected_rows()))
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        """Before painting, have the rows around the visible ones read back from the store
+        in one query, rather than one query per row as the cells ask."""
+        self._prefetch()
+        super().paintEvent(event)
+
+    def _prefetch(self) -> None:
+        model = self._source()
+        proxy = self.model()
+        count = proxy.rowCount() if proxy is not None else 0
+        if model is None or not count:
+            return
+        top = max(0, self.rowAt(0))
+        bottom = self.rowAt(self.viewport().height() - 1)
+        bottom = count - 1 if bottom < 0 else bottom
+        span = bottom - top + 1
+        first, last = max(0, top - span), min(count - 1, bottom + span)
+        model.prefetch(proxy.mapToSource(proxy.index(r, 0)).row() for r in range(first, last + 1))
 
     def open_index(self, index: QModelIndex) -> None:
         result = self.result_at(index)
