@@ -613,8 +613,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         if self.models is None:
             if self._model_worker is None:  # not loading: they failed, and the bar says why
                 self.messages.show_message(
-                    "These scans cannot be screened: the models are not loaded. "
-                    "Choose Device → Auto, or reinstall MedScreen.",
+                    "These scans cannot be screened: the models failed their checks. "
+                    "Reinstall MedScreen, or remove the refused files from the models folder.",
                     "error",
                     "Try again",
                     self.load_models,
