@@ -42,3 +42,29 @@ def test_dicom_refused_as_unknown_is_named_by_its_modality_not_photo(tmp_path: P
         "not_medical",
         "photo or document",
     )
+
+
+def test_a_dicom_whose_header_says_mr_is_refused_even_when_the_gate_takes_it_for_a_chest(
+    tmp_path: Path, capsys
+):
+    """pydicom's 64x64 MR slice (Modality MR) passes the shipped gate as a chest X-ray and got
+    a TB score of 0.999, flagged and first in the triage order. An MR scanner never writes a
+    radiograph: the header vetoes the gate, the scan is refused and says why, and it gets no
+    finding score. A radiograph whose header is a plain secondary capture is still screened."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
+    out = tmp_path / "out"
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
+                 "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with (out / "results.csv").open(encoding="utf-8-sig", newline="") as fh:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+
+    mr = rows["mr.dcm"]
+    assert mr["status"] == "not_chest_xray"
+    assert mr["reason"].startswith("not a radiograph by its DICOM header (Modality MR: magnetic")
+    assert (mr["quality"], mr["quality_text"]) == ("not_chest", "not a chest X-ray: DICOM MR")
+    assert mr["tb_score"] == "" and mr["tb_flag"] == ""
+    assert rows["chest.dcm"]["status"] == "ok"  # a CR chest film is screened as before

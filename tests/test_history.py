@@ -30,6 +30,32 @@ def _folder(root: Path, name: str, subs: tuple[str, ...]) -> Path:
     return folder
 
 
+def test_results_stored_under_older_screening_rules_are_screened_again(
+    tmp_path: Path, models
+) -> None:
+    """The results key ends with the engine's rules version: a result an older MedScreen
+    stored for the same file and models (before a new refusal rule) is not reused."""
+    from desktop.engine.registry import SCREENING_RULES
+
+    assert models.key.split("|")[-1] == SCREENING_RULES
+    store = ResultsStore(tmp_path / "s.sqlite3")
+    try:
+        tb = _folder(tmp_path, "monday", ("tb/normal",))
+        runner = BatchRunner(models, store, workers=1)
+        first = run_to_end(runner.run([tb]))
+        assert first.reused == 0
+        older = models.key.rsplit("|", 1)[0] + "|rules@1"
+        with store._write() as db:  # as an older MedScreen would have stored them
+            db.execute("UPDATE results SET models_key = ?", (older,))
+            db.execute("UPDATE batch_items SET models_key = ?", (older,))
+            db.execute("UPDATE batches SET models_key = ?", (older,))
+        again = run_to_end(runner.run([tb]))
+        assert again.reused == 0 and again.ok == first.ok > 0
+        assert run_to_end(runner.run([tb])).reused == first.total  # same rules: reused
+    finally:
+        store.close()
+
+
 def test_history_merges_reruns_counts_and_deletes(tmp_path: Path, models) -> None:
     store = ResultsStore(tmp_path / "s.sqlite3")
     try:
@@ -49,6 +75,7 @@ def test_history_merges_reruns_counts_and_deletes(tmp_path: Path, models) -> Non
         assert monday.operators == ("Nurse Otieno", "Nurse Achieng")
         for manifest in models.manifests.values():  # every model of the set, with its version
             assert f"{manifest.id} {manifest.version}" in monday.model_versions()
+        assert "rules" not in monday.model_versions()  # the engine's rules are no model
         expected = BatchCounts.of(store.batch_results(second), models.manifests, choice)
         assert monday.counts == expected and monday.counts.total == 12  # not 24
         tuesday = next(r for r in rows if r.folder == str(other))

@@ -60,6 +60,8 @@ class HistoryRow:
         """``"modality 1.0.0, tb 1.0.0, pneumonia 1.0.1"`` from the models key."""
         parts = []
         for part in self.models_key.split("|"):
+            if part.startswith("rules@"):  # the engine's rules version, not a model
+                continue
             name, _, rest = part.partition("@")
             version = rest.split("#", 1)[0]
             parts.append(f"{name} {version}".strip())

@@ -25,6 +25,9 @@ from desktop.engine.vocabulary import Vocabulary
 #: The screening gate's reason for an image that is not a medical scan of a known kind
 #: (out-of-distribution); :mod:`desktop.engine.screening` writes it.
 NOT_MEDICAL_REASON = "not recognised as a medical scan"
+#: How the reason of a scan starts that the gate took for a chest X-ray but whose DICOM header
+#: names a modality that is never a radiograph (screening.NOT_RADIOGRAPH_MODALITIES).
+HEADER_REFUSAL = "not a radiograph by its DICOM header"
 
 #: The gate's out-of-distribution score adds ``1000 * relu(1 - pixel_std / 0.01)`` for images
 #: without structure (the modality manifest's ``ood.method``): a score this high means the
@@ -122,6 +125,10 @@ def quality_of(result: ScanResult) -> Quality | None:
                            f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: {words}", detail)  # fmt: skip
         code = QualityCode.BLANK if blank else QualityCode.NOT_MEDICAL
         return Quality(code, QUALITY_TEXT[code], detail)
+    if detail.startswith(HEADER_REFUSAL):
+        kind = str(result.metadata.get("modality") or "").strip()
+        return Quality(QualityCode.NOT_CHEST,
+                       f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: DICOM {kind}", detail)  # fmt: skip
     if result.modality and not detail.startswith("not confidently"):
         words = label_words(result.modality)
         return Quality(QualityCode.NOT_CHEST, f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: {words}",
@@ -133,6 +140,8 @@ def shown_modality(result: ScanResult) -> str:
     """The modality a face shows: empty when the gate refused the image as not medical."""
     if is_not_medical(result):
         return ""
+    if result.reason.startswith(HEADER_REFUSAL):  # the header's kind, not the model's guess
+        return str(result.metadata.get("modality") or "")
     return result.modality or ""
 
 

@@ -83,6 +83,15 @@ class LoadedModel:
     model: OnnxModel
 
 
+#: The version of the engine's own screening rules, the last part of every results key: what
+#: the engine decides around the models (the smallest image screened, a DICOM header that
+#: vetoes the gate; screening.py, runner.py). Bump it with any change that would make a stored
+#: result differ from a new run of the same file with the same models, so that results stored
+#: by an older MedScreen are not reused after an upgrade (2: images under 64 px refused, MR/CT/
+#: NM/US… DICOM headers veto the gate, 2 December 2026).
+SCREENING_RULES = "rules@2"
+
+
 class _Roles:
     """What a model set and its plan both say about their models (same ids, same key)."""
 
@@ -100,8 +109,9 @@ class _Roles:
 
     @property
     def key(self) -> str:
-        """Identifies the exact model versions: results are cached per scan and per key."""
-        return "|".join(m.key for m in self.manifests.values())
+        """Identifies the exact model versions and the engine's screening rules: results are
+        cached per scan and per key, so a scan is screened again when either changes."""
+        return "|".join([*(m.key for m in self.manifests.values()), SCREENING_RULES])
 
     @property
     def unsigned(self) -> tuple[str, ...]:

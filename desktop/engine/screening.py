@@ -28,6 +28,7 @@ from desktop.engine.loading import make_thumbnail
 from desktop.engine.patients import GroupEstimate
 from desktop.engine.patients import patient_age_years as patient_age_years  # re-exported
 from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_planes
+from desktop.engine.quality import HEADER_REFUSAL, NOT_MEDICAL_REASON
 from desktop.engine.registry import LoadedModel, ModelSet
 from desktop.engine.results import THUMBNAIL_SIZE, FindingResult, ScanResult, ScanStatus
 from desktop.engine.scan import Scan, ScanMetadata
@@ -36,6 +37,29 @@ log = logging.getLogger(__name__)
 
 #: DICOM modalities that can hold a plain radiograph.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "PX"})
+#: DICOM modalities that are never a chest radiograph, whatever the image looks like, in
+#: words. A scanner writes its own Modality: an MR or CT scanner does not call its images CR,
+#: nor a radiography unit MR. So where the gate takes such a file for a chest X-ray, the gate
+#: is wrong (pydicom's 64x64 MR slice got TB 0.999 and topped the triage list), and "a head
+#: CT must never get a TB score" wins over the image model: the scan is refused and says why.
+#: A mislabelled radiograph (secondary capture "OT"/"SC") is not in this list; it warns.
+#: The reason starts with quality.HEADER_REFUSAL, which the plain words are chosen by.
+NOT_RADIOGRAPH_MODALITIES: Mapping[str, str] = {
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "NM": "nuclear medicine",
+    "PT": "PET",
+    "US": "ultrasound",
+    "MG": "mammography",
+    "XA": "X-ray angiography",
+    "RF": "fluoroscopy",
+    "IO": "intra-oral X-ray",
+    "OP": "ophthalmic photograph",
+    "ES": "endoscopy",
+    "XC": "camera photograph",
+    "SM": "slide microscopy",
+}
+
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "THX"})
 
 #: The shortest side, in the file's own pixels, of an image that is screened: the smallest
@@ -44,6 +68,8 @@ CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "
 #: every 16×16 copy of a real chest X-ray, and their finding scores mean nothing, while "not
 #: flagged" on such a file would read as reassurance.
 MIN_SCREEN_SIDE = 64
+# A change to these rules (the header veto, the size floor) changes what a stored result
+# would be: bump registry.SCREENING_RULES with it, so older results are not reused.
 
 
 @dataclass(frozen=True)
@@ -149,7 +175,7 @@ class Screener:
             refusal = None
             if ood is not None and ood_scores is not None and ood_scores[i] > ood.threshold:
                 refusal = (
-                    "not recognised as a medical scan of a known kind (out-of-distribution "
+                    f"{NOT_MEDICAL_REASON} of a known kind (out-of-distribution "
                     f"score {ood_scores[i]:.2f} above {ood.threshold:.2f}); closest: "
                     f"{modality}, {score:.2f}"
                 )
@@ -160,6 +186,13 @@ class Screener:
                         f"not confidently a chest X-ray (CXR probability "
                         f"{probs[i, chest_index]:.2f} below {self._gate.min_probability:.2f})"
                     )
+            header = (batch[i].metadata.modality or "").upper().strip()
+            if refusal is None and header in NOT_RADIOGRAPH_MODALITIES:
+                refusal = (
+                    f"{HEADER_REFUSAL} (Modality {header}: "
+                    f"{NOT_RADIOGRAPH_MODALITIES[header]}); the image model took it for a "
+                    f"chest X-ray ({score:.2f}), which such a file cannot be"
+                )
             verdicts.append((modality, score, refusal))
 
         chest_rows = [i for i, v in enumerate(verdicts) if v[2] is None]
