@@ -3,8 +3,10 @@
 A hand X-ray or a head CT must never get a tuberculosis score, so the finding models run only
 on scans the modality model accepts as chest X-rays; every other scan is recorded as not
 screened, with the reason. DICOM metadata that disagrees with the model is surfaced as a
-warning rather than trusted blindly either way: headers are often wrong in practice, and so
-are models.
+warning rather than trusted blindly either way (headers are often wrong in practice, and so
+are models), with one exception: a header whose Modality is never a radiograph (MR, CT, ...:
+:data:`NOT_RADIOGRAPH_MODALITIES`, written by the scanner itself) refuses the scan even when
+the gate takes it for a chest X-ray.
 
 When a patient-group model is loaded, it estimates child/adult for every chest X-ray; the
 estimate is stored with the result. Whether a finding model was applied outside its scope is
