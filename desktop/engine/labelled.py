@@ -142,7 +142,15 @@ def read_label_folder(root: Path, manifest: ModelManifest) -> LabelledSet:
                     )
             if found.skipped_non_scans:
                 out.excluded.append(
-                    Excluded(str(child), f"{found.skipped_non_scans} file(s) that are not scans")
+                    Excluded(
+                        str(child),
+                        f"{found.skipped_non_scans} "
+                        + (
+                            "file that is not a scan"
+                            if found.skipped_non_scans == 1
+                            else "files that are not scans"
+                        ),
+                    )
                 )
             for problem in found.unreadable_folders:
                 out.excluded.append(Excluded(str(child), f"folder not readable: {problem}"))
