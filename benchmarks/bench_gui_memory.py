@@ -6,7 +6,10 @@ does with the same corpus (unique copies of the small real NLM chest X-ray PNGs,
 shipped models), wait for the batch to finish, export the PDF and CSV report from the window
 (``MainWindow.export_report``, what *Export report…* runs), then browse the table: sort it
 by several columns both ways, scroll it from top to bottom a page at a time (every row's
-thumbnail is painted once) and press F3 through flagged scans.
+thumbnail is painted once) and press F3 through flagged scans. Last, change the operating
+point twice and the patient group once: each re-derives every row from the store, and the
+script prints how long the call blocked, when the counts were up to date and the longest
+event-loop gap (a 10 ms timer's) meanwhile.
 
 Each size runs in a fresh process. This script samples, every 0.1 s, the resident memory of
 that window process and of its descendants (the batch process) from ``/proc``, and prints the
@@ -41,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_memory import build, sources  # noqa: E402
 
-PHASES = ("start", "screen", "report", "browse")
+PHASES = ("start", "screen", "report", "browse", "rederive")
 
 
 # -- the sampler (this process) --------------------------------------------------------------
@@ -266,9 +269,62 @@ def window_run(folder: Path, work: Path, trace: bool) -> int:
         f" s; window VmHWM {_hwm_mb():.0f} MB",
         flush=True,
     )
+
+    _phase("rederive")
+    from desktop.engine.patients import PatientChoice, PatientGroup
+    from desktop.engine.results import ThresholdChoice
+
+    for label, change in (
+        ("operating point -> custom 0.5", lambda: model.set_choice(ThresholdChoice(threshold=0.5))),
+        ("operating point -> default", lambda: model.set_choice(ThresholdChoice())),
+        (
+            "patient group -> adults",
+            lambda: model.set_patients(PatientChoice(batch=PatientGroup.ADULT)),
+        ),
+    ):
+        _rederive(app, model, label, change)
+    print(f"after the re-derivations: window VmHWM {_hwm_mb():.0f} MB", flush=True)
     window.close()
     app.processEvents()
     return 0
+
+
+def _rederive(app: object, model: object, label: str, change: object) -> None:
+    """Time a re-derivation of every row (a new operating point or patient group) as the
+    user meets it: how long the call blocks, when the counts are up to date, and the
+    longest the event loop went without a turn (a 10 ms timer's largest gap)."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+    app.processEvents()  # type: ignore[attr-defined]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    last[0] = t0
+    change()  # type: ignore[operator]
+    call = time.perf_counter() - t0
+    tick()
+    if model.derivation_pending():  # type: ignore[attr-defined]
+        loop = QEventLoop()
+        model.derived.connect(loop.quit)  # type: ignore[attr-defined]
+        loop.exec()
+        tick()
+    timer.stop()
+    print(
+        f"re-derived ({label}): the call blocked {call:.2f} s, counts up to date after "
+        f"{time.perf_counter() - t0:.2f} s ({time.process_time() - cpu0:.2f} s CPU), longest "
+        f"event-loop gap {max(gaps):.2f} s; {model.counts().flagged_any} flagged",  # type: ignore[attr-defined]
+        flush=True,
+    )
 
 
 def _uptime() -> str:

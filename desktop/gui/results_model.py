@@ -15,7 +15,7 @@ one scan's override is one ``set_patients`` call.
 **Rows live in the results store, not in the window.** Every scan the table shows was
 committed to the store before it was reported (contract 5), so the window keeps, per row,
 only where it is (batch and ``seq``) and a few numbers (:class:`RowColumns`: status, scores,
-flags, codes of the short texts, the triage key; ~60 bytes with two finding models). A row's
+flags, codes of the short texts, the triage key; ~50 bytes with two finding models). A row's
 :class:`ScanResult` is read back from the store when something needs it: the painted rows
 (the view asks for the rows around the visible ones in one query), the viewer, F3, the
 selection, the reports (:class:`TableRows`, streamed in pages). A bounded cache keeps the
@@ -240,7 +240,7 @@ class RowColumns:
     its status, each finding model's score and flag, its triage key and codes of its short
     texts, and the engine's counts of all of them.
 
-    What the table sorts, filters and counts by, with no result in memory: about 60 bytes a
+    What the table sorts, filters and counts by, with no result in memory: about 50 bytes a
     row with two finding models, where a compact :class:`ScanResult` took ~2.3 kB. Built
     and re-derived with the engine's own rules only (:func:`finding_flags`,
     :meth:`ScopeRule.verdicts` and ``group``, :func:`triage_key`, :meth:`BatchCounts.tally`)
@@ -252,10 +252,10 @@ class RowColumns:
         self.batch = array("H")  # index into the table's batch ids
         self.seq = array("q")  # the item's seq in its batch; -1: held in memory, no store
         self.status = array("b")
-        self.modality = array("l")  # text codes (self.texts); -1: none; -2: not coded
-        self.patient = array("l")
-        self.reason = array("l")
-        self.decision = array("l")
+        self.modality = array("h")  # text codes (self.texts); -1: none; -2: not coded
+        self.patient = array("h")
+        self.reason = array("h")
+        self.decision = array("h")
         self.flagged = array("b")
         self.scores = {mid: array("d") for mid in self.finding_ids}  # -1.0: did not run
         self.flags = {mid: array("b") for mid in self.finding_ids}  # -1: no flag, 0, 1
@@ -1165,7 +1165,7 @@ class ResultsModel(QAbstractTableModel):
         for row, (file, _sha) in self._row_keys():
             names[row] = display_path(Path(file).name)
         ranks = {name: i for i, name in enumerate(sorted(set(names)))}
-        return array("l", (ranks[name] for name in names))
+        return array("i", (ranks[name] for name in names))
 
     def prepare_sort(self) -> None:
         """Forget the file-name ranks: the next sort by name ranks every row again."""
