@@ -154,6 +154,28 @@ def test_table_rederives_from_the_store_at_once_and_in_slices(qtbot, stored, mon
     assert shown == by_key  # the proxy re-sorted once the rows were derived
 
 
+def test_text_columns_sort_past_the_coded_texts(stored, monkeypatch) -> None:
+    """Texts past the table's coded ones are read back from their rows to sort: the order
+    is the same as the cells' sort values, whatever is coded."""
+    import desktop.gui.results_model as results_model
+    from desktop.gui.results_model import ResultsModel, ResultsProxy, SortRole
+
+    store, batch_id, models = stored
+    monkeypatch.setattr(results_model, "TEXT_CODES", 2)
+    model = ResultsModel(store=lambda: store)
+    proxy = ResultsProxy()
+    proxy.setSourceModel(model)
+    model.set_manifests(models.manifests)
+    model.append_items(batch_id, list(store.batch_rows(batch_id, thumbnails=False)))
+    assert -2 in model._cols.reason  # some reasons were not coded
+    for kind in (Column.REASON, Column.MODALITY, Column.FILE, Column.STATUS):
+        column = model.column_of(kind)
+        proxy.sort(column, Qt.SortOrder.AscendingOrder)
+        values = [proxy.index(r, column).data(SortRole) for r in range(proxy.rowCount())]
+        texts = [v for v in values if v is not None]
+        assert texts == sorted(texts) and values[: len(texts)] == texts, kind
+
+
 def test_rows_read_back_equal_the_store_and_stay_bounded(stored) -> None:
     """The rows hold no result: each read back equals the stored one (compact, no maps),
     a page at a time, and the cache stays bounded."""
@@ -249,6 +271,17 @@ def test_window_rows_identity_f3_history_and_report(qtbot, window, tmp_path: Pat
     points, scope = model._points, model.scope_rule()
     for r in flagged:
         assert any(finding_flags(model.result(r), points, scope).values())
+
+    # a reader's decision: coded per row from one light query, sorted by its words
+    from desktop.engine.decisions import Decision
+
+    decided = flagged[0]
+    window.record_decision(model.result(decided), Decision.FOLLOW_UP, "")
+    decision_col = model.column_of(Column.DECISION)
+    window.view.sortByColumn(decision_col, Qt.SortOrder.DescendingOrder)
+    assert proxy.mapToSource(proxy.index(0, 0)).row() == decided
+    assert proxy.index(0, decision_col).data() == "Needs follow-up"
+    assert proxy.index(1, decision_col).data() == ""
 
     # the viewer steps through the triage order by row; the table follows
     order = window.triage_rows()
