@@ -451,7 +451,7 @@ def _classify(args: argparse.Namespace) -> int:
         patients=_patients(args, store, batch_id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
-        files_not_screened=_not_screened(store, batch_id),
+        files_not_screened=store.files_not_screened(batch_id),
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name)
@@ -464,14 +464,6 @@ def _classify(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
-
-
-def _not_screened(store: ResultsStore, batch_id: str) -> int:
-    """How many files of the batch are still to screen (0 once it has completed)."""
-    info = store.batch(batch_id)
-    if info is None or info.status == BatchStatus.COMPLETED:
-        return 0
-    return len(store.pending_items(batch_id))
 
 
 def _resume_command(args: argparse.Namespace, batch_id: str) -> str:
@@ -603,7 +595,7 @@ def _export(args: argparse.Namespace) -> int:
         patients=_patients(args, store, info.id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
-        files_not_screened=_not_screened(store, info.id),
+        files_not_screened=store.files_not_screened(info.id),
         # the device the batch ran on, as its process recorded it; never this command's
         device=info.device or "not recorded for this batch",
     )

@@ -147,3 +147,45 @@ def test_models_used_table_keeps_a_long_model_name_inside_its_column(tmp_path: P
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@needs_poppler
+def test_the_windows_export_of_a_stopped_batch_says_it_is_incomplete(
+    qtbot, tmp_path: Path, chest_folder: Path, monkeypatch
+):
+    """A batch stopped part-way (Ctrl-C in the CLI), opened from the history in the window and
+    exported there: its PDF says how many files were not screened, as the CLI's does."""
+    from desktop.engine.registry import default_model_dirs
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    db = tmp_path / "r.sqlite3"
+
+    def ctrl_c(self: cli._ProgressBar, event: Progress) -> None:
+        if event.done >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._ProgressBar, "update", ctrl_c)
+    argv = ["classify", str(chest_folder), "--out", str(tmp_path / "a"), "--db", str(db)]
+    assert main([*argv, "--quiet", "--workers", "1"]) == 130
+    store = ResultsStore(db)
+    (batch,) = store.batches()
+    pending = store.files_not_screened(batch.id)
+    assert pending == len(store.pending_items(batch.id)) > 0
+
+    settings = AppSettings(tmp_path / "settings.ini")
+    window = MainWindow(settings=settings, store=store, model_dirs=default_model_dirs())
+    qtbot.addWidget(window)
+    try:
+        with qtbot.waitSignal(window.models_changed, timeout=120_000):
+            window.start()
+        with qtbot.waitSignal(window.batch_loaded, timeout=120_000):
+            window.open_batch(batch.id)
+        with qtbot.waitSignal(window.export_done, timeout=120_000):
+            window.export_report(tmp_path / "out" / "window.pdf")
+        page1 = _page_text(tmp_path / "out" / "window.pdf")
+        assert "INCOMPLETE BATCH" in page1
+        assert f"{pending} more files of this batch were not screened" in page1
+    finally:
+        window.close()
+        store.close()

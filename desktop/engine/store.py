@@ -579,6 +579,22 @@ class ResultsStore:
         return [(int(seq), _path_value(file)) for seq, file in rows]
 
     @_guarded
+    def files_not_screened(self, batch_id: str) -> int:
+        """How many files of the batch are still to screen: 0 once it has completed. A report
+        of a stopped (or still running) batch states it, from the CLI and the window alike."""
+        info = self.batch(batch_id)
+        if info is None or info.status == BatchStatus.COMPLETED:
+            return 0
+        row = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) FROM batch_items WHERE batch_id=? AND status IS NULL", (batch_id,)
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    @_guarded
     def item_count(self, batch_id: str) -> int:
         row = (
             self._db()

@@ -1135,6 +1135,7 @@ class MainWindow(FileDropTarget, QMainWindow):
             decisions=self._stored_decisions(),
             typed_patient_ids=self._typed_ids() if self.settings.include_identifiers else {},
             device=self._batch_device(),
+            files_not_screened=self._not_screened(),
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(
@@ -1152,6 +1153,15 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.statusBar().showMessage(f"Writing the report for {len(results)} scans…")
         worker.start()
         return worker
+
+    def _not_screened(self) -> int:
+        """Files of the shown batch still to screen (a stopped batch's report says so)."""
+        batch_id = self.batch.batch_id
+        try:
+            return self.store.files_not_screened(batch_id) if batch_id else 0
+        except Exception as exc:  # the report goes out without the note; the log says why
+            log.warning("cannot read the results store: %s", exc)
+            return 0
 
     def _batch_device(self) -> str | None:
         """The device the shown batch ran on, as its process recorded it in the store."""
