@@ -100,9 +100,11 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
         if path.is_dir():
             found = discover([path])
             if found.skipped_non_scans:
+                n = found.skipped_non_scans
                 notes.append(
-                    f"{found.skipped_non_scans} file(s) in {path.name} are not scans "
-                    f"({SCAN_KINDS}) and were skipped."
+                    f"{n} file{'' if n == 1 else 's'} in {path.name} "
+                    f"{'is not a scan' if n == 1 else 'are not scans'} "
+                    f"({SCAN_KINDS}) and {'was' if n == 1 else 'were'} skipped."
                 )
             if found.files:
                 accepted.append(path)
