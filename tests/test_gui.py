@@ -138,7 +138,36 @@ def test_window_loads_models_and_says_which_device(window: MainWindow):
         window.model.headerData(c, Qt.Orientation.Horizontal)
         for c in range(window.model.columnCount())
     ]
-    assert "TB score" in headers and "Pneumonia flag" in headers
+    # two lines each, so a column is as wide as its number or flag, not its heading
+    assert "TB\nscore" in headers and "Pneumonia\nflag" in headers
+
+
+def test_the_table_fits_a_laptop_screen_with_every_column_on_it(qtbot, window: MainWindow):
+    """At 1366 px (a clinic laptop) with both finding models, every column, the Status and the
+    Reason too, is on screen without scrolling; file names keep a readable width."""
+    from desktop.gui.results_model import Column
+
+    window.show()
+    window.pages.setCurrentIndex(1)  # the table's page, as after a drop
+    window.resize(1366, 768)
+    qtbot.waitUntil(lambda: window.view.viewport().width() > 1200)
+    window.view.apply_column_widths()
+    header, model = window.view.horizontalHeader(), window.model
+    right = max(header.sectionPosition(c) + header.sectionSize(c) for c in range(header.count()))
+    assert right <= window.view.viewport().width()
+    metrics = window.view.fontMetrics()
+    file_col = model.column_of(Column.FILE)
+    assert header.sectionSize(file_col) >= metrics.horizontalAdvance("CHNCXR_0336_1.png")
+    for kind in (Column.STATUS, Column.REASON):
+        assert header.sectionSize(model.column_of(kind)) >= metrics.horizontalAdvance("Screened")
+
+
+def test_column_widths_give_way_in_proportion_and_never_below_a_floor() -> None:
+    from desktop.gui.results_view import fit_widths
+
+    assert fit_widths([100, 200, 50], [100, 100, 20], 400) == [100, 200, 50]  # room enough
+    assert fit_widths([100, 200, 50], [100, 100, 20], 300) == [100, 161, 38]  # 100:30, rounded up
+    assert fit_widths([100, 200, 50], [100, 100, 20], 100) == [100, 100, 20]  # floors hold
 
 
 def test_missing_models_give_a_clear_message(qtbot, settings, store, tmp_path: Path):

@@ -1225,8 +1225,8 @@ class ResultsModel(QAbstractTableModel):
                 Column.FILE: "File",
                 Column.MODALITY: "Modality",
                 Column.PATIENT: "Patient",
-                Column.SCORE: f"{name} score",
-                Column.FLAG: f"{name} flag",
+                Column.SCORE: f"{name}\nscore",  # two lines: the column fits its number
+                Column.FLAG: f"{name}\nflag",
                 Column.DECISION: "Decision",
                 Column.STATUS: "Status",
                 Column.REASON: "Reason / warnings",

@@ -8,10 +8,11 @@ showing results.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QKeyEvent, QPaintEvent
+from PySide6.QtGui import QKeyEvent, QPaintEvent, QResizeEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from desktop.engine.results import STATUS_TEXT, ScanResult
@@ -24,6 +25,19 @@ from desktop.gui.results_model import Column, ResultRole, ResultsModel, ResultsP
 def compact_row_height(font_height: int) -> int:
     """A table row of one text line with a little air (22 px at a 16 px font)."""
     return max(18, font_height + 6)
+
+
+def fit_widths(preferred: list[int], floor: list[int], available: int) -> list[int]:
+    """Column widths that fit ``available`` pixels where they can: each column's preferred
+    width, or, when those add up to more, the columns that can give way shrunk toward their
+    floors in proportion to what each can spare. Never below a floor: a table wider than the
+    floors allow scrolls."""
+    excess = sum(preferred) - available
+    spare = [p - f for p, f in zip(preferred, floor, strict=True)]
+    if excess <= 0 or not sum(spare):
+        return list(preferred)
+    share = min(1.0, excess / sum(spare))
+    return [p - math.ceil(s * share) for p, s in zip(preferred, spare, strict=True)]
 
 
 class ResultsView(FileDropTarget, QTableView):
@@ -59,34 +73,78 @@ class ResultsView(FileDropTarget, QTableView):
         self.setDragDropMode(QAbstractItemView.DragDropMode.DropOnly)
         self.doubleClicked.connect(self.open_index)
         self._word_elide = WordElideDelegate(self)
+        self._fitting = False  # resizing sections ourselves (not the user)
+        self._user_sized = False  # the user dragged a column: no more fitting to the width
+        header.sectionResized.connect(self._section_resized)
         proxy.modelReset.connect(self.apply_column_widths)
 
     def apply_column_widths(self) -> None:
-        """Sensible widths for the current columns (they change with the loaded models)."""
+        """Sensible widths for the current columns (they change with the loaded models), fitted
+        to the table's width so the Status and Reason columns stay on screen.
+
+        Each column's preferred width follows its own header and the widest usual content;
+        where they do not all fit (a 1366×768 laptop with two finding models), the file name
+        (cut in its middle), the patient group's padding and the reason (its tooltip has the
+        whole text) give way down to a floor, in proportion to what they can spare; columns
+        whose cut text would say nothing (attention, decision, scores, flags, status) keep
+        their width. Until the
+        user drags a column, the fit follows the window's width.
+        """
         model = self._source()
         if model is None:
             return
         metrics = self.fontMetrics()
         header = self.horizontalHeader()
+        text = metrics.horizontalAdvance
+        icon = self.iconSize().height() + 8  # a flag's pennant or the warning sign beside text
+
+        def heading(col: int) -> int:
+            label = str(model.headerData(col, Qt.Orientation.Horizontal) or "")
+            return max(map(text, label.splitlines() or [""])) + 24  # and the sort arrow
+
+        # a file name cut in its middle still tells the scan apart down to about this width
+        file_want, file_least = (
+            text("tb_positive_CHNCXR_0336_1.png") + 16,
+            text("CHNCXR_0336_1.png") + 16,
+        )
+        preferred: list[int] = []
+        floor: list[int] = []
         for col in range(model.columnCount()):
             kind = model.column_kind(col)
-            width = {
-                Column.TRIAGE: metrics.horizontalAdvance("Pneumonia +100 %") + 16,
-                Column.THUMB: self.iconSize().width() + 12,
-                Column.FILE: metrics.horizontalAdvance("tb_positive_CHNCXR_0336_1.png") + 16,
-                Column.MODALITY: metrics.horizontalAdvance("Modality") + 24,
-                Column.PATIENT: metrics.horizontalAdvance("Patient  child (image)") + 8,
-                Column.SCORE: metrics.horizontalAdvance("Pneumonia score") + 20,
-                Column.FLAG: metrics.horizontalAdvance("Pneumonia flag") + 28,
-                Column.DECISION: metrics.horizontalAdvance("Needs follow-up") + 16,
-                Column.STATUS: max(map(metrics.horizontalAdvance, STATUS_TEXT.values())) + 24,
-                Column.REASON: metrics.horizontalAdvance("M") * 20,
+            want, least = {
+                Column.TRIAGE: (text("Pneumonia +100 %") + 16,) * 2,  # cut, it says nothing
+                Column.THUMB: (self.iconSize().width() + 12, self.iconSize().width() + 12),
+                Column.FILE: (file_want, file_least),
+                Column.MODALITY: (heading(col), heading(col)),
+                Column.PATIENT: (text("Patient  child (image)") + 8, text("child (image)") + 12),
+                Column.SCORE: (max(heading(col), text("0.00") + 16),) * 2,
+                Column.FLAG: (max(heading(col), text("outside scope") + icon + 12),) * 2,
+                Column.DECISION: (text("Needs follow-up") + 16,) * 2,
+                Column.STATUS: (max(map(text, STATUS_TEXT.values())) + 24,) * 2,
+                Column.REASON: (text("M") * 20, text("⚠ TB: adults only") + icon),
             }[kind]
-            header.resizeSection(col, width)
+            preferred.append(want)
+            floor.append(min(least, want))
             # warnings end at a whole word when the column is narrow (the tooltip has all)
             self.setItemDelegateForColumn(
                 col, self._word_elide if kind is Column.REASON else self.itemDelegate()
             )
+        widths = fit_widths(preferred, floor, self.viewport().width())
+        self._fitting = True
+        try:
+            for col, width in enumerate(widths):
+                header.resizeSection(col, width)
+        finally:
+            self._fitting = False
+
+    def _section_resized(self, _col: int, _old: int, _new: int) -> None:
+        if not self._fitting:  # the user dragged a column: their widths stay
+            self._user_sized = True
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if not self._user_sized and event.size().width() != event.oldSize().width():
+            self.apply_column_widths()
 
     def _source(self) -> ResultsModel | None:
         proxy = self.model()
