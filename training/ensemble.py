@@ -60,13 +60,11 @@ from training.features import (
     select,
 )
 from training.heads import LinearHead
-from training.runs import save_scores
 from training.transfer import (
     L2_GRID,
     Task,
     _fit_head,
     _json,
-    _plots,
     _pretrained,
     _two,
     _write_split,
@@ -76,6 +74,7 @@ from training.transfer import (
     loso_fold_figures,
     loso_folds,
     operating_rule,
+    save_judgement,
     training_record,
     write_run_record,
 )
@@ -339,21 +338,7 @@ def run_ensemble(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             augmentation=aug.to_json(),
         ),
     )
-    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
-    _plots(
-        run,
-        task,
-        val,
-        test,
-        y_val,
-        y_test,
-        judged.v_probs,
-        judged.t_probs,
-        head,
-        x_test,
-        judged.points,
-        loso,
-    )
+    save_judgement(run, task, (val, test), (y_val, y_test), judged, head, x_test, loso)
     if not args.no_model:
         save_model(run, branches, crops, spec, head, test, judged.t_probs[:, 1])
     write_run_record(run, info, started)

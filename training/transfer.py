@@ -246,21 +246,7 @@ def run_transfer(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             ),
         ),
     )
-    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
-    _plots(
-        run,
-        task,
-        val,
-        test,
-        y_val,
-        y_test,
-        judged.v_probs,
-        judged.t_probs,
-        head,
-        x_test,
-        judged.points,
-        loso,
-    )
+    save_judgement(run, task, (val, test), (y_val, y_test), judged, head, x_test, loso)
     if not args.no_model:
         _save_model(run, bb, head, spec, test, judged.t_probs[:, 1], args.pool)
     write_run_record(run, info, started)
@@ -845,6 +831,36 @@ def _save_model(
     x = np.stack([prepare_file(test[i].path, spec) for i in pick])
     np.save(run / "parity_inputs.npy", x)
     np.save(run / "parity_scores.npy", p[pick])  # what the run's figures used, for export
+
+
+def save_judgement(
+    run: Path,
+    task: Task,
+    splits: tuple[Sequence[D.Record], Sequence[D.Record]],
+    labels: tuple[np.ndarray, np.ndarray],
+    judged: HeadEvaluation,
+    head: LinearHead,
+    x_test: np.ndarray,
+    loso: dict[str, Any],
+) -> None:
+    """A linear head's judgement on disk: its scores (``scores.npz``, external sets too) and
+    its figures, the same for the frozen and the ensemble recipes."""
+    (val, test), (y_val, y_test) = splits, labels
+    save_scores(run, judged.v_probs[:, 1], judged.t_probs[:, 1], y_val, y_test, judged.ext_scores)
+    _plots(
+        run,
+        task,
+        val,
+        test,
+        y_val,
+        y_test,
+        judged.v_probs,
+        judged.t_probs,
+        head,
+        x_test,
+        judged.points,
+        loso,
+    )
 
 
 def _plots(
