@@ -6,7 +6,8 @@ window uses, prints a progress bar and a summary, and writes ``results.csv`` and
 even if some files could not be read (each has its reason in the results), 1 when the batch
 itself could not run or its results could not be written (a full disk, a damaged or
 read-only results store: a message says which, never a traceback), and 130 when
-interrupted (what was finished is kept; ``medscreen resume`` continues it).
+interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP): what was finished is kept, the reports
+of it are written and say the batch is incomplete, and ``medscreen resume`` continues it.
 ``medscreen export BATCH --out DIR`` writes the results of any stored batch again.
 """
 
@@ -17,10 +18,13 @@ import errno
 import logging
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
@@ -432,13 +436,16 @@ def _classify(args: argparse.Namespace) -> int:
         nonlocal running_id
         running_id = event.batch_id
 
-    summary = drive(generator, runner, bar, note)
+    stopped_by: list[int] = []
+    with _stop_like_ctrl_c(stopped_by):
+        summary = drive(generator, runner, bar, note)
     interrupted = summary is None
+    stopped = 128 + stopped_by[0] if stopped_by else 130  # the shell's code for the signal
 
     batch_id = summary.batch_id if summary else running_id
     if batch_id is None:  # stopped while the folders were still being listed
         print("interrupted before any scan started: nothing to keep", file=stream)
-        return 130
+        return stopped
     if args.operator:  # the history says who ran each batch
         store.set_batch_operator(batch_id, args.operator)
     ctx = ReportContext.for_batch(
@@ -462,8 +469,32 @@ def _classify(args: argparse.Namespace) -> int:
             f"continue with '{_resume_command(args, batch_id)}'",
             file=stream,
         )
-        return 130
+        return stopped
     return 0
+
+
+@contextmanager
+def _stop_like_ctrl_c(received: list[int]) -> Iterator[None]:
+    """While a batch runs, a polite stop (SIGTERM: a shutdown, a service manager, ``kill``;
+    SIGHUP: the terminal closed) ends it as Ctrl-C does: finished scans kept, the reports of
+    what was done written and marked incomplete, the command to continue printed. Without
+    this, SIGTERM ended the process at once and wrote no report at all. The signal is noted
+    in ``received`` (the exit status is 128 + its number); the old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, stop) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _resume_command(args: argparse.Namespace, batch_id: str) -> str:

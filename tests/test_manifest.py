@@ -73,6 +73,8 @@ def test_no_gate_model_is_a_batch_error(tmp_path):
 
 def test_threshold_choice():
     assert ThresholdChoice.parse("0.25").threshold == 0.25
+    zero = ThresholdChoice.parse("-0")  # a typed "-0" is 0, never shown as "-0.000"
+    assert str(zero.threshold) == "0.0" and f"{zero.threshold:.3f}" == "0.000"
     assert ThresholdChoice.parse("balanced").name == "balanced"
     assert ThresholdChoice.parse(None) == ThresholdChoice()
     with pytest.raises(ValueError):

@@ -459,3 +459,41 @@ def test_log_file_takes_a_name_that_is_not_utf8(tmp_path, capsys, monkeypatch):
                 logging.getLogger().removeHandler(handler)
     assert "Logging error" not in capsys.readouterr().err
     assert "skipped caf\\udce9.png" in log_file_path().read_text(encoding="utf-8")
+
+
+def test_sigterm_of_medscreen_classify_writes_the_reports_of_what_was_done(
+    tmp_path, stand_in_models, chest_folder
+):
+    """A shutdown or a service manager stops a batch with SIGTERM: it ends as Ctrl-C does,
+    with the finished scans kept, their reports written and marked incomplete, and the command
+    to continue printed (it wrote no report at all before), exit status 143 (128 + 15)."""
+    db, out = tmp_path / "r.sqlite3", tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, "classify", str(chest_folder), "--out", str(out),
+         "--db", str(db), "--models", str(stand_in_models), "--quiet", "--workers", "1"],
+        cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    batch_id = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(db) as con:
+                row = con.execute("SELECT id FROM batches").fetchone()
+            con.close()
+        except sqlite3.Error:
+            continue
+        if row and _done(db, row[0]) >= 2:
+            batch_id = row[0]
+            break
+    assert batch_id is not None and proc.poll() is None, "the batch ended before SIGTERM"
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    done = _done(db, batch_id)
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert report["batch"]["id"] == batch_id and len(report["scans"]) == done
+    assert report["batch"]["files_not_screened"] == 24 - done > 0
+    assert f"medscreen resume {batch_id}" in err

@@ -162,7 +162,7 @@ class ThresholdChoice:
             return cls(name=text)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"a custom threshold must lie in [0, 1], got {value}")
-        return cls(threshold=value)
+        return cls(threshold=value + 0.0)  # "-0" is 0: never printed as "-0.000"
 
     def resolve(self, manifest: ModelManifest) -> OperatingPoint:
         if self.per_model:
