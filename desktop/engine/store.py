@@ -967,13 +967,8 @@ class ResultsStore:
         # 20,000-scan store: 46-68 ms against 5 ms; the table paints such pages).
         screened = "r.screened_at" if thumbnails else _SCREENED_AT_FROM_INDEX
         detail = "r.detail" if maps else _DETAIL_WITHOUT_MAPS
-        only = ""
-        args: tuple[object, ...] = (batch_id,)
-        if seqs is not None:
-            if len(seqs) > 500:
-                raise ValueError(f"at most 500 items at once, not {len(seqs)}")
-            only = f" AND i.seq IN ({','.join('?' * len(seqs))})"
-            args += tuple(int(seq) for seq in seqs)
+        only, some = _only_seqs("i.seq", seqs)
+        args: tuple[object, ...] = (batch_id, *some)
         cursor = self._db().execute(
             "SELECT i.file, i.sha256, i.status, i.reason, i.error_code, r.status, r.reason,"
             f" r.modality, r.modality_score, r.ood_score, {detail}, {thumbnail}, {screened},"
@@ -1011,13 +1006,8 @@ class ResultsStore:
         """Each finished item's ``(seq, file, sha256)`` in seq order, with nothing parsed:
         what the results table sorts and searches file names by, and matches decisions
         with, without reading 20,000 results. With ``seqs``, only those (at most 500)."""
-        only = ""
-        args: tuple[object, ...] = (batch_id,)
-        if seqs is not None:
-            if len(seqs) > 500:
-                raise ValueError(f"at most 500 items at once, not {len(seqs)}")
-            only = f" AND seq IN ({','.join('?' * len(seqs))})"
-            args += tuple(int(seq) for seq in seqs)
+        only, some = _only_seqs("seq", seqs)
+        args: tuple[object, ...] = (batch_id, *some)
         cursor = self._db().execute(
             "SELECT seq, file, sha256 FROM batch_items"
             f" WHERE batch_id = ? AND status IS NOT NULL{only} ORDER BY seq",
@@ -1025,6 +1015,16 @@ class ResultsStore:
         )
         for seq, file, sha in cursor:
             yield int(seq), _path_value(file), None if sha is None else str(sha)
+
+
+def _only_seqs(column: str, seqs: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    """The SQL that keeps only ``seqs`` of a batch's items (none: all), and its parameters:
+    at most 500 at once, well under SQLite's limit on parameters."""
+    if seqs is None:
+        return "", ()
+    if len(seqs) > 500:
+        raise ValueError(f"at most 500 items at once, not {len(seqs)}")
+    return f" AND {column} IN ({','.join('?' * len(seqs))})", tuple(int(seq) for seq in seqs)
 
 
 #: A stored result's detail JSON without the findings' class activation maps (see
