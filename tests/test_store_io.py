@@ -268,6 +268,25 @@ def _done(db: Path, batch_id: str) -> int:
     return int(row[0])
 
 
+def _batch_with_done(db: Path, proc: subprocess.Popen, at_least: int) -> str | None:
+    """The id of the batch a running ``medscreen`` process has committed ``at_least`` scans
+    of, polled from its store (None if it ended first or after a minute)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(db) as con:
+                row = con.execute("SELECT id FROM batches").fetchone()
+            con.close()
+        except sqlite3.Error:
+            continue
+        if row and _done(db, row[0]) >= at_least:
+            return str(row[0])
+    return None
+
+
 def test_ctrl_c_during_resume_writes_the_resumed_batch(tmp_path, stand_in_models, chest_folder):
     db = tmp_path / "r.sqlite3"
     models = load_model_set([stand_in_models])
@@ -333,21 +352,7 @@ def test_kill_9_of_medscreen_classify_then_resume_from_the_command_line(
          "--workers", "1"],
         cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    batch_id = None
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        if not db.exists():
-            continue
-        try:
-            with sqlite3.connect(db) as con:
-                row = con.execute("SELECT id FROM batches").fetchone()
-            con.close()
-        except sqlite3.Error:
-            continue
-        if row and _done(db, row[0]) >= 4:
-            batch_id = row[0]
-            break
+    batch_id = _batch_with_done(db, proc, 4)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert batch_id is not None and proc.returncode == -signal.SIGKILL
@@ -473,21 +478,7 @@ def test_sigterm_of_medscreen_classify_writes_the_reports_of_what_was_done(
          "--db", str(db), "--models", str(stand_in_models), "--quiet", "--workers", "1"],
         cwd=REPO, env={**os.environ, **UNSIGNED_OK}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    batch_id = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        if not db.exists():
-            continue
-        try:
-            with sqlite3.connect(db) as con:
-                row = con.execute("SELECT id FROM batches").fetchone()
-            con.close()
-        except sqlite3.Error:
-            continue
-        if row and _done(db, row[0]) >= 2:
-            batch_id = row[0]
-            break
+    batch_id = _batch_with_done(db, proc, 2)
     assert batch_id is not None and proc.poll() is None, "the batch ended before SIGTERM"
     proc.terminate()
     _, err = proc.communicate(timeout=120)
