@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import threading
@@ -64,6 +65,24 @@ def _restore_logging():
             handler.close()
     for lg, level in zip(watched, levels, strict=True):
         lg.setLevel(level)
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV report's rows (the writers' UTF-8 with BOM)."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def classify_rows(folder: Path, tmp_path: Path) -> dict[str, dict[str, str]]:
+    """``medscreen classify FOLDER`` with the shipped models and a fresh store; the CSV's rows
+    by file name (the command must end with status 0: its stderr is in pytest's report)."""
+    from desktop.cli import main
+
+    out = tmp_path / "out"
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    return {Path(row["file"]).name: row for row in csv_rows(out / "results.csv")}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import socket
@@ -17,7 +16,7 @@ from desktop.cli import main
 from desktop.engine.registry import load_model_set
 from desktop.engine.reports import ReportContext, default_stem
 from desktop.engine.results import ThresholdChoice
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, csv_rows
 
 
 def _classify(tmp_path: Path, models: Path, *args: str) -> tuple[int, Path]:
@@ -38,15 +37,10 @@ def _classify(tmp_path: Path, models: Path, *args: str) -> tuple[int, Path]:
     return code, out
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_classify_writes_one_row_per_file(tmp_path, stand_in_models, mixed_folder, capsys):
     code, out = _classify(tmp_path, stand_in_models, str(mixed_folder))
     assert code == 0
-    rows = _csv(out / "results.csv")
+    rows = csv_rows(out / "results.csv")
     assert len(rows) == 44
     for column in (
         "file",
@@ -79,7 +73,7 @@ def test_classify_writes_one_row_per_file(tmp_path, stand_in_models, mixed_folde
 def test_operating_point_threshold_changes_flags_only(tmp_path, stand_in_models, chest_folder):
     code, out = _classify(tmp_path, stand_in_models, str(chest_folder), "--operating-point", "0.9")
     assert code == 0
-    rows = _csv(out / "results.csv")
+    rows = csv_rows(out / "results.csv")
     assert all((r["tb_flag"] == "yes") == (float(r["tb_score"]) >= 0.9) for r in rows)
 
 
@@ -97,7 +91,7 @@ def test_report_formats_and_pdf(tmp_path, stand_in_models, chest_folder):
                                 ThresholdChoice.parse("screening"), clinic_name="Clínica São João")
     )  # fmt: skip
     assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
-    assert _csv(out / f"{stem}.csv") == _csv(out / "results.csv")
+    assert csv_rows(out / f"{stem}.csv") == csv_rows(out / "results.csv")
     assert json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))["batch"]["id"] == batch
     assert not list(out.glob("report*"))
     # an explicit name replaces it; a name with folders is refused before any work
@@ -119,7 +113,7 @@ def test_per_file_errors_do_not_fail_the_batch(tmp_path, stand_in_models, chest_
         tmp_path, stand_in_models, str(chest_folder), str(tmp_path / "missing.png")
     )
     assert code == 0
-    by_file = {Path(r["file"]).name: r for r in _csv(out / "results.csv")}
+    by_file = {Path(r["file"]).name: r for r in csv_rows(out / "results.csv")}
     assert by_file["broken.jpg"]["status"] == "error"
     assert by_file["missing.png"]["status"] == "error"
     assert "no such file" in by_file["missing.png"]["reason"]
@@ -177,7 +171,7 @@ def test_tampered_model_is_refused(tmp_path, stand_in_models, capsys):
     err = capsys.readouterr().err
     assert "tb.onnx does not match its manifest" in err
     assert code == 0  # the pneumonia model still screens; TB is refused, never run
-    rows = _csv(out / "results.csv")
+    rows = csv_rows(out / "results.csv")
     assert "tb_score" not in rows[0] and "pneumonia_score" in rows[0]
 
 
@@ -204,7 +198,7 @@ def test_whole_batch_opens_no_network_connection(
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     code, out = _classify(tmp_path, stand_in_models, str(mixed_folder), "--report", "pdf,csv,json")
     assert code == 0 and attempts == []
-    assert len(_csv(out / "results.csv")) == 44
+    assert len(csv_rows(out / "results.csv")) == 44
 
 
 def test_engine_and_cli_import_neither_qt_nor_tensorflow():

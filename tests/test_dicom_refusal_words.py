@@ -5,14 +5,12 @@ document" in the table, the PDF and the CSV's quality_text)."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
 
-from desktop.cli import main
-from tests.conftest import DATA
+from tests.conftest import DATA, classify_rows
 
 
 def test_dicom_refused_as_unknown_is_named_by_its_modality_not_photo(tmp_path: Path, capsys):
@@ -21,12 +19,7 @@ def test_dicom_refused_as_unknown_is_named_by_its_modality_not_photo(tmp_path: P
     for name in ("CT_small.dcm", "examples_palette.dcm"):  # CT slice; ultrasound, palette
         shutil.copy(get_testdata_file(name), folder / name)
     shutil.copy(DATA / "photos" / "chelsea.jpg", folder / "cat.jpg")
-    out = tmp_path / "out"
-    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
-                 "--quiet"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    with (out / "results.csv").open(encoding="utf-8-sig", newline="") as fh:
-        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    rows = classify_rows(folder, tmp_path)
 
     for name, words in (("CT_small.dcm", "DICOM CT"), ("examples_palette.dcm", "DICOM US")):
         row = rows[name]
@@ -55,12 +48,7 @@ def test_a_dicom_whose_header_says_mr_is_refused_even_when_the_gate_takes_it_for
     folder.mkdir()
     shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
     shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
-    out = tmp_path / "out"
-    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
-                 "--quiet"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    with (out / "results.csv").open(encoding="utf-8-sig", newline="") as fh:
-        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    rows = classify_rows(folder, tmp_path)
 
     mr = rows["mr.dcm"]
     assert mr["status"] == "not_chest_xray"

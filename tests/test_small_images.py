@@ -6,17 +6,15 @@ reads as reassurance it cannot give.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from desktop.cli import main
 from desktop.engine.quality import QualityCode
 from desktop.engine.screening import MIN_SCREEN_SIDE
-from tests.conftest import DATA
+from tests.conftest import DATA, classify_rows
 
 
 def test_images_under_the_smallest_training_size_are_refused_with_their_size(
@@ -33,12 +31,7 @@ def test_images_under_the_smallest_training_size_are_refused_with_their_size(
     shutil.copy(sorted((DATA / "mednist" / "CXR").glob("*.jpeg"))[0], folder / "mednist.jpeg")
     chest.save(folder / "chest.png")
 
-    out = tmp_path / "out"
-    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
-                 "--quiet"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    with (out / "results.csv").open(encoding="utf-8-sig", newline="") as fh:
-        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    rows = classify_rows(folder, tmp_path)
 
     for name, size in (("icon.png", "16×16"), ("strip.png", f"200×{MIN_SCREEN_SIDE - 1}"),
                        ("noise.png", "8×8")):  # fmt: skip

@@ -6,7 +6,6 @@ traceback; a batch whose outputs could not be written is exported again later.
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import json
 import os
@@ -27,7 +26,7 @@ from desktop.engine.reports import ReportContext, write_csv, write_json, write_p
 from desktop.engine.reports._common import EXCEL_CELL_CHARS, atomic_open
 from desktop.engine.results import ScanResult, ScanStatus, ThresholdChoice
 from desktop.engine.store import BatchStatus, ResultsStore
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, csv_rows
 from tests.fixtures import damage_tables
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -48,11 +47,6 @@ def _cli(tmp_path: Path, models: Path, command: str, *args: str, out: Path | Non
             "--quiet",
         ]
     )
-
-
-def _csv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @contextlib.contextmanager
@@ -109,7 +103,7 @@ def test_full_output_disk_is_a_message_and_the_batch_can_be_exported_later(
     again = tmp_path / "elsewhere"
     code = _cli(tmp_path, stand_in_models, "export", batch.id, "--report", "pdf", out=again)
     assert code == 0, capsys.readouterr().err
-    rows = _csv(again / "results.csv")
+    rows = csv_rows(again / "results.csv")
     assert len(rows) == 24 and all(r["status"] == "ok" for r in rows)
     assert json.loads((again / "results.json").read_text())["batch"]["id"] == batch.id
     (pdf,) = again.glob("medscreen-*.pdf")  # the default report name
@@ -138,7 +132,7 @@ def test_command_line_with_a_name_that_is_not_utf8(tmp_path, stand_in_models, ca
     except (OSError, UnicodeError):
         pytest.skip("this file system only takes Unicode names")
     assert _cli(tmp_path, stand_in_models, "classify", str(folder), "--report", "pdf") == 0
-    (row,) = _csv(tmp_path / "out" / "results.csv")
+    (row,) = csv_rows(tmp_path / "out" / "results.csv")
     assert row["file"].endswith("caf\ufffd.png") and row["status"] == "ok"
     capsys.readouterr()
     assert main(["history", "--db", str(tmp_path / "r.sqlite3")]) == 0
@@ -363,7 +357,7 @@ def test_kill_9_of_medscreen_classify_then_resume_from_the_command_line(
     assert _cli(tmp_path, stand_in_models, "resume") == 0  # finds the dead batch itself
     err = capsys.readouterr().err
     assert f"{killed_at} finished before this resume" in err
-    rows = _csv(tmp_path / "out" / "results.csv")
+    rows = csv_rows(tmp_path / "out" / "results.csv")
     assert len(rows) == 24 and len({r["file"] for r in rows}) == 24
     assert all(r["status"] == "ok" for r in rows)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["batch"]["id"] == batch_id
@@ -413,7 +407,7 @@ def test_part_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
 # -- issue 9 defect 6: reports never fail on text length -------------------------------------
 
 
-def test_a_40000_character_reason_neither_breaks_the_pdf_nor_the_csv(tmp_path, stand_in_models):
+def test_a_40000_character_reason_neither_breaks_the_pdf_nor_thecsv_rows(tmp_path, stand_in_models):
     models = load_model_set([stand_in_models])
     ctx = ReportContext("b1", datetime.now(UTC), "test", models.manifests, ThresholdChoice(), "CPU")
     dicom = str(DATA / "dicom" / "CR-MONO1-10-chest.dcm")
@@ -437,7 +431,7 @@ def test_a_40000_character_reason_neither_breaks_the_pdf_nor_the_csv(tmp_path, s
     pdf = write_pdf(results, ctx, tmp_path / "report.pdf")
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
     assert "unsupported PhotometricInterpretation" in text and "characters in all" in text
-    rows = _csv(write_csv(results, ctx, tmp_path / "r.csv"))
+    rows = csv_rows(write_csv(results, ctx, tmp_path / "r.csv"))
     assert len(rows) == 2
     assert all(len(v) <= EXCEL_CELL_CHARS for row in rows for v in row.values())
     assert rows[0]["reason"].startswith("unsupported PhotometricInterpretation YYY")
