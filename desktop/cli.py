@@ -437,10 +437,9 @@ def _classify(args: argparse.Namespace) -> int:
         running_id = event.batch_id
 
     stopped_by: list[int] = []
-    with _stop_like_ctrl_c(stopped_by):
-        summary = drive(generator, runner, bar, note)
+    summary = drive(generator, runner, bar, note, stopped_by=stopped_by)
     interrupted = summary is None
-    stopped = 128 + stopped_by[0] if stopped_by else 130  # the shell's code for the signal
+    stopped = stopped_status(stopped_by)
 
     batch_id = summary.batch_id if summary else running_id
     if batch_id is None:  # stopped while the folders were still being listed
@@ -475,11 +474,12 @@ def _classify(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _stop_like_ctrl_c(received: list[int]) -> Iterator[None]:
-    """While a batch runs, a polite stop (SIGTERM: a shutdown, a service manager, ``kill``;
-    SIGHUP: the terminal closed) ends it as Ctrl-C does: finished scans kept, the reports of
-    what was done written and marked incomplete, the command to continue printed. Without
-    this, SIGTERM ended the process at once and wrote no report at all. The signal is noted
-    in ``received`` (the exit status is 128 + its number); the old handlers come back after."""
+    """While :func:`drive` runs a batch, a polite stop (SIGTERM: a shutdown, a service
+    manager, ``kill``; SIGHUP: the terminal closed) ends it as Ctrl-C does: finished scans
+    kept, the reports of what was done written and marked incomplete, the command to continue
+    printed (a calibration: nothing calibrated, the screened scans kept). Without this,
+    SIGTERM ended the process at once and wrote no report at all. The signal is noted in
+    ``received`` (:func:`stopped_status`); the old handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -704,25 +704,36 @@ def drive(
     runner: BatchRunner,
     bar: _ProgressBar,
     on_event: Callable[[Progress], None] | None = None,
+    *,
+    stopped_by: list[int] | None = None,
 ) -> _T | None:
     """Run a batch generator to its end, each event shown on ``bar`` (after ``on_event``),
-    and return what it returns; ``None`` when Ctrl-C stopped it: the runner is then asked to
-    cancel and the generator closed (finished scans are kept). The bar is closed either way."""
+    and return what it returns; ``None`` when Ctrl-C, SIGTERM or SIGHUP stopped it (the
+    signal is added to ``stopped_by``; :func:`stopped_status` makes the exit status): the
+    runner is then asked to cancel and the generator closed (finished scans are kept). The
+    bar is closed either way."""
     try:
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            if on_event is not None:
-                on_event(event)
-            bar.update(event)
+        with _stop_like_ctrl_c([] if stopped_by is None else stopped_by):
+            while True:
+                try:
+                    event = next(generator)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                if on_event is not None:
+                    on_event(event)
+                bar.update(event)
     except KeyboardInterrupt:
         runner.cancel()
         generator.close()
         return None
     finally:
         bar.close()
+
+
+def stopped_status(stopped_by: list[int]) -> int:
+    """The exit status of a command stopped mid-batch: 130 for Ctrl-C, else 128 + the
+    signal's number (143 for SIGTERM, 129 for SIGHUP), as a shell reports it."""
+    return 128 + stopped_by[0] if stopped_by else 130
 
 
 class _ProgressBar:

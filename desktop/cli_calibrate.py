@@ -155,7 +155,14 @@ def _site(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from desktop.cli import _load_models, _ProgressBar, _store, check_writable, drive
+    from desktop.cli import (
+        _load_models,
+        _ProgressBar,
+        _store,
+        check_writable,
+        drive,
+        stopped_status,
+    )
     from desktop.engine.labelled import collect_labels, exclusion_summary, run_calibration
     from desktop.engine.reports.calibration import figure_lines, write_calibration_files
     from desktop.engine.runner import BatchRunner
@@ -184,10 +191,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     runner = BatchRunner(models, store, workers=args.workers)
     bar = _ProgressBar(stream, enabled=not args.quiet)
-    outcome = drive(run_calibration(runner, labelled, target), runner, bar)
-    if outcome is None:  # Ctrl-C
+    stopped_by: list[int] = []
+    outcome = drive(run_calibration(runner, labelled, target), runner, bar, stopped_by=stopped_by)
+    if outcome is None:  # Ctrl-C, SIGTERM, SIGHUP
         print("interrupted: no calibration was made (screened scans are kept)", file=stream)
-        return 130
+        return stopped_status(stopped_by)
 
     scores = outcome.scores
     excluded = scores.excluded
