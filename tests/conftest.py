@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,24 @@ def classify_rows(folder: Path, tmp_path: Path) -> dict[str, dict[str, str]]:
                  "--quiet"])  # fmt: skip
     assert code == 0
     return {Path(row["file"]).name: row for row in csv_rows(out / "results.csv")}
+
+
+def screen_mixed_batch(root: Path) -> tuple[Any, str, Any]:
+    """Screen a real mixed folder in ``root`` with the shipped models into a store there: both
+    chest sets, the DICOM files, a hand, a head CT and a damaged file. ``(store, batch id,
+    model set)``; the caller closes the store."""
+    from desktop.engine.inference import choose_device
+    from desktop.engine.registry import default_model_dirs, load_model_set
+    from desktop.engine.runner import BatchRunner, run_to_end
+    from desktop.engine.store import ResultsStore
+
+    for sub in ("tb", "pneumonia", "mednist/Hand", "mednist/HeadCT", "dicom"):
+        shutil.copytree(DATA / sub, root / sub)
+    (root / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    store = ResultsStore(root / "results.sqlite3")
+    models = load_model_set(default_model_dirs(), choose_device("cpu"))
+    summary = run_to_end(BatchRunner(models, store).run([root]))
+    return store, summary.batch_id, models
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ Real scans screened by the shipped models, read back from the store as the windo
 from __future__ import annotations
 
 import pickle
-import shutil
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,7 +27,7 @@ from desktop.engine.results import (
     operating_points,
 )
 from desktop.engine.triage import triage_key
-from tests.conftest import DATA
+from tests.conftest import screen_mixed_batch
 
 pytest.importorskip("PySide6")
 
@@ -37,20 +36,9 @@ pytest.importorskip("PySide6")
 def screened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ScanResult]]:
     """A real batch screened by the shipped models: both chest sets, DICOM, a hand, a head CT
     and a damaged file, as stored results read back with their thumbnails."""
-    from desktop.engine.inference import choose_device
-    from desktop.engine.registry import default_model_dirs, load_model_set
-    from desktop.engine.runner import BatchRunner, run_to_end
-    from desktop.engine.store import ResultsStore
-
-    root = tmp_path_factory.mktemp("rows")
-    for sub in ("tb", "pneumonia", "mednist/Hand", "mednist/HeadCT", "dicom"):
-        shutil.copytree(DATA / sub, root / sub)
-    (root / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    store = ResultsStore(root / "results.sqlite3")
-    models = load_model_set(default_model_dirs(), choose_device("cpu"))
-    summary = run_to_end(BatchRunner(models, store).run([root]))
+    store, batch_id, models = screen_mixed_batch(tmp_path_factory.mktemp("rows"))
     # each row as the window receives it: a pickled copy, strings of its own
-    rows = [pickle.loads(pickle.dumps(r)) for r in store.batch_results(summary.batch_id)]
+    rows = [pickle.loads(pickle.dumps(r)) for r in store.batch_results(batch_id)]
     yield rows, models, store
     store.close()
 

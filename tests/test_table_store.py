@@ -41,7 +41,7 @@ from desktop.engine.triage import triage_key
 from desktop.gui.main_window import MainWindow
 from desktop.gui.results_model import Column, compact_row
 from desktop.gui.settings import AppSettings
-from tests.conftest import DATA
+from tests.conftest import DATA, screen_mixed_batch
 
 pytestmark = pytest.mark.gui
 
@@ -52,18 +52,8 @@ WAIT_MS = 120_000
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ResultsStore, str, object]]:
     """A real batch screened by the shipped models (both chest sets, DICOM, a hand, a head
     CT and a damaged file), committed to a store."""
-    from desktop.engine.inference import choose_device
-    from desktop.engine.registry import load_model_set
-    from desktop.engine.runner import BatchRunner, run_to_end
-
-    root = tmp_path_factory.mktemp("table")
-    for sub in ("tb", "pneumonia", "mednist/Hand", "mednist/HeadCT", "dicom"):
-        shutil.copytree(DATA / sub, root / sub)
-    (root / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    store = ResultsStore(root / "results.sqlite3")
-    models = load_model_set(default_model_dirs(), choose_device("cpu"))
-    summary = run_to_end(BatchRunner(models, store).run([root]))
-    yield store, summary.batch_id, models
+    store, batch_id, models = screen_mixed_batch(tmp_path_factory.mktemp("table"))
+    yield store, batch_id, models
     store.close()
 
 
