@@ -26,7 +26,9 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
   too; a 100,000-path list unpickled at the end would hold the window's GIL for a while).
   Before its first event the child sends the :class:`~desktop.engine.devices.DeviceReport`
   of the sessions it opened (:attr:`BatchProcess.device`): the only device the window may
-  state is one a process that runs inference observed.
+  state is one a process that runs inference observed. When ONNX Runtime could not open a
+  package of the plan and its bundled alternative was opened instead, the child first sends
+  the plan of what it opened, the refusal among its problems (:attr:`BatchProcess.models`).
 * **Cancel** is cooperative: a control pipe carries "cancel" to a thread in the child that
   calls :meth:`BatchRunner.cancel`; what is committed stays, the batch ends ``cancelled``.
 * **Errors.** Anything the child raises comes back as its type, message and traceback text,
@@ -229,6 +231,10 @@ class BatchProcess:
         #: What the child's sessions run on, as it reported once they were open (None
         #: before that; set by the thread that drains :meth:`run`).
         self.device: DeviceReport | None = None
+        #: The models the child really opened, when they differ from the plan it was sent
+        #: (ONNX Runtime could not open a package and its bundled alternative runs; the
+        #: refusal is in its problems), reported before :attr:`device`; else None.
+        self.models: ModelSetPlan | None = None
 
     @property
     def pid(self) -> int | None:
@@ -301,6 +307,8 @@ class BatchProcess:
                     yield payload
                 elif kind == "device":
                     self.device = payload
+                elif kind == "models":
+                    self.models = payload
                 elif kind == "done":
                     return payload
                 else:
@@ -345,6 +353,7 @@ class InProcessRun:
         self._asked = threading.Event()
         self._runner: BatchRunner | None = None
         self.device: DeviceReport | None = None
+        self.models: ModelSetPlan | None = None  # as BatchProcess.models
 
     def cancel(self) -> None:
         """Stop at a clean point (thread-safe); a cancel before the runner exists holds."""
@@ -358,6 +367,7 @@ class InProcessRun:
         from desktop.engine.runner import BatchRunner
 
         models = open_model_set(self._models)
+        self.models = _replaced(self._models, models)
         self.device = models.device
         runner = BatchRunner(models, self._store)
         self._runner = runner
@@ -370,6 +380,12 @@ class InProcessRun:
             if self._asked.is_set() and not runner.cancelled:
                 runner.cancel()  # the runner clears its flag as it begins (see _drive)
             yield progress
+
+
+def _replaced(asked: ModelSet | ModelSetPlan, opened: ModelSet) -> ModelSetPlan | None:
+    """The plan of the models really opened when they are not the ones asked for (an
+    alternative replaced a package ONNX Runtime could not open), else None."""
+    return opened.plan if opened.key != asked.key else None
 
 
 def _died(process: Any) -> BatchProcessError:
@@ -407,6 +423,9 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         from desktop.engine.store import ResultsStore
 
         models = open_model_set(job.models)
+        replaced = _replaced(job.models, models)
+        if replaced is not None:  # a package refused as it was opened: the window says so
+            results.send(("models", replaced))
         results.send(("device", models.device))  # before any event: the window shows it
         store = ResultsStore(Path(job.store_path))
         # Start-up (imports, sessions) at the window's priority: the window waits for the

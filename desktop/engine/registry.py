@@ -7,8 +7,9 @@ matches the manifest's sha256, and, for the bundled folder, the package matches 
 pinned in :mod:`desktop.engine.pins`. A signed user model replaces a bundled one with the same
 id unless it is older; anything unsigned, altered or damaged is refused with a message that
 names the file (kept in :attr:`ModelSet.problems` for the CLI and GUI) and the bundled model
-is used instead. ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only) lets a package that
-fails verification load, marked ``unsigned`` on every report.
+is used instead; so is a signed user model that ONNX Runtime then cannot open
+(:func:`open_model_set`). ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only) lets a
+package that fails verification load, marked ``unsigned`` on every report.
 
 Two steps, one path: :func:`plan_model_set` makes every check and decides the set (roles,
 display order, refusals and their messages) without ONNX Runtime, and
@@ -137,6 +138,12 @@ class ModelSetPlan(_Roles):
     device: Device
     problems: tuple[str, ...] = ()
     patient_group: VerifiedModel | None = None
+    #: Per model id, what :func:`open_model_set` opens instead when ONNX Runtime cannot
+    #: open the chosen package (a user model that passed every check here but uses an
+    #: operator this ONNX Runtime lacks, or holds a damaged weight): the next package of
+    #: that id, in order of preference, that passes every check too — the bundled one.
+    #: Not part of :attr:`key`: only a model that really runs is.
+    alternatives: dict[str, VerifiedModel] = field(default_factory=dict)
 
     @classmethod
     def of(cls, models: ModelSet | ModelSetPlan) -> ModelSetPlan:
@@ -239,6 +246,12 @@ def verify_model(
     return VerifiedModel(manifest)
 
 
+class SessionRefused(ModelError):
+    """ONNX Runtime could not open a package that passed every check without it (an
+    operator it does not know, a damaged weight, names it reads otherwise): the package is
+    refused like one that failed a check, and its alternative, if any, is opened."""
+
+
 def open_model(
     verified: VerifiedModel, device: Device, threads: int | None = None
 ) -> tuple[LoadedModel, DeviceReport]:
@@ -246,17 +259,26 @@ def open_model(
 
     The model file is read again and must still match the manifest's sha256 (the session is
     built from the very bytes checked: a file replaced since it was verified — in another
-    process, or minutes ago — is refused, never run).
+    process, or minutes ago — is refused, never run: :class:`ModelError`). A session ONNX
+    Runtime cannot create raises :class:`SessionRefused`, naming the file and ONNX
+    Runtime's reason; a device that cannot be used, :class:`BatchError`.
     """
     from desktop.engine.inference import OnnxModel, create_session  # ONNX Runtime: here only
 
     manifest = verified.manifest
     data = load_verified_model(manifest)
-    session, report = create_session(data, manifest.id, device, threads)
+    try:
+        session, report = create_session(data, manifest.id, device, threads)
+    except ModelError as exc:
+        reason = exc.__cause__ if exc.__cause__ is not None else exc
+        raise SessionRefused(
+            f"model package {manifest.path} ({manifest.id} {manifest.version}) could not be "
+            f"opened by ONNX Runtime: {reason}"
+        ) from exc
     try:
         model = OnnxModel(session, manifest.input_name, _outputs_of(manifest))
     except ModelError as exc:
-        raise ModelError(f"model {manifest.id} ({manifest.file}) {exc}") from exc
+        raise SessionRefused(f"model {manifest.id} ({manifest.file}) {exc}") from exc
     return LoadedModel(manifest, model), report
 
 
@@ -286,6 +308,7 @@ def plan_model_set(
             candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
     verified: dict[str, VerifiedModel] = {}
+    alternatives: dict[str, VerifiedModel] = {}
     for model_id, options in candidates.items():
         for index, (manifest, bundled) in enumerate(options):
             try:
@@ -296,6 +319,9 @@ def plan_model_set(
                 log.warning("model refused: %s", exc)
                 continue
             verified[model_id] = model
+            alternative = _alternative(model, options[index + 1 :])
+            if alternative is not None:
+                alternatives[model_id] = alternative
             break
 
     gates = [m for m in verified.values() if m.manifest.role == "modality"]
@@ -320,7 +346,25 @@ def plan_model_set(
         device,
         tuple(problems),
         patient_group=groups[0] if groups else None,
+        alternatives=alternatives,
     )
+
+
+def _alternative(
+    chosen: VerifiedModel, rest: list[tuple[ModelManifest, bool]]
+) -> VerifiedModel | None:
+    """The package of the same id and role to open if ONNX Runtime cannot open ``chosen``:
+    the first of ``rest`` (later in preference: the bundled one after a user's) that passes
+    every check. Its failures are only logged: nobody uses it while ``chosen`` opens."""
+    for index, (manifest, bundled) in enumerate(rest):
+        if manifest.role != chosen.manifest.role:
+            continue
+        try:
+            _refuse_downgrade(manifest, [m for m, _ in rest[index + 1 :]])
+            return verify_model(manifest, bundled=bundled)
+        except ModelError as exc:
+            log.info("no fallback for %s: %s", chosen.manifest.id, exc)
+    return None
 
 
 def open_model_set(models: ModelSetPlan | ModelSet, threads: int | None = None) -> ModelSet:
@@ -333,27 +377,56 @@ def open_model_set(models: ModelSetPlan | ModelSet, threads: int | None = None) 
     since the plan was made: each model file is read once more and must still match its
     manifest's sha256 (else :class:`ModelError` naming the file). ``device`` of the result
     is what these sessions really run on.
+
+    A package ONNX Runtime cannot open (:class:`SessionRefused`) is refused as the plan
+    refuses a bad user model: its alternative (:attr:`ModelSetPlan.alternatives`, the
+    bundled model of the same id) is opened instead and the refusal, naming the file and
+    ONNX Runtime's reason, joins :attr:`ModelSet.problems`; the key then differs from the
+    plan's. Without an alternative, :class:`BatchError` naming the file.
     """
     if isinstance(models, ModelSet):
         return models
     plan = models
     reports: list[DeviceReport] = []
+    problems = list(plan.problems)
 
     def opened(verified: VerifiedModel) -> LoadedModel:
-        loaded, report = open_model(verified, plan.device, threads)
+        try:
+            loaded, report = open_model(verified, plan.device, threads)
+        except SessionRefused as exc:
+            loaded, report = _open_alternative(plan, verified, exc, threads, problems)
         reports.append(report)
         return loaded
 
     modality = opened(plan.modality)
-    findings = {k: opened(v) for k, v in plan.findings.items()}
+    findings = [(k, opened(v)) for k, v in plan.findings.items()]
     group = opened(plan.patient_group) if plan.patient_group is not None else None
     return ModelSet(
         modality,
-        findings,
+        # an alternative may sit elsewhere in the display order than the refused package
+        dict(sorted(findings, key=lambda item: item[1].manifest.display_order)),
         _combine(reports, plan.device),
-        list(plan.problems),
+        problems,
         patient_group=group,
     )
+
+
+def _open_alternative(
+    plan: ModelSetPlan,
+    refused: VerifiedModel,
+    exc: SessionRefused,
+    threads: int | None,
+    problems: list[str],
+) -> tuple[LoadedModel, DeviceReport]:
+    """Open the plan's alternative to ``refused`` and note why (:func:`open_model_set`)."""
+    model_id = refused.manifest.id
+    alternative = plan.alternatives.get(model_id)
+    if alternative is None:
+        raise BatchError(f"{exc}; there is no other {model_id} model to use instead") from exc
+    problem = f"{exc}; the {model_id} model in {alternative.manifest.path} is used instead"
+    log.warning("model refused: %s", problem)
+    problems.append(problem)
+    return open_model(alternative, plan.device, threads)
 
 
 def load_model_set(

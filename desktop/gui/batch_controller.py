@@ -87,6 +87,10 @@ class BatchController(QObject):
     #: Where the running batch's inference really runs (a DeviceReport), as the process
     #: that opened its sessions reported it; once a batch, before its first rows.
     device_reported = Signal(object)
+    #: The models the running batch really opened (a ModelSetPlan), when its process could
+    #: not open one it was sent and used the bundled alternative (the refusal is among its
+    #: problems); once a batch, before ``device_reported``.
+    models_reported = Signal(object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -191,9 +195,12 @@ class BatchController(QObject):
         emit(self.progress, last)
 
     def _report_device(self) -> None:
-        """The batch's device once its process has reported it (before its first event)."""
+        """The batch's device once its process has reported it (before its first event),
+        and before it the models it opened when they are not the ones it was sent."""
         process = self._process
         device = process.device if process is not None else None
+        if device is not None and not self._device_shown and process.models is not None:
+            emit(self.models_reported, process.models)
         if device is None or self._device_shown:
             return
         self._device_shown = True

@@ -173,6 +173,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.batch.batch_finished.connect(self._batch_finished)
         self.batch.batch_failed.connect(self._batch_failed)
         self.batch.device_reported.connect(self._device_reported)
+        self.batch.models_reported.connect(self._models_replaced)
 
         self._build_ui()
         self._build_actions()
@@ -437,6 +438,19 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._model_worker = None
 
     def _models_loaded(self, models: ModelSetPlan) -> None:
+        self._offer_models(models)
+        self._offer_resume()
+        if self._pending_inputs:
+            pending, self._pending_inputs = self._pending_inputs, []
+            self._start_batch(pending)
+
+    def _models_replaced(self, models: ModelSetPlan) -> None:
+        """The batch process could not open a model offered here (ONNX Runtime refused it)
+        and runs the bundled one of that id: offer what really runs, and say why."""
+        self._offer_models(models)
+
+    def _offer_models(self, models: ModelSetPlan) -> None:
+        """Columns, operating points and refusals of ``models``, the set batches now use."""
         self.models = models
         self._show_device()
         self.model.set_manifests(models.manifests)
@@ -451,10 +465,6 @@ class MainWindow(FileDropTarget, QMainWindow):
                 "Some model files were refused: " + "; ".join(models.problems), "warning"
             )
         emit(self.models_changed, models)
-        self._offer_resume()
-        if self._pending_inputs:
-            pending, self._pending_inputs = self._pending_inputs, []
-            self._start_batch(pending)
 
     def _show_device(self) -> None:
         """The status bar's models and device: the device the last batch process reported
