@@ -32,7 +32,9 @@ opened again on resume. :func:`desktop.engine.paths.display_path` shows such nam
 The database holds file paths, content hashes, scores, thumbnails and DICOM metadata
 (patient identifiers included, for the opt-in reports), so it is created with mode 0600 and
 a folder MedScreen creates for it with mode 0700. Connections are per thread (SQLite objects
-must not cross threads); WAL lets decoder threads read while the main thread writes.
+must not cross threads); WAL lets decoder threads read while the main thread writes. A
+thread's connection is closed when that thread ends (a batch's decoder threads, a window
+worker's thread), and every one still open when the store closes.
 
 Any SQLite failure (damaged file, read-only file, full disk) becomes a :class:`StoreError`
 that names the file and says what to do: the batch stops with that message, never with a
@@ -52,6 +54,7 @@ import sqlite3
 import stat
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -371,6 +374,64 @@ class BatchInfo:
         return f"{self.started_at[:16].replace('T', ' ')} — {first}{more}"
 
 
+class _Connections:
+    """A store's open SQLite connections, one per thread that used it.
+
+    Why: a connection kept until the store closed outlived the thread that opened it — each
+    batch's decoder and inference threads, each window worker's thread — holding its file
+    handles (the database and its ``-wal``) for the life of the window. Each connection is
+    tied to a token kept only in its thread's local storage: Python drops a thread's locals
+    when the thread ends, and the token's finaliser then closes the connection (every commit
+    was already fsynced: nothing is lost). :meth:`close_all` closes those still open.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[sqlite3.Connection] = set()
+
+    def add(self, db: sqlite3.Connection) -> _Token:
+        """Track ``db``; keep the returned token in the thread's local storage only."""
+        token = _Token(db)
+        with self._lock:
+            self._open.add(db)
+        weakref.finalize(token, self._release, db)
+        return token
+
+    def _release(self, db: sqlite3.Connection) -> None:
+        with self._lock:
+            if db not in self._open:  # closed with the store already
+                return
+            self._open.discard(db)
+        _close_quietly(db)
+
+    def close_all(self) -> None:
+        with self._lock:
+            dbs = list(self._open)
+            self._open.clear()
+        for db in dbs:
+            _close_quietly(db)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
+class _Token:
+    """A thread's connection, held in that thread's local storage (see :class:`_Connections`)."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
+def _close_quietly(db: sqlite3.Connection) -> None:
+    try:
+        db.close()
+    except sqlite3.Error as exc:  # nothing left to save: every commit was already durable
+        log.warning("closing a results store connection failed: %s", exc)
+
+
 class ResultsStore:
     """Thread-safe access to one SQLite results file."""
 
@@ -382,8 +443,7 @@ class ResultsStore:
         self.path = Path(path)
         _private_file(self.path)
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections = _Connections()
         self._open_schema()
 
     @_guarded
@@ -413,11 +473,12 @@ class ResultsStore:
 
     # -- connections ---------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
+        token: _Token | None = getattr(self._local, "token", None)
+        db = token.db if token is not None else None
         if db is None:
             try:
                 # Each thread uses its own connection; check_same_thread is off only so that
-                # close() may run from the owning object's thread at the end.
+                # close(), or the finaliser of a thread that ended, may close it.
                 db = sqlite3.connect(
                     self.path, timeout=30.0, isolation_level=None, check_same_thread=False
                 )
@@ -428,9 +489,7 @@ class ResultsStore:
                 db.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
+            self._local.token = self._connections.add(db)
         return db
 
     @contextmanager
@@ -447,11 +506,15 @@ class ResultsStore:
             db.execute("COMMIT")
 
     def close(self) -> None:
-        with self._lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
+        """Close every connection still open (a thread's is closed when the thread ends);
+        using the store afterwards opens new ones."""
+        self._connections.close_all()
         self._local = threading.local()
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open: one per live thread that used the store."""
+        return len(self._connections)
 
     # -- batches -------------------------------------------------------------------------
     @_guarded
