@@ -47,6 +47,9 @@ class QualityCode(Vocabulary):
     EMPTY_FILE = "empty_file", "empty file"
     NOT_AN_IMAGE = "not_an_image", "not an image file"
     DAMAGED = "damaged", "damaged file"
+    # Permission denied, a folder or pipe, a path too long, an I/O error: the file may be
+    # intact, so "damaged file" would send staff looking at the wrong thing.
+    UNREADABLE = "unreadable", "file cannot be opened"
     TOO_LARGE = "too_large", "image too large"
     TOO_SMALL = "too_small", "image too small to screen"
     UNSUPPORTED_IMAGE = "unsupported_image", "unsupported image format"
@@ -64,7 +67,7 @@ _ERROR_CODES: dict[str, QualityCode] = {
     ScanErrorCode.EMPTY_FILE: QualityCode.EMPTY_FILE,
     ScanErrorCode.NOT_AN_IMAGE: QualityCode.NOT_AN_IMAGE,
     ScanErrorCode.TRUNCATED: QualityCode.DAMAGED,
-    ScanErrorCode.UNREADABLE: QualityCode.DAMAGED,
+    ScanErrorCode.UNREADABLE: QualityCode.UNREADABLE,
     ScanErrorCode.DECODER_CRASHED: QualityCode.DAMAGED,
     ScanErrorCode.DECODER_TIMEOUT: QualityCode.DAMAGED,
     ScanErrorCode.TOO_LARGE: QualityCode.TOO_LARGE,

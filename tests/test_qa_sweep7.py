@@ -1,0 +1,76 @@
+"""Defects found by using MedScreen as a clinic would (session 7's QA sweep), each pinned by a
+test on real files: the mixed folder, the CLI end to end, the reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop.engine.errors import ScanErrorCode
+from desktop.engine.quality import QualityCode, quality_of
+from desktop.engine.results import ScanResult, ScanStatus
+from tests.conftest import DATA, classify_rows
+
+TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_a_file_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -> None:
+    """A file MedScreen cannot open (here a named pipe called like a scan; equally a file
+    without read permission, a path too long, an I/O error) was reported as "damaged file" in
+    the table, the viewer and every report: staff would take an intact scan for a corrupt one
+    and never look at the folder's permissions. Found by screening a folder with a file of
+    mode 000 (permission denied) as a user without CAP_DAC_OVERRIDE."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    os.mkfifo(folder / "pipe.png")
+    rows = classify_rows(folder, tmp_path)
+    pipe = rows["pipe.png"]
+    assert pipe["status"] == "error" and pipe["error_code"] == "unreadable"
+    assert pipe["reason"].startswith("not a regular file")
+    assert pipe["quality"] == "unreadable"
+    assert pipe["quality_text"] == "file cannot be opened"
+    assert rows["chest.png"]["status"] == "ok"  # the batch went on
+
+
+def test_every_unreadable_reason_reads_as_cannot_be_opened() -> None:
+    """The same words for each way read_file reports UNREADABLE; a damaged image keeps
+    "damaged file"."""
+
+    def error(code: ScanErrorCode, reason: str) -> ScanResult:
+        return ScanResult(file="f", sha256=None, status=ScanStatus.ERROR, reason=reason,
+                          error_code=str(code))  # fmt: skip
+
+    for reason in (
+        "permission denied: the file cannot be opened for reading",
+        "file could not be read: Input/output error (EIO)",
+        "this is a folder, not a file",
+    ):
+        quality = quality_of(error(ScanErrorCode.UNREADABLE, reason))
+        assert quality is not None and quality.code is QualityCode.UNREADABLE
+        assert quality.text == "file cannot be opened" and quality.detail == reason
+    damaged = quality_of(error(ScanErrorCode.TRUNCATED, "image data is truncated"))
+    assert damaged is not None and damaged.text == "damaged file"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_permission_denied_when_not_root(tmp_path: Path) -> None:
+    """The case as found, where the test can deny reading (not as root)."""
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 000")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    locked = folder / "locked.png"
+    shutil.copy(TB_NORMAL, locked)
+    locked.chmod(0)
+    try:
+        row = classify_rows(folder, tmp_path)["locked.png"]
+    finally:
+        locked.chmod(0o600)
+    assert row["reason"].startswith("permission denied")
+    assert row["quality_text"] == "file cannot be opened"
