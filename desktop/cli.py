@@ -460,7 +460,7 @@ def _classify(args: argparse.Namespace) -> int:
         files_not_screened=store.files_not_screened(batch_id),
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
-    written = _write_outputs(results, ctx, out, formats, args.name)
+    written = _write_outputs(results, ctx, out, formats, args.name, args)
     _print_summary(summary, results, ctx, written, stream)
     if interrupted:
         print(
@@ -497,12 +497,14 @@ def _stop_like_ctrl_c(received: list[int]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _resume_command(args: argparse.Namespace, batch_id: str) -> str:
+def _resume_command(args: argparse.Namespace, batch_id: str, verb: str = "resume") -> str:
     """The command that continues this batch with the same outputs: the reports asked for
     (``--report``, ``--name``), where they go and what they state, the same store and models.
     Without them a resume rewrites results.csv/json only and leaves the reports of the
-    stopped run, which count only the scans done before Ctrl-C, beside them."""
-    words = ["medscreen", "resume", batch_id, "--out", os.fsdecode(args.out)]
+    stopped run, which count only the scans done before Ctrl-C, beside them. With ``verb``
+    ``"export"``, the command that writes a stored batch's outputs again the same way (a
+    bare ``export ID`` looks in the default store and writes no report)."""
+    words = ["medscreen", verb, batch_id, "--out", os.fsdecode(args.out)]
     for option in ("db", "report", "name", "clinic", "operator", "operating_point"):
         value = getattr(args, option, None)
         if value:
@@ -551,9 +553,11 @@ def _write_outputs(
     out: Path,
     formats: Sequence[str],
     name: str | None = None,
+    args: argparse.Namespace | None = None,
 ) -> list[Path]:
     """Write results.csv, results.json and the requested reports; an I/O failure (a full or
-    vanished disk) becomes one clear message, and the batch stays in the store to export.
+    vanished disk) becomes one clear message, and the batch stays in the store to export
+    (the message gives the export command with this run's options, ``args``).
 
     The reports are ``NAME.<fmt>``, by default the engine's name for them
     (``medscreen-<clinic>-<date>-<batch>``, as the window names its export)."""
@@ -568,10 +572,15 @@ def _write_outputs(
             written += write_reports(results, ctx, out, formats, name)
     except OSError as exc:
         log.debug("writing the results failed", exc_info=True)
+        again = (
+            _resume_command(args, ctx.batch_id, "export")
+            if args is not None
+            else f"medscreen export {ctx.batch_id} --out DIR"
+        )
         raise BatchError(
             f"could not write the results to {display_path(out)}: {_os_reason(exc)}. "
             f"Every finished scan of batch {ctx.batch_id} is kept in the results store: when "
-            f"there is room, write them with 'medscreen export {ctx.batch_id} --out DIR'"
+            f"there is room, write them with '{again}' (or another --out)"
         ) from exc
     return written
 
@@ -631,14 +640,14 @@ def _export(args: argparse.Namespace) -> int:
         device=info.device or "not recorded for this batch",
     )
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
-    written = _write_outputs(results, ctx, out, formats, args.name)
+    written = _write_outputs(results, ctx, out, formats, args.name, args)
     stream = sys.stderr
     _print_summary(None, results, ctx, written, stream)
     if info.status != BatchStatus.COMPLETED:
         total = info.total if info.total is not None else "?"
         print(
             f"  batch {info.id} is {info.status}: {info.done}/{total} scans finished; "
-            f"'medscreen resume {info.id} --out {display_path(out)}' continues it",
+            f"'{_resume_command(args, info.id)}' continues it",
             file=stream,
         )
     return 0

@@ -4,6 +4,8 @@ test on real files: the mixed folder, the CLI end to end, the reports."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from desktop.engine.errors import ScanErrorCode
 from desktop.engine.quality import QualityCode, quality_of
 from desktop.engine.results import ScanResult, ScanStatus
-from tests.conftest import DATA, classify_rows
+from tests.conftest import DATA, classify_rows, csv_rows
 
 TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
 
@@ -74,3 +76,40 @@ def test_permission_denied_when_not_root(tmp_path: Path) -> None:
         locked.chmod(0o600)
     assert row["reason"].startswith("permission denied")
     assert row["quality_text"] == "file cannot be opened"
+
+
+def test_the_command_printed_after_a_failed_write_writes_the_same_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the outputs cannot be written (a full disk), the CLI prints the command that
+    writes them later. It was 'medscreen export ID --out DIR' whatever the run asked for:
+    run as printed, it looked in the default results store (a run with --db: "no batch"), and
+    without --report, --clinic or --operating-point it wrote no PDF, no clinic and other flags.
+    Found by filling a 2 MB tmpfs output folder, then following the message."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    shutil.copy(sorted((DATA / "mednist" / "Hand").glob("*.jpeg"))[0], folder / "hand.jpeg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").mkdir()  # a folder where a result file goes: its write fails
+    db = tmp_path / "clinic.sqlite3"  # not the default store
+    asked = ["--out", str(out), "--db", str(db), "--report", "pdf,csv", "--clinic", "Kisumu",
+             "--operating-point", "balanced", "--quiet"]  # fmt: skip
+    assert main(["classify", str(folder), *asked]) == 1
+    err = capsys.readouterr().err
+    match = re.search(r"'(medscreen export [^']+)'", err)
+    assert match is not None, err
+    words = shlex.split(match.group(1))
+    for option in ("--db", "--report", "--clinic", "--operating-point"):
+        assert words[words.index(option) + 1] == asked[asked.index(option) + 1]
+
+    (out / "results.json").rmdir()  # room again
+    assert main(words[1:]) == 0, capsys.readouterr().err
+    (report,) = out.glob("medscreen-kisumu-*.csv")
+    rows = {Path(r["file"]).name: r for r in csv_rows(report)}
+    assert rows["chest.png"]["status"] == "ok" and rows["hand.jpeg"]["status"] == "not_chest_xray"
+    assert rows["chest.png"]["operating_point"].startswith("balanced")
+    assert len(list(out.glob("medscreen-kisumu-*.pdf"))) == 1
