@@ -34,7 +34,9 @@ The database holds file paths, content hashes, scores, thumbnails and DICOM meta
 a folder MedScreen creates for it with mode 0700. Connections are per thread (SQLite objects
 must not cross threads); WAL lets decoder threads read while the main thread writes. A
 thread's connection is closed when that thread ends (a batch's decoder threads, a window
-worker's thread), and every one still open when the store closes.
+worker's thread), and every one still open when the store closes. An index an older store
+lacks is built as the store opens, except by the window, whose GUI thread opens it: there a
+worker builds it (``defer_indexes``, :meth:`ResultsStore.build_indexes`) and reads do without.
 
 Any SQLite failure (damaged file, read-only file, full disk) becomes a :class:`StoreError`
 that names the file and says what to do: the batch stops with that message, never with a
@@ -53,6 +55,7 @@ import socket
 import sqlite3
 import stat
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,9 +96,6 @@ CREATE TABLE IF NOT EXISTS results (
     screened_at TEXT NOT NULL,
     PRIMARY KEY (sha256, models_key)
 );
--- screened_at is stored after the thumbnail: reading it from the row walks the thumbnail's
--- overflow pages (~25 kB a row). Readers that want no thumbnail take it from this index.
-CREATE INDEX IF NOT EXISTS results_screened ON results(sha256, models_key, screened_at);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -160,6 +160,17 @@ CREATE TABLE IF NOT EXISTS file_index (
 """
 
 #: Steps from each older schema version to the next, run in one transaction on open.
+#: screened_at is stored after the thumbnail: reading it from the row walks the thumbnail's
+#: overflow pages (~25 kB a row). Readers that want no thumbnail take it from this index. A
+#: store made before it existed builds it once, ~0.5 s per 20,000 results: where that would
+#: block a window (its start-up opens the store on the GUI thread) the store is opened with
+#: ``defer_indexes`` and :meth:`ResultsStore.build_indexes` runs in a worker; readers do
+#: without it meanwhile (:meth:`ResultsStore.batch_rows`).
+_SCREENED_INDEX = "results_screened"
+_CREATE_SCREENED_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {_SCREENED_INDEX} ON results(sha256, models_key, screened_at)"
+)
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 → 2: the file index gains the cheap content check (inode, change time, head/tail
     # hash). Version-1 entries cannot be checked, so they are dropped: they are only a
@@ -439,12 +450,55 @@ class ResultsStore:
     #: durability benchmark compares a subclass with ``NORMAL``.
     SYNCHRONOUS = "FULL"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, defer_indexes: bool = False) -> None:
+        """Open (or create) the store at ``path``.
+
+        ``defer_indexes``: an index that an older store lacks and that takes a while to
+        build over its results (``results_screened``) is left to :meth:`build_indexes`, for
+        a caller that must not wait (the window, on its GUI thread, then builds it in a
+        worker). A new or empty store gets it at once either way.
+        """
         self.path = Path(path)
         _private_file(self.path)
         self._local = threading.local()
         self._connections = _Connections()
+        self._screened_index = False
         self._open_schema()
+        if not defer_indexes or not self._has_results():
+            self.build_indexes()
+
+    @_guarded
+    def _has_results(self) -> bool:
+        return self._db().execute("SELECT 1 FROM results LIMIT 1").fetchone() is not None
+
+    @_guarded
+    def build_indexes(self) -> bool:
+        """Build the indexes an older store lacks (the one-time migration that
+        ``defer_indexes`` left; idempotent: the readers use it once it exists, whichever
+        process built it). Returns whether it built one."""
+        if self.has_screened_index():
+            return False
+        started = time.perf_counter()
+        self._db().execute(_CREATE_SCREENED_INDEX)
+        self._screened_index = True
+        log.info(
+            "results store %s: index %s built in %.2f s",
+            self.path,
+            _SCREENED_INDEX,
+            time.perf_counter() - started,
+        )
+        return True
+
+    @_guarded
+    def has_screened_index(self) -> bool:
+        """Whether the covering index ``results_screened`` exists (checked in the file until
+        it does: the batch process, or a worker, may build it meanwhile)."""
+        if not self._screened_index:
+            found = self._db().execute(
+                "SELECT 1 FROM sqlite_master WHERE type='index' AND name=?", (_SCREENED_INDEX,)
+            )
+            self._screened_index = found.fetchone() is not None
+        return self._screened_index
 
     @_guarded
     def _open_schema(self) -> None:
@@ -1028,7 +1082,9 @@ class ResultsStore:
         # Without the thumbnail, the time comes from an index that holds it: read from the row,
         # it sits past the thumbnail, whose overflow pages SQLite then walks (120 rows of a
         # 20,000-scan store: 46-68 ms against 5 ms; the table paints such pages).
-        screened = "r.screened_at" if thumbnails else _SCREENED_AT_FROM_INDEX
+        # (A store opened before its index was built reads the row: slower, same values.)
+        from_index = not thumbnails and self.has_screened_index()
+        screened = _SCREENED_AT_FROM_INDEX if from_index else "r.screened_at"
         detail = "r.detail" if maps else _DETAIL_WITHOUT_MAPS
         only, some = _only_seqs("i.seq", seqs)
         args: tuple[object, ...] = (batch_id, *some)

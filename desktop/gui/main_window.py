@@ -187,8 +187,16 @@ class MainWindow(FileDropTarget, QMainWindow):
     # -- construction ----------------------------------------------------------------------
     @property
     def store(self) -> ResultsStore:
+        """The results store, opened on first use (on the GUI thread). An index an older
+        store lacks is built by a worker, not here: over 20,000 results it took ~0.5 s, a
+        window frozen at start-up; the store is usable meanwhile."""
         if self._store is None:
-            self._store = ResultsStore(default_db_path())
+            self._store = ResultsStore(default_db_path(), defer_indexes=True)
+            if not self._store.has_screened_index():
+                worker = Worker(self._store.build_indexes, name="medscreen-store-index")
+                worker.errored.connect(self._side_failed)
+                self._keep(worker)
+                worker.start()
         return self._store
 
     def _build_ui(self) -> None:
