@@ -405,7 +405,9 @@ class _Connections:
         token = _Token(db)
         with self._lock:
             self._open.add(db)
-        weakref.finalize(token, self._release, db)
+        # Not at interpreter exit: a daemon thread may still be in a query then, and the
+        # process's end closes the files anyway (as it did before, nothing is lost).
+        weakref.finalize(token, self._release, db).atexit = False
         return token
 
     def _release(self, db: sqlite3.Connection) -> None:
