@@ -101,19 +101,30 @@ class OperatingPoint:
 
     def describe(self) -> str:
         name = f"{self.name}, {self.group}" if self.group else self.name
+        if self.by_group:
+            return f"{name} ({self._describe_groups()})"
         thr = f"threshold {self.threshold:.3f}"
-        if self.by_group:  # the pooled point: name every group's own threshold
-            thr = (
-                "thresholds "
-                + ", ".join(f"{g} {p.threshold:.3f}" for g, p in self.by_group)
-                + f", group unknown {self.threshold:.3f}"
-            )
         if self.sensitivity is None or self.specificity is None:
             return f"{name} ({thr})"
         return (
             f"{name} ({thr}; validation sensitivity "
             f"{self.sensitivity:.2f}, specificity {self.specificity:.2f})"
         )
+
+    def _describe_groups(self) -> str:
+        """Every group's threshold with its own validation figures. The pooled point's
+        figures belong to its group-unknown threshold only: printed alone, a clinic screening
+        adults read the pooled sensitivity (pneumonia 0.90) as its adult point's (0.74)."""
+        groups = [*self.by_group, ("group unknown", self)]
+        thr = "thresholds " + ", ".join(f"{g} {p.threshold:.3f}" for g, p in groups)
+        figures = [
+            f"{g} {p.sensitivity:.2f} / {p.specificity:.2f}"
+            for g, p in groups
+            if p.sensitivity is not None and p.specificity is not None
+        ]
+        if not figures:
+            return thr
+        return f"{thr}; validation sensitivity / specificity {', '.join(figures)}"
 
 
 @dataclass(frozen=True)

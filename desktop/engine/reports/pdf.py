@@ -706,8 +706,11 @@ def _test_figures(manifest: ModelManifest, point_name: str) -> str:
         if isinstance(ci, list | tuple) and len(ci) == 2:
             text += f" (95 % CI {ci[0]:.2f}–{ci[1]:.2f})"
         parts.append(text)
+    groups = _group_test_figures(test, point_name)
     at = (test.get("operating_points") or {}).get(point_name)
-    if isinstance(at, dict) and "sensitivity" in at and "specificity" in at:
+    if groups:
+        parts.append(f"at {point_name}: sensitivity / specificity {groups}")
+    elif isinstance(at, dict) and "sensitivity" in at and "specificity" in at:
         parts.append(
             f"at {point_name}: sensitivity {at['sensitivity']:.2f}, "
             f"specificity {at['specificity']:.2f}"
@@ -715,6 +718,25 @@ def _test_figures(manifest: ModelManifest, point_name: str) -> str:
     else:
         parts.append(f"not measured at {point_name}")
     return ", ".join(parts)
+
+
+def _group_test_figures(test: dict[str, Any], point_name: str) -> str:
+    """Each patient group's test sensitivity / specificity at its own threshold of
+    ``point_name`` (``adult 0.66 / 0.75, child 0.96 / 0.91, group unknown 0.90 / 0.79``);
+    empty when the manifest measured none per group. The pooled figures alone belonged to
+    the group-unknown threshold but read as the adult point's."""
+    figures = []
+    by_group = test.get("by_group")
+    for group, data in by_group.items() if isinstance(by_group, dict) else ():
+        at = (
+            (data.get("operating_points") or {}).get(point_name) if isinstance(data, dict) else None
+        )
+        if isinstance(at, dict) and "sensitivity" in at and "specificity" in at:
+            figures.append(f"{group} {at['sensitivity']:.2f} / {at['specificity']:.2f}")
+    pooled = (test.get("operating_points") or {}).get(point_name)
+    if figures and isinstance(pooled, dict) and "sensitivity" in pooled and "specificity" in pooled:
+        figures.append(f"group unknown {pooled['sensitivity']:.2f} / {pooled['specificity']:.2f}")
+    return ", ".join(figures)
 
 
 def _threshold_source(ctx: ReportContext, mid: str) -> str:
@@ -728,6 +750,13 @@ def _threshold_source(ctx: ReportContext, mid: str) -> str:
         )
     if point.name == "custom":
         return "custom threshold entered in MedScreen (no validation figures)"
+    groups = [*point.by_group, ("group unknown", point)] if point.by_group else []
+    if groups and all(p.sensitivity is not None and p.specificity is not None for _, p in groups):
+        figures = ", ".join(f"{g} {p.sensitivity:.2f} / {p.specificity:.2f}" for g, p in groups)
+        return (
+            "model manifest, set on each patient group's validation data "
+            f"(sensitivity / specificity {figures})"
+        )
     sens = "—" if point.sensitivity is None else f"{point.sensitivity:.2f}"
     spec = "—" if point.specificity is None else f"{point.specificity:.2f}"
     return f"model manifest, set on validation data (sensitivity {sens}, specificity {spec})"
