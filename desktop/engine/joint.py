@@ -22,9 +22,10 @@ planes themselves and repeats them in NCHW (:func:`_take_planes`): the first con
 the same tensor, without NumPy interleaving the planes into channels and ONNX Runtime
 transposing them back (~0.65 ms a scan for the shipped pneumonia and TB inputs).
 
-The ONNX files are read with protobuf's own runtime (a dependency of ONNX Runtime) through a
-schema of only the fields the merge reads; every other field is kept as it was read (protobuf
-keeps unknown fields), so the ``onnx`` package, ~1-2 s to import, is not needed at run time.
+The ONNX files are read with protobuf's own runtime (a dependency of ONNX Runtime) through
+the schema of only the fields MedScreen reads (:data:`desktop.engine.onnx_io.SCHEMA`, which
+the model check uses too); every other field is kept as it was read (protobuf keeps unknown
+fields), so the ``onnx`` package, ~1-2 s to import, is not needed at run time.
 Graphs the merge does not understand (subgraphs, functions, sparse or external initializers,
 several inputs, different opsets, random operators) are refused with :class:`MergeError`,
 and the models then run as separate sessions, as before.
@@ -35,16 +36,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from desktop.engine.errors import ModelError
 from desktop.engine.inference import CUDA, Device, create_session
 from desktop.engine.manifest import ModelManifest, load_verified_model
+from desktop.engine.onnx_io import messages, parse_model
 from desktop.engine.preprocess import expand_channels
 
 log = logging.getLogger(__name__)
@@ -60,86 +60,10 @@ class MergeError(ValueError):
     """The models cannot be merged safely (the reason says why); run them separately."""
 
 
-# -- a schema of the ONNX fields the merge reads (field numbers from onnx/onnx.proto) ----------
-_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
-_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-_INT64 = descriptor_pb2.FieldDescriptorProto.TYPE_INT64
-_INT32 = descriptor_pb2.FieldDescriptorProto.TYPE_INT32
-_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-_ONE = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-_MANY = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-
-_SCHEMA: dict[str, list[tuple[str, int, int, int, str | None]]] = {
-    "Model": [
-        ("ir_version", 1, _ONE, _INT64, None),
-        ("graph", 7, _ONE, _MESSAGE, "Graph"),
-        ("opset_import", 8, _MANY, _MESSAGE, "OpsetId"),
-        ("functions", 25, _MANY, _BYTES, None),
-    ],
-    "OpsetId": [("domain", 1, _ONE, _STRING, None), ("version", 2, _ONE, _INT64, None)],
-    "Graph": [
-        ("node", 1, _MANY, _MESSAGE, "Node"),
-        ("name", 2, _ONE, _STRING, None),
-        ("initializer", 5, _MANY, _MESSAGE, "Tensor"),
-        ("input", 11, _MANY, _MESSAGE, "ValueInfo"),
-        ("output", 12, _MANY, _MESSAGE, "ValueInfo"),
-        ("value_info", 13, _MANY, _MESSAGE, "ValueInfo"),
-        ("sparse_initializer", 15, _MANY, _BYTES, None),
-    ],
-    "Node": [
-        ("input", 1, _MANY, _STRING, None),
-        ("output", 2, _MANY, _STRING, None),
-        ("name", 3, _ONE, _STRING, None),
-        ("op_type", 4, _ONE, _STRING, None),
-        ("attribute", 5, _MANY, _MESSAGE, "Attribute"),
-        ("domain", 7, _ONE, _STRING, None),
-    ],
-    "Attribute": [
-        ("name", 1, _ONE, _STRING, None),
-        ("i", 3, _ONE, _INT64, None),
-        ("g", 6, _ONE, _BYTES, None),
-        ("ints", 8, _MANY, _INT64, None),
-        ("graphs", 11, _MANY, _BYTES, None),
-        ("type", 20, _ONE, _INT32, None),
-    ],
-    "Tensor": [
-        ("dims", 1, _MANY, _INT64, None),
-        ("data_type", 2, _ONE, _INT32, None),
-        ("name", 8, _ONE, _STRING, None),
-        ("raw_data", 9, _ONE, _BYTES, None),
-        ("data_location", 14, _ONE, _INT32, None),
-    ],
-    "ValueInfo": [("name", 1, _ONE, _STRING, None), ("type", 2, _ONE, _MESSAGE, "Type")],
-    "Type": [("tensor_type", 1, _ONE, _MESSAGE, "TensorType")],
-    "TensorType": [("elem_type", 1, _ONE, _INT32, None), ("shape", 2, _ONE, _MESSAGE, "Shape")],
-    "Shape": [("dim", 1, _MANY, _MESSAGE, "Dim")],
-    "Dim": [("dim_value", 1, _ONE, _INT64, None), ("dim_param", 2, _ONE, _STRING, None)],
-}
 _FLOAT, _INT64_TYPE = 1, 7  # TensorProto.DataType
 _ATTRIBUTE_INT = 2  # AttributeProto.AttributeType.INT
 #: The permutation tf2onnx puts before a Keras model's first convolution (NHWC -> NCHW).
 _NHWC_TO_NCHW = [0, 3, 1, 2]
-
-
-@cache
-def _messages() -> dict[str, Any]:
-    """The schema's message classes, built once in a private descriptor pool."""
-    package = "medscreen_onnx_subset"
-    file = descriptor_pb2.FileDescriptorProto(
-        name=f"{package}.proto", package=package, syntax="proto2"
-    )
-    for name, fields in _SCHEMA.items():
-        message = file.message_type.add(name=name)
-        for field_name, number, label, kind, type_name in fields:
-            field = message.field.add(name=field_name, number=number, label=label, type=kind)
-            if type_name is not None:
-                field.type_name = f".{package}.{type_name}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
-        for name in _SCHEMA
-    }
 
 
 @dataclass(frozen=True)
@@ -169,12 +93,8 @@ def merge_models(
     """
     if not models or (len(models) < 2 and not grey_channels):
         raise MergeError("nothing to merge: fewer than two models")
-    classes = _messages()
-    parsed = []
-    for data, _wanted in models:
-        model = classes["Model"]()
-        model.ParseFromString(data)
-        parsed.append(model)
+    classes = messages()
+    parsed = [parse_model(data) for data, _wanted in models]
     first = parsed[0]
     opsets = sorted((o.domain, o.version) for o in first.opset_import)
     input_type: Any = None
@@ -305,7 +225,7 @@ def _take_planes(model: Any, channels: int) -> bool:
     the shipped 224² and 320² inputs) and ONNX Runtime no strided transpose (~0.4 ms for
     320²). Returns False, changing nothing, when the graph is not of that form.
     """
-    classes = _messages()
+    classes = messages()
     graph = model.graph
     source = graph.input[0]
     dims = source.type.tensor_type.shape.dim

@@ -1,79 +1,125 @@
-"""The input and output names of an ONNX model, read from its bytes without ONNX Runtime.
+"""ONNX files read without ONNX Runtime or the ``onnx`` package: one schema of the fields
+MedScreen reads, for the model check and for the merge of models into one session.
 
-The window verifies the models it offers (signature, pin, sha256) but never runs them: the
-batch process opens the sessions. A package whose manifest names an input or output its
-graph lacks was refused by the session check when the window opened sessions itself; it
-must still be refused there, at start-up, with the same words. An ``.onnx`` file is a
-protobuf ``ModelProto``, so its graph's names are a few fields deep: this reads just those
-(skipping the weights by their length, without copying them), and :func:`check_model_io`
-is the one check, applied here and to every ONNX Runtime session
-(:class:`desktop.engine.inference.OnnxModel`).
+An ``.onnx`` file is a protobuf ``ModelProto``. Two parts of MedScreen read one: the model
+check (the window verifies the models it offers — signature, pin, sha256 — but never runs
+them: a package whose manifest names an input or output its graph lacks must be refused
+there, at start-up, with the words the session check uses: :func:`check_model_bytes`), and
+:mod:`desktop.engine.joint`, which merges models that read the same input. Both parse with
+protobuf's own runtime (a dependency of ONNX Runtime) through :data:`SCHEMA`, just the
+fields they read (field numbers from onnx/onnx.proto); protobuf keeps every other field as
+it was read, so a merged model keeps what the merge does not touch.
+
+``google.protobuf`` is imported on first use (:func:`messages`), in the thread that reads a
+model (the window's model worker), not at the window's start-up; it costs the window
+~1.3 MiB resident (benchmarks/bench_onnx_reader_rss.py). This replaced a hand-written
+reader of the same wire format that had its own copy of the field numbers.
+
+:func:`check_model_io` is the one check of the names, applied here and to every ONNX
+Runtime session (:class:`desktop.engine.inference.OnnxModel`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
 
 from desktop.engine.errors import ModelError
 
-# Field numbers of onnx.proto (ModelProto.graph, GraphProto.initializer/input/output,
-# ValueInfoProto.name, TensorProto.name).
-_MODEL_GRAPH = 7
-_GRAPH_INITIALIZER = 5
-_GRAPH_INPUT = 11
-_GRAPH_OUTPUT = 12
-_VALUE_INFO_NAME = 1
-_TENSOR_NAME = 8
+#: The ONNX fields MedScreen reads, per message: ``(field, number, repeated, kind)``, kind a
+#: scalar type (:data:`_SCALARS`) or another message of the schema. ``bytes`` marks fields
+#: only checked for presence (subgraphs, functions, sparse initializers): never parsed.
+SCHEMA: dict[str, list[tuple[str, int, bool, str]]] = {
+    "Model": [
+        ("ir_version", 1, False, "int64"),
+        ("graph", 7, False, "Graph"),
+        ("opset_import", 8, True, "OpsetId"),
+        ("functions", 25, True, "bytes"),
+    ],
+    "OpsetId": [("domain", 1, False, "string"), ("version", 2, False, "int64")],
+    "Graph": [
+        ("node", 1, True, "Node"),
+        ("name", 2, False, "string"),
+        ("initializer", 5, True, "Tensor"),
+        ("input", 11, True, "ValueInfo"),
+        ("output", 12, True, "ValueInfo"),
+        ("value_info", 13, True, "ValueInfo"),
+        ("sparse_initializer", 15, True, "bytes"),
+    ],
+    "Node": [
+        ("input", 1, True, "string"),
+        ("output", 2, True, "string"),
+        ("name", 3, False, "string"),
+        ("op_type", 4, False, "string"),
+        ("attribute", 5, True, "Attribute"),
+        ("domain", 7, False, "string"),
+    ],
+    "Attribute": [
+        ("name", 1, False, "string"),
+        ("i", 3, False, "int64"),
+        ("g", 6, False, "bytes"),
+        ("ints", 8, True, "int64"),
+        ("graphs", 11, True, "bytes"),
+        ("type", 20, False, "int32"),
+    ],
+    "Tensor": [
+        ("dims", 1, True, "int64"),
+        ("data_type", 2, False, "int32"),
+        ("name", 8, False, "string"),
+        ("raw_data", 9, False, "bytes"),
+        ("data_location", 14, False, "int32"),
+    ],
+    "ValueInfo": [("name", 1, False, "string"), ("type", 2, False, "Type")],
+    "Type": [("tensor_type", 1, False, "TensorType")],
+    "TensorType": [("elem_type", 1, False, "int32"), ("shape", 2, False, "Shape")],
+    "Shape": [("dim", 1, True, "Dim")],
+    "Dim": [("dim_value", 1, False, "int64"), ("dim_param", 2, False, "string")],
+}
+_SCALARS = ("string", "bytes", "int64", "int32")
 
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+@cache
+def messages() -> dict[str, Any]:
+    """The schema's message classes, built once in a private descriptor pool."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FieldDescriptorProto
+    scalars = {kind: getattr(proto, f"TYPE_{kind.upper()}") for kind in _SCALARS}
+    package = "medscreen_onnx_subset"
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package}.proto", package=package, syntax="proto2"
+    )
+    for name, fields in SCHEMA.items():
+        message = file.message_type.add(name=name)
+        for field_name, number, repeated, kind in fields:
+            field = message.field.add(
+                name=field_name,
+                number=number,
+                label=proto.LABEL_REPEATED if repeated else proto.LABEL_OPTIONAL,
+                type=scalars.get(kind, proto.TYPE_MESSAGE),
+            )
+            if kind not in scalars:
+                field.type_name = f".{package}.{kind}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in SCHEMA
+    }
 
 
-class _Malformed(ValueError):
-    pass
+def parse_model(data: bytes) -> Any:
+    """The ``Model`` message of :data:`SCHEMA` read from ``data``; :class:`ValueError` when
+    the bytes are not a protobuf message at all."""
+    from google.protobuf.message import DecodeError
 
-
-def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Malformed("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """``(field number, start, end)`` of each length-delimited field of one message;
-    other wire types are skipped."""
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            _, pos = _varint(buf, pos, end)
-        elif wire == _FIXED64:
-            pos += 8
-        elif wire == _FIXED32:
-            pos += 4
-        elif wire == _LENGTH:
-            size, pos = _varint(buf, pos, end)
-            if pos + size > end:
-                raise _Malformed(f"field {number} runs past the end of its message")
-            yield number, pos, pos + size
-            pos += size
-        else:
-            raise _Malformed(f"unsupported wire type {wire} (field {number})")
-        if pos > end:
-            raise _Malformed("a field runs past the end of its message")
-
-
-def _string(buf: memoryview, start: int, end: int, field: int) -> str | None:
-    for number, a, b in _fields(buf, start, end):
-        if number == field:
-            return bytes(buf[a:b]).decode("utf-8", errors="replace")
-    return None
+    model = messages()["Model"]()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as exc:
+        raise ValueError(str(exc) or "not a protobuf message") from exc
+    return model
 
 
 def graph_io_names(data: bytes) -> tuple[list[str], list[str]]:
@@ -81,25 +127,19 @@ def graph_io_names(data: bytes) -> tuple[list[str], list[str]]:
 
     Raises :class:`ValueError` when ``data`` is not a protobuf ModelProto with a graph.
     """
-    buf = memoryview(data)
-    graph = next(
-        ((a, b) for number, a, b in _fields(buf, 0, len(buf)) if number == _MODEL_GRAPH), None
-    )
-    if graph is None:
-        raise _Malformed("no graph in the file")
-    inputs: list[str] = []
-    outputs: list[str] = []
-    weights: set[str] = set()
-    for number, a, b in _fields(buf, *graph):
-        if number in (_GRAPH_INPUT, _GRAPH_OUTPUT):
-            name = _string(buf, a, b, _VALUE_INFO_NAME)
-            if name is not None:
-                (inputs if number == _GRAPH_INPUT else outputs).append(name)
-        elif number == _GRAPH_INITIALIZER:
-            name = _string(buf, a, b, _TENSOR_NAME)
-            if name is not None:
-                weights.add(name)
-    return [n for n in inputs if n not in weights], outputs
+    model = parse_model(data)
+    if not model.HasField("graph"):
+        raise ValueError("no graph in the file")
+    graph = model.graph
+    weights = {_text(tensor.name) for tensor in graph.initializer}
+    inputs = [_text(value.name) for value in graph.input]
+    outputs = [_text(value.name) for value in graph.output]
+    return [name for name in inputs if name not in weights], outputs
+
+
+def _text(name: str | bytes) -> str:
+    """A name as text: protobuf hands a proto2 string that is not UTF-8 back as bytes."""
+    return name.decode("utf-8", errors="replace") if isinstance(name, bytes) else name
 
 
 def check_model_io(
