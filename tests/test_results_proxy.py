@@ -222,6 +222,32 @@ def test_rows_arriving_in_chunks_land_in_place_and_the_selection_stays(
     assert proxy.rowCount() == len(items)
 
 
+def test_rows_arriving_under_a_filter_and_a_name_sort(stored, qtmodeltester) -> None:
+    """Sorted by file name, flagged only, searching "chn" while chunks arrive: new names are
+    ranked among the ones ranked at the sort (no store query per chunk), hidden rows stay
+    hidden, and each chunk's shown rows land in name order."""
+    items = _arrival(stored)
+    model = _model(stored)
+    proxy = _proxy(model, qtmodeltester)
+    file_col = model.column_of(Column.FILE)
+    model.append_items(stored[1], items[:4])
+    proxy.sort(file_col, ASC)
+    proxy.set_filter(Filter.FLAGGED)
+    proxy.set_search("chn")
+    for start in range(4, len(items), 7):
+        model.append_items(stored[1], items[start : start + 7])
+        kept = [
+            r
+            for r in range(model.rowCount())
+            if model.row_flagged(r) and "chn" in model.file_name(r).lower()
+        ]
+        assert _shown(proxy) == _expected(model, file_col, ASC, kept)
+        assert all(proxy.accepts_row(r) == (r in kept) for r in range(model.rowCount()))
+    assert len(kept) >= 3
+    proxy.sort(file_col, DESC)  # a new sort ranks every name again, from the store
+    assert _shown(proxy) == _expected(model, file_col, DESC, kept)
+
+
 def test_a_new_operating_point_resorts_and_refilters_keeping_the_selection(
     stored, qtmodeltester, qtbot
 ) -> None:

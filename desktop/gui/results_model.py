@@ -1710,10 +1710,11 @@ class ResultsProxy(QAbstractProxyModel):
         wanted = self._wanted()
         new = wanted >= first
         runs = _runs(np.flatnonzero(new))
-        if not runs:
-            self._mapping(self._rows)  # none shown: only the inverse grows
+        kept = np.array_equal(wanted[~new], self._rows)  # the rows shown keep their order
+        if not runs and kept:
+            self._mapping(self._rows)  # none of the new rows shown: only the inverse grows
             return
-        if len(runs) > self.MAX_INSERT_RUNS or not np.array_equal(wanted[~new], self._rows):
+        if not kept or len(runs) > self.MAX_INSERT_RUNS:
             self._relayout(wanted)
             return
         present = ~new
