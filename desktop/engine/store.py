@@ -1148,12 +1148,14 @@ def _only_seqs(column: str, seqs: Sequence[int] | None) -> tuple[str, tuple[int,
     return f" AND {column} IN ({','.join('?' * len(seqs))})", tuple(int(seq) for seq in seqs)
 
 
-#: A stored result's detail JSON without the findings' class activation maps (see
-#: :meth:`ResultsStore.batch_rows`); ``json()`` keeps the rebuilt findings an object.
+#: A stored result's screening time read from the ``results_screened`` index, not from
+#: the row past its thumbnail (see :meth:`ResultsStore.batch_rows`).
 _SCREENED_AT_FROM_INDEX = (
     "(SELECT t.screened_at FROM results t INDEXED BY results_screened"
     " WHERE t.sha256 = r.sha256 AND t.models_key = r.models_key)"
 )
+#: A stored result's detail JSON without the findings' class activation maps (see
+#: :meth:`ResultsStore.batch_rows`); ``json()`` keeps the rebuilt findings an object.
 _DETAIL_WITHOUT_MAPS = (
     "json_set(r.detail, '$.findings', json((SELECT json_group_object(f.key,"
     " json_remove(f.value, '$.activation')) FROM json_each(r.detail, '$.findings') f)))"
