@@ -7,8 +7,10 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from desktop.engine.errors import ScanErrorCode
 from desktop.engine.quality import QualityCode, quality_of
 from desktop.engine.results import ScanResult, ScanStatus
-from tests.conftest import DATA, classify_rows, csv_rows
+from tests.conftest import DATA, REPO, classify_rows, csv_rows
 
 TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))[0]
 
@@ -150,3 +152,71 @@ def test_adult_batch_reports_the_adult_thresholds_figures_not_the_pooled_ones(
     assert "adult 0.66 / 0.75" in text  # held-out test, the adult threshold's own
     assert "child 0.96 / 0.91" in text
     assert "at screening: sensitivity 0.90, specificity 0.79" not in text
+
+
+_SLOW_CLI = """
+import sys, time
+from desktop.engine import screening
+real = screening.Screener.screen
+def slow(self, prepared):
+    time.sleep(0.2)  # a slow PC: the batch is still running when the second command starts
+    return real(self, prepared)
+screening.Screener.screen = slow
+from desktop.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _running_batch(db: Path, proc: subprocess.Popen[bytes]) -> str:
+    """The id of the batch a running ``medscreen`` process has begun committing scans of."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(db) as con:
+                row = con.execute(
+                    "SELECT batch_id FROM batch_items WHERE status IS NOT NULL LIMIT 1"
+                ).fetchone()
+            con.close()
+        except sqlite3.Error:
+            continue
+        if row:
+            return str(row[0])
+    raise AssertionError("the batch ended or never started")
+
+
+def test_resume_refuses_a_batch_another_live_process_is_screening(
+    tmp_path: Path, chest_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen resume ID' of a batch that another medscreen process was still screening
+    ran the same batch a second time beside it: both processes decoded and scored every
+    pending scan (two resumes of a 3,875-scan batch each took 53 s, the work done twice).
+    Found by resuming a killed batch from two terminals; the second resume without an id
+    already refused (the batch is not interrupted while its process lives)."""
+    from desktop.cli import main
+
+    db = tmp_path / "r.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, "classify", str(chest_folder), "--out",
+         str(tmp_path / "first"), "--db", str(db), "--quiet", "--workers", "1"],
+        cwd=REPO, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        batch_id = _running_batch(db, proc)
+        code = main(["resume", batch_id, "--out", str(tmp_path / "second"), "--db", str(db),
+                     "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert proc.poll() is None, "the first process ended before the resume was tried"
+        assert code == 1, err
+        assert f"batch {batch_id} is being screened by another MedScreen process" in err
+        assert f"(pid {proc.pid})" in err
+        assert not (tmp_path / "second" / "results.csv").exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    # once that process is gone, the same command continues the batch
+    assert main(["resume", batch_id, "--out", str(tmp_path / "second"), "--db", str(db),
+                 "--quiet"]) == 0  # fmt: skip
+    rows = csv_rows(tmp_path / "second" / "results.csv")
+    assert len(rows) == len(list(chest_folder.rglob("*.*")))
+    assert all(r["status"] == "ok" for r in rows)

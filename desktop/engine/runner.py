@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -52,10 +53,12 @@ from desktop.engine.errors import (
 from desktop.engine.inference import CUDA, default_threads, inference_slots
 from desktop.engine.loading import charging, read_file, reused_image_buffers
 from desktop.engine.preprocess import decode_working
+from desktop.engine.processes import pid_alive
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.screening import PreparedScan, Screener
 from desktop.engine.store import (
+    BatchInfo,
     BatchKind,
     BatchStatus,
     FileIdentity,
@@ -65,6 +68,21 @@ from desktop.engine.store import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _refuse_if_held(info: BatchInfo) -> None:
+    """Refuse to resume a batch another live process on this machine is screening: both
+    would decode and score every pending scan (the work done twice, two processes writing
+    the same items). A batch whose process is gone (kill -9, a crash) is taken over, and so
+    is one left by this process or the one that started it (the window hands a batch its own
+    process recorded to its batch process, as :meth:`ResultsStore.interrupted_batches` does)."""
+    if info.status != BatchStatus.RUNNING or info.pid in (None, os.getpid(), os.getppid()):
+        return
+    if info.host == socket.gethostname() and pid_alive(info.pid):
+        raise BatchError(
+            f"batch {info.id} is being screened by another MedScreen process (pid {info.pid}) "
+            "right now; wait for it to finish, or stop that process first and resume then"
+        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,7 @@ class BatchRunner:
             if info is None:
                 raise BatchError(f"no batch {resume!r} in the results store")
             batch_id = info.id
+            _refuse_if_held(info)
             self.store.claim_batch(batch_id, self.models.key, device)
             discovered = Discovered()
             if self.store.item_count(batch_id) == 0:  # died before its file list was saved
