@@ -220,3 +220,37 @@ def test_resume_refuses_a_batch_another_live_process_is_screening(
     rows = csv_rows(tmp_path / "second" / "results.csv")
     assert len(rows) == len(list(chest_folder.rglob("*.*")))
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_placeholder_dicom_ages_do_not_take_the_flags_away(tmp_path: Path) -> None:
+    """A DICOM age is trusted before the image's estimate, and a scan outside a model's ages
+    raises no flag. Placeholder ages that systems write for "unknown" were taken as real:
+    PatientAge 000Y made the real adult chest CR a child of 0 months (outside both models:
+    pneumonia 0.78, above the adult threshold 0.694, not flagged), 999Y and a birth date of
+    1900-01-01 made it 999 and 126 years old (outside pneumonia's ages 1-85: not flagged).
+    Found screening copies of the CR with such headers. An age of 0 is written in days,
+    weeks or months (DICOM AS), and nobody is over 120: such values now count as no age."""
+    import pydicom
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    cr = DATA / "dicom" / "CR-MONO1-10-chest.dcm"
+    headers = {"age000Y": {"PatientAge": "000Y"}, "age999Y": {"PatientAge": "999Y"},
+               "born1900": {"PatientBirthDate": "19000101", "StudyDate": "20261201"},
+               "age045Y": {"PatientAge": "045Y"}, "age010D": {"PatientAge": "010D"}}  # fmt: skip
+    for name, elements in headers.items():
+        ds = pydicom.dcmread(cr, force=True)
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        ds.save_as(folder / f"{name}.dcm")
+    rows = classify_rows(folder, tmp_path)
+    for name in ("age000Y", "age999Y", "born1900"):
+        row = rows[f"{name}.dcm"]
+        assert row["patient_group"] == "adult" and row["patient_group_source"] == "image", row
+        assert row["outside_scope"] == ""
+        assert float(row["pneumonia_score"]) > 0.694 and row["pneumonia_flag"] == "yes"
+    assert rows["age045Y.dcm"]["patient_group_source"] == "file"  # real ages still count
+    assert rows["age045Y.dcm"]["pneumonia_flag"] == "yes"
+    newborn = rows["age010D.dcm"]
+    assert (newborn["patient_group"], newborn["patient_group_source"]) == ("child", "file")
+    assert "age 0 months" in newborn["outside_scope"]

@@ -154,15 +154,28 @@ def format_age(years: float) -> str:
     return str(math.floor(years))
 
 
+#: No patient is older: an age above it is a placeholder (PatientAge 999Y, a birth date of
+#: 1900-01-01), not an age.
+MAX_PLAUSIBLE_AGE = 120.0
+
+
 def patient_age_years(age: str | None) -> float | None:
-    """Parse DICOM PatientAge (``045Y``, ``006M``, ``010W``, ``003D``) into years."""
+    """Parse DICOM PatientAge (``045Y``, ``006M``, ``010W``, ``003D``) into years.
+
+    ``000Y`` and ages over :data:`MAX_PLAUSIBLE_AGE` are placeholders systems write for an
+    unknown age (under a year DICOM counts in days, weeks or months): ``None``, as for no
+    age. Taken as real, they put an adult outside every model's ages and took the flags away.
+    """
     if not age:
         return None
     match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(age).upper())
     if not match:
         return None
     value, unit = int(match.group(1)), match.group(2) or "Y"
-    return value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    years = value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    if (value == 0 and unit == "Y") or years > MAX_PLAUSIBLE_AGE:
+        return None
+    return years
 
 
 def _dicom_date(text: object) -> date | None:
@@ -179,7 +192,8 @@ def age_from_metadata(meta: Mapping[str, object]) -> tuple[float, str] | None:
     """The patient's age in years from the file, and which fields gave it; None if absent.
 
     PatientAge first; else PatientBirthDate with StudyDate (both needed: the age at the
-    study, not today). A date that does not parse, or a birth after the study, is ignored.
+    study, not today). A date that does not parse, a birth after the study, or an
+    implausible age (see :func:`patient_age_years`) is ignored.
     The detail never holds the birth date itself (an identifier).
     """
     raw_age = meta.get("patient_age")
@@ -189,7 +203,10 @@ def age_from_metadata(meta: Mapping[str, object]) -> tuple[float, str] | None:
     born, studied = _dicom_date(meta.get("patient_birth_date")), _dicom_date(meta.get("study_date"))
     if born is None or studied is None or born > studied:
         return None
-    return (studied - born).days / 365.25, "DICOM PatientBirthDate and StudyDate"
+    years = (studied - born).days / 365.25
+    if years > MAX_PLAUSIBLE_AGE:  # a placeholder birth date (1900-01-01)
+        return None
+    return years, "DICOM PatientBirthDate and StudyDate"
 
 
 def decide_group(
