@@ -8,8 +8,9 @@ pinned in :mod:`desktop.engine.pins`. A signed user model replaces a bundled one
 id unless it is older; anything unsigned, altered or damaged is refused with a message that
 names the file (kept in :attr:`ModelSet.problems` for the CLI and GUI) and the bundled model
 is used instead; so is a signed user model that ONNX Runtime then cannot open
-(:func:`open_model_set`). ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only) lets a
-package that fails verification load, marked ``unsigned`` on every report.
+(:func:`open_model_set`; reported as a :class:`RefusedPackage`, which a later plan is given
+to skip that very package at once). ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` (developers only)
+lets a package that fails verification load, marked ``unsigned`` on every report.
 
 Two steps, one path: :func:`plan_model_set` makes every check and decides the set (roles,
 display order, refusals and their messages) without ONNX Runtime, and
@@ -74,6 +75,39 @@ class VerifiedModel:
     """A package that passed every check (:func:`verify_model`), not opened: no session."""
 
     manifest: ModelManifest
+
+
+@dataclass(frozen=True)
+class RefusedPackage:
+    """A package ONNX Runtime refused to open (:class:`SessionRefused`), as
+    :func:`open_model_set` reported it: which file, its exact content, and the refusal.
+
+    Handed back to :func:`plan_model_set` (``refused=``), it makes a later plan skip that
+    very package as a failed check would, with the same words, and choose the alternative
+    at once: a window need not plan, and a batch process open and be refused, the same file
+    before every batch. A new download of the package (another sha256) is planned again.
+    """
+
+    model_id: str
+    version: str
+    path: Path  # the manifest
+    sha256: str  # of the model file, as verified against the manifest
+    problem: str  # the refusal, as :attr:`ModelSet.problems` holds it
+
+    @classmethod
+    def of(cls, manifest: ModelManifest, problem: str) -> RefusedPackage:
+        """The refusal of ``manifest``'s package, in ``problem``'s words."""
+        if manifest.path is None:
+            raise ModelError(f"manifest of {manifest.id} was not read from a file")
+        return cls(manifest.id, manifest.version, manifest.path, manifest.sha256, problem)
+
+    def matches(self, manifest: ModelManifest) -> bool:
+        """True for the same manifest file holding the same model file's sha256."""
+        return (
+            manifest.path is not None
+            and manifest.sha256 == self.sha256
+            and manifest.path.resolve() == self.path.resolve()
+        )
 
 
 @dataclass
@@ -144,6 +178,10 @@ class ModelSetPlan(_Roles):
     #: that id, in order of preference, that passes every check too — the bundled one.
     #: Not part of :attr:`key`: only a model that really runs is.
     alternatives: dict[str, VerifiedModel] = field(default_factory=dict)
+    #: Packages ONNX Runtime refused to open that this set skipped: reported by
+    #: :func:`open_model_set` (the set it opened instead), or passed to
+    #: :func:`plan_model_set` as ``refused`` and met again; their words are in problems.
+    refused: tuple[RefusedPackage, ...] = ()
 
     @classmethod
     def of(cls, models: ModelSet | ModelSetPlan) -> ModelSetPlan:
@@ -173,6 +211,9 @@ class ModelSet(_Roles):
     device: DeviceReport
     problems: list[str] = field(default_factory=list)
     patient_group: LoadedModel | None = None
+    #: Packages of the plan ONNX Runtime refused to open (their alternatives run), and
+    #: those the plan had skipped already (:attr:`ModelSetPlan.refused`).
+    refused: tuple[RefusedPackage, ...] = ()
 
     @property
     def plan(self) -> ModelSetPlan:
@@ -184,6 +225,7 @@ class ModelSet(_Roles):
             self.device.requested,
             tuple(self.problems),
             VerifiedModel(group.manifest) if group is not None else None,
+            refused=self.refused,
         )
 
     def describe_device(self) -> str:
@@ -283,7 +325,9 @@ def open_model(
 
 
 def plan_model_set(
-    dirs: Iterable[Path] | None = None, device: Device = Device.AUTO
+    dirs: Iterable[Path] | None = None,
+    device: Device = Device.AUTO,
+    refused: Iterable[RefusedPackage] = (),
 ) -> ModelSetPlan:
     """Find and verify the gate and every finding model; open nothing. Raises BatchError
     when the set is unusable.
@@ -294,6 +338,11 @@ def plan_model_set(
     stop a clinic and none changes a result silently. Packages in the bundled folder must
     also match their pinned digests. The window calls this (its batches run elsewhere);
     :func:`load_model_set` is this, then :func:`open_model_set`.
+
+    ``refused``: packages ONNX Runtime already refused to open (:attr:`ModelSet.refused`,
+    as a batch process reported them). One that passes every check here again with the very
+    same content is skipped like a package that failed one, its refusal among the problems
+    (:attr:`ModelSetPlan.refused` too), and the next of its id is chosen.
     """
     folders = list(dirs) if dirs is not None else default_model_dirs()
     bundled_dir = bundled_models_dir().resolve()
@@ -307,6 +356,8 @@ def plan_model_set(
             # later folders first
             candidates.setdefault(manifest.id, []).insert(0, (manifest, bundled))
 
+    known = list(refused)
+    met: list[RefusedPackage] = []
     verified: dict[str, VerifiedModel] = {}
     alternatives: dict[str, VerifiedModel] = {}
     for model_id, options in candidates.items():
@@ -317,6 +368,13 @@ def plan_model_set(
             except ModelError as exc:
                 problems.append(str(exc))
                 log.warning("model refused: %s", exc)
+                continue
+            # checked after verification: the file's bytes are then known to match sha256
+            again = next((r for r in known if r.matches(model.manifest)), None)
+            if again is not None:
+                problems.append(again.problem)
+                met.append(again)
+                log.info("model refused before by ONNX Runtime, not planned: %s", again.path)
                 continue
             verified[model_id] = model
             alternative = _alternative(model, options[index + 1 :])
@@ -347,6 +405,7 @@ def plan_model_set(
         tuple(problems),
         patient_group=groups[0] if groups else None,
         alternatives=alternatives,
+        refused=tuple(met),
     )
 
 
@@ -389,12 +448,14 @@ def open_model_set(models: ModelSetPlan | ModelSet, threads: int | None = None) 
     plan = models
     reports: list[DeviceReport] = []
     problems = list(plan.problems)
+    refused = list(plan.refused)
 
     def opened(verified: VerifiedModel) -> LoadedModel:
         try:
             loaded, report = open_model(verified, plan.device, threads)
         except SessionRefused as exc:
             loaded, report = _open_alternative(plan, verified, exc, threads, problems)
+            refused.append(RefusedPackage.of(verified.manifest, problems[-1]))
         reports.append(report)
         return loaded
 
@@ -408,6 +469,7 @@ def open_model_set(models: ModelSetPlan | ModelSet, threads: int | None = None) 
         _combine(reports, plan.device),
         problems,
         patient_group=group,
+        refused=tuple(refused),
     )
 
 

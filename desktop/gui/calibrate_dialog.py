@@ -27,6 +27,12 @@ blocks on that process's pipe; progress reaches the dialog at most every
 :data:`PROGRESS_INTERVAL_MS`. Cancel, an error in the child (message here, traceback in the
 log and the status tooltip) and a child that dies are handled by ``BatchProcess`` as for the
 window's batches; the scans finished are in the store and are reused by the next run.
+
+A package that process cannot open (ONNX Runtime refuses it) is replaced there by the bundled
+model of its id, and the calibration is of that model: the dialog then adopts the set the
+process reports (:attr:`CalibrateDialog.models`, the model list, which saved points fit) and
+shows the refusal before a point is judged or saved, as the main window does for its batches;
+:attr:`CalibrateDialog.models_reported` lets the window adopt it too.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ from desktop.gui.results_model import short_name
 from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
-    from desktop.engine.batch_process import BatchProcess
+    from desktop.engine.batch_process import BatchProcess, InProcessRun
     from desktop.engine.labelled import CalibrationOutcome
     from desktop.engine.registry import ModelSet, ModelSetPlan
     from desktop.engine.runner import Progress
@@ -226,6 +232,9 @@ class CalibrateDialog(QDialog):
     saved = Signal(object)
     #: The PDF/PNG/JSON record was written (list of paths).
     record_written = Signal(list)
+    #: The models the run really opened (a ModelSetPlan), when its process could not open
+    #: one it was sent and used the bundled alternative; the dialog has adopted them.
+    models_reported = Signal(object)
 
     def __init__(
         self,
@@ -250,6 +259,9 @@ class CalibrateDialog(QDialog):
         self._worker: Worker | None = None
         self._record_worker: Worker | None = None
         self._process: BatchProcess | None = None
+        #: The running calibration (process or in-process run): what it opened is read
+        #: from it when it ends (its ``models``).
+        self._run: BatchProcess | InProcessRun | None = None
         #: Run the calibration in a thread of this process instead of the batch process:
         #: the way before, kept for benchmarks/bench_calibrate_stall.py --in-process (A/B on
         #: one machine) and for tests that patch the engine here; the window stalls this way.
@@ -283,10 +295,7 @@ class CalibrateDialog(QDialog):
         browse = QPushButton("Browse…", source)
         browse.clicked.connect(self._browse)
         self.folder_radio.toggled.connect(self._kind_changed)
-        self.model_combo = QComboBox(source)
-        for model_id, loaded in self.models.findings.items():
-            m = loaded.manifest
-            self.model_combo.addItem(f"{short_name(m)} — {m.name} {m.version}", model_id)
+        self.model_combo = QComboBox(source)  # filled once models_note exists (_fill_models)
         self.model_combo.currentIndexChanged.connect(self._kind_changed)
         self.target_spin = QDoubleSpinBox(source)
         self.target_spin.setRange(0.50, 0.99)
@@ -305,6 +314,12 @@ class CalibrateDialog(QDialog):
         self.status = QLabel(source)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        #: The models' refusals (the plan's, and a package the run could not open).
+        self.models_note = QLabel(source)
+        self.models_note.setWordWrap(True)
+        self.models_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.models_note.setStyleSheet("color: #a8430f;")
+        self._fill_models()
         self.labels_hint = QLabel(source)
         self.labels_hint.setForegroundRole(self.palette().ColorRole.PlaceholderText)
         self.labels_hint.setWordWrap(True)
@@ -332,6 +347,7 @@ class CalibrateDialog(QDialog):
         box.addLayout(run_row)
         box.addWidget(self.progress)
         box.addWidget(self.status)
+        box.addWidget(self.models_note)
 
         choose = QGroupBox("2. Choose the threshold", self)
         self.roc = RocView(choose)
@@ -442,6 +458,38 @@ class CalibrateDialog(QDialog):
         self._kind_changed()
         self._show_point()
 
+    def _fill_models(self) -> None:
+        """The model list from :attr:`models` (name and version), the choice kept by id;
+        the refusals, if any, below the status."""
+        chosen = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for model_id, loaded in self.models.findings.items():
+            m = loaded.manifest
+            self.model_combo.addItem(f"{short_name(m)} — {m.name} {m.version}", model_id)
+        if chosen is not None:
+            self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(chosen)))
+        self.model_combo.blockSignals(False)
+        problems = self.models.problems
+        self.models_note.setText(
+            "Some model files were refused: " + "; ".join(problems) if problems else ""
+        )
+        self.models_note.setVisible(bool(problems))
+
+    def _adopt_reported(self) -> None:
+        """The run's process could not open a model it was sent and calibrated the bundled
+        one of that id: from now on the dialog's models are those it opened, so a point is
+        judged and saved against the model that produced its scores, and the refusal shows."""
+        run = self._run
+        reported = run.models if run is not None else None
+        if reported is None or reported.key == self.models.key:
+            return
+        self.models = reported
+        self._fill_models()
+        self._kind_changed()
+        self._refresh_saved(self.saved_combo.currentData() or "")
+        emit(self.models_reported, reported)
+
     # -- choosing the labelled scans ---------------------------------------------------------
     def _kind_changed(self) -> None:
         model_id = self.model_combo.currentData()
@@ -517,10 +565,11 @@ class CalibrateDialog(QDialog):
             from desktop.engine.batch_process import InProcessRun  # sessions open in the thread
 
             run = InProcessRun(self.models, self.store, task)
+            self._run = run
             worker = Worker(run.run, on_quit=run.cancel, name="medscreen-calibrate")
         else:
             process = BatchProcess(self.models, self.store.path, task=task)
-            self._process = process
+            self._process = self._run = process
             worker = Worker(process.run, on_quit=process.cancel, name="medscreen-calibrate")
         self._latest = None
         worker.yielded.connect(self._progress_arrived, type=Qt.ConnectionType.DirectConnection)
@@ -560,6 +609,7 @@ class CalibrateDialog(QDialog):
         self.status.setText(f"Screening {event.done} of {event.total}… {name}")
 
     def _finished(self, outcome: CalibrationOutcome) -> None:
+        self._adopt_reported()  # before the point is shown, judged or saved
         self.outcome = outcome
         scores = outcome.scores
         lines = [f"{Path(e.file).name}: {e.reason}" for e in scores.excluded]
@@ -589,6 +639,7 @@ class CalibrateDialog(QDialog):
         it is in the error's notes) in the log and in the status's tooltip."""
         from desktop.engine.batch_process import BatchProcessError
 
+        self._adopt_reported()  # a run that opened its models, then failed: they still hold
         self.last_error = error
         exc = error.exception
         reason = (getattr(exc, "message", None) or str(exc)).rstrip(".")
@@ -607,7 +658,7 @@ class CalibrateDialog(QDialog):
     def _worker_done(self) -> None:
         self._ticker.stop()
         self._worker = None
-        self._process = None
+        self._process = self._run = None
         self._latest = None
         self.progress.setVisible(False)
         self._update_buttons()

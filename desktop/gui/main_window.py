@@ -60,7 +60,7 @@ from desktop.gui.workers import Worker, WorkerError
 
 if TYPE_CHECKING:
     from desktop.engine.devices import DeviceReport
-    from desktop.engine.registry import ModelSetPlan
+    from desktop.engine.registry import ModelSetPlan, RefusedPackage
     from desktop.engine.runner import BatchSummary, Progress
     from desktop.gui.viewer import ScanViewer
 
@@ -75,13 +75,27 @@ PATIENT_CHOICES = (
 )
 
 
-def _load_models(dirs: list[Path] | None, device: str) -> ModelSetPlan:
+def _load_models(
+    dirs: list[Path] | None, device: str, refused: tuple[RefusedPackage, ...] = ()
+) -> ModelSetPlan:
     """Verify the models and plan the set (every check the CLI makes, the same messages);
-    no session is opened here: the batch process opens them."""
+    no session is opened here: the batch process opens them. ``refused``: packages a batch
+    process of this session could not open, planned no more while their files are unchanged."""
     from desktop.engine.devices import choose_device
     from desktop.engine.registry import plan_model_set
 
-    return plan_model_set(dirs, choose_device(device))
+    return plan_model_set(dirs, choose_device(device), refused)
+
+
+def _refused_note(models: ModelSetPlan) -> str:
+    """The status bar's words for packages ONNX Runtime refused to open and what runs
+    instead (empty when none): known before a batch starts, not only when it opens them."""
+    parts = []
+    for refused in models.refused:
+        used = models.manifests.get(refused.model_id)
+        instead = f", {used.id} {used.version} is used" if used is not None else ""
+        parts.append(f"{refused.model_id} {refused.version} could not be opened{instead}")
+    return "".join(f" — {part}" for part in parts)
 
 
 def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
@@ -142,6 +156,10 @@ class MainWindow(FileDropTarget, QMainWindow):
         self._store = store
         self._model_dirs = list(model_dirs) if model_dirs is not None else None
         self.models: ModelSetPlan | None = None
+        #: Packages a batch process (or the Calibrate dialog's) could not open this session,
+        #: by manifest file and model sha256: every later plan skips them (and says so) until
+        #: the file changes, instead of planning them again to be refused before each batch.
+        self._refused: dict[tuple[Path, str], RefusedPackage] = {}
         self._model_worker: Worker | None = None
         self._side_workers: set[Worker] = set()
         self._viewers: list[ScanViewer] = []
@@ -434,7 +452,11 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.models_label.setText("Loading models…")
         self.act_export.setEnabled(False)
         worker = Worker(
-            _load_models, self._model_dirs, self.settings.device, name="medscreen-models"
+            _load_models,
+            self._model_dirs,
+            self.settings.device,
+            tuple(self._refused.values()),
+            name="medscreen-models",
         )
         worker.returned.connect(self._models_loaded)
         worker.errored.connect(self._models_failed)
@@ -453,9 +475,26 @@ class MainWindow(FileDropTarget, QMainWindow):
             self._start_batch(pending)
 
     def _models_replaced(self, models: ModelSetPlan) -> None:
-        """The batch process could not open a model offered here (ONNX Runtime refused it)
-        and runs the bundled one of that id: offer what really runs, and say why."""
+        """A batch process (or the Calibrate dialog's) could not open a model offered here
+        (ONNX Runtime refused it) and runs the bundled one of that id: offer what really
+        runs, say why, and plan that package no more this session while it is unchanged."""
+        self._remember_refused(models)
         self._offer_models(models)
+
+    def _calibration_models_reported(self, models: ModelSetPlan) -> None:
+        """The Calibrate dialog's process could not open a model offered here and calibrated
+        the bundled one: batches use it too (its site point fits them). During a batch only
+        the refusal is kept: that batch's own process reports what it opened, and the table
+        is not rebuilt under its arriving rows."""
+        if self.batch.is_running():
+            self._remember_refused(models)
+        else:
+            self._models_replaced(models)
+
+    def _remember_refused(self, models: ModelSetPlan) -> None:
+        """Keep ``models``' refused packages for every later plan of this session."""
+        for refused in models.refused:
+            self._refused[(refused.path, refused.sha256)] = refused
 
     def _offer_models(self, models: ModelSetPlan) -> None:
         """Columns, operating points and refusals of ``models``, the set batches now use."""
@@ -482,10 +521,12 @@ class MainWindow(FileDropTarget, QMainWindow):
         if models is None:
             return
         device = self.device_text()
-        self.models_label.setText(f"Models ready — device: {device}")
+        text = f"Models ready — device: {device}" + _refused_note(models)
+        self.models_label.setText(text)
         self.models_label.setToolTip(
-            f"Models ready — device: {device}\n"
+            f"{text}\n"
             + "; ".join(m.key for m in models.manifests.values())
+            + "".join(f"\n{r.problem}" for r in models.refused)
         )
 
     def device_text(self) -> str:
@@ -1096,6 +1137,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.saved.connect(self._site_points_changed)
+        dialog.models_reported.connect(self._calibration_models_reported)
         dialog.open()
         return dialog
 
