@@ -254,3 +254,32 @@ def test_placeholder_dicom_ages_do_not_take_the_flags_away(tmp_path: Path) -> No
     newborn = rows["age010D.dcm"]
     assert (newborn["patient_group"], newborn["patient_group_source"]) == ("child", "file")
     assert "age 0 months" in newborn["outside_scope"]
+
+
+def test_the_thresholds_line_is_cut_at_a_word_with_an_ellipsis(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """On a 1366×768 screen at 150 % scaling (911 logical pixels) the window's thresholds
+    line read "TB ≥ 0.22 (sens 0.96, spec 0.90) · Pneumonia: adul": clipped in the middle of
+    a word with nothing to say it goes on, the pneumonia thresholds gone. Found in
+    `scripts/screenshots --reading --scale 1.5`. It is now cut at a whole word with "…"
+    (as the table's cells are), the whole line still its text and tooltip."""
+    from desktop.engine.manifest import read_manifest
+    from desktop.gui.operating_point import OperatingPointPicker
+
+    shipped = REPO / "assets" / "models"
+    manifests = {m: read_manifest(shipped / f"{m}.json") for m in ("tb", "pneumonia")}
+    picker = OperatingPointPicker()
+    qtbot.addWidget(picker)
+    picker.set_manifests(manifests, "screening")
+    picker.resize(560, 30)
+    picker.show()
+    qtbot.waitExposed(picker)
+    full = picker.detail.text()
+    assert "Pneumonia: adult ≥ 0.69" in full  # the whole line stays the label's text
+    shown = picker.detail.shown_text()
+    width = picker.detail.fontMetrics().horizontalAdvance
+    assert width(full) > picker.detail.contentsRect().width()  # it does not fit here
+    assert shown.endswith("…") and width(shown) <= picker.detail.contentsRect().width()
+    kept = shown[:-1].rstrip(" ,;:")
+    assert full.startswith(kept) and full[len(kept)] in " ,;:·"  # a whole word, never "adul"
+    picker.resize(2400, 30)  # room for it all: shown whole
+    qtbot.waitUntil(lambda: picker.detail.shown_text() == full)
