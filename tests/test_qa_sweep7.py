@@ -283,3 +283,35 @@ def test_the_thresholds_line_is_cut_at_a_word_with_an_ellipsis(qtbot) -> None:  
     assert full.startswith(kept) and full[len(kept)] in " ,;:·"  # a whole word, never "adul"
     picker.resize(2400, 30)  # room for it all: shown whole
     qtbot.waitUntil(lambda: picker.detail.shown_text() == full)
+
+
+def test_a_folder_given_relative_is_one_history_folder_with_its_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`medscreen classify big2` stored the batch's input as typed, "big2": the history (CLI
+    and window) showed "big2" where it promises the full path, and the window's drop of the
+    same folder (/tmp/qa/big2) or `classify ./big2/` were other "folders", their re-runs never
+    merged; a batch killed before its file list was saved, resumed from another directory,
+    would have looked for "big2" there. Found reading `medscreen history` after classify and
+    kill tests run from /tmp/qa."""
+    from desktop.cli import main
+    from desktop.engine.history import history_rows
+    from desktop.engine.store import ResultsStore
+
+    folder = tmp_path / "morning scans"
+    folder.mkdir()
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    db = tmp_path / "r.sqlite3"
+    monkeypatch.chdir(tmp_path)
+    for given in ("morning scans", "./morning scans/", str(folder)):
+        assert main(["classify", given, "--out", str(tmp_path / "out"), "--db", str(db),
+                     "--quiet"]) == 0  # fmt: skip
+    assert main(["history", "--db", str(db)]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count(f"— {folder}") == 3, listed
+    store = ResultsStore(db)
+    try:
+        (row,) = history_rows(store)
+        assert row.folder == str(folder) and row.runs == 3
+    finally:
+        store.close()

@@ -271,9 +271,12 @@ class BatchRunner:
                 self.store.set_items(batch_id, [str(p) for p in discovered.files])
         else:
             discovered = discover(inputs)
+            # Stored as full paths, as discover() reads them: "big2" typed in a terminal was
+            # another history folder than the window's /data/big2, shown without its path.
             batch_id = self.store.create_batch(
-                [str(p) for p in inputs], self.models.key, device, kind
-            )
+                [str(Path(p).expanduser().absolute()) for p in inputs], self.models.key, device,
+                kind,
+            )  # fmt: skip
             self.store.set_items(batch_id, [str(p) for p in discovered.files])
 
         total = self.store.item_count(batch_id)
