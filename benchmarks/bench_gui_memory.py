@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,33 +49,177 @@ PHASES = ("start", "screen", "report", "browse", "rederive")
 
 
 # -- the sampler (this process) --------------------------------------------------------------
-def _rss_mb(pid: int) -> float:
+#: What each process is to this benchmark: the window (the root), its batch process (a
+#: multiprocessing ``spawn`` child), anything else it started (multiprocessing's resource
+#: tracker, decoder sandboxes, a short-lived helper such as ``ldconfig``).
+WINDOW, BATCH, OTHER = "window", "batch", "other"
+ROLES = (WINDOW, BATCH, OTHER)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One process's memory from ``/proc/PID/smaps_rollup``, in MB.
+
+    ``rss`` counts every resident page it maps, so two processes that map the same shared
+    library pages (libpython, NumPy's, SQLite's) each count them whole: a sum of RSS
+    overstates what two processes use together. ``pss`` (proportional set size) divides each
+    page by the number of processes mapping it, so the PSS of a tree sums to what the tree
+    really holds. ``uss`` (private clean + private dirty) is what the process alone holds:
+    what its end would give back.
+    """
+
+    rss: float
+    pss: float
+    uss: float
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.rss + other.rss, self.pss + other.pss, self.uss + other.uss)
+
+    def peak(self, other: Memory) -> Memory:
+        """Each figure's maximum (each may peak at a different moment)."""
+        return Memory(max(self.rss, other.rss), max(self.pss, other.pss), max(self.uss, other.uss))
+
+
+ZERO = Memory(0.0, 0.0, 0.0)
+
+
+def parse_smaps_rollup(text: str) -> Memory:
+    """``/proc/PID/smaps_rollup``'s text as a :class:`Memory` (its fields are in kB)."""
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            fields[name] = int(parts[0])
+    if "Rss" not in fields or "Pss" not in fields:
+        raise ValueError("no Rss/Pss in the smaps_rollup text")
+    private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    private += fields.get("Private_Hugetlb", 0)
+    return Memory(fields["Rss"] / 1024, fields["Pss"] / 1024, private / 1024)
+
+
+def read_memory(pid: int) -> Memory | None:
+    """The process's :class:`Memory` now, or None once it has gone (or may not be read)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            return parse_smaps_rollup(rollup.read())
     except (OSError, ValueError):
-        pass
-    return 0.0
+        return None
 
 
-def _descendants(pid: int) -> list[int]:
-    out: list[int] = []
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return out
+        return kids
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
-                kids = [int(k) for k in f.read().split()]
+                kids.extend(int(k) for k in f.read().split())
         except (OSError, ValueError):
             continue
-        for kid in kids:
-            out.append(kid)
-            out.extend(_descendants(kid))
-    return out
+    return kids
+
+
+@dataclass
+class Tree:
+    """The processes under a root at one moment: ``roles`` maps each counted pid to its
+    role; ``forking`` names the role of the parent of each child left out because it had
+    not run ``exec`` yet."""
+
+    roles: dict[int, str] = field(default_factory=dict)
+    forking: list[str] = field(default_factory=list)
+
+
+def process_tree(root: int) -> Tree:
+    """The root and every descendant, each once, with its role.
+
+    Left out: a child whose command line is still its parent's, i.e. forked (or vforked)
+    but not yet ``exec``-ed. Python's ``subprocess`` starts a program with ``vfork``, so
+    until its ``exec`` the child *shares* the parent's address space and its ``/proc``
+    figures are the parent's whole memory again: summing it counted a process twice (the
+    batch process runs ``ldconfig -p`` through ``ctypes.util.find_library`` at every
+    ``malloc_trim``, which is how a tree of a 229 MB batch process once read 458 MB).
+    A child met twice (a thread's children listed again while they are re-parented to
+    another thread of the same process) is counted once.
+    """
+    tree = Tree({root: WINDOW})
+    seen = {root}
+    stack = [(root, _cmdline(root))]
+    while stack:
+        parent, parent_cmd = stack.pop()
+        for kid in _children(parent):
+            if kid in seen:
+                continue
+            seen.add(kid)
+            cmd = _cmdline(kid)
+            if cmd is None:  # gone already
+                continue
+            if cmd == parent_cmd:
+                tree.forking.append(tree.roles[parent])
+                continue
+            is_batch = parent == root and b"spawn_main" in cmd
+            tree.roles[kid] = BATCH if is_batch else OTHER
+            stack.append((kid, cmd))
+    return tree
+
+
+@dataclass
+class Sample:
+    """The tree's memory at one moment: per role (summed over its processes) and in all."""
+
+    by_role: dict[str, Memory]
+    total: Memory
+    forking: list[str]
+    seconds: float  # how long reading every process took (how "one moment" it was)
+
+
+def sample(root: int) -> Sample:
+    """Read the whole tree once, process after process, as close together as possible."""
+    t0 = time.perf_counter()
+    tree = process_tree(root)
+    by_role = dict.fromkeys(ROLES, ZERO)
+    total = ZERO
+    for pid, role in tree.roles.items():
+        memory = read_memory(pid)
+        if memory is None:
+            continue
+        by_role[role] = by_role[role] + memory
+        total = total + memory
+    return Sample(by_role, total, tree.forking, time.perf_counter() - t0)
+
+
+@dataclass
+class PhasePeaks:
+    """Peaks over a phase: per role and of the tree's sum, each figure taken at the sample
+    where it was highest (the sum's peak is a peak of sums taken at one moment, not a sum
+    of peaks), and the roles' PSS at the sample where the tree's PSS peaked."""
+
+    by_role: dict[str, Memory] = field(default_factory=lambda: dict.fromkeys(ROLES, ZERO))
+    total: Memory = ZERO
+    at_pss_peak: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    forking: list[str] = field(default_factory=list)
+    slowest: float = 0.0
+
+    def add(self, s: Sample) -> None:
+        for role in ROLES:
+            self.by_role[role] = self.by_role[role].peak(s.by_role[role])
+        if s.total.pss > self.total.pss:
+            self.at_pss_peak = {role: s.by_role[role].pss for role in ROLES}
+        self.total = self.total.peak(s.total)
+        self.samples += 1
+        self.forking.extend(s.forking)
+        self.slowest = max(self.slowest, s.seconds)
 
 
 def measure(folder: Path, work: Path, trace: bool) -> None:
@@ -101,17 +246,13 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peaks = {p: [0.0, 0.0, 0.0] for p in PHASES}  # window, batch process, sum
+    peaks = {p: PhasePeaks() for p in PHASES}
     load_max = 0.0
     while proc.poll() is None:
-        window = _rss_mb(proc.pid)
-        kids = sum(_rss_mb(k) for k in _descendants(proc.pid))
-        peak = peaks.setdefault(phase[0], [0.0, 0.0, 0.0])
-        peak[0], peak[1], peak[2] = (
-            max(peak[0], window),
-            max(peak[1], kids),
-            max(peak[2], window + kids),
-        )
+        s = sample(proc.pid)
+        if proc.poll() is not None:  # the window ended mid-sample: its figures are partial
+            break
+        peaks.setdefault(phase[0], PhasePeaks()).add(s)
         load_max = max(load_max, os.getloadavg()[0])
         time.sleep(0.1)
     reader.join()
@@ -119,12 +260,29 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
         print("\n".join(lines[-40:]))
         raise RuntimeError(f"the window run failed with status {proc.returncode}")
     print(
-        f"  sampled peaks (MB: window / batch process / sum), {time.perf_counter() - started:.0f}"
-        f" s in all, load average up to {load_max:.1f}:"
+        f"  sampled peaks every 0.1 s, {time.perf_counter() - started:.0f} s in all, load "
+        f"average up to {load_max:.1f}; MB as RSS / PSS / USS; 'tree' is the sum over the "
+        f"window, its batch process and the rest, read together at each sample:"
+    )
+    print(
+        f"    {'phase':<8} {'window':>17}  {'batch process':>17}  {'other':>17}  "
+        f"{'tree (sum)':>17}  tree PSS peak = window + batch + other"
     )
     for name in PHASES:
-        w, k, s = peaks[name]
-        print(f"    {name:<7} {w:6.0f} / {k:6.0f} / {s:6.0f}")
+        p = peaks[name]
+        cells = [p.by_role[r] for r in ROLES] + [p.total]
+        row = "  ".join(f"{m.rss:5.0f}/{m.pss:5.0f}/{m.uss:5.0f}" for m in cells)
+        split = " + ".join(f"{p.at_pss_peak.get(r, 0.0):.0f}" for r in ROLES)
+        print(f"    {name:<8} {row}  {split}")
+    forks = [role for p in peaks.values() for role in p.forking]
+    slowest = max(p.slowest for p in peaks.values())
+    samples = sum(p.samples for p in peaks.values())
+    print(
+        f"    {samples} samples, the slowest read of the tree {slowest * 1000:.0f} ms; "
+        f"{len(forks)} child(ren) met forked but not yet exec-ed, left out (one shares its "
+        f"parent's memory until then), by the parent: "
+        f"{', '.join(f'{r} {forks.count(r)}' for r in ROLES if r in forks) or 'none'}"
+    )
 
 
 # -- the window (a fresh process) -----------------------------------------------------------

@@ -94,6 +94,12 @@ EXIT_TIMEOUT_S = 30.0
 
 _CANCEL = "cancel"
 
+#: Modules the batch process never uses but would import: pydicom imports ``requests`` (and
+#: with it urllib3, charset_normalizer and idna, ~100 modules) only to download its own test
+#: files, and falls back to urllib when it is missing; screening is offline. Left out, the
+#: child holds 8 MB less (USS, measured with the engine's imports, 2 December 2026).
+NOT_IN_BATCH_PROCESS = ("requests",)
+
 
 class ProcessTask(Protocol):
     """Work for the batch process: picklable, and importable in a process without Qt.
@@ -417,6 +423,7 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         # its going away closes the control pipe, which cancels the batch at a clean point.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = None
+    _leave_out_modules()
     try:
         from desktop.engine.registry import open_model_set
         from desktop.engine.runner import BatchRunner
@@ -457,6 +464,14 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
         if store is not None:
             store.close()
         results.close()
+
+
+def _leave_out_modules() -> None:
+    """Make ``import`` of :data:`NOT_IN_BATCH_PROCESS` fail here (an ImportError, which their
+    importers handle), before the runner's imports would load them. One already imported (a
+    parent's main module imported again by ``spawn`` may have) stays."""
+    for name in NOT_IN_BATCH_PROCESS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def _drive(

@@ -28,12 +28,12 @@ both slots now run beside the decoders, the runner's CPU batches are smaller (ru
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,21 @@ def release_free_memory() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once: ``ctypes.util.find_library`` runs
+    ``ldconfig -p`` in a child process at every call (a vfork of a 230 MB batch process
+    every 256 scans). The C library is already loaded: ``CDLL(None)`` finds its symbols."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         log.debug("malloc_trim is not available")
+        return None
 
 
 def available_cores() -> int:
