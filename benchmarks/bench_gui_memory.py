@@ -222,6 +222,31 @@ class PhasePeaks:
         self.slowest = max(self.slowest, s.seconds)
 
 
+#: Shared libraries whose pages the tree's PSS shares with any other process mapping them.
+SHARED_LIBS = ("libpython3", "onnxruntime_pybind11", "libQt6Core", "_multiarray_umath")
+
+
+def outside_sharers(root: int) -> dict[str, int]:
+    """How many processes outside the tree map each of :data:`SHARED_LIBS` now.
+
+    PSS divides a page among *every* process that maps it, not only the tree's: another
+    Python with ONNX Runtime running (a test suite) lowers the tree's PSS by its share of
+    those libraries' pages. Printed with the figures, so a PSS can be read with that."""
+    tree = set(process_tree(root).roles)
+    counts = dict.fromkeys(SHARED_LIBS, 0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in tree:
+            continue
+        try:
+            with open(f"/proc/{entry}/maps", encoding="ascii", errors="replace") as maps:
+                text = maps.read()
+        except OSError:
+            continue
+        for lib in SHARED_LIBS:
+            counts[lib] += lib in text
+    return counts
+
+
 def measure(folder: Path, work: Path, trace: bool) -> None:
     """Run the window on ``folder`` in a fresh process and print the peaks per phase."""
     cmd = [sys.executable, __file__, "--window", str(folder), "--work", str(work)]
@@ -248,7 +273,13 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
     reader.start()
     peaks = {p: PhasePeaks() for p in PHASES}
     load_max = 0.0
+    sharers: dict[str, int] = {}
+    last_phase = ""
     while proc.poll() is None:
+        if phase[0] != last_phase:  # at each phase's start: who else maps the libraries
+            last_phase = phase[0]
+            for lib, n in outside_sharers(proc.pid).items():
+                sharers[lib] = max(sharers.get(lib, 0), n)
         s = sample(proc.pid)
         if proc.poll() is not None:  # the window ended mid-sample: its figures are partial
             break
@@ -274,6 +305,10 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
         row = "  ".join(f"{m.rss:5.0f}/{m.pss:5.0f}/{m.uss:5.0f}" for m in cells)
         split = " + ".join(f"{p.at_pss_peak.get(r, 0.0):.0f}" for r in ROLES)
         print(f"    {name:<8} {row}  {split}")
+    print(
+        "    processes outside the tree mapping the same libraries (most at a phase's start; "
+        "they lower the tree's PSS): " + ", ".join(f"{k} {v}" for k, v in sharers.items())
+    )
     forks = [role for p in peaks.values() for role in p.forking]
     slowest = max(p.slowest for p in peaks.values())
     samples = sum(p.samples for p in peaks.values())
