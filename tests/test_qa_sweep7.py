@@ -315,3 +315,39 @@ def test_a_folder_given_relative_is_one_history_folder_with_its_full_path(
         assert row.folder == str(folder) and row.runs == 3
     finally:
         store.close()
+
+
+def test_the_batch_message_is_not_squeezed_out_by_the_device_line(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """At 1366×768 and 150 % (911 logical pixels) the status bar read "Finished: 1.." beside
+    the whole models line ("Models ready — device: CPU via CPUExecutionProvider — CUDA not
+    used: …"): the batch's counts cut to what reads as "1". Found in `scripts/screenshots
+    --reading --scale 1.5`. The models line now gives way (cut at a word with "…", its
+    tooltip whole) so the batch's message is shown whole."""
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    window = MainWindow(settings=AppSettings(tmp_path / "s.ini"), store=store,
+                        model_dirs=[REPO / "assets" / "models"])  # fmt: skip
+    qtbot.addWidget(window)
+    try:
+        window.resize(911, 512)
+        window.show()
+        qtbot.waitExposed(window)
+        device = ("Models ready — device: CPU via CPUExecutionProvider — CUDA not used: no "
+                  "NVIDIA GPU driver found (as the batch process reported)")  # fmt: skip
+        window.models_label.setText(device)
+        qtbot.waitUntil(lambda: window.models_label.width() > 600)  # laid out: it takes the bar
+        message = "Finished: 18 screened, 2 not chest X-rays, 1 errors in 0 s"
+        window.show_status(message)
+        bar = window.statusBar()
+        assert bar.currentMessage() == message
+        qtbot.waitUntil(lambda: window.models_label.shown_text() != device)
+        assert window.models_label.shown_text().endswith("…")
+        assert window.models_label.text() == device  # whole, for the tooltip and tests
+        room = bar.width() - window.models_label.width()
+        assert bar.fontMetrics().horizontalAdvance(message) < room
+    finally:
+        window.close()
+        store.close()

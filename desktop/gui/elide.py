@@ -12,8 +12,14 @@ from collections.abc import Callable
 from functools import cache
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex
-from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionViewItem
+from PySide6.QtGui import QPainter, QPaintEvent, QPixmap
+from PySide6.QtWidgets import (
+    QApplication,
+    QLabel,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+)
 
 ELLIPSIS = "…"
 
@@ -52,6 +58,24 @@ class WordElideDelegate(QStyledItemDelegate):
             available -= option.decorationSize.width() + 2 * margin  # type: ignore[attr-defined]
         metrics = option.fontMetrics  # type: ignore[attr-defined]
         option.text = elide_words(text, metrics.horizontalAdvance, max(0, available))  # type: ignore[attr-defined]
+
+
+class WordElidedLabel(QLabel):
+    """A one-line label that, when too narrow, shows its text cut at a whole word with "…"
+    (:func:`elide_words`, as the table's cells): a plain QLabel clipped the thresholds line
+    mid-word ("Pneumonia: adul") with nothing to say it went on (the thresholds line; the
+    status bar's models line). ``text()`` stays whole."""
+
+    def shown_text(self) -> str:
+        """What is drawn at the label's present width."""
+        available = self.contentsRect().width()
+        return elide_words(self.text(), self.fontMetrics().horizontalAdvance, max(0, available))
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        self.style().drawItemText(painter, self.contentsRect(), int(self.alignment()),
+                                  self.palette(), self.isEnabled(), self.shown_text(),
+                                  self.foregroundRole())  # fmt: skip
 
 
 @cache

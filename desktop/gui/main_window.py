@@ -49,6 +49,7 @@ from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
+from desktop.gui.elide import WordElidedLabel
 from desktop.gui.message_bar import MessageBar
 from desktop.gui.operating_point import OperatingPointPicker
 from desktop.gui.qt_compat import emit
@@ -291,8 +292,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
 
-        self.models_label = QLabel("Loading models…", self)
-        # Cut rather than widen the window on a narrow screen; the tooltip has the whole text.
+        self.models_label = WordElidedLabel("Loading models…", self)
+        # Cut (at a word, with "…") rather than widen the window on a narrow screen, and
+        # before the batch's message (show_status); the tooltip has the whole text.
         self.models_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.models_label.setMinimumWidth(120)
         self.statusBar().addPermanentWidget(self.models_label)
@@ -781,7 +783,14 @@ class MainWindow(FileDropTarget, QMainWindow):
         """A status-bar line that never runs off the window: elided with "…" to fit the space
         left beside the permanent labels (the whole text goes to the log and the tooltip)."""
         bar = self.statusBar()
-        room = max(80, bar.width() - self.models_label.width() - 40)
+        # The message first: the models line (as long as the device's description) gives
+        # way down to half the bar. Before, it kept its whole width and a finished batch
+        # read "Finished: 1.." at 1366×768 and 150 %.
+        wanted = bar.fontMetrics().horizontalAdvance(text) + 40
+        cap = max(120, min(self.models_label.sizeHint().width(),
+                           bar.width() - min(wanted, bar.width() // 2)))  # fmt: skip
+        self.models_label.setMaximumWidth(cap)
+        room = max(80, bar.width() - min(cap, self.models_label.width()) - 40)
         shown = bar.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
         bar.setToolTip(text if shown != text else "")
         bar.showMessage(shown, timeout_ms)

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Mapping
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -42,7 +41,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.results import ThresholdChoice
 from desktop.engine.site_points import SiteOperatingPoint, SitePoint, SitePointStore
-from desktop.gui.elide import elide_words
+from desktop.gui.elide import WordElidedLabel
 from desktop.gui.qt_compat import emit
 from desktop.gui.results_model import short_name
 
@@ -50,23 +49,6 @@ log = logging.getLogger(__name__)
 
 CUSTOM = "__custom__"
 PER_MODEL = "__per_model__"
-
-
-class WordElidedLabel(QLabel):
-    """A one-line label that, when too narrow, shows its text cut at a whole word with "…"
-    (:func:`elide_words`, as the table's cells): a plain QLabel clipped the thresholds line
-    mid-word ("Pneumonia: adul") with nothing to say it went on. ``text()`` stays whole."""
-
-    def shown_text(self) -> str:
-        """What is drawn at the label's present width."""
-        available = self.contentsRect().width()
-        return elide_words(self.text(), self.fontMetrics().horizontalAdvance, max(0, available))
-
-    def paintEvent(self, event: QPaintEvent) -> None:
-        painter = QPainter(self)
-        self.style().drawItemText(painter, self.contentsRect(), int(self.alignment()),
-                                  self.palette(), self.isEnabled(), self.shown_text(),
-                                  self.foregroundRole())  # fmt: skip
 
 
 class OperatingPointPicker(QWidget):
