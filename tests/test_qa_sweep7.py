@@ -3,6 +3,7 @@ test on real files: the mixed folder, the CLI end to end, the reports."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -152,6 +153,14 @@ def test_adult_batch_reports_the_adult_thresholds_figures_not_the_pooled_ones(
     assert "adult 0.66 / 0.75" in text  # held-out test, the adult threshold's own
     assert "child 0.96 / 0.91" in text
     assert "at screening: sensitivity 0.90, specificity 0.79" not in text
+    # the JSON report: each group's validation figures beside its threshold
+    point = json.loads((out / "results.json").read_text("utf-8"))["operating_point"]
+    pneumonia = point["models"]["pneumonia"]
+    assert pneumonia["by_group"]["adult"] == pytest.approx(0.6935, abs=1e-4)
+    adult = pneumonia["by_group_validation"]["adult"]
+    assert (round(adult["sensitivity"], 2), round(adult["specificity"], 2)) == (0.74, 0.75)
+    assert round(pneumonia["by_group_validation"]["child"]["sensitivity"], 2) == 0.95
+    assert "by_group_validation" not in point["models"]["tb"]  # one threshold: as before
 
 
 _SLOW_CLI = """

@@ -334,6 +334,18 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
                         if p.by_group
                         else {}
                     ),
+                    # each group's threshold with its own validation figures: the pooled
+                    # ones below belong to the group-unknown threshold only
+                    **(
+                        {
+                            "by_group_validation": {
+                                g: {"sensitivity": gp.sensitivity, "specificity": gp.specificity}
+                                for g, gp in p.by_group
+                            }
+                        }
+                        if p.by_group and mid not in sites
+                        else {}
+                    ),
                     # a site point's figures are the site's, stated in site_calibration
                     "validation_sensitivity": None if mid in sites else p.sensitivity,
                     "validation_specificity": None if mid in sites else p.specificity,
