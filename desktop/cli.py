@@ -618,6 +618,10 @@ def _export(args: argparse.Namespace) -> int:
             "('medscreen history' lists the batches)"
         )
     check_writable(out)
+    # a batch a live process is screening now: not stopped, not to be resumed meanwhile
+    running = info.status == BatchStatus.RUNNING and info.id not in {
+        b.id for b in store.interrupted_batches()
+    }
     # Nothing is screened: the models are verified (their manifests name the columns and
     # thresholds) but no ONNX Runtime session is opened.
     models = plan_model_set(args.models or default_model_dirs(), choose_device(args.device))
@@ -638,13 +642,20 @@ def _export(args: argparse.Namespace) -> int:
         files_not_screened=store.files_not_screened(info.id),
         # the device the batch ran on, as its process recorded it; never this command's
         device=info.device or "not recorded for this batch",
+        still_being_screened=running,
     )
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)
     stream = sys.stderr
     _print_summary(None, results, ctx, written, stream)
-    if info.status != BatchStatus.COMPLETED:
-        total = info.total if info.total is not None else "?"
+    total = info.total if info.total is not None else "?"
+    if running:
+        print(
+            f"  batch {info.id} is still being screened: {info.done}/{total} scans finished "
+            "so far; export it again when it has finished",
+            file=stream,
+        )
+    elif info.status != BatchStatus.COMPLETED:
         print(
             f"  batch {info.id} is {info.status}: {info.done}/{total} scans finished; "
             f"'{_resume_command(args, info.id)}' continues it",

@@ -360,3 +360,43 @@ def test_the_batch_message_is_not_squeezed_out_by_the_device_line(qtbot, tmp_pat
     finally:
         window.close()
         store.close()
+
+
+def test_export_of_a_batch_still_being_screened_says_so(
+    tmp_path: Path, chest_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`medscreen export` of a batch another process was still screening wrote a PDF saying
+    "stopped before the end … Resume the batch" and printed "'medscreen resume ID …'
+    continues it": the batch had not stopped, and that command refuses a batch a live
+    process holds. Found exporting a 3,875-scan batch from a second terminal mid-run. Both now
+    say it is still being screened and to export again when it has finished."""
+    from desktop.cli import main
+
+    db = tmp_path / "r.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, "classify", str(chest_folder), "--out",
+         str(tmp_path / "first"), "--db", str(db), "--quiet", "--workers", "1"],
+        cwd=REPO, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = tmp_path / "partial"
+    try:
+        batch_id = _running_batch(db, proc)
+        code = main(["export", batch_id, "--out", str(out), "--db", str(db), "--report",
+                     "pdf,json", "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert proc.poll() is None, "the batch ended before the export"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert code == 0, err
+    assert f"batch {batch_id} is still being screened" in err
+    assert "medscreen resume" not in err
+    (pdf,) = out.glob("medscreen-*.pdf")
+    page1 = " ".join(
+        subprocess.run(["pdftotext", "-l", "1", str(pdf), "-"], capture_output=True,
+                       text=True, check=True).stdout.split()
+    )  # fmt: skip
+    assert "still being screened" in page1 and "Resume the batch" not in page1
+    (report,) = out.glob("medscreen-*.json")
+    head = json.loads(report.read_text("utf-8"))["batch"]
+    assert head["files_not_screened"] > 0 and head["still_being_screened"] is True

@@ -49,6 +49,9 @@ class ReportContext:
     #: crash, a power cut); 0 for a finished batch. Its report says so on page 1 and in the
     #: JSON: otherwise a filed report of 48 scans reads as the whole folder of 201.
     files_not_screened: int = 0
+    #: The batch is still being screened by a live process (an export mid-run): the files
+    #: not screened are not left behind by a stop, and resuming it is refused meanwhile.
+    still_being_screened: bool = False
 
     @classmethod
     def for_batch(
@@ -65,6 +68,7 @@ class ReportContext:
         typed_patient_ids: Mapping[str, str] | None = None,
         files_not_screened: int = 0,
         device: str | None = None,
+        still_being_screened: bool = False,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -89,6 +93,7 @@ class ReportContext:
             decisions=dict(decisions or {}),
             typed_patient_ids=dict(typed_patient_ids or {}),
             files_not_screened=files_not_screened,
+            still_being_screened=still_being_screened,
         )
 
     def __post_init__(self) -> None:

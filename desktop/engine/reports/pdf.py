@@ -635,7 +635,17 @@ def _cover(
                 f"not for clinical use",
             )
         )
-    if ctx.files_not_screened:
+    if ctx.files_not_screened and ctx.still_being_screened:
+        details.append(
+            (
+                "INCOMPLETE BATCH",
+                f"still being screened: {ctx.files_not_screened:,} more "
+                f"file{'s' if ctx.files_not_screened != 1 else ''} of this batch "
+                "were not screened yet when this report was written and are not in it. "
+                "Export the report again when the batch has finished",
+            )
+        )
+    elif ctx.files_not_screened:
         details.append(
             (
                 "INCOMPLETE BATCH",

@@ -319,6 +319,8 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
             "unsigned_models": list(ctx.unsigned_models),
             # a batch stopped before the end: these files are in no row of this report
             "files_not_screened": ctx.files_not_screened,
+            # ... because it is still being screened (an export mid-run), not stopped
+            "still_being_screened": ctx.still_being_screened,
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
