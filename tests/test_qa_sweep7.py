@@ -400,3 +400,25 @@ def test_export_of_a_batch_still_being_screened_says_so(
     (report,) = out.glob("medscreen-*.json")
     head = json.loads(report.read_text("utf-8"))["batch"]
     assert head["files_not_screened"] > 0 and head["still_being_screened"] is True
+
+
+def test_a_character_no_report_font_has_is_named_not_drawn_as_a_box(tmp_path: Path) -> None:
+    """A file named "x-ray 🫁 émile.png" was listed in the PDF as "x-ray □ émile.png": neither
+    DejaVu Sans nor the CJK fallback has the emoji, so two scans whose names differ only there
+    read the same. Found screening the mixed folder with an emoji file name. Such a character
+    is now written as its code point, "[U+1FAC1]"; CJK still prints in the fallback font."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(TB_NORMAL, folder / "x-ray 🫁 émile.png")
+    shutil.copy(TB_NORMAL, folder / "x-ray 🦴 émile.png")
+    shutil.copy(TB_NORMAL, folder / "患者_胸部.png")
+    out = tmp_path / "out"
+    assert main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
+                 "--report", "pdf", "--operating-point", "0", "--quiet"]) == 0  # fmt: skip
+    (pdf,) = out.glob("medscreen-*.pdf")
+    text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True,
+                          check=True).stdout.decode("utf-8")  # fmt: skip
+    assert "x-ray [U+1FAC1] émile.png" in text and "x-ray [U+1F9B4] émile.png" in text
+    assert "患者_胸部.png" in text

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import types
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
@@ -275,10 +276,20 @@ def _with_fallback_font(text: str) -> str:
         if run:
             out.append(f'<font name="{_FALLBACK_FONT}">{"".join(run)}</font>')
             run = []
-        out.append(char)
+        out.append(char if code in primary or not fallback else _unprintable(char))
     if run:
         out.append(f'<font name="{_FALLBACK_FONT}">{"".join(run)}</font>')
     return "".join(out)
+
+
+def _unprintable(char: str) -> str:
+    """A character neither report font draws (an emoji in a file name), as its code point:
+    ``[U+1FAC1]``. Drawn, it was an empty box, and two scans whose names differed only
+    there read the same. Spaces, controls, format characters and combining marks (a
+    zero-width joiner, a variation selector) stay as they were: they draw nothing."""
+    if char.isspace() or unicodedata.category(char)[0] in "CM":
+        return char
+    return f"[U+{ord(char):04X}]"
 
 
 def shorten(name: str, limit: int = MAX_NAME_CHARS) -> str:
