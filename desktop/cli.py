@@ -805,3 +805,7 @@ def _clock(seconds: float) -> str:
         if hours
         else f"{rest // 60:02d}:{rest % 60:02d}"
     )
+
+
+if __name__ == "__main__":  # `python -m desktop.cli`: without this it screened nothing, exit 0
+    raise SystemExit(main())

@@ -422,3 +422,26 @@ def test_a_character_no_report_font_has_is_named_not_drawn_as_a_box(tmp_path: Pa
                           check=True).stdout.decode("utf-8")  # fmt: skip
     assert "x-ray [U+1FAC1] émile.png" in text and "x-ray [U+1F9B4] émile.png" in text
     assert "患者_胸部.png" in text
+
+
+def test_python_m_desktop_cli_runs_the_command(tmp_path: Path) -> None:
+    """`python -m desktop.cli classify FOLDER --out DIR` (the module ARCHITECTURE.md names as
+    the `medscreen` command) imported the module, screened nothing, printed nothing and
+    exited 0: a script or a scheduled task took it for a finished batch. Found running the
+    QA sweep's CLI checks that way. It now runs main(), as `python -m desktop` does."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out", str(out),
+         "--db", str(tmp_path / "r.sqlite3"), "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 files: 1 screened" in done.stderr
+    (row,) = csv_rows(out / "results.csv")
+    assert row["status"] == "ok" and Path(row["file"]).name == "chest.png"
+    bad = subprocess.run([sys.executable, "-m", "desktop.cli", "clasify"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr  # a typo is not a success
