@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import warnings
 from pathlib import Path
 
 from desktop.engine.paths import user_data_dir
@@ -46,6 +47,12 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
         path = None  # a read-only home must not stop screening
     # pydicom's validation warnings can quote attribute values, patient names included.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    if not verbose:
+        # The decoders' own warnings about a damaged file ("Corrupt EXIF data", "Expected
+        # explicit VR") printed library paths among the output, naming no scan, read as a
+        # crash; the file's row already says what is wrong. Installed once, at start-up (a
+        # filter, not catch_warnings, which is not thread-safe). Shown with -v.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(PIL|pydicom)(\.|$)")
     if console:
         stream = logging.StreamHandler()
         stream.setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -445,3 +445,30 @@ def test_python_m_desktop_cli_runs_the_command(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "desktop.cli", "clasify"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "invalid choice" in bad.stderr  # a typo is not a success
+
+
+def test_decoder_library_warnings_do_not_reach_the_console(tmp_path: Path) -> None:
+    """`medscreen classify` printed Pillow's and pydicom's own warnings among its output
+    ("…/PIL/TiffImagePlugin.py:982: UserWarning: Corrupt EXIF data. Expecting to read 12
+    bytes but only got 5." and "…/pydicom/filereader.py:402: UserWarning: Expected explicit
+    VR, but found implicit VR"): library paths that name no scan, read as a crash, while the
+    file's own row already says what is wrong. Found screening the mixed folder (a damaged
+    TIFF header; pydicom's SC_rgb_jpeg.dcm). Not in -v (debug) runs."""
+    from tests.fixtures import pydicom_test_file
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "bad.tiff").write_bytes(b"MM\x00\x2a\x00\x00\x00\x08garbage")
+    shutil.copy(pydicom_test_file("SC_rgb_jpeg.dcm"), folder / "sc.dcm")
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out", str(out),
+         "--db", str(tmp_path / "r.sqlite3"), "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    rows = {Path(r["file"]).name: r for r in csv_rows(out / "results.csv")}
+    assert rows["bad.tiff"]["quality_text"] == "damaged file"  # the file's row says it
+    assert rows["sc.dcm"]["status"] == "not_chest_xray" and rows["chest.png"]["status"] == "ok"
