@@ -11,16 +11,28 @@ point twice and the patient group once: each re-derives every row from the store
 script prints how long the call blocked, when the counts were up to date and the longest
 event-loop gap (a 10 ms timer's) meanwhile.
 
-Each size runs in a fresh process. This script samples, every 0.1 s, the resident memory of
-that window process and of its descendants (the batch process) from ``/proc``, and prints the
-peaks per phase: the window's, the batch process's and their sum. The window process also
-prints its own kernel high-water mark (``VmHWM``) after each phase and its joined children's
-(``RUSAGE_CHILDREN`` ``ru_maxrss``: the batch process's exact peak), which the 0.1 s samples
-can miss by a little.
+Each size runs in a fresh process. This script samples, every 0.1 s, the window process,
+its batch process and anything else the window started (multiprocessing's resource
+tracker), each read from ``/proc/PID/smaps_rollup`` one after the other at each sample, and
+prints per phase the peaks of each and of their sum at one moment, as RSS, PSS and USS.
+RSS counts a page of a shared library in every process that maps it, so a sum of RSS
+counts libpython's or NumPy's pages twice; PSS divides each page among the processes that
+map it (so it also falls when a process outside the tree maps the same libraries: the
+script says how many did); USS is what each holds alone. Every 1 s it also reads every
+mapping (``/proc/PID/smaps``) and counts the tree's memory with each file counted once
+(anonymous memory summed, each file's resident pages at their largest in any one process),
+which other processes do not move. A child counted twice (listed by two threads) counts
+once, and a child forked but not yet exec-ed is left out (a ``vfork``-ed ``ldconfig``
+shares its parent's whole memory until its exec: counted, it once made a 229 MB batch
+process read 458 MB). The window process prints its own kernel high-water mark (``VmHWM``)
+after each phase, its joined children's (``RUSAGE_CHILDREN`` ``ru_maxrss``: the batch
+process's exact peak), which the 0.1 s samples can miss by a little, and its memory after
+the report before and after a ``malloc_trim(0)``.
 
 ``--trace`` also starts tracemalloc in the window process before the drop and prints the
 Python heap it holds after the batch per scan (and its largest allocation sites): a heap that
-grows with the scans is what the window keeps per row.
+grows with the scans is what the window keeps per row; and again over the report: its Python
+heap peak and what is still held after it.
 
 Usage: ``python benchmarks/bench_gui_memory.py [--sizes 1000,20000] [--keep DIR] [--trace]``.
 Linux only (``/proc``). It prints figures; it asserts nothing.
@@ -173,18 +185,58 @@ def process_tree(root: int) -> Tree:
     return tree
 
 
+def files_counted_once(pids: list[int]) -> tuple[float, float]:
+    """The tree's resident memory with each mapped file counted once, in MB: (anonymous
+    memory summed over the processes, file-backed resident memory per file at its largest in
+    any one of them, summed over the files), from ``/proc/PID/smaps``.
+
+    Anonymous pages are private here (nothing forks without exec), so their sum is exact; a
+    file's pages are those of one page cache, and what two processes touch of libpython or
+    NumPy is mostly the same pages, so the largest of them is close to (at least) their
+    union. Unlike PSS, this does not fall when a process outside the tree maps the same
+    libraries."""
+    anon = 0
+    files: dict[str, int] = {}
+    for pid in pids:
+        own: dict[str, int] = {}
+        name, rss = "", 0
+        try:
+            with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as smaps:
+                for line in smaps:
+                    head, _, rest = line.partition(":")
+                    if head == "Rss":
+                        rss = int(rest.split()[0])
+                    elif head == "Anonymous":
+                        kb = int(rest.split()[0])
+                        anon += kb
+                        if name:
+                            own[name] = own.get(name, 0) + rss - kb
+                    elif " " in head or "-" in head:  # a mapping's header line
+                        parts = line.split(maxsplit=5)
+                        path = parts[5].strip() if len(parts) > 5 else ""
+                        name = path if path.startswith("/") else ""
+        except (OSError, ValueError, IndexError):
+            continue
+        for path, kb in own.items():
+            files[path] = max(files.get(path, 0), kb)
+    return anon / 1024, sum(files.values()) / 1024
+
+
 @dataclass
 class Sample:
-    """The tree's memory at one moment: per role (summed over its processes) and in all."""
+    """The tree's memory at one moment: per role (summed over its processes) and in all;
+    ``once`` is :func:`files_counted_once` of the tree when it was read this time."""
 
     by_role: dict[str, Memory]
     total: Memory
     forking: list[str]
     seconds: float  # how long reading every process took (how "one moment" it was)
+    once: tuple[float, float] | None = None
 
 
-def sample(root: int) -> Sample:
-    """Read the whole tree once, process after process, as close together as possible."""
+def sample(root: int, once: bool = False) -> Sample:
+    """Read the whole tree once, process after process, as close together as possible
+    (``once``: also its files counted once, which reads every mapping and takes longer)."""
     t0 = time.perf_counter()
     tree = process_tree(root)
     by_role = dict.fromkeys(ROLES, ZERO)
@@ -195,7 +247,8 @@ def sample(root: int) -> Sample:
             continue
         by_role[role] = by_role[role] + memory
         total = total + memory
-    return Sample(by_role, total, tree.forking, time.perf_counter() - t0)
+    counted = files_counted_once(list(tree.roles)) if once else None
+    return Sample(by_role, total, tree.forking, time.perf_counter() - t0, counted)
 
 
 @dataclass
@@ -210,8 +263,12 @@ class PhasePeaks:
     samples: int = 0
     forking: list[str] = field(default_factory=list)
     slowest: float = 0.0
+    once: tuple[float, float] = (0.0, 0.0)  # (anonymous, files once) where their sum peaked
+    once_rss: float = 0.0  # the tree's RSS sum at that same sample
 
     def add(self, s: Sample) -> None:
+        if s.once is not None and sum(s.once) > sum(self.once):
+            self.once, self.once_rss = s.once, s.total.rss
         for role in ROLES:
             self.by_role[role] = self.by_role[role].peak(s.by_role[role])
         if s.total.pss > self.total.pss:
@@ -274,13 +331,15 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
     peaks = {p: PhasePeaks() for p in PHASES}
     load_max = 0.0
     sharers: dict[str, int] = {}
+    n = 0
     last_phase = ""
     while proc.poll() is None:
         if phase[0] != last_phase:  # at each phase's start: who else maps the libraries
             last_phase = phase[0]
             for lib, n in outside_sharers(proc.pid).items():
                 sharers[lib] = max(sharers.get(lib, 0), n)
-        s = sample(proc.pid)
+        s = sample(proc.pid, once=n % 10 == 0)
+        n += 1
         if proc.poll() is not None:  # the window ended mid-sample: its figures are partial
             break
         peaks.setdefault(phase[0], PhasePeaks()).add(s)
@@ -306,6 +365,19 @@ def measure(folder: Path, work: Path, trace: bool) -> None:
         split = " + ".join(f"{p.at_pss_peak.get(r, 0.0):.0f}" for r in ROLES)
         print(f"    {name:<8} {row}  {split}")
     print(
+        "    the tree with each mapped file counted once (every 1 s; anonymous memory summed +"
+        " files at their largest in any one process; the RSS sum at that sample):"
+    )
+    for name in PHASES:
+        anon, files = peaks[name].once
+        if not peaks[name].once_rss:  # a phase shorter than 1 s may have no such reading
+            print(f"    {name:<8} (not read in this phase)")
+            continue
+        print(
+            f"    {name:<8} {anon + files:5.0f} = {anon:5.0f} + {files:5.0f}   "
+            f"(RSS sum {peaks[name].once_rss:5.0f})"
+        )
+    print(
         "    processes outside the tree mapping the same libraries (most at a phase's start; "
         "they lower the tree's PSS): " + ", ".join(f"{k} {v}" for k, v in sharers.items())
     )
@@ -327,6 +399,22 @@ def _hwm_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _now() -> str:
+    """This process's memory now: RSS / PSS / USS and its anonymous (heap) part, in MB."""
+    memory = read_memory(os.getpid())
+    anon, _files = files_counted_once([os.getpid()])
+    if memory is None:
+        return "unreadable"
+    return f"now {memory.rss:.0f} / {memory.pss:.0f} / {memory.uss:.0f} MB, anonymous {anon:.0f}"
+
+
+def _trim() -> None:
+    """glibc's malloc_trim(0), as the engine calls it (measures what it would return)."""
+    from desktop.engine.cores import release_free_memory
+
+    release_free_memory()
 
 
 def _phase(name: str) -> None:
@@ -414,7 +502,10 @@ def window_run(folder: Path, work: Path, trace: bool) -> int:
             print(f"  {stat.size / 2**20:7.2f} MB {stat.count:8d}  {stat.traceback[0]}")
         tracemalloc.stop()
 
+    print(f"window after screening: {_now()}", flush=True)
     _phase("report")
+    if trace:
+        tracemalloc.start(8)
     t0 = time.perf_counter()
     out = work / "reports"
     out.mkdir(exist_ok=True)
@@ -430,6 +521,12 @@ def window_run(folder: Path, work: Path, trace: bool) -> int:
         f"window VmHWM {_hwm_mb():.0f} MB",
         flush=True,
     )
+    if trace:
+        _report_trace()
+    app.processEvents()
+    print(f"window after the report: {_now()}", flush=True)
+    _trim()
+    print(f"window after the report and a malloc_trim(0): {_now()}", flush=True)
 
     _phase("browse")
     t0 = time.perf_counter()
@@ -482,7 +579,7 @@ def window_run(folder: Path, work: Path, trace: bool) -> int:
         ),
     ):
         _rederive(app, model, label, change)
-    print(f"after the re-derivations: window VmHWM {_hwm_mb():.0f} MB", flush=True)
+    print(f"after the re-derivations: window VmHWM {_hwm_mb():.0f} MB, {_now()}", flush=True)
     window.close()
     app.processEvents()
     return 0
@@ -515,6 +612,29 @@ def _longest_gap(app: object, action: object) -> float:
     tick()
     timer.stop()
     return max(gaps)
+
+
+def _report_trace() -> None:
+    """The Python heap the report phase peaked at and what of it is still held (tracemalloc,
+    started as the export began): whether the report's growth is Python objects, and kept."""
+    import tracemalloc
+
+    now, peak = tracemalloc.get_traced_memory()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+            tracemalloc.Filter(False, "*/linecache.py"),
+            tracemalloc.Filter(False, "*/tracemalloc.py"),
+        ]
+    )
+    tracemalloc.stop()
+    print(
+        f"tracemalloc over the report: Python heap peak {peak / 2**20:.1f} MB, "
+        f"{now / 2**20:.1f} MB still held after it (imports included); largest held:",
+        flush=True,
+    )
+    for stat in snapshot.statistics("lineno")[:6]:
+        print(f"  {stat.size / 2**20:7.2f} MB {stat.count:8d}  {stat.traceback[0]}", flush=True)
 
 
 def _rederive(app: object, model: object, label: str, change: object) -> None:

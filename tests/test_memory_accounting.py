@@ -3,7 +3,8 @@
 * the window benchmark's sampler (benchmarks/bench_gui_memory.py) reads RSS, PSS and USS of
   a real process from ``/proc`` as psutil does, counts each process of a tree once, and
   leaves out a child forked but not yet exec-ed (it shares its parent's memory: counting it
-  once read a 229 MB batch process as 458 MB);
+  once read a 229 MB batch process as 458 MB); with each mapped file counted once, two
+  processes of the same interpreter hold their libraries once;
 * ONNX Runtime sessions take their CPU memory from the process's one shared arena, with the
   very outputs of a session that allocates run by run;
 * the batch process does not import ``requests`` (pydicom would, for its test-data
@@ -91,6 +92,25 @@ def test_the_sampler_reads_pss_and_uss_of_a_real_process_as_psutil_does(holder):
     assert abs(full.pss / 2**20 - memory.pss) < 1.0
     assert abs(full.uss / 2**20 - memory.uss) < 1.0
     assert abs(full.rss / 2**20 - memory.rss) < 1.0
+
+
+def test_the_files_of_a_tree_are_counted_once_and_its_anonymous_memory_summed(holder):
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        alone = [bench.files_counted_once([pid]) for pid in (holder.pid, other.pid)]
+        for (anon, files), pid in zip(alone, (holder.pid, other.pid), strict=True):
+            memory = bench.read_memory(pid)
+            assert memory is not None and abs(anon + files - memory.rss) < 1.0
+            assert anon >= 48  # each one's own block
+        anon, files = bench.files_counted_once([holder.pid, other.pid])
+        assert abs(anon - sum(a for a, _ in alone)) < 1.0
+        # The same interpreter and libraries: counted once, not twice.
+        assert max(f for _, f in alone) <= files + 0.5 < sum(f for _, f in alone)
+    finally:
+        other.communicate("", timeout=30)
 
 
 def test_a_process_gone_reads_as_none_and_a_text_without_pss_is_refused(holder):
