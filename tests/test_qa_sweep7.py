@@ -472,3 +472,40 @@ def test_decoder_library_warnings_do_not_reach_the_console(tmp_path: Path) -> No
     rows = {Path(r["file"]).name: r for r in csv_rows(out / "results.csv")}
     assert rows["bad.tiff"]["quality_text"] == "damaged file"  # the file's row says it
     assert rows["sc.dcm"]["status"] == "not_chest_xray" and rows["chest.png"]["status"] == "ok"
+
+
+def test_a_folder_that_cannot_be_read_is_a_row_of_every_report(tmp_path: Path) -> None:
+    """A sub-folder MedScreen may not list (permission denied) was left out silently: its
+    scans were in no row, the PDF, CSV and JSON counted the rest as the whole folder, and the
+    window said nothing (only the CLI's summary named it, on stderr). Found screening a
+    folder with a mode-000 sub-folder as a user without CAP_DAC_OVERRIDE. It is now a row of
+    its own: 'folder could not be read (Permission denied): the scans in it were not
+    screened'. Run as another user (root: capabilities dropped with setpriv, the folder
+    owned by nobody), in a subprocess, as the real case."""
+    folder = tmp_path / "scans"
+    locked = folder / "ward B"
+    locked.mkdir(parents=True)
+    shutil.copy(TB_NORMAL, folder / "chest.png")
+    shutil.copy(TB_NORMAL, locked / "hidden.png")
+    command = [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out",
+               str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]  # fmt: skip
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv cannot be denied a folder")
+        os.chown(locked, 65534, 65534)  # nobody
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    locked.chmod(0o700 if os.geteuid() == 0 else 0)
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o700)
+    assert done.returncode == 0, done.stderr
+    assert "2 files: 1 screened, 0 not chest X-rays, 1 could not be read" in done.stderr
+    rows = {Path(r["file"]).name: r for r in csv_rows(tmp_path / "out" / "results.csv")}
+    assert rows["chest.png"]["status"] == "ok"
+    row = rows["ward B"]
+    assert row["status"] == "error" and row["error_code"] == "unreadable"
+    assert row["reason"] == (
+        "folder could not be read (Permission denied): the scans in it were not screened"
+    )
+    assert row["quality_text"] == "file cannot be opened"

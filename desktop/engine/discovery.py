@@ -29,6 +29,9 @@ class Discovered:
     skipped_hidden: int = 0
     missing: list[Path] = field(default_factory=list)
     unreadable_folders: list[str] = field(default_factory=list)
+    #: The folders in ``unreadable_folders``: a batch makes each one a row of its own (its
+    #: scans were not screened), or they would be missing from every report without a word.
+    unreadable_paths: list[Path] = field(default_factory=list)
     loops: int = 0
 
 
@@ -63,8 +66,10 @@ def _walk(root: Path, found: Discovered, add: Callable[[Path], None]) -> None:
     visited: set[tuple[int, int]] = set()
 
     def report(error: OSError) -> None:
-        log.warning("cannot list a folder: %s", error.strerror)
+        log.warning("cannot list the folder %s: %s", error.filename, error.strerror)
         found.unreadable_folders.append(f"{error.filename}: {error.strerror}")
+        if error.filename is not None:
+            found.unreadable_paths.append(Path(os.fsdecode(error.filename)))
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
         try:

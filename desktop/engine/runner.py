@@ -37,6 +37,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
+from stat import S_ISDIR
 
 from desktop.engine.budget import PixelBudget
 from desktop.engine.clock import now_iso
@@ -68,6 +69,24 @@ from desktop.engine.store import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _refuse_unlisted_folder(path: Path) -> None:
+    """Raise the row's error for a folder of the batch that cannot be listed; return for one
+    that can (read_file then says it is a folder, not a file)."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise ScanError(
+            ScanErrorCode.UNREADABLE,
+            f"folder could not be read ({exc.strerror or exc}): the scans in it were not screened",
+        ) from exc
+
+
+def _items(discovered: Discovered) -> list[str]:
+    """A batch's items: the files found, then each folder that could not be listed (a row of
+    its own: its scans were not screened, which every report and the window must show)."""
+    return [str(p) for p in (*discovered.files, *discovered.unreadable_paths)]
 
 
 def _refuse_if_held(info: BatchInfo) -> None:
@@ -268,7 +287,7 @@ class BatchRunner:
             discovered = Discovered()
             if self.store.item_count(batch_id) == 0:  # died before its file list was saved
                 discovered = discover(info.inputs)
-                self.store.set_items(batch_id, [str(p) for p in discovered.files])
+                self.store.set_items(batch_id, _items(discovered))
         else:
             discovered = discover(inputs)
             # Stored as full paths, as discover() reads them: "big2" typed in a terminal was
@@ -277,7 +296,7 @@ class BatchRunner:
                 [str(Path(p).expanduser().absolute()) for p in inputs], self.models.key, device,
                 kind,
             )  # fmt: skip
-            self.store.set_items(batch_id, [str(p) for p in discovered.files])
+            self.store.set_items(batch_id, _items(discovered))
 
         total = self.store.item_count(batch_id)
         pending = self.store.pending_items(batch_id)
@@ -491,7 +510,10 @@ class BatchRunner:
                     ScanErrorCode.UNREADABLE, f"cannot access the file: {exc.strerror or exc}"
                 ) from exc
             # A folder passed as a file is refused by read_file, with the loader's one code
-            # and wording (UNREADABLE, "this is a folder, not a file").
+            # and wording (UNREADABLE, "this is a folder, not a file"); one that discovery
+            # could not list is said so here, with the reason it cannot be listed.
+            if S_ISDIR(stat.st_mode):
+                _refuse_unlisted_folder(path)
             identity = FileIdentity.of(stat)
             known = self.store.known_sha(file, identity)
             if known:
