@@ -65,21 +65,29 @@ def test_every_unreadable_reason_reads_as_cannot_be_opened() -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
-def test_permission_denied_when_not_root(tmp_path: Path) -> None:
-    """The case as found, where the test can deny reading (not as root)."""
-    if os.geteuid() == 0:
-        pytest.skip("root reads a file of mode 000")
+def test_permission_denied_as_found(tmp_path: Path) -> None:
+    """The case as found: a file of mode 000, screened by a user who may not read it (root:
+    capabilities dropped with setpriv, the file owned by nobody), in a subprocess."""
     folder = tmp_path / "scans"
     folder.mkdir()
     locked = folder / "locked.png"
     shutil.copy(TB_NORMAL, locked)
+    command = [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out",
+               str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]  # fmt: skip
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv reads a file of mode 000")
+        os.chown(locked, 65534, 65534)  # nobody
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
     locked.chmod(0)
     try:
-        row = classify_rows(folder, tmp_path)["locked.png"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     finally:
         locked.chmod(0o600)
+    assert done.returncode == 0, done.stderr
+    (row,) = csv_rows(tmp_path / "out" / "results.csv")
     assert row["reason"].startswith("permission denied")
-    assert row["quality_text"] == "file cannot be opened"
+    assert (row["quality"], row["quality_text"]) == ("unreadable", "file cannot be opened")
 
 
 def test_the_command_printed_after_a_failed_write_writes_the_same_reports(
