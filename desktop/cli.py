@@ -462,6 +462,8 @@ def _classify(args: argparse.Namespace) -> int:
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)
     _print_summary(summary, results, ctx, written, stream)
+    if summary is not None and summary.total == 0:
+        _warn_no_scans(getattr(args, "paths", None) or (), summary, stream)
     if interrupted:
         print(
             f"interrupted: finished scans are kept; {ctx.files_not_screened} not screened yet; "
@@ -470,6 +472,19 @@ def _classify(args: argparse.Namespace) -> int:
         )
         return stopped
     return 0
+
+
+def _warn_no_scans(paths: Sequence[Path], summary: BatchSummary, stream: TextIO) -> None:
+    """A batch of no scan (an empty USB mount point, a folder of notes) ran to its end and
+    wrote empty reports; say so, as the window does, rather than only "0 files"."""
+    where = "; ".join(display_path(os.fsdecode(p)) for p in paths) or "the batch"
+    skipped = summary.discovered.skipped_non_scans
+    extra = f"; {_plural(skipped, 'non-scan file')} skipped" if skipped else ""
+    print(
+        f"medscreen: warning: no scans found to screen in {where} "
+        f"(PNG, JPEG, TIFF, BMP, DICOM){extra}",
+        file=stream,
+    )
 
 
 @contextmanager

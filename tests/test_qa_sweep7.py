@@ -517,3 +517,26 @@ def test_a_folder_that_cannot_be_read_is_a_row_of_every_report(tmp_path: Path) -
         "folder could not be read (Permission denied): the scans in it were not screened"
     )
     assert row["quality_text"] == "file cannot be opened"
+
+
+def test_classify_of_a_folder_without_scans_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`medscreen classify` of a folder holding no scan (an empty USB mount point, notes
+    only) wrote a report of 0 scans and said nothing more than "0 files: 0 screened", exit
+    0, where the window warns "No scans found to screen". Found classifying an empty folder.
+    The batch still ran (exit 0, its empty reports written); a warning now names the inputs."""
+    from desktop.cli import main
+
+    folder = tmp_path / "usb stick"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("ward round", encoding="utf-8")
+    code = main(["classify", str(folder), "--out", str(tmp_path / "out"), "--db",
+                 str(tmp_path / "r.sqlite3"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert (
+        f"medscreen: warning: no scans found to screen in {folder} "
+        "(PNG, JPEG, TIFF, BMP, DICOM); 1 non-scan file skipped"
+    ) in err
+    assert csv_rows(tmp_path / "out" / "results.csv") == []
