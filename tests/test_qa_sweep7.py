@@ -516,7 +516,7 @@ def test_a_folder_that_cannot_be_read_is_a_row_of_every_report(tmp_path: Path) -
     assert row["reason"] == (
         "folder could not be read (Permission denied): the scans in it were not screened"
     )
-    assert row["quality_text"] == "file cannot be opened"
+    assert (row["quality"], row["quality_text"]) == ("unreadable", "folder cannot be opened")
 
 
 def test_classify_of_a_folder_without_scans_warns(

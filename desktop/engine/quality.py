@@ -29,6 +29,10 @@ NOT_MEDICAL_REASON = "not recognised as a medical scan"
 #: names a modality that is never a radiograph (screening.NOT_RADIOGRAPH_MODALITIES).
 HEADER_REFUSAL = "not a radiograph by its DICOM header"
 
+#: How the reason of a sub-folder that could not be listed starts (the runner writes it): its
+#: row reads "folder cannot be opened", not "file …".
+UNLISTED_FOLDER_REASON = "folder could not be read"
+
 #: The gate's out-of-distribution score adds ``1000 * relu(1 - pixel_std / 0.01)`` for images
 #: without structure (the modality manifest's ``ood.method``): a score this high means the
 #: pixels barely vary. Measured: a uniform grey image 1022, one with a faint square 981; a
@@ -116,6 +120,8 @@ def quality_of(result: ScanResult) -> Quality | None:
         code = _ERROR_CODES.get(result.error_code or "", QualityCode.DAMAGED)
         if result.error_code is None and not detail:
             code = QualityCode.INTERNAL
+        if code is QualityCode.UNREADABLE and detail.startswith(UNLISTED_FOLDER_REASON):
+            return Quality(code, "folder cannot be opened", detail)
         return Quality(code, QUALITY_TEXT[code], detail)
     if is_not_medical(result):
         blank = result.ood_score is not None and result.ood_score >= BLANK_OOD_SCORE

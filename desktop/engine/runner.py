@@ -55,6 +55,7 @@ from desktop.engine.inference import CUDA, default_threads, inference_slots
 from desktop.engine.loading import charging, read_file, reused_image_buffers
 from desktop.engine.preprocess import decode_working
 from desktop.engine.processes import pid_alive
+from desktop.engine.quality import UNLISTED_FOLDER_REASON
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.screening import PreparedScan, Screener
@@ -79,7 +80,7 @@ def _refuse_unlisted_folder(path: Path) -> None:
     except OSError as exc:
         raise ScanError(
             ScanErrorCode.UNREADABLE,
-            f"folder could not be read ({exc.strerror or exc}): the scans in it were not screened",
+            f"{UNLISTED_FOLDER_REASON} ({exc.strerror or exc}): the scans in it were not screened",
         ) from exc
 
 
