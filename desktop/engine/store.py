@@ -59,7 +59,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -438,6 +438,16 @@ class _Token:
         self.db = db
 
 
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back ``db``'s open transaction; a rollback that fails is logged, not raised (the
+    caller keeps its own error; SQLite ends the transaction itself on the errors where
+    ROLLBACK fails, and the next ``BEGIN`` reports what is left)."""
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("rolling back a results store transaction failed: %s", exc)
+
+
 def _close_quietly(db: sqlite3.Connection) -> None:
     try:
         db.close()
@@ -546,20 +556,38 @@ class ResultsStore:
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
             self._local.token = self._connections.add(db)
+        elif db.in_transaction and not getattr(self._local, "writing", False):
+            _roll_back(db)  # what a write interrupted mid-rollback left (see _write)
         return db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on this thread's connection, committed or rolled back.
+
+        Why every step is inside the ``try``: Ctrl-C, SIGTERM and SIGHUP become a
+        KeyboardInterrupt between any two bytecodes (the CLI makes the last two so). One that
+        landed after ``BEGIN IMMEDIATE`` but outside the ``try`` left the connection inside a
+        transaction, and the batch's clean-up (marking it cancelled) then failed with "cannot
+        start a transaction within a transaction": exit 1, no reports. A transaction still
+        open when a write starts (a second signal during the rollback, a COMMIT that failed)
+        is rolled back first: it belongs to a write whose caller saw it fail, so nothing it
+        did was reported. Reads on this thread roll such a transaction back too (:meth:`_db`),
+        so they neither see its uncommitted rows nor hold the write lock.
+        """
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
+            self._local.writing = True
+            if db.in_transaction:
+                _roll_back(db)
+            db.execute("BEGIN IMMEDIATE")
             yield db
-        except BaseException:
-            with suppress(sqlite3.Error):  # keep the original error, not a failed rollback's
-                db.execute("ROLLBACK")
-            raise
-        else:
             db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                _roll_back(db)  # keeps the original error, not a failed rollback's
+            raise
+        finally:
+            self._local.writing = False
 
     def close(self) -> None:
         """Close every connection still open (a thread's is closed when the thread ends);
