@@ -36,7 +36,7 @@ from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from desktop.engine import sandbox
+from desktop.engine import jpeg_repair, sandbox
 from desktop.engine.budget import PixelLease
 from desktop.engine.errors import ScanError, ScanErrorCode, exception_summary, is_fatal
 from desktop.engine.scan import Scan, ScanMetadata
@@ -694,7 +694,12 @@ def _decode_pixels(ds: Dataset, tsyntax: UID) -> np.ndarray:
     Messages are fixed texts: a decoder's own message may quote file values.
     """
     if tsyntax.is_encapsulated:
-        return sandbox.decode_isolated(sandbox.build_request(ds, tsyntax))
+        request = sandbox.build_request(ds, tsyntax)
+        # old encoders' illegal scan headers in sequential JPEG (jpeg_repair.py says which)
+        request["pixel_data"] = jpeg_repair.repair_encapsulated(
+            request["pixel_data"], str(tsyntax), _frame_count(ds)
+        )
+        return sandbox.decode_isolated(request)
     try:
         return ds.pixel_array
     except MemoryError:
