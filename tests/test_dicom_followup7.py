@@ -17,7 +17,13 @@ from pydicom.uid import UID
 
 from desktop.engine import jpeg_repair
 from desktop.engine.loading import load_scan
-from tests.conftest import classify_rows
+from desktop.engine.modalities import DICOM_MODALITIES, known_modality
+from desktop.engine.screening import (
+    NOT_AN_IMAGE_MODALITIES,
+    NOT_RADIOGRAPH_MODALITIES,
+    RADIOGRAPH_MODALITIES,
+)
+from tests.conftest import DATA, classify_rows
 
 #: pydicom's encapsulated (compressed) test files that reached the gate before the 12-bit
 #: JPEG fix (measured with main at 3a33799: 28 of its 40 such files; the other 12 are refused
@@ -120,3 +126,67 @@ def test_12_bit_lossy_jpeg_screens_and_every_compressed_file_that_screened_still
     for name in ("JPEG-lossy.dcm", "cr_jpeg_lossy.dcm"):
         assert rows[name]["modality_score"] == rows["JPGExtended.dcm"]["modality_score"] != ""
         assert rows[name]["reason"] == rows["JPGExtended.dcm"]["reason"]
+
+
+def _named_copy(source: Path, target: Path, modality: str) -> None:
+    ds = pydicom.dcmread(source, force=True)
+    ds.Modality = modality
+    ds.save_as(target)
+
+
+def test_a_modality_that_is_no_dicom_code_is_never_quoted(tmp_path: Path) -> None:
+    """A well-formed Modality that is no DICOM code ("JANE DOE": a name typed into the wrong
+    field) was quoted in the warning of a screened chest and in the words of a refused CT.
+    Reasons, warnings and quality words describe it as "an unrecognised modality"."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    _named_copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm", "JANE DOE")
+    _named_copy(Path(get_testdata_file("CT_small.dcm")), folder / "ct.dcm", "JANE DOE")
+
+    rows = classify_rows(folder, tmp_path)
+
+    chest, ct = rows["chest.dcm"], rows["ct.dcm"]
+    assert chest["status"] == "ok"
+    assert chest["warnings"] == (
+        "DICOM header names an unrecognised modality, but the image was judged a chest X-ray: "
+        "check that this is the right file"
+    )
+    assert ct["status"] == "not_chest_xray"
+    assert ct["quality_text"] == "not a chest X-ray: DICOM image of an unrecognised modality"
+    for row in (chest, ct):
+        shown = " ".join(row[k] for k in ("reason", "modality", "quality_text", "warnings"))
+        assert "JANE" not in shown.upper()
+
+
+def test_the_closed_list_holds_every_code_the_engine_names() -> None:
+    assert known_modality(" ct") == "CT"
+    assert known_modality("RTSTRUCT") == "RTSTRUCT"
+    assert known_modality("JANE DOE") is None and known_modality("") is None
+    assert known_modality(None) is None
+    named = {*RADIOGRAPH_MODALITIES, *NOT_RADIOGRAPH_MODALITIES, *NOT_AN_IMAGE_MODALITIES}
+    assert named <= DICOM_MODALITIES
+    assert len(DICOM_MODALITIES) == 99  # 79 current, 18 retired, DR and SC
+
+
+def test_a_segmentation_is_refused_by_its_header_not_named_by_the_gates_guess(
+    tmp_path: Path,
+) -> None:
+    """pydicom's liver_1frame.dcm (a 512x512 SEG label map) read "not a chest X-ray: hand",
+    the gate's guess. A segmentation, like an RT dose or a structured report, is no image of
+    a patient: its header refuses it and the words name it, with no finding score."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("liver_1frame.dcm"), folder / "seg.dcm")
+    shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
+
+    rows = classify_rows(folder, tmp_path)
+
+    seg = rows["seg.dcm"]
+    assert seg["status"] == "not_chest_xray"
+    assert seg["reason"] == (
+        "not a radiograph by its DICOM header (Modality SEG: segmentation): not an image of a "
+        "patient to screen, whatever its pixels look like"
+    )
+    assert (seg["quality"], seg["quality_text"]) == ("not_chest", "not a chest X-ray: DICOM SEG")
+    assert seg["tb_score"] == "" and seg["pneumonia_score"] == ""
+    assert rows["chest.dcm"]["status"] == "ok"

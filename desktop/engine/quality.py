@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from desktop.engine.errors import ScanErrorCode
+from desktop.engine.modalities import UNRECOGNISED, known_modality
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.vocabulary import Vocabulary
 
@@ -128,14 +129,17 @@ def quality_of(result: ScanResult) -> Quality | None:
         if not blank and result.metadata.get("source_format") == "dicom":
             # A DICOM file is a medical image whatever the gate made of it: a CT slice called
             # "photo or document" reads as a fault. Its header's modality says what it is.
-            kind = str(result.metadata.get("modality") or "").strip()
+            written = str(result.metadata.get("modality") or "").strip()
+            kind = known_modality(written)  # a name in the field is never quoted
             words = f"DICOM {kind}" if kind else "DICOM image"
+            if written and not kind:
+                words = f"DICOM image of {UNRECOGNISED}"
             return Quality(QualityCode.NOT_CHEST,
                            f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: {words}", detail)  # fmt: skip
         code = QualityCode.BLANK if blank else QualityCode.NOT_MEDICAL
         return Quality(code, QUALITY_TEXT[code], detail)
     if detail.startswith(HEADER_REFUSAL):
-        kind = str(result.metadata.get("modality") or "").strip()
+        kind = known_modality(result.metadata.get("modality")) or UNRECOGNISED
         return Quality(QualityCode.NOT_CHEST,
                        f"{QUALITY_TEXT[QualityCode.NOT_CHEST]}: DICOM {kind}", detail)  # fmt: skip
     if result.modality and not detail.startswith("not confidently"):
@@ -150,7 +154,7 @@ def shown_modality(result: ScanResult) -> str:
     if is_not_medical(result):
         return ""
     if result.reason.startswith(HEADER_REFUSAL):  # the header's kind, not the model's guess
-        return str(result.metadata.get("modality") or "")
+        return known_modality(result.metadata.get("modality")) or ""
     return result.modality or ""
 
 

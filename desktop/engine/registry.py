@@ -123,8 +123,9 @@ class LoadedModel:
 #: vetoes the gate; screening.py, runner.py). Bump it with any change that would make a stored
 #: result differ from a new run of the same file with the same models, so that results stored
 #: by an older MedScreen are not reused after an upgrade (2: images under 64 px refused, MR/CT/
-#: NM/US… DICOM headers veto the gate, 2 December 2026).
-SCREENING_RULES = "rules@2"
+#: NM/US… DICOM headers veto the gate, 2 December 2026; 3: SEG/RT/SR/PR/KO… headers refuse
+#: whatever the gate said, and a Modality that is no DICOM code is never quoted).
+SCREENING_RULES = "rules@3"
 
 
 class _Roles:

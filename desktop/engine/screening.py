@@ -27,6 +27,7 @@ from desktop.engine.cores import release_free_memory
 from desktop.engine.errors import ScanError, ScanErrorCode
 from desktop.engine.joint import JointModel, open_joint
 from desktop.engine.loading import make_thumbnail
+from desktop.engine.modalities import UNRECOGNISED, known_modality
 from desktop.engine.patients import GroupEstimate
 from desktop.engine.patients import patient_age_years as patient_age_years  # re-exported
 from desktop.engine.preprocess import PreprocessSpec, expand_channels, preprocess_planes
@@ -61,6 +62,33 @@ NOT_RADIOGRAPH_MODALITIES: Mapping[str, str] = {
     "XC": "camera photograph",
     "SM": "slide microscopy",
 }
+#: DICOM objects that are no image of a patient, or an image derived from others (a
+#: segmentation's label map, a dose grid, a plan, a registration, a report, a presentation
+#: state, a key-object selection, an encapsulated document), in words. Whatever the gate
+#: makes of their pixels is wrong (pydicom's liver SEG read "not a chest X-ray: hand"), so
+#: their header refuses them even where the gate refused them as another kind, and the
+#: words name what the file is.
+NOT_AN_IMAGE_MODALITIES: Mapping[str, str] = {
+    "SEG": "segmentation",
+    "RTSTRUCT": "radiotherapy structure set",
+    "RTDOSE": "radiotherapy dose",
+    "RTPLAN": "radiotherapy plan",
+    "RTRECORD": "radiotherapy treatment record",
+    "RTSEGANN": "radiotherapy segment annotation",
+    "REG": "registration",
+    "FID": "fiducials",
+    "SR": "structured report",
+    "PR": "presentation state",
+    "KO": "key object selection",
+    "DOC": "document",
+    "ANN": "annotation",
+    "PLAN": "plan",
+    "RWV": "real world value map",
+    "SMR": "stereometric relationship",
+    "M3D": "3D manufacturing model",
+    "TEXTUREMAP": "texture map",
+}
+NOT_RADIOGRAPH_MODALITIES = {**NOT_RADIOGRAPH_MODALITIES, **NOT_AN_IMAGE_MODALITIES}
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "THX"})
 
@@ -188,12 +216,17 @@ class Screener:
                         f"not confidently a chest X-ray (CXR probability "
                         f"{probs[i, chest_index]:.2f} below {self._gate.min_probability:.2f})"
                     )
-            header = (batch[i].metadata.modality or "").upper().strip()
+            header = known_modality(batch[i].metadata.modality) or ""
             if refusal is None and header in NOT_RADIOGRAPH_MODALITIES:
                 refusal = (
                     f"{HEADER_REFUSAL} (Modality {header}: "
                     f"{NOT_RADIOGRAPH_MODALITIES[header]}); the image model took it for a "
                     f"chest X-ray ({score:.2f}), which such a file cannot be"
+                )
+            elif header in NOT_AN_IMAGE_MODALITIES:
+                refusal = (
+                    f"{HEADER_REFUSAL} (Modality {header}: {NOT_AN_IMAGE_MODALITIES[header]}): "
+                    "not an image of a patient to screen, whatever its pixels look like"
                 )
             verdicts.append((modality, score, refusal))
 
@@ -349,13 +382,18 @@ def metadata_warnings(meta: ScanMetadata, predicted: str, accepted_as_chest: boo
     (:class:`~desktop.engine.results.ScopeRule`) and takes the flag away where it applies.
     """
     warnings: list[str] = []
-    modality = (meta.modality or "").upper().strip()
+    written = (meta.modality or "").upper().strip()
+    modality = known_modality(written) or ""  # only a DICOM code is quoted (modalities.py)
     body = (meta.body_part or "").upper().strip()
     if accepted_as_chest:
-        if modality and modality not in RADIOGRAPH_MODALITIES:
+        if written and modality not in RADIOGRAPH_MODALITIES:
+            said = (
+                f"DICOM Modality is {modality}"
+                if modality
+                else f"DICOM header names {UNRECOGNISED}"
+            )
             warnings.append(
-                f"DICOM Modality is {modality}, but the image was judged a chest X-ray: "
-                "check that this is the right file"
+                f"{said}, but the image was judged a chest X-ray: check that this is the right file"
             )
         if body and body not in CHEST_BODY_PARTS:
             warnings.append(
