@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +45,13 @@ from desktop.engine.registry import (
 )
 from desktop.engine.results import BatchCounts, ScanResult, ThresholdChoice
 from desktop.engine.runner import BatchRunner, BatchSummary, Progress
-from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
+from desktop.engine.store import (
+    BatchKind,
+    BatchStatus,
+    ResultsStore,
+    StoreError,
+    disk_full_message,
+)
 
 _T = TypeVar("_T")
 
@@ -228,7 +235,10 @@ def _command(args: argparse.Namespace) -> int:
 
         return run_calibration_command(args)
     if args.command == "export":
-        return _export(args)
+        try:
+            return _export(args)
+        except StoreError as exc:
+            raise _with_store_remedy(exc, args, args.batch, "export") from exc
     return _classify(args)
 
 
@@ -437,7 +447,10 @@ def _classify(args: argparse.Namespace) -> int:
         running_id = event.batch_id
 
     stopped_by: list[int] = []
-    summary = drive(generator, runner, bar, note, stopped_by=stopped_by)
+    try:
+        summary = drive(generator, runner, bar, note, stopped_by=stopped_by)
+    except StoreError as exc:
+        raise _with_store_remedy(exc, args, running_id) from exc
     interrupted = summary is None
     stopped = stopped_status(stopped_by)
 
@@ -467,7 +480,7 @@ def _classify(args: argparse.Namespace) -> int:
     if interrupted:
         print(
             f"interrupted: finished scans are kept; {ctx.files_not_screened} not screened yet; "
-            f"continue with '{_resume_command(args, batch_id)}'",
+            f"continue with: {_resume_command(args, batch_id)}",
             file=stream,
         )
         return stopped
@@ -518,7 +531,12 @@ def _resume_command(args: argparse.Namespace, batch_id: str, verb: str = "resume
     Without them a resume rewrites results.csv/json only and leaves the reports of the
     stopped run, which count only the scans done before Ctrl-C, beside them. With ``verb``
     ``"export"``, the command that writes a stored batch's outputs again the same way (a
-    bare ``export ID`` looks in the default store and writes no report)."""
+    bare ``export ID`` looks in the default store and writes no report).
+
+    The one definition of "the command that continues / exports this batch" (Ctrl-C, a full
+    store disk, outputs that could not be written, export of an unfinished batch). It is
+    quoted for a shell (:func:`_shell_join`), so a message ends with it rather than wrapping
+    it in quotes of its own: a path holding ``'`` broke those."""
     words = ["medscreen", verb, batch_id, "--out", os.fsdecode(args.out)]
     for option in ("db", "report", "name", "clinic", "operator", "operating_point"):
         value = getattr(args, option, None)
@@ -528,7 +546,35 @@ def _resume_command(args: argparse.Namespace, batch_id: str, verb: str = "resume
         words += ["--models", os.fsdecode(folder)]
     if getattr(args, "include_identifiers", False):
         words.append("--include-identifiers")
-    return shlex.join(words)
+    return _shell_join(words)
+
+
+def _shell_join(words: Sequence[str], *, windows: bool = os.name == "nt") -> str:
+    """``words`` as one command line to paste into a shell: POSIX quoting (``shlex``), or on
+    Windows the quoting its programs' argument parsing undoes (``"..."``, as cmd.exe and
+    PowerShell pass it; single quotes would reach MedScreen as part of a path there)."""
+    return subprocess.list2cmdline(words) if windows else shlex.join(words)
+
+
+def _with_store_remedy(
+    exc: StoreError, args: argparse.Namespace, batch_id: str | None, verb: str = "resume"
+) -> StoreError:
+    """A full store disk's message with the command that continues *this* batch in *this*
+    store (the store's own message cannot know the run's ``--db`` and options: "resume the
+    batch ('medscreen resume')", run as printed, looked in the default store); ``verb``
+    ``"export"``: the export to run again. Before any batch started there is nothing to
+    continue: the command is run again. Other store errors are returned as they are."""
+    if exc.disk_full is None or exc.path is None:
+        return exc
+    if batch_id is None:
+        then = "run the command again"
+    elif verb == "export":
+        then = f"export it again with: {_resume_command(args, batch_id, verb)}"
+    else:
+        then = f"continue the batch with: {_resume_command(args, batch_id)}"
+    return StoreError(
+        disk_full_message(exc.path, exc.disk_full, then), path=exc.path, disk_full=exc.disk_full
+    )
 
 
 def _patients(args: argparse.Namespace, store: ResultsStore, batch_id: str) -> PatientChoice:
@@ -595,7 +641,7 @@ def _write_outputs(
         raise BatchError(
             f"could not write the results to {display_path(out)}: {_os_reason(exc)}. "
             f"Every finished scan of batch {ctx.batch_id} is kept in the results store: when "
-            f"there is room, write them with '{again}' (or another --out)"
+            f"there is room (or with another --out), write them with: {again}"
         ) from exc
     return written
 
@@ -673,7 +719,7 @@ def _export(args: argparse.Namespace) -> int:
     elif info.status != BatchStatus.COMPLETED:
         print(
             f"  batch {info.id} is {info.status}: {info.done}/{total} scans finished; "
-            f"'{_resume_command(args, info.id)}' continues it",
+            f"continue it with: {_resume_command(args, info.id)}",
             file=stream,
         )
     return 0

@@ -3,6 +3,8 @@ files: a stop signal inside a store write, the full-disk message, the reports' p
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import sqlite3
 import threading
@@ -136,3 +138,99 @@ def test_a_transaction_an_interrupted_rollback_left_is_not_read_nor_kept(tmp_pat
         assert info is not None and info.status == "cancelled"
     finally:
         store.close()
+
+
+def _printed_command(err: str, verb: str) -> list[str]:
+    """The ``medscreen VERB ...`` command a message ends a line with, as a shell splits it."""
+    match = re.search(rf"(medscreen {verb} .+)$", err, re.M)
+    assert match is not None, err
+    return shlex.split(match.group(1))
+
+
+def test_the_command_printed_when_the_store_disk_is_full_continues_the_batch_in_that_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The results store's disk filled mid-batch (a --db on a small tmpfs): the message said
+    "resume the batch ('medscreen resume')", without the run's --db, so the command as
+    printed looked in the default store. It now prints the resume command with the run's
+    options; a folder named with a quote ("clinic's") survives a shell, where the hints
+    wrapped the command in '…' by hand. SQLite's own SQLITE_FULL, from max_page_count once
+    the first scans are in."""
+    from desktop.cli import main
+
+    real_record = store_mod.ResultsStore.record_many
+    calls = {"n": 0}
+
+    def record_then_fill(self: store_mod.ResultsStore, *args: Any, **kwargs: Any) -> Any:
+        done = real_record(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first scans are in: the disk is full from now on
+            db = self._db()
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            db.execute(f"PRAGMA max_page_count={pages}")
+        return done
+
+    monkeypatch.setattr(store_mod.ResultsStore, "record_many", record_then_fill)
+    folder = _scans(tmp_path / "scans")
+    place = tmp_path / "clinic's store"
+    place.mkdir()
+    db_path, out = place / "r.sqlite3", place / "out"
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(db_path),
+                 "--report", "csv", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"the disk holding the results store {db_path} is full" in err
+    words = _printed_command(err, "resume")
+    assert words[words.index("--db") + 1] == str(db_path)
+    assert words[words.index("--out") + 1] == str(out)
+    with sqlite3.connect(db_path) as db:
+        (batch_id,) = db.execute("SELECT id FROM batches").fetchone()
+        (done,) = db.execute(
+            "SELECT count(*) FROM batch_items WHERE done_at IS NOT NULL"
+        ).fetchone()
+    assert words[2] == batch_id and 0 < done < len(SCANS)
+
+    monkeypatch.setattr(store_mod.ResultsStore, "record_many", real_record)  # room again
+    assert main(words[1:]) == 0, capsys.readouterr().err
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT status FROM batches").fetchall() == [("completed",)]
+    (report,) = out.glob("medscreen-*.csv")
+    assert len(csv_rows(report)) == len(SCANS)
+
+
+def test_the_printed_commands_survive_a_quote_in_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Ctrl-C and export hints printed the command inside '…' by hand: with a path
+    holding a quote the text between the quotes was no longer the command. Each hint now
+    ends its line with the command, quoted for a shell (shlex), which runs as printed."""
+    from desktop.cli import main
+
+    folder = _scans(tmp_path / "scans")
+    place = tmp_path / "O'Brien clinic"
+    place.mkdir()
+    db_path, out = place / "r.sqlite3", place / "out"
+    out.mkdir()
+    (out / "results.json").mkdir()  # the outputs cannot be written: the export hint
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(db_path),
+                 "--report", "csv", "--clinic", "O'Brien", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    words = _printed_command(err, "export")
+    assert words[words.index("--db") + 1] == str(db_path)
+    assert words[words.index("--clinic") + 1] == "O'Brien"
+    (out / "results.json").rmdir()
+    assert main(words[1:]) == 0, capsys.readouterr().err
+    assert len(csv_rows(next(out.glob("medscreen-o*.csv")))) == len(SCANS)
+
+
+def test_on_windows_the_printed_command_is_quoted_as_windows_programs_read_it() -> None:
+    """cmd.exe and PowerShell do not remove POSIX single quotes: there the command is quoted
+    with double quotes (a quote in a name stays as it is, a space is inside the quotes)."""
+    from desktop.cli import _shell_join
+
+    words = ["medscreen", "resume", "abc", "--out", r"C:\O'Brien clinic\out", "--db", r"D:\r.db"]
+    assert _shell_join(words, windows=True) == (
+        r"""medscreen resume abc --out "C:\O'Brien clinic\out" --db D:\r.db"""
+    )
+    assert shlex.split(_shell_join(words, windows=False)) == words

@@ -112,7 +112,7 @@ def test_the_command_printed_after_a_failed_write_writes_the_same_reports(
              "--operating-point", "balanced", "--quiet"]  # fmt: skip
     assert main(["classify", str(folder), *asked]) == 1
     err = capsys.readouterr().err
-    match = re.search(r"'(medscreen export [^']+)'", err)
+    match = re.search(r"with: (medscreen export .+)$", err, re.M)
     assert match is not None, err
     words = shlex.split(match.group(1))
     for option in ("--db", "--report", "--clinic", "--operating-point"):

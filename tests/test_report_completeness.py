@@ -77,7 +77,7 @@ def test_a_stopped_batch_says_so_and_its_resume_hint_rewrites_the_same_reports(
     assert f"{pending} more files of this batch were not screened" in page1
 
     # The printed command continues the batch with the same reports, names and clinic.
-    hint = re.search(r"continue with '(medscreen resume .+)'$", err.strip(), re.M)
+    hint = re.search(r"continue with: (medscreen resume .+)$", err.strip(), re.M)
     assert hint is not None, err
     words = shlex.split(hint.group(1))
     for option in (["--report", "pdf,json"], ["--name", "morning"], ["--clinic", "Kisumu"],

@@ -195,7 +195,26 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 
 class StoreError(BatchError):
-    """The results store itself failed (damaged, read-only, full): the batch cannot go on."""
+    """The results store itself failed (damaged, read-only, full): the batch cannot go on.
+
+    ``disk_full`` is SQLite's words when the store's disk was full (else ``None``): the
+    batch can go on once there is room, and a command line knows the command that continues
+    it with this store (:func:`disk_full_message`), which the store does not.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, disk_full: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.disk_full = disk_full
+
+
+def disk_full_message(path: Path, detail: str, then: str = "resume the batch") -> str:
+    """What to say when the disk holding the store at ``path`` is full: ``then`` is what to
+    do once there is room (the CLI gives the exact command, with the run's ``--db``)."""
+    return (
+        f"the disk holding the results store {path} is full ({detail}): free some space, "
+        f"then {then}"
+    )
 
 
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -215,10 +234,7 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             "and to its folder. Check their permissions, or choose another file with --db."
         )
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
-        return StoreError(
-            f"the disk holding the results store {path} is full ({detail}): free some space "
-            "and resume the batch ('medscreen resume')."
-        )
+        return StoreError(disk_full_message(path, detail), path=path, disk_full=detail)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
         return StoreError(
             f"the results store {path} stayed locked by another program ({detail}); "
