@@ -124,8 +124,9 @@ def test_12_bit_lossy_jpeg_screens_and_every_compressed_file_that_screened_still
     screened = {name for name, row in rows.items() if row["status"] != "error"}
     assert screened == _SCREENED_BEFORE | {"JPEG-lossy.dcm", "cr_jpeg_lossy.dcm"}
     for name in ("JPEG-lossy.dcm", "cr_jpeg_lossy.dcm"):
-        assert rows[name]["modality_score"] == rows["JPGExtended.dcm"]["modality_score"] != ""
+        assert rows[name]["status"] == rows["JPGExtended.dcm"]["status"] == "not_chest_xray"
         assert rows[name]["reason"] == rows["JPGExtended.dcm"]["reason"]
+        assert "out-of-distribution score 1.42" in rows[name]["reason"]  # the gate saw pixels
 
 
 def _named_copy(source: Path, target: Path, modality: str) -> None:
@@ -190,3 +191,34 @@ def test_a_segmentation_is_refused_by_its_header_not_named_by_the_gates_guess(
     assert (seg["quality"], seg["quality_text"]) == ("not_chest", "not a chest X-ray: DICOM SEG")
     assert seg["tb_score"] == "" and seg["pneumonia_score"] == ""
     assert rows["chest.dcm"]["status"] == "ok"
+
+
+def test_every_report_says_what_the_window_says_a_scan_is(tmp_path: Path) -> None:
+    """An MR slice refused by its header read "MR" in the window and the PDF but "CXR" (the
+    gate's guess), with the gate's CXR probability, in the CSV and JSON. Every face now takes
+    the modality and its score from quality.shown_modality / shown_modality_score: the
+    header's MR has no gate score; an image refused as not medical shows none; a screened
+    chest shows the gate's label and probability."""
+    import json
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")  # not medical to the gate
+    shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
+
+    rows = classify_rows(folder, tmp_path)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    scans = {Path(s["file"]).name: s for s in doc["scans"]}
+
+    assert rows["mr.dcm"]["reason"].startswith("not a radiograph by its DICOM header")
+    cxr = scans["chest.dcm"]["modality_probabilities"]["CXR"]  # the gate's, for the chest
+    assert cxr > 0.99
+    expected = {"mr.dcm": ("MR", None), "ct.dcm": ("", None), "chest.dcm": ("CXR", cxr)}
+    for name, (modality, score) in expected.items():
+        assert rows[name]["modality"] == modality
+        assert rows[name]["modality_score"] == ("" if score is None else f"{score:.4f}")
+        assert scans[name]["modality"] == (modality or None)
+        assert scans[name]["modality_score"] == (
+            None if score is None else pytest.approx(score, abs=5e-5)
+        )

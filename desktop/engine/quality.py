@@ -158,6 +158,17 @@ def shown_modality(result: ScanResult) -> str:
     return result.modality or ""
 
 
+def shown_modality_score(result: ScanResult) -> float | None:
+    """The gate's probability shown beside :func:`shown_modality`, where it is that modality's.
+
+    A scan refused by its MR header shows "MR", and the gate's score is its probability of
+    the gate's own guess ("CXR", 0.99): beside "MR" it would read as the MR's. Every report
+    and the window take what a scan is from these two functions.
+    """
+    shown = shown_modality(result)
+    return result.modality_score if shown and shown == result.modality else None
+
+
 def reason_text(result: ScanResult) -> str:
     """The short reason every face shows in a cell: the quality words, else the reason."""
     quality = quality_of(result)

@@ -56,7 +56,7 @@ from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
 from desktop.engine.paths import display_path
 from desktop.engine.preprocess import activation_to_image
-from desktop.engine.quality import quality_of, shown_modality
+from desktop.engine.quality import quality_of, shown_modality, shown_modality_score
 from desktop.engine.results import (
     ScanResult,
     ScanStatus,
@@ -502,8 +502,9 @@ class ScanViewer(QDialog):
                 f"{html.escape(k)} {v:.3f}"
                 for k, v in sorted(result.modality_probabilities.items(), key=lambda kv: -kv[1])
             )
-            score = "" if result.modality_score is None else f" ({result.modality_score:.3f})"
             shown = shown_modality(result)  # none for an image refused as not medical
+            shown_score = shown_modality_score(result)  # none beside a header's modality
+            score = "" if shown_score is None else f" ({shown_score:.3f})"
             nearest = (
                 ""
                 if shown

@@ -14,7 +14,7 @@ import numpy as np
 
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.paths import display_path
-from desktop.engine.quality import quality_of
+from desktop.engine.quality import quality_of, shown_modality, shown_modality_score
 from desktop.engine.reports._common import (
     EXCEL_CELL_CHARS,
     atomic_open,
@@ -110,8 +110,8 @@ def _csv_row(result: ScanResult, ctx: ReportContext, op_label: str) -> list[str]
         str(result.status),
         safe_cell(result.reason),
         result.error_code or "",
-        safe_cell(result.modality or ""),
-        fmt_score(result.modality_score),
+        safe_cell(shown_modality(result)),  # the window's and the PDF's (quality.py)
+        fmt_score(shown_modality_score(result)),
     ]
     for mid in ctx.finding_ids:
         finding = result.findings.get(mid)
@@ -250,8 +250,8 @@ def _scan_json(result: ScanResult, ctx: ReportContext) -> dict[str, Any]:
         "status": str(result.status),
         "reason": result.reason,
         "error_code": result.error_code,
-        "modality": result.modality,
-        "modality_score": json_number(result.modality_score),
+        "modality": shown_modality(result) or None,  # what the window and the PDF show
+        "modality_score": json_number(shown_modality_score(result)),
         "modality_probabilities": _probabilities(result.modality_probabilities),
         "ood_score": json_number(result.ood_score),
         "findings": findings,
