@@ -3,10 +3,12 @@ files: a stop signal inside a store write, the full-disk message, the reports' p
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,3 +236,46 @@ def test_on_windows_the_printed_command_is_quoted_as_windows_programs_read_it() 
         r"""medscreen resume abc --out "C:\O'Brien clinic\out" --db D:\r.db"""
     )
     assert shlex.split(_shell_join(words, windows=False)) == words
+
+
+def _pdf_text(pdf: Path) -> str:
+    out = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True,
+                         check=True)  # fmt: skip
+    return " ".join(out.stdout.decode("utf-8").split())
+
+
+@pytest.mark.parametrize("identifiers", [False, True])
+def test_study_date_and_description_only_with_identifiers(
+    tmp_path: Path, identifiers: bool
+) -> None:
+    """With identifiers off the JSON report still carried the DICOM study date and study
+    description (free text: here 'Non-ossifying fibroma of distal tibia', elsewhere a name).
+    They now go with the identifiers; sex and age stay (age decides a model's scope). The
+    CSV and PDF carry neither either way (checked too). Real file: pydicom's RG3_J2KI.dcm."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(DATA / "dicom" / "RG3_J2KI.dcm", folder / "knee.dcm")
+    shutil.copy(SCANS[0], folder)
+    out = tmp_path / "out"
+    opt_in = ["--include-identifiers"] if identifiers else []
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
+                 "--report", "pdf,csv,json", "--quiet", *opt_in])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    (knee,) = [s for s in report["scans"] if s["file"].endswith("knee.dcm")]
+    metadata = knee["metadata"]
+    assert metadata["patient_sex"] == "F" and metadata["modality"] == "CR"
+    private = {"study_date": "20040826", "study_description": "Non-ossifying fibroma of distal "
+               "tibia", "patient_name": "CompressedSamples^RG3"}  # fmt: skip
+    if identifiers:
+        assert {k: metadata.get(k) for k in private} == private
+    else:
+        assert not set(private) & set(metadata)
+        everything = [(out / "results.json").read_text(encoding="utf-8")]
+        everything += [p.read_text(encoding="utf-8-sig") for p in out.glob("*.csv")]
+        everything += [_pdf_text(p) for p in out.glob("*.pdf")]
+        for text in everything:
+            assert "fibroma" not in text and "20040826" not in text and "2004-08-26" not in text
+            assert "RG3" not in text.replace("RG3_J2KI", "")

@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 
 #: DICOM attributes that identify a patient. They are kept in memory for the user who asks to
-#: see them, but never written to logs, and only to reports when the user opts in.
-IDENTIFYING_FIELDS = frozenset({"patient_name", "patient_id", "patient_birth_date"})
+#: see them, but never written to logs, and only to reports when the user opts in (and the
+#: viewer shows them only when asked). The study date and study description count: a date is
+#: an identifier (with the clinic, it finds the visit), and the description is free text a
+#: radiographer may fill with a name or a diagnosis. Sex and age are not here: age decides a
+#: model's scope, and the reports show why a scan was outside it.
+IDENTIFYING_FIELDS = frozenset(
+    {"patient_name", "patient_id", "patient_birth_date", "study_date", "study_description"}
+)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ class ReportContext:
 
     ``manifests`` maps model id to manifest (``modality``, ``tb``, ``pneumonia`` today); the
     finding models among them, in this order, become the report's score/flag columns.
-    ``include_identifiers`` is off by default: patient names, ids and birth dates stay out of
-    every report unless the user explicitly asks for them. ``patients`` is the staff's
+    ``include_identifiers`` is off by default: patient names, ids, birth dates, study dates and
+    study descriptions (``scan.IDENTIFYING_FIELDS``) stay out of every report unless the user
+    explicitly asks for them. ``patients`` is the staff's
     patient group for the batch and per scan: with the manifests' scopes it decides which
     scores stand outside their model's scope (never flagged; the report says why).
     """
