@@ -52,6 +52,7 @@ from desktop.engine.store import (
     StoreError,
     disk_full_message,
 )
+from desktop.engine.vocabulary import counted
 
 _T = TypeVar("_T")
 
@@ -348,7 +349,7 @@ def _history(args: argparse.Namespace) -> int:
         status = "interrupted" if info.id in dead else info.status
         print(
             f"{info.id}  {info.kind:<11}  {status:<11}  {info.done}/{total} done, "
-            f"{info.errors} errors  {info.label}"
+            f"{counted(info.errors, 'error')}  {info.label}"
         )
     return 0
 
@@ -492,7 +493,7 @@ def _warn_no_scans(paths: Sequence[Path], summary: BatchSummary, stream: TextIO)
     wrote empty reports; say so, as the window does, rather than only "0 files"."""
     where = "; ".join(display_path(os.fsdecode(p)) for p in paths) or "the batch"
     skipped = summary.discovered.skipped_non_scans
-    extra = f"; {_plural(skipped, 'non-scan file')} skipped" if skipped else ""
+    extra = f"; {counted(skipped, 'non-scan file')} skipped" if skipped else ""
     print(
         f"medscreen: warning: no scans found to screen in {where} "
         f"(PNG, JPEG, TIFF, BMP, DICOM){extra}",
@@ -583,10 +584,6 @@ def _patients(args: argparse.Namespace, store: ResultsStore, batch_id: str) -> P
     if args.patients is not None:
         store.set_batch_patients(batch_id, parse_group(args.patients))
     return store.patient_choice(batch_id)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _workers(value: str) -> int | None:
@@ -737,8 +734,8 @@ def _print_summary(
     counts = BatchCounts.of(results, manifests, choice, ctx.patients)
     print("", file=stream)
     print(
-        f"{counts.total} files: {counts.screened} screened, {counts.not_chest_xray} not "
-        f"chest X-rays, {counts.errors} could not be read",
+        f"{counted(counts.total, 'file')}: {counts.screened} screened, "
+        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counts.errors} could not be read",
         file=stream,
     )
     for model_id, n in counts.flagged.items():
@@ -749,7 +746,7 @@ def _print_summary(
     if counts.outside_scope_any:
         print(
             f"  patient group: {ctx.patients.label()}; "
-            f"{_plural(counts.outside_scope_any, 'scan')} outside a model's scope "
+            f"{counted(counts.outside_scope_any, 'scan')} outside a model's scope "
             "(reasons in results.csv, column outside_scope)",
             file=stream,
         )
@@ -761,9 +758,9 @@ def _print_summary(
             extra.append(f"{summary.already_done} finished before this resume")
         d = summary.discovered
         if d.skipped_non_scans:
-            extra.append(_plural(d.skipped_non_scans, "non-scan file") + " skipped")
+            extra.append(counted(d.skipped_non_scans, "non-scan file") + " skipped")
         if d.loops:
-            extra.append(_plural(d.loops, "folder loop") + " skipped")
+            extra.append(counted(d.loops, "folder loop") + " skipped")
         for folder in d.unreadable_folders:
             extra.append(f"folder not readable: {folder}")
         if extra:
@@ -771,6 +768,14 @@ def _print_summary(
         print(f"  batch {summary.batch_id} in {summary.elapsed_s:.1f} s", file=stream)
     for path in written:
         print(f"  wrote {path}", file=stream)
+    if ctx.include_identifiers and written:
+        # as the results store: the same names, so the same protection (atomic.PRIVATE_MODE)
+        where = (
+            "they keep the folder's permissions: check who may read it"
+            if os.name == "nt"
+            else "written readable by this user only (mode 0600)"
+        )
+        print(f"  these outputs hold patient identifiers: {where}", file=stream)
     if ctx.unsigned_models:
         print(
             f"  UNSIGNED MODELS: {', '.join(ctx.unsigned_models)} (developer option "

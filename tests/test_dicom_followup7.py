@@ -23,7 +23,7 @@ from desktop.engine.screening import (
     NOT_RADIOGRAPH_MODALITIES,
     RADIOGRAPH_MODALITIES,
 )
-from tests.conftest import DATA, classify_rows
+from tests.conftest import DATA, REPO, classify_rows
 
 #: pydicom's encapsulated (compressed) test files that reached the gate before the 12-bit
 #: JPEG fix (measured with main at 3a33799: 28 of its 40 such files; the other 12 are refused
@@ -222,3 +222,52 @@ def test_every_report_says_what_the_window_says_a_scan_is(tmp_path: Path) -> Non
         assert scans[name]["modality_score"] == (
             None if score is None else pytest.approx(score, abs=5e-5)
         )
+
+
+def test_counts_of_one_read_in_the_singular_in_the_cli_summary(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The CLI summary read "1 files" and "1 not chest X-rays" (and the window "1 errors"):
+    every count goes through vocabulary.counted."""
+    from desktop.engine.vocabulary import counted
+
+    assert [counted(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert counted(1, "not chest X-ray") == "1 not chest X-ray"
+    assert counted(3, "analysis", "analyses") == "3 analyses"
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    classify_rows(folder, tmp_path)
+    assert "\n2 files: 1 screened, 1 not chest X-ray, 0 could not be read\n" in (
+        capsys.readouterr().err
+    )
+
+    (folder / "ct.dcm").unlink()
+    classify_rows(folder, tmp_path / "again")
+    assert "\n1 file: 1 screened, 0 not chest X-rays, 0 could not be read\n" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_windows_counts_of_one_read_in_the_singular(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from desktop.engine.results import ScanResult, ScanStatus
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    window = MainWindow(
+        settings=AppSettings(tmp_path / "s.ini"),
+        store=ResultsStore(tmp_path / "r.sqlite3"),
+        model_dirs=[REPO / "assets" / "models"],
+    )
+    qtbot.addWidget(window)
+    damaged = ScanResult(
+        file=str(tmp_path / "broken.dcm"),
+        sha256=None,
+        status=ScanStatus.ERROR,
+        reason="DICOM pixel data is truncated",
+        error_code="truncated",
+    )
+    window.model.append([damaged])
+    window._update_counts()
+    assert window.counts.text() == "1 scan · 0 flagged · 0 not chest X-rays · 1 error"

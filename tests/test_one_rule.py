@@ -38,6 +38,7 @@ from desktop.engine.results import (
 )
 from desktop.engine.runner import BatchRunner, run_to_end
 from desktop.engine.store import ResultsStore
+from desktop.engine.vocabulary import counted
 from tests.conftest import DATA
 from tests.fixtures import cr_dataset, cr_stored, write_cr_variant, write_dicom
 
@@ -157,8 +158,8 @@ def test_cli_summary_prints_the_engine_counts(batch):
     cli._print_summary(None, results, ctx, [], out)
     text = out.getvalue()
     assert (
-        f"{counts.total} files: {counts.screened} screened, {counts.not_chest_xray} not "
-        f"chest X-rays, {counts.errors} could not be read"
+        f"{counted(counts.total, 'file')}: {counts.screened} screened, "
+        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counts.errors} could not be read"
     ) in text
     for mid, n in counts.flagged.items():
         assert f"{mid}: {n} flagged at custom (threshold 0.300)" in text

@@ -356,7 +356,7 @@ def test_the_batch_message_is_not_squeezed_out_by_the_device_line(qtbot, tmp_pat
                   "NVIDIA GPU driver found (as the batch process reported)")  # fmt: skip
         window.models_label.setText(device)
         qtbot.waitUntil(lambda: window.models_label.width() > 600)  # laid out: it takes the bar
-        message = "Finished: 18 screened, 2 not chest X-rays, 1 errors in 0 s"
+        message = "Finished: 18 screened, 2 not chest X-rays, 1 error in 0 s"
         window.show_status(message)
         bar = window.statusBar()
         assert bar.currentMessage() == message
@@ -447,7 +447,7 @@ def test_python_m_desktop_cli_runs_the_command(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "1 files: 1 screened" in done.stderr
+    assert "1 file: 1 screened" in done.stderr
     (row,) = csv_rows(out / "results.csv")
     assert row["status"] == "ok" and Path(row["file"]).name == "chest.png"
     bad = subprocess.run([sys.executable, "-m", "desktop.cli", "clasify"], cwd=REPO,

@@ -40,3 +40,10 @@ class Vocabulary(StrEnum):
                 return member
         choices = ", ".join(member.value for member in cls)
         raise ValueError(f"unknown {noun} {text!r}; choose from {choices}")
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` with ``noun``, plural unless the count is one: "1 file", "0 files", "2 not
+    chest X-rays" (``plural`` where adding "s" is wrong). Every face's counts go through it:
+    "1 files" and "1 errors" were found in the CLI summary and the window's status."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

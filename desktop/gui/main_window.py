@@ -46,6 +46,7 @@ from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
+from desktop.engine.vocabulary import counted
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
@@ -763,8 +764,9 @@ class MainWindow(FileDropTarget, QMainWindow):
             self.store.set_batch_patients(summary.batch_id, self.model.patients().batch)
         verb = "Cancelled" if cancelled else "Finished"
         text = (
-            f"{verb}: {summary.ok} screened, {summary.not_chest_xray} not chest X-rays, "
-            f"{summary.errors} errors in {summary.elapsed_s:.0f} s"
+            f"{verb}: {summary.ok} screened, "
+            f"{counted(summary.not_chest_xray, 'not chest X-ray')}, "
+            f"{counted(summary.errors, 'error')} in {summary.elapsed_s:.0f} s"
         )
         if cancelled:  # the instruction goes in the message strip, which wraps
             batch_id = summary.batch_id
@@ -863,8 +865,9 @@ class MainWindow(FileDropTarget, QMainWindow):
     def _update_counts(self, *_args: object) -> None:
         counts = self.model.counts()
         self.counts.setText(
-            f"{counts.total} scans · {counts.flagged_any} flagged · "
-            f"{counts.not_chest_xray} not chest X-rays · {counts.errors} errors"
+            f"{counted(counts.total, 'scan')} · {counts.flagged_any} flagged · "
+            f"{counted(counts.not_chest_xray, 'not chest X-ray')} · "
+            f"{counted(counts.errors, 'error')}"
         )
         if counts.total and self.pages.currentIndex() == 0:
             self.pages.setCurrentIndex(1)
@@ -1221,7 +1224,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         worker.returned.connect(self._exported)
         worker.errored.connect(self._side_failed)
         self._keep(worker)
-        self.statusBar().showMessage(f"Writing the report for {len(results)} scans…")
+        self.statusBar().showMessage(f"Writing the report for {counted(len(results), 'scan')}…")
         worker.start()
         return worker
 
