@@ -4,10 +4,12 @@ files: a stop signal inside a store write, the full-disk message, the reports' p
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import sqlite3
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -279,3 +281,40 @@ def test_study_date_and_description_only_with_identifiers(
         for text in everything:
             assert "fibroma" not in text and "20040826" not in text and "2004-08-26" not in text
             assert "RG3" not in text.replace("RG3_J2KI", "")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("identifiers", [False, True])
+def test_reports_with_identifiers_are_owner_only(
+    tmp_path: Path, identifiers: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reports written with --include-identifiers were created 0644 (readable by every user
+    of the PC), while the results store holding the same names is 0600. They are now 0600,
+    also over an older report of that name, and the CLI says so; reports without identifiers
+    keep the mode any file the user saves gets (umask 022: 0644)."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(DATA / "dicom" / "RG3_J2KI.dcm", folder / "knee.dcm")
+    shutil.copy(SCANS[0], folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text("an older report, 0644\n")
+    os.chmod(out / "results.csv", 0o644)
+    opt_in = ["--include-identifiers"] if identifiers else []
+    old_umask = os.umask(0o022)
+    try:
+        code = main(["classify", str(folder), "--out", str(out), "--db",
+                     str(tmp_path / "r.sqlite3"), "--report", "pdf,csv,json", "--quiet",
+                     *opt_in])  # fmt: skip
+    finally:
+        os.umask(old_umask)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    reports = sorted(p.name for p in out.iterdir())
+    assert len(reports) == 5, reports  # results.csv/json and the named pdf, csv, json
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes.values()) == ({0o600} if identifiers else {0o644}), modes
+    said = "patient identifiers: written readable by this user only (mode 0600)"
+    assert (said in err) == identifiers, err

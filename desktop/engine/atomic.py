@@ -6,6 +6,10 @@ is flushed and fsynced, then moved over the target in one step (``os.replace`` w
 folder is atomic), and the folder itself is fsynced so the move survives a power cut. The file
 is then the old one or the complete new one, never half of one. One definition, so the
 reports and the site points cannot differ in how careful they are.
+
+A report that names patients (written with identifiers) is created owner-only (``private``:
+mode 0600, as the results store holding the same names); any other file gets the mode any file
+the user saves gets (the umask), so a shared report folder works as the clinic set it up.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import IO, Any
 from desktop.engine.processes import pid_alive
 
 logger = logging.getLogger(__name__)
+
+#: The mode of a file holding patient identifiers: read and written by its owner only.
+PRIVATE_MODE = 0o600
 
 #: Age after which a temporary file whose writer cannot be identified is removed.
 STALE_PART_S = 24 * 3600
@@ -57,7 +64,9 @@ def _remove_stale_parts(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: Path, mode: str = "w", *, private: bool = False, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success move it over ``path`` in one step.
 
     A clinic PC can lose power mid-write: ``os.replace`` within one folder is atomic, so the
@@ -65,12 +74,15 @@ def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]
     any error the temporary file is removed and ``path`` is left untouched; one left by a
     writer that was killed (its pid is in the name) is removed by the next write. The temporary
     file is created with the user's umask (not ``mkstemp``'s owner-only mode), so the report
-    gets the permissions any other file the user saves there would get.
+    gets the permissions any other file the user saves there would get; with ``private`` (a
+    report holding patient identifiers) it is owner-only, 0600, whatever an older file of that
+    name had (the move replaces it). Windows keeps its folder's ACLs either way.
     """
     path = Path(path)
     _remove_stale_parts(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, PRIVATE_MODE if private else 0o666)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -84,9 +96,11 @@ def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]
         raise
 
 
-def write_atomic(path: Path, produce: Callable[[IO[bytes]], None]) -> Path:
+def write_atomic(
+    path: Path, produce: Callable[[IO[bytes]], None], *, private: bool = False
+) -> Path:
     """Let ``produce`` write binary content, atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", private=private) as handle:
         produce(handle)
     return Path(path)
 

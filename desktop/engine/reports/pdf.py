@@ -1579,4 +1579,4 @@ def _write_story(story: Iterator[Flowable], ctx: ReportContext, path: Path) -> N
         with _binary_streams():
             doc.build(doc.story, canvasmaker=_canvas_class(ctx, footer_style))
 
-    write_atomic(path, produce)
+    write_atomic(path, produce, private=ctx.include_identifiers)  # names patients: owner-only

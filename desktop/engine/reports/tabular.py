@@ -160,7 +160,8 @@ def write_csv(results: Iterable[ScanResult], ctx: ReportContext, path: Path) -> 
     sites = ctx.site_calibration_lines()  # issue 13: a site threshold's date, n and CIs
     if sites:
         op_label = f"{op_label} (site threshold: {'; '.join(sites)})"
-    with atomic_open(path, "w", encoding="utf-8-sig", newline="") as handle:
+    private = ctx.include_identifiers  # names patients: owner-only, as the store
+    with atomic_open(path, "w", private=private, encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(ctx))
         rows = 0
@@ -384,7 +385,8 @@ def write_json(results: Iterable[ScanResult], ctx: ReportContext, path: Path) ->
     results = reiterable(results)
     head = json.dumps(_report_head(results, ctx), ensure_ascii=False, indent=2, allow_nan=False)
     scans = 0
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+    private = ctx.include_identifiers  # names patients: owner-only, as the store
+    with atomic_open(path, "w", private=private, encoding="utf-8", newline="\n") as handle:
         handle.write(head[: -len("\n}")])  # reopen the object to append "scans" last
         handle.write(',\n  "scans": [')
         for result in results:
