@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             metavar="NAME|THRESHOLD",
             help="'screening' (default), 'balanced', a saved site point 'site:NAME' "
-            "(see 'medscreen site list'), a threshold in [0, 1], or one per model: "
+            "(see 'medscreen site list'), a threshold from 0 to 1, or one per model: "
             "'tb=balanced,pneumonia=0.6'; a programme's policy file may set or lock it",
         )
         p.add_argument(

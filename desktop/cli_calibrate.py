@@ -61,7 +61,8 @@ def add_commands(
         type=float,
         default=DEFAULT_TARGET_SENSITIVITY,
         metavar="S",
-        help="sensitivity the threshold must reach (default 0.90, WHO's minimum for TB triage)",
+        help="sensitivity the threshold must reach, greater than 0 and less than 1 (default 0.90, "
+        "WHO's minimum for TB triage)",
     )
     cal.add_argument("--name", required=True, help="site point name, e.g. Yakutsk-2026-12")
     cal.add_argument(
@@ -170,7 +171,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     target = args.target_sensitivity
     if not 0.0 < target < 1.0:
-        raise BatchError(f"--target-sensitivity must lie between 0 and 1, got {target:g}")
+        raise BatchError(
+            f"--target-sensitivity must be greater than 0 and less than 1, got {target:g}"
+        )
     name = normalize_name(args.name)
     if not args.paths and not args.labels:
         raise BatchError("give a labelled folder (PATH) or a CSV of file,label (--labels)")

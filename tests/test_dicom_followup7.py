@@ -271,3 +271,31 @@ def test_the_windows_counts_of_one_read_in_the_singular(qtbot, tmp_path: Path) -
     window.model.append([damaged])
     window._update_counts()
     assert window.counts.text() == "1 scan · 0 flagged · 0 not chest X-rays · 1 error"
+
+
+@pytest.mark.parametrize("target", ["1", "0", "1.5", "-0.2", "nan"])
+def test_calibrate_says_which_target_sensitivities_it_accepts(
+    tmp_path: Path, capsys, target: str
+) -> None:  # type: ignore[no-untyped-def]
+    """`calibrate --target-sensitivity 1` was refused with "must lie between 0 and 1", which 1
+    does. The message now says the range exactly: both ends are excluded."""
+    from desktop.cli import main
+
+    code = main(["calibrate", str(DATA / "tb"), "--model", "tb", "--name", "site-a",
+                 "--target-sensitivity", target, "--out", str(tmp_path / "cal"),
+                 "--db", str(tmp_path / "r.sqlite3"), "--quiet"])  # fmt: skip
+
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"--target-sensitivity must be greater than 0 and less than 1, got {target}" in err
+    assert not (tmp_path / "cal").exists()
+
+
+def test_a_custom_threshold_says_both_ends_are_accepted(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from desktop.cli import main
+
+    out, db = str(tmp_path / "out"), str(tmp_path / "r.sqlite3")
+    code = main(["classify", str(DATA / "tb"), "--operating-point", "1.5", "--out", out,
+                 "--db", db, "--quiet"])  # fmt: skip
+    assert code != 0
+    assert "a custom threshold must be at least 0 and at most 1, got 1.5" in capsys.readouterr().err

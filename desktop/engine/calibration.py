@@ -332,7 +332,8 @@ def calibrate(
     s, y = _as_arrays(scores, positive)
     if not 0.0 < target_sensitivity < 1.0:
         raise CalibrationError(
-            f"the target sensitivity must lie between 0 and 1, got {target_sensitivity:g}"
+            f"the target sensitivity must be greater than 0 and less than 1, got "
+            f"{target_sensitivity:g}"
         )
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos < min_per_class or n_neg < min_per_class:

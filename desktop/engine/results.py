@@ -161,7 +161,7 @@ class ThresholdChoice:
         except ValueError:
             return cls(name=text)
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"a custom threshold must lie in [0, 1], got {value}")
+            raise ValueError(f"a custom threshold must be at least 0 and at most 1, got {value:g}")
         return cls(threshold=value + 0.0)  # "-0" is 0: never printed as "-0.000"
 
     def resolve(self, manifest: ModelManifest) -> OperatingPoint:
