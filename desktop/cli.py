@@ -268,10 +268,16 @@ def _policy_point(requested: str | None) -> str | None:
     Without a policy: what was asked. A policy's point is the default; a locked policy
     refuses any other, naming the file, so the command line cannot bypass the lock.
     """
-    from desktop.engine.policy import load_policy
+    from desktop.engine.policy import PolicyError, load_policy
     from desktop.engine.results import ThresholdChoice as Choice
 
-    policy = load_policy()
+    try:
+        policy = load_policy()
+    except PolicyError as exc:  # fail closed: the lock it may hold is unknown
+        raise BatchError(
+            f"{exc}. The thresholds stay locked: nothing is screened or exported until it "
+            "can be read (what it sets is unknown); ask your programme's administrator"
+        ) from exc
     if policy.source is None or policy.operating_point is None:
         return requested
     if requested is None:

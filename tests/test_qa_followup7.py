@@ -318,3 +318,79 @@ def test_reports_with_identifiers_are_owner_only(
     assert set(modes.values()) == ({0o600} if identifiers else {0o644}), modes
     said = "patient identifiers: written readable by this user only (mode 0600)"
     assert (said in err) == identifiers, err
+
+
+def test_a_policy_file_named_but_missing_keeps_the_thresholds_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MEDSCREEN_POLICY naming a file that is not there (an unmounted share, a typo) meant
+    "no policy": the administrator's lock fell away and any --operating-point was taken.
+    It now fails closed, as a file that exists but cannot be read always did: the command
+    line screens nothing and says the policy file cannot be read."""
+    from desktop.cli import main
+    from desktop.engine.policy import PolicyError, load_policy
+
+    share = tmp_path / "share"  # the share is not mounted: its folder is empty
+    share.mkdir()
+    monkeypatch.setenv("MEDSCREEN_POLICY", str(share / "policy.ini"))
+    with pytest.raises(PolicyError, match=r"policy file .*policy\.ini cannot be read"):
+        load_policy()
+    folder = _scans(tmp_path / "scans")
+    out = tmp_path / "out"
+    code = main(["classify", str(folder), "--out", str(out), "--db", str(tmp_path / "r.sqlite3"),
+                 "--operating-point", "0.01", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"the policy file {share / 'policy.ini'} cannot be read" in err
+    assert (
+        "does not exist" in err
+        and "MEDSCREEN_POLICY" in err
+        and "The thresholds stay locked" in err
+    )
+    assert not (out / "results.csv").exists()  # nothing screened at an unlocked point
+
+
+def test_a_policy_location_that_cannot_be_checked_is_an_error_not_no_policy(
+    tmp_path: Path,
+) -> None:
+    """Among the usual places, a missing policy.ini is no policy; one whose presence cannot be
+    checked (here a name too long for the file system: ENAMETOOLONG; equally EACCES on a
+    share's folder) raised a bare OSError (the window: a traceback). It is a PolicyError
+    naming the file, which the window shows with the thresholds locked."""
+    from desktop.engine.policy import PolicyError, load_policy
+
+    assert load_policy([tmp_path / "policy.ini"]).source is None  # absent: no policy
+    odd = tmp_path / ("p" * 300) / "policy.ini"
+    with pytest.raises(PolicyError, match="cannot be read"):
+        load_policy([odd, tmp_path / "policy.ini"])
+
+
+def test_the_window_keeps_the_thresholds_locked_when_the_named_policy_is_missing(
+    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The window with MEDSCREEN_POLICY naming a missing file: the picker is locked (the PIN
+    cannot open it) and the message says the policy file cannot be read."""
+    from desktop.engine.registry import default_model_dirs
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    missing = tmp_path / "share" / "policy.ini"
+    monkeypatch.setenv("MEDSCREEN_POLICY", str(missing))
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    try:
+        window = MainWindow(settings=AppSettings(tmp_path / "settings.ini"), store=store,
+                            model_dirs=default_model_dirs())  # fmt: skip
+        qtbot.addWidget(window)
+        window.show()
+        with qtbot.waitSignal(window.models_changed, timeout=60_000):
+            window.start()
+        picker = window.op_picker
+        assert picker.is_locked() and not picker.combo.isEnabled()
+        assert not picker.lock_button.isEnabled()
+        text = window.messages.text.text()
+        assert f"the policy file {missing} cannot be read" in text
+        assert "MEDSCREEN_POLICY" in text and "The thresholds stay locked" in text
+        window.close()
+    finally:
+        store.close()

@@ -108,7 +108,14 @@ def test_the_window_per_model_choice_policy_lock_and_pin(qtbot, tmp_path, monkey
             window.start()
         return window
 
-    monkeypatch.setenv("MEDSCREEN_POLICY", str(tmp_path / "absent.ini"))
+    # No policy: none in the usual places (here one, empty). Not MEDSCREEN_POLICY naming a
+    # missing file, as this test once did: that now keeps the thresholds locked (fail closed,
+    # an unmounted share must not lift a programme's lock; test_qa_followup7).
+    import desktop.engine.policy as policy_module
+
+    monkeypatch.delenv("MEDSCREEN_POLICY", raising=False)
+    usual_places = policy_module.policy_paths
+    monkeypatch.setattr(policy_module, "policy_paths", lambda: [tmp_path / "absent.ini"])
     settings = AppSettings(tmp_path / "settings.ini")
     settings.operating_point = "tb=balanced,pneumonia=0.6"
     try:
@@ -138,6 +145,7 @@ def test_the_window_per_model_choice_policy_lock_and_pin(qtbot, tmp_path, monkey
 
         # a programme's policy file sets and locks it; the PIN cannot open that lock
         policy = _policy(tmp_path, "[thresholds]\noperating_point = balanced\nlocked = yes\n")
+        monkeypatch.setattr(policy_module, "policy_paths", usual_places)
         monkeypatch.setenv("MEDSCREEN_POLICY", str(policy))
         window = window_with(settings)
         picker = window.op_picker

@@ -14,7 +14,11 @@ all apply what the programme decided. Where it is looked for: ``MEDSCREEN_POLICY
 else ``policy.ini`` in the MedScreen data folder, else the system-wide file
 (``/etc/medscreen/policy.ini``; ``%ProgramData%\\MedScreen\\policy.ini`` on Windows).
 A file that exists but cannot be read or parsed is an error that names it: a programme's lock
-must never silently fall away.
+must never silently fall away. So is a file ``MEDSCREEN_POLICY`` names that is not there (an
+unmounted share, a typo): the administrator said where the policy is, so its absence is a
+failure to read it, not "no policy"; and so is a usual place whose presence cannot be checked
+(permission denied on its folder). Only a policy.ini absent from a usual place means none.
+The window then keeps the thresholds locked and says why; the command line screens nothing.
 """
 
 from __future__ import annotations
@@ -68,9 +72,14 @@ def policy_paths() -> list[Path]:
 
 
 def load_policy(paths: list[Path] | None = None) -> Policy:
-    """The first policy file found (an empty :class:`Policy` when there is none)."""
+    """The first policy file found (an empty :class:`Policy` when there is none).
+
+    Raises :class:`PolicyError` when a file is there but unusable, when the file
+    ``MEDSCREEN_POLICY`` names is missing, or when a place cannot be checked (see the module
+    docstring: the lock must fail closed)."""
+    named = paths is None and bool(os.environ.get(POLICY_ENV))
     for path in paths if paths is not None else policy_paths():
-        if not path.exists():
+        if not _present(path, named=named):
             continue
         parser = configparser.ConfigParser(interpolation=None)
         try:
@@ -89,3 +98,21 @@ def load_policy(paths: list[Path] | None = None) -> Policy:
         log.info("policy file %s: operating point %s, locked=%s", path, point, locked)
         return Policy(operating_point=point, locked=locked, source=path)
     return Policy()
+
+
+def _present(path: Path, *, named: bool) -> bool:
+    """Whether a policy file is at ``path``; ``named``: ``MEDSCREEN_POLICY`` gave it, so its
+    absence is an error too. ``Path.exists`` is not used: it raises some errors (a name too
+    long) and hides none of the ones that matter here either way."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not named:
+            return False
+        raise PolicyError(
+            f"the policy file {path} cannot be read: it does not exist ({exc.strerror}), "
+            f"though {POLICY_ENV} names it (a share not mounted, a moved file?)"
+        ) from exc
+    except OSError as exc:
+        raise PolicyError(f"the policy file {path} cannot be read: {exc.strerror or exc}") from exc
+    return True
