@@ -299,3 +299,43 @@ def test_a_custom_threshold_says_both_ends_are_accepted(tmp_path: Path, capsys) 
                  "--db", db, "--quiet"])  # fmt: skip
     assert code != 0
     assert "a custom threshold must be at least 0 and at most 1, got 1.5" in capsys.readouterr().err
+
+
+def test_the_windows_modality_tooltip_gives_the_gates_probability_only_beside_its_guess(
+    qtbot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The Modality cell of an MR slice refused by its header read "MR" while its tooltip
+    read "CXR (probability 0.99)": the gate's guess and score. The tooltip now names what the
+    cell shows and where it came from; a screened chest keeps the gate's probability."""
+    from PySide6.QtCore import Qt
+
+    from desktop.engine.inference import choose_device
+    from desktop.engine.registry import default_model_dirs, load_model_set
+    from desktop.engine.runner import BatchRunner, run_to_end
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.results_model import Column, ResultsModel
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
+    models = load_model_set(default_model_dirs(), choose_device("cpu"))
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    batch_id = run_to_end(BatchRunner(models, store).run([folder])).batch_id
+    results = list(store.batch_results(batch_id, thumbnails=False))
+    model = ResultsModel(store=lambda: store)
+    model.set_manifests(models.manifests)
+    model.append_items(batch_id, list(store.batch_rows(batch_id, thumbnails=False)))
+    column = model.column_of(Column.MODALITY)
+    cells = {
+        Path(model.file_name(row)).name: (
+            model.data(model.index(row, column), Qt.ItemDataRole.DisplayRole),
+            model.data(model.index(row, column), Qt.ItemDataRole.ToolTipRole),
+        )
+        for row in range(model.rowCount())
+    }
+    assert cells["mr.dcm"] == ("MR", "MR (from the file's DICOM header)")
+    chest = next(r for r in results if Path(r.file).name == "chest.dcm")
+    assert chest.modality == "CXR" and chest.modality_score is not None
+    assert cells["chest.dcm"] == ("CXR", f"CXR (probability {chest.modality_score:.2f})")
+    store.close()

@@ -72,7 +72,12 @@ from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.paths import display_path
 from desktop.engine.patients import GroupDecision, PatientChoice, ScopeVerdict
-from desktop.engine.quality import quality_of, shown_modality
+from desktop.engine.quality import (
+    HEADER_REFUSAL,
+    quality_of,
+    shown_modality,
+    shown_modality_score,
+)
 from desktop.engine.results import (
     BatchCounts,
     ScanResult,
@@ -1344,12 +1349,14 @@ class ResultsModel(QAbstractTableModel):
         if kind is Column.MODALITY:
             if role in (Qt.ItemDataRole.DisplayRole, SortRole):
                 return shown_modality(result)  # empty when refused as not a medical scan
-            if (
-                role == Qt.ItemDataRole.ToolTipRole
-                and shown_modality(result)
-                and (result.modality_score is not None)
-            ):
-                return f"{result.modality} (probability {result.modality_score:.2f})"
+            if role == Qt.ItemDataRole.ToolTipRole and shown_modality(result):
+                # the gate's probability only beside its own guess: a scan refused by its MR
+                # header shows "MR", and the gate's 0.99 there is its CXR score
+                score = shown_modality_score(result)
+                if score is not None:
+                    return f"{shown_modality(result)} (probability {score:.2f})"
+                if result.reason.startswith(HEADER_REFUSAL):
+                    return f"{shown_modality(result)} (from the file's DICOM header)"
             return None
         if kind is Column.PATIENT:
             if not result.findings:
