@@ -26,6 +26,23 @@ def test_dicom_header_contradicting_the_image_is_a_warning(tmp_path: Path):
     assert any("BodyPartExamined is HAND" in w for w in warnings)
 
 
+def test_a_body_part_that_is_no_dicom_term_is_never_quoted(tmp_path: Path):
+    """BodyPartExamined is free text to a parser: a name written there ("JANE DOE", a valid
+    CS value) was quoted in the warning every report carries. Only PS3.16 Annex L terms are
+    quoted; anything else is described."""
+    path = write_cr_variant(tmp_path / "n.dcm", Modality="CR", BodyPartExamined="JANE DOE")
+    meta = load_scan(path).metadata
+    assert meta.body_part == "JANE DOE"
+    assert metadata_warnings(meta, "CXR", accepted_as_chest=True) == [
+        "DICOM BodyPartExamined names a body part MedScreen does not recognise, "
+        "but the image was judged a chest X-ray"
+    ]
+    knee = write_cr_variant(tmp_path / "k.dcm", Modality="CR", BodyPartExamined="KNEE")
+    assert metadata_warnings(load_scan(knee).metadata, "CXR", accepted_as_chest=True) == [
+        "DICOM BodyPartExamined is KNEE, but the image was judged a chest X-ray"
+    ]
+
+
 def test_chest_header_on_a_refused_image_is_a_warning(tmp_path: Path):
     path = write_cr_variant(tmp_path / "c.dcm", Modality="CR", BodyPartExamined="CHEST")
     meta = load_scan(path).metadata

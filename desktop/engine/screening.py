@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from desktop.engine.body_parts import UNRECOGNISED as UNRECOGNISED_BODY_PART
+from desktop.engine.body_parts import known_body_part
 from desktop.engine.clock import now_iso
 from desktop.engine.cores import release_free_memory
 from desktop.engine.errors import ScanError, ScanErrorCode
@@ -396,8 +398,10 @@ def metadata_warnings(meta: ScanMetadata, predicted: str, accepted_as_chest: boo
                 f"{said}, but the image was judged a chest X-ray: check that this is the right file"
             )
         if body and body not in CHEST_BODY_PARTS:
+            part = known_body_part(body)  # only a defined term is quoted (body_parts.py)
+            said = f"is {part}" if part else f"names {UNRECOGNISED_BODY_PART}"
             warnings.append(
-                f"DICOM BodyPartExamined is {body}, but the image was judged a chest X-ray"
+                f"DICOM BodyPartExamined {said}, but the image was judged a chest X-ray"
             )
     elif body in CHEST_BODY_PARTS and modality in RADIOGRAPH_MODALITIES:
         warnings.append(
