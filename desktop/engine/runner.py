@@ -242,8 +242,8 @@ class BatchRunner:
         self.store = store
         self.screener = Screener(models)
         available = cores or available_cores()
-        # One task beyond the cores fills the core a thread leaves idle while it waits for
-        # the GIL (cores.GIL_SPARE); decoder threads and inference slots stay per core.
+        # Tasks beyond the cores fill the core a thread leaves idle while it waits for the
+        # GIL (cores.GIL_SPARE); decoder threads and inference slots stay per core.
         self.cores = CoreBudget(available, spare=GIL_SPARE if available > 1 else 0)
         self.workers = workers or self.cores.cores
         on_gpu = models.device.provider == CUDA
