@@ -401,13 +401,50 @@ def _hwm_mb() -> float:
     return float("nan")
 
 
+def _malloc_heap() -> str:
+    """glibc's heap arenas now (``mallinfo2``, all arenas): what is in use and what is freed
+    but kept, in MB; empty where there is no ``mallinfo2`` (glibc before 2.33, not glibc)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in [
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            ]
+        ]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return ""
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return (
+        f"; glibc heap {info.uordblks / 2**20:.0f} MB in use, {info.fordblks / 2**20:.0f} MB"
+        f" freed and kept, {info.hblkhd / 2**20:.0f} MB mmapped"
+    )
+
+
 def _now() -> str:
     """This process's memory now: RSS / PSS / USS and its anonymous (heap) part, in MB."""
     memory = read_memory(os.getpid())
     anon, _files = files_counted_once([os.getpid()])
     if memory is None:
         return "unreadable"
-    return f"now {memory.rss:.0f} / {memory.pss:.0f} / {memory.uss:.0f} MB, anonymous {anon:.0f}"
+    return (
+        f"now {memory.rss:.0f} / {memory.pss:.0f} / {memory.uss:.0f} MB, anonymous {anon:.0f}"
+        + _malloc_heap()
+    )
 
 
 def _trim() -> None:
