@@ -1,5 +1,10 @@
-"""``python -m desktop``: the same entry point as the ``medscreen`` command."""
+"""``python -m desktop``: the same entry point as the ``medscreen`` command.
 
-from desktop.cli import main
+:mod:`desktop.launch`, not :mod:`desktop.cli`: the window must not import the command
+line's engine modules (ONNX Runtime, pydicom, requests); see desktop/launch.py.
+"""
 
-raise SystemExit(main())
+from desktop.launch import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -225,9 +225,9 @@ def main() -> int:
 
         if not ensure_gui_can_start():
             return 3
-    from desktop.cli import main as cli_main
+    from desktop.launch import main as launch_main  # the window without desktop.cli's imports
 
-    return int(cli_main(args))
+    return int(launch_main(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,172 @@ def test_window_with_its_models_loaded_holds_no_onnxruntime(tmp_path):
     assert seen["modules"] == [], f"the window imported ONNX Runtime: {seen['modules']}"
     assert "CPUExecutionProvider" not in seen["label"]
     assert seen["label"].endswith("reported by the batch process when it runs (asked for: auto)")
+
+
+# -- the entry points a user starts: ``medscreen`` and ``python -m desktop`` ------------------
+
+#: What the window process must not hold when it was started by a real entry point: the
+#: modules above, and the command line's (desktop.cli imported the runner, ONNX Runtime,
+#: pydicom and requests at module level: ~23 MB of the window, measured import by import).
+ENTRY_HEAVY = (*HEAVY, "requests", "desktop.engine.runner", "desktop.cli")
+
+MEDSCREEN = Path(sys.executable).parent / "medscreen"
+
+
+def _imported(stderr: str) -> set[str]:
+    """The modules ``-X importtime`` (PYTHONPROFILEIMPORTTIME) reports the process imported."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    } - {"package"}  # the header line's last column
+
+
+def _start_window(command: list[str], home: Path) -> set[str]:
+    """Start the window the way a user does, offscreen; it closes once shown (smoke mode)."""
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        MEDSCREEN_HOME=str(home),
+        MEDSCREEN_SMOKE="1",
+        PYTHONPROFILEIMPORTTIME="1",
+    )
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "shown_after_s=" in proc.stdout, proc.stdout
+    return _imported(proc.stderr)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(MEDSCREEN)],
+        [sys.executable, "-m", "desktop"],
+        [str(MEDSCREEN), "gui", "tests/data/tb/normal"],
+        [str(MEDSCREEN), "tests/data/tb/normal"],
+    ],
+    ids=["medscreen", "python-m-desktop", "medscreen-gui-folder", "medscreen-folder"],
+)
+def test_the_window_started_by_its_entry_points_holds_no_command_line_imports(command, tmp_path):
+    """Before desktop/launch.py, each of these listed desktop.cli, the runner, onnxruntime,
+    pydicom and requests (592 modules; 378 now). The console script is the installed one:
+    if this fails on desktop.cli alone, the venv holds a stale install (re-run
+    scripts/bootstrap)."""
+    assert MEDSCREEN.is_file(), f"{MEDSCREEN} missing: install the project (scripts/bootstrap)"
+    imported = _start_window(command, tmp_path)
+    assert "desktop.gui.app" in imported and "PySide6.QtWidgets" in imported
+    held = sorted(m for m in imported if m in ENTRY_HEAVY or m.split(".")[0] in ENTRY_HEAVY)
+    assert held == [], f"the window's process imported {held}"
+
+
+def test_the_entry_module_imports_only_the_standard_library():
+    """The batch process (spawn) re-imports the parent's main module, the console script, and
+    with it desktop.launch: it must cost the child nothing the child does not need."""
+    code = (
+        "import sys, json; before = set(sys.modules); import desktop.launch; "
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    added = json.loads(proc.stdout)
+    assert "desktop.launch" in added
+    assert [m for m in added if m.startswith(("desktop.", "PySide6", "onnxruntime"))] == [
+        "desktop.launch"
+    ]
+
+
+def test_the_entry_knows_every_command_of_the_command_line():
+    """A command missing here would be taken for a file name and open the window."""
+    from desktop.cli import build_parser
+    from desktop.launch import COMMANDS
+
+    parser = build_parser()
+    assert parser._subparsers is not None
+    choices = {c for action in parser._subparsers._group_actions for c in action.choices}
+    assert choices == COMMANDS
+
+
+def _cli_window(args: list[str]) -> list[Path] | None:
+    """What desktop.cli.main opens the window with for ``args`` (None: no window)."""
+    from desktop.cli import _window_files, build_parser
+
+    parser = build_parser()
+    files = _window_files(parser, list(args))
+    if files is not None:
+        return files
+    try:
+        parsed = parser.parse_args(args)
+    except SystemExit:
+        return None
+    if parsed.command in (None, "gui"):
+        return list(getattr(parsed, "paths", None) or [])
+    return None
+
+
+@pytest.mark.parametrize(
+    ("args", "window"),
+    [
+        ([], True),
+        (["-v"], True),
+        (["--verbose", "gui"], True),
+        (["gui"], True),
+        (["gui", "tests/data/tb/normal", "relative/not-there.png"], True),
+        (["tests/data/tb/normal"], True),
+        (["tests/data/tb/normal", "not-there.png"], True),
+        (["not-there-1.png", "not-there-2.png"], True),
+        (["clasify"], False),  # a typo: desktop.cli says "invalid choice"
+        (["classify", "tests/data/tb/normal"], False),
+        (["history"], False),
+        (["-v", "tests/data/tb/normal"], False),
+        (["gui", "--help"], False),
+        (["--version"], False),
+        (["--", "tests/data/tb/normal"], False),
+    ],
+)
+def test_the_entry_opens_the_window_exactly_when_the_command_line_would(
+    args, window, monkeypatch, capsys
+):
+    """Where desktop.launch opens the window itself it must pick the files desktop.cli
+    picks; everything else it hands to desktop.cli unchanged."""
+    from desktop.launch import window_files
+
+    monkeypatch.chdir(REPO)
+    mine = window_files(args)
+    mine_err = capsys.readouterr().err
+    assert (mine is not None) is window
+    if mine is not None:
+        assert mine == _cli_window(args)
+        assert capsys.readouterr().err == mine_err  # the same "no such file" line, if any
+
+
+def _medscreen(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MEDSCREEN_HOME=str(home))
+    return subprocess.run(
+        [str(MEDSCREEN), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_the_command_line_behind_the_entry_still_answers(tmp_path):
+    """--version, --help, a mistyped command and a real classify (the shipped models, as a
+    user runs it) through the installed ``medscreen``, with the command line's own output
+    and exit codes."""
+    from desktop import __version__
+
+    version = _medscreen("--version", home=tmp_path)
+    assert (version.returncode, version.stdout.strip()) == (0, f"MedScreen {__version__}")
+    helped = _medscreen("--help", home=tmp_path)
+    assert helped.returncode == 0 and "classify" in helped.stdout and "resume" in helped.stdout
+    typo = _medscreen("clasify", home=tmp_path)
+    assert typo.returncode == 2 and "invalid choice: 'clasify'" in typo.stderr
+    out = tmp_path / "out"
+    scans = sorted((REPO / "tests" / "data" / "tb" / "normal").glob("*.png"))[:2]
+    ran = _medscreen(
+        "classify", *map(str, scans), "--out", str(out),
+        "--db", str(tmp_path / "r.sqlite3"), "--quiet", home=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    rows = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert sorted(Path(r["file"]).name for r in rows["scans"]) == [s.name for s in scans]
