@@ -53,6 +53,7 @@ from desktop.engine.store import (
     disk_full_message,
 )
 from desktop.engine.vocabulary import counted
+from desktop.launch import open_window, window_files
 
 _T = TypeVar("_T")
 
@@ -199,12 +200,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    files = _window_files(parser, args_list)
+    # the window's arguments are desktop.launch's to judge (one definition: the medscreen
+    # command starts there, and only comes here for the command line)
+    files = window_files(args_list)
     if files is not None:  # "medscreen FILE..." (a file manager's "Open with", Exec=medscreen %F)
-        return _open_gui(files)
+        return open_window(files)
     args = parser.parse_args(args_list)
     if args.command in (None, "gui"):
-        return _open_gui(list(getattr(args, "paths", None) or []))
+        return open_window(list(getattr(args, "paths", None) or []))
     configure_logging(verbose=args.verbose)
     try:
         code = _command(args)
@@ -291,47 +294,6 @@ def _policy_point(requested: str | None) -> str | None:
             f"{policy.source}; ask your programme's administrator to change it"
         )
     return requested
-
-
-def _window_files(parser: argparse.ArgumentParser, args: list[str]) -> list[Path] | None:
-    """The paths of ``medscreen PATH...`` when the first word is no command or option.
-
-    A desktop's "Open with MedScreen" runs ``medscreen /path/a.dcm /path/b.png`` (the
-    ``.desktop`` file's ``Exec=medscreen %F``): those open the window with the files queued.
-    A word that is neither a command nor an existing path is left to argparse, which names
-    the valid commands.
-    """
-    if not args or args[0].startswith("-"):
-        return None
-    commands: set[str] = set()
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        commands.update(getattr(action, "choices", None) or {})
-    if args[0] in commands:
-        return None
-    paths = [Path(a) for a in args]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing and len(missing) == len(paths) and len(args) == 1:
-        return None  # a mistyped command: argparse says "invalid choice"
-    if missing:
-        print(f"medscreen: no such file or folder: {', '.join(missing)}", file=sys.stderr)
-        paths = [p for p in paths if p.exists()]
-    return [p.absolute() for p in paths]
-
-
-def _open_gui(files: Sequence[Path] = ()) -> int:
-    try:
-        from desktop.gui.app import main as gui_main  # Qt is imported only here
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("PySide6", "shiboken6", "desktop"):
-            print(
-                f"medscreen: the desktop window cannot start: {exc.name} is missing from "
-                "this installation (reinstall MedScreen); the command line still works: "
-                "'medscreen classify PATH... --out DIR'",
-                file=sys.stderr,
-            )
-            return 2
-        raise
-    return int(gui_main(files=list(files)))
 
 
 def _store(args: argparse.Namespace) -> ResultsStore:

@@ -30,8 +30,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-#: Arguments that mean "no window": everything else goes to the GUI.
-HEADLESS = frozenset({"classify", "resume", "history", "models", "-h", "--help", "--version"})
+#: Options that mean "no window" beside the command line's commands (:func:`_headless`).
+_HEADLESS_OPTIONS = frozenset({"-h", "--help", "--version"})
+
+
+def _headless(args: list[str]) -> bool:
+    """Whether ``args`` ask for no window: a command of the command line but ``gui`` (from
+    desktop.launch, which imports only the standard library; imported here, after
+    freeze_support()), or help or version. A list kept here by hand named four commands and
+    missed export, calibrate and site, which then had to pass the window's library check."""
+    from desktop.launch import COMMANDS
+
+    return bool(((COMMANDS - {"gui"}) | _HEADLESS_OPTIONS).intersection(args))
 
 
 def _ensure_streams() -> None:
@@ -220,7 +230,7 @@ def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["--self-test"]:
         return self_test(args[1:])
-    if not HEADLESS.intersection(args):
+    if not _headless(args):
         from desktop.startup_check import ensure_gui_can_start
 
         if not ensure_gui_can_start():

@@ -286,3 +286,24 @@ def test_self_test_kills_a_batch_process_that_does_not_finish(stand_in_models: P
     assert "killed by SIGKILL" in lines[0][1] and lines[0][1].endswith(
         "(not finished after 0.05 s)"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "headless"),
+    [
+        (["export", "abc123", "--out", "x"], True),
+        (["calibrate", "folder"], True),
+        (["site", "list"], True),
+        (["classify", "folder"], True),
+        (["--version"], True),
+        ([], False),
+        (["gui"], False),
+        (["scan.png"], False),
+    ],
+)
+def test_the_frozen_entry_checks_the_windows_libraries_only_for_the_window(
+    args: list[str], headless: bool
+) -> None:
+    """Every command of the command line skips the window's system-library check (export,
+    calibrate and site went through it: on a server without Qt's libraries they exited 3)."""
+    assert _entry_module()._headless(args) is headless

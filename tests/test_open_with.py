@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[list[Path]]:
     calls: list[list[Path]] = []
-    monkeypatch.setattr(cli, "_open_gui", lambda files=(): calls.append(list(files)) or 0)
+    monkeypatch.setattr(cli, "open_window", lambda files=(): calls.append(list(files)) or 0)
     return calls
 
 
