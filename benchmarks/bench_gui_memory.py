@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_memory import build, sources  # noqa: E402
+from event_gaps import EventLoopGaps  # noqa: E402
 
 PHASES = ("start", "screen", "report", "browse", "rederive")
 
@@ -625,30 +626,11 @@ def window_run(folder: Path, work: Path, trace: bool) -> int:
 def _longest_gap(app: object, action: object) -> float:
     """The longest an event loop running ``action`` (then the events it queued) went
     without a turn: a 10 ms timer's largest gap, the call itself counted as one gap."""
-    from PySide6.QtCore import QTimer
-
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
-    app.processEvents()  # type: ignore[attr-defined]
-    last[0] = time.perf_counter()
-    action()  # type: ignore[operator]
-    tick()
-    end = time.perf_counter() + 0.05  # what the action queued (a relayout, a repaint)
-    while time.perf_counter() < end:
-        app.processEvents()  # type: ignore[attr-defined]
-    tick()
-    timer.stop()
-    return max(gaps)
+    with EventLoopGaps(app) as gaps:
+        action()  # type: ignore[operator]
+        gaps.tick()
+        gaps.settle()
+    return gaps.longest
 
 
 def _report_trace() -> None:
@@ -678,36 +660,23 @@ def _rederive(app: object, model: object, label: str, change: object) -> None:
     """Time a re-derivation of every row (a new operating point or patient group) as the
     user meets it: how long the call blocks, when the counts are up to date, and the
     longest the event loop went without a turn (a 10 ms timer's largest gap)."""
-    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtCore import QEventLoop
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
-    app.processEvents()  # type: ignore[attr-defined]
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    last[0] = t0
-    change()  # type: ignore[operator]
-    call = time.perf_counter() - t0
-    tick()
-    if model.derivation_pending():  # type: ignore[attr-defined]
-        loop = QEventLoop()
-        model.derived.connect(loop.quit)  # type: ignore[attr-defined]
-        loop.exec()
-        tick()
-    timer.stop()
+    with EventLoopGaps(app) as gaps:
+        cpu0 = time.process_time()
+        t0 = gaps.restart()
+        change()  # type: ignore[operator]
+        call = time.perf_counter() - t0
+        gaps.tick()
+        if model.derivation_pending():  # type: ignore[attr-defined]
+            loop = QEventLoop()
+            model.derived.connect(loop.quit)  # type: ignore[attr-defined]
+            loop.exec()
+            gaps.tick()
     print(
         f"re-derived ({label}): the call blocked {call:.2f} s, counts up to date after "
         f"{time.perf_counter() - t0:.2f} s ({time.process_time() - cpu0:.2f} s CPU), longest "
-        f"event-loop gap {max(gaps):.2f} s; {model.counts().flagged_any} flagged",  # type: ignore[attr-defined]
+        f"event-loop gap {gaps.longest:.2f} s; {model.counts().flagged_any} flagged",  # type: ignore[attr-defined]
         flush=True,
     )
 

@@ -26,7 +26,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from event_gaps import EventLoopGaps  # noqa: E402
 
 
 def longest_gap(
@@ -36,32 +39,14 @@ def longest_gap(
     a turn while it ran, then while ``wait`` ran the loop (a re-derivation in slices), then
     50 ms more (what it queued: a relayout, the repaint of rows not shown before, their
     thumbnails read from the store)."""
-    from PySide6.QtCore import QTimer
-
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
-    app.processEvents()  # type: ignore[attr-defined]
-    last[0] = time.perf_counter()
-    action()
-    call = time.perf_counter() - last[0]
-    tick()
-    wait()
-    end = time.perf_counter() + 0.05
-    while time.perf_counter() < end:
-        app.processEvents()  # type: ignore[attr-defined]
-    tick()
-    timer.stop()
-    return call, max(gaps)
+    with EventLoopGaps(app) as gaps:
+        start = gaps.restart()
+        action()
+        call = time.perf_counter() - start
+        gaps.tick()
+        wait()
+        gaps.settle()
+    return call, gaps.longest
 
 
 def run(store_path: Path, batch_id: str | None) -> None:
