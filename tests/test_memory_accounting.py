@@ -60,6 +60,24 @@ _PARENT = textwrap.dedent(
         program = subprocess.Popen(["sleep", "60"])
         spawned = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
         spawned.start()
+        # multiprocessing returns before its children (the spawned one, the resource
+        # tracker) have exec-ed; until then they show this command line and the sampler
+        # rightly leaves them out, so wait for them (the forked copy never execs)
+        own = open("/proc/self/cmdline", "rb").read()
+        def execed(pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    return f.read() != own
+            except OSError:
+                return True
+        me = os.getpid()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(f"/proc/{me}/task/{me}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+            if len(kids) >= 4 and all(execed(k) for k in kids if k != forked):
+                break
+            time.sleep(0.01)
         print(forked, program.pid, spawned.pid, flush=True)
         sys.stdin.read()
         os.kill(forked, signal.SIGKILL)
