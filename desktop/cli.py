@@ -439,7 +439,8 @@ def _classify(args: argparse.Namespace) -> int:
         patients=_patients(args, store, batch_id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
-        files_not_screened=store.files_not_screened(batch_id),
+        files_not_screened=(not_screened := store.files_not_screened(batch_id)),
+        resume_command=_resume_command(args, batch_id) if not_screened else "",
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)
@@ -665,10 +666,11 @@ def _export(args: argparse.Namespace) -> int:
         patients=_patients(args, store, info.id),
         decisions=store.decisions(),
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
-        files_not_screened=store.files_not_screened(info.id),
+        files_not_screened=(not_screened := store.files_not_screened(info.id)),
         # the device the batch ran on, as its process recorded it; never this command's
         device=info.device or "not recorded for this batch",
         still_being_screened=running,
+        resume_command=_resume_command(args, info.id) if not_screened and not running else "",
     )
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)

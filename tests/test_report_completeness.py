@@ -79,6 +79,10 @@ def test_a_stopped_batch_says_so_and_its_resume_hint_rewrites_the_same_reports(
     # The printed command continues the batch with the same reports, names and clinic.
     hint = re.search(r"continue with: (medscreen resume .+)$", err.strip(), re.M)
     assert hint is not None, err
+    # ... and the filed reports name that same command, with the run's own store (a bare
+    # 'medscreen resume ID' looks in the default store: 'no batch' for a --db run)
+    assert stopped["batch"]["resume_command"] == hint.group(1)
+    assert f"the command {hint.group(1)}) and export the report again" in page1
     words = shlex.split(hint.group(1))
     for option in (["--report", "pdf,json"], ["--name", "morning"], ["--clinic", "Kisumu"],
                    ["--db", str(db)], ["--models", str(stand_in_models)]):  # fmt: skip
@@ -90,6 +94,7 @@ def test_a_stopped_batch_says_so_and_its_resume_hint_rewrites_the_same_reports(
     resumed = json.loads((out / "morning.json").read_text(encoding="utf-8"))
     assert len(resumed["scans"]) == SCANS
     assert resumed["batch"]["files_not_screened"] == 0
+    assert resumed["batch"]["resume_command"] == ""  # nothing left to continue
     assert "INCOMPLETE" not in _page_text(out / "morning.pdf")
 
 

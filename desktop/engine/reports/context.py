@@ -53,6 +53,10 @@ class ReportContext:
     #: The batch is still being screened by a live process (an export mid-run): the files
     #: not screened are not left behind by a stop, and resuming it is refused meanwhile.
     still_being_screened: bool = False
+    #: The command that continues a stopped batch with the same store and outputs (the
+    #: command line's; the window's reports point to its History instead). Empty: the report
+    #: names the bare ``medscreen resume ID``, which looks in the default store only.
+    resume_command: str = ""
 
     @classmethod
     def for_batch(
@@ -70,6 +74,7 @@ class ReportContext:
         files_not_screened: int = 0,
         device: str | None = None,
         still_being_screened: bool = False,
+        resume_command: str = "",
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -95,6 +100,7 @@ class ReportContext:
             typed_patient_ids=dict(typed_patient_ids or {}),
             files_not_screened=files_not_screened,
             still_being_screened=still_being_screened,
+            resume_command=resume_command,
         )
 
     def __post_init__(self) -> None:

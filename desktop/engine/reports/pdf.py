@@ -663,7 +663,7 @@ def _cover(
                 f"stopped before the end: {ctx.files_not_screened:,} more "
                 f"file{'s' if ctx.files_not_screened != 1 else ''} of this batch "
                 "were not screened and are not in this report. Resume the batch (History, or "
-                f"'medscreen resume {ctx.batch_id or 'BATCH'}') and export the report again",
+                f"{_resume_words(ctx)}) and export the report again",
             )
         )
     story += [_kv_table(details, st), Spacer(1, 2 * mm)]
@@ -1345,6 +1345,14 @@ def _outside_scope(
         st,
         _list_style(regular, bold),
     )
+
+
+def _resume_words(ctx: ReportContext) -> str:
+    """How page 1 names the command that continues a stopped batch: the run's own (its store,
+    outputs and report options) when the command line gave it, else the bare command."""
+    if ctx.resume_command:
+        return f"the command {ctx.resume_command}"
+    return f"'medscreen resume {ctx.batch_id or 'BATCH'}'"
 
 
 def _section(

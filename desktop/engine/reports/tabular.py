@@ -322,6 +322,8 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
             "files_not_screened": ctx.files_not_screened,
             # ... because it is still being screened (an export mid-run), not stopped
             "still_being_screened": ctx.still_being_screened,
+            # the command that continues it with the same store and outputs ("" if not given)
+            "resume_command": ctx.resume_command,
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
