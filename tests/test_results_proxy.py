@@ -303,3 +303,24 @@ def test_the_sort_and_filter_survive_a_reset(stored, qtmodeltester) -> None:
     model.set_manifests(stored[2].manifests)  # a model reset with the rows kept
     assert _shown(proxy) == _expected(model, status, DESC, refused)
     assert proxy.parent() is None  # the QObject parent: no index asked
+
+
+def test_a_dropped_proxy_is_freed_at_once_not_by_the_cyclic_collector(qtbot) -> None:
+    """The proxy kept its slots as bound methods (a reference cycle through itself), so a
+    dropped one waited for Python's cyclic collector, which destroys the Qt object whenever an
+    allocation triggers it, possibly inside another object's event handling."""
+    import gc
+    import weakref
+
+    from desktop.gui.results_model import ResultsModel, ResultsProxy
+
+    model = ResultsModel()
+    proxy = ResultsProxy()
+    proxy.setSourceModel(model)
+    dropped = weakref.ref(proxy)
+    gc.disable()
+    try:
+        del proxy
+        assert dropped() is None
+    finally:
+        gc.enable()

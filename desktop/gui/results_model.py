@@ -1646,7 +1646,11 @@ class ResultsProxy(QAbstractProxyModel):
         self._rows = np.empty(0, np.int64)  # proxy row -> source row
         self._place = np.empty(0, np.int64)  # source row -> proxy row; -1: filtered out
         self._model: ResultsModel | None = None
-        self._links: list[tuple[Any, Callable[..., None]]] = []
+        #: (the source's signal, the name of this proxy's slot): names, not bound methods,
+        #: so the proxy holds no reference to itself (a cycle left a dropped proxy to Python's
+        #: cyclic collector, which may destroy the Qt object at any later moment, inside
+        #: another object's event handling)
+        self._links: list[tuple[Any, str]] = []
 
     # -- the source --------------------------------------------------------------------------
     def setSourceModel(self, model: QAbstractItemModel | None) -> None:  # type: ignore[override]
@@ -1655,17 +1659,17 @@ class ResultsProxy(QAbstractProxyModel):
             raise TypeError(f"ResultsProxy shows a ResultsModel, not {type(model).__name__}")
         self.beginResetModel()
         for signal, slot in self._links:
-            signal.disconnect(slot)
+            signal.disconnect(getattr(self, slot))
         self._links = []
         super().setSourceModel(model)
         self._model = model
         if model is not None:
             self._links = [
-                (model.dataChanged, self._source_data_changed),
-                (model.headerDataChanged, self._source_header_changed),
-                (model.rowsInserted, self._source_rows_inserted),
-                (model.modelAboutToBeReset, self._source_about_to_reset),
-                (model.modelReset, self._source_reset),
+                (model.dataChanged, "_source_data_changed"),
+                (model.headerDataChanged, "_source_header_changed"),
+                (model.rowsInserted, "_source_rows_inserted"),
+                (model.modelAboutToBeReset, "_source_about_to_reset"),
+                (model.modelReset, "_source_reset"),
             ]
             # anything else moves rows or columns around (the table never does): start over
             for about, done in (
@@ -1676,9 +1680,9 @@ class ResultsProxy(QAbstractProxyModel):
                 (model.columnsAboutToBeMoved, model.columnsMoved),
                 (model.layoutAboutToBeChanged, model.layoutChanged),
             ):
-                self._links += [(about, self._source_about_to_reset), (done, self._source_reset)]
+                self._links += [(about, "_source_about_to_reset"), (done, "_source_reset")]
             for signal, slot in self._links:
-                signal.connect(slot)
+                signal.connect(getattr(self, slot))
         self._mapping(self._wanted())
         self.endResetModel()
 
