@@ -64,6 +64,23 @@ def test_every_unreadable_reason_reads_as_cannot_be_opened() -> None:
     assert damaged is not None and damaged.text == "damaged file"
 
 
+def _classify_command(folder: Path, tmp_path: Path) -> list[str]:
+    """``python -m desktop.cli classify FOLDER`` into ``tmp_path/out`` with its own store."""
+    return [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out",
+            str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]  # fmt: skip
+
+
+def _as_a_user_denied(command: list[str], path: Path, skip_reason: str) -> list[str]:
+    """``command`` run by a user ``path`` may deny: as root, with the capabilities that read
+    past permissions dropped (setpriv) and ``path`` owned by nobody."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip(skip_reason)
+    os.chown(path, 65534, 65534)  # nobody
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_permission_denied_as_found(tmp_path: Path) -> None:
     """The case as found: a file of mode 000, screened by a user who may not read it (root:
@@ -72,13 +89,8 @@ def test_permission_denied_as_found(tmp_path: Path) -> None:
     folder.mkdir()
     locked = folder / "locked.png"
     shutil.copy(TB_NORMAL, locked)
-    command = [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out",
-               str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]  # fmt: skip
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("root without setpriv reads a file of mode 000")
-        os.chown(locked, 65534, 65534)  # nobody
-        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    command = _as_a_user_denied(_classify_command(folder, tmp_path), locked,
+                                "root without setpriv reads a file of mode 000")  # fmt: skip
     locked.chmod(0)
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -442,10 +454,8 @@ def test_python_m_desktop_cli_runs_the_command(tmp_path: Path) -> None:
     shutil.copy(TB_NORMAL, folder / "chest.png")
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out", str(out),
-         "--db", str(tmp_path / "r.sqlite3"), "--quiet"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        _classify_command(folder, tmp_path), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "1 file: 1 screened" in done.stderr
     (row,) = csv_rows(out / "results.csv")
@@ -471,10 +481,8 @@ def test_decoder_library_warnings_do_not_reach_the_console(tmp_path: Path) -> No
     shutil.copy(TB_NORMAL, folder / "chest.png")
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out", str(out),
-         "--db", str(tmp_path / "r.sqlite3"), "--quiet"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        _classify_command(folder, tmp_path), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
     rows = {Path(r["file"]).name: r for r in csv_rows(out / "results.csv")}
@@ -495,13 +503,8 @@ def test_a_folder_that_cannot_be_read_is_a_row_of_every_report(tmp_path: Path) -
     locked.mkdir(parents=True)
     shutil.copy(TB_NORMAL, folder / "chest.png")
     shutil.copy(TB_NORMAL, locked / "hidden.png")
-    command = [sys.executable, "-m", "desktop.cli", "classify", str(folder), "--out",
-               str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]  # fmt: skip
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("root without setpriv cannot be denied a folder")
-        os.chown(locked, 65534, 65534)  # nobody
-        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    command = _as_a_user_denied(_classify_command(folder, tmp_path), locked,
+                                "root without setpriv cannot be denied a folder")  # fmt: skip
     locked.chmod(0o700 if os.geteuid() == 0 else 0)
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
