@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.model_factory import build_model_set
+from desktop.engine import trust
+from tests.model_factory import build_model_set, trust_test_key
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: The keys the app ships, read before any test can add the test key (a session fixture that
+#: builds signed stand-ins is set up before a test's own fixtures).
+_SHIPPED_KEYS = dict(trust.TRUSTED_KEYS)
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +31,29 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("MEDSCREEN_HOME", str(home))
     monkeypatch.delenv("MEDSCREEN_DEVICE", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shipped_keys_per_module(request: pytest.FixtureRequest):
+    """Each test file starts with only the keys the app ships: the throw-away test key that a
+    file's signed stand-in models need (tests/model_factory.py trusts it when it builds them)
+    is dropped when the file ends, so a later file's "signed by a key nobody trusts" case
+    cannot depend on which files ran before it. A file whose tests use the session's stand-in
+    models (built, and their key trusted, in whichever file came first) trusts it again."""
+    _trust_only(_SHIPPED_KEYS)
+    if any(
+        "stand_in_models" in item.fixturenames
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+    ):
+        trust_test_key()
+    yield
+    _trust_only(_SHIPPED_KEYS)
+
+
+def _trust_only(keys: dict[str, str]) -> None:
+    trust.TRUSTED_KEYS.clear()
+    trust.TRUSTED_KEYS.update(keys)
 
 
 @pytest.fixture(autouse=True)

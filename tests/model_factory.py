@@ -7,7 +7,8 @@ above ``cut``) chest X-rays and dark ones head CTs; the finding stand-ins return
 of the image as the activation map. Manifests are complete and carry the real sha256, and
 each package is signed (``<id>.sig``) with :data:`TEST_KEY`, a throw-away Ed25519 key made
 fresh in every test process, so the registry verifies them like shipped models. Building a
-package trusts that key in the current process only (:func:`trust_test_key`); the app's own
+package trusts that key in the current process for the current test only (:func:`trust_test_key`;
+tests/conftest.py restores the shipped keys after every test); the app's own
 key list in ``desktop/engine/trust.py`` never contains it, and a subprocess does not trust it
 (give it ``MEDSCREEN_ALLOW_UNSIGNED_MODELS=1`` or call :func:`trust_test_key` there with the
 same key).
