@@ -11,10 +11,11 @@ point twice and the patient group once: each re-derives every row from the store
 script prints how long the call blocked, when the counts were up to date and the longest
 event-loop gap (a 10 ms timer's) meanwhile.
 
-Each size runs in a fresh process. This script samples, every 0.1 s, the window process,
-its batch process and anything else the window started (multiprocessing's resource
-tracker), each read from ``/proc/PID/smaps_rollup`` one after the other at each sample, and
-prints per phase the peaks of each and of their sum at one moment, as RSS, PSS and USS.
+Each size runs in a fresh process. This script samples, every 0.1 s, the window process, its
+batch process and anything else the window started (multiprocessing's resource tracker,
+before the batch process was started without multiprocessing), each read from
+``/proc/PID/smaps_rollup`` one after the other at each sample, and prints per phase the
+peaks of each and of their sum at one moment, as RSS, PSS and USS.
 RSS counts a page of a shared library in every process that maps it, so a sum of RSS
 counts libpython's or NumPy's pages twice; PSS divides each page among the processes that
 map it (so it also falls when a process outside the tree maps the same libraries: the
@@ -63,8 +64,9 @@ PHASES = ("start", "screen", "report", "browse", "rederive")
 
 # -- the sampler (this process) --------------------------------------------------------------
 #: What each process is to this benchmark: the window (the root), its batch process (a
-#: multiprocessing ``spawn`` child), anything else it started (multiprocessing's resource
-#: tracker, decoder sandboxes, a short-lived helper such as ``ldconfig``).
+#: ``desktop.engine.child_process`` child, or a multiprocessing ``spawn`` child as it was
+#: before 2 December 2026), anything else it started (multiprocessing's resource tracker
+#: then, decoder sandboxes, a short-lived helper such as ``ldconfig``).
 WINDOW, BATCH, OTHER = "window", "batch", "other"
 ROLES = (WINDOW, BATCH, OTHER)
 
@@ -180,10 +182,27 @@ def process_tree(root: int) -> Tree:
             if cmd == parent_cmd:
                 tree.forking.append(tree.roles[parent])
                 continue
-            is_batch = parent == root and b"spawn_main" in cmd
+            is_batch = parent == root and is_batch_process(cmd)
             tree.roles[kid] = BATCH if is_batch else OTHER
             stack.append((kid, cmd))
     return tree
+
+
+def is_batch_process(cmdline: bytes) -> bool:
+    """Whether a ``/proc/PID/cmdline`` is the window's batch process: a child started by
+    :mod:`desktop.engine.child_process` for ``batch`` (``python -c ... batch``, or the
+    frozen app's ``--medscreen-child batch``), or a multiprocessing ``spawn`` child (how the
+    batch process was started before)."""
+    args = cmdline.split(b"\0")
+    if args and args[-1] == b"":
+        args.pop()
+    if b"spawn_main" in cmdline:
+        return True
+    if len(args) < 2 or args[-1] != b"batch":
+        return False
+    return args[-2] == b"--medscreen-child" or any(
+        b"desktop.engine.child_process" in arg for arg in args[:-1]
+    )
 
 
 def files_counted_once(pids: list[int]) -> tuple[float, float]:

@@ -12,11 +12,14 @@ the classic thing a frozen app loses), the given scans screened in the batch pro
 window uses (:func:`check_batch_process`; skipped when no model is installed) and a Qt
 window shown and closed.
 
-Why ``freeze_support()`` comes first in :func:`main`: the window's batch runs in a child
-started with ``spawn``, which in a frozen app re-executes *this* executable with
-multiprocessing's arguments (and so does the resource tracker multiprocessing starts, and the
-batch's DICOM decoder workers). ``freeze_support()`` recognises those arguments, runs the child
-and exits; anything before it (the GUI's library check, Qt) would run again in every child.
+Why the children are handed over first in :func:`main`: the window's batch runs in a child
+process, and so do the DICOM decoder workers; in a frozen app each is *this* executable
+started again with ``--medscreen-child batch`` (or ``decoder``;
+:mod:`desktop.engine.child_process`, which needs no multiprocessing and so starts no
+resource tracker). :func:`main` hands such a start to ``child_process.main`` right after
+``multiprocessing.freeze_support()`` (kept for any multiprocessing child a library may
+start: it recognises multiprocessing's arguments, runs that child and exits); anything
+before them (the GUI's library check, Qt) would run again in every child.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+#: The argument that starts this executable as one of the app's child processes (the same
+#: as desktop.engine.child_process.CHILD_FLAG; a test keeps the two equal; not imported,
+#: so nothing of the app loads before a child is handed over).
+CHILD_FLAG = "--medscreen-child"
 
 #: Options that mean "no window" beside the command line's commands (:func:`_headless`).
 _HEADLESS_OPTIONS = frozenset({"-h", "--help", "--version"})
@@ -72,16 +80,16 @@ def check_batch_process(
     throw-away store, and report what came back.
 
     Why a self-test needs this: in a frozen app the batch child is this executable started
-    again by ``spawn``; a missing ``freeze_support()``, a module PyInstaller did not collect or
-    models the child cannot find all break the window's batch, and nothing else shows it
-    before a clinic drops a folder. ``model_dirs`` defaults to where the app looks (the
-    bundled models, then the user's). A child that has not finished after ``timeout_s`` is
-    killed and the check fails; one that never took its job (a frozen build without
-    ``freeze_support()`` first: the child runs the app's ``main`` instead, and this process
-    blocks handing it the job) ends the self-test with status 1. The checks: the batch ran in
-    another process (its pid is the one the store recorded for the batch, not this
-    process's), every scan was screened and committed there, the batch completed, and the
-    child exited with status 0.
+    again (``--medscreen-child batch``); an entry that does not hand it over first, a module
+    PyInstaller did not collect or models the child cannot find all break the window's
+    batch, and nothing else shows it before a clinic drops a folder. ``model_dirs`` defaults
+    to where the app looks (the bundled models, then the user's). A child that has not
+    finished after ``timeout_s`` is killed and the check fails; one that never took its job
+    (a frozen build whose entry does not hand children over first: the child runs the app's
+    ``main`` instead, and this process may block handing it the job) ends the self-test with
+    status 1. The checks: the batch ran in another process (its pid is the one the store
+    recorded for the batch, not this process's), every scan was screened and committed
+    there, the batch completed, and the child exited with status 0.
     """
     from desktop.engine.batch_process import BatchProcess
     from desktop.engine.errors import BatchError
@@ -111,11 +119,10 @@ def check_batch_process(
                 while not ended.wait(0.1):  # until the child exists and is gone
                     process.kill()
                     if process.pid is None and not ended.wait(STUCK_GRACE_S):
-                        # Still handing the child its job: multiprocessing writes it into a
-                        # pipe whose reader never came (a child that did not start the
-                        # batch); that write cannot be interrupted, so say so and stop.
+                        # No child to kill yet (it could not even be started): the
+                        # self-test must not wait on it for ever, so say so and stop.
                         report(False, f"batch process: did not start in {timeout_s:g} s")
-                        print("self-test stopped: the batch process never took its job")
+                        print("self-test stopped: the batch process never started")
                         sys.stdout.flush()
                         os._exit(1)
 
@@ -222,12 +229,17 @@ def self_test(files: list[str]) -> int:
 def main() -> int:
     """Run the ``medscreen`` command; check the GUI's system libraries first if a window
     is going to open."""
-    # Streams first (a spawned child of a windowed Windows exe has none either; it cannot
-    # print a traceback without them), then a spawned child (batch process, decoder worker,
-    # resource tracker) runs and exits in freeze_support(), before any GUI code.
+    # Streams first (a child of a windowed Windows exe may have none either; it cannot
+    # print a traceback without them), then a multiprocessing child runs and exits in
+    # freeze_support(), and the app's own children (batch process, decoder worker) in
+    # child_process.main, before any GUI code.
     _ensure_streams()
     multiprocessing.freeze_support()
     args = sys.argv[1:]
+    if args[:1] == [CHILD_FLAG]:
+        from desktop.engine.child_process import main as child_main
+
+        return child_main(args[1:])
     if args[:1] == ["--self-test"]:
         return self_test(args[1:])
     if not _headless(args):

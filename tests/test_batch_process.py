@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,130 @@ def test_a_calibration_task_for_a_model_not_loaded_fails_with_its_traceback(
     assert err.message.startswith("no finding model 'no-such-model' is loaded (loaded: ")
     assert "batch_process.py" in err.child_traceback and "in run" in err.child_traceback
     assert store.batches() == []
+
+
+def test_what_the_child_writes_to_its_stdout_does_not_reach_the_window(
+    models: ModelSet, store: ResultsStore, capfd: pytest.CaptureFixture[str]
+):
+    """The child's stdout was the pipe to the window until the child moved the pipe away; a
+    ``print`` or a native library writing to descriptor 1 then lands on stderr, and the
+    window's stream stays whole."""
+    from tests.batch_probe import NoisyTask
+
+    process = BatchProcess(models, store.path, task=NoisyTask("whole"))
+    events, value = _drain(process.run())
+    assert events == [] and value == "whole" and process.exitcode == 0
+    assert "noise on descriptor 1" in capfd.readouterr().err
+
+
+#: The window's batch start (BatchController.start, what MainWindow runs on a drop), in a
+#: fresh process: every process under it is listed every 20 ms while the batch runs.
+_WINDOW_BATCH = textwrap.dedent(
+    """
+    import faulthandler, json, multiprocessing.resource_tracker as rt, os, sys
+    faulthandler.dump_traceback_later(150, exit=True)  # a hang shows where, then ends
+    from pathlib import Path
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+    from desktop.engine.registry import plan_model_set
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.batch_controller import BatchController
+
+    def children(pid):
+        kids = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    kids += [int(k) for k in f.read().split()]
+            except OSError:
+                pass
+        return kids
+
+    def tree(root):
+        found, stack = [], [(root, "window")]
+        while stack:
+            pid, parent = stack.pop()
+            for kid in children(pid):
+                try:
+                    with open(f"/proc/{kid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                found.append([kid, parent, cmd])
+                stack.append((kid, cmd))
+        return found
+
+    app = QApplication(["probe"])
+    store = ResultsStore(Path(sys.argv[2]))
+    from desktop.engine import trust
+    trust.TRUSTED_KEYS["stand-in models"] = sys.argv[4]  # their key, as the test trusts it
+    models = plan_model_set([Path(sys.argv[1])])
+    seen, outcome = set(), {}
+    def look():  # each (parent, command line) met: a child is met before and after its exec
+        seen.update((parent, cmd) for _, parent, cmd in tree(os.getpid()))
+    timer = QTimer(interval=20)
+    timer.timeout.connect(look)
+    controller = BatchController()
+    controller.batch_finished.connect(lambda s, c: (outcome.update(total=s.total), app.quit()))
+    controller.batch_failed.connect(lambda e: (outcome.update(error=str(e)), app.quit()))
+    timer.start()
+    controller.start(models, store, [sys.argv[3]])
+    worker = controller._worker  # its QThread must end before it is destroyed at exit
+    app.exec()
+    worker.wait()
+    print(json.dumps({
+        "seen": sorted(seen), "after": tree(os.getpid()), "outcome": outcome,
+        "tracker": rt._resource_tracker._pid,
+        "window_cmd": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode(),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists processes in /proc")
+def test_the_windows_batch_start_leaves_no_resource_tracker_process(
+    stand_in_models: Path, tmp_path: Path
+):
+    """multiprocessing's spawn started a resource tracker beside the batch process, which
+    the app then kept for its whole life (8 MB PSS). The window's batch start, in a fresh
+    process, on real scans and a JPEG 2000 DICOM (decoded by a worker the batch process
+    starts): the tree holds the batch process and that worker, nothing of multiprocessing,
+    and nothing once the batch is over."""
+    import json
+    import shutil
+    import subprocess
+
+    from desktop.engine import trust
+    from tests.fixtures import CR_J2K
+    from tests.model_factory import TEST_KEY
+
+    folder = tmp_path / "scans"
+    shutil.copytree(DATA / "tb", folder)
+    shutil.copy(CR_J2K, folder / "cr_j2k.dcm")
+    total = len([p for p in folder.rglob("*") if p.is_file()])
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MEDSCREEN_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, "-c", _WINDOW_BATCH, str(stand_in_models), str(tmp_path / "r.db")]
+        + [str(folder), trust.public_raw(TEST_KEY).hex()],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["outcome"] == {"total": total}, report
+    seen = report["seen"]
+    # The window started one process, the batch process (met, possibly, as a copy of the
+    # window not yet exec-ed, and as a zombie with no command line once it ended); that one
+    # started the decoder worker (and short-lived programs: ldconfig, gcc, when ctypes looks
+    # a library up), and nothing of multiprocessing runs anywhere.
+    batch = {cmd for parent, cmd in seen if parent == "window" and cmd.endswith(" batch ")}
+    assert len(batch) == 1, seen
+    window_kids = {cmd for parent, cmd in seen if parent == "window"}
+    assert window_kids <= batch | {report["window_cmd"], ""}, seen
+    decoders = [cmd for parent, cmd in seen if parent in batch and cmd.endswith(" decoder ")]
+    assert len(decoders) == 1, seen
+    assert not any("resource_tracker" in cmd or "multiprocessing" in cmd for _, cmd in seen)
+    assert report["after"] == [] and report["tracker"] is None

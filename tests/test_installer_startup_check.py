@@ -190,12 +190,12 @@ def _batch_self_test(files: list[Path], model_dirs: list[Path]) -> list[tuple[bo
 
 def test_self_test_screens_real_scans_in_the_batch_process(stand_in_models: Path) -> None:
     """The check the installed app runs (``medscreen --self-test SCAN...``), from source:
-    real scans screened in a spawned child, committed to the store by that child."""
+    real scans screened in a child process, committed to the store by that child."""
     data = REPO / "tests" / "data"
     files = [
         *sorted((data / "tb" / "normal").glob("*.png"))[:2],
         *sorted((data / "mednist" / "HeadCT").glob("*"))[:1],
-        data / "dicom" / "RG3_J2KI.dcm",  # JPEG 2000: decoded by a worker the child spawns
+        data / "dicom" / "RG3_J2KI.dcm",  # JPEG 2000: decoded by a worker the child starts
         data / "dicom" / "CR-MONO1-10-chest.dcm",
     ]
     lines = _batch_self_test(files, [stand_in_models])
@@ -250,9 +250,11 @@ def test_self_test_without_models_skips_the_batch_check(
 
 
 def test_frozen_entry_hands_spawned_children_over_before_anything_else() -> None:
-    """In the frozen app, spawn re-executes the entry; freeze_support() must run before the
-    GUI's library check and before any import of the app, or every batch child would redo
-    them (or open a window). Checked on the source: the first calls in main()."""
+    """In the frozen app, every child process is the entry run again (the app's own with
+    ``--medscreen-child``, a library's multiprocessing child with multiprocessing's
+    arguments); both are handed over before the GUI's library check and before any import
+    of the app, or every batch child would redo them (or open a window). Checked on the
+    source: the first calls in main()."""
     import ast
 
     tree = ast.parse((REPO / "installer" / "medscreen_entry.py").read_text(encoding="utf-8"))
@@ -262,6 +264,8 @@ def test_frozen_entry_hands_spawned_children_over_before_anything_else() -> None
     ]
     first = [ast.unparse(stmt) for stmt in body[:2]]
     assert first == ["_ensure_streams()", "multiprocessing.freeze_support()"]
+    assert ast.unparse(body[2]) == "args = sys.argv[1:]"
+    assert ast.unparse(body[3]).startswith("if args[:1] == [CHILD_FLAG]:\n")
     top_imports = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -270,6 +274,41 @@ def test_frozen_entry_hands_spawned_children_over_before_anything_else() -> None
             top_imports.add(node.module or "")
     assert "multiprocessing" in top_imports
     assert not any(name.startswith(("desktop", "PySide6")) for name in top_imports)
+
+
+def test_the_entry_starts_the_apps_children_as_the_frozen_app_does(
+    stand_in_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the frozen app the batch process is the app's executable again with
+    ``--medscreen-child batch`` (no multiprocessing, so no resource tracker): the entry must
+    hand that to the child's code before anything else. Here the entry script plays the
+    executable (the command the frozen app uses, with the script in front), and the
+    self-test's batch check screens real scans through it; a wrong argument is refused."""
+    from desktop.engine import child_process
+
+    entry = _entry_module()
+    assert entry.CHILD_FLAG == child_process.CHILD_FLAG
+    script = str(REPO / "installer" / "medscreen_entry.py")
+    started: list[list[str]] = []
+
+    def as_frozen(kind: str) -> list[str]:
+        started.append([sys.executable, script, child_process.CHILD_FLAG, kind])
+        return started[-1]
+
+    monkeypatch.setattr(child_process, "command", as_frozen)
+    scans = sorted((REPO / "tests" / "data" / "tb" / "normal").glob("*.png"))[:2]
+    lines = _batch_self_test(scans, [stand_in_models])
+    assert [ok for ok, _ in lines] == [True, True, True], lines
+    assert started == [[sys.executable, script, "--medscreen-child", "batch"]]
+    assert "screened=2" in lines[1][1] and "rows=2" in lines[1][1]
+    wrong = subprocess.run(
+        [sys.executable, script, "--medscreen-child", "gui"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == "medscreen: no child process called 'gui'"
 
 
 def test_self_test_kills_a_batch_process_that_does_not_finish(stand_in_models: Path) -> None:

@@ -7,13 +7,16 @@ waits for Python's GIL (and for a core) whenever they hold it, and the window st
 the window's process is left with the event loop and one thread that reads results.
 
 :class:`BatchProcess` starts the ordinary :class:`~desktop.engine.runner.BatchRunner` in a
-child started with the ``spawn`` method (the same on Linux, Windows and macOS, and in the
-frozen app, whose entry script calls ``multiprocessing.freeze_support()``; ``fork`` from a
-process with Qt and ONNX Runtime threads could deadlock, as :mod:`desktop.engine.sandbox`
-says). Its :meth:`BatchProcess.run` is a generator with the runner's own contract (one
-:class:`~desktop.engine.runner.Progress` per committed scan, then the
-:class:`~desktop.engine.runner.BatchSummary`), so a caller drains it exactly as it drained
-``BatchRunner.run``, blocked on the pipe between events:
+child Python process started by :mod:`desktop.engine.child_process`: a plain subprocess of
+the same interpreter (or of the frozen app's own executable) that talks over its stdin and
+stdout, the same on Linux, Windows and macOS. Not multiprocessing's ``spawn``: that also
+starts multiprocessing's resource tracker, a third process the app kept for its whole life
+(8 MB PSS beside the window), and imports the parent's main module again in the child; and
+not ``fork``: from a process with Qt and ONNX Runtime threads it could deadlock, as
+:mod:`desktop.engine.sandbox` says. Its :meth:`BatchProcess.run` is a generator with the
+runner's own contract (one :class:`~desktop.engine.runner.Progress` per committed scan, then
+the :class:`~desktop.engine.runner.BatchSummary`), so a caller drains it exactly as it
+drained ``BatchRunner.run``, blocked on the pipe between events:
 
 * **What travels.** The child opens the models the window verified
   (:func:`~desktop.engine.registry.open_model_set` of the window's
@@ -29,8 +32,9 @@ says). Its :meth:`BatchProcess.run` is a generator with the runner's own contrac
   state is one a process that runs inference observed. When ONNX Runtime could not open a
   package of the plan and its bundled alternative was opened instead, the child first sends
   the plan of what it opened, the refusal among its problems (:attr:`BatchProcess.models`).
-* **Cancel** is cooperative: a control pipe carries "cancel" to a thread in the child that
-  calls :meth:`BatchRunner.cancel`; what is committed stays, the batch ends ``cancelled``.
+* **Cancel** is cooperative: the control pipe (the child's stdin, which first carried the
+  job) carries "cancel" to a thread in the child that calls :meth:`BatchRunner.cancel`; what
+  is committed stays, the batch ends ``cancelled``.
 * **Errors.** Anything the child raises comes back as its type, message and traceback text,
   raised here as :class:`BatchProcessError` (the traceback is on it and in its notes).
 * **Death.** A child killed or crashed mid-batch closes its end of the pipe: :meth:`run`
@@ -51,31 +55,32 @@ the labels, screen them as a calibration batch, calibrate), so its long work lea
 window's process the same way, with the same cancel, error and death handling, defined here
 once.
 
-Spawning imports the parent's main module in the child: a script that runs a batch this way
-keeps its top-level work under ``if __name__ == "__main__":`` (the sandbox's rule too).
+The child imports the module a task is defined in (to unpickle it), never the parent's main
+module: a task must live in an importable module, not in a script run as ``__main__``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from desktop.engine import child_process
 from desktop.engine.calibration import DEFAULT_TARGET_SENSITIVITY, CalibrationError
 from desktop.engine.errors import BatchError
 from desktop.engine.registry import ModelSet, ModelSetPlan
 from desktop.engine.store import BatchKind
 
 if TYPE_CHECKING:
+    from desktop.engine.child_process import Receiver, Sender
     from desktop.engine.devices import DeviceReport
     from desktop.engine.labelled import CalibrationOutcome
     from desktop.engine.runner import BatchRunner, BatchSummary, Progress
@@ -229,9 +234,8 @@ class BatchProcess:
         elif inputs or resume is not None:
             raise ValueError("give the inputs to the task, not to BatchProcess")
         self._job = _Job(ModelSetPlan.of(models), str(store_path), task, niceness)
-        self._context = multiprocessing.get_context("spawn")
-        self._process: Any = None  # multiprocessing's SpawnProcess
-        self._control: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: Sender | None = None
         self._lock = threading.Lock()
         self._cancelled = False
         #: What the child's sessions run on, as it reported once they were open (None
@@ -253,7 +257,7 @@ class BatchProcess:
         """The child's exit status once :meth:`run` has ended (None before; negative: the
         signal that ended it). The frozen app's self-test checks it is 0."""
         process = self._process
-        return process.exitcode if process is not None else None
+        return process.returncode if process is not None else None
 
     def cancel(self) -> None:
         """Ask the batch to stop after the scans in flight (thread-safe, returns at once)."""
@@ -266,7 +270,7 @@ class BatchProcess:
     def kill(self) -> None:
         """End the child at once (shutdown after a cancel that did not end it in time)."""
         process = self._process
-        if process is not None and process.is_alive():
+        if process is not None and child_process.alive(process):
             log.warning("the batch process %s did not stop; killing it", process.pid)
             process.kill()
 
@@ -277,33 +281,28 @@ class BatchProcess:
         Raises :class:`BatchProcessError` when the batch fails in the child or the child
         ends without finishing. The child is always joined (or killed) before this returns.
         """
-        results, child_results = self._context.Pipe(duplex=False)
-        child_control, control = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_child_main,
-            args=(self._job, child_results, child_control),
-            name="medscreen-batch",
-            # not a daemon: it starts decoder processes of its own (sandbox), which a daemon
-            # process may not; the control pipe stops it when this process goes away
-            daemon=False,
-        )
         try:
-            process.start()
-        except BaseException:
-            for conn in (results, child_results, child_control, control):
-                conn.close()
-            raise
-        # Only the child holds its ends now: its death is the end of the results pipe.
-        child_results.close()
-        child_control.close()
-        with self._lock:
-            self._process = process
-            self._control = control
-            if self._cancelled:  # cancelled before the child existed
-                with contextlib.suppress(OSError):
-                    control.send(_CANCEL)
+            child = child_process.start("batch")
+        except OSError as exc:  # no interpreter or executable to start, no process left
+            raise BatchProcessError(
+                f"the screening process could not be started ({type(exc).__name__}: {exc})"
+            ) from exc
+        process, control, results = child.process, child.sender, child.receiver
+        self._process = process  # kill() works from here on, while the job is handed over
         log.info("batch process %s started", process.pid)
         try:
+            try:
+                # The job first, on the pipe that then carries cancels: a cancel asked
+                # meanwhile is only noted (it goes once the job is out, below), so it can
+                # never be read as the job.
+                control.send(self._job)
+            except OSError:  # the child died (or was killed) before it took its job
+                raise _died(process) from None
+            with self._lock:
+                self._control = control
+                if self._cancelled:  # cancelled before the child had its job
+                    with contextlib.suppress(OSError):
+                        control.send(_CANCEL)
             while True:
                 try:
                     kind, payload = results.recv()
@@ -334,12 +333,10 @@ class BatchProcess:
                 self._control = None
             with contextlib.suppress(OSError):
                 control.send(_CANCEL)
-            control.close()
-            results.close()
-            process.join(EXIT_TIMEOUT_S)
-            if process.is_alive():
+            child.close()
+            if child_process.wait(process, EXIT_TIMEOUT_S) is None:
                 self.kill()
-                process.join(5.0)
+                child_process.wait(process, 5.0)
 
 
 class InProcessRun:
@@ -394,10 +391,9 @@ def _replaced(asked: ModelSet | ModelSetPlan, opened: ModelSet) -> ModelSetPlan 
     return opened.plan if opened.key != asked.key else None
 
 
-def _died(process: Any) -> BatchProcessError:
+def _died(process: subprocess.Popen[bytes]) -> BatchProcessError:
     """The error for a child whose pipe closed before it reported an end."""
-    process.join(5.0)
-    code = process.exitcode
+    code = child_process.wait(process, 5.0)
     if code is None:
         how = "it stopped answering"
     elif code < 0:
@@ -414,16 +410,30 @@ def _died(process: Any) -> BatchProcessError:
 
 
 # -- the child -------------------------------------------------------------------------------
-def _child_main(job: _Job, results: Connection, control: Connection) -> None:
-    """The batch process: screen, report each committed scan, then the summary or the error."""
+def child_main(control: Receiver, results: Sender) -> int:
+    """The batch process's entry (:data:`desktop.engine.child_process.ENTRIES`): take the
+    job from the window, then run it; 0 when it finished or stopped cleanly."""
     with contextlib.suppress(ValueError, OSError, AttributeError):
         import signal
 
         # Ctrl+C in the window's terminal reaches this process too: the window decides, and
         # its going away closes the control pipe, which cancels the batch at a clean point.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _leave_out_modules()  # before the job's classes are imported to unpickle it
+    try:
+        job: _Job = control.recv()
+    except (EOFError, OSError):  # the window went away before it sent the job
+        return 1
+    try:
+        _child_main(job, results, control)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+def _child_main(job: _Job, results: Sender, control: Receiver) -> None:
+    """The batch process: screen, report each committed scan, then the summary or the error."""
     store = None
-    _leave_out_modules()
     try:
         from desktop.engine.registry import open_model_set
         from desktop.engine.runner import BatchRunner
@@ -468,15 +478,13 @@ def _child_main(job: _Job, results: Connection, control: Connection) -> None:
 
 def _leave_out_modules() -> None:
     """Make ``import`` of :data:`NOT_IN_BATCH_PROCESS` fail here (an ImportError, which their
-    importers handle), before the runner's imports would load them. One already imported (a
-    parent's main module imported again by ``spawn`` may have) stays."""
+    importers handle), before the runner's imports would load them. One already imported
+    stays (the child imports nothing but the engine before this)."""
     for name in NOT_IN_BATCH_PROCESS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-def _drive(
-    runner: BatchRunner, task: ProcessTask, results: Connection, asked: threading.Event
-) -> Any:
+def _drive(runner: BatchRunner, task: ProcessTask, results: Sender, asked: threading.Event) -> Any:
     """Drain the task's generator, sending each event; a window gone means cancel.
 
     ``asked`` is set once the window has asked for a cancel. ``BatchRunner.run`` clears the
@@ -513,7 +521,7 @@ def _slim(progress: Progress) -> Progress:
 
 
 def _watch_control(
-    control: Connection, runner: BatchRunner, asked: threading.Event | None = None
+    control: Receiver, runner: BatchRunner, asked: threading.Event | None = None
 ) -> None:
     """Cancel the batch on the window's word, or when the window's end of the pipe closes
     (the window closed or died: nobody would see the rest)."""

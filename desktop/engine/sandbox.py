@@ -12,9 +12,11 @@ decoders run here, in a :class:`DecoderPool` of persistent worker processes:
 * A worker that dies (segfault, abort, killed for memory) is replaced on the next call; the
   file whose decode killed it gets a DECODER_CRASHED row. A worker that does not answer
   within :data:`DECODE_TIMEOUT_S` is killed (DECODER_TIMEOUT).
-* Workers are started lazily, with the ``spawn`` method (``fork`` from a process with
-  decoder and ONNX Runtime threads can deadlock the child), and reused: starting one costs
-  about a second, a call a few milliseconds on top of the decode (see
+* Workers are started lazily, as fresh interpreters (:mod:`desktop.engine.child_process`:
+  a subprocess talking over its stdin and stdout, not multiprocessing, whose ``spawn`` also
+  starts a resource tracker that would live as long as the app; ``fork`` from a process
+  with decoder and ONNX Runtime threads can deadlock the child), and reused: starting one
+  costs about a second, a call a few milliseconds on top of the decode (see
   ``benchmarks/bench_isolation.py``).
 * On Linux each worker's address space is capped (:data:`WORKER_MEMORY_BYTES` above what it
   uses after start-up), so a decoder that tries to allocate without bound fails with a
@@ -23,10 +25,8 @@ decoders run here, in a :class:`DecoderPool` of persistent worker processes:
   process-wide (``warnings.simplefilter``) without the thread-safety problem that
   ``warnings.catch_warnings`` has in the multi-threaded parent.
 
-Workers are started with ``spawn``, which imports the parent's main module in each worker:
-a script that uses the engine must keep its top-level work under
-``if __name__ == "__main__":`` (the usual multiprocessing rule; the ``medscreen`` command,
-``python -m desktop`` and the frozen app are fine).
+A worker imports the module of the function it runs (sent by name), never the parent's main
+module: the function must live in an importable module.
 
 Plain rasters and uncompressed DICOM stay in the parent: Pillow and NumPy have no such
 history in the fuzzing runs, and shipping their pixels to a child would cost throughput.
@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from desktop.engine import child_process
+from desktop.engine.child_process import Receiver, Sender
 from desktop.engine.errors import ScanError, ScanErrorCode, is_fatal
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,20 @@ def _quiet_stderr() -> None:
         pass
 
 
-def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> None:
+def child_main(requests: Receiver, replies: Sender) -> int:
+    """A decoder worker's entry (:data:`desktop.engine.child_process.ENTRIES`): the function
+    to run and the memory cap come first, then requests until the parent closes the pipe."""
+    try:
+        function, memory_bytes = requests.recv()
+    except (EOFError, OSError):
+        return 1
+    _serve(requests, replies, function, memory_bytes)
+    return 0
+
+
+def _serve(
+    requests: Receiver, replies: Sender, function: WorkerFunction, memory_bytes: int
+) -> None:
     """A worker's loop: one request at a time until the parent closes the pipe."""
     os.environ["RUST_BACKTRACE"] = "0"  # a panic prints one line, not a backtrace
     warnings.simplefilter("ignore")  # this process is ours alone: safe, unlike in the parent
@@ -161,10 +174,10 @@ def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> Non
 
     _limit_memory(memory_bytes)
     _quiet_stderr()
-    conn.send(_Reply("ready"))
+    replies.send(_Reply("ready"))
     while True:
         try:
-            request = conn.recv()
+            request = requests.recv()
         except (EOFError, OSError, KeyboardInterrupt):
             return
         try:
@@ -172,42 +185,71 @@ def _serve(conn: Connection, function: WorkerFunction, memory_bytes: int) -> Non
         except BaseException as exc:
             if is_fatal(exc):
                 return
-            conn.send(_classify(exc))
+            replies.send(_classify(exc))
             continue
-        conn.send(_Reply("ok", dtype=array.dtype.str, shape=tuple(array.shape)))
-        conn.send_bytes(memoryview(array).cast("B"))
+        replies.send(_Reply("ok", dtype=array.dtype.str, shape=tuple(array.shape)))
+        replies.send_bytes(memoryview(array).cast("B"))
+
+
+class _Expired(Exception):
+    """A worker did not answer in time and was killed."""
 
 
 class _Worker:
-    """One child process and the parent's end of its pipe."""
+    """One child process and the parent's ends of its pipes."""
 
     def __init__(self, function: WorkerFunction, memory_bytes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(
-            target=_serve,
-            args=(child_conn, function, memory_bytes),
-            name="medscreen-decoder",
-            daemon=True,
-        )
-        self.process.start()
-        child_conn.close()
+        self.child = child_process.start("decoder")
+        self.process = self.child.process
         self.started = False
+        try:
+            self.child.sender.send((function, memory_bytes))
+        except BaseException:
+            self.kill()
+            raise
+
+    def _within(self, seconds: float, read: Callable[[], Any]) -> Any:
+        """``read()`` from the worker, killing it if that takes over ``seconds``: its pipe
+        then closes and the read ends (:class:`_Expired`). A timer, not a poll of the pipe,
+        because Windows cannot wait on an anonymous pipe with a timeout."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                self.process.kill()
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return read()
+        except (EOFError, OSError):
+            if expired.is_set():
+                raise _Expired from None
+            raise
+        finally:
+            timer.cancel()
 
     def _wait_started(self) -> None:
         """Wait for the worker's "ready" (imports done), so timeouts measure decodes only."""
         if self.started:
             return
-        if not self.conn.poll(STARTUP_TIMEOUT_S):
-            self.kill()
-            raise RuntimeError("the decoder worker process did not start")
-        reply: _Reply = self.conn.recv()
+        try:
+            reply: _Reply = self._within(STARTUP_TIMEOUT_S, self.child.receiver.recv)
+        except _Expired:
+            raise RuntimeError("the decoder worker process did not start") from None
         if reply.kind != "ready":
             raise RuntimeError("the decoder worker process did not start")
         self.started = True
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return child_process.alive(self.process)
+
+    def _read_reply(self) -> tuple[_Reply, bytearray | None]:
+        reply: _Reply = self.child.receiver.recv()
+        payload = self.child.receiver.recv_bytes() if reply.kind == "ok" else None
+        return reply, payload
 
     def call(self, request: Request, timeout_s: float) -> np.ndarray:
         try:
@@ -216,25 +258,23 @@ class _Worker:
             self.kill()
             raise _not_started(exc) from exc
         try:
-            self.conn.send(request)
-            if not self.conn.poll(timeout_s):
-                self.kill()
-                raise ScanError(
-                    ScanErrorCode.DECODER_TIMEOUT,
-                    f"the image decoder did not finish within {timeout_s:.0f} s on this file "
-                    "and was stopped: the compressed pixel data is probably damaged",
-                )
-            reply: _Reply = self.conn.recv()
-            if reply.kind == "ok":
-                payload = self.conn.recv_bytes()
-                return np.frombuffer(payload, dtype=np.dtype(reply.dtype)).reshape(reply.shape)
-        except (EOFError, OSError, BrokenPipeError):
+            self.child.sender.send(request)
+            reply, payload = self._within(timeout_s, self._read_reply)
+        except _Expired:
+            self.kill()
+            raise ScanError(
+                ScanErrorCode.DECODER_TIMEOUT,
+                f"the image decoder did not finish within {timeout_s:.0f} s on this file "
+                "and was stopped: the compressed pixel data is probably damaged",
+            ) from None
+        except (EOFError, OSError):
             raise self._crashed() from None
+        if payload is not None:
+            return np.frombuffer(payload, dtype=np.dtype(reply.dtype)).reshape(reply.shape)
         raise _failure(reply)
 
     def _crashed(self) -> ScanError:
-        self.process.join(timeout=2.0)
-        code = self.process.exitcode
+        code = child_process.wait(self.process, 2.0)
         self.kill()
         how = "it stopped"
         if code is not None and code < 0:
@@ -255,11 +295,11 @@ class _Worker:
         )
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.close()
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5.0)
+        self.child.close()
+        if self.alive():
+            with contextlib.suppress(OSError):
+                self.process.kill()
+        child_process.wait(self.process, 5.0)
 
 
 def _not_started(exc: BaseException) -> ScanError:
@@ -300,8 +340,8 @@ class DecoderPool:
     """Up to ``size`` worker processes, started on demand and replaced when they die.
 
     Thread-safe: each call checks a worker out, so ``size`` decoder threads can decode at
-    once. ``function`` must be a module-level function (it is sent to the spawned workers by
-    name); the default decodes DICOM pixel data.
+    once. ``function`` must be a module-level function of an importable module (it is sent
+    to the workers by name); the default decodes DICOM pixel data.
     """
 
     def __init__(
