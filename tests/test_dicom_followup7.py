@@ -197,8 +197,9 @@ def test_every_report_says_what_the_window_says_a_scan_is(tmp_path: Path) -> Non
     """An MR slice refused by its header read "MR" in the window and the PDF but "CXR" (the
     gate's guess), with the gate's CXR probability, in the CSV and JSON. Every face now takes
     the modality and its score from quality.shown_modality / shown_modality_score: the
-    header's MR has no gate score; an image refused as not medical shows none; a screened
-    chest shows the gate's label and probability."""
+    header's MR has no gate score; a CT the gate refused as not medical shows its header's CT
+    (it showed nothing), never the gate's nearest class, and no score; a screened chest shows
+    the gate's label and probability."""
     import json
 
     folder = tmp_path / "scans"
@@ -214,7 +215,8 @@ def test_every_report_says_what_the_window_says_a_scan_is(tmp_path: Path) -> Non
     assert rows["mr.dcm"]["reason"].startswith("not a radiograph by its DICOM header")
     cxr = scans["chest.dcm"]["modality_probabilities"]["CXR"]  # the gate's, for the chest
     assert cxr > 0.99
-    expected = {"mr.dcm": ("MR", None), "ct.dcm": ("", None), "chest.dcm": ("CXR", cxr)}
+    assert rows["ct.dcm"]["reason"].startswith("not recognised as a medical scan")
+    expected = {"mr.dcm": ("MR", None), "ct.dcm": ("CT", None), "chest.dcm": ("CXR", cxr)}
     for name, (modality, score) in expected.items():
         assert rows[name]["modality"] == modality
         assert rows[name]["modality_score"] == ("" if score is None else f"{score:.4f}")

@@ -150,10 +150,11 @@ def quality_of(result: ScanResult) -> Quality | None:
 
 
 def shown_modality(result: ScanResult) -> str:
-    """The modality a face shows: empty when the gate refused the image as not medical."""
-    if is_not_medical(result):
-        return ""
-    if result.reason.startswith(HEADER_REFUSAL):  # the header's kind, not the model's guess
+    """The modality a face shows. A scan refused by its DICOM header shows the header's kind;
+    one the gate refused as not medical shows its header's kind too (a CT whose pixels the
+    gate does not know is still a CT by its file), else nothing: the gate's nearest class is
+    not a statement about what the image is."""
+    if is_not_medical(result) or result.reason.startswith(HEADER_REFUSAL):
         return known_modality(result.metadata.get("modality")) or ""
     return result.modality or ""
 
