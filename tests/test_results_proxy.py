@@ -73,12 +73,14 @@ def _proxy(model: ResultsModel, qtmodeltester: Any) -> ResultsProxy:
 
 def _expected(model: ResultsModel, column: int, order: Qt.SortOrder, rows: Any = None) -> list:
     """Source ``rows`` (all) in the order the cells' SortRole values give (None last), ties
-    by source row; the Attention column by the engine's triage key, then the row."""
+    by source row; the Attention column by the engine's triage key, then the batch's order
+    (seq: the reports' order), then the row."""
     rows = list(range(model.rowCount()) if rows is None else rows)
     kind = model.column_kind(column)
     if kind is Column.TRIAGE:
-        points, scope = model._points, model.scope_rule()
-        keys = {r: (triage_key(model.result(r), points, scope), r) for r in rows}
+        points, scope, cols = model._points, model.scope_rule(), model._cols
+        keys = {r: (triage_key(model.result(r), points, scope), cols.batch[r], cols.seq[r], r)
+                for r in rows}  # fmt: skip
     elif kind is Column.THUMB:
         keys = {r: r for r in rows}
     else:

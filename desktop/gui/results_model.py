@@ -380,6 +380,15 @@ class RowColumns:
     def text(self, code: int) -> str | None:
         return None if code < 0 else self.texts[code]
 
+    def triage_order(self) -> np.ndarray:
+        """Rows in the engine's triage order, equal keys in the batch's order (its seq, the
+        folder's order: what every report numbers them by), not the order they arrived in
+        from the decoders: the viewer's "10 of 15" and the PDF's #10 are the same scan.
+        Rows held in memory (seq -1) keep their row order among themselves."""
+        return self.triage.order_array(
+            (np.array(self.batch, np.int64), np.array(self.seq, np.int64))
+        )
+
     def stored_rows(self, batch: int) -> tuple[list[int], list[int]]:
         """The rows of batch ``batch`` that are in the store, and their seqs, by seq."""
         seqs = np.array(self.seq, dtype=np.int64)
@@ -950,14 +959,9 @@ class ResultsModel(QAbstractTableModel):
         """The row's place in the engine's triage order at the current operating point."""
         return self._cols.triage.key(row)
 
-    def triage_sort_key(self, row: int) -> tuple[int, float, int, int]:
-        """The row's triage key as plain numbers, the row last (ties keep the folder's
-        order): what the proxy compares, with no key object made per comparison."""
-        return self._cols.triage.sort_key(row)
-
     def triage_rows(self) -> list[int]:
         """Source rows in triage order (flagged, strongest first; errors last)."""
-        return self._cols.triage.order()
+        return self._cols.triage_order().tolist()
 
     def row_flagged(self, row: int) -> bool:
         """Whether any finding model flags row ``row`` (the engine's rule, derived once)."""
@@ -1147,7 +1151,7 @@ class ResultsModel(QAbstractTableModel):
         n = len(cols)
         if kind is Column.TRIAGE:
             keys = np.empty(n, np.int64)
-            keys[cols.triage.order_array()] = np.arange(n)
+            keys[cols.triage_order()] = np.arange(n)
             return keys
         if kind is Column.THUMB:
             return np.arange(n, dtype=np.int64)
@@ -1500,22 +1504,20 @@ class _TriageColumns:
     def key(self, row: int) -> TriageKey:
         return TriageKey(TriageGroup(self._group[row]), self._strength[row], self._flagged[row])
 
-    def sort_key(self, row: int) -> tuple[int, float, int, int]:
-        return self._group[row], self._strength[row], self._flagged[row], row
+    def order(self, ties: Sequence[np.ndarray] = ()) -> list[int]:
+        """Rows in triage order; equal keys by ``ties``, then in row order."""
+        return self.order_array(ties).tolist()
 
-    def order(self) -> list[int]:
-        """Rows in triage order; equal keys in row order (``np.lexsort`` is stable)."""
-        return self.order_array().tolist()
-
-    def order_array(self) -> np.ndarray:
-        """:meth:`order` as an array (the proxy's sort). The arrays are copied: a view
-        would stop them growing."""
+    def order_array(self, ties: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """:meth:`order` as an array (the proxy's sort). ``ties``: arrays of one number a
+        row, the most significant first, that order rows of equal keys (``np.lexsort`` is
+        stable: then row order). The arrays are copied: a view would stop them growing."""
         if not self._group:
             return np.empty(0, np.int64)
         group = np.array(self._group, np.int8)
         strength = np.array(self._strength, np.float64)
         flagged = np.array(self._flagged, np.int16)
-        return np.lexsort((flagged, strength, group))
+        return np.lexsort((*reversed(ties), flagged, strength, group))
 
 
 def _text_ranks(texts: Iterable[str]) -> dict[str, int]:
