@@ -7,7 +7,7 @@ real chest X-ray), the TB PNGs, the Kermany JPEGs, colour photographs, MedNIST h
 head CTs, a CR DICOM and a JPEG 2000 DICOM, and a damaged file — with the shipped models,
 and compares every stored row (status, reason, modality and finding probabilities as exact
 floats, the patient-group estimate, warnings, metadata, the thumbnail's and each activation
-map's bytes) with ``tests/data/batch_reference.json``, recorded by the code of commit
+map's bytes) with ``tests/reference/batch_reference.json``, recorded by the code of commit
 8683f71, before that work.
 
 Rows do not depend on how a batch is split for inference (ONNX Runtime computes each image of
@@ -37,7 +37,7 @@ from desktop.engine.runner import BatchRunner, run_to_end
 from desktop.engine.store import ResultsStore
 
 DATA = Path(__file__).parent / "data"
-REFERENCE = DATA / "batch_reference.json"
+REFERENCE = Path(__file__).parent / "reference" / "batch_reference.json"
 #: 2048² 8-bit JPEGs made from these TB fixtures (libjpeg decodes them at ¼ scale).
 LARGE_SOURCES = ("tb/normal/CHNCXR_0001_0.png", "tb/tuberculosis/MCUCXR_0104_1.png")
 
