@@ -62,6 +62,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medscreen.cli")
 
+#: How many paths given that do not exist the summary names (the rest are counted).
+_MISSING_NAMED = 5
+#: The fewest characters of a batch id that ``export`` and ``resume`` take as its start.
+MIN_ID_PREFIX = 6
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -142,13 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_options(p)
 
     classify = sub.add_parser("classify", help="screen files and folders headless")
-    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    classify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="scans and folders of scans (folders are searched with their sub-folders)",
+    )
     common(classify)
     outputs(classify)
 
     resume = sub.add_parser("resume", help="continue an interrupted batch")
     resume.add_argument(
-        "batch", nargs="?", default=None, help="batch id (default: the latest interrupted one)"
+        "batch",
+        nargs="?",
+        default=None,
+        help="batch id, or its start (default: the latest interrupted one)",
     )
     common(resume)
     outputs(resume)
@@ -156,12 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export", help="write the results and reports of a stored batch again (any batch)"
     )
-    export.add_argument("batch", help="batch id, as 'medscreen history' lists it")
+    export.add_argument(
+        "batch",
+        help="batch id, as 'medscreen history' lists it, or its start (a report's file name "
+        "carries the first eight characters)",
+    )
     common(export)
     outputs(export)
+    _unlisted(export, "--device", "--workers", "--quiet")  # export screens nothing
 
     history = sub.add_parser("history", help="list past batches")
-    history.add_argument("--db", type=Path, default=None)
+    history.add_argument(
+        "--db", type=Path, default=None, help=f"results store (default: {default_db_path()})"
+    )
     history.add_argument(
         "--kind",
         choices=("all", "screening", "calibration"),
@@ -184,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gui.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="scans or folders")
     return parser
+
+
+def _unlisted(p: argparse.ArgumentParser, *options: str) -> None:
+    """Leave ``options`` out of ``p``'s help, still accepted: export shares the options of
+    the commands that screen, and its help listed "--workers: decoder threads" and a device
+    for inference it never runs (scripts that pass them keep working)."""
+    for action in p._actions:
+        if any(option in action.option_strings for option in options):
+            action.help = argparse.SUPPRESS
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -300,13 +330,54 @@ def _store(args: argparse.Namespace) -> ResultsStore:
     return ResultsStore(args.db or default_db_path())
 
 
+def _store_path(args: argparse.Namespace) -> Path:
+    return Path(args.db or default_db_path())
+
+
+def _existing_store(args: argparse.Namespace) -> ResultsStore:
+    """The results store a command that screens nothing new names (export, resume): never
+    created. A mistyped ``--db`` made an empty store there and then answered "no batch"."""
+    path = _store_path(args)
+    if not path.exists():
+        raise BatchError(
+            f"there is no results store {path}: nothing has been screened with it "
+            "(check --db; 'medscreen history' lists the batches of a store)"
+        )
+    return ResultsStore(path)
+
+
+def _batch_id(store: ResultsStore, given: str) -> str:
+    """The id of the stored batch ``given`` names: its whole id, or the start of one id
+    (at least :data:`MIN_ID_PREFIX` characters). Report files carry the first eight
+    (medscreen-2026-12-02-9da795e3.pdf), and that was 'no batch'."""
+    if store.batch(given) is not None:
+        return given
+    matches = store.batch_ids_starting(given) if len(given) >= MIN_ID_PREFIX else []
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise BatchError(
+            f"{given!r} is the start of {len(matches)} batch ids ({', '.join(matches[:5])}"
+            f"{', …' if len(matches) > 5 else ''}): give more of the id"
+        )
+    raise BatchError(
+        f"no batch {given!r} in the results store {store.path} "
+        "('medscreen history' lists the batches)"
+    )
+
+
 def _load_models(args: argparse.Namespace) -> ModelSet:
     device = choose_device(args.device)
     return load_model_set(args.models or default_model_dirs(), device)
 
 
 def _history(args: argparse.Namespace) -> int:
-    store = _store(args)
+    path = _store_path(args)
+    if not path.exists():  # a mistyped --db printed nothing and left an empty store there
+        print(f"no batches: there is no results store {path} (nothing screened with it)")
+        return 0
+    store = ResultsStore(path)
+    shown = 0
     # A batch whose process died (crash, kill, power cut) is still marked running in the
     # store: say what 'medscreen resume' (no id) will pick up, not "running".
     dead = {info.id for info in store.interrupted_batches()}
@@ -319,6 +390,10 @@ def _history(args: argparse.Namespace) -> int:
             f"{info.id}  {info.kind:<11}  {status:<11}  {info.done}/{total} done, "
             f"{counted(info.errors, 'error')}  {info.label}"
         )
+        shown += 1
+    if not shown:  # an empty answer read as a fault
+        kind = "" if args.kind == "all" else f"{args.kind} "
+        print(f"no {kind}batches in the results store {path}")
     return 0
 
 
@@ -375,7 +450,9 @@ def _classify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BatchError(str(exc)) from exc
     check_writable(out)
-    store = _store(args)
+    store = _existing_store(args) if args.command == "resume" else _store(args)
+    if args.command == "resume" and args.batch is not None:  # before the models load
+        args.batch = _batch_id(store, args.batch)
     models = _load_models(args)
     _check_named_models(choice, models, args.operating_point)
     for manifest in models.manifests.values():
@@ -637,13 +714,9 @@ def _export(args: argparse.Namespace) -> int:
         choice = ThresholdChoice.parse(_policy_point(args.operating_point))
     except ValueError as exc:
         raise BatchError(str(exc)) from exc
-    store = _store(args)
-    info = store.batch(args.batch)
-    if info is None:
-        raise BatchError(
-            f"no batch {args.batch!r} in the results store {store.path} "
-            "('medscreen history' lists the batches)"
-        )
+    store = _existing_store(args)
+    info = store.batch(_batch_id(store, args.batch))
+    assert info is not None  # _batch_id found it
     check_writable(out)
     # a batch a live process is screening now: not stopped, not to be resumed meanwhile
     running = info.status == BatchStatus.RUNNING and info.id not in {
@@ -722,11 +795,15 @@ def _print_summary(
         )
     if summary is not None:
         extra = []
-        if summary.reused:
-            extra.append(f"{summary.reused} reused from earlier runs")
+        if summary.reused:  # an earlier run's, or a copy's screened earlier in this batch
+            extra.append(f"{summary.reused} already screened with these models (results reused)")
         if summary.already_done:
             extra.append(f"{summary.already_done} finished before this resume")
         d = summary.discovered
+        for path in d.missing[:_MISSING_NAMED]:  # a mistyped path: say so, not only a row
+            extra.append(f"not found: {display_path(os.fspath(path))}")
+        if len(d.missing) > _MISSING_NAMED:
+            extra.append(f"{len(d.missing) - _MISSING_NAMED} more paths not found")
         if d.skipped_non_scans:
             extra.append(counted(d.skipped_non_scans, "non-scan file") + " skipped")
         if d.loops:

@@ -84,16 +84,24 @@ def add_commands(
     site = sub.add_parser("site", help="list, export, import or delete site operating points")
     actions = site.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="saved site points and the models they fit")
-    listing.add_argument("--models", type=Path, action="append", default=None, metavar="DIR")
+    listing.add_argument(
+        "--models",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="model folder (repeatable; default: bundled + user models): says which saved "
+        "points fit these models",
+    )
     export = actions.add_parser("export", help="write a site point to a JSON file")
-    export.add_argument("name")
-    export.add_argument("file", type=Path)
+    export.add_argument("name", help="the site point's name, as 'medscreen site list' shows it")
+    export.add_argument("file", type=Path, help="the JSON file to write, e.g. kisumu.json")
     imp = actions.add_parser("import", help="add a site point from a JSON file")
-    imp.add_argument("file", type=Path)
+    imp.add_argument("file", type=Path, help="a site point's JSON file ('site export' writes one)")
     imp.add_argument("--name", default=None, help="save it under another name")
     imp.add_argument("--replace", action="store_true", help="replace a different saved point")
     delete = actions.add_parser("delete", help="delete a saved site point")
-    delete.add_argument("name")
+    delete.add_argument("name", help="the site point's name, as 'medscreen site list' shows it")
 
 
 def run(args: argparse.Namespace) -> int:

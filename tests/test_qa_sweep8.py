@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import DATA
+import pytest
+
+from tests.conftest import DATA, csv_rows
 
 TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))
 CHEST = TB_NORMAL[0]
@@ -70,3 +73,134 @@ def test_the_window_numbers_tied_scans_as_the_reports_do(tmp_path: Path) -> None
         assert shown[-4:] == ["a_empty.png", "b_truncated.png", "m_truncated.png", "z_empty.png"]
     finally:
         store.close()
+
+
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    """'medscreen classify --help' listed PATH with no word, 'history --help' a bare --db,
+    'site export --help' bare name and file: a user reading the help could not tell what to
+    give. Every argument of every command (and of every 'site' action) now has its line."""
+    import argparse
+
+    from desktop.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser, prog: str) -> list[tuple[str, Any]]:
+        found = [(prog, parser)]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += parsers(sub, f"{prog} {name}")
+        return found
+
+    bare = [f"{prog}: {action.dest}"
+            for prog, parser in parsers(build_parser(), "medscreen")
+            for action in parser._actions
+            if not isinstance(action, argparse._SubParsersAction) and not action.help]  # fmt: skip
+    assert bare == []
+
+
+def test_export_help_lists_only_what_export_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    """'medscreen export --help' offered '--workers: decoder threads' and '--device: where
+    inference runs' for a command that screens nothing; they are still accepted."""
+    from desktop.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = capsys.readouterr().out
+    assert "--workers" not in text and "--device" not in text and "--quiet" not in text
+    assert "--operating-point" in text and "first eight" in text
+
+
+def test_a_batch_is_found_by_the_start_of_its_id_in_the_report_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reports are named medscreen-<date>-<first 8 characters of the batch id>.pdf; a user
+    who typed those 8 characters into 'medscreen export' got "no batch 'd34a6e1d'" (the
+    history lists 12). The start of an id (6 characters or more) that only one batch has
+    names that batch; a resume with an id the store lacks says which store it looked in,
+    before any model is loaded."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path, "--report", "csv") == 0
+    report = next((tmp_path / "out").glob("medscreen-*.csv"))
+    short = report.stem.rsplit("-", 1)[1]
+    assert len(short) == 8
+    capsys.readouterr()
+    again = tmp_path / "again"
+    db = str(tmp_path / "r.sqlite3")
+    assert main(["export", short, "--db", db, "--out", str(again), "--report", "csv"]) == 0
+    assert [row["file"] for row in csv_rows(again / "results.csv")] == [str(folder / "chest.png")]
+    assert main(["export", short[:3], "--db", db, "--out", str(again)]) == 1
+    assert f"no batch '{short[:3]}' in the results store {db}" in capsys.readouterr().err
+    assert main(["resume", "0000000000ff", "--db", db, "--out", str(again)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"medscreen: error: no batch '0000000000ff' in the results store {db}")
+
+
+def test_a_mistyped_store_is_said_so_and_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen history --db typo.sqlite3' printed nothing at all (exit 0) and left an
+    empty store there; 'export ID --db typo' answered "no batch" and left one too. History
+    now says there is no store (or no batches in it), export and resume that the store does
+    not exist; none is created."""
+    from desktop.cli import main
+
+    typo = tmp_path / "reslts.sqlite3"
+    assert main(["history", "--db", str(typo)]) == 0
+    assert capsys.readouterr().out == (
+        f"no batches: there is no results store {typo} (nothing screened with it)\n"
+    )
+    for command in (["export", "d34a6e1df589"], ["resume"], ["resume", "d34a6e1df589"]):
+        assert main([*command, "--db", str(typo), "--out", str(tmp_path / "out")]) == 1
+        assert f"there is no results store {typo}" in capsys.readouterr().err
+    assert not typo.exists() and list(tmp_path.iterdir()) == [tmp_path / "out"]
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    capsys.readouterr()
+    assert main(["history", "--db", str(tmp_path / "r.sqlite3"), "--kind", "calibration"]) == 0
+    assert capsys.readouterr().out == (
+        f"no calibration batches in the results store {tmp_path / 'r.sqlite3'}\n"
+    )
+
+
+def test_the_summary_names_a_path_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen classify scnas/ --out DIR' (a typo) ended '1 file: 0 screened, 0 not chest
+    X-rays, 1 could not be read' and exit 0: the reason was only in results.csv. The
+    summary now names each path given that does not exist."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    typo = tmp_path / "scnas"
+    from desktop.cli import main
+
+    assert main(["classify", str(folder), str(typo), "--out", str(tmp_path / "out"), "--db",
+                 str(tmp_path / "r.sqlite3"), "--quiet"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "2 files: 1 screened, 0 not chest X-rays, 1 could not be read" in err
+    assert f"  not found: {typo}" in err
+
+
+def test_results_reused_are_not_said_to_come_from_earlier_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A result reused is one the store holds for the same content and models: an earlier
+    run's, or a copy screened earlier in the same batch (three copies of one scan in a new
+    store printed '3 reused from earlier runs', although there had been none). The
+    summary now says what it is."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    shutil.copy(CHEST, folder / "copy of chest.png")
+    capsys.readouterr()
+    assert _classify(folder, tmp_path) == 0
+    err = capsys.readouterr().err
+    assert "  2 already screened with these models (results reused)" in err
+    assert "earlier runs" not in err

@@ -140,6 +140,7 @@ def test_command_line_with_a_name_that_is_not_utf8(tmp_path, stand_in_models, ca
 
 
 def test_export_of_an_unknown_batch_is_a_clear_error(tmp_path, stand_in_models, capsys):
+    ResultsStore(tmp_path / "r.sqlite3").close()  # a store without it (none: test_qa_sweep8)
     assert _cli(tmp_path, stand_in_models, "export", "nosuchbatch") == 1
     assert "no batch 'nosuchbatch'" in capsys.readouterr().err
 

@@ -685,6 +685,17 @@ class ResultsStore:
         return rows[0] if rows else None
 
     @_guarded
+    def batch_ids_starting(self, prefix: str, limit: int = 20) -> list[str]:
+        """The ids of stored batches that begin with ``prefix`` (newest first): a report's
+        file name carries the first eight characters of its batch's id."""
+        rows = self._db().execute(
+            "SELECT id FROM batches WHERE substr(id, 1, ?) = ? "
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (len(prefix), prefix.lower(), limit),
+        )
+        return [row[0] for row in rows]
+
+    @_guarded
     def batches(self, limit: int = 200) -> list[BatchInfo]:
         # rowid breaks ties: two batches started within one second keep their order
         return self._batch_rows("ORDER BY b.started_at DESC, b.rowid DESC LIMIT ?", (limit,))
