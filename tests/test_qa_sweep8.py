@@ -4,13 +4,14 @@ promises), each pinned by a test on real files."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import DATA, csv_rows
+from tests.conftest import DATA, REPO, csv_rows
 
 TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))
 CHEST = TB_NORMAL[0]
@@ -204,3 +205,101 @@ def test_results_reused_are_not_said_to_come_from_earlier_runs(
     err = capsys.readouterr().err
     assert "  2 already screened with these models (results reused)" in err
     assert "earlier runs" not in err
+
+
+def _screened_window(qtbot: Any, tmp_path: Path, folder: Path) -> tuple[Any, Any]:
+    """The real window with the shipped models, ``folder`` screened in it; (window, store)."""
+    from desktop.engine.store import ResultsStore
+    from desktop.gui.main_window import MainWindow
+    from desktop.gui.settings import AppSettings
+
+    store = ResultsStore(tmp_path / "w.sqlite3")
+    window = MainWindow(settings=AppSettings(tmp_path / "s.ini"), store=store,
+                        model_dirs=[REPO / "assets" / "models"])  # fmt: skip
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    with qtbot.waitSignal(window.models_changed, timeout=60_000):
+        window.start()
+    with qtbot.waitSignal(window.batch.batch_finished, timeout=120_000):
+        window.open_paths([folder])
+    return window, store
+
+
+@pytest.mark.gui
+def test_the_keyboard_can_leave_the_table_and_reach_the_search(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Tab in the results table moved an invisible current cell along the selected row (a
+    QTableView's default), so a keyboard user who reached the table never left it: 14 Tabs
+    kept the focus there (found driving the window under Xvfb). Tab now goes on to the next
+    control; Ctrl+F goes to the file-name search, which says so in its tooltip; the "Show:"
+    label names its list; the batch's time reads "under 1 s", not "0 s"."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for n, path in enumerate(TB_NORMAL[:3]):
+        shutil.copy(path, folder / f"chest_{n}.png")
+    window, store = _screened_window(qtbot, tmp_path, folder)
+    try:
+        window.activateWindow()
+        window.view.setFocus()
+        qtbot.waitUntil(lambda: QApplication.focusWidget() is window.view)
+        qtbot.keyClick(window.view, Qt.Key.Key_Tab)
+        qtbot.waitUntil(lambda: QApplication.focusWidget() is not window.view)
+        qtbot.keyClick(
+            QApplication.focusWidget(), Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier
+        )
+        qtbot.waitUntil(lambda: QApplication.focusWidget() is window.search)
+        assert "Ctrl+F" in window.search.toolTip()
+        shows = [label for label in window.findChildren(type(window.counts))
+                 if label.text() == "Show:"]  # fmt: skip
+        assert [label.buddy() for label in shows] == [window.filter_combo]
+        bar = window.statusBar()
+        message = bar.toolTip() or bar.currentMessage()  # the whole text when it was cut
+        assert re.search(r" in (under 1 s|[1-9]\d* s|\d+ min( \d+ s)?)$", message), message
+    finally:
+        window.close()
+        store.close()
+
+
+@pytest.mark.gui
+def test_a_name_with_a_line_break_is_shown_whole_in_the_table(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A scan named 'new\\nline.png' (a name a script can make) read "new…" in the File
+    column, the rest cut at the line break; the PDF shows "new line.png". The table now shows
+    control characters as spaces, like the report; the tooltip keeps the exact path. Every
+    heading says what its column holds; the score's names its model and version."""
+    from PySide6.QtCore import Qt
+
+    from desktop.gui.results_model import Column
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "new\nline.png")
+    window, store = _screened_window(qtbot, tmp_path, folder)
+    try:
+        model = window.model
+        column = model.column_of(Column.FILE)
+        index = model.index(0, column)
+        assert model.data(index) == "new line.png"
+        assert model.data(index, Qt.ItemDataRole.ToolTipRole) == str(folder / "new\nline.png")
+        tip, thumb = Qt.ItemDataRole.ToolTipRole, model.column_of(Column.THUMB)
+        tips = {model.column_kind(c): model.headerData(c, Qt.Orientation.Horizontal, tip)
+                for c in range(model.columnCount()) if c != thumb}  # fmt: skip
+        assert all(tips.values()), tips
+        score = model.column_of(Column.SCORE, "tb")
+        assert model.headerData(score, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole) == (
+            "Probability of tuberculosis from the Tuberculosis model 2.0.0"
+        )
+    finally:
+        window.close()
+        store.close()
+
+
+def test_durations_read_as_people_say_them() -> None:
+    """The window's "Finished: … in 0 s" (a batch under a second) and "in 3725 s"."""
+    from desktop.engine.vocabulary import duration
+
+    assert [duration(s) for s in (0.04, 0.6, 1.4, 42, 60, 185, 3725, 7200)] == [
+        "under 1 s", "under 1 s", "1 s", "42 s", "1 min", "3 min 5 s", "1 h 2 min", "2 h 0 min"
+    ]  # fmt: skip

@@ -42,6 +42,21 @@ class Vocabulary(StrEnum):
         raise ValueError(f"unknown {noun} {text!r}; choose from {choices}")
 
 
+def duration(seconds: float) -> str:
+    """How long something took, as people say it: "under 1 s", "42 s", "3 min 5 s",
+    "1 h 2 min". The window said "in 0 s" for a short batch and "in 3725 s" for a long one."""
+    if seconds < 1:
+        return "under 1 s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
 def counted(count: int, noun: str, plural: str | None = None) -> str:
     """``count`` with ``noun``, plural unless the count is one: "1 file", "0 files", "2 not
     chest X-rays" (``plural`` where adding "s" is wrong). Every face's counts go through it:

@@ -46,7 +46,7 @@ from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
 from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
-from desktop.engine.vocabulary import counted
+from desktop.engine.vocabulary import counted, duration
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
 from desktop.gui.drop_area import SCAN_KINDS, DropArea, FileDropTarget
@@ -242,6 +242,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         )
         self.search = QLineEdit(self)
         self.search.setPlaceholderText("Search file names…")
+        self.search.setToolTip("Show only the scans whose file name holds this text (Ctrl+F)")
+        self.search.setAccessibleName("Search file names")
         self.search.setClearButtonEnabled(True)
         self.search.setMaximumWidth(260)
         self.search.textChanged.connect(self.proxy.set_search)
@@ -263,7 +265,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         )
         review.addWidget(self.patients_combo)
         review.addStretch(1)
-        review.addWidget(QLabel("Show:", self))
+        show = QLabel("Show:", self)
+        show.setBuddy(self.filter_combo)  # read with the list by a screen reader
+        review.addWidget(show)
         review.addWidget(self.filter_combo)
         review.addWidget(self.search)
 
@@ -337,6 +341,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.act_prev = action(
             "Previous flagged scan", lambda: self.goto_flagged(-1), Keys("Shift+F3")
         )
+        self.act_find = action("Search file names", self.focus_search, Keys.StandardKey.Find)
         self.act_heat = action("Toggle heatmap in viewer", self._toggle_viewer_heat, Keys("H"))
         self.act_heat.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         self.act_cancel = action("Cancel batch", self.cancel_batch, Keys("Esc"), sp.SP_BrowserStop)
@@ -362,6 +367,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         file_menu.addAction(self.act_settings)
         file_menu.addAction(self.act_quit)
         review_menu = menu.addMenu("&Review")
+        review_menu.addAction(self.act_find)
         review_menu.addAction(self.act_next)
         review_menu.addAction(self.act_prev)
         review_menu.addAction(self.act_heat)
@@ -766,7 +772,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         text = (
             f"{verb}: {summary.ok} screened, "
             f"{counted(summary.not_chest_xray, 'not chest X-ray')}, "
-            f"{counted(summary.errors, 'error')} in {summary.elapsed_s:.0f} s"
+            f"{counted(summary.errors, 'error')} in {duration(summary.elapsed_s)}"
         )
         if cancelled:  # the instruction goes in the message strip, which wraps
             batch_id = summary.batch_id
@@ -898,6 +904,12 @@ class MainWindow(FileDropTarget, QMainWindow):
         row = self.model.row_of(result)
         if row is not None:
             self.select_row(row)
+
+    def focus_search(self) -> None:
+        """Ctrl+F: to the file-name search, its text selected to type over (a keyboard user
+        had no way there but Tab through every other control)."""
+        self.search.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.search.selectAll()
 
     def goto_flagged(self, step: int) -> None:
         """F3 / Shift+F3: the next or previous flagged scan in triage order (wrapping)."""

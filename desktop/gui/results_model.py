@@ -146,11 +146,17 @@ _STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
 _STATUS_WORDS = tuple(status_text(status) for status in _STATUSES)
 
 
+#: Control characters (C0, DEL, C1) of a file name, each shown as a space.
+_CONTROLS = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def shown_name(file: str) -> str:
-    """The File column's text: the file's name, readable (:func:`display_path`); what the
-    table sorts and searches by. ``os.path.basename`` (the same name as ``Path(file).name``
-    for a file's path): ranking 20,000 names for a sort took 90 ms with ``Path``, 46 ms."""
-    return display_path(os.path.basename(file))
+    """The File column's text: the file's name, readable (:func:`display_path`), control
+    characters as spaces (a name with a line break read "new…", the rest cut off; the PDF
+    shows "new line.png"); what the table sorts and searches by. ``os.path.basename`` (the
+    same name as ``Path(file).name`` for a file's path): ranking 20,000 names for a sort
+    took 90 ms with ``Path``, 46 ms."""
+    return display_path(os.path.basename(file)).translate(_CONTROLS)
 
 
 def short_name(manifest: ModelManifest) -> str:
@@ -196,6 +202,19 @@ class Column(enum.Enum):
     DECISION = "decision"  # the reader's decision (agree / disagree / …)
     STATUS = "status"
     REASON = "reason"
+
+
+#: What a column holds, in its heading's tooltip (the score, flag, Attention and Patient
+#: columns' say more, from the models and the point).
+_HEADER_TIPS = {
+    Column.FILE: "The scan's file name; hover a name for its whole path",
+    Column.MODALITY: "What the image is, as the modality gate (or a DICOM header that "
+    "refused it) says; empty for a file that is no medical image",
+    Column.DECISION: "The reader's decision, recorded in the viewer's Reading panel",
+    Column.STATUS: "Screened, not a chest X-ray (not screened), or an error (not screened)",
+    Column.REASON: "Why a scan was not screened, or what to check about it; hover a cell "
+    "for the whole text",
+}
 
 
 def _patient_cell(decision: GroupDecision) -> str:
@@ -1313,10 +1332,15 @@ class ResultsModel(QAbstractTableModel):
                 "file's DICOM age, or an estimate from the image. A model outside its scope "
                 "shows its score greyed and raises no flag."
             )
+        if role == Qt.ItemDataRole.ToolTipRole and kind in _HEADER_TIPS:
+            return _HEADER_TIPS[kind]
         if role == Qt.ItemDataRole.ToolTipRole and model_id:
             manifest = self._manifests[model_id]
             if kind is Column.SCORE:
-                return f"Probability of {manifest.positive_label} from {manifest.name}"
+                return (
+                    f"Probability of {manifest.positive_label} from the {manifest.name} model "
+                    f"{manifest.version}"
+                )
             return f"Flagged when the score reaches the {self._choice.label()} threshold"
         return None
 

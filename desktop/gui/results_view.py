@@ -53,6 +53,10 @@ class ResultsView(FileDropTarget, QTableView):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        # Tab leaves the table for the next control, as in any form; QTableView's default
+        # moved an invisible current cell along the selected row, so a keyboard user could
+        # never reach the search or the filters again (arrows move between rows).
+        self.setTabKeyNavigation(False)
         self.setAlternatingRowColors(True)
         self.setWordWrap(False)
         self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the end of file names
