@@ -160,10 +160,12 @@ def start(kind: str) -> Child:
     """Start a child running ``ENTRIES[kind]``; its stderr is this process's (the null
     device when this process has none: a windowed Windows app)."""
     env = dict(os.environ)
+    cmd = command(kind)
     if not getattr(sys, "frozen", False):
         env[PATH_VARIABLE] = json.dumps(sys.path)
+        _past_venv_launcher(cmd, env)
     process = subprocess.Popen(
-        command(kind),
+        cmd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=None if _has_stderr() else subprocess.DEVNULL,
@@ -185,6 +187,23 @@ def wait(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
 
 def alive(process: subprocess.Popen[bytes]) -> bool:
     return process.poll() is None
+
+
+def _past_venv_launcher(cmd: list[str], env: dict[str, str]) -> None:
+    """In a Windows virtual environment ``python.exe`` is a launcher that starts the real
+    interpreter as *its* child: the process started here (its pid, its kill) would not be
+    the one that runs. Start the base interpreter with the venv named, as multiprocessing
+    does (bpo-35797)."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    if sys.platform != "win32" or not base or _same(base, sys.executable):
+        return
+    if _same(cmd[0], sys.executable):
+        cmd[0] = base
+        env["__PYVENV_LAUNCHER__"] = sys.executable
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
 
 
 def _has_stderr() -> bool:
