@@ -778,7 +778,9 @@ def _print_summary(
     print("", file=stream)
     print(
         f"{counted(counts.total, 'file')}: {counts.screened} screened, "
-        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counts.errors} could not be read",
+        # "errors", as the window, the PDF and the JSON count them: "could not be read" was
+        # wrong for an image refused for its size or a DICOM report with no image
+        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counted(counts.errors, 'error')}",
         file=stream,
     )
     for model_id, n in counts.flagged.items():

@@ -240,15 +240,11 @@ def test_counts_of_one_read_in_the_singular_in_the_cli_summary(tmp_path: Path, c
     shutil.copy(DATA / "dicom" / "CR-MONO1-10-chest.dcm", folder / "chest.dcm")
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     classify_rows(folder, tmp_path)
-    assert "\n2 files: 1 screened, 1 not chest X-ray, 0 could not be read\n" in (
-        capsys.readouterr().err
-    )
+    assert "\n2 files: 1 screened, 1 not chest X-ray, 0 errors\n" in (capsys.readouterr().err)
 
     (folder / "ct.dcm").unlink()
     classify_rows(folder, tmp_path / "again")
-    assert "\n1 file: 1 screened, 0 not chest X-rays, 0 could not be read\n" in (
-        capsys.readouterr().err
-    )
+    assert "\n1 file: 1 screened, 0 not chest X-rays, 0 errors\n" in (capsys.readouterr().err)
 
 
 def test_the_windows_counts_of_one_read_in_the_singular(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -159,7 +159,7 @@ def test_cli_summary_prints_the_engine_counts(batch):
     text = out.getvalue()
     assert (
         f"{counted(counts.total, 'file')}: {counts.screened} screened, "
-        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counts.errors} could not be read"
+        f"{counted(counts.not_chest_xray, 'not chest X-ray')}, {counted(counts.errors, 'error')}"
     ) in text
     for mid, n in counts.flagged.items():
         assert f"{mid}: {n} flagged at custom (threshold 0.300)" in text

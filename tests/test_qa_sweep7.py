@@ -511,7 +511,7 @@ def test_a_folder_that_cannot_be_read_is_a_row_of_every_report(tmp_path: Path) -
     finally:
         locked.chmod(0o700)
     assert done.returncode == 0, done.stderr
-    assert "2 files: 1 screened, 0 not chest X-rays, 1 could not be read" in done.stderr
+    assert "2 files: 1 screened, 0 not chest X-rays, 1 error" in done.stderr
     rows = {Path(r["file"]).name: r for r in csv_rows(tmp_path / "out" / "results.csv")}
     assert rows["chest.png"]["status"] == "ok"
     row = rows["ward B"]

@@ -184,7 +184,7 @@ def test_the_summary_names_a_path_that_does_not_exist(
     assert main(["classify", str(folder), str(typo), "--out", str(tmp_path / "out"), "--db",
                  str(tmp_path / "r.sqlite3"), "--quiet"]) == 0  # fmt: skip
     err = capsys.readouterr().err
-    assert "2 files: 1 screened, 0 not chest X-rays, 1 could not be read" in err
+    assert "2 files: 1 screened, 0 not chest X-rays, 1 error" in err
     assert f"  not found: {typo}" in err
 
 
@@ -303,3 +303,50 @@ def test_durations_read_as_people_say_them() -> None:
     assert [duration(s) for s in (0.04, 0.6, 1.4, 42, 60, 185, 3725, 7200)] == [
         "under 1 s", "under 1 s", "1 s", "42 s", "1 min", "3 min 5 s", "1 h 2 min", "2 h 0 min"
     ]  # fmt: skip
+
+
+def test_the_summary_counts_errors_as_every_other_face_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI summary said '2 could not be read' for an image too small to screen and a DICOM
+    report without an image, both read without trouble; the window, the PDF and the JSON
+    call them errors. It now says '2 errors' too."""
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    Image.open(CHEST).resize((40, 40)).save(folder / "tiny.png")
+    shutil.copy(DATA.parent / "data" / "dicom" / "CR-MONO1-10-chest.dcm", folder / "cr.dcm")
+    import pydicom
+
+    ds = pydicom.dcmread(folder / "cr.dcm", force=True)
+    del ds.PixelData  # a DICOM file with no image: a report, a structured document
+    ds.save_as(folder / "report.dcm")
+    (folder / "cr.dcm").unlink()
+    assert _classify(folder, tmp_path) == 0
+    err = capsys.readouterr().err
+    assert "3 files: 1 screened, 0 not chest X-rays, 2 errors\n" in err
+    rows = {Path(r["file"]).name: r for r in csv_rows(tmp_path / "out" / "results.csv")}
+    assert rows["tiny.png"]["error_code"] == "too_small"
+    assert rows["report.dcm"]["error_code"] == "no_pixel_data"
+
+
+@pytest.mark.gui
+def test_the_settings_note_names_every_report_identifiers_stay_out_of(
+    qtbot, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The Settings note said identifiers stay out of 'PDF and CSV reports'; the JSON report
+    (and results.json) keep them out as well, and the study date and description count."""
+    from PySide6.QtWidgets import QLabel
+
+    from desktop.gui.settings import AppSettings
+    from desktop.gui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(AppSettings(tmp_path / "s.ini"))
+    qtbot.addWidget(dialog)
+    notes = [
+        label.text() for label in dialog.findChildren(QLabel) if "Off by default" in label.text()
+    ]
+    assert len(notes) == 1
+    assert "every report (PDF, CSV, JSON)" in notes[0] and "study dates" in notes[0]

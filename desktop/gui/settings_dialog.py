@@ -28,8 +28,9 @@ class SettingsDialog(QDialog):
         self.identifiers = QCheckBox("Include patient identifiers in reports", self)
         self.identifiers.setChecked(settings.include_identifiers)
         note = QLabel(
-            "Off by default: names, patient IDs and birth dates from DICOM files stay out of "
-            "PDF and CSV reports unless this is ticked. Reports are files that travel.",
+            "Off by default: patients' names, IDs and birth dates, study dates and "
+            "descriptions (from DICOM files, or an ID typed in the viewer) stay out of every "
+            "report (PDF, CSV, JSON) unless this is ticked. Reports are files that travel.",
             self,
         )
         note.setWordWrap(True)
