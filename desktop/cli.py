@@ -33,7 +33,7 @@ from desktop import DISCLAIMER, __version__
 from desktop.app_logging import configure_logging
 from desktop.engine.devices import choose_device
 from desktop.engine.errors import BatchError, MedScreenError
-from desktop.engine.paths import default_db_path, display_path
+from desktop.engine.paths import default_db_path, display_path, one_line
 from desktop.engine.patients import PatientChoice, adult_age_of, describe_ages, parse_group
 from desktop.engine.registry import (
     ModelSet,
@@ -803,7 +803,7 @@ def _print_summary(
             extra.append(f"{summary.already_done} finished before this resume")
         d = summary.discovered
         for path in d.missing[:_MISSING_NAMED]:  # a mistyped path: say so, not only a row
-            extra.append(f"not found: {display_path(os.fspath(path))}")
+            extra.append(f"not found: {one_line(display_path(os.fspath(path)))}")
         if len(d.missing) > _MISSING_NAMED:
             extra.append(f"{len(d.missing) - _MISSING_NAMED} more paths not found")
         if d.skipped_non_scans:
@@ -893,7 +893,7 @@ class _ProgressBar:
         width = 28
         filled = int(width * event.fraction)
         eta = _clock(event.eta_s) if event.eta_s is not None else "--:--"
-        name = display_path(os.path.basename(event.current or ""))
+        name = one_line(display_path(os.path.basename(event.current or "")))
         if len(name) > 30:
             name = "…" + name[-29:]
         line = (

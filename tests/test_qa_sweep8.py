@@ -350,3 +350,20 @@ def test_the_settings_note_names_every_report_identifiers_stay_out_of(
     ]
     assert len(notes) == 1
     assert "every report (PDF, CSV, JSON)" in notes[0] and "study dates" in notes[0]
+
+
+def test_the_progress_bar_stays_on_one_line_for_a_name_with_a_line_break(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress bar printed the current file's name as it is: 'new\\nline.png' broke the
+    bar over two lines (on a terminal, the redrawn line went astray). It shows the name on
+    one line, as the table and the PDF do."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "new\nline.png")
+    assert main(["classify", str(folder), "--out", str(tmp_path / "out"), "--db",
+                 str(tmp_path / "r.sqlite3")]) == 0  # fmt: skip
+    bars = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert bars and bars[-1].endswith("  new line.png")

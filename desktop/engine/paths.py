@@ -50,6 +50,18 @@ def bundled_models_dir() -> Path:
     return assets_dir() / "models"
 
 
+#: Control characters (C0, DEL, C1), each shown as a space by :func:`one_line`.
+_CONTROLS = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: control characters (a line break, a tab in a file name a
+    script made) as spaces, as the PDF shows them. For a table cell and a progress bar,
+    which a line break cut ("new…") or broke across two lines; never for a path that is
+    written to a file to be read back (CSV, JSON, the store keep the exact name)."""
+    return text.translate(_CONTROLS)
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     """A file name as people should see it: undecodable bytes become U+FFFD (�).
 

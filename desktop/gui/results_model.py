@@ -70,7 +70,7 @@ from PySide6.QtGui import QGuiApplication, QImageReader, QPixmap
 
 from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
-from desktop.engine.paths import display_path
+from desktop.engine.paths import display_path, one_line
 from desktop.engine.patients import GroupDecision, PatientChoice, ScopeVerdict
 from desktop.engine.quality import (
     HEADER_REFUSAL,
@@ -146,17 +146,13 @@ _STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
 _STATUS_WORDS = tuple(status_text(status) for status in _STATUSES)
 
 
-#: Control characters (C0, DEL, C1) of a file name, each shown as a space.
-_CONTROLS = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0))}
-
-
 def shown_name(file: str) -> str:
     """The File column's text: the file's name, readable (:func:`display_path`), control
     characters as spaces (a name with a line break read "new…", the rest cut off; the PDF
     shows "new line.png"); what the table sorts and searches by. ``os.path.basename`` (the
     same name as ``Path(file).name`` for a file's path): ranking 20,000 names for a sort
     took 90 ms with ``Path``, 46 ms."""
-    return display_path(os.path.basename(file)).translate(_CONTROLS)
+    return one_line(display_path(os.path.basename(file)))
 
 
 def short_name(manifest: ModelManifest) -> str:
