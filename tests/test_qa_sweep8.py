@@ -367,3 +367,54 @@ def test_the_progress_bar_stays_on_one_line_for_a_name_with_a_line_break(
                  str(tmp_path / "r.sqlite3")]) == 0  # fmt: skip
     bars = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert bars and bars[-1].endswith("  new line.png")
+
+
+@pytest.mark.gui
+def test_a_report_of_selected_rows_says_it_is_a_selection(
+    qtbot, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """*Export selected rows* of 2 rows out of a batch of 7 wrote a page 1 that read as the
+    whole batch: 'Scans 2', its folder and batch id, 'Scans needing attention (0)' while the
+    batch had flagged scans; a programme filing it would count 2 scans. Page 1 now says it
+    holds a selection of how many, and the JSON (batch.selected_from) too. With no row
+    selected the window said 'Nothing to export yet' only after the save dialog; it now
+    says to select rows first, and proposes '…-selection.pdf' for a selection."""
+    import subprocess
+
+    from PySide6.QtCore import QItemSelectionModel
+    from PySide6.QtWidgets import QFileDialog
+
+    from desktop.engine.reports import write_reports
+
+    asked: list[str] = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *a, **k: (asked.append(a[2]), ("", ""))[1])  # fmt: skip
+    window, store = _screened_window(qtbot, tmp_path, _odd_folder(tmp_path))
+    try:
+        window.choose_export(selected_only=True)
+        assert asked == [] and "Select the rows to export first" in window.messages.message()
+        flags = QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows
+        for row in (3, 5):  # not the top row (the flagged ones sort first)
+            window.view.selectionModel().select(window.proxy.index(row, 0), flags)
+        window.choose_export(selected_only=True)
+        assert len(asked) == 1 and asked[0].endswith("-selection.pdf")
+        pdf = tmp_path / "sel.pdf"
+        with qtbot.waitSignal(window.export_done, timeout=60_000):
+            window.export_report(pdf, selected_only=True)
+        page1 = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        text = " ".join(page1.split())
+        assert "SELECTED SCANS ONLY this report holds 2 of the 7 scans of this batch" in text
+        results = window.model.table_report(window.view.selected_rows())
+        from desktop.engine.reports import ReportContext
+
+        ctx = ReportContext.for_batch(window.batch.batch_id, window.models, window.model.choice(),
+                                      selected_from=7)  # fmt: skip
+        (json_path,) = write_reports(results, ctx, tmp_path / "j", ["json"], "sel")
+        import json
+
+        head = json.loads(json_path.read_text(encoding="utf-8"))
+        assert head["batch"]["selected_from"] == 7 and head["counts"]["total"] == 2
+    finally:
+        window.close()
+        store.close()

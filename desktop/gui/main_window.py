@@ -1188,7 +1188,19 @@ class MainWindow(FileDropTarget, QMainWindow):
         return Path(self.settings.last_folder or Path.home()) / f"{stem}.pdf"
 
     def choose_export(self, selected_only: bool = False) -> None:
+        if not self.model.rowCount():  # before the save dialog, not after it
+            self.messages.show_message("Nothing to export yet.", "warning")
+            return
+        if selected_only and not self.view.selected_rows():
+            self.messages.show_message(
+                "Select the rows to export first (click a row; Shift+click or Ctrl+click for "
+                "more), or export the whole report (Ctrl+E).",
+                "warning",
+            )
+            return
         start = self.default_report_path()
+        if selected_only:  # not over the whole batch's report of the same name
+            start = start.with_name(f"{start.stem}-selection{start.suffix}")
         name, _ = QFileDialog.getSaveFileName(
             self, "Export report (PDF and CSV)", str(start), "PDF report (*.pdf)"
         )
@@ -1204,7 +1216,8 @@ class MainWindow(FileDropTarget, QMainWindow):
         # only flagged scans show images in the PDF: it fetches each one's thumbnail and
         # class maps while drawing it, so neither the batch nor its images are ever all in
         # memory.
-        results = self.model.table_report(self.view.selected_rows() if selected_only else None)
+        selected = self.view.selected_rows() if selected_only else None
+        results = self.model.table_report(selected)
         if not len(results):
             self.messages.show_message("Nothing to export yet.", "warning")
             return None
@@ -1222,6 +1235,7 @@ class MainWindow(FileDropTarget, QMainWindow):
             typed_patient_ids=self._typed_ids() if self.settings.include_identifiers else {},
             device=self._batch_device(),
             files_not_screened=self._not_screened(),
+            selected_from=self.model.rowCount() if selected is not None else 0,
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(

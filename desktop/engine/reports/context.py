@@ -57,6 +57,10 @@ class ReportContext:
     #: command line's; the window's reports point to its History instead). Empty: the report
     #: names the bare ``medscreen resume ID``, which looks in the default store only.
     resume_command: str = ""
+    #: The report holds only the scans a reader selected, out of this many in the batch's
+    #: table (the window's *Export selected rows*); 0: every scan. Page 1 and the JSON say
+    #: so: a report of 2 selected rows of 15 read as a whole batch of 2, none flagged.
+    selected_from: int = 0
 
     @classmethod
     def for_batch(
@@ -75,6 +79,7 @@ class ReportContext:
         device: str | None = None,
         still_being_screened: bool = False,
         resume_command: str = "",
+        selected_from: int = 0,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -101,6 +106,7 @@ class ReportContext:
             files_not_screened=files_not_screened,
             still_being_screened=still_being_screened,
             resume_command=resume_command,
+            selected_from=selected_from,
         )
 
     def __post_init__(self) -> None:

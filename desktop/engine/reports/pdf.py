@@ -666,6 +666,15 @@ def _cover(
                 f"{_resume_words(ctx)}) and export the report again",
             )
         )
+    if ctx.selected_from:
+        details.append(
+            (
+                "SELECTED SCANS ONLY",
+                f"this report holds {counts.total:,} of the {ctx.selected_from:,} scans of "
+                "this batch, selected by hand; its counts and lists are of these only. "
+                "Export the whole batch for its counts",
+            )
+        )
     story += [_kv_table(details, st), Spacer(1, 2 * mm)]
 
     # Counts in one row: the totals a programme adds up across clinics.

@@ -324,6 +324,8 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
             "still_being_screened": ctx.still_being_screened,
             # the command that continues it with the same store and outputs ("" if not given)
             "resume_command": ctx.resume_command,
+            # the scans are a selection out of this many of the batch (0: all of them)
+            "selected_from": ctx.selected_from,
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
