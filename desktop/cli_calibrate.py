@@ -213,7 +213,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(
         f"{scores.n_positive + scores.n_negative} labelled scans used "
         f"({scores.n_positive} {manifest.positive_label}, {scores.n_negative} other); "
-        f"{len(excluded)} left out",
+        f"{sum(item.files for item in excluded)} left out",
     )
     if excluded:
         kinds = ", ".join(f"{n} {kind}" for kind, n in exclusion_summary(excluded).items())

@@ -418,3 +418,28 @@ def test_a_report_of_selected_rows_says_it_is_a_selection(
     finally:
         window.close()
         store.close()
+
+
+def test_calibration_counts_each_file_left_out_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen calibrate' summed a folder's non-scan files as one item and printed it as
+    '1 1 file that is not a scan' ('1 2 files that are not scans' for two), and counted the
+    folder as one file left out. Found calibrating a folder with a text file beside the
+    scans. Each file is counted: '3 left out', 'left out: 3 not a scan'."""
+    from desktop.cli import main
+
+    root = tmp_path / "labelled"
+    for label, sub in (("normal", "normal"), ("tuberculosis", "tuberculosis")):
+        shutil.copytree(DATA / "tb" / sub, root / label)
+    (root / "normal" / "notes.txt").write_text("read by Dr A", encoding="utf-8")
+    (root / "normal" / "list.xlsx").write_bytes(b"PK\x03\x04")
+    (root / "tuberculosis" / "readme.txt").write_text("TB", encoding="utf-8")
+    code = main(["calibrate", str(root), "--model", "tb", "--name", "qa8", "--no-save",
+                 "--db", str(tmp_path / "r.sqlite3"), "--out", str(tmp_path / "cal"),
+                 "--quiet"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1  # 6 and 6 scans: too few to calibrate, after the summary
+    assert "12 labelled scans used (6 tuberculosis, 6 other); 3 left out" in out
+    assert "left out: 3 not a scan\n" in out
+    assert f"    {root / 'normal'}: not a scan (2 files in it)" in out

@@ -35,6 +35,7 @@ from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.runner import BatchRunner, Progress
 from desktop.engine.store import BatchKind
+from desktop.engine.vocabulary import counted
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Excluded:
 
     file: str
     reason: str
+    #: How many files it stands for: a folder's files that are not scans are one item.
+    files: int = 1
 
 
 @dataclass(frozen=True)
@@ -141,16 +144,9 @@ def read_label_folder(root: Path, manifest: ModelManifest) -> LabelledSet:
                         LabelledFile(str(path), label, label == manifest.positive_label)
                     )
             if found.skipped_non_scans:
+                n = found.skipped_non_scans
                 out.excluded.append(
-                    Excluded(
-                        str(child),
-                        f"{found.skipped_non_scans} "
-                        + (
-                            "file that is not a scan"
-                            if found.skipped_non_scans == 1
-                            else "files that are not scans"
-                        ),
-                    )
+                    Excluded(str(child), f"not a scan ({counted(n, 'file')} in it)", files=n)
                 )
             for problem in found.unreadable_folders:
                 out.excluded.append(Excluded(str(child), f"folder not readable: {problem}"))
@@ -353,9 +349,11 @@ def run_calibration(
 
 
 def exclusion_summary(excluded: Sequence[Excluded]) -> dict[str, int]:
-    """Counts per kind of reason (the text before the first colon), for a short summary."""
+    """Files left out per kind of reason (the text before the first colon or bracket), for
+    a short summary. A folder's files that are not scans are one item of several files: it
+    was counted once and read "1 1 file that is not a scan" ("1 5 files …" for five)."""
     out: dict[str, int] = {}
     for item in excluded:
         kind = item.reason.split(":", 1)[0].split(" (", 1)[0]
-        out[kind] = out.get(kind, 0) + 1
+        out[kind] = out.get(kind, 0) + item.files
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
