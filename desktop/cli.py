@@ -518,6 +518,7 @@ def _classify(args: argparse.Namespace) -> int:
         typed_patient_ids=store.typed_patient_ids() if args.include_identifiers else None,
         files_not_screened=(not_screened := store.files_not_screened(batch_id)),
         resume_command=_resume_command(args, batch_id) if not_screened else "",
+        same_content_copies=store.same_content_copies(batch_id),
     )
     results = StoredBatch(store, batch_id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)
@@ -744,6 +745,7 @@ def _export(args: argparse.Namespace) -> int:
         device=info.device or "not recorded for this batch",
         still_being_screened=running,
         resume_command=_resume_command(args, info.id) if not_screened and not running else "",
+        same_content_copies=store.same_content_copies(info.id),
     )
     results = StoredBatch(store, info.id)  # streamed per pass, thumbnails fetched one by one
     written = _write_outputs(results, ctx, out, formats, args.name, args)
@@ -788,6 +790,13 @@ def _print_summary(
         outside = counts.outside_scope.get(model_id, 0)
         scope = f"; {outside} outside its scope (not flagged)" if outside else ""
         print(f"  {model_id}: {n} flagged at {point.describe()}{scope}", file=stream)
+    if ctx.same_content_copies:  # a programme adding up scans counts these twice
+        n = ctx.same_content_copies
+        print(
+            f"  {counted(n, 'file')} {'has' if n == 1 else 'have'} the same content as another "
+            "file of this batch (the same scan twice): each is counted",
+            file=stream,
+        )
     if counts.outside_scope_any:
         print(
             f"  patient group: {ctx.patients.label()}; "

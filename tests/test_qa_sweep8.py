@@ -443,3 +443,33 @@ def test_calibration_counts_each_file_left_out_once(
     assert "12 labelled scans used (6 tuberculosis, 6 other); 3 left out" in out
     assert "left out: 3 not a scan\n" in out
     assert f"    {root / 'normal'}: not a scan (2 files in it)" in out
+
+
+def test_copies_of_one_scan_in_a_batch_are_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same scan exported twice (or copied under another name) is screened and counted
+    twice, with nothing to say so: a programme adding up '4 screened, 2 flagged' counted
+    one patient's film twice. The summary, page 1 of the PDF and the JSON
+    (batch.same_content_copies) now say how many files are copies of another."""
+    import json
+    import subprocess
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    flagged = sorted((DATA / "tb" / "tuberculosis").glob("*.png"))[0]
+    shutil.copy(flagged, folder / "IM0001.png")
+    shutil.copy(flagged, folder / "IM0001 (copy).png")
+    shutil.copy(flagged, folder / "export.png")
+    shutil.copy(CHEST, folder / "IM0002.png")
+    assert _classify(folder, tmp_path, "--report", "pdf,json", "--name", "day") == 0
+    err = capsys.readouterr().err
+    assert "4 files: 4 screened" in err
+    assert "  2 files have the same content as another file of this batch" in err
+    head = json.loads((tmp_path / "out" / "day.json").read_text(encoding="utf-8"))
+    assert head["batch"]["same_content_copies"] == 2 and head["counts"]["total"] == 4
+    page1 = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(tmp_path / "out" / "day.pdf"),
+                            "-"], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "Copies 2 files of this batch have the same content as another" in " ".join(
+        page1.split()
+    )

@@ -756,6 +756,22 @@ class ResultsStore:
         return [(int(seq), _path_value(file)) for seq, file in rows]
 
     @_guarded
+    @_guarded
+    def same_content_copies(self, batch_id: str) -> int:
+        """Files of the batch whose content another file of it has (the same scan copied or
+        exported twice): each is a row of its own and counted, which a programme adding up
+        scans should know. Files never hashed (missing, unreadable) do not count."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) - COUNT(DISTINCT sha256) FROM batch_items"
+                " WHERE batch_id=? AND sha256 IS NOT NULL",
+                (batch_id,),
+            )
+            .fetchone()
+        )
+        return int(row[0] or 0)
+
     def files_not_screened(self, batch_id: str) -> int:
         """How many files of the batch are still to screen: 0 once it has completed. A report
         of a stopped (or still running) batch states it, from the CLI and the window alike."""

@@ -1236,6 +1236,7 @@ class MainWindow(FileDropTarget, QMainWindow):
             device=self._batch_device(),
             files_not_screened=self._not_screened(),
             selected_from=self.model.rowCount() if selected is not None else 0,
+            same_content_copies=self._copies() if selected is None else 0,
         )
         stem = pdf_path.stem or "medscreen-report"
         worker = Worker(
@@ -1253,6 +1254,15 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.statusBar().showMessage(f"Writing the report for {counted(len(results), 'scan')}…")
         worker.start()
         return worker
+
+    def _copies(self) -> int:
+        """Files of the shown batch that are copies of another of its files (page 1 says)."""
+        batch_id = self.batch.batch_id
+        try:
+            return self.store.same_content_copies(batch_id) if batch_id else 0
+        except Exception as exc:  # the report goes out without the note; the log says why
+            log.warning("cannot read the results store: %s", exc)
+            return 0
 
     def _not_screened(self) -> int:
         """Files of the shown batch still to screen (a stopped batch's report says so)."""

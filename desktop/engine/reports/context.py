@@ -61,6 +61,9 @@ class ReportContext:
     #: table (the window's *Export selected rows*); 0: every scan. Page 1 and the JSON say
     #: so: a report of 2 selected rows of 15 read as a whole batch of 2, none flagged.
     selected_from: int = 0
+    #: Files of the batch with the same content as another of its files (a scan copied or
+    #: exported twice): each is its own row and counted; page 1 and the JSON say how many.
+    same_content_copies: int = 0
 
     @classmethod
     def for_batch(
@@ -80,6 +83,7 @@ class ReportContext:
         still_being_screened: bool = False,
         resume_command: str = "",
         selected_from: int = 0,
+        same_content_copies: int = 0,
     ) -> ReportContext:
         """The context of a report written now, by this build, with ``models``.
 
@@ -107,6 +111,7 @@ class ReportContext:
             still_being_screened=still_being_screened,
             resume_command=resume_command,
             selected_from=selected_from,
+            same_content_copies=same_content_copies,
         )
 
     def __post_init__(self) -> None:

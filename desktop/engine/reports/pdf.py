@@ -675,6 +675,16 @@ def _cover(
                 "Export the whole batch for its counts",
             )
         )
+    if ctx.same_content_copies:
+        n = ctx.same_content_copies
+        details.append(
+            (
+                "Copies",
+                f"{n:,} file{'s' if n != 1 else ''} of this batch "
+                f"{'have' if n != 1 else 'has'} the same content as another of its files "
+                "(the same scan twice); each is counted and listed",
+            )
+        )
     story += [_kv_table(details, st), Spacer(1, 2 * mm)]
 
     # Counts in one row: the totals a programme adds up across clinics.

@@ -326,6 +326,8 @@ def _report_head(results: Iterable[ScanResult], ctx: ReportContext) -> dict[str,
             "resume_command": ctx.resume_command,
             # the scans are a selection out of this many of the batch (0: all of them)
             "selected_from": ctx.selected_from,
+            # files with the same content as another file of the batch (each is counted)
+            "same_content_copies": ctx.same_content_copies,
         },
         "operating_point": {
             "label": ctx.operating_point_label(),
