@@ -473,3 +473,37 @@ def test_copies_of_one_scan_in_a_batch_are_said_so(
     assert "Copies 2 files of this batch have the same content as another" in " ".join(
         page1.split()
     )
+
+
+@pytest.mark.skipif(not hasattr(__import__("time"), "tzset"), reason="POSIX time zones")
+def test_history_shows_times_on_the_clinics_clock_with_the_offset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'medscreen history' printed a batch's start in UTC with no zone ('2026-12-02 07:41'
+    for a batch run at 10:41 in Kisumu) while the PDF says '10:41 (UTC+03:00)' and the
+    window's history '07:41 UTC'. Every face now shows local time with the offset."""
+    import time
+    from datetime import UTC, datetime
+
+    from desktop.cli import main
+    from desktop.engine.store import ResultsStore
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    (info,) = store.batches()
+    store.close()
+    started = datetime.fromisoformat(info.started_at).astimezone(UTC)
+    monkeypatch.setenv("TZ", "Africa/Nairobi")  # UTC+3, no daylight saving
+    time.tzset()
+    try:
+        capsys.readouterr()
+        assert main(["history", "--db", str(tmp_path / "r.sqlite3")]) == 0
+        out = capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    nairobi = started.timestamp() + 3 * 3600
+    assert f"{datetime.fromtimestamp(nairobi, UTC):%Y-%m-%d %H:%M} (UTC+03:00) — " in out

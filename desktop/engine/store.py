@@ -66,7 +66,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from desktop.engine.clock import now_iso  # not screening: it pulls ONNX Runtime in
+from desktop.engine.clock import local_text, now_iso  # not screening: it pulls ONNX Runtime in
 from desktop.engine.decisions import MAX_NOTE_CHARS, Decision, ReaderDecision
 from desktop.engine.errors import BatchError
 from desktop.engine.paths import display_path, user_data_dir
@@ -398,7 +398,7 @@ class BatchInfo:
     def label(self) -> str:
         first = display_path(self.inputs[0]) if self.inputs else "(no input)"
         more = f" +{len(self.inputs) - 1}" if len(self.inputs) > 1 else ""
-        return f"{self.started_at[:16].replace('T', ' ')} — {first}{more}"
+        return f"{local_text(self.started_at)} — {first}{more}"
 
 
 class _Connections:

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.engine.clock import local_text
 from desktop.engine.history import HistoryRow
 from desktop.engine.paths import display_path
 from desktop.gui.qt_compat import emit
@@ -138,7 +139,7 @@ class HistoryDialog(QDialog):
         for row, info in enumerate(self._rows):
             counts = info.counts
             values = [
-                info.last_started[:16].replace("T", " ") + " UTC",
+                local_text(info.last_started),  # as the reports show a time
                 info.kind_text,
                 display_path(info.folder),
                 info.model_versions(),

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from desktop.engine.clock import local_text
 from desktop.engine.decisions import ReaderDecision, scan_key
 from desktop.engine.manifest import ModelManifest, OperatingPoint
 from desktop.engine.patients import PatientChoice
@@ -134,9 +135,7 @@ class ReportContext:
         """When the report was made, in this PC's local time with the UTC offset written out
         (``2026-12-01 16:40 (UTC+03:00)``): a clinic files it by its own clock, and the offset
         keeps it unambiguous."""
-        local = self.created_at.astimezone()
-        offset = local.strftime("%z") or "+0000"
-        return f"{local:%Y-%m-%d %H:%M} (UTC{offset[:3]}:{offset[3:]})"
+        return local_text(self.created_at)
 
     @property
     def unsigned_models(self) -> tuple[str, ...]:
