@@ -47,6 +47,10 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
         path = None  # a read-only home must not stop screening
     # pydicom's validation warnings can quote attribute values, patient names included.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # Pillow's debug lines quote TIFF and EXIF tags whole ("tag: ImageDescription (270) …
+    # value: b'Patient …'", Artist): with -v they put a name a scanner wrote into the file
+    # on the console and into the log file. Its warnings still come through.
+    logging.getLogger("PIL").setLevel(logging.INFO)
     if not verbose:
         # The decoders' own warnings about a damaged file ("Corrupt EXIF data", "Expected
         # explicit VR") printed library paths among the output, naming no scan, read as a

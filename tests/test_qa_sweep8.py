@@ -507,3 +507,36 @@ def test_history_shows_times_on_the_clinics_clock_with_the_offset(
         time.tzset()
     nairobi = started.timestamp() + 3 * 3600
     assert f"{datetime.fromtimestamp(nairobi, UTC):%Y-%m-%d %H:%M} (UTC+03:00) — " in out
+
+
+def test_verbose_logs_do_not_quote_names_from_image_tags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -v (what support asks a clinic to run), Pillow's debug lines quoted every TIFF
+    and EXIF tag whole: 'tag: ImageDescription (270) … value: b'Patient Nakato Grace
+    KS-884211'' and the Artist went to the console and into the log file, where the README
+    promises no identifier ever goes. Found screening a TIFF and a JPEG whose description
+    a scanner filled with the patient's name."""
+    from PIL import Image, TiffImagePlugin
+
+    from desktop.cli import main
+
+    monkeypatch.setenv("MEDSCREEN_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    image = Image.open(CHEST).convert("L")
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[270] = "Patient Nakato Grace KS-884211"  # ImageDescription
+    tags[315] = "Dr Okello"  # Artist
+    image.save(folder / "chest.tif", tiffinfo=tags)
+    exif = Image.Exif()
+    exif[0x010E], exif[0x013B] = "Patient Nakato Grace KS-884211", "Dr Okello"
+    image.save(folder / "chest.jpg", exif=exif.tobytes())
+    code = main(["-v", "classify", str(folder), "--out", str(tmp_path / "out"), "--db",
+                 str(tmp_path / "r.sqlite3"), "--quiet"])  # fmt: skip
+    assert code == 0
+    console = capsys.readouterr()
+    logged = (tmp_path / "home" / "logs" / "medscreen.log").read_text(encoding="utf-8")
+    assert "DEBUG" in logged  # verbose indeed
+    for text in (console.out, console.err, logged):
+        assert "Nakato" not in text and "KS-884211" not in text and "Okello" not in text
