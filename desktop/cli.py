@@ -819,6 +819,11 @@ def _print_summary(
             extra.append(counted(d.skipped_non_scans, "non-scan file") + " skipped")
         if d.loops:
             extra.append(counted(d.loops, "folder loop") + " skipped")
+        if d.repeated_folders:
+            extra.append(
+                counted(d.repeated_folders, "folder")
+                + " given twice (by a link, or inside another folder given) screened once"
+            )
         for folder in d.unreadable_folders:
             extra.append(f"folder not readable: {folder}")
         if extra:

@@ -4,6 +4,7 @@ promises), each pinned by a test on real files."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -540,3 +541,30 @@ def test_verbose_logs_do_not_quote_names_from_image_tags(
     assert "DEBUG" in logged  # verbose indeed
     for text in (console.out, console.err, logged):
         assert "Nakato" not in text and "KS-884211" not in text and "Okello" not in text
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_a_folder_given_twice_by_another_path_is_screened_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen classify scans today' where 'today' is a link to 'scans' (or the same share
+    mounted twice) walked the folder twice: every scan a row twice, 30 files for 15 and every
+    flag counted twice. Each folder is now walked once per batch, across the paths given, and
+    the summary says one was given twice; a folder inside another one given, in either
+    order, is neither walked twice nor called a loop."""
+    from desktop.cli import main
+
+    folder = _odd_folder(tmp_path)
+    (folder / "sub").mkdir()
+    shutil.copy(TB_NORMAL[4], folder / "sub" / "inner.png")
+    (tmp_path / "today").symlink_to(folder)
+    args = ["--out", str(tmp_path / "out"), "--db", str(tmp_path / "r.sqlite3"), "--quiet"]
+    assert main(["classify", str(folder), str(tmp_path / "today"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "8 files: 4 screened, 0 not chest X-rays, 4 errors" in err
+    assert "1 folder given twice (by a link, or inside another folder given) screened once" in err
+    rows = csv_rows(tmp_path / "out" / "results.csv")
+    assert len(rows) == 8 and len({row["file"] for row in rows}) == 8
+    assert main(["classify", str(folder / "sub"), str(folder), *args]) == 0
+    err = capsys.readouterr().err
+    assert "8 files: 4 screened" in err and "loop" not in err

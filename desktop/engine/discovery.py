@@ -33,6 +33,9 @@ class Discovered:
     #: scans were not screened), or they would be missing from every report without a word.
     unreadable_paths: list[Path] = field(default_factory=list)
     loops: int = 0
+    #: Folders given (or dropped) that are a folder already walked by another path: a
+    #: symbolic link to it, the same share by another mount (screened once, not twice).
+    repeated_folders: int = 0
 
 
 def _hidden(name: str) -> bool:
@@ -43,6 +46,9 @@ def discover(inputs: Iterable[str | Path]) -> Discovered:
     """Expand inputs into files, in a stable order (inputs in order, folders sorted)."""
     found = Discovered()
     seen_files: set[str] = set()
+    # the folders earlier inputs walked: 'scans' and a link to it were walked twice, each
+    # of their files a row twice (30 rows for a folder of 15)
+    earlier: set[tuple[int, int]] = set()
 
     def add(path: Path) -> None:
         key = os.path.normcase(os.path.abspath(path))
@@ -53,7 +59,7 @@ def discover(inputs: Iterable[str | Path]) -> Discovered:
     for item in inputs:
         path = Path(item).expanduser().absolute()
         if path.is_dir():
-            _walk(path, found, add)
+            _walk(path, found, add, earlier)
         elif path.exists() or path.is_symlink():
             add(path)  # named explicitly: always screened, or given a reason
         else:
@@ -62,7 +68,11 @@ def discover(inputs: Iterable[str | Path]) -> Discovered:
     return found
 
 
-def _walk(root: Path, found: Discovered, add: Callable[[Path], None]) -> None:
+def _walk(
+    root: Path, found: Discovered, add: Callable[[Path], None], earlier: set[tuple[int, int]]
+) -> None:
+    """Add the scans under ``root``; a folder met twice in this walk is a loop, one an
+    earlier input walked (``earlier``, which this walk's folders join) is not walked again."""
     visited: set[tuple[int, int]] = set()
 
     def report(error: OSError) -> None:
@@ -82,6 +92,10 @@ def _walk(root: Path, found: Discovered, add: Callable[[Path], None]) -> None:
             found.loops += 1
             dirnames[:] = []
             continue
+        if ident in earlier:  # its scans are in already
+            found.repeated_folders += dirpath == str(root)  # an input, by another path
+            dirnames[:] = []
+            continue
         visited.add(ident)
         kept = []
         for name in sorted(dirnames):
@@ -98,3 +112,4 @@ def _walk(root: Path, found: Discovered, add: Callable[[Path], None]) -> None:
                 add(path)
             else:
                 found.skipped_non_scans += 1
+    earlier |= visited
