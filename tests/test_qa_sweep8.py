@@ -284,6 +284,9 @@ def test_a_name_with_a_line_break_is_shown_whole_in_the_table(qtbot, tmp_path: P
         index = model.index(0, column)
         assert model.data(index) == "new line.png"
         assert model.data(index, Qt.ItemDataRole.ToolTipRole) == str(folder / "new\nline.png")
+        viewer = window.open_viewer(model.result(0))
+        assert viewer.windowTitle() == "new line.png — MedScreen"
+        viewer.close()
         tip, thumb = Qt.ItemDataRole.ToolTipRole, model.column_of(Column.THUMB)
         tips = {model.column_kind(c): model.headerData(c, Qt.Orientation.Horizontal, tip)
                 for c in range(model.columnCount()) if c != thumb}  # fmt: skip

@@ -49,12 +49,13 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER
+from desktop.engine.clock import local_text
 from desktop.engine.decisions import DECISION_TEXT, MAX_NOTE_CHARS, Decision, ReaderDecision
 from desktop.engine.dicom import window_raw
 from desktop.engine.loading import load_scan
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.overlay import DEFAULT_OPACITY, decode_thumbnail, heatmap_rgb
-from desktop.engine.paths import display_path
+from desktop.engine.paths import display_path, one_line
 from desktop.engine.preprocess import activation_to_image
 from desktop.engine.quality import quality_of, shown_modality, shown_modality_score
 from desktop.engine.results import (
@@ -150,7 +151,7 @@ class ScanViewer(QDialog):
         self._generation = 0  # which show_result a finished load belongs to
         #: True when the file at ``result.file`` no longer holds the screened bytes.
         self.file_changed = False
-        self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
+        self.setWindowTitle(f"{one_line(display_path(Path(result.file).name))} — MedScreen")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(1100, 760)
         fit_to_screen(self)  # a 1366×768 screen at 150 % has 911×512 logical pixels
@@ -434,7 +435,7 @@ class ScanViewer(QDialog):
         self.file_changed = False
         self.messages.hide()
         self.canvas.set_heat(None)
-        self.setWindowTitle(f"{display_path(Path(result.file).name)} — MedScreen")
+        self.setWindowTitle(f"{one_line(display_path(Path(result.file).name))} — MedScreen")
         self._populate()
         self._show_thumbnail()
         self._load_full()
@@ -639,9 +640,9 @@ class ScanViewer(QDialog):
     def _file_changed(self, scan: Scan) -> None:
         """The path now holds other bytes: show only what was screened, and say so plainly."""
         self.file_changed = True
-        name = display_path(Path(self.result.file).name)
-        stamp = self.result.screened_at.replace("T", " ")[:16]
-        when = f" on {stamp} UTC" if stamp else ""
+        name = one_line(display_path(Path(self.result.file).name))
+        stamp = self.result.screened_at
+        when = f" on {local_text(stamp)}" if stamp else ""  # the clinic's clock, as reports
         self.source_label.setText("stored thumbnail (the file has changed)")
         self.messages.show_message(
             f"{name} is not the image that was screened: its content has changed since it was "
