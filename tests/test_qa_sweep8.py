@@ -571,3 +571,26 @@ def test_a_folder_given_twice_by_another_path_is_screened_once(
     assert main(["classify", str(folder / "sub"), str(folder), *args]) == 0
     err = capsys.readouterr().err
     assert "8 files: 4 screened" in err and "loop" not in err
+
+
+@pytest.mark.skipif(not hasattr(__import__("time"), "tzset"), reason="POSIX time zones")
+def test_a_reader_decision_is_timed_on_the_clinics_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's decision read '… Dr Chen, 2026-12-02 07:41 UTC' in the table, the viewer
+    and the PDF, under a page 1 'created 10:45 (UTC+03:00)' in Nairobi: two clocks in one
+    report. It now shows the clinic's time with the offset, as the report does."""
+    import time
+
+    from desktop.engine.decisions import Decision, ReaderDecision
+
+    decision = ReaderDecision(Decision.FOLLOW_UP, "old films", "Dr Chen",
+                              "2026-12-02T07:41:09+00:00")  # fmt: skip
+    monkeypatch.setenv("TZ", "Africa/Nairobi")
+    time.tzset()
+    try:
+        text = decision.summary()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert text == "Needs follow-up — Dr Chen, 2026-12-02 10:41 (UTC+03:00): old films"

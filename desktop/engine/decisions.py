@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from desktop.engine.clock import local_text
 from desktop.engine.vocabulary import Vocabulary
 
 
@@ -45,11 +46,12 @@ class ReaderDecision:
         return DECISION_TEXT[self.decision]
 
     def summary(self) -> str:
-        """``"Needs follow-up — J. Otieno, 2026-12-01 14:02 UTC: note"`` for a cell or a line."""
-        when = self.decided_at.replace("T", " ")[:16]
+        """``"Needs follow-up — J. Otieno, 2026-12-01 17:02 (UTC+03:00): note"`` for a cell or
+        a line: the time on the clinic's clock, as the report's own (it said "14:02 UTC"
+        beside a page 1 created "17:10 (UTC+03:00)")."""
         who = f" — {self.reader}" if self.reader else ""
         note = f": {self.note}" if self.note else ""
-        return f"{self.text}{who}, {when} UTC{note}"
+        return f"{self.text}{who}, {local_text(self.decided_at)}{note}"
 
 
 def parse_decision(text: str) -> Decision:

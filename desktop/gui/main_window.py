@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import DISCLAIMER, __version__
+from desktop.engine.clock import local_text
 from desktop.engine.decisions import Decision, scan_key
 from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
@@ -603,7 +604,7 @@ class MainWindow(FileDropTarget, QMainWindow):
         info = interrupted[0]
         left = (info.total or 0) - info.done
         self.messages.show_message(
-            f"A batch started {info.started_at[:16].replace('T', ' ')} UTC was interrupted "
+            f"A batch started {local_text(info.started_at)} was interrupted "
             f"with {info.done} of {info.total or '?'} scans done ({left} left).",
             "warning",
             "Resume",
