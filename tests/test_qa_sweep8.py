@@ -594,3 +594,36 @@ def test_a_reader_decision_is_timed_on_the_clinics_clock(
         monkeypatch.undo()
         time.tzset()
     assert text == "Needs follow-up — Dr Chen, 2026-12-02 10:41 (UTC+03:00): old films"
+
+
+@pytest.mark.gui
+def test_a_reader_can_decide_from_the_keyboard(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The viewer's Next/Previous had keys (Page Down, Alt+→) but its four decisions had
+    none: a reader stepping through a morning's scans with Page Down reached for the mouse
+    for every one. Alt+1…Alt+4 record Agree, Disagree, Needs follow-up, Image quality too
+    poor (again: clear), and the buttons' tooltips say so."""
+    from PySide6.QtCore import Qt
+
+    from desktop.engine.decisions import Decision
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    window, store = _screened_window(qtbot, tmp_path, folder)
+    try:
+        viewer = window.open_viewer(window.model.result(0))
+        qtbot.waitExposed(viewer)
+        made: list[object] = []
+        viewer.decision_made.connect(lambda _r, d, _n: made.append(d))
+        viewer.activateWindow()
+        qtbot.waitUntil(viewer.isActiveWindow)  # shortcuts go to the active window
+        qtbot.keyClick(viewer, Qt.Key.Key_3, Qt.KeyboardModifier.AltModifier)
+        qtbot.waitUntil(lambda: made == [Decision.FOLLOW_UP])
+        assert viewer.decision_buttons[Decision.FOLLOW_UP].isChecked()
+        qtbot.keyClick(viewer, Qt.Key.Key_3, Qt.KeyboardModifier.AltModifier)
+        qtbot.waitUntil(lambda: made == [Decision.FOLLOW_UP, None])
+        assert "Alt+1" in viewer.decision_buttons[Decision.AGREE].toolTip()
+        viewer.close()
+    finally:
+        window.close()
+        store.close()

@@ -347,7 +347,10 @@ class ScanViewer(QDialog):
         for i, decision in enumerate(Decision):
             button = QPushButton(DECISION_TEXT[decision], self)
             button.setCheckable(True)
-            button.setToolTip("Record your decision on this scan (click again to clear it)")
+            # Alt+1…Alt+4: a reader stepping through scans with Page Down decided each one
+            # with the mouse; Alt keeps the digits free for the note and the patient ID
+            button.setShortcut(QKeySequence(f"Alt+{i + 1}"))
+            button.setToolTip(f"Record your decision on this scan (Alt+{i + 1}; again to clear it)")
             self.decision_group.addButton(button)
             self.decision_buttons[decision] = button
             button.clicked.connect(lambda checked, d=decision: self._decision_clicked(d, checked))
