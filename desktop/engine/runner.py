@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
 from stat import S_ISDIR
@@ -55,6 +55,7 @@ from desktop.engine.inference import CUDA, default_threads, inference_slots
 from desktop.engine.loading import charging, read_file, reused_image_buffers
 from desktop.engine.preprocess import decode_working
 from desktop.engine.processes import pid_alive
+from desktop.engine.progress import BatchSummary, Progress  # defined there: see its docstring
 from desktop.engine.quality import UNLISTED_FOLDER_REASON
 from desktop.engine.registry import ModelSet
 from desktop.engine.results import ScanResult, ScanStatus
@@ -103,50 +104,6 @@ def _refuse_if_held(info: BatchInfo) -> None:
             f"batch {info.id} is being screened by another MedScreen process (pid {info.pid}) "
             "right now; wait for it to finish, or stop that process first and resume then"
         )
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a batch: emitted after each scan is committed (and once at the start)."""
-
-    batch_id: str
-    done: int
-    total: int
-    current: str | None = None
-    rate: float = 0.0  # scans per second over the recent window
-    eta_s: float | None = None
-    result: ScanResult | None = None
-    reused: bool = False  # the result came from the store, nothing was recomputed
-    #: The item's ``seq`` in the batch (its row in the store): the window's table keeps
-    #: only this per row and reads the result back from the store when it needs it.
-    seq: int | None = None
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-
-@dataclass
-class BatchSummary:
-    batch_id: str
-    total: int = 0
-    ok: int = 0
-    not_chest_xray: int = 0
-    errors: int = 0
-    reused: int = 0
-    already_done: int = 0  # items finished by an earlier run of a resumed batch
-    cancelled: bool = False
-    elapsed_s: float = 0.0
-    device: str = ""
-    discovered: Discovered = field(default_factory=Discovered)
-
-    def count(self, status: ScanStatus) -> None:
-        if status is ScanStatus.OK:
-            self.ok += 1
-        elif status is ScanStatus.NOT_CHEST_XRAY:
-            self.not_chest_xray += 1
-        else:
-            self.errors += 1
 
 
 @dataclass(frozen=True)
