@@ -46,7 +46,7 @@ from desktop.engine.paths import default_db_path, display_path
 from desktop.engine.patients import PatientChoice, PatientGroup, parse_group
 from desktop.engine.policy import Policy
 from desktop.engine.results import ScanResult, ThresholdChoice
-from desktop.engine.store import BatchKind, BatchStatus, ResultsStore
+from desktop.engine.store import BatchInfo, BatchKind, BatchStatus, ResultsStore
 from desktop.engine.vocabulary import counted, duration
 from desktop.gui.batch_bar import BatchBar
 from desktop.gui.batch_controller import BatchController
@@ -594,22 +594,37 @@ class MainWindow(FileDropTarget, QMainWindow):
         emit(self.models_changed, None)
 
     def _offer_resume(self) -> None:
+        """At start, offer to continue the batch a crash left: one whose process died
+        (``interrupted``), else the latest screening batch if it stopped before its end. A
+        window that crashed or was killed mid-batch left a batch ``cancelled`` (its batch
+        process stops at a clean point when the window goes), which was offered nowhere but
+        the History, against the README's "offered for resumption at the next start"."""
         try:
             interrupted = self.store.interrupted_batches(BatchKind.SCREENING)  # not calibrations
+            stopped = None if interrupted else self._stopped_latest()
         except Exception as exc:
             log.warning("cannot read the results store: %s", exc)
             return
-        if not interrupted or self.batch.is_running():
+        info = interrupted[0] if interrupted else stopped
+        if info is None or self.batch.is_running():
             return
-        info = interrupted[0]
         left = (info.total or 0) - info.done
+        how = "was interrupted" if interrupted else "stopped before its end"
         self.messages.show_message(
-            f"A batch started {local_text(info.started_at)} was interrupted "
+            f"A batch started {local_text(info.started_at)} {how} "
             f"with {info.done} of {info.total or '?'} scans done ({left} left).",
             "warning",
             "Resume",
             lambda: self.resume_batch(info.id),
         )
+
+    def _stopped_latest(self) -> BatchInfo | None:
+        """The latest screening batch, when it was cancelled with files still to screen."""
+        latest = next((b for b in self.store.batches(limit=20) if b.kind == BatchKind.SCREENING),
+                      None)  # fmt: skip
+        if latest is None or latest.status != BatchStatus.CANCELLED:
+            return None
+        return latest if self.store.files_not_screened(latest.id) else None
 
     def set_device(self, value: str) -> None:
         """Choose Auto/CPU/CUDA: reloads the models (not during a batch)."""
