@@ -336,7 +336,9 @@ class MainWindow(FileDropTarget, QMainWindow):
         self.act_history = action(
             "Batch history…", self.show_history, Keys("Ctrl+H"), sp.SP_FileDialogDetailedView
         )
-        self.act_settings = action("Settings…", self.show_settings, Keys.StandardKey.Preferences)
+        # Preferences has no key on Linux desktops (the menu showed none): Ctrl+, there
+        preferences = Keys.keyBindings(Keys.StandardKey.Preferences) or [Keys("Ctrl+,")]
+        self.act_settings = action("Settings…", self.show_settings, preferences[0])
         self.act_quit = action("Quit", self.close, Keys.StandardKey.Quit)
         self.act_next = action("Next flagged scan", lambda: self.goto_flagged(1), Keys("F3"))
         self.act_prev = action(
