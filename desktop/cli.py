@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medscreen.cli")
 
+#: How many batches 'medscreen history' lists without --all (the latest).
+HISTORY_SHOWN = 200
 #: How many paths given that do not exist the summary names (the rest are counted).
 _MISSING_NAMED = 5
 #: The fewest characters of a batch id that ``export`` and ``resume`` take as its start.
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="list past batches")
     history.add_argument(
         "--db", type=Path, default=None, help=f"results store (default: {default_db_path()})"
+    )
+    history.add_argument(
+        "--all",
+        action="store_true",
+        help=f"every batch (without it: the latest {HISTORY_SHOWN}, and a line if there are more)",
     )
     history.add_argument(
         "--kind",
@@ -381,7 +388,9 @@ def _history(args: argparse.Namespace) -> int:
     # A batch whose process died (crash, kill, power cut) is still marked running in the
     # store: say what 'medscreen resume' (no id) will pick up, not "running".
     dead = {info.id for info in store.interrupted_batches()}
-    for info in store.batches():
+    listed = store.batches(limit=-1 if args.all else HISTORY_SHOWN + 1)  # -1: SQLite's "all"
+    older = len(listed) > HISTORY_SHOWN and not args.all
+    for info in listed[:HISTORY_SHOWN] if older else listed:
         if args.kind not in ("all", info.kind):
             continue
         total = info.total if info.total is not None else "?"
@@ -391,9 +400,14 @@ def _history(args: argparse.Namespace) -> int:
             f"{counted(info.errors, 'error')}  {info.label}"
         )
         shown += 1
-    if not shown:  # an empty answer read as a fault
+    if not shown and not older:  # an empty answer read as a fault
         kind = "" if args.kind == "all" else f"{args.kind} "
         print(f"no {kind}batches in the results store {path}")
+    if older:  # the list stopped at the latest HISTORY_SHOWN, silently
+        print(
+            f"(the latest {HISTORY_SHOWN} batches; older ones are kept: "
+            "'medscreen history --all' lists every one)"
+        )
     return 0
 
 

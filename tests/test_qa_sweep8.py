@@ -670,3 +670,25 @@ def test_a_batch_left_by_a_window_that_died_is_offered_at_the_next_start(
     finally:
         window.close()
         store.close()
+
+
+def test_history_says_when_older_batches_are_not_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen history' listed the latest 200 batches and stopped without a word: a
+    clinic screening daily for a year could not find an older batch's id. A line now says
+    older ones are kept, and --all lists every one."""
+    from desktop.cli import main
+    from desktop.engine.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    for day in range(201):
+        store.create_batch([f"/data/day-{day:03d}"], "key", "CPU")
+    store.close()
+    assert main(["history", "--db", str(tmp_path / "r.sqlite3")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 201 and "/data/day-000" not in "\n".join(lines)
+    assert lines[-1].startswith("(the latest 200 batches; older ones are kept")
+    assert main(["history", "--db", str(tmp_path / "r.sqlite3"), "--all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 201 and lines[-1].endswith(" — /data/day-000")
