@@ -467,6 +467,13 @@ def _classify(args: argparse.Namespace) -> int:
     store = _existing_store(args) if args.command == "resume" else _store(args)
     if args.command == "resume" and args.batch is not None:  # before the models load
         args.batch = _batch_id(store, args.batch)
+        done = store.batch(args.batch)
+        if done is not None and done.status == BatchStatus.COMPLETED:  # it said nothing
+            print(
+                f"medscreen: note: batch {args.batch} had already completed: nothing is left "
+                "to screen; its results are written again (as 'medscreen export' does)",
+                file=sys.stderr,
+            )
     models = _load_models(args)
     _check_named_models(choice, models, args.operating_point)
     for manifest in models.manifests.values():

@@ -692,3 +692,28 @@ def test_history_says_when_older_batches_are_not_listed(
     assert main(["history", "--db", str(tmp_path / "r.sqlite3"), "--all"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 201 and lines[-1].endswith(" — /data/day-000")
+
+
+def test_resuming_a_finished_batch_says_there_is_nothing_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'medscreen resume ID' of a batch that had completed rewrote its outputs and said
+    'batch … in 0.0 s', as if it had screened; it now says nothing was left to screen."""
+    from desktop.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    from desktop.engine.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    (info,) = store.batches()
+    store.close()
+    batch_id = info.id
+    capsys.readouterr()
+    assert main(["resume", batch_id, "--db", str(tmp_path / "r.sqlite3"), "--out",
+                 str(tmp_path / "again"), "--quiet"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"note: batch {batch_id} had already completed: nothing is left to screen" in err
+    assert (tmp_path / "again" / "results.csv").exists()
