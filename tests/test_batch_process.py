@@ -387,3 +387,33 @@ def test_the_windows_batch_leaves_no_resource_tracker_and_no_engine_in_the_windo
     assert not any("resource_tracker" in cmd or "multiprocessing" in cmd for _, cmd in seen)
     assert report["after"] == [] and report["tracker"] is None
     assert report["imported"] == []
+
+
+def test_what_the_window_imports_to_check_a_drop_holds_no_decoder(tmp_path: Path):
+    """The window judges a drop with discover/is_candidate (main_window._check_drop): in a
+    fresh interpreter they find the real scans, a DICOM named without a suffix among them,
+    without importing pydicom, Pillow, NumPy or requests (+25 MB RSS the window kept)."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.fixtures import CR_CHEST
+
+    folder = tmp_path / "drop"
+    shutil.copytree(DATA / "tb" / "normal", folder)
+    shutil.copy(CR_CHEST, folder / "IM000001")  # a PACS export's name
+    (folder / "notes.txt").write_text("not a scan", encoding="utf-8")
+    code = (
+        "import json, sys; from desktop.engine.discovery import discover; "
+        f"found = discover([{str(folder)!r}]); "
+        "heavy = ('pydicom', 'PIL', 'numpy', 'requests', 'desktop.engine.loading'); "
+        "print(json.dumps([sorted(p.name for p in found.files), found.skipped_non_scans, "
+        "[m for m in heavy if m in sys.modules]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    names, skipped, imported = json.loads(done.stdout)
+    pngs = sorted(p.name for p in (DATA / "tb" / "normal").iterdir())
+    assert names == sorted([*pngs, "IM000001"]) and skipped == 1
+    assert imported == []

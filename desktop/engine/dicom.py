@@ -47,15 +47,6 @@ logger = logging.getLogger(__name__)
 #: colour PNG/JPEG files become grey the same way.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-# Explicit VR codes: the first element of a dataset without preamble carries one of these
-# right after its tag when the file is explicit VR.
-_EXPLICIT_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
-    b"UN UR US UT UV".split()
-)
-# Groups a bare dataset plausibly starts with: file meta (0002), identification (0008).
-_FIRST_GROUPS = (0x0002, 0x0008)
-
 #: A deflated dataset is refused when it would inflate to more than this: checked by
 #: inflating it in a stream and counting, before pydicom inflates it whole in memory.
 MAX_INFLATED_BYTES: int = 256 << 20
@@ -142,30 +133,6 @@ def configure_pydicom() -> None:
             if not any(isinstance(f, _RedactValues) for f in target.filters):
                 target.addFilter(_RedactValues())
         _loggers_seen = len(loggers)
-
-
-def looks_like_dicom(head: bytes) -> bool:
-    """Whether the first bytes of a file look like DICOM (``head`` should be ≥ 132 bytes).
-
-    True for the standard 128-byte preamble followed by ``DICM``, and for bare datasets
-    written without preamble or file meta (old ACR-NEMA style exports, such as the fo-dicom
-    ``CR-MONO1-10-chest.dcm``): the first tag must be in group 0002 or 0008, followed either by
-    a valid explicit VR or by a plausible implicit-VR length. Never raises.
-    """
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
-    if len(head) < 8:
-        return False
-    for order in ("<", ">"):
-        group, element = struct.unpack(order + "HH", head[:4])
-        if group not in _FIRST_GROUPS or element > 0x0200:
-            continue
-        if head[4:6] in _EXPLICIT_VRS:
-            return True
-        (length,) = struct.unpack(order + "I", head[4:8])
-        if order == "<" and length <= 1024:  # implicit VR is little endian only
-            return True
-    return False
 
 
 def minmax_to_unit(values: np.ndarray, *, inplace: bool = False) -> tuple[np.ndarray, float, float]:

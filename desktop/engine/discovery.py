@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from desktop.engine.candidates import is_candidate  # light: no decoders
+
 log = logging.getLogger(__name__)
 
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
@@ -71,11 +73,6 @@ def _walk(
 ) -> None:
     """Add the scans under ``root``; a folder met twice in this walk is a loop, one an
     earlier input walked (``earlier``, which this walk's folders join) is not walked again."""
-    # imported here, not at the top: Discovered travels from the batch process to the window
-    # (in a BatchSummary), which must not import the decoders (pydicom, Pillow's plugins,
-    # requests) only to unpickle it
-    from desktop.engine.loading import is_candidate
-
     visited: set[tuple[int, int]] = set()
 
     def report(error: OSError) -> None:

@@ -68,10 +68,17 @@ from PIL import (
 )
 
 from desktop.engine.budget import PixelLease
+
+# is_candidate and SUPPORTED_SUFFIXES are defined there (light, for the window) and kept
+# importable from here
+from desktop.engine.candidates import (  # noqa: F401
+    SUPPORTED_SUFFIXES,
+    is_candidate,
+    looks_like_dicom,
+)
 from desktop.engine.dicom import (
     block_mean,
     decode_dicom,
-    looks_like_dicom,
     minmax_block_mean,
     minmax_to_unit,
 )
@@ -84,30 +91,6 @@ logger = logging.getLogger(__name__)
 # its own context, so concurrent decodes never see each other's lease).
 _LEASE: ContextVar[PixelLease | None] = ContextVar("medscreen_pixel_lease", default=None)
 
-#: File suffixes (lower case, with the dot) screened without looking inside the file.
-SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".jfif",
-        ".tif",
-        ".tiff",
-        ".bmp",
-        ".gif",
-        ".webp",
-        ".jp2",
-        ".j2k",
-        ".pgm",
-        ".ppm",
-        ".pnm",
-        ".dcm",
-        ".dicom",
-        ".dic",
-    }
-)
-
 #: Images with more pixels than this are refused before decoding (decompression bombs; the
 #: largest digital radiographs are about 4300×3500 = 15 megapixels, mammograms up to 30, and
 #: a 50-megapixel phone photo of a film still fits). One image at the limit costs about
@@ -119,15 +102,6 @@ THUMBNAIL_QUALITY: int = 90
 
 #: Files larger than this are refused before reading them into memory.
 MAX_FILE_BYTES: int = 1 << 30
-
-#: Suffixes that are certainly not scans: :func:`is_candidate` does not open these.
-_NEVER_SCANS = frozenset(
-    {
-        ".txt", ".csv", ".json", ".xml", ".html", ".htm", ".md", ".pdf", ".doc", ".docx",
-        ".xls", ".xlsx", ".zip", ".gz", ".tar", ".7z", ".rar", ".exe", ".dll", ".so", ".ini",
-        ".log", ".db", ".sqlite", ".py", ".mp4", ".avi", ".mov", ".mp3", ".wav", ".lnk",
-    }
-)  # fmt: skip
 
 # Pillow formats we decode, in the order their headers are tried. Only these: Pillow also
 # opens formats like EPS (which runs Ghostscript) that have no business in a scan folder.
@@ -157,35 +131,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
-
-
-def is_candidate(path: Path) -> bool:
-    """Whether a file found in a folder should be screened. Cheap, and never raises.
-
-    A supported suffix is enough (the content is checked when the file is decoded). Files
-    with no suffix or an unknown one (DICOM from PACS exports is often named ``IM000001`` or
-    after its UID) are opened and their first 132 bytes checked for DICOM. ``DICOMDIR`` index
-    files are not scans. Hidden files are the caller's decision.
-    """
-    try:
-        name = path.name
-        if name.upper() == "DICOMDIR":
-            return False
-        suffix = path.suffix.lower()
-        if suffix in SUPPORTED_SUFFIXES:
-            return True
-        if suffix in _NEVER_SCANS:
-            return False
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            head = os.read(fd, 132)
-        finally:
-            os.close(fd)
-        return looks_like_dicom(head)
-    except (OSError, ValueError):
-        return False
 
 
 def read_file(path: Path) -> tuple[bytes, str]:

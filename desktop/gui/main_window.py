@@ -107,8 +107,8 @@ def _check_drop(paths: list[Path]) -> tuple[list[Path], list[str], list[str]]:
     A file is judged with the engine's ``is_candidate``, a folder by what ``discover`` finds
     in it: the same rules the batch runner applies, so what is accepted here gets screened.
     """
+    from desktop.engine.candidates import is_candidate  # no decoders in the window
     from desktop.engine.discovery import discover
-    from desktop.engine.loading import is_candidate
 
     accepted: list[Path] = []
     problems: list[str] = []
