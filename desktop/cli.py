@@ -52,7 +52,7 @@ from desktop.engine.store import (
     StoreError,
     disk_full_message,
 )
-from desktop.engine.vocabulary import counted
+from desktop.engine.vocabulary import counted, duration
 from desktop.launch import open_window, window_files
 
 _T = TypeVar("_T")
@@ -849,7 +849,7 @@ def _print_summary(
             extra.append(f"folder not readable: {folder}")
         if extra:
             print("  " + "; ".join(extra), file=stream)
-        print(f"  batch {summary.batch_id} in {summary.elapsed_s:.1f} s", file=stream)
+        print(f"  batch {summary.batch_id} in {duration(summary.elapsed_s)}", file=stream)
     for path in written:
         print(f"  wrote {path}", file=stream)
     if ctx.include_identifiers and written:

@@ -114,6 +114,11 @@ class ScanResult:
         return {k: v for k, v in self.metadata.items() if k not in IDENTIFYING_FIELDS}
 
 
+#: What an operating point may be, as the CLI's help says it: the shipped finding models'
+#: named points, a custom threshold, or a saved site point.
+ACCEPTED_POINTS = "screening, balanced, a threshold from 0 to 1, or site:NAME"
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
     """The user's operating point: a manifest point by name, or one custom threshold.
@@ -144,8 +149,16 @@ class ThresholdChoice:
             per_model: dict[str, ThresholdChoice] = {}
             for part in text.split(","):
                 model_id, sep, spec = (x.strip() for x in part.partition("="))
+                if sep and model_id and not spec:  # "tb=": say what is missing
+                    raise ValueError(
+                        f"no operating point after '{model_id}=' in {text!r}: give one, "
+                        f"e.g. {model_id}=balanced ({ACCEPTED_POINTS})"
+                    )
                 if not sep or not model_id or not spec or "=" in spec:
-                    raise ValueError(f"expected MODEL=POINT in {text!r}, got {part.strip()!r}")
+                    raise ValueError(
+                        f"expected MODEL=POINT in {text!r}, got {part.strip()!r} "
+                        f"(POINT: {ACCEPTED_POINTS})"
+                    )
                 if model_id in per_model:  # which one was meant? (the last silently won)
                     raise ValueError(f"{model_id} is given two operating points in {text!r}")
                 per_model[model_id] = cls.parse(spec, sites)

@@ -1,0 +1,59 @@
+"""Defects session 8's QA sweep left (see test_qa_sweep8.py for the sweep itself), each pinned
+by a test on real files that failed before its fix."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA
+
+TB_NORMAL = sorted((DATA / "tb" / "normal").glob("*.png"))
+CHEST = TB_NORMAL[0]
+
+
+def _classify(folder: Path | str, tmp_path: Path, *extra: str) -> int:
+    from desktop.cli import main
+
+    return main(["classify", str(folder), "--out", str(tmp_path / "out"), "--db",
+                 str(tmp_path / "r.sqlite3"), "--quiet", *extra])  # fmt: skip
+
+
+def test_an_operating_point_left_empty_says_the_point_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'--operating-point tb=' said "expected MODEL=POINT in 'tb=', got 'tb='": the nurse
+    had typed MODEL= and was told to type MODEL=. It now says the point is missing and which
+    points are accepted."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path, "--operating-point", "tb=") != 0
+    err = capsys.readouterr().err
+    assert "no operating point after 'tb='" in err
+    assert "screening, balanced, a threshold from 0 to 1, or site:NAME" in err
+    assert "got 'tb='" not in err
+
+
+def test_the_summary_says_how_long_in_the_windows_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI summary said 'batch … in 0.1 s' where the window says 'under 1 s' or
+    '3 min 5 s' (vocabulary.duration, the one wording)."""
+    from desktop.engine.vocabulary import duration
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    match = re.search(r"batch [0-9a-f]+ in (.+)", out)
+    assert match is not None, out
+    said = match.group(1).strip()
+    assert re.fullmatch(r"under 1 s|\d+ s|\d+ min( \d+ s)?|\d+ h \d+ min", said), said
+    assert not re.search(r"\d\.\d s", said)
+    assert duration(0.1) == "under 1 s" and duration(185) == "3 min 5 s"
