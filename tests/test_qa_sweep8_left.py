@@ -57,3 +57,23 @@ def test_the_summary_says_how_long_in_the_windows_words(
     assert re.fullmatch(r"under 1 s|\d+ s|\d+ min( \d+ s)?|\d+ h \d+ min", said), said
     assert not re.search(r"\d\.\d s", said)
     assert duration(0.1) == "under 1 s" and duration(185) == "3 min 5 s"
+
+
+def test_a_broken_link_is_said_to_be_a_link_whose_target_is_missing(tmp_path: Path) -> None:
+    """A link in a scan folder whose target was deleted read 'file moved or deleted': the
+    link is there, so staff looked for a file someone had removed. Its quality now says it
+    is a link whose target is missing; the row names the link's own path."""
+    import csv
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    (folder / "link.png").symlink_to(tmp_path / "gone.png")
+    assert _classify(folder, tmp_path) == 0
+    with (tmp_path / "out" / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
+        rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
+    link = rows["link.png"]
+    assert (link["status"], link["quality"]) == ("error", "missing")
+    assert link["quality_text"] == "link whose target is missing"
+    assert link["file"] == str(folder / "link.png")
+    assert rows["chest.png"]["status"] == "ok"

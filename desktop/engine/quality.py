@@ -33,6 +33,10 @@ HEADER_REFUSAL = "not a radiograph by its DICOM header"
 #: How the reason of a sub-folder that could not be listed starts (the runner writes it): its
 #: row reads "folder cannot be opened", not "file …".
 UNLISTED_FOLDER_REASON = "folder could not be read"
+#: How the runner's reason for a link whose target is gone begins (its file check, where a
+#: link that points nowhere raises FileNotFoundError as a deleted file does). The link is
+#: there, so "file moved or deleted" sent staff looking for a file someone removed.
+BROKEN_LINK_REASON = "broken link"
 
 #: The gate's out-of-distribution score adds ``1000 * relu(1 - pixel_std / 0.01)`` for images
 #: without structure (the modality manifest's ``ood.method``): a score this high means the
@@ -123,6 +127,8 @@ def quality_of(result: ScanResult) -> Quality | None:
             code = QualityCode.INTERNAL
         if code is QualityCode.UNREADABLE and detail.startswith(UNLISTED_FOLDER_REASON):
             return Quality(code, "folder cannot be opened", detail)
+        if code is QualityCode.MISSING and detail.startswith(BROKEN_LINK_REASON):
+            return Quality(code, "link whose target is missing", detail)
         return Quality(code, QUALITY_TEXT[code], detail)
     if is_not_medical(result):
         blank = result.ood_score is not None and result.ood_score >= BLANK_OOD_SCORE
