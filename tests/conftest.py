@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +76,56 @@ def _no_leftover_threads():
     assert not extra, f"test left threads running: {[t.name for t in extra]}"
 
 
+#: Fixtures that mean a test makes Qt objects (pytest-qt's).
+_QT_FIXTURES = frozenset({"qtbot", "qapp", "qtmodeltester", "qtlog"})
+_qt_modules: dict[str, bool] = {}
+
+
+def _uses_qt(request: pytest.FixtureRequest) -> bool:
+    """Whether a test may make Qt objects: a pytest-qt fixture, the gui mark, or a test file
+    that names PySide6 or desktop.gui (some build models and proxies without a fixture)."""
+    if _QT_FIXTURES & set(request.fixturenames) or request.node.get_closest_marker("gui"):
+        return True
+    path = str(request.path)
+    if path not in _qt_modules:
+        text = request.path.read_text(encoding="utf-8", errors="replace")
+        _qt_modules[path] = "PySide6" in text or "desktop.gui" in text
+    return _qt_modules[path]
+
+
 @pytest.fixture(autouse=True)
 def _collect_qt_garbage(request: pytest.FixtureRequest):
-    """After a Qt test, destroy its unreachable Qt objects now, between tests. Left to
-    Python's cyclic collector, a dropped model or proxy of one test was destroyed whenever a
-    later allocation triggered it: possibly inside another test's event loop, in the middle of
-    Qt's handling of its own objects (a segmentation fault once in a full run)."""
-    yield
-    if "qtbot" in request.fixturenames:
+    """During a Qt test Python's cyclic collector is off, and the test's unreachable objects
+    are collected when it ends, on the main thread, where no Qt code is on the stack.
+
+    Left on, the collector runs at whichever allocation crosses its threshold, in whichever
+    thread makes it, and destroys the Qt objects held in reference cycles (a parentless
+    widget and its children, a proxy, a finished worker's thread) right there: inside Qt's
+    delivery of an event to that very widget (a segmentation fault in
+    QApplicationPrivate::notify_helper, reproduced by collecting in an event filter), or in a
+    worker thread, a batch reader unpickling results say, while the GUI thread runs the event
+    loop over the same objects (the full-suite crash: main thread in Qt's event loop, the
+    batch thread in pickle.loads). Objects the tests drop are then destroyed at one known,
+    safe moment instead."""
+    if not _uses_qt(request):
+        yield
+        return
+    with collector_paused():
+        yield
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic collector off inside; what became unreachable is collected on the way
+    out (in the calling thread), and the collector is on again if it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
         gc.collect()
+        if was_enabled:
+            gc.enable()
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,15 @@ itself stops at a clean point and keeps what is done.
 Every started worker is kept in :data:`_LIVE` until its thread has ended, so neither the
 worker nor its QThread is garbage-collected while running, and :func:`wait_all` can join
 them at shutdown (and tests can check that none is left).
+
+A finished worker is freed by reference counting, on the GUI thread, a turn of the event loop
+after its thread ended: it holds no reference cycle. Its signal object held a bound method of
+the worker (a cycle), which left the worker, its QThread and its signal object to Python's
+cyclic collector: that runs at whichever allocation crosses its threshold, in whichever
+thread makes it (the batch reader unpickling results, a viewer decoding a scan), and
+destroyed the Qt objects there, off the GUI thread. It is not released inside the slot that
+learns the thread ended either: that slot is a call on the signal object, which must outlive
+its own event.
 """
 
 from __future__ import annotations
@@ -22,11 +31,12 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from desktop.gui.qt_compat import emit
 
@@ -54,16 +64,22 @@ class _Signals(QObject):
 
     def __init__(self, on_thread_end: Callable[[], None]) -> None:
         super().__init__()
-        self._on_thread_end = on_thread_end
+        self._on_thread_end: Callable[[], None] | None = on_thread_end
 
     @Slot()
     def _thread_ended(self) -> None:
         """Runs in the GUI thread (this object lives there) once the QThread has ended."""
-        self._on_thread_end()
+        on_thread_end, self._on_thread_end = self._on_thread_end, None  # no cycle after this
+        if on_thread_end is not None:
+            on_thread_end()
 
 
 _LIVE: set[Worker] = set()
 _LIVE_LOCK = threading.Lock()
+#: Workers whose threads have ended, held until the next turn of the GUI thread's event loop
+#: (see the module doc): dropping the last reference inside ``_thread_ended`` would delete
+#: the signal object during the delivery of its own event.
+_ENDED: list[Worker] = []
 
 
 class Worker(QObject):
@@ -183,6 +199,32 @@ class Worker(QObject):
         self._thread.wait()
         with _LIVE_LOCK:
             _LIVE.discard(self)
+        if not _ENDED:
+            QTimer.singleShot(0, _release_ended)
+        _ENDED.append(self)
+
+
+def _release_ended() -> None:
+    """Drop the GUI thread's hold on ended workers (a later turn of its event loop): each is
+    freed here, or where its last other holder lets it go. Their signals are disconnected
+    first (every event they sent has been delivered by now): a slot that captured its worker
+    (``lambda w=worker: ...``) is held by Qt's connection, out of Python's sight, and kept the
+    worker, its QThread and its signal object for the rest of the session."""
+    ended = _ENDED[:]
+    _ENDED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "failed to disconnect": none there
+        for worker in ended:
+            signals = worker.signals
+            for signal in (
+                signals.started,
+                signals.yielded,
+                signals.returned,
+                signals.errored,
+                signals.aborted,
+                signals.finished,
+            ):
+                signal.disconnect()
 
 
 _ABORTED = object()
