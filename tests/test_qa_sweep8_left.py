@@ -77,3 +77,29 @@ def test_a_broken_link_is_said_to_be_a_link_whose_target_is_missing(tmp_path: Pa
     assert link["quality_text"] == "link whose target is missing"
     assert link["file"] == str(folder / "link.png")
     assert rows["chest.png"]["status"] == "ok"
+
+
+def test_calibration_walks_a_linked_label_folder_once(tmp_path: Path) -> None:
+    """A link 'all' beside 'normal/' and 'tuberculosis/' that points at 'tuberculosis' was
+    walked as a label folder of its own: its scans left out as "unknown label 'all'", counted
+    twice. Calibration now reads label folders by discovery's one rule (a folder walked
+    once; a link to a folder already walked is not walked again), folders before links."""
+    from desktop.engine.labelled import read_label_folder
+    from desktop.engine.manifest import read_manifest
+    from tests.conftest import REPO
+
+    manifest = read_manifest(REPO / "assets" / "models" / "tb.json")
+    root = tmp_path / "labelled"
+    for label in ("normal", "tuberculosis"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((DATA / "tb" / label).glob("*.png"))[:2]:
+            shutil.copy(path, root / label / path.name)
+    (root / "all").symlink_to(root / "tuberculosis", target_is_directory=True)
+    found = read_label_folder(root, manifest)
+    assert found.excluded == []
+    assert sorted((Path(f.path).parent.name, f.label) for f in found.files) == [
+        ("normal", "normal"),
+        ("normal", "normal"),
+        ("tuberculosis", "tuberculosis"),
+        ("tuberculosis", "tuberculosis"),
+    ]

@@ -44,11 +44,37 @@ def _hidden(name: str) -> bool:
 
 def discover(inputs: Iterable[str | Path]) -> Discovered:
     """Expand inputs into files, in a stable order (inputs in order, folders sorted)."""
+    items = list(inputs)
     found = Discovered()
+    _expand(items, [found] * len(items))
+    return found
+
+
+def discover_each(inputs: Iterable[str | Path]) -> list[Discovered]:
+    """What :func:`discover` finds, one :class:`Discovered` per input, by its one rule: a
+    folder an earlier input walked is not walked again (that input's ``repeated_folders``
+    counts it). Calibration reads each label folder so: a link beside the label folders to
+    one of them was walked again as a label of its own."""
+    items = list(inputs)
+    each = [Discovered() for _ in items]
+    _expand(items, each)
+    return each
+
+
+def _expand(inputs: list[str | Path], targets: list[Discovered]) -> None:
+    """Walk ``inputs[i]`` into ``targets[i]``, files and folders counted once across all."""
     seen_files: set[str] = set()
     # the folders earlier inputs walked: 'scans' and a link to it were walked twice, each
     # of their files a row twice (30 rows for a folder of 15)
     earlier: set[tuple[int, int]] = set()
+    for item, found in zip(inputs, targets, strict=True):
+        _expand_one(item, found, seen_files, earlier)
+
+
+def _expand_one(
+    item: str | Path, found: Discovered, seen_files: set[str], earlier: set[tuple[int, int]]
+) -> None:
+    """One input into ``found``: a folder walked, a file named kept, a missing path said."""
 
     def add(path: Path) -> None:
         key = os.path.normcase(os.path.abspath(path))
@@ -56,16 +82,14 @@ def discover(inputs: Iterable[str | Path]) -> Discovered:
             seen_files.add(key)
             found.files.append(path)
 
-    for item in inputs:
-        path = Path(item).expanduser().absolute()
-        if path.is_dir():
-            _walk(path, found, add, earlier)
-        elif path.exists() or path.is_symlink():
-            add(path)  # named explicitly: always screened, or given a reason
-        else:
-            found.missing.append(path)
-            add(path)  # becomes an error row: "no such file or folder"
-    return found
+    path = Path(item).expanduser().absolute()
+    if path.is_dir():
+        _walk(path, found, add, earlier)
+    elif path.exists() or path.is_symlink():
+        add(path)  # named explicitly: always screened, or given a reason
+    else:
+        found.missing.append(path)
+        add(path)  # becomes an error row: "no such file or folder"
 
 
 def _walk(

@@ -30,7 +30,7 @@ from desktop.engine.calibration import (
     CalibrationError,
     calibrate,
 )
-from desktop.engine.discovery import discover
+from desktop.engine.discovery import discover_each
 from desktop.engine.manifest import ModelManifest
 from desktop.engine.results import ScanResult, ScanStatus
 from desktop.engine.runner import BatchRunner, Progress
@@ -130,11 +130,19 @@ def read_label_folder(root: Path, manifest: ModelManifest) -> LabelledSet:
     except OSError as exc:
         out.excluded.append(Excluded(str(root), f"cannot list the folder: {exc.strerror}"))
         return out
+    # One walk over every label folder (discovery's rule: a folder is walked once), the
+    # folders themselves before links to folders: a link 'all' beside 'tuberculosis/' that
+    # points at it was walked as a label of its own, its scans left out as 'unknown label'.
+    folders = sorted(
+        (c for c in children if not c.name.startswith(".") and c.is_dir()),
+        key=lambda c: (c.is_symlink(), c.name),
+    )
+    walked = dict(zip(folders, discover_each(folders), strict=True))
     for child in children:
         if child.name.startswith("."):
             continue
-        if child.is_dir():
-            found = discover([child])
+        if child in walked:
+            found = walked[child]
             label = labels.get(child.name.casefold())
             for path in found.files:
                 if label is None:
