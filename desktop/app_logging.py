@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import warnings
 from pathlib import Path
 
+from desktop.engine.errors import hide_decoder_warnings
 from desktop.engine.paths import user_data_dir
 
 #: marks the handlers :func:`configure_logging` installed, so a second call can replace them
@@ -51,12 +51,8 @@ def configure_logging(verbose: bool = False, console: bool = True) -> Path | Non
     # value: b'Patient …'", Artist): with -v they put a name a scanner wrote into the file
     # on the console and into the log file. Its warnings still come through.
     logging.getLogger("PIL").setLevel(logging.INFO)
-    if not verbose:
-        # The decoders' own warnings about a damaged file ("Corrupt EXIF data", "Expected
-        # explicit VR") printed library paths among the output, naming no scan, read as a
-        # crash; the file's row already says what is wrong. Installed once, at start-up (a
-        # filter, not catch_warnings, which is not thread-safe). Shown with -v.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(PIL|pydicom)(\.|$)")
+    if not verbose:  # the decoders' own warnings about a damaged file: shown with -v
+        hide_decoder_warnings()
     if console:
         stream = logging.StreamHandler()
         stream.setLevel(logging.DEBUG if verbose else logging.WARNING)

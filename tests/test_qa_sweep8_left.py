@@ -103,3 +103,53 @@ def test_calibration_walks_a_linked_label_folder_once(tmp_path: Path) -> None:
         ("tuberculosis", "tuberculosis"),
         ("tuberculosis", "tuberculosis"),
     ]
+
+
+_WINDOW_BATCH = """
+import sys
+from pathlib import Path
+from desktop.app_logging import configure_logging
+from desktop.engine.batch_process import BatchProcess
+from desktop.engine.inference import choose_device
+from desktop.engine.registry import default_model_dirs, load_model_set
+
+configure_logging(console=True)  # as the window does (desktop/gui/app.py)
+models = load_model_set(default_model_dirs(), choose_device("cpu"))
+gen = BatchProcess(models, Path(sys.argv[2]), [sys.argv[1]]).run()
+while True:
+    try:
+        next(gen)
+    except StopIteration as stop:
+        print(stop.value.total, stop.value.ok)
+        break
+"""
+
+
+def test_the_windows_batch_process_keeps_decoder_warnings_off_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """Screening in the window printed Pillow's and pydicom's own warnings on the terminal
+    that started it ("…/pydicom/filereader.py:402: UserWarning: Expected explicit VR …"):
+    the batch process, a fresh interpreter, had not the rule the CLI and the window follow
+    (library warnings hidden unless -v). Found screening pydicom's SC_rgb_jpeg.dcm and a
+    damaged TIFF from a window started in a terminal. The window's batch runs here as the
+    window starts it, this process standing for the window and its terminal."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.fixtures import pydicom_test_file
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "bad.tiff").write_bytes(b"MM\x00\x2a\x00\x00\x00\x08garbage")
+    shutil.copy(pydicom_test_file("SC_rgb_jpeg.dcm"), folder / "sc.dcm")
+    shutil.copy(CHEST, folder / "chest.png")
+    env = {**__import__("os").environ, "HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", _WINDOW_BATCH, str(folder), str(tmp_path / "r.sqlite3")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "1"]  # the chest screened, the two refused
+    assert "Warning" not in done.stderr, done.stderr

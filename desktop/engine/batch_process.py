@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from desktop.engine import child_process
 from desktop.engine.calibration import DEFAULT_TARGET_SENSITIVITY, CalibrationError
-from desktop.engine.errors import BatchError
+from desktop.engine.errors import BatchError, hide_decoder_warnings
 from desktop.engine.registry import ModelSet, ModelSetPlan
 from desktop.engine.store import BatchKind
 
@@ -419,6 +419,9 @@ def child_main(control: Receiver, results: Sender) -> int:
         # Ctrl+C in the window's terminal reaches this process too: the window decides, and
         # its going away closes the control pipe, which cancels the batch at a clean point.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The window's rule (it is never verbose): the decoders' warnings about a damaged file
+    # reached the terminal that started the window from here.
+    hide_decoder_warnings()
     _leave_out_modules()  # before the job's classes are imported to unpickle it
     try:
         job: _Job = control.recv()

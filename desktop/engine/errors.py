@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import re
 import traceback
+import warnings
 from enum import StrEnum
+
+
+def hide_decoder_warnings() -> None:
+    """Hide Pillow's and pydicom's own UserWarnings about a damaged file ("Corrupt EXIF
+    data", "Expected explicit VR"): library paths that name no scan, read as a crash, while
+    the file's row already says what is wrong. The one rule of every process that decodes
+    (the CLI without -v, the window and its batch process, which printed them on the
+    terminal that started the window). A filter installed once at start-up, not
+    catch_warnings, which is not thread-safe."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(PIL|pydicom)(\.|$)")
+
 
 #: Longest reason text a ScanError carries (CSV cells, PDF table cells and the GUI all show it;
 #: Excel refuses cells over 32,767 characters and a reportlab cell must fit on a page).
