@@ -153,3 +153,69 @@ def test_the_windows_batch_process_keeps_decoder_warnings_off_the_terminal(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "1"]  # the chest screened, the two refused
     assert "Warning" not in done.stderr, done.stderr
+
+
+_WINDOW_COLUMNS = """
+import json, sys
+from pathlib import Path
+from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtWidgets import QApplication
+from desktop.engine.store import ResultsStore
+from desktop.gui.history_dialog import HistoryDialog
+from desktop.gui.main_window import MainWindow
+from desktop.gui.settings import AppSettings
+
+app = QApplication([])
+tmp, repo = Path(sys.argv[1]), Path(sys.argv[2])
+store = ResultsStore(tmp / "r.sqlite3")
+w = MainWindow(settings=AppSettings(tmp / "s.ini"), store=store,
+               model_dirs=[repo / "assets" / "models"])
+w.show()
+loop = QEventLoop()
+w.models_changed.connect(lambda *_: loop.quit())
+QTimer.singleShot(120000, loop.quit)
+w.start()
+loop.exec()
+w.pages.setCurrentIndex(1)  # the table's page, as after a drop
+for _ in range(30):
+    app.processEvents()
+h = w.view.horizontalHeader()
+table = [h.sectionPosition(c) + h.sectionSize(c) for c in range(h.count())]
+sizes = [h.sectionSize(c) for c in range(h.count())]
+print(json.dumps({"viewport": w.view.viewport().width(), "rights": table, "sizes": sizes,
+                  "window": w.width()}))
+w.close()
+store.close()
+"""
+
+
+@pytest.mark.parametrize("scale", ["1", "1.25", "1.5"])
+def test_every_column_is_on_a_laptop_screen_at_its_scaling(tmp_path: Path, scale: str) -> None:
+    """At 125 and 150 % on a 1366×768 screen (1093 and 911 logical pixels), the window at its
+    default size showed the table's Status and Reason off screen, to be scrolled to
+    sideways (the columns' floors added up to about 1240 pixels). Found in `scripts/
+    screenshots --scale 1.5`. Every column now ends within the table's width, with both
+    finding models; a child process, since the factor is read when Qt starts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    screen = tmp_path / "screen.json"  # the offscreen platform as a 1366×768 laptop screen
+    screen.write_text(json.dumps({"screens": [{"name": "laptop", "x": 0, "y": 0,
+                                               "width": 1366, "height": 768,
+                                               "logicalDpi": 96}]}))  # fmt: skip
+    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={screen}",
+           "QT_SCALE_FACTOR": scale, "MEDSCREEN_HOME": str(tmp_path / "home")}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _WINDOW_COLUMNS, str(tmp_path), str(REPO)],
+        capture_output=True, text=True, env=env, timeout=180, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["window"] <= round(1366 / float(scale))  # fitted to the screen
+    assert len(facts["rights"]) == 12  # both finding models' scores and flags
+    assert max(facts["rights"]) <= facts["viewport"], facts
+    assert min(facts["sizes"]) >= 36, facts  # no column squeezed to nothing

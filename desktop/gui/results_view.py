@@ -111,8 +111,25 @@ class ResultsView(FileDropTarget, QTableView):
             text("tb_positive_CHNCXR_0336_1.png") + 16,
             text("CHNCXR_0336_1.png") + 16,
         )
+        # Where even the floors do not fit (1366×768 at 125 or 150 %: 1071 or 891 logical
+        # pixels for about 1240 of floors), every column but the thumbnail and the Status
+        # gives way further, to what still starts its text (cut with "…", the tooltip whole):
+        # the Status and the Reason were off screen, to be scrolled to sideways.
+        tight = {
+            Column.TRIAGE: text("Pneum…") + 16,
+            Column.THUMB: self.iconSize().width() + 12,
+            Column.FILE: text("…0336_1.png") + 16,
+            Column.MODALITY: text("CXR") + 16,
+            Column.PATIENT: text("adult…") + 12,
+            Column.SCORE: text("0.00") + 16,
+            Column.FLAG: text("yes") + icon + 12,
+            Column.DECISION: text("Follow-up") + 12,
+            Column.STATUS: max(map(text, STATUS_TEXT.values())) + 24,
+            Column.REASON: text("⚠ TB: adults…") + icon,
+        }
         preferred: list[int] = []
         floor: list[int] = []
+        last: list[int] = []
         for col in range(model.columnCount()):
             kind = model.column_kind(col)
             want, least = {
@@ -129,11 +146,13 @@ class ResultsView(FileDropTarget, QTableView):
             }[kind]
             preferred.append(want)
             floor.append(min(least, want))
+            last.append(min(tight[kind], least, want))
             # warnings end at a whole word when the column is narrow (the tooltip has all)
             self.setItemDelegateForColumn(
                 col, self._word_elide if kind is Column.REASON else self.itemDelegate()
             )
-        widths = fit_widths(preferred, floor, self.viewport().width())
+        room = self.viewport().width()
+        widths = fit_widths(fit_widths(preferred, floor, room), last, room)
         self._fitting = True
         try:
             for col, width in enumerate(widths):
