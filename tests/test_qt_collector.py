@@ -106,3 +106,5 @@ def test_a_finished_worker_is_freed_on_the_gui_thread_without_the_collector(qtbo
         qtbot.waitUntil(lambda d=dropped: d() is None, timeout=5_000)
         assert freed_in == [threading.main_thread().name]
         assert returned[0] == 42
+    never_started = weakref.ref(Worker(lambda: 42, name="medscreen-probe"))
+    assert never_started() is None  # freed where it was dropped

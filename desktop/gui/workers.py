@@ -18,12 +18,12 @@ them at shutdown (and tests can check that none is left).
 
 A finished worker is freed by reference counting, on the GUI thread, a turn of the event loop
 after its thread ended: it holds no reference cycle. Its signal object held a bound method of
-the worker (a cycle), which left the worker, its QThread and its signal object to Python's
-cyclic collector: that runs at whichever allocation crosses its threshold, in whichever
-thread makes it (the batch reader unpickling results, a viewer decoding a scan), and
-destroyed the Qt objects there, off the GUI thread. It is not released inside the slot that
-learns the thread ended either: that slot is a call on the signal object, which must outlive
-its own event.
+the worker (now a weak one), a cycle that left the worker, its QThread and its signal object
+to Python's cyclic collector: that runs at whichever allocation crosses its threshold, in
+whichever thread makes it (the batch reader unpickling results, a viewer decoding a scan),
+and destroyed the Qt objects there, off the GUI thread. It is not released inside the slot
+that learns the thread ended either: that slot is a call on the signal object, which must
+outlive its own event.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import logging
 import threading
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -64,13 +65,15 @@ class _Signals(QObject):
 
     def __init__(self, on_thread_end: Callable[[], None]) -> None:
         super().__init__()
-        self._on_thread_end: Callable[[], None] | None = on_thread_end
+        #: weak: the worker holds this object, so a strong reference back would be a cycle
+        #: (a worker built and never started, too)
+        self._on_thread_end = weakref.WeakMethod(on_thread_end)  # type: ignore[arg-type]
 
     @Slot()
     def _thread_ended(self) -> None:
         """Runs in the GUI thread (this object lives there) once the QThread has ended."""
-        on_thread_end, self._on_thread_end = self._on_thread_end, None  # no cycle after this
-        if on_thread_end is not None:
+        on_thread_end = self._on_thread_end()
+        if on_thread_end is not None:  # the worker is in _LIVE until this call
             on_thread_end()
 
 
