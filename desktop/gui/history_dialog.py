@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QModelIndex, Qt, Signal
+from PySide6.QtGui import QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -24,6 +25,8 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QSpinBox,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -34,6 +37,31 @@ from desktop.engine.clock import local_text
 from desktop.engine.history import HistoryRow
 from desktop.engine.paths import display_path
 from desktop.gui.qt_compat import emit
+from desktop.gui.results_view import fit_widths
+from desktop.gui.screen_fit import fit_to_screen
+
+#: What a column that gives way keeps at least (its text cut with "…", the tooltip whole).
+_GIVES_WAY_TO = {
+    "Last run": "2026-12-02 08:59 …",
+    "Folder": "/data/…/scans",
+    "Model versions": "modality 2.1…",
+    "Operator": "Nurse A…",
+}
+
+
+class _CutAtEnd(QStyledItemDelegate):
+    """Cut a cell's text at its end: a time cut in its middle ("2026-12…+00:00)", the
+    table's mode, kept for paths) lost the date and hour a reader looks for."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideRight  # type: ignore[attr-defined]
+
+
+def _two_lines(heading: str) -> str:
+    """A heading of two or more words on two lines, split after its first word."""
+    first, _, rest = heading.partition(" ")
+    return f"{first}\n{rest}" if rest else heading
 
 
 class HistoryDialog(QDialog):
@@ -92,7 +120,9 @@ class HistoryDialog(QDialog):
         columns += ["Not chest X-rays", "Errors", "Operator"]
         self.columns = columns
         table = QTableWidget(0, len(columns), self)
-        table.setHorizontalHeaderLabels(columns)
+        # headings of two words on two lines, as the results table's: a column is as wide as
+        # its numbers, not its heading ("Flagged Pneumonia", "Not chest X-rays")
+        table.setHorizontalHeaderLabels([_two_lines(name) for name in columns])
         table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -100,8 +130,10 @@ class HistoryDialog(QDialog):
         table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep both ends of a path
         table.verticalHeader().setVisible(False)
         header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(columns.index("Folder"), QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)  # fitted: _fit_columns
+        self._cut_at_end = _CutAtEnd(table)
+        for name in ("Last run", "Model versions", "Operator"):
+            table.setItemDelegateForColumn(columns.index(name), self._cut_at_end)
         table.doubleClicked.connect(lambda _index: self._choose())
         self.table = table
         self._fill()
@@ -134,6 +166,39 @@ class HistoryDialog(QDialog):
         layout.addWidget(table, 1)
         layout.addWidget(buttons)
 
+    def showEvent(self, event: QShowEvent) -> None:
+        """Fit the dialog to its screen (1100 px is wider than a 1366×768 screen at 150 %,
+        911 logical pixels) and its columns to the table, once the sizes are known."""
+        super().showEvent(event)
+        fit_to_screen(self)
+        self._fit_columns()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Every column within the table's width at the dialog's size: the columns sized to
+        their contents went past its right edge (Not chest X-rays, Errors and Operator cut
+        off at the default size, at 100 % too), while the folder had 100 px. Where they do
+        not all fit, the time, folder, model versions and operators give way (cut with "…",
+        the tooltip whole) in proportion; otherwise the folder takes the room left."""
+        table, header = self.table, self.table.horizontalHeader()
+        text = table.fontMetrics().horizontalAdvance
+        preferred: list[int] = []
+        floor: list[int] = []
+        for col, name in enumerate(self.columns):
+            want = max(table.sizeHintForColumn(col), header.sectionSizeHint(col))
+            preferred.append(want)
+            least = _GIVES_WAY_TO.get(name)
+            floor.append(min(want, text(least) + 16) if least else want)
+        room = table.viewport().width()
+        widths = fit_widths(preferred, floor, room)
+        folder = self.columns.index("Folder")
+        widths[folder] += max(0, room - sum(widths))
+        for col, width in enumerate(widths):
+            header.resizeSection(col, width)
+
     def _fill(self) -> None:
         self.table.setRowCount(len(self._rows))
         for row, info in enumerate(self._rows):
@@ -160,7 +225,9 @@ class HistoryDialog(QDialog):
                 if name == "Folder":
                     item.setToolTip(value.replace("; ", "\n"))
                 if name == "Model versions":
-                    item.setToolTip(info.models_key)
+                    item.setToolTip(f"{value}\n{info.models_key}")
+                if name in ("Last run", "Operator"):  # may be cut to fit
+                    item.setToolTip(value)
                 if col > self.columns.index("Model versions") and col < len(values) - 1:
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
