@@ -11,9 +11,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPersistentModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPaintEvent, QResizeEvent
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableView,
+    QWidget,
+)
 
 from desktop.engine.results import STATUS_TEXT, ScanResult
 from desktop.gui.drop_area import FileDropTarget
@@ -40,6 +47,17 @@ def fit_widths(preferred: list[int], floor: list[int], available: int) -> list[i
     return [p - math.ceil(s * share) for p, s in zip(preferred, spare, strict=True)]
 
 
+class _CutInMiddle(QStyledItemDelegate):
+    """A file name too long for its column cut in its middle: its end tells scans apart
+    (the tooltip has the whole path)."""
+
+    def initStyleOption(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideMiddle  # type: ignore[attr-defined]
+
+
 class ResultsView(FileDropTarget, QTableView):
     open_requested = Signal(object)  # ScanResult
     paths_dropped = Signal(list)  # list[Path]
@@ -59,7 +77,10 @@ class ResultsView(FileDropTarget, QTableView):
         self.setTabKeyNavigation(False)
         self.setAlternatingRowColors(True)
         self.setWordWrap(False)
-        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the end of file names
+        # Text too long for its column is cut at its end ("Pneumonia +…", "flagg…"); file
+        # names in their middle, keeping the end that tells scans apart (_CutInMiddle). The
+        # whole table cut in the middle read "Pneu…00 %" and "fl…ed" at 150 % scaling.
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
         # Compact rows (one line of text): 25+ rows on a 1366×768 screen. The thumbnail is
         # an icon of the row's height; the viewer shows the scan itself.
         row = compact_row_height(self.fontMetrics().height())
@@ -77,8 +98,10 @@ class ResultsView(FileDropTarget, QTableView):
         self.setDragDropMode(QAbstractItemView.DragDropMode.DropOnly)
         self.doubleClicked.connect(self.open_index)
         self._word_elide = WordElideDelegate(self)
+        self._middle_elide = _CutInMiddle(self)
         self._fitting = False  # resizing sections ourselves (not the user)
         self._user_sized = False  # the user dragged a column: no more fitting to the width
+        self._fitted_to = -1  # the viewport width the columns were last fitted to
         header.sectionResized.connect(self._section_resized)
         proxy.modelReset.connect(self.apply_column_widths)
 
@@ -118,14 +141,14 @@ class ResultsView(FileDropTarget, QTableView):
         tight = {
             Column.TRIAGE: text("Pneum…") + 16,
             Column.THUMB: self.iconSize().width() + 12,
-            Column.FILE: text("…0336_1.png") + 16,
+            Column.FILE: text("…36_1.png") + 16,
             Column.MODALITY: text("CXR") + 16,
             Column.PATIENT: text("adult…") + 12,
             Column.SCORE: text("0.00") + 16,
             Column.FLAG: text("yes") + icon + 12,
-            Column.DECISION: text("Follow-up") + 12,
+            Column.DECISION: text("Follow…") + 12,
             Column.STATUS: max(map(text, STATUS_TEXT.values())) + 24,
-            Column.REASON: text("⚠ TB: adults…") + icon,
+            Column.REASON: text("⚠ TB: adul…") + icon,
         }
         preferred: list[int] = []
         floor: list[int] = []
@@ -148,11 +171,11 @@ class ResultsView(FileDropTarget, QTableView):
             floor.append(min(least, want))
             last.append(min(tight[kind], least, want))
             # warnings end at a whole word when the column is narrow (the tooltip has all)
-            self.setItemDelegateForColumn(
-                col, self._word_elide if kind is Column.REASON else self.itemDelegate()
-            )
+            delegate = {Column.REASON: self._word_elide, Column.FILE: self._middle_elide}
+            self.setItemDelegateForColumn(col, delegate.get(kind, self.itemDelegate()))
         room = self.viewport().width()
         widths = fit_widths(fit_widths(preferred, floor, room), last, room)
+        self._fitted_to = room
         self._fitting = True
         try:
             for col, width in enumerate(widths):
@@ -160,14 +183,30 @@ class ResultsView(FileDropTarget, QTableView):
         finally:
             self._fitting = False
 
-    def _section_resized(self, _col: int, _old: int, _new: int) -> None:
-        if not self._fitting:  # the user dragged a column: their widths stay
+    def _section_resized(self, col: int, _old: int, _new: int) -> None:
+        header = self.horizontalHeader()
+        last = header.logicalIndex(header.count() - 1)
+        # the header itself stretches the last column to the viewport's edge: not a drag (it
+        # counted as one, so the columns were never fitted again, to a scroll bar or a
+        # narrower window)
+        if not self._fitting and col != last:  # the user dragged a column: widths stay
             self._user_sized = True
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         if not self._user_sized and event.size().width() != event.oldSize().width():
             self.apply_column_widths()
+
+    def viewportEvent(self, event: QEvent) -> bool:
+        """Fit again when the viewport's width changes with the view's the same: the
+        vertical scroll bar appears once the rows pass the table's height, and the columns
+        fitted to the wider viewport went under it (Reason cut, a sideways scroll)."""
+        handled = super().viewportEvent(event)
+        if event.type() == QEvent.Type.Resize and not self._user_sized:
+            width = self.viewport().width()
+            if width != self._fitted_to:
+                self.apply_column_widths()
+        return handled
 
     def _source(self) -> ResultsModel | None:
         proxy = self.model()
