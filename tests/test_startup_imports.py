@@ -187,8 +187,10 @@ def test_the_window_started_by_its_entry_points_holds_no_command_line_imports(co
 
 
 def test_the_entry_module_imports_only_the_standard_library():
-    """The batch process (spawn) re-imports the parent's main module, the console script, and
-    with it desktop.launch: it must cost the child nothing the child does not need."""
+    """Every process of the app imports desktop.launch first: the window's, and in the frozen
+    app the batch process and the decoder worker too (its own executable started again with
+    --medscreen-child, whose entry script asks launch which commands are headless). It must
+    cost a child nothing the child does not need."""
     code = (
         "import sys, json; before = set(sys.modules); import desktop.launch; "
         "print(json.dumps(sorted(set(sys.modules) - before)))"
