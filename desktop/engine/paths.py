@@ -58,8 +58,11 @@ def one_line(text: str) -> str:
     """``text`` on one line: control characters (a line break, a tab in a file name a
     script made) as spaces, as the PDF shows them. For a table cell and a progress bar,
     which a line break cut ("new…") or broke across two lines; never for a path that is
-    written to a file to be read back (CSV, JSON, the store keep the exact name)."""
-    return text.translate(_CONTROLS)
+    written to a file to be read back (CSV, JSON, the store keep the exact name).
+
+    A printable text has no control character (they are all non-printable) and is returned
+    as it is: ranking 20,000 names for a sort by file name spent 19 ms in ``translate``."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
