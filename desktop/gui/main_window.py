@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -1275,19 +1275,20 @@ class MainWindow(FileDropTarget, QMainWindow):
 
     def _copies(self) -> int:
         """Files of the shown batch that are copies of another of its files (page 1 says)."""
-        batch_id = self.batch.batch_id
-        try:
-            return self.store.same_content_copies(batch_id) if batch_id else 0
-        except Exception as exc:  # the report goes out without the note; the log says why
-            log.warning("cannot read the results store: %s", exc)
-            return 0
+        return self._batch_count(self.store.same_content_copies)
 
     def _not_screened(self) -> int:
         """Files of the shown batch still to screen (a stopped batch's report says so)."""
+        return self._batch_count(self.store.files_not_screened)
+
+    def _batch_count(self, count: Callable[[str], int]) -> int:
+        """One count of the shown batch from the store for a report's page 1; 0 without a
+        batch, and 0 when the store cannot be read: the report goes out without that note
+        and the log says why."""
         batch_id = self.batch.batch_id
         try:
-            return self.store.files_not_screened(batch_id) if batch_id else 0
-        except Exception as exc:  # the report goes out without the note; the log says why
+            return count(batch_id) if batch_id else 0
+        except Exception as exc:
             log.warning("cannot read the results store: %s", exc)
             return 0
 
