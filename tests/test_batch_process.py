@@ -384,7 +384,11 @@ def test_the_windows_batch_leaves_no_resource_tracker_and_no_engine_in_the_windo
     assert window_kids <= batch | {report["window_cmd"], ""}, seen
     decoders = [cmd for parent, cmd in seen if parent in batch and cmd.endswith(" decoder ")]
     assert len(decoders) == 1, seen
-    assert not any("resource_tracker" in cmd or "multiprocessing" in cmd for _, cmd in seen)
+    # A child met between its fork and its exec shows the window's own command line, this
+    # probe's script, which names multiprocessing.resource_tracker (to read its pid): only
+    # what some process runs after its exec counts (the check failed 1 run in ~10 on this).
+    ran = [cmd for _, cmd in seen if cmd != report["window_cmd"]]
+    assert not any("resource_tracker" in cmd or "multiprocessing" in cmd for cmd in ran), seen
     assert report["after"] == [] and report["tracker"] is None
     assert report["imported"] == []
 
