@@ -22,6 +22,33 @@ def _classify(folder: Path | str, tmp_path: Path, *extra: str) -> int:
                  str(tmp_path / "r.sqlite3"), "--quiet", *extra])  # fmt: skip
 
 
+def _on_a_laptop_screen(
+    script: str, tmp_path: Path, scale: str, *args: str, timeout: int
+) -> dict[str, object]:
+    """Run ``script`` in a child Qt process whose offscreen platform is a 1366×768 laptop
+    screen at ``QT_SCALE_FACTOR`` ``scale`` (read only when Qt starts); the facts it prints
+    as JSON on its last line."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    screen = tmp_path / "screen.json"
+    screen.write_text(json.dumps({"screens": [{"name": "laptop", "x": 0, "y": 0,
+                                               "width": 1366, "height": 768,
+                                               "logicalDpi": 96}]}))  # fmt: skip
+    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={screen}",
+           "QT_SCALE_FACTOR": scale, "MEDSCREEN_HOME": str(tmp_path / "home")}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_an_operating_point_left_empty_says_the_point_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -201,24 +228,12 @@ def test_every_column_is_on_a_laptop_screen_at_its_scaling(tmp_path: Path, scale
     finding models, also once a long batch's vertical scroll bar takes its width; a child
     process, since the factor is read when Qt starts."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from tests.conftest import REPO
 
-    screen = tmp_path / "screen.json"  # the offscreen platform as a 1366×768 laptop screen
-    screen.write_text(json.dumps({"screens": [{"name": "laptop", "x": 0, "y": 0,
-                                               "width": 1366, "height": 768,
-                                               "logicalDpi": 96}]}))  # fmt: skip
-    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={screen}",
-           "QT_SCALE_FACTOR": scale, "MEDSCREEN_HOME": str(tmp_path / "home")}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", _WINDOW_COLUMNS, str(tmp_path), str(REPO)],
-        capture_output=True, text=True, env=env, timeout=180, cwd=REPO,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    facts = _on_a_laptop_screen(
+        _WINDOW_COLUMNS, tmp_path, scale, str(tmp_path), str(REPO), timeout=180
+    )
     assert facts["window"] <= round(1366 / float(scale))  # fitted to the screen
     assert len(facts["rights"]) == 12  # both finding models' scores and flags
     assert max(facts["rights"]) <= facts["viewport"], json.dumps(facts)
@@ -258,28 +273,14 @@ def test_every_history_column_is_on_a_laptop_screen_at_its_scaling(
     screen and its columns to the table: a real batch's row, in a child process per
     QT_SCALE_FACTOR."""
     import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
 
     folder = tmp_path / "scans"
     folder.mkdir()
     shutil.copy(CHEST, folder / "chest.png")
     assert _classify(folder, tmp_path, "--operator", "Nurse Achieng Otieno") == 0
-    screen = tmp_path / "screen.json"  # the offscreen platform as a 1366×768 laptop screen
-    screen.write_text(json.dumps({"screens": [{"name": "laptop", "x": 0, "y": 0,
-                                               "width": 1366, "height": 768,
-                                               "logicalDpi": 96}]}))  # fmt: skip
-    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={screen}",
-           "QT_SCALE_FACTOR": scale, "MEDSCREEN_HOME": str(tmp_path / "home")}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", _HISTORY_COLUMNS, str(tmp_path / "r.sqlite3")],
-        capture_output=True, text=True, env=env, timeout=120, cwd=REPO,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    facts = _on_a_laptop_screen(
+        _HISTORY_COLUMNS, tmp_path, scale, str(tmp_path / "r.sqlite3"), timeout=120
+    )
     assert len(facts["rights"]) == 11
     assert max(facts["rights"]) <= facts["viewport"], json.dumps(facts)
     assert facts["inside"], facts
