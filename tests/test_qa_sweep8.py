@@ -25,6 +25,20 @@ def _classify(folder: Path | str, tmp_path: Path, *extra: str) -> int:
                  str(tmp_path / "r.sqlite3"), "--quiet", *extra])  # fmt: skip
 
 
+def _one_chest_batch(tmp_path: Path) -> Any:
+    """Screen one real chest X-ray with the CLI into ``tmp_path``'s store; its BatchInfo."""
+    from desktop.engine.store import ResultsStore
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(CHEST, folder / "chest.png")
+    assert _classify(folder, tmp_path) == 0
+    store = ResultsStore(tmp_path / "r.sqlite3")
+    (info,) = store.batches()
+    store.close()
+    return info
+
+
 def _odd_folder(root: Path) -> Path:
     """Real chest X-rays and the files that cannot be screened, in one folder whose names
     sort differently from the order a batch finishes them in."""
@@ -491,15 +505,8 @@ def test_history_shows_times_on_the_clinics_clock_with_the_offset(
     from datetime import UTC, datetime
 
     from desktop.cli import main
-    from desktop.engine.store import ResultsStore
 
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    shutil.copy(CHEST, folder / "chest.png")
-    assert _classify(folder, tmp_path) == 0
-    store = ResultsStore(tmp_path / "r.sqlite3")
-    (info,) = store.batches()
-    store.close()
+    info = _one_chest_batch(tmp_path)
     started = datetime.fromisoformat(info.started_at).astimezone(UTC)
     monkeypatch.setenv("TZ", "Africa/Nairobi")  # UTC+3, no daylight saving
     time.tzset()
@@ -701,16 +708,7 @@ def test_resuming_a_finished_batch_says_there_is_nothing_left(
     'batch … in 0.0 s', as if it had screened; it now says nothing was left to screen."""
     from desktop.cli import main
 
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    shutil.copy(CHEST, folder / "chest.png")
-    assert _classify(folder, tmp_path) == 0
-    from desktop.engine.store import ResultsStore
-
-    store = ResultsStore(tmp_path / "r.sqlite3")
-    (info,) = store.batches()
-    store.close()
-    batch_id = info.id
+    batch_id = _one_chest_batch(tmp_path).id
     capsys.readouterr()
     assert main(["resume", batch_id, "--db", str(tmp_path / "r.sqlite3"), "--out",
                  str(tmp_path / "again"), "--quiet"]) == 0  # fmt: skip
